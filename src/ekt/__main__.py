@@ -1,0 +1,5 @@
+import sys
+
+from ekt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,237 @@
+"""The ``ekt`` command: one subcommand per stage, plus ``run`` and ``demo`` for whole experiments.
+
+Errors a user can fix (bad input, bad options) print one line and exit 2; add
+``--debug`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from ekt.errors import EktError
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def _add_task_args(p: argparse.ArgumentParser, split_default: str | None = "train") -> None:
+    p.add_argument("--task", default="gsm8k", help="task name (default: gsm8k)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with train.jsonl/test.jsonl (default: $EKT_DATA_DIR, else the HF dataset)",
+    )
+    p.add_argument("--split", default=split_default, help="train | dev | test")
+    p.add_argument(
+        "--dev-size",
+        type=int,
+        default=0,
+        help="training questions held out as the dev split (published: 500; default 0)",
+    )
+    p.add_argument("--dev-seed", type=int, default=0, help="seed choosing the dev questions")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, n: int, temperature: float) -> None:
+    p.add_argument("--n", type=_positive_int("--n"), default=n, help="samples per question")
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
+
+
+def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers", type=_positive_int("--workers"), default=None, help="default: one per core"
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per program (wall clock)")
+    p.add_argument("--memory-mb", type=_positive_int("--memory-mb"), default=1024)
+    p.add_argument(
+        "--isolation",
+        choices=["strict", "standard", "none"],
+        default="standard",
+        help="strict refuses to run without a syscall filter; none is for benchmarking only",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ekt import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ekt",
+        description="Explicit knowledge transfer: teacher programs -> sandbox -> student.",
+    )
+    parser.add_argument("--version", action="version", version=f"ekt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="sample programs for each question into resumable shards")
+    g.add_argument("--model", required=True, help="HF hub id, local HF dir, .gguf file or preset")
+    _add_task_args(g)
+    g.add_argument("--limit", type=_positive_int("--limit"), default=None, help="first N questions")
+    _add_sampling_args(g, n=4, temperature=0.6)
+    g.add_argument("--prompt", choices=["teacher", "student"], default="teacher")
+    g.add_argument("--shard-size", type=_positive_int("--shard-size"), default=100)
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--force", action="store_true", help="discard earlier samples in --out")
+
+    v = sub.add_parser("verify", help="run programs in the sandbox and grade them")
+    _add_task_args(v, split_default=None)
+    v.add_argument("--programs", required=True, help="JSONL file, shard folder or generate --out")
+    v.add_argument("--out", required=True, help="output JSONL (appended; reruns skip done lines)")
+    _add_sandbox_args(v)
+
+    f = sub.add_parser(
+        "filter", help="keep correct, unique, uncontaminated programs as train pairs"
+    )
+    _add_task_args(f, split_default=None)
+    f.add_argument("--executions", required=True, nargs="+", help="`ekt verify` output file(s)")
+    f.add_argument("--out", default="train_pairs.jsonl")
+    f.add_argument(
+        "--keep",
+        choices=["first", "all"],
+        default="first",
+        help="first correct program per question (published) or all unique ones",
+    )
+    f.add_argument(
+        "--decontaminate",
+        default="test",
+        help="drop questions that also appear in this split's file ('' to disable)",
+    )
+
+    m = sub.add_parser("models", help="list embedded presets, or convert one to a cached HF folder")
+    m.add_argument("spec", nargs="?", help="model spec to resolve (converts a preset/.gguf once)")
+
+    return parser
+
+
+def _task(args: argparse.Namespace):
+    from ekt.tasks import get_task
+
+    return get_task(args.task, args.data_dir, args.dev_size, args.dev_seed)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from ekt.generate import generate
+    from ekt.models import load_model, model_fingerprint
+    from ekt.sampling import SamplingParams, TransformersSampler
+
+    params = SamplingParams(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    problems = _task(args).load(args.split)
+    if args.limit:
+        problems = problems[: args.limit]
+
+    def make_sampler():
+        model, tok = load_model(args.model, device=args.device)
+        return TransformersSampler(model, tok, batch_size=args.batch_size)
+
+    settings = {
+        "model": args.model,
+        "model_fingerprint": model_fingerprint(args.model),
+        "task": args.task,
+        "split": args.split,
+        "dev_size": args.dev_size,
+    }
+    summary = generate(
+        make_sampler,
+        problems,
+        args.out,
+        params,
+        prompt=args.prompt,
+        shard_size=args.shard_size,
+        settings=settings,
+        force=args.force,
+    )
+    print(summary.line())
+
+
+def _sandbox_config(args: argparse.Namespace):
+    from ekt.sandbox import SandboxConfig
+
+    return SandboxConfig(
+        workers=args.workers,
+        timeout=args.timeout,
+        memory_mb=args.memory_mb,
+        isolation=args.isolation,
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from ekt.verify import verify
+
+    if args.timeout <= 0:
+        raise EktError(f"--timeout must be > 0, got {args.timeout}")
+    summary = verify(args.programs, args.out, _task(args), args.split, _sandbox_config(args))
+    print(summary.line())
+
+
+def cmd_filter(args: argparse.Namespace) -> None:
+    from ekt.filtering import filter_stage
+
+    summary = filter_stage(
+        args.executions,
+        args.out,
+        _task(args),
+        keep=args.keep,
+        decontaminate=args.decontaminate or None,
+    )
+    print(summary.line())
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from ekt.models import PRESETS, resolve_model
+
+    if args.spec:
+        print(resolve_model(args.spec))
+        return
+    for name, info in PRESETS.items():
+        print(f"{name}\t{info}")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "generate": cmd_generate,
+    "verify": cmd_verify,
+    "filter": cmd_filter,
+    "models": cmd_models,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        COMMANDS[args.command](args)
+    except EktError as e:
+        if args.debug:
+            raise
+        print(f"ekt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ekt {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

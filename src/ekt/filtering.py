@@ -1,0 +1,131 @@
+"""Stage: turn verified samples into training pairs.
+
+Only correct programs are kept; duplicates (same program once comments and
+formatting are normalised away) are removed; questions that also appear in an
+evaluation split are dropped (decontamination). ``keep="first"`` keeps the
+first correct program per problem (lowest sample index), as the published
+method did; ``keep="all"`` keeps every unique correct program.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ekt.errors import EktError
+from ekt.records import Problem, TrainPair, read_jsonl, write_jsonl_atomic
+from ekt.tasks import GSM8K
+
+KEEP = ("first", "all")
+
+
+def normalise_program(program: str) -> str:
+    """A canonical form for deduplication: the unparsed AST (drops comments and layout)."""
+    try:
+        return ast.unparse(ast.parse(program))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return "\n".join(line.rstrip() for line in program.strip().splitlines())
+
+
+def _norm_question(q: str) -> str:
+    return " ".join(q.split()).lower()
+
+
+def select_pairs(
+    records: Iterable[dict],
+    problems: dict[str, Problem],
+    keep: str = "first",
+    exclude_questions: frozenset[str] = frozenset(),
+    source: str = "teacher",
+) -> list[TrainPair]:
+    """Pure selection: correct, unique, uncontaminated; ordered by problem, then sample."""
+    if keep not in KEEP:
+        raise EktError(f"--keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    correct = [r for r in records if r.get("correct") is True]
+    correct.sort(key=lambda r: (_order(r["problem_id"]), int(r.get("sample_idx", 0))))
+    pairs: list[TrainPair] = []
+    seen: set[tuple[str, str]] = set()
+    taken: set[str] = set()
+    for r in correct:
+        pid = r["problem_id"]
+        problem = problems[pid]
+        if _norm_question(problem.question) in exclude_questions:
+            continue
+        if keep == "first" and pid in taken:
+            continue
+        key = (pid, normalise_program(r["program"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        taken.add(pid)
+        pairs.append(TrainPair(pid, problem.question, r["program"], source))
+    return pairs
+
+
+def _order(pid: str) -> tuple:
+    head, _, idx = pid.rpartition("/")
+    return (head, int(idx)) if idx.isdigit() else (head, -1, idx)
+
+
+@dataclass
+class FilterSummary:
+    records: int
+    correct: int
+    problems_solved: int
+    pairs: int
+    dropped_contaminated: int
+    seconds: float
+
+    def line(self) -> str:
+        msg = (
+            f"filter: {self.records} verified samples, {self.correct} correct, "
+            f"{self.problems_solved} problems solved -> {self.pairs} pairs kept"
+        )
+        if self.dropped_contaminated:
+            msg += f" ({self.dropped_contaminated} contaminated dropped)"
+        if not self.pairs:
+            msg += " — no correct programs, nothing to train on"
+        return msg + f"; {self.seconds:.1f}s"
+
+
+def filter_stage(
+    executions: str | Path | list[str | Path],
+    out: str | Path,
+    task: GSM8K,
+    keep: str = "first",
+    decontaminate: str | None = "test",
+    source: str = "teacher",
+) -> FilterSummary:
+    t0 = time.time()
+    paths = executions if isinstance(executions, list) else [executions]
+    records = []
+    for path in paths:
+        for line, obj in read_jsonl(path):
+            for field in ("problem_id", "program", "correct"):
+                if field not in obj:
+                    raise EktError(
+                        f"{path}:{line}: missing field {field!r} (is this `ekt verify` output?)"
+                    )
+            records.append(obj)
+    problems = task.by_id({r["problem_id"] for r in records})
+    for r in records:
+        if r["problem_id"] not in problems:
+            raise EktError(f"unknown problem id {r['problem_id']!r} in {paths[0]}")
+    exclude: frozenset[str] = frozenset()
+    if decontaminate:
+        exclude = frozenset(_norm_question(p.question) for p in task.load_file(decontaminate))
+    pairs = select_pairs(records, problems, keep, exclude, source)
+    clean = select_pairs(records, problems, keep, frozenset(), source)
+    write_jsonl_atomic(out, pairs)
+    solved = {r["problem_id"] for r in records if r.get("correct") is True}
+    return FilterSummary(
+        records=len(records),
+        correct=sum(r.get("correct") is True for r in records),
+        problems_solved=len(solved),
+        pairs=len(pairs),
+        dropped_contaminated=len(clean) - len(pairs),
+        seconds=time.time() - t0,
+    )

@@ -1,0 +1,155 @@
+"""Stage: sample programs from a model into append-only, resumable JSONL shards.
+
+Layout of ``out_dir``::
+
+    generate.json            settings of the job (refuses to resume with other settings)
+    samples/shard-00000.jsonl  one Completion per line, problems [0, S) of the job
+    samples/shard-00000.done   completeness marker, written once the shard is whole
+
+A rerun skips complete shards, and within a partial shard regenerates only the
+problems that still miss samples, writing only the missing sample indices.
+Samplers seed each problem from (seed, problem id), so a resumed run writes the
+same records as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ekt.errors import EktError
+from ekt.prompts import extract_program, student_prompt, teacher_prompt
+from ekt.records import Completion, JsonlWriter, Problem, read_jsonl, write_json_atomic
+from ekt.sampling import Sampler, SamplingParams
+
+PROMPTS: dict[str, Callable[[Problem], str]] = {
+    "teacher": teacher_prompt,
+    "student": student_prompt,
+}
+
+
+@dataclass
+class GenerateSummary:
+    problems: int
+    samples: int
+    new_samples: int
+    tokens: int
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"generate: {self.problems} problems, {self.samples} samples "
+            f"({self.new_samples} new), {self.tokens} new tokens, "
+            f"{self.seconds:.1f}s ({rate:.1f} tok/s)"
+        )
+
+
+def shard_paths(out_dir: str | Path) -> list[Path]:
+    return sorted((Path(out_dir) / "samples").glob("shard-*.jsonl"))
+
+
+def check_settings(path: Path, settings: dict, force: bool = False) -> None:
+    """Write ``settings`` to ``path``, or refuse when a previous job there used other settings."""
+    import json
+
+    if path.exists() and not force:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old is not None and old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise EktError(
+                f"{path.parent} holds results made with other settings ({', '.join(changed)} "
+                "changed); use another --out, or --force to start over"
+            )
+    write_json_atomic(path, settings)
+
+
+def generate(
+    sampler: Sampler | Callable[[], Sampler],
+    problems: Sequence[Problem],
+    out_dir: str | Path,
+    params: SamplingParams,
+    prompt: str = "teacher",
+    shard_size: int = 100,
+    settings: dict | None = None,
+    force: bool = False,
+) -> GenerateSummary:
+    """Sample ``params.n`` completions per problem into shards under ``out_dir``.
+
+    ``sampler`` may be a factory, called only when there is work left, so a
+    finished job never loads its model.
+    """
+    if prompt not in PROMPTS:
+        raise EktError(f"unknown prompt {prompt!r}; choose teacher or student")
+    if shard_size < 1:
+        raise EktError("--shard-size must be >= 1")
+    out = Path(out_dir)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    if force:
+        for p in (out / "samples").iterdir():
+            p.unlink()
+    job = {
+        "prompt": prompt,
+        "sampling": asdict(params),
+        "problems": len(problems),
+        "first_problem": problems[0].id if problems else None,
+        **(settings or {}),
+    }
+    job["sampling"]["stop"] = list(params.stop)
+    check_settings(out / "generate.json", job, force=force)
+
+    make_prompt = PROMPTS[prompt]
+    t0 = time.time()
+    total = new = tokens = 0
+    live: Sampler | None = None
+    for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
+        chunk = problems[start : start + shard_size]
+        path = out / "samples" / f"shard-{shard_idx:05d}.jsonl"
+        done_marker = path.with_suffix(".done")
+        if done_marker.exists():
+            total += len(chunk) * params.n
+            continue
+        have: dict[str, set[int]] = defaultdict(set)
+        if path.exists():
+            for _, obj in read_jsonl(path):
+                have[obj["problem_id"]].add(int(obj["sample_idx"]))
+        todo = [p for p in chunk if len(have[p.id]) < params.n]
+        if todo:
+            if live is None:
+                live = (
+                    sampler() if callable(sampler) and not hasattr(sampler, "sample") else sampler
+                )
+            with JsonlWriter(path) as writer:
+                requests = [(p.id, make_prompt(p)) for p in todo]
+                for c in live.sample(requests, params):  # type: ignore[union-attr]
+                    if c.sample_idx in have[c.problem_id]:
+                        continue  # written before the interruption
+                    c.program = extract_program(c.text)
+                    writer.write(c)
+                    have[c.problem_id].add(c.sample_idx)
+                    new += 1
+                    tokens += c.n_tokens
+        missing = [p.id for p in chunk if len(have[p.id]) < params.n]
+        if missing:
+            raise EktError(
+                f"sampler returned too few samples for {missing[0]} (and {len(missing) - 1} more)"
+            )
+        done_marker.write_text("")
+        total += len(chunk) * params.n
+    return GenerateSummary(len(problems), total, new, tokens, time.time() - t0)
+
+
+def read_completions(out_dir: str | Path) -> list[Completion]:
+    from ekt.records import from_dict
+
+    return [
+        from_dict(Completion, obj, f"{p}:{i}")
+        for p in shard_paths(out_dir)
+        for i, obj in read_jsonl(p)
+    ]

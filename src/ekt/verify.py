@@ -1,0 +1,168 @@
+"""Stage: run every program in the sandbox and grade what it returns against the gold answer.
+
+Input lines need ``problem_id`` and ``program`` (or ``text``, a raw continuation
+that is turned into a program with ``extract_program``); every input field is
+kept and ``status``, ``value``, ``type``, ``error``, ``ms`` and ``correct`` are
+added. Grading happens here, in the ekt process, on the plain value the
+sandbox reports: the program never sees the gold answer.
+
+The output is appended as results arrive; a rerun skips inputs whose key
+(problem id and sample index, or the input position) is already in the output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ekt.errors import EktError
+from ekt.prompts import extract_program
+from ekt.records import JsonlWriter, Problem, read_jsonl, to_dict
+from ekt.sandbox import Sandbox, SandboxConfig
+from ekt.tasks import GSM8K
+
+
+@dataclass
+class VerifySummary:
+    programs: int
+    new: int
+    correct: int
+    problems: int
+    solved: int
+    statuses: dict[str, int]
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.new / self.seconds if self.seconds > 0 else 0.0
+        st = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
+        return (
+            f"verify: {self.programs} programs ({self.new} run, {rate:.0f}/s), "
+            f"{self.correct} correct; "
+            f"{self.solved}/{self.problems} problems solved; statuses: {st}; {self.seconds:.1f}s"
+        )
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """A JSONL file, a folder of shards, or a generate output folder (its samples/ shards)."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        if (p / "samples").is_dir():
+            p = p / "samples"
+        files = sorted(p.glob("*.jsonl"))
+        if not files:
+            raise EktError(f"{path}: folder holds no .jsonl files")
+        return files
+    raise EktError(f"{path}: no such file or folder (--programs)")
+
+
+def _key(obj: dict, ordinal: int) -> str:
+    if "sample_idx" in obj:
+        return f"{obj['problem_id']}#{obj['sample_idx']}"
+    return f"#{ordinal}"
+
+
+def iter_inputs(path: str | Path) -> Iterator[tuple[str, int, dict]]:
+    """Yield (where, ordinal, record) with ``program`` filled in, validating each line."""
+    ordinal = 0
+    for f in input_files(path):
+        for line, obj in read_jsonl(f):
+            where = f"{f}:{line}"
+            if not isinstance(obj.get("problem_id"), str):
+                raise EktError(f"{where}: missing field 'problem_id'")
+            if not isinstance(obj.get("program"), str):
+                if isinstance(obj.get("text"), str):
+                    obj["program"] = extract_program(obj["text"])
+                else:
+                    raise EktError(f"{where}: missing field 'program' (or 'text')")
+            yield where, ordinal, obj
+            ordinal += 1
+
+
+def verify(
+    programs: str | Path,
+    out: str | Path,
+    task: GSM8K,
+    split: str | None = None,
+    sandbox: SandboxConfig | None = None,
+    progress: bool = True,
+) -> VerifySummary:
+    out = Path(out)
+    t0 = time.time()
+    done: set[str] = set()
+    statuses: dict[str, int] = {}
+    solved: set[str] = set()
+    seen: set[str] = set()
+    correct = 0
+    if out.exists():
+        for i, obj in read_jsonl(out):
+            done.add(obj.get("_key") or _key(obj, i - 1))
+            _tally(obj, statuses, solved, seen)
+            correct += bool(obj.get("correct"))
+
+    inputs = list(iter_inputs(programs))
+    ids = {obj["problem_id"] for _, _, obj in inputs}
+    problems = task.by_id(ids)
+    file_split = None if split is None else ("test" if split == "test" else "train")
+    for where, _, obj in inputs:
+        pid = obj["problem_id"]
+        if pid not in problems:
+            raise EktError(f"{where}: unknown problem id {pid!r} for task {task.name}")
+        if file_split and pid.split("/")[1] != file_split:
+            raise EktError(f"{where}: problem {pid} is not in split {split!r} (--split)")
+    todo = [(o, _key(obj, o), obj) for _, o, obj in inputs if _key(obj, o) not in done]
+
+    bar = _progress(len(inputs), len(inputs) - len(todo), progress)
+    with Sandbox(sandbox or SandboxConfig()) as box, JsonlWriter(out) as writer:
+        results = box.run(obj["program"] for _, _, obj in todo)
+        for (_, key, obj), ex in zip(todo, results):
+            rec = grade_record(obj, to_dict(ex), problems[obj["problem_id"]], task)
+            if not key.startswith(f"{obj['problem_id']}#"):
+                rec["_key"] = key
+            writer.write(rec)
+            _tally(rec, statuses, solved, seen)
+            correct += rec["correct"]
+            bar.update(1)
+    bar.close()
+    return VerifySummary(
+        programs=len(inputs),
+        new=len(todo),
+        correct=correct,
+        problems=len(seen),
+        solved=len(solved),
+        statuses=statuses,
+        seconds=time.time() - t0,
+    )
+
+
+def grade_record(obj: dict, execution: dict, problem: Problem, task: GSM8K) -> dict:
+    from ekt.records import Execution
+
+    ex = Execution(**execution)
+    rec = dict(obj)
+    rec.update(
+        status=ex.status,
+        value=ex.value,
+        type=ex.type,
+        error=ex.error,
+        stdout_tail=ex.stdout_tail,
+        ms=round(ex.ms, 3),
+        correct=task.grade(ex, problem),
+    )
+    return rec
+
+
+def _tally(rec: dict, statuses: dict[str, int], solved: set[str], seen: set[str]) -> None:
+    statuses[rec.get("status", "?")] = statuses.get(rec.get("status", "?"), 0) + 1
+    seen.add(rec["problem_id"])
+    if rec.get("correct"):
+        solved.add(rec["problem_id"])
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="verify", unit="prog", disable=not enabled)

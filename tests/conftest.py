@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """GSM8K folder from EKT_DATA_DIR (the Makefile and CI set it to ../shared/data/gsm8k)."""
+    d = os.environ.get("EKT_DATA_DIR")
+    if not d:
+        pytest.skip("EKT_DATA_DIR is not set; run through `make test`")
+    p = Path(d)
+    if not (p / "train.jsonl").is_file():
+        pytest.fail(f"EKT_DATA_DIR={d} has no train.jsonl")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from ekt.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
