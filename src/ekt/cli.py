@@ -113,10 +113,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop questions that also appear in this split's file ('' to disable)",
     )
 
+    t = sub.add_parser("train", help="fine-tune a student on train_pairs.jsonl")
+    t.add_argument("--student", "--model", dest="student", required=True, help="model spec")
+    t.add_argument("--pairs", required=True, help="train_pairs.jsonl from `ekt filter`")
+    t.add_argument("--out", required=True, help="output folder (an HF checkpoint)")
+    _add_dataclass_args(t, "TrainConfig")
+
+    e = sub.add_parser(
+        "evaluate", help="greedy pass@1, pass@k and majority vote on held-out questions"
+    )
+    e.add_argument("--model", required=True)
+    _add_task_args(e, split_default="test")
+    e.add_argument("--limit", type=_positive_int("--limit"), default=None)
+    e.add_argument(
+        "--prompt",
+        choices=["teacher", "student"],
+        default="student",
+        help="teacher: few-shot prompt; student: bare question (default)",
+    )
+    e.add_argument("--n", type=_positive_int("--n"), default=10, help="samples per question")
+    e.add_argument("--k", default="1,10", help="comma-separated k values for pass@k (each <= n)")
+    e.add_argument("--temperature", type=float, default=0.6)
+    e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
+    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1 run")
+    e.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
+    e.add_argument("--device", default=None)
+    e.add_argument("--out", required=True)
+    _add_sandbox_args(e)
+
+    r = sub.add_parser("run", help="a whole experiment from a YAML config")
+    r.add_argument("config", help="YAML file (see configs/)")
+    r.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
+    r.add_argument("--force", action="store_true", help="redo stages whose settings changed")
+
+    d = sub.add_parser("demo", help="`ekt run configs/demo.yaml`: a small real run on this machine")
+    d.add_argument("--out", default=None)
+
     m = sub.add_parser("models", help="list embedded presets, or convert one to a cached HF folder")
     m.add_argument("spec", nargs="?", help="model spec to resolve (converts a preset/.gguf once)")
 
     return parser
+
+
+def _add_dataclass_args(p: argparse.ArgumentParser, name: str) -> None:
+    """One flag per field of a config dataclass (``--learning-rate``...), same names as YAML."""
+    import dataclasses
+
+    from ekt import train
+
+    cls = getattr(train, name)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            p.add_argument(
+                flag, dest=f.name, default=default, action=argparse.BooleanOptionalAction
+            )
+        else:
+            kind = type(default) if default is not None else str
+            p.add_argument(
+                flag, dest=f.name, type=kind, default=default, help=f"default: {default}"
+            )
 
 
 def _task(args: argparse.Namespace):
@@ -198,6 +257,86 @@ def cmd_filter(args: argparse.Namespace) -> None:
     print(summary.line())
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from ekt.train import TrainConfig, train_student
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    result = train_student(args.student, args.pairs, args.out, cfg)
+    if result is None:
+        print(f"train: no training pairs in {args.pairs}; nothing to train")
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise EktError(f"--k must be comma-separated integers, got {text!r}") from None
+    return ks
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ekt.evaluate import EvalConfig, evaluate, score_line
+    from ekt.run import _sampler_factory
+
+    cfg = EvalConfig(
+        split=args.split,
+        limit=args.limit,
+        n=args.n,
+        k=_parse_ks(args.k),
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        greedy=not args.no_greedy,
+        batch_size=args.batch_size,
+    )
+    cfg.validate()
+    task = _task(args)
+    problems = task.load(args.split)
+    if args.limit:
+        problems = problems[: args.limit]
+    scores = evaluate(
+        _sampler_factory(args.model, args.device, args.batch_size),
+        problems,
+        args.out,
+        cfg,
+        task,
+        prompt=args.prompt,
+        sandbox=_sandbox_config(args),
+        settings={"model": args.model},
+    )
+    print(score_line(args.model, scores))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from ekt.config import load_config
+    from ekt.run import run_experiment
+
+    run_experiment(load_config(args.config), args.out, force=args.force)
+
+
+def demo_config_path():
+    from pathlib import Path
+
+    here = Path(__file__).resolve()
+    for base in (Path.cwd(), *here.parents):
+        p = base / "configs" / "demo.yaml"
+        if p.is_file():
+            return p
+    raise EktError("configs/demo.yaml not found; run from the ekt repository")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from ekt.config import load_config
+    from ekt.run import run_experiment
+
+    path = demo_config_path()
+    print(f"ekt demo: running {path}")
+    run_experiment(load_config(path), args.out)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from ekt.models import PRESETS, resolve_model
 
@@ -212,6 +351,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "generate": cmd_generate,
     "verify": cmd_verify,
     "filter": cmd_filter,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "run": cmd_run,
+    "demo": cmd_demo,
     "models": cmd_models,
 }
 

@@ -1,0 +1,135 @@
+"""Run configuration: nested dataclasses loaded from YAML, one key per CLI flag.
+
+Unknown keys and wrong types stop with a message naming the key, so a typo in
+a config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ekt.errors import EktError
+from ekt.evaluate import EvalConfig
+from ekt.train import TrainConfig
+
+METHODS = ("ekt", "supervised")
+
+
+@dataclass
+class TeacherSampling:
+    n: int = 4
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+    batch_size: int = 16
+
+
+@dataclass
+class SandboxSettings:
+    workers: int | None = None
+    timeout: float = 5.0
+    memory_mb: int = 1024
+    isolation: str = "standard"
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    task: str = "gsm8k"
+    data_dir: str | None = None
+    dev_size: int = 0
+    dev_seed: int = 0
+    teacher: str = "gemma3-270m"
+    student: str = "smollm2-135m"
+    methods: list[str] = field(default_factory=lambda: ["ekt"])
+    train_split: str = "train"
+    train_limit: int | None = None  # first N training questions (None: all)
+    keep: str = "first"  # first | all  (correct programs kept per question)
+    device: str | None = None
+    teacher_sampling: TeacherSampling = field(default_factory=TeacherSampling)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    evaluate_teacher: bool = True
+    evaluate_base_student: bool = True
+    note: str = ""  # free text printed with the results (what this run is)
+
+    def validate(self) -> None:
+        for m in self.methods:
+            if m not in METHODS:
+                raise EktError(f"methods: unknown method {m!r}; available: {', '.join(METHODS)}")
+        if self.keep not in ("first", "all"):
+            raise EktError(f"keep: must be first or all, got {self.keep!r}")
+        if self.teacher_sampling.n < 1:
+            raise EktError("teacher_sampling.n must be >= 1")
+        if self.teacher_sampling.temperature < 0:
+            raise EktError("teacher_sampling.temperature must be >= 0")
+        if self.sandbox.isolation not in ("strict", "standard", "none"):
+            raise EktError("sandbox.isolation must be strict, standard or none")
+        self.eval.validate()
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise EktError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise EktError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value or {}, where)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(args[0], v, where) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and type(value) is not tp:
+        raise EktError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise EktError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark else ""
+        raise EktError(f"{path}{at}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError:
+        raise EktError(f"{path}: not valid UTF-8") from None
+    cfg = _build(RunConfig, data or {}, "")
+    cfg.validate()
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

@@ -1,0 +1,173 @@
+"""Stage: measure a model on held-out questions: greedy pass@1, sampled pass@k, majority vote.
+
+Layout of ``out_dir``::
+
+    greedy/samples/*.jsonl   greedy/executions.jsonl      one greedy program per question
+    sampled/samples/*.jsonl  sampled/executions.jsonl     n sampled programs per question
+    problems.jsonl            per question: n, c, greedy_correct, majority answer, majority_correct
+    scores.json               every figure plus the settings that produced it
+
+Every figure in ``scores.json`` is recomputed from ``problems.jsonl``, which is
+recomputed from the execution records, so each number traces back to files.
+Generation and verification resume like their stages do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ekt.errors import EktError
+from ekt.generate import generate
+from ekt.grading import as_number
+from ekt.metrics import pass_at_k
+from ekt.records import Problem, read_jsonl, write_json_atomic, write_jsonl_atomic
+from ekt.sampling import Sampler, SamplingParams
+from ekt.sandbox import SandboxConfig
+from ekt.tasks import GSM8K
+from ekt.verify import verify
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation budget: ``ekt evaluate`` flags and a run config's ``eval:`` block."""
+
+    split: str = "test"
+    limit: int | None = None
+    n: int = 10
+    k: list[int] = field(default_factory=lambda: [1, 10])
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 1234
+    greedy: bool = True
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise EktError(f"--n must be >= 1, got {self.n}")
+        if not self.k:
+            raise EktError("--k needs at least one value")
+        for k in self.k:
+            if k < 1:
+                raise EktError(f"--k values must be >= 1, got {k}")
+            if k > self.n:
+                raise EktError(f"--k {k} exceeds --n {self.n}: pass@k needs at least k samples")
+        if self.temperature < 0:
+            raise EktError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.limit is not None and self.limit < 1:
+            raise EktError(f"--limit must be >= 1, got {self.limit}")
+
+
+def majority_answer(values: Sequence[float | None]) -> float | None:
+    """Most frequent numeric answer (rounded to 1e-6); ties go to the first seen. Pure."""
+    keys = [None if v is None else round(v, 6) for v in values]
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(k for k in keys if k is not None and counts[k] == best)
+
+
+def per_problem(
+    problems: Sequence[Problem], sampled: list[dict], greedy: list[dict] | None
+) -> list[dict]:
+    """Pure: per-question n, c, greedy and majority outcome from execution records."""
+    by_pid: dict[str, list[dict]] = defaultdict(list)
+    for r in sampled:
+        by_pid[r["problem_id"]].append(r)
+    greedy_ok = {r["problem_id"]: bool(r["correct"]) for r in greedy or []}
+    rows = []
+    for p in problems:
+        recs = sorted(by_pid.get(p.id, []), key=lambda r: r["sample_idx"])
+        values = [
+            as_number(r.get("value"), r.get("type", "")) if r.get("status") == "ok" else None
+            for r in recs
+        ]
+        maj = majority_answer(values)
+        rows.append(
+            {
+                "problem_id": p.id,
+                "gold": p.answer,
+                "n": len(recs),
+                "c": sum(bool(r["correct"]) for r in recs),
+                "greedy_correct": greedy_ok.get(p.id) if greedy is not None else None,
+                "majority_answer": maj,
+                "majority_correct": maj is not None and abs(maj - p.answer) <= 1e-4,
+            }
+        )
+    return rows
+
+
+def scores_from_rows(rows: list[dict], ks: Sequence[int]) -> dict:
+    """Pure: mean pass@k (unbiased), greedy pass@1 and majority accuracy over questions."""
+    if not rows:
+        raise EktError("no questions to score")
+    out: dict = {"problems": len(rows)}
+    for k in ks:
+        out[f"pass@{k}"] = sum(pass_at_k(r["n"], r["c"], k) for r in rows) / len(rows)
+    if all(r["greedy_correct"] is not None for r in rows):
+        out["greedy_pass@1"] = sum(bool(r["greedy_correct"]) for r in rows) / len(rows)
+    out[f"maj@{rows[0]['n']}"] = sum(r["majority_correct"] for r in rows) / len(rows)
+    out["solved_any"] = sum(r["c"] > 0 for r in rows)
+    return out
+
+
+def evaluate(
+    sampler: Sampler | Callable[[], Sampler],
+    problems: Sequence[Problem],
+    out_dir: str | Path,
+    config: EvalConfig,
+    task: GSM8K,
+    prompt: str = "student",
+    sandbox: SandboxConfig | None = None,
+    settings: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    config.validate()
+    out = Path(out_dir)
+    t0 = time.time()
+    live: list[Sampler] = []
+
+    def lazy() -> Sampler:  # load the model once, only if some generation is left to do
+        if not live:
+            live.append(
+                sampler() if callable(sampler) and not hasattr(sampler, "sample") else sampler
+            )
+        return live[0]
+
+    extra = {"task": task.name, **(settings or {})}
+    greedy_recs = None
+    if config.greedy:
+        gp = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, seed=0)
+        generate(lazy, problems, out / "greedy", gp, prompt=prompt, settings=extra)
+        verify(out / "greedy", out / "greedy" / "executions.jsonl", task, None, sandbox, progress)
+        greedy_recs = [o for _, o in read_jsonl(out / "greedy" / "executions.jsonl")]
+    sp = SamplingParams(
+        n=config.n,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+    )
+    generate(lazy, problems, out / "sampled", sp, prompt=prompt, settings=extra)
+    verify(out / "sampled", out / "sampled" / "executions.jsonl", task, None, sandbox, progress)
+    sampled_recs = [o for _, o in read_jsonl(out / "sampled" / "executions.jsonl")]
+
+    rows = per_problem(problems, sampled_recs, greedy_recs)
+    write_jsonl_atomic(out / "problems.jsonl", rows)
+    scores = scores_from_rows(rows, config.k)
+    scores["settings"] = {"eval": asdict(config), "prompt": prompt, **extra}
+    scores["seconds"] = round(time.time() - t0, 1)
+    write_json_atomic(out / "scores.json", scores)
+    return scores
+
+
+def score_line(label: str, scores: dict) -> str:
+    figures = ", ".join(
+        f"{k} {v:.1%}" for k, v in scores.items() if isinstance(v, float) and "@" in k
+    )
+    return f"evaluate {label}: {scores['problems']} questions, {figures}; {scores['seconds']}s"

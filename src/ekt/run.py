@@ -1,0 +1,342 @@
+"""A whole experiment from one config: teacher samples -> verify -> filter -> train -> evaluate.
+
+Run folder (``runs/<name>/`` unless ``--out`` says otherwise)::
+
+    config.yaml  manifest.json
+    teacher/samples/*.jsonl  teacher/executions.jsonl
+    train_pairs.jsonl                          (EKT: the teacher's verified programs)
+    supervised/programs.jsonl  supervised/executions.jsonl  supervised/train_pairs.jsonl
+    students/<method>/                         (HF checkpoints + train_log.jsonl)
+    eval/<label>/...  scores.json              (see ekt.evaluate)
+    results.json  results.md
+
+Each stage skips what is complete and resumes what is partial, so rerunning
+the same command after a crash finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ekt.config import RunConfig, dump_config
+from ekt.errors import EktError
+from ekt.evaluate import evaluate, score_line
+from ekt.filtering import filter_stage
+from ekt.generate import generate
+from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic
+from ekt.sampling import SamplingParams
+from ekt.sandbox import SandboxConfig
+from ekt.tasks import get_task
+from ekt.verify import verify
+
+
+def _sampler_factory(spec: str, device: str | None, batch_size: int):
+    def make():
+        from ekt.models import load_model
+        from ekt.sampling import TransformersSampler
+
+        model, tok = load_model(spec, device=device)
+        return TransformersSampler(model, tok, batch_size=batch_size)
+
+    return make
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _count(path: Path) -> int:
+    return sum(1 for _ in read_jsonl(path)) if path.exists() else 0
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False):
+        cfg.validate()
+        self.cfg = cfg
+        self.dir = Path(out_dir) if out_dir else Path("runs") / cfg.name
+        self.force = force
+        self.task = get_task(cfg.task, cfg.data_dir, cfg.dev_size, cfg.dev_seed)
+        s = cfg.sandbox
+        self.sandbox = SandboxConfig(
+            workers=s.workers, timeout=s.timeout, memory_mb=s.memory_mb, isolation=s.isolation
+        )
+        self.times: dict[str, float] = {}
+
+    def _stage(self, name: str):
+        runner = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t0 = time.time()
+                print(f"\n== {name}", flush=True)
+
+            def __exit__(self, *exc):
+                runner.times[name] = round(runner.times.get(name, 0) + time.time() - self.t0, 1)
+
+        return _Timer()
+
+    # -- stages --------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        train_problems = self.task.load(cfg.train_split)
+        if cfg.train_limit:
+            train_problems = train_problems[: cfg.train_limit]
+        eval_problems = self.task.load(cfg.eval.split)
+        if cfg.eval.limit:
+            eval_problems = eval_problems[: cfg.eval.limit]
+        self._write_manifest()
+
+        pairs: dict[str, Path] = {}
+        if "ekt" in cfg.methods:
+            pairs["ekt"] = self.teacher_pairs(train_problems)
+        if "supervised" in cfg.methods:
+            pairs["supervised"] = self.supervised_pairs(train_problems)
+
+        students: dict[str, str] = {}
+        for method, path in pairs.items():
+            ckpt = self.train(method, path)
+            if ckpt:
+                students[method] = ckpt
+
+        rows = []
+        if cfg.evaluate_teacher:
+            rows.append(
+                self.eval_model("teacher", cfg.teacher, "teacher", eval_problems, "few-shot")
+            )
+        if cfg.evaluate_base_student:
+            rows.append(
+                self.eval_model("student-base", cfg.student, "student", eval_problems, "none")
+            )
+        for method, ckpt in students.items():
+            row = self.eval_model(f"student-{method}", ckpt, "student", eval_problems, method)
+            row["pairs"] = _count(pairs[method])
+            rows.append(row)
+        for method in pairs:
+            if method not in students:
+                rows.append(
+                    {
+                        "label": f"student-{method}",
+                        "method": method,
+                        "pairs": 0,
+                        "skipped": "no training pairs",
+                    }
+                )
+        return self._write_results(rows)
+
+    def _check_config(self) -> None:
+        path = self.dir / "config.yaml"
+        text = dump_config(self.cfg)
+        if path.exists() and path.read_text() != text and not self.force:
+            print(f"note: {path} differs from this config; stages check their own settings")
+        path.write_text(text)
+
+    def teacher_pairs(self, problems) -> Path:
+        cfg, ts = self.cfg, self.cfg.teacher_sampling
+        params = SamplingParams(
+            n=ts.n,
+            temperature=ts.temperature,
+            top_p=ts.top_p,
+            max_new_tokens=ts.max_new_tokens,
+            seed=ts.seed,
+        )
+        with self._stage(
+            f"teacher {cfg.teacher}: sample {ts.n} programs x {len(problems)} questions"
+        ):
+            s = generate(
+                _sampler_factory(cfg.teacher, cfg.device, ts.batch_size),
+                problems,
+                self.dir / "teacher",
+                params,
+                prompt="teacher",
+                settings={"model": cfg.teacher, "task": cfg.task},
+                force=self.force,
+            )
+            print(s.line())
+        with self._stage("verify teacher programs"):
+            v = verify(
+                self.dir / "teacher",
+                self.dir / "teacher" / "executions.jsonl",
+                self.task,
+                None,
+                self.sandbox,
+            )
+            print(v.line())
+        with self._stage("filter"):
+            f = filter_stage(
+                self.dir / "teacher" / "executions.jsonl",
+                self.dir / "train_pairs.jsonl",
+                self.task,
+                keep=cfg.keep,
+            )
+            print(f.line())
+        return self.dir / "train_pairs.jsonl"
+
+    def supervised_pairs(self, problems) -> Path:
+        from ekt.supervised import reference_program
+
+        d = self.dir / "supervised"
+        with self._stage("supervised reference programs from calculator annotations"):
+            recs = []
+            for p in problems:
+                prog = reference_program(p.solution)
+                if prog is not None:
+                    recs.append({"problem_id": p.id, "sample_idx": 0, "program": prog})
+            if not (d / "programs.jsonl").exists():
+                write_jsonl_atomic(d / "programs.jsonl", recs)
+            v = verify(d / "programs.jsonl", d / "executions.jsonl", self.task, None, self.sandbox)
+            f = filter_stage(
+                d / "executions.jsonl",
+                d / "train_pairs.jsonl",
+                self.task,
+                keep="first",
+                source="supervised",
+            )
+            print(
+                f"supervised: {len(recs)}/{len(problems)} questions have annotations that form a "
+                f"program; {v.correct} return the gold answer; {f.pairs} pairs"
+            )
+        return d / "train_pairs.jsonl"
+
+    def train(self, method: str, pairs: Path) -> str | None:
+        from ekt.train import train_student
+
+        out = self.dir / "students" / method
+        with self._stage(f"train {self.cfg.student} on {method} pairs"):
+            if (out / "train_summary.json").exists() and not self.force:
+                print(f"train {method}: already trained ({out}); skipping")
+                return str(out)
+            result = train_student(self.cfg.student, pairs, out, self.cfg.train)
+            if result is None:
+                print(f"train {method}: no training pairs in {pairs}; this method is skipped")
+                return None
+            return str(out)
+
+    def eval_model(self, label: str, spec: str, prompt: str, problems, method: str) -> dict:
+        cfg = self.cfg
+        with self._stage(
+            f"evaluate {label} ({prompt} prompt) on {len(problems)} {cfg.eval.split} questions"
+        ):
+            scores = evaluate(
+                _sampler_factory(spec, cfg.device, cfg.eval.batch_size),
+                problems,
+                self.dir / "eval" / label,
+                cfg.eval,
+                self.task,
+                prompt=prompt,
+                sandbox=self.sandbox,
+                settings={"model": spec},
+            )
+            print(score_line(label, scores))
+        model = cfg.teacher if label == "teacher" else cfg.student
+        return {"label": label, "model": model, "method": method, "prompt": prompt, **scores}
+
+    # -- outputs -------------------------------------------------------------
+    def _write_manifest(self) -> None:
+        import torch
+        import transformers
+
+        from ekt import __version__
+
+        data = {}
+        if self.task.data_dir:
+            for name in ("train.jsonl", "test.jsonl"):
+                p = Path(self.task.data_dir) / name
+                if p.exists():
+                    data[name] = _file_sha(p)
+        manifest = {
+            "ekt": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "platform": platform.platform(),
+            "data": {"source": self.task.data_dir or "hf:openai/gsm8k", "sha256": data},
+            "models": {"teacher": self.cfg.teacher, "student": self.cfg.student},
+            "seeds": {
+                "teacher": self.cfg.teacher_sampling.seed,
+                "train": self.cfg.train.seed,
+                "eval": self.cfg.eval.seed,
+                "dev": self.cfg.dev_seed,
+            },
+            "stage_seconds": self.times,
+        }
+        write_json_atomic(self.dir / "manifest.json", manifest)
+
+    def _write_results(self, rows: list[dict]) -> dict:
+        self._write_manifest()
+        results = {
+            "name": self.cfg.name,
+            "note": self.cfg.note,
+            "teacher": self.cfg.teacher,
+            "student": self.cfg.student,
+            "eval": asdict(self.cfg.eval),
+            "rows": rows,
+            "stage_seconds": self.times,
+        }
+        write_json_atomic(self.dir / "results.json", results)
+        md = results_table(results)
+        (self.dir / "results.md").write_text(md)
+        return results
+
+
+def results_table(results: dict) -> str:
+    ev = results["eval"]
+    ks = ev["k"]
+    head = ["teacher -> student", "model", "method", "greedy pass@1"]
+    head += [f"pass@{k}" for k in ks] + [f"maj@{ev['n']}", "pairs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results["rows"]:
+
+        def pct(key: str, r: dict = r) -> str:
+            v = r.get(key)
+            return f"{100 * v:.1f}" if isinstance(v, float) else "—"
+
+        model = r.get("model", "")
+        chain = f"{results['teacher']} -> {results['student']}"
+        cells = [
+            chain,
+            model if r["label"] != "teacher" else f"{model} (teacher)",
+            r.get("method", ""),
+            pct("greedy_pass@1"),
+        ]
+        cells += [pct(f"pass@{k}") for k in ks] + [pct(f"maj@{ev['n']}"), str(r.get("pairs", "—"))]
+        if r.get("skipped"):
+            cells[3] = f"skipped: {r['skipped']}"
+        lines.append("| " + " | ".join(cells) + " |")
+    n_q = next((r["problems"] for r in results["rows"] if "problems" in r), 0)
+    lines.append("")
+    lines.append(
+        f"{n_q} {ev['split']} questions; greedy decoding for pass@1; {ev['n']} samples at "
+        f"temperature {ev['temperature']} for pass@k (unbiased estimator) and majority vote. "
+        "Figures are percentages."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
+    runner = Runner(cfg, out_dir, force)
+    t0 = time.time()
+    results = runner.run()
+    print()
+    print(results_table(results))
+    print(f"run {cfg.name}: {time.time() - t0:.0f}s; results in {runner.dir}/results.md")
+    if cfg.note:
+        print(cfg.note)
+    return results
+
+
+def load_results(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+__all__ = ["Runner", "run_experiment", "results_table", "EktError"]

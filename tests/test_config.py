@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+
+from ekt.config import load_config
+from ekt.errors import EktError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(REPO / "configs" / name)
+    assert cfg.methods and cfg.eval.n >= max(cfg.eval.k)
+
+
+def test_paper_config_is_the_published_setting():
+    cfg = load_config(REPO / "configs" / "paper.yaml")
+    assert cfg.teacher == "EleutherAI/gpt-j-6b"
+    assert (cfg.teacher_sampling.n, cfg.teacher_sampling.temperature) == (100, 0.6)
+    assert cfg.dev_size == 500 and cfg.eval.k[-1] == 100 and cfg.eval.limit is None
+
+
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("name: [unclosed", "invalid YAML"),
+        ("nmae: x\n", "unknown key(s) nmae"),
+        ("eval:\n  n: 2\n  k: [1, 5]\n", "--k 5 exceeds --n 2"),
+        ("methods: [magic]\n", "unknown method 'magic'"),
+        ("teacher_sampling:\n  n: many\n", "teacher_sampling.n: expected int"),
+        ("train:\n  lr: 1\n", "train: unknown key(s) lr"),
+    ],
+)
+def test_bad_configs(tmp_path, text, msg):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(EktError) as e:
+        load_config(p)
+    assert msg in str(e.value)
