@@ -1,48 +1,88 @@
 """Run untrusted programs: warm workers fork one confined child per program.
 
-The ekt process starts ``workers`` helper interpreters (``ekt._sandbox_worker``)
-in their own sessions and talks to them over pipes with length-prefixed JSON.
-Each worker imports what programs commonly use once, then forks a fresh child
-per program. Before the program runs, the child
+Design
+------
+The ekt process never runs a program. :class:`Sandbox` starts ``workers`` helper
+interpreters (``python -m ekt._sandbox_child``, one per core by default), each in
+its own session, with a minimal environment, and talks to each over a pair of pipes
+with length-prefixed JSON (never pickle). A worker imports what programs commonly
+use once (math, fractions, decimal, itertools, datetime, statistics, re,
+collections, numpy when installed), compiles the seccomp filter and the Landlock
+ruleset once, proves the whole confinement works on a probe program, and then
+``fork()``s a fresh child per program (see ``ekt._sandbox_child`` for the child's
+steps). :meth:`Sandbox.run` keeps every worker busy, streams the programs in and
+yields one :class:`~ekt.records.Execution` per program in input order; memory stays
+bounded however many programs stream through.
 
-* moves into its own process group, so the whole group can be killed at once;
-* closes every inherited file descriptor except its result pipe; stdin/stdout/
-  stderr point at /dev/null and ``print`` goes to a capped in-memory tail;
-* lowers its resource limits: CPU seconds, address space, file size, open
-  files, processes, no core dumps;
-* chdirs into a fresh scratch directory (removed afterwards);
-* loads a seccomp filter (libseccomp through ``pyseccomp``) that refuses sockets,
-  process creation other than threads, exec, signalling any process, ptrace,
-  mount and namespace calls, privilege changes, and every way of writing to
-  the filesystem (open for writing, create, unlink, rename, chmod...).
+Outcomes: ``ok`` (``solution()`` returned; ``value``/``type`` are a plain value
+decided by exact type checks, see below), ``error`` (the program raised: ``type`` is
+the exception class, ``error`` its message; a syntax error, a missing
+``solution``, ``sys.exit`` and a refused syscall all land here), ``timeout`` (the
+worker's wall clock passed ``timeout``; the child's whole process group is
+SIGKILLed), ``killed`` (the child died by a signal, e.g. SIGSEGV or the CPU limit,
+or exited without a result, e.g. ``os._exit``; ``error`` says which).
 
-The worker waits on the child's result pipe with its own monotonic clock,
-SIGKILLs the child's process group at the deadline, or as soon as the result
-arrives, reaps it (workers are child subreapers, so orphans come back to
-them), and reads at most 64 KiB of result. Results are plain JSON values
-converted inside the child by exact type checks; grading happens later, in the
-ekt process, so a program never sees the gold answer. A worker that dies is
-replaced (its program is reported ``killed``); workers are recycled after
-``recycle_after`` programs.
+Returned values: int (ints over ~1000 digits come back as value None, type "int",
+error "int too large ..."), float (NaN and infinities as the strings "nan", "inf",
+"-inf" so records stay standard JSON), Fraction as ``[num, den]``, Decimal as a float
+(type "Decimal"), numpy scalars as int/float (type e.g. "numpy.int64"), bool, str
+(first 1000 characters), None ("NoneType"). Anything else, subclasses included,
+is value None with the class name as type; no method of the returned object is
+ever called, so an object whose ``__eq__`` is always true grades as wrong.
 
-Isolation levels: ``strict`` requires the seccomp filter and refuses to start
-without it; ``standard`` uses it when the kernel and library allow and says so
-when they do not; ``none`` runs without limits or filter and exists only for
-benchmarking.
+Protections (``Sandbox.protections()`` says which are active)
+-------------------------------------------------------------
+* ``process_group`` / ``wall_clock_deadline``: each child leads its own process
+  group; the worker SIGKILLs the group at the deadline and after every program,
+  and reaps strays it adopted as a child subreaper. Children die with their worker
+  (PR_SET_PDEATHSIG) and workers exit when the ekt process goes away (EOF).
+* ``fd_isolation``: fds 0-2 are /dev/null, every other inherited fd but the result
+  pipe is closed; ``print`` goes to a capped in-memory tail (``max_output_bytes``).
+* ``scratch_dir``: the child runs in a fresh, empty directory removed afterwards.
+* ``rlimits``: CPU seconds, address space (``memory_mb`` on top of what the warm
+  worker already maps), file size, open files, no core dumps, no locked memory.
+  RLIMIT_NPROC is set too but the kernel ignores it for root.
+* ``capabilities_dropped`` and ``no_new_privs``: a root child drops all capabilities
+  (it cannot raise its limits back) and can never gain privileges.
+* ``seccomp`` (libseccomp via ``pyseccomp``): refused with EPERM: every socket
+  (AF_UNIX too), fork/vfork and clone without CLONE_THREAD (threads still work),
+  execve, kill and the other ways of signalling or inspecting processes, ptrace,
+  setsid/setpgid, namespaces and mounts, privilege and limit changes, io_uring, bpf,
+  and ``fs_write_blocked``: opening any file with O_WRONLY/O_RDWR/O_CREAT/O_TRUNC/
+  O_APPEND plus unlink, rename, mkdir, chmod, truncate... Programs cannot write
+  files at all, not even in their scratch directory; GSM8K programs never need to.
+* ``landlock`` (when the kernel has it): the same no-writes rule enforced by the
+  LSM, plus ``landlock_net`` (no TCP bind/connect, ABI >= 4) and
+  ``landlock_signal_scope`` (no signals to processes outside the child's own domain,
+  ABI >= 6; tgkill to itself is then allowed so ``abort()`` works).
+
+Not covered: reads are not restricted (a program can read any file the ekt user can
+read and return it as a string; without sockets it cannot send it anywhere), and
+without seccomp a root program can still create processes (RLIMIT_NPROC does not
+apply to root; the process-group kill and subreaper sweep clean them up).
+
+Isolation levels: ``strict`` refuses to start unless the seccomp filter (which
+also blocks filesystem writes) is active; ``standard`` uses every protection the
+machine offers and warns about a missing seccomp; ``none`` skips rlimits, seccomp
+and Landlock (process per program, deadline and scratch dir remain) and exists only
+to benchmark the sandbox itself.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
 import selectors
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,319 +91,484 @@ from ekt.errors import EktError
 from ekt.records import Execution
 
 ISOLATION = ("strict", "standard", "none")
+_STATUSES = ("ok", "error", "timeout", "killed")
+_HANDSHAKE_TIMEOUT = 60.0  # seconds for a worker to import, build its filter and run a probe
+_BACKSTOP = 10.0  # seconds past the deadline after which the ekt process kills a worker
 
 
 @dataclass
 class SandboxConfig:
-    workers: int | None = None  # default: one per core
+    workers: int | None = None  # default: os.cpu_count()
     timeout: float = 5.0  # wall-clock seconds per program, enforced by the worker
     memory_mb: int = 1024  # address space a program may add to the warm interpreter's
     cpu_seconds: int | None = None  # default: ceil(timeout) + 1
-    max_output_bytes: int = 4096  # printed output kept (the tail)
-    fsize_bytes: int = 1 << 20
-    isolation: str = "standard"
-    recycle_after: int = 2000
+    max_output_bytes: int = 4096  # printed output kept (the last this many characters)
+    isolation: str = "standard"  # strict | standard | none
+    recycle_after: int = 500  # a worker is replaced after this many programs
+    fsize_bytes: int = 1 << 20  # RLIMIT_FSIZE (writes are refused anyway under seccomp)
 
     def validate(self) -> None:
         if self.isolation not in ISOLATION:
             raise EktError(
-                f"--isolation must be one of {', '.join(ISOLATION)}, got {self.isolation!r}"
+                f"sandbox isolation must be one of {', '.join(ISOLATION)}, "
+                f"got {self.isolation!r}"
             )
-        if not self.timeout > 0:
-            raise EktError(f"--timeout must be > 0, got {self.timeout}")
+        if not (isinstance(self.timeout, int | float) and self.timeout > 0):
+            raise EktError(f"sandbox timeout must be > 0 seconds, got {self.timeout!r}")
         if self.workers is not None and self.workers < 1:
-            raise EktError(f"--workers must be >= 1, got {self.workers}")
+            raise EktError(f"sandbox workers must be >= 1, got {self.workers}")
         if self.memory_mb < 16:
-            raise EktError(f"--memory-mb must be >= 16, got {self.memory_mb}")
-
-
-def _seccomp_available() -> bool:
-    try:
-        with open("/proc/self/status") as fh:
-            if "Seccomp:" not in fh.read():
-                return False
-        import pyseccomp  # noqa: F401
-
-        pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
-        return True
-    except Exception:  # noqa: BLE001 - missing library, old kernel, other arch
-        return False
-
-
-def _landlock_abi() -> int:
-    """Landlock ABI version offered by the kernel (0: none)."""
-    if sys.platform != "linux":
-        return 0
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        nr = {"x86_64": 444, "aarch64": 444}.get(os.uname().machine)
-        if nr is None:
-            return 0
-        version = libc.syscall(nr, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-        return max(0, int(version))
-    except Exception:  # noqa: BLE001
-        return 0
+            raise EktError(f"sandbox memory_mb must be >= 16, got {self.memory_mb}")
+        if self.cpu_seconds is not None and self.cpu_seconds < 1:
+            raise EktError(f"sandbox cpu_seconds must be >= 1, got {self.cpu_seconds}")
+        if self.max_output_bytes < 0:
+            raise EktError(f"sandbox max_output_bytes must be >= 0, got {self.max_output_bytes}")
+        if self.recycle_after < 1:
+            raise EktError(f"sandbox recycle_after must be >= 1, got {self.recycle_after}")
 
 
 def detect_protections() -> dict[str, bool]:
-    """What this machine supports (not what a given Sandbox uses: see Sandbox.protections)."""
+    """What this machine supports (a Sandbox reports what it uses: Sandbox.protections)."""
+    from ekt import _sandbox_child as child
+
     linux = sys.platform.startswith("linux")
+    abi = child.landlock_abi() if linux else 0
     return {
         "fork_per_program": hasattr(os, "fork"),
-        "process_group_kill": linux,
+        "process_group": linux,
         "rlimits": linux,
-        "seccomp": linux and _seccomp_available(),
-        "landlock": _landlock_abi() > 0,
+        "seccomp": linux and child.seccomp_supported(),
+        "landlock": abi >= 1,
+        "landlock_net": abi >= 4,
+        "landlock_signal_scope": abi >= 6,
     }
 
 
+def _worker_env() -> dict[str, str]:
+    """A minimal environment: programs see no tokens or credentials of the ekt process."""
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": src,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "LANG": "C.UTF-8",
+        "TMPDIR": tempfile.gettempdir(),
+    }
+    return env
+
+
 class _Worker:
-    def __init__(self, cfg: dict):
-        env = dict(
-            os.environ, PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"
-        )
-        src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ekt._sandbox_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-            env=env,
-        )
+    """The ekt side of one worker process: its pipes, read buffer and queue of programs."""
+
+    def __init__(self, slot: int, wire: dict):
+        self.slot = slot
+        self.scratch_root = tempfile.mkdtemp(prefix=f"ekt-sandbox-{slot}-")
+        r_req, self.req_fd = os.pipe()
+        self.resp_fd, w_resp = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ekt._sandbox_child"],
+                stdin=r_req,
+                stdout=w_resp,
+                stderr=None,
+                close_fds=True,
+                start_new_session=True,
+                env=_worker_env(),
+                cwd=self.scratch_root,
+            )
+        except BaseException:
+            os.close(self.req_fd)
+            os.close(self.resp_fd)
+            shutil.rmtree(self.scratch_root, ignore_errors=True)
+            raise
+        finally:
+            os.close(r_req)
+            os.close(w_resp)
+        os.set_blocking(self.resp_fd, False)
+        self.buf = bytearray()
+        self.ready = False
+        self.protections: dict[str, bool] = {}
+        self.problem = ""
+        self.queue: deque[int] = deque()  # input indices sent and not yet answered
+        self.head_since = 0.0  # when the program at the head of the queue started
         self.done = 0
-        self.busy: int | None = None  # index of the program in flight
-        self.sent_at = 0.0
-        self._send({"config": cfg})
-        hello = self._recv()
-        if not hello or not hello.get("ready"):
-            self.kill()
-            raise EktError("sandbox worker failed to start")
-        self.seccomp = bool(hello.get("seccomp"))
+        self.sent = 0
+        self.closed = False
+        self.send({"config": {**wire, "scratch_root": self.scratch_root}})
 
-    def _send(self, obj: dict) -> None:
+    def send(self, obj: dict) -> None:
         data = json.dumps(obj).encode()
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(struct.pack("<I", len(data)) + data)
-        self.proc.stdin.flush()
+        view = memoryview(struct.pack("<I", len(data)) + data)
+        while view:
+            view = view[os.write(self.req_fd, view) :]
 
-    def _recv(self) -> dict | None:
-        assert self.proc.stdout is not None
-        head = self.proc.stdout.read(4)
-        if len(head) < 4:
-            return None
-        (size,) = struct.unpack("<I", head)
-        if size > 1 << 20:
-            return None
-        body = self.proc.stdout.read(size)
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            return None
-        return obj if isinstance(obj, dict) else None
-
-    def submit(self, index: int, program: str) -> None:
-        self.busy = index
-        self.sent_at = time.monotonic()
-        self._send({"program": program})
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, 9)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for fh in (self.proc.stdin, self.proc.stdout):
+    def read(self) -> list[dict] | None:
+        """Messages available now; None on EOF (the worker is gone)."""
+        eof = False
+        while True:
             try:
-                if fh:
-                    fh.close()
+                chunk = os.read(self.resp_fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                eof = True
+                break
+            if not chunk:
+                eof = True
+                break
+            self.buf += chunk
+        out = []
+        while len(self.buf) >= 4:
+            (size,) = struct.unpack_from("<I", self.buf)
+            if len(self.buf) < 4 + size:
+                break
+            body = bytes(self.buf[4 : 4 + size])
+            del self.buf[: 4 + size]
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                obj = None
+            out.append(obj if isinstance(obj, dict) else {"status": "killed", "error": "garbled"})
+        if eof and not out:
+            return None
+        return out
+
+    def close_requests(self) -> None:
+        """EOF on the worker's stdin: it finishes its program and exits."""
+        if self.req_fd >= 0:
+            try:
+                os.close(self.req_fd)
             except OSError:
                 pass
-        self.proc.wait()
+            self.req_fd = -1
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 2.0) -> None:
+        """Ask the worker to exit, then make sure it is gone."""
+        self.close_requests()
         try:
-            self._send({"stop": True})
-            self.proc.wait(timeout=2)
-        except (OSError, subprocess.TimeoutExpired, ValueError):
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
             pass
         self.kill()
 
+    def kill(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_requests()
+        try:
+            os.close(self.resp_fd)
+        except OSError:
+            pass
+        self.resp_fd = -1
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its session: the worker itself
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        shutil.rmtree(self.scratch_root, ignore_errors=True)
 
-def _to_execution(msg: dict) -> Execution:
+
+def _execution(msg: dict, max_output: int) -> Execution:
+    status = msg.get("status")
+    if status not in _STATUSES:
+        return Execution("killed", None, "", "", 0.0, "sandbox worker sent a malformed result")
     value = msg.get("value")
-    if msg.get("type") in ("float", "Decimal") or str(msg.get("type", "")).startswith("numpy.f"):
-        if isinstance(value, str):  # nan / inf travel as strings
-            try:
-                value = float(value)
-            except ValueError:
-                value = None
+    if not (value is None or type(value) in (int, float, str, bool, list)):
+        value = None
+    ms = msg.get("ms", 0.0)
     return Execution(
-        status=str(msg.get("status", "killed")),
+        status=status,
         value=value,
-        type=str(msg.get("type", ""))[:60],
-        stdout_tail=str(msg.get("stdout_tail", ""))[-4096:],
-        ms=float(msg.get("ms", 0.0)),
+        type=str(msg.get("type", ""))[:80],
+        stdout_tail=str(msg.get("stdout_tail", ""))[-max_output:] if max_output else "",
+        ms=float(ms) if type(ms) in (int, float) else 0.0,
         error=str(msg.get("error", ""))[:300],
     )
 
 
+def _died(error: str) -> Execution:
+    return Execution("killed", None, "", "", 0.0, error)
+
+
 class Sandbox:
-    """A pool of warm sandbox workers; ``run`` streams Executions in input order."""
+    """A pool of warm workers; ``run`` streams Executions in input order.
+
+    Use as a context manager (or call :meth:`close`): on exit every process the
+    sandbox started is gone and its pipes are closed.
+    """
 
     def __init__(self, config: SandboxConfig | None = None, **overrides: Any):
         cfg = config or SandboxConfig()
         if overrides:
             cfg = SandboxConfig(**{**asdict(cfg), **overrides})
         cfg.validate()
+        if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
+            raise EktError("the sandbox needs Linux (fork, process groups, rlimits)")
         self.config = cfg
         self.n_workers = cfg.workers or os.cpu_count() or 1
         support = detect_protections()
         if cfg.isolation == "strict" and not support["seccomp"]:
             raise EktError(
-                "--isolation strict needs a seccomp filter, which is unavailable here "
-                "(install libseccomp2 and pyseccomp on Linux), or choose --isolation standard"
+                "sandbox isolation 'strict' needs a seccomp syscall filter (it also blocks "
+                "filesystem writes), which is unavailable here: install libseccomp2 and the "
+                "pyseccomp package on Linux, or use isolation 'standard'"
             )
         if cfg.isolation == "none":
             warnings.warn(
-                "SANDBOX ISOLATION IS OFF (--isolation none): programs run without limits "
-                "or syscall filter. Use this only to benchmark the sandbox itself.",
+                "SANDBOX ISOLATION IS OFF (isolation='none'): untrusted programs run without "
+                "resource limits, syscall filter or Landlock. Use this only to benchmark.",
+                RuntimeWarning,
                 stacklevel=2,
             )
         elif not support["seccomp"]:
             warnings.warn(
-                "seccomp is unavailable: programs run with process-group kill, rlimits and a "
-                "scratch directory but no syscall filter",
+                "seccomp is unavailable: programs run with process-group kill, rlimits, "
+                "scratch dir" + (", Landlock" if support["landlock"] else "")
+                + " but no syscall filter (they can create processes and open sockets)",
+                RuntimeWarning,
                 stacklevel=2,
             )
         self._wire = {
-            "timeout": cfg.timeout,
-            "memory_mb": cfg.memory_mb,
-            "cpu_seconds": cfg.cpu_seconds or math.ceil(cfg.timeout) + 1,
-            "max_output_bytes": cfg.max_output_bytes,
-            "fsize_bytes": cfg.fsize_bytes,
+            "timeout": float(cfg.timeout),
+            "memory_mb": int(cfg.memory_mb),
+            "cpu_seconds": int(cfg.cpu_seconds or math.ceil(cfg.timeout) + 1),
+            "max_output_bytes": int(cfg.max_output_bytes),
+            "fsize_bytes": int(cfg.fsize_bytes),
             "isolation": cfg.isolation,
         }
-        self._workers: list[_Worker] = []
-        self._protections = {
-            "process_group_kill": cfg.isolation != "none" or True,
-            "rlimits": cfg.isolation != "none",
-            "seccomp": cfg.isolation != "none" and support["seccomp"],
-            "scratch_dir": True,
-            "landlock": False,
-            "deadline_by_parent": True,
-        }
+        self._workers: list[_Worker | None] = [None] * self.n_workers
+        self._protections: dict[str, bool] = {}
+        self._closed = False
+        try:
+            self._start([*range(self.n_workers)])
+        except BaseException:
+            self.close()
+            raise
+
+    # -- pool management ----------------------------------------------------------------
+
+    def _start(self, slots: list[int]) -> None:
+        """Start workers in the given slots concurrently and wait for their handshakes."""
+        fresh = []
+        for s in slots:
+            w = _Worker(s, self._wire)
+            self._workers[s] = w
+            fresh.append(w)
+        deadline = time.monotonic() + _HANDSHAKE_TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            for w in fresh:
+                sel.register(w.resp_fd, selectors.EVENT_READ, w)
+            waiting = len(fresh)
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EktError("sandbox worker did not start in time")
+                for key, _ in sel.select(timeout=left):
+                    w = key.data
+                    msgs = w.read()
+                    if msgs is None:
+                        raise EktError("sandbox worker exited during start-up (see stderr)")
+                    if not msgs:
+                        continue
+                    sel.unregister(w.resp_fd)
+                    waiting -= 1
+                    self._handshake(w, msgs[0])
+
+    def _handshake(self, w: _Worker, hello: dict) -> None:
+        if not hello.get("ready"):
+            raise EktError(f"sandbox worker failed its self-test: {hello.get('problem', '?')}")
+        prot = hello.get("protections")
+        if not isinstance(prot, dict):
+            raise EktError("sandbox worker sent a malformed handshake")
+        w.protections = {str(k): bool(v) for k, v in prot.items()}
+        w.ready = True
+        if self.config.isolation == "strict":
+            missing = [k for k in ("seccomp", "fs_write_blocked", "rlimits") if not prot.get(k)]
+            if missing:
+                raise EktError(
+                    "sandbox isolation 'strict' could not be met; missing: " + ", ".join(missing)
+                )
+        if not self._protections:
+            self._protections = dict(w.protections)
+        else:  # report only what every worker has
+            for k, v in w.protections.items():
+                self._protections[k] = self._protections.get(k, False) and v
+
+    def _restart(self, w: _Worker, graceful: bool) -> None:
+        if graceful:
+            w.stop()
+        else:
+            w.kill()
+        self._workers[w.slot] = None
+        if not self._closed:
+            self._start([w.slot])
 
     def protections(self) -> dict[str, bool]:
+        """Which protections the running workers apply to every program."""
         return dict(self._protections)
 
     def describe(self) -> str:
         on = [k for k, v in self._protections.items() if v]
-        return f"sandbox ({self.config.isolation}): " + ", ".join(on)
+        return f"sandbox ({self.config.isolation}, {self.n_workers} workers): " + ", ".join(on)
 
-    # -- pool management ---------------------------------------------------------
-    def _spawn(self) -> _Worker:
-        w = _Worker(self._wire)
-        if self.config.isolation != "none" and self._protections["seccomp"] and not w.seccomp:
-            w.kill()
-            raise EktError("sandbox worker could not build its seccomp filter")
-        return w
-
-    def _ensure_workers(self) -> None:
-        while len(self._workers) < self.n_workers:
-            self._workers.append(self._spawn())
-
-    def _replace(self, w: _Worker, graceful: bool) -> _Worker:
-        (w.stop if graceful else w.kill)()
-        nw = self._spawn()
-        self._workers[self._workers.index(w)] = nw
-        return nw
+    # -- running ------------------------------------------------------------------------
 
     def run(self, programs: Iterable[str]) -> Iterator[Execution]:
-        """One Execution per program, in input order, with all workers busy."""
-        self._ensure_workers()
-        it = iter(enumerate(programs))
-        pending: dict[int, Execution] = {}
-        next_out = 0
+        """One Execution per program, in input order, with all workers busy.
+
+        Programs are pulled from ``programs`` lazily; at most a bounded window of
+        results waits for an earlier, slower program, so memory stays flat.
+        """
+        if self._closed:
+            raise EktError("the sandbox is closed")
+        for s, w in enumerate(self._workers):
+            if w is None or w.closed:
+                self._workers[s] = None
+                self._start([s])
+        cap = self.config.max_output_bytes
+        depth = 1  # programs queued per worker
+        window = max(4096, 64 * self.n_workers)  # results held back for input order
+        it = iter(programs)
+        results: dict[int, Execution] = {}
+        retry: deque[tuple[int, str]] = deque()
+        texts: dict[int, str] = {}  # programs in flight, kept to re-send after a worker died
+        next_in = next_out = 0
         exhausted = False
+        backstop = self.config.timeout + _BACKSTOP
         sel = selectors.DefaultSelector()
-        backstop = self.config.timeout + 10.0
+        registered: dict[int, _Worker] = {}
         try:
             while True:
-                for w in self._workers:  # keep every idle worker busy
-                    if w.busy is None and not exhausted:
+                # 1. keep every worker fed
+                for s in range(self.n_workers):
+                    w = self._workers[s]
+                    if w is None:
+                        continue
+                    while len(w.queue) < depth and w.sent < self.config.recycle_after:
+                        if retry:
+                            i, prog = retry.popleft()
+                        else:
+                            if exhausted or next_in - next_out >= window:
+                                break
+                            try:
+                                prog = next(it)
+                            except StopIteration:
+                                exhausted = True
+                                break
+                            i = next_in
+                            next_in += 1
+                            if type(prog) is not str:
+                                results[i] = Execution(
+                                    "error", None, "TypeError", "", 0.0, "program is not a str"
+                                )
+                                continue
                         try:
-                            i, prog = next(it)
-                        except StopIteration:
-                            exhausted = True
+                            w.send({"program": prog})
+                        except OSError:  # the worker died; its reader will notice
+                            retry.appendleft((i, prog))
                             break
-                        if not isinstance(prog, str):
-                            pending[i] = Execution(
-                                "error", None, "TypeError", "", 0.0, "program is not a string"
-                            )
-                            continue
-                        try:
-                            w.submit(i, prog)
-                        except (BrokenPipeError, OSError):
-                            pending[i] = Execution(
-                                "killed", None, "", "", 0.0, "sandbox worker died"
-                            )
-                            w.busy = None
-                            self._replace(w, graceful=False)
-                while next_out in pending:
-                    yield pending.pop(next_out)
+                        if not w.queue:
+                            w.head_since = time.monotonic()
+                        w.queue.append(i)
+                        w.sent += 1
+                        texts[i] = prog
+                    if w.resp_fd not in registered or registered[w.resp_fd] is not w:
+                        if w.resp_fd in registered:
+                            sel.unregister(w.resp_fd)
+                        sel.register(w.resp_fd, selectors.EVENT_READ, w)
+                        registered[w.resp_fd] = w
+                # 2. hand out what is ready, in order
+                while next_out in results:
+                    ex = results.pop(next_out)
                     next_out += 1
-                busy = [w for w in self._workers if w.busy is not None]
+                    yield ex
+                busy = [w for w in self._workers if w is not None and w.queue]
                 if not busy:
-                    if exhausted and not pending:
+                    if exhausted and not retry and not results:
                         return
                     continue
-                for w in busy:
-                    sel.register(w.proc.stdout, selectors.EVENT_READ, w)  # type: ignore[arg-type]
-                events = sel.select(timeout=1.0)
-                for w in busy:
-                    sel.unregister(w.proc.stdout)  # type: ignore[arg-type]
-                ready = {key.data for key, _ in events}
-                for w in busy:
-                    idx = w.busy
-                    assert idx is not None
-                    if w in ready:
-                        msg = w._recv()
-                        w.busy = None
-                        if msg is None:  # the worker died (or spoke garbage)
-                            pending[idx] = Execution(
-                                "killed", None, "", "", 0.0, "sandbox worker died"
-                            )
-                            self._replace(w, graceful=False)
-                            continue
-                        pending[idx] = _to_execution(msg)
+                # 3. wait for results
+                for key, _ in sel.select(timeout=1.0):
+                    w = key.data
+                    msgs = w.read()
+                    if msgs is None:  # the worker died: blame its current program
+                        sel.unregister(key.fd)
+                        del registered[key.fd]
+                        self._worker_died(w, results, retry, texts)
+                        continue
+                    now = time.monotonic()
+                    for msg in msgs:
+                        if not w.queue:
+                            break
+                        i = w.queue.popleft()
+                        texts.pop(i, None)
+                        results[i] = _execution(msg, cap)
                         w.done += 1
-                        if w.done >= self.config.recycle_after:
-                            self._replace(w, graceful=True)
-                    elif time.monotonic() - w.sent_at > backstop:
-                        pending[idx] = Execution(
-                            "timeout",
-                            None,
-                            "",
-                            "",
-                            backstop * 1000,
-                            "worker missed its deadline; replaced",
+                        w.head_since = now
+                    if not w.queue and w.sent >= self.config.recycle_after:
+                        sel.unregister(key.fd)
+                        del registered[key.fd]
+                        self._restart(w, graceful=True)
+                # 4. a worker that misses its own deadline by far is replaced
+                now = time.monotonic()
+                for w in list(busy):
+                    if w.queue and not w.closed and now - w.head_since > backstop:
+                        i = w.queue.popleft()
+                        texts.pop(i, None)
+                        results[i] = Execution(
+                            "timeout", None, "", "", backstop * 1000,
+                            "sandbox worker missed its deadline and was replaced",
                         )
-                        w.busy = None
-                        self._replace(w, graceful=False)
+                        if w.resp_fd in registered:
+                            sel.unregister(w.resp_fd)
+                            del registered[w.resp_fd]
+                        self._requeue(w, retry, texts)
+                        self._restart(w, graceful=False)
         finally:
             sel.close()
-            if any(w.busy is not None for w in self._workers):
-                # The consumer stopped early: the in-flight results are unusable.
-                for w in [w for w in self._workers if w.busy is not None]:
-                    w.busy = None
-                    self._replace(w, graceful=False)
+            # A consumer that stopped early leaves programs in flight: drop those workers.
+            for w in list(self._workers):
+                if w is not None and w.queue:
+                    w.queue.clear()
+                    w.kill()
+                    self._workers[w.slot] = None
+
+    def _requeue(
+        self, w: _Worker, retry: deque[tuple[int, str]], texts: dict[int, str]
+    ) -> None:
+        """Programs queued behind the one at fault go to other workers."""
+        for i in reversed(w.queue):
+            retry.appendleft((i, texts.pop(i)))
+        w.queue.clear()
+
+    def _worker_died(
+        self,
+        w: _Worker,
+        results: dict[int, Execution],
+        retry: deque[tuple[int, str]],
+        texts: dict[int, str],
+    ) -> None:
+        if w.queue:
+            i = w.queue.popleft()
+            texts.pop(i, None)
+            results[i] = _died("sandbox worker died while running this program")
+        self._requeue(w, retry, texts)
+        self._restart(w, graceful=False)
 
     def close(self) -> None:
-        for w in self._workers:
+        """Stop every worker; afterwards no process started by the sandbox remains."""
+        self._closed = True
+        workers = [w for w in self._workers if w is not None]
+        self._workers = [None] * len(self._workers)
+        for w in workers:  # EOF to all first, so they wind down in parallel
+            w.close_requests()
+        for w in workers:
             w.stop()
-        self._workers = []
 
     def __enter__(self) -> Sandbox:
         return self
@@ -373,6 +578,7 @@ class Sandbox:
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
-            self.close()
+            if not self._closed:
+                self.close()
         except Exception:  # noqa: BLE001
             pass
