@@ -6,10 +6,10 @@ Layout of ``out_dir``::
     samples/shard-00000.jsonl  one Completion per line, problems [0, S) of the job
     samples/shard-00000.done   completeness marker, written once the shard is whole
 
-A rerun skips complete shards, and within a partial shard regenerates only the
-problems that still miss samples, writing only the missing sample indices.
-Samplers seed each problem from (seed, problem id), so a resumed run writes the
-same records as an uninterrupted one.
+A rerun skips complete shards and samples a partial shard again, writing only
+the sample indices that are missing. Samplers seed every sample from (seed,
+problem id, sample index) and batch a shard's problems the same way every time,
+so a resumed run writes the same records as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -119,7 +119,10 @@ def generate(
         if path.exists():
             for _, obj in read_jsonl(path):
                 have[obj["problem_id"]].add(int(obj["sample_idx"]))
-        todo = [p for p in chunk if len(have[p.id]) < params.n]
+        # A partial shard is sampled again whole (writing only what is missing): the
+        # sampler batches consecutive problems together, so the same problem list
+        # gives bit-identical samples, and a resumed shard equals an uninterrupted one.
+        todo = chunk if any(len(have[p.id]) < params.n for p in chunk) else []
         if todo:
             if live is None:
                 live = (

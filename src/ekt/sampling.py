@@ -2,27 +2,52 @@
 
 ``Sampler.sample(requests, params)`` takes ``(problem_id, prompt)`` pairs and
 yields one ``Completion`` per (problem, sample index) as soon as it is finished,
-so the caller can persist results while the job runs.
+so the caller can persist results while the job runs. ``Completion.text`` is the
+continuation cut *before* the first stop string; ``n_tokens`` counts the tokens
+generated up to and including the one that completed the stop string (or the
+EOS token, or ``max_new_tokens``). Other backends (a prefix-caching engine,
+vLLM, an OpenAI-compatible server) fit behind the same protocol.
 
 ``TransformersSampler`` runs its own decoding loop on a transformers model:
 
-* each prompt is prefilled once and its key/value cache is shared by the
-  prompt's samples (the cache is repeated along the batch, not recomputed);
-* every sample draws from its own ``torch.Generator`` seeded from
-  ``(seed, problem_id, sample_idx)`` through SHA-256, so a sample does not depend
-  on which other samples or problems were in the batch, and a resumed job
-  reproduces an uninterrupted one;
-* a sample leaves the batch as soon as its text contains a stop string (or it
-  emits EOS), and the rest continue with a smaller batch;
-* temperature 0 is greedy (argmax), token for token what ``model.generate``
-  gives with ``do_sample=False``. Only temperature and top-p shape the
-  distribution: a model's own generation config (top-k, repetition penalty)
-  is ignored, so sampling means the same thing for every model.
+* **Batching.** Problems are taken in groups of ``batch_size // n`` consecutive
+  requests (``pack_prompts=True``), left-padded into one prefill; each prompt
+  is prefilled once and its key/value cache is repeated for its ``n`` samples.
+  With ``n >= batch_size`` a problem's samples fill batches on their own.
+  A sample leaves the batch as soon as it stops (stop string, EOS or length);
+  the batch ends when its last row does.
+* **Reproducibility.** Every sample draws its randomness from its own
+  ``torch.Generator`` seeded with ``sha256(seed, problem_id, sample_idx)``, so
+  which other problems or samples share its batch changes no random number.
+  With ``pack_prompts=False`` a problem's samples are always decoded alone,
+  so its records are bit-identical whatever else is requested (or was done
+  before a resume). With packing (the default, faster), records are
+  bit-identical for the same request list; another grouping changes logits
+  only by float rounding (padding, batch shape), which can flip a draw only
+  when it falls within rounding distance of a probability boundary: rare, but
+  not impossible. ``ekt.generate`` resamples a partial shard with the same
+  request list, so resumed jobs stay exact either way.
+* **Greedy.** Temperature 0 takes the argmax, token for token what
+  ``model.generate(do_sample=False)`` gives for a single prompt (with
+  ``heal_prompt=False``, or when healing does not apply); its ``n`` samples
+  are identical, so one row is decoded and reported ``n`` times. Only
+  temperature and top-p shape the distribution: a model's own generation
+  config (top-k, repetition penalty) is ignored.
+* **Token healing** (``heal_prompt=True``, default). Prompts end with
+  ``def solution():\\n``; BPE tokenizers such as SmolLM2's merge a newline with
+  the indentation that follows it (``"\\n   "`` is one token), so a prompt that
+  ends on a bare ``"\\n"`` token is a tokenisation the model never saw before
+  an indented line, and it answers with unindented text. Healing drops the
+  prompt's last token and constrains the first generated token to tokens whose
+  text starts with the dropped one; the dropped text is not part of
+  ``Completion.text``. Healing is skipped when no other token extends the last
+  one (then greedy output is exactly ``model.generate``'s).
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,15 +67,22 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise EktError(f"--n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise EktError(f"--temperature must be >= 0, got {self.temperature}")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise EktError(f"--n must be an integer >= 1, got {self.n!r}")
+        if not self.temperature >= 0:  # also rejects NaN
+            raise EktError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise EktError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise EktError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise EktError(f"--max-new-tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise EktError("--stop strings must be non-empty")
+        object.__setattr__(self, "stop", stop)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
 
 class Sampler(Protocol):
@@ -60,7 +92,7 @@ class Sampler(Protocol):
 
 
 def derive_seed(seed: int, problem_id: str, sample_idx: int) -> int:
-    """A 63-bit seed that depends only on its inputs (stable across runs and machines)."""
+    """A 63-bit seed that depends only on its inputs (stable across runs, processes, machines)."""
     digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_idx}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
@@ -76,112 +108,266 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
+@dataclass
+class _Prompt:
+    """One encoded prompt: the ids fed to the model and how to read its continuation."""
+
+    ids: list[int]  # prompt ids, without the healed-away last token
+    anchor: list[int]  # ids decoded before a continuation, so leading spaces survive decoding
+    skip: str  # text of the healed-away token(s), removed from the continuation's front
+    base: str = ""  # decoded anchor
+    allowed: Any = None  # LongTensor of ids allowed as the first token, or None
+
+
+@dataclass
+class _Row:
+    problem_id: str
+    sample_idx: int  # first index this row stands for
+    copies: int  # greedy rows report ``copies`` identical samples
+    prompt: _Prompt
+    generator: Any = None
+    tokens: list[int] | None = None
+
+
 class TransformersSampler:
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, progress: bool = True):
+    """Sampler over a transformers causal LM (see the module docstring for the guarantees)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 16,
+        progress: bool = True,
+        pack_prompts: bool = True,
+        heal_prompt: bool = True,
+    ):
         if batch_size < 1:
             raise EktError(f"--batch-size must be >= 1, got {batch_size}")
         self.model = model
         self.tok = tokenizer
         self.batch_size = batch_size
         self.progress = progress
+        self.pack_prompts = pack_prompts
+        self.heal_prompt = heal_prompt
         eos = tokenizer.eos_token_id
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = {eos} if isinstance(eos, int) else set(eos or [])
         ids |= {gen_eos} if isinstance(gen_eos, int) else set(gen_eos or [])
         self.eos_ids = frozenset(i for i in ids if i is not None)
+        self._special = frozenset(getattr(tokenizer, "all_special_ids", []) or [])
+        self._vocab: list[str] | None = None
+        self._extensions: dict[int, list[int]] = {}
         import inspect
 
-        # transformers 5 names the forward argument `cache`; older releases `past_key_values`.
+        # transformers 5 names the cache argument `cache`; older releases `past_key_values`.
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._logits_to_keep = "logits_to_keep" in params
 
     @property
     def device(self) -> Any:
         return next(self.model.parameters()).device
 
-    def encode(self, prompt: str) -> Any:
-        """Prompt token ids, shape [1, L] (with the tokenizer's usual special tokens)."""
-        return self.tok(prompt, return_tensors="pt").input_ids.to(self.device)
+    # ---- prompts -------------------------------------------------------------------------
+
+    def _extending(self, token_id: int) -> list[int]:
+        """Ids of the (non-special) tokens whose raw string starts with ``token_id``'s."""
+        if token_id not in self._extensions:
+            if self._vocab is None:
+                n = len(self.tok)
+                self._vocab = [t or "" for t in self.tok.convert_ids_to_tokens(list(range(n)))]
+            head = self._vocab[token_id]
+            self._extensions[token_id] = [
+                i
+                for i, t in enumerate(self._vocab)
+                if head and t.startswith(head) and i not in self._special
+            ]
+        return self._extensions[token_id]
+
+    def prepare(self, prompt: str) -> _Prompt:
+        """Encode a prompt (with the tokenizer's usual special tokens, e.g. Gemma's BOS)."""
+        ids = list(self.tok(prompt).input_ids)
+        if not ids:
+            raise EktError("empty prompt: nothing to continue")
+        last = ids[-1]
+        if self.heal_prompt and len(ids) >= 2 and last not in self._special:
+            ext = self._extending(last)
+            if len(ext) > 1:
+                import torch
+
+                anchor = ids[-2:-1]
+                base = self.tok.decode(anchor, skip_special_tokens=True)
+                with_last = self.tok.decode(anchor + [last], skip_special_tokens=True)
+                if with_last.startswith(base):
+                    allowed = torch.tensor(ext, dtype=torch.long)
+                    return _Prompt(ids[:-1], anchor, with_last[len(base) :], base, allowed)
+        return _Prompt(ids, ids[-1:], "", self.tok.decode(ids[-1:], skip_special_tokens=True))
+
+    def _text(self, prompt: _Prompt, tokens: list[int]) -> str:
+        """The continuation's text: decoded after the anchor, healed-away text removed."""
+        full = self.tok.decode(prompt.anchor + tokens, skip_special_tokens=True)
+        if full.startswith(prompt.base):
+            text = full[len(prompt.base) :]
+        else:  # a tokenizer whose decoding of the anchor depends on what follows
+            text = self.tok.decode(tokens, skip_special_tokens=True)
+        if prompt.skip and text.startswith(prompt.skip):
+            text = text[len(prompt.skip) :]
+        return text
+
+    # ---- sampling ------------------------------------------------------------------------
 
     def sample(
         self, requests: Sequence[tuple[str, str]], params: SamplingParams
     ) -> Iterator[Completion]:
+        """Yield ``params.n`` completions per request, each as soon as it is finished.
+
+        Groups are formed from consecutive requests, so the same request list
+        always gives the same batches (and bit-identical samples).
+        """
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=len(requests) * params.n, desc="sample", unit="seq", disable=not self.progress
-        )
+        show = self.progress and sys.stderr.isatty()
+        bar = tqdm(total=len(requests) * params.n, desc="sample", unit="seq", disable=not show)
+        per_row = params.n if params.greedy else 1  # samples one decoded row stands for
+        rows_per_problem = 1 if params.greedy else params.n
+        per_group = max(1, self.batch_size // rows_per_problem) if self.pack_prompts else 1
         try:
-            for problem_id, prompt in requests:
-                ids = self.encode(prompt)
-                for start in range(0, params.n, self.batch_size):
-                    idxs = list(range(start, min(params.n, start + self.batch_size)))
-                    for c in self._sample_group(problem_id, ids, idxs, params):
+            for g in range(0, len(requests), per_group):
+                group = [(pid, self.prepare(p)) for pid, p in requests[g : g + per_group]]
+                if len(group) == 1 and rows_per_problem > self.batch_size:
+                    chunks = [
+                        range(s, min(rows_per_problem, s + self.batch_size))
+                        for s in range(0, rows_per_problem, self.batch_size)
+                    ]
+                else:
+                    chunks = [range(rows_per_problem)]
+                for idxs in chunks:
+                    rows = [_Row(pid, i * per_row, per_row, pr) for pid, pr in group for i in idxs]
+                    for c in self._decode(group, rows, len(idxs), params):
                         bar.update(1)
                         yield c
         finally:
             bar.close()
 
-    def _sample_group(
-        self, problem_id: str, ids: Any, idxs: list[int], params: SamplingParams
+    def _decode(
+        self,
+        group: list[tuple[str, _Prompt]],
+        rows: list[_Row],
+        per_prompt: int,
+        params: SamplingParams,
     ) -> Iterator[Completion]:
+        """Decode ``rows`` (``per_prompt`` consecutive rows per prompt of ``group``).
+
+        One prompt is prefilled alone (no padding: token for token ``model.generate``);
+        several are left-padded into one prefill with an attention mask and
+        explicit positions, as ``generate`` does for a padded batch.
+        """
         import torch
 
-        m = len(idxs)
-        greedy = params.temperature == 0
-        gens = [
-            torch.Generator(device="cpu").manual_seed(derive_seed(params.seed, problem_id, i))
-            for i in idxs
-        ]
-        tokens: list[list[int]] = [[] for _ in range(m)]
-        active = list(range(m))  # rows of the original group still decoding, in batch order
+        dev = self.device
+        for r in rows:
+            r.tokens = []
+            if not params.greedy:
+                r.generator = torch.Generator(device="cpu").manual_seed(
+                    derive_seed(params.seed, r.problem_id, r.sample_idx)
+                )
+        padded = len(group) > 1
+        extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        mask = pos = None
         with torch.inference_mode():
-            out = self.model(input_ids=ids, use_cache=True)
+            if padded:
+                enc = [pr.ids for _, pr in group]
+                width = max(len(e) for e in enc)
+                pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+                ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=dev)
+                mask = torch.tensor(
+                    [[0] * (width - len(e)) + [1] * len(e) for e in enc], device=dev
+                )
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra
+                )
+                mask = mask.repeat_interleave(per_prompt, dim=0)
+                pos = pos[:, -1].repeat_interleave(per_prompt, dim=0)
+            else:
+                ids = torch.tensor([group[0][1].ids], device=dev)
+                out = self.model(input_ids=ids, use_cache=True, **extra)
             cache = _cache_of(out)
             logits = out.logits[:, -1, :].float()
-            if m > 1:
-                cache.batch_repeat_interleave(m)
-                logits = logits.expand(m, -1)
+            if per_prompt > 1:
+                cache.batch_repeat_interleave(per_prompt)
+                logits = logits.repeat_interleave(per_prompt, dim=0)
+            logits = self._constrain_first(logits, rows)
+            active = list(range(len(rows)))  # rows still decoding, in batch order
             for step in range(params.max_new_tokens):
-                nxt = self._choose(logits, [gens[r] for r in active], params, greedy)
+                nxt = self._choose(logits, [rows[r] for r in active], params)
                 keep: list[int] = []
-                for pos, r in enumerate(active):
-                    tok = int(nxt[pos])
+                for j, (r, tok) in enumerate(zip(active, nxt.tolist())):
+                    row = rows[r]
+                    assert row.tokens is not None
                     if tok in self.eos_ids:
-                        yield self._finish(
-                            problem_id, idxs[r], tokens[r], len(tokens[r]) + 1, params
+                        text = self._text(row.prompt, row.tokens)
+                        yield from self._emit(
+                            row, truncate_at_stop(text, params.stop)[0], len(row.tokens) + 1
                         )
                         continue
-                    tokens[r].append(tok)
-                    text = self.tok.decode(tokens[r], skip_special_tokens=True)
-                    cut, stopped = truncate_at_stop(text, params.stop)
+                    row.tokens.append(tok)
+                    text, stopped = truncate_at_stop(
+                        self._text(row.prompt, row.tokens), params.stop
+                    )
                     if stopped or step == params.max_new_tokens - 1:
-                        yield Completion(problem_id, idxs[r], cut, len(tokens[r]))
+                        yield from self._emit(row, text, len(row.tokens))
                         continue
-                    keep.append(pos)
+                    keep.append(j)
                 if not keep:
                     return
                 if len(keep) < len(active):
-                    cache.batch_select_indices(torch.tensor(keep, device=nxt.device))
-                    nxt = nxt[keep]
-                    active = [active[p] for p in keep]
-                out = self.model(
-                    input_ids=nxt.unsqueeze(1), use_cache=True, **{self._cache_arg: cache}
-                )
+                    sel = torch.tensor(keep, device=nxt.device)
+                    cache.batch_select_indices(sel)
+                    nxt = nxt[sel]
+                    if mask is not None and pos is not None:
+                        mask, pos = mask[sel], pos[sel]
+                    active = [active[j] for j in keep]
+                kwargs: dict[str, Any] = {self._cache_arg: cache}
+                if mask is not None and pos is not None:
+                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                    pos = pos + 1
+                    kwargs.update(attention_mask=mask, position_ids=pos[:, None])
+                out = self.model(input_ids=nxt.unsqueeze(1), use_cache=True, **kwargs)
                 cache = _cache_of(out)
                 logits = out.logits[:, -1, :].float()
 
-    def _finish(
-        self, problem_id: str, idx: int, toks: list[int], n_tokens: int, params: SamplingParams
-    ) -> Completion:
-        text = self.tok.decode(toks, skip_special_tokens=True)
-        return Completion(problem_id, idx, truncate_at_stop(text, params.stop)[0], n_tokens)
+    @staticmethod
+    def _emit(row: _Row, text: str, n_tokens: int) -> Iterator[Completion]:
+        for k in range(row.copies):
+            yield Completion(row.problem_id, row.sample_idx + k, text, n_tokens)
 
     @staticmethod
-    def _choose(logits: Any, gens: list[Any], params: SamplingParams, greedy: bool) -> Any:
+    def _constrain_first(logits: Any, rows: list[_Row]) -> Any:
+        """Healed prompts: only tokens extending the dropped token may come first."""
+        if all(r.prompt.allowed is None for r in rows):
+            return logits
         import torch
 
-        if greedy:
+        out = logits.clone()
+        for i, r in enumerate(rows):
+            if r.prompt.allowed is not None:
+                allowed = r.prompt.allowed.to(logits.device)
+                masked = torch.full_like(out[i], float("-inf"))
+                masked[allowed] = out[i, allowed]
+                out[i] = masked
+        return out
+
+    @staticmethod
+    def _choose(logits: Any, rows: list[_Row], params: SamplingParams) -> Any:
+        """Next token per row: argmax, or inverse-CDF sampling with one uniform per row.
+
+        Each row's uniform comes from its own CPU generator, so only one number
+        per row crosses devices, and a row's draw never depends on the others.
+        """
+        import torch
+
+        if params.greedy:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:
@@ -190,6 +376,21 @@ class TransformersSampler:
             drop = sorted_p.cumsum(dim=-1) - sorted_p >= params.top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        probs = probs.cpu()
-        picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)]
-        return torch.cat(picks).to(logits.device)
+        wide = torch.float32 if probs.device.type == "mps" else torch.float64
+        cdf = probs.to(wide).cumsum(dim=-1)
+        u = torch.cat([torch.rand(1, generator=r.generator, dtype=torch.float64) for r in rows])
+        target = (u.to(device=cdf.device, dtype=wide) * cdf[:, -1]).unsqueeze(1)
+        # First token whose cumulative mass exceeds the target: zero-probability tokens
+        # can never be picked (their cdf equals their predecessor's).
+        picks = torch.searchsorted(cdf, target, right=True).squeeze(1)
+        # A target rounded up onto the total mass points past the end: take the argmax.
+        return torch.where(picks < probs.shape[-1], picks, probs.argmax(dim=-1))
+
+
+__all__ = [
+    "SamplingParams",
+    "Sampler",
+    "TransformersSampler",
+    "derive_seed",
+    "truncate_at_stop",
+]

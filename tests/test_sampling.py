@@ -1,0 +1,301 @@
+"""TransformersSampler on the tiny model (fast), and on each embedded preset (slow-ish)."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from ekt.errors import EktError
+from ekt.prompts import STOP_STRINGS, extract_program, student_prompt, teacher_prompt
+from ekt.sampling import SamplingParams, TransformersSampler, derive_seed, truncate_at_stop
+
+QUESTIONS = [
+    "Julie has 12 pages to read and reads 3 a day. How many days does she need?",
+    "Mark has 10 yellow flowers and 80% more purple ones. How many purple flowers?",
+    "Randy has 60 mango trees. How many trees in all?",
+    "Joy reads 8 pages in 20 minutes. How many hours for 120 pages?",
+    "A ball costs $2. How much do 5 balls cost?",
+]
+REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """The tiny model, with its residual branches amplified.
+
+    Freshly initialised with tied embeddings, it only ever repeats the prompt's last
+    token under greedy decoding; amplified, its greedy continuations differ by prompt
+    and change along the way, which makes the equality tests below meaningful.
+    """
+    import torch
+
+    from ekt.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                w.mul_(40)
+    return model, tok
+
+
+def _run(tiny, requests, params, **kw):
+    model, tok = tiny
+    out = list(TransformersSampler(model, tok, progress=False, **kw).sample(requests, params))
+    return {(c.problem_id, c.sample_idx): c for c in out}, out
+
+
+# ---- SamplingParams ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        ({"n": 0}, "--n"),
+        ({"temperature": -0.1}, "--temperature"),
+        ({"temperature": float("nan")}, "--temperature"),
+        ({"top_p": 0.0}, "--top-p"),
+        ({"top_p": 1.5}, "--top-p"),
+        ({"max_new_tokens": 0}, "--max-new-tokens"),
+        ({"stop": ("",)}, "--stop"),
+    ],
+)
+def test_invalid_params_raise_ekt_error(kwargs, flag):
+    with pytest.raises(EktError, match=flag):
+        SamplingParams(**kwargs)
+
+
+def test_params_defaults_and_stop_tuple():
+    p = SamplingParams(stop=["\n\n"])  # type: ignore[arg-type]
+    assert p.stop == ("\n\n",)
+    assert SamplingParams().stop == tuple(STOP_STRINGS)
+    assert SamplingParams(temperature=0).greedy and not SamplingParams().greedy
+
+
+def test_bad_batch_size(tiny):
+    with pytest.raises(EktError, match="--batch-size"):
+        TransformersSampler(*tiny, batch_size=0)
+
+
+def test_truncate_at_stop_and_derive_seed():
+    assert truncate_at_stop("a = 1\n\n\n# Question: x", STOP_STRINGS) == ("a = 1", True)
+    assert truncate_at_stop("x\ndef f\n# Question", ["\n# Question", "\ndef "]) == ("x", True)
+    assert truncate_at_stop("plain", STOP_STRINGS) == ("plain", False)
+    assert derive_seed(0, "p/1", 0) == derive_seed(0, "p/1", 0)
+    assert len({derive_seed(0, "p/1", 0), derive_seed(0, "p/1", 1), derive_seed(1, "p/1", 0)}) == 3
+
+
+# ---- tiny model --------------------------------------------------------------------------------
+
+
+def test_n_records_per_problem(tiny):
+    for batch_size in (2, 4, 8, 16):  # n > batch, one problem per batch, and packed problems
+        params = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, stop=())
+        by_key, out = _run(tiny, REQUESTS, params, batch_size=batch_size)
+        assert len(out) == len(REQUESTS) * 3
+        for pid, _ in REQUESTS:
+            assert {i for (p, i) in by_key if p == pid} == {0, 1, 2}
+        assert all(1 <= c.n_tokens <= 8 for c in out)
+
+
+def test_stop_strings_truncate(tiny):
+    # Full continuations first, then the same samples with stop strings that occur in them.
+    # pack_prompts=False and n=1 keep every sample in a batch of its own, so the two runs
+    # take identical draws and the cut texts must be prefixes of the full ones.
+    base = SamplingParams(n=1, temperature=1.0, max_new_tokens=24, stop=(), seed=3)
+    full, _ = _run(tiny, REQUESTS, base, pack_prompts=False)
+    stops = ("e", " =")
+    cut, _ = _run(
+        tiny, REQUESTS, SamplingParams(**{**base.__dict__, "stop": stops}), pack_prompts=False
+    )
+    model, tok = tiny
+    n_cut = 0
+    for key, c in cut.items():
+        f = full[key]
+        expected, stopped = truncate_at_stop(f.text, stops)
+        assert c.text == expected
+        assert not any(s in c.text for s in stops)
+        if stopped:
+            n_cut += 1
+            assert c.n_tokens <= f.n_tokens
+        else:
+            assert c.n_tokens == f.n_tokens
+    assert n_cut >= 3  # the stop strings did fire
+
+
+def test_stop_n_tokens_counts_the_completing_token(tiny):
+    import torch
+
+    model, tok = tiny
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=30, stop=())
+    sampler = TransformersSampler(model, tok, progress=False, heal_prompt=False)
+    (full,) = sampler.sample(REQUESTS[:1], params)
+    ids = tok(REQUESTS[0][1]).input_ids
+    gen = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=30,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+    )[0, len(ids) :].tolist()
+    # Choose as stop string the text of a token in the middle of the continuation.
+    for k in range(2, len(gen) - 1):
+        head, upto = tok.decode(gen[:k]), tok.decode(gen[: k + 1])
+        stop = upto[len(head) :]
+        if upto.startswith(head) and stop.strip() and stop not in head:
+            break
+    else:
+        pytest.skip("tiny model continuation has no clean stop token")
+    (c,) = sampler.sample(REQUESTS[:1], SamplingParams(**{**params.__dict__, "stop": (stop,)}))
+    assert c.text == tok.decode(gen[:k])
+    assert c.n_tokens == k + 1
+
+
+def test_same_seed_same_records_other_seed_differs(tiny):
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=16, stop=(), seed=7)
+    a, _ = _run(tiny, REQUESTS, params, batch_size=8)
+    b, _ = _run(tiny, REQUESTS, params, batch_size=8)
+    assert a == b
+    c, _ = _run(tiny, REQUESTS, SamplingParams(**{**params.__dict__, "seed": 8}), batch_size=8)
+    assert any(a[k].text != c[k].text for k in a)
+    assert len({a[("toy/0", i)].text for i in range(4)}) > 1  # samples of one problem differ
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_order_and_subset_do_not_change_a_problem(tiny, pack):
+    """Resume/reorder: each problem's records depend only on (seed, problem, index).
+
+    Without packing this is exact by construction. With packing, another batch
+    composition changes logits only by rounding; on the tiny model that never flips a draw.
+    """
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, stop=(), seed=11)
+    whole, _ = _run(tiny, REQUESTS, params, batch_size=4, pack_prompts=pack)
+    for subset in (REQUESTS[::-1], REQUESTS[2:], [REQUESTS[3], REQUESTS[0]]):
+        part, _ = _run(tiny, subset, params, batch_size=4, pack_prompts=pack)
+        for key, c in part.items():
+            assert c == whole[key], key
+    # A different batch size regroups rows but takes the same draws.
+    other, _ = _run(tiny, REQUESTS, params, batch_size=3, pack_prompts=pack)
+    assert other == whole
+
+
+def test_greedy_equals_model_generate(tiny):
+    import torch
+
+    model, tok = tiny
+    params = SamplingParams(n=3, temperature=0, max_new_tokens=20, stop=())
+    for pack in (False, True):
+        got, out = _run(tiny, REQUESTS, params, heal_prompt=False, pack_prompts=pack)
+        assert len(out) == len(REQUESTS) * 3
+        for pid, prompt in REQUESTS:
+            ids = tok(prompt, return_tensors="pt").input_ids
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=20,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )[0, ids.shape[1] :].tolist()
+            eos = [i for i, t in enumerate(gen) if t == tok.eos_token_id]
+            n = eos[0] + 1 if eos else len(gen)
+            text = tok.decode(gen[: eos[0]] if eos else gen, skip_special_tokens=True)
+            for i in range(3):
+                assert got[(pid, i)].text == text, (pack, pid)
+                assert got[(pid, i)].n_tokens == n
+
+
+def test_token_healing(tiny):
+    """A prompt ending in a token that longer tokens extend is healed (tiny BPE merges '\\n   ')."""
+    model, tok = tiny
+    sampler = TransformersSampler(model, tok, progress=False)
+    prompt = REQUESTS[0][1]
+    prepared = sampler.prepare(prompt)
+    ids = tok(prompt).input_ids
+    if prepared.allowed is None:
+        pytest.skip("tiny tokenizer has no token extending the prompt's last token")
+    assert prepared.ids == ids[:-1]
+    assert prepared.skip == "\n"
+    assert ids[-1] in prepared.allowed.tolist()
+    vocab = tok.convert_ids_to_tokens(prepared.allowed.tolist())
+    head = tok.convert_ids_to_tokens(ids[-1])
+    assert all(v.startswith(head) for v in vocab) and len(vocab) > 1
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=12, stop=(), seed=1)
+    assert len(list(sampler.sample(REQUESTS[:2], params))) == 8
+    plain = TransformersSampler(model, tok, progress=False, heal_prompt=False).prepare(prompt)
+    assert plain.allowed is None and plain.ids == ids
+
+
+def test_top_p_tiny_keeps_greedy_token(tiny):
+    # top_p close to 0 leaves only the most likely token: sampling becomes greedy.
+    g, _ = _run(tiny, REQUESTS[:2], SamplingParams(n=1, temperature=0, max_new_tokens=10, stop=()))
+    s, _ = _run(
+        tiny,
+        REQUESTS[:2],
+        SamplingParams(n=2, temperature=1.0, top_p=1e-6, max_new_tokens=10, stop=()),
+    )
+    for (pid, _i), c in s.items():
+        assert c.text == g[(pid, 0)].text
+
+
+# ---- the embedded presets ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gsm8k_problem(data_dir):
+    from ekt.tasks import GSM8K
+
+    return GSM8K(data_dir=str(data_dir)).load("train")[0]
+
+
+def _program_shaped(program: str) -> bool:
+    tree = ast.parse(program)
+    fn = tree.body[0]
+    assert isinstance(fn, ast.FunctionDef) and fn.name == "solution"
+    return any(isinstance(s, (ast.Assign, ast.AugAssign, ast.Return)) for s in fn.body)
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m", "gemma3-270m"])
+def preset(request):
+    from ekt.models import load_model
+
+    model, tok = load_model(request.param, device="cpu")
+    return request.param, model, tok
+
+
+def test_preset_writes_a_program(preset, gsm8k_problem):
+    _name, model, tok = preset
+    sampler = TransformersSampler(model, tok, progress=False)
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=48)
+    (c,) = sampler.sample([(gsm8k_problem.id, teacher_prompt(gsm8k_problem))], params)
+    program = extract_program(c.text)
+    compile(program, "<program>", "exec")
+    assert _program_shaped(program), c.text
+    assert c.text.startswith("    "), c.text  # continues the function body, indented
+    assert 1 <= c.n_tokens <= 48
+
+
+def test_preset_greedy_equals_generate_with_packing(preset, data_dir):
+    """Long few-shot prompts (> Gemma's 512-token sliding window), left-padded together."""
+    import torch
+
+    from ekt.tasks import GSM8K
+
+    _name, model, tok = preset
+    problems = GSM8K(data_dir=str(data_dir)).load("train")[1:3]
+    requests = [(p.id, teacher_prompt(p)) for p in problems]
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=12, stop=())
+    sampler = TransformersSampler(model, tok, progress=False, heal_prompt=False)
+    got = {c.problem_id: c for c in sampler.sample(requests, params)}
+    for pid, prompt in requests:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        assert ids.shape[1] > 512
+        gen = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )[0, ids.shape[1] :].tolist()
+        assert tok.eos_token_id not in gen
+        assert got[pid].text == tok.decode(gen, skip_special_tokens=True)
