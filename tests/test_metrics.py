@@ -5,7 +5,13 @@ from fractions import Fraction
 import pytest
 
 from ekt.errors import EktError
-from ekt.metrics import mean_pass_at_k, pass_at_k
+from ekt.metrics import (
+    majority_accuracy,
+    majority_vote,
+    mean_pass_at_k,
+    pass_at_k,
+    score_problems,
+)
 
 
 def exact(n, c, k):
@@ -33,10 +39,27 @@ def test_matches_exact_comb_on_random_cases():
         (100, 1, 100, 1.0),
         (200, 3, 100, exact(200, 3, 100)),
         (4, 2, 2, 5 / 6),
+        (200, 0, 200, 0.0),
+        (200, 200, 1, 1.0),
+        (200, 1, 1, 0.005),
+        (7, 3, 7, 1.0),
     ],
 )
 def test_edge_cases(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_exhaustive_small_n_in_unit_interval_and_monotone():
+    for n in range(1, 25):
+        for c in range(0, n + 1):
+            row = [pass_at_k(n, c, k) for k in range(1, n + 1)]
+            assert all(0.0 <= v <= 1.0 for v in row)
+            assert all(a <= b + 1e-12 for a, b in zip(row, row[1:])), (n, c)
+            for k in range(1, n + 1):
+                assert row[k - 1] == pytest.approx(exact(n, c, k), abs=1e-12)
+                if c < n:
+                    assert pass_at_k(n, c, k) <= pass_at_k(n, c + 1, k) + 1e-12
+        assert pass_at_k(n, 1, 1) == pytest.approx(1 / n)
 
 
 def test_monotone_in_k_and_c():
@@ -62,3 +85,47 @@ def test_refuses_invalid(n, c, k, msg):
 
 def test_mean():
     assert mean_pass_at_k([(4, 2), (4, 0)], 1) == pytest.approx(0.25)
+    with pytest.raises(EktError, match="no problems"):
+        mean_pass_at_k([], 1)
+
+
+def test_majority_vote():
+    assert majority_vote([3.0, 2.0, 3.0000000001, None]) == 3.0
+    assert majority_vote([1.0, 2.0]) == 1.0  # tie: first seen
+    assert majority_vote([2.0, 1.0, 1.0, 2.0]) == 2.0
+    assert majority_vote([None, None]) is None
+    assert majority_vote([]) is None
+    assert majority_vote([float("nan"), float("nan"), 5.0]) == 5.0
+    assert majority_vote([float("inf"), True, True, 4.0]) == 4.0
+    assert majority_vote([-0.0, 0.0, 1.0]) == 0.0
+    assert majority_vote([0.1 + 0.2, 0.3, 7.0]) == 0.3
+    assert majority_vote([2, 2.0, 3.5]) == 2.0
+
+
+def test_majority_accuracy():
+    samples = [[3.0, 3.0, 1.0], [None, 2.0, 5.0], [None, None, None], [4.00001, 4.0, 9.0]]
+    assert majority_accuracy(samples, [3, 5, 1, 4]) == pytest.approx(0.5)
+    with pytest.raises(EktError, match="gold"):
+        majority_accuracy(samples, [1])
+
+
+def test_score_problems():
+    rows = [
+        {"problem_id": "a", "n": 4, "c": 2, "greedy_correct": True, "majority_correct": True},
+        {"problem_id": "b", "n": 4, "c": 0, "greedy_correct": False, "majority_correct": False},
+    ]
+    s = score_problems(rows, ks=(1, 2, 4))
+    assert s["problems"] == 2
+    assert s["pass@1"] == pytest.approx(0.25)
+    assert s["pass@2"] == pytest.approx((5 / 6) / 2)
+    assert s["pass@4"] == pytest.approx(0.5)
+    assert s["greedy_pass@1"] == pytest.approx(0.5)
+    assert s["maj@4"] == pytest.approx(0.5)
+    rows[1]["greedy_correct"] = None
+    assert "greedy_pass@1" not in score_problems(rows, ks=(1,))
+    with pytest.raises(EktError, match="exceeds n=4"):
+        score_problems(rows, ks=(10,))
+    with pytest.raises(EktError, match="different sample counts"):
+        score_problems([rows[0], {**rows[1], "n": 5}], ks=(1,))
+    with pytest.raises(EktError, match="no problems"):
+        score_problems([], ks=(1,))

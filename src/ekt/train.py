@@ -10,17 +10,26 @@ through gradient accumulation, sequences of at most 400 tokens, gradient
 clipping at 1.0. Because training runs on ``Trainer``, accelerate (DDP, FSDP,
 DeepSpeed), checkpoint resume and loggers come with it.
 
-``out_dir`` ends up a standard HF checkpoint folder that ``--model`` accepts,
-with ``train_log.jsonl`` (loss per logging step) and ``train_summary.json``.
-Trainer checkpoints live in ``out_dir/checkpoints`` and a rerun resumes from
-the last one.
+``out_dir`` ends up a standard HF checkpoint folder that ``--model`` (and
+``from_pretrained``) accepts, with ``train_log.jsonl`` (one line per logging
+step) and ``train_summary.json``. Trainer checkpoints live in
+``out_dir/checkpoints`` (every ``save_steps`` steps, and at the end); a rerun
+with the same model, pairs and settings resumes from the last one, while
+checkpoints left by different settings are cleared first.
+
+Weights are loaded in float32; on a GPU with bf16 support training runs under
+bf16 autocast (fp16 on older GPUs), on CPU in plain float32.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +39,19 @@ from ekt.prompts import PROGRAM_HEADER, student_prompt
 from ekt.records import TrainPair, read_records, write_json_atomic
 
 LOSS_ON = ("program", "all")
+IGNORE = -100  # label of tokens without loss
+CHECKPOINTS = "checkpoints"
+_RUN_FILE = "ekt_run.json"  # fingerprint of the run the checkpoints belong to
+# Settings that do not change the training trajectory (a resume may change them).
+_NOT_FINGERPRINTED = ("logging_steps", "save_steps", "gradient_checkpointing")
 
 
 @dataclass
 class TrainConfig:
+    """Training settings; each field is a CLI flag (``--learning-rate``) and a YAML key."""
+
     learning_rate: float = 1e-4
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # not on norms and biases
     warmup_steps: int = 100
     lr_scheduler_type: str = "linear"
     batch_size: int = 32  # effective: per_device_batch_size x accumulation (x processes)
@@ -50,22 +66,40 @@ class TrainConfig:
     save_steps: int = 0  # 0: a checkpoint at the end only
     gradient_checkpointing: bool = False
 
-    def validate(self) -> None:
+    def validate(self, world_size: int = 1) -> None:
+        """Raise EktError for settings that cannot work (cheap: imports nothing)."""
         if self.loss_on not in LOSS_ON:
             raise EktError(f"--loss-on must be program or all, got {self.loss_on!r}")
         if self.per_device_batch_size < 1 or self.batch_size < 1:
             raise EktError("--batch-size and --per-device-batch-size must be >= 1")
-        if self.batch_size % self.per_device_batch_size:
+        per_step = self.per_device_batch_size * world_size
+        if self.batch_size % per_step:
+            procs = f" x {world_size} processes" if world_size > 1 else ""
             raise EktError(
                 f"--batch-size {self.batch_size} is not a multiple of --per-device-batch-size "
-                f"{self.per_device_batch_size}"
+                f"{self.per_device_batch_size}{procs}"
             )
         if self.learning_rate <= 0:
             raise EktError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise EktError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise EktError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.max_grad_norm < 0:
+            raise EktError(f"--max-grad-norm must be >= 0, got {self.max_grad_norm}")
         if self.max_length < 16:
             raise EktError(f"--max-length must be >= 16, got {self.max_length}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise EktError("set --epochs > 0 or --max-steps > 0")
+        if self.logging_steps < 1:
+            raise EktError(f"--logging-steps must be >= 1, got {self.logging_steps}")
+        if self.save_steps < 0:
+            raise EktError(f"--save-steps must be >= 0, got {self.save_steps}")
+
+    def accumulation_steps(self, world_size: int = 1) -> int:
+        """Gradient accumulation giving an effective batch of ``batch_size``."""
+        self.validate(world_size)
+        return self.batch_size // (self.per_device_batch_size * world_size)
 
 
 @dataclass
@@ -74,30 +108,58 @@ class TrainResult:
     pairs: int
     steps: int
     final_loss: float | None
-    program_tokens: int
+    program_tokens: int  # loss tokens in one pass over the data
     seconds: float
+    tokens_trained: int = 0  # non-padding input tokens processed, all epochs
+    dropped: int = 0  # examples without a loss token after truncation
 
     def line(self) -> str:
         loss = "n/a" if self.final_loss is None else f"{self.final_loss:.4f}"
         return (
             f"train: {self.pairs} pairs, {self.steps} steps, final loss {loss}, "
-            f"{self.program_tokens} program tokens/epoch, {self.seconds:.0f}s -> {self.out_dir}"
+            f"{self.tokens_trained} tokens trained ({self.program_tokens} loss tokens/epoch), "
+            f"{self.seconds:.0f}s -> {self.out_dir}"
         )
 
 
+# -- data -------------------------------------------------------------------
+
+
 def encode_pair(tok: Any, question: str, program: str, max_length: int, loss_on: str) -> dict:
-    """input_ids and labels for one example; prompt tokens get label -100 unless loss_on=all."""
+    """input_ids and labels for one example; prompt tokens get label -100 unless loss_on=all.
+
+    The prompt and the program body are tokenised separately, as at generation
+    time (the model continues the tokenised prompt), then joined, ended with EOS
+    and truncated to ``max_length``.
+    """
+    if tok.eos_token_id is None:
+        raise EktError("the student's tokenizer has no EOS token; cannot mark the program end")
     prompt = student_prompt(question)
     body = program[len(PROGRAM_HEADER) :] if program.startswith(PROGRAM_HEADER) else program
-    p_ids = tok(prompt, add_special_tokens=True).input_ids
-    b_ids = tok(body, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    p_ids = list(tok(prompt, add_special_tokens=True).input_ids)
+    b_ids = list(tok(body, add_special_tokens=False).input_ids) + [tok.eos_token_id]
     ids = (p_ids + b_ids)[:max_length]
-    labels = list(ids) if loss_on == "all" else ([-100] * len(p_ids) + b_ids)[:max_length]
+    if loss_on == "all":
+        labels = list(ids)
+    else:
+        labels = ([IGNORE] * len(p_ids) + b_ids)[:max_length]
     return {"input_ids": ids, "labels": labels}
 
 
+def build_examples(
+    tok: Any, pairs: Sequence[TrainPair], max_length: int, loss_on: str
+) -> tuple[list[dict], int]:
+    """Encoded examples, and how many were dropped for having no loss token left."""
+    examples = []
+    for p in pairs:
+        ex = encode_pair(tok, p.question, p.program, max_length, loss_on)
+        if any(x != IGNORE for x in ex["labels"]):
+            examples.append(ex)
+    return examples, len(pairs) - len(examples)
+
+
 class PadCollator:
-    """Right-pads a batch to its longest example (labels with -100)."""
+    """Right-pads a batch to its longest example: pad id, attention 0, label -100."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -109,18 +171,25 @@ class PadCollator:
         ids, labels, mask = [], [], []
         for f in feats:
             pad = width - len(f["input_ids"])
-            ids.append(f["input_ids"] + [self.pad_id] * pad)
-            labels.append(f["labels"] + [-100] * pad)
+            ids.append(list(f["input_ids"]) + [self.pad_id] * pad)
+            labels.append(list(f["labels"]) + [IGNORE] * pad)
             mask.append([1] * len(f["input_ids"]) + [0] * pad)
         return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "attention_mask": torch.tensor(mask),
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
         }
 
 
+# -- optimiser --------------------------------------------------------------
+
+
 def decay_parameter_names(model: Any) -> list[str]:
-    """Parameters that get weight decay: matrices, not biases or norm scales (any norm class)."""
+    """Parameters that get weight decay: matrices, not biases or norm scales (any norm class).
+
+    A parameter is excluded when it is 1-D, is named ``*bias``, or belongs to a
+    module whose class name contains "norm" (LayerNorm, LlamaRMSNorm, Gemma3RMSNorm...).
+    """
     norm_params = set()
     for mod_name, module in model.named_modules():
         if "norm" in type(module).__name__.lower():
@@ -137,10 +206,15 @@ def _trainer_class() -> Any:
     from transformers import Trainer
 
     class EktTrainer(Trainer):
+        """Trainer whose AdamW groups come from ``decay_parameter_names``."""
+
         def get_decay_parameter_names(self, model: Any) -> list[str]:
             return decay_parameter_names(model)
 
     return EktTrainer
+
+
+# -- logging ----------------------------------------------------------------
 
 
 def _log_callback(path: Path) -> Any:
@@ -148,21 +222,42 @@ def _log_callback(path: Path) -> Any:
 
     class JsonlLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
-            if logs:
-                with open(path, "a") as fh:
-                    fh.write(
-                        json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n"
-                    )
+            if logs and state.is_world_process_zero:
+                with open(path, "a", encoding="utf-8") as fh:
+                    row = {"step": state.global_step, "epoch": state.epoch, **logs}
+                    fh.write(json.dumps(row) + "\n")
 
     return JsonlLog()
 
 
+def _trim_log(path: Path, max_step: int) -> None:
+    """Drop log lines past ``max_step`` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                keep.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+
+
+# -- evaluation helper ------------------------------------------------------
+
+
 def evaluate_loss(
-    model: Any, tok: Any, pairs: list[TrainPair], loss_on: str = "program", max_length: int = 400
+    model: Any,
+    tok: Any,
+    pairs: Sequence[TrainPair],
+    loss_on: str = "program",
+    max_length: int = 400,
 ) -> float:
-    """Mean per-token loss of ``model`` on ``pairs`` (the tokens training would score)."""
+    """Mean per-token cross-entropy of ``model`` on ``pairs`` over the tokens training scores."""
     import torch
 
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -175,12 +270,81 @@ def evaluate_loss(
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]),
                 tgt.reshape(-1),
-                ignore_index=-100,
+                ignore_index=IGNORE,
                 reduction="sum",
             )
             total += float(loss)
-            count += int((tgt != -100).sum())
+            count += int((tgt != IGNORE).sum())
+    if was_training:
+        model.train()
     return total / max(count, 1)
+
+
+# -- the stage --------------------------------------------------------------
+
+
+def _load_student(model_spec: str, device: str | None) -> tuple[Any, Any]:
+    """(float32 model, tokenizer with a pad token), through ekt.models when available."""
+    try:
+        from ekt.models import load_model
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        return load_model(model_spec, device=device, dtype="float32")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_spec)
+        model = AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32)
+    except OSError as e:
+        raise EktError(f"could not load model {model_spec!r}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _fingerprint(model_spec: str, pairs_path: Path, cfg: TrainConfig) -> dict:
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED}
+    digest = hashlib.sha256(pairs_path.read_bytes()).hexdigest()
+    return {"model": model_spec, "pairs_sha256": digest, "config": settings}
+
+
+def _prepare_checkpoints(ckpt_dir: Path, run: dict, resume: bool) -> str | None:
+    """The checkpoint to resume from, clearing checkpoints of another run (main process)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    run_file = ckpt_dir / _RUN_FILE
+    if ckpt_dir.is_dir():
+        try:
+            same = json.loads(run_file.read_text(encoding="utf-8")) == run
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not resume or not same:
+            if main:
+                why = "--no-resume" if not resume else "model, pairs or settings changed"
+                print(f"train: clearing old checkpoints in {ckpt_dir} ({why})")
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+        else:
+            last = get_last_checkpoint(str(ckpt_dir))
+            if last is not None:
+                return last
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_file, run)
+    return None
+
+
+def _mixed_precision(device: str | None) -> tuple[bool, bool, bool]:
+    """(use_cpu, bf16, fp16) for the device training will run on."""
+    import torch
+
+    cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
+    if not cuda:
+        return True, False, False
+    bf16 = torch.cuda.is_bf16_supported()
+    return False, bf16, not bf16
 
 
 def train_student(
@@ -191,35 +355,65 @@ def train_student(
     resume: bool = True,
     device: str | None = None,
 ) -> TrainResult | None:
-    import torch
-    from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
+    """Fine-tune ``model_spec`` on the pairs in ``pairs_path``; ``out_dir`` becomes the student.
 
-    from ekt.models import load_model
-
+    Returns None (and says so) when the file holds no pairs. ``device`` "cpu"
+    forces CPU training; by default a GPU is used when there is one.
+    """
     cfg = config or TrainConfig()
-    cfg.validate()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = cfg.accumulation_steps(world_size)
+    pairs_path = Path(pairs_path)
     pairs = read_records(pairs_path, TrainPair)
     if not pairs:
         print(f"train: no training pairs in {pairs_path}: nothing to train")
         return None
+
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import SchedulerType
+
+    try:
+        SchedulerType(cfg.lr_scheduler_type)
+    except ValueError:
+        choices = ", ".join(s.value for s in SchedulerType)
+        raise EktError(
+            f"--lr-scheduler-type {cfg.lr_scheduler_type!r} is not one of: {choices}"
+        ) from None
+
+    t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    model, tok = load_model(model_spec, device=device)
-    model.train()
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    ckpt_dir = out / CHECKPOINTS
+    log_path = out / "train_log.jsonl"
+    last = _prepare_checkpoints(ckpt_dir, _fingerprint(model_spec, pairs_path, cfg), resume)
+    if last is None:
+        log_path.unlink(missing_ok=True)
+    else:
+        print(f"train: resuming from {last}")
+        _trim_log(log_path, int(Path(last).name.rsplit("-", 1)[-1]))
+
+    model, tok = _load_student(model_spec, device)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tok.pad_token_id
-    data = [encode_pair(tok, p.question, p.program, cfg.max_length, cfg.loss_on) for p in pairs]
-    tokens = sum(sum(1 for x in d["labels"] if x != -100) for d in data)
-    cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
-    ckpt_dir = out / "checkpoints"
+        model.config.pad_token_id = pad_id
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    data, dropped = build_examples(tok, pairs, cfg.max_length, cfg.loss_on)
+    if dropped:
+        print(
+            f"train: {dropped} of {len(pairs)} examples have no program token within "
+            f"--max-length {cfg.max_length} and are skipped"
+        )
+    if not data:
+        raise EktError(f"no example in {pairs_path} fits --max-length {cfg.max_length}")
+    loss_tokens = sum(sum(1 for x in d["labels"] if x != IGNORE) for d in data)
+    use_cpu, bf16, fp16 = _mixed_precision(device)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.batch_size // cfg.per_device_batch_size,
+        gradient_accumulation_steps=accumulation,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps,
@@ -230,43 +424,59 @@ def train_student(
         optim="adamw_torch",
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        save_strategy="steps" if cfg.save_steps > 0 else "epoch",
-        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        # "steps" also saves at the last step; save_steps=0 means only there.
+        save_strategy="steps",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 10**9,
         save_total_limit=1,
         seed=cfg.seed,
-        bf16=cuda,
-        use_cpu=not cuda,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=use_cpu,
         remove_unused_columns=False,
-        report_to=[],
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
         dataloader_num_workers=0,
     )
     trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=data,
-        data_collator=PadCollator(tok.pad_token_id),
-        callbacks=[_log_callback(out / "train_log.jsonl")],
+        data_collator=PadCollator(pad_id),
+        processing_class=tok,
+        callbacks=[_log_callback(log_path)],
     )
-    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
-    if last is None and (out / "train_log.jsonl").exists():
-        (out / "train_log.jsonl").unlink()
     output = trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))
-    tok.save_pretrained(str(out))
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = True
+    trainer.save_model(str(out))  # model, config, generation config and tokenizer
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = TrainResult(
         out_dir=str(out),
         pairs=len(pairs),
         steps=int(output.global_step),
         final_loss=losses[-1] if losses else None,
-        program_tokens=tokens,
+        program_tokens=loss_tokens,
         seconds=time.time() - t0,
+        tokens_trained=int(trainer.state.num_input_tokens_seen),
+        dropped=dropped,
     )
-    write_json_atomic(
-        out / "train_summary.json",
-        {**asdict(result), "config": asdict(cfg), "train_loss": output.training_loss},
-    )
-    print(result.line())
+    if trainer.is_world_process_zero():
+        write_json_atomic(
+            out / "train_summary.json",
+            {
+                **asdict(result),
+                "model": model_spec,
+                "pairs_file": str(pairs_path),
+                "epochs_done": trainer.state.epoch,
+                "train_loss": output.training_loss,
+                "effective_batch": cfg.per_device_batch_size * accumulation * world_size,
+                "gradient_accumulation_steps": accumulation,
+                "precision": "bf16" if bf16 else "fp16" if fp16 else "fp32",
+                "resumed_from": last,
+                "config": asdict(cfg),
+            },
+        )
+        print(result.line())
     if not math.isfinite(output.training_loss):
         raise EktError(f"training diverged (loss {output.training_loss}); lower --learning-rate")
     return result
