@@ -9,7 +9,7 @@ export EKT_DATA_DIR ?= $(abspath ../shared/data/gsm8k)
 export EKT_CACHE_DIR ?= $(HOME)/.cache/ekt
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean browser
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,14 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/ekt demo
 
-test: setup
+# The report test renders report.html in Debian's chromium; install it where we can (root or
+# passwordless sudo), else that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$S apt-get update -qq && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  chromium; } >/dev/null 2>&1 || echo "note: chromium not installed; the browser test will skip"
+
+test: setup browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 

@@ -132,7 +132,9 @@ class Runner:
                         "skipped": "no training pairs",
                     }
                 )
-        return self._write_results(rows)
+        from ekt.report import finish_run  # 95% intervals into results.json/.md, report.html
+
+        return finish_run(self.dir, self._write_results(rows))
 
     def _check_config(self) -> None:
         path = self.dir / "config.yaml"
