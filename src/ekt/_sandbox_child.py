@@ -1,54 +1,70 @@
 """Sandbox worker process: a warm interpreter that forks one confined child per program.
 
-Started by :class:`ekt.sandbox.Sandbox` as ``python -m ekt._sandbox_child``. The worker
-talks to the ekt process over its stdin/stdout with length-prefixed JSON messages
-(4-byte little-endian length, then UTF-8 JSON; never pickle):
+Started by :class:`ekt.sandbox.Sandbox` as ``python -P -m ekt._sandbox_child``. The
+worker talks to the ekt process over its stdin/stdout with length-prefixed messages
+(4-byte little-endian length, then the body; never pickle):
 
-* first request ``{"config": {...}}`` -> reply ``{"ready": true, "protections": {...}}``
-  (sent only after a probe program ran through the full confinement path);
-* then ``{"program": "<source>"}`` -> one result message per request, in order:
-  ``{"status", "value", "type", "stdout_tail", "ms", "error"}``;
-* EOF on stdin (or ``{"stop": true}``) -> the worker exits.
+* first request: the config, ``marshal``-encoded (only the ekt process writes this
+  pipe) -> reply ``{"ready": true, "protections": {...}, "fs": {...}}`` as JSON, sent
+  only after a probe program ran through the full confinement path and checked the
+  filesystem rule from inside it;
+* then one program per request, UTF-8 text -> one JSON result per request, in order:
+  ``{"status", "value", "type", "error", "stdout_tail", "ms"}``;
+* EOF on stdin -> the worker exits. A worker that must stop early (its scratch
+  directory could not be emptied) answers ``{"retire": why}`` and exits; the ekt
+  process re-sends what it had queued there.
 
-Importing this module is cheap (no numpy): ``ekt.sandbox`` imports the probes from
-here. The heavy pre-imports happen in :func:`main`, once per worker.
+Start-up, once per worker: import the preloads; create the scratch directory and (as
+root) mount a size-capped tmpfs on it in a private mount namespace; build the Landlock
+ruleset (read-only allow-list, read-write scratch); compile the seccomp filter in a
+short-lived helper process (pyseccomp imports ``threading``, whose fork handler would
+tax every child); set the rlimits every child shares, no_new_privs, drop every
+capability; point fds 0 and 1 at /dev/null and ``sys.stdout``/``sys.stderr`` at the
+output tail; ``gc.freeze()`` and ``malloc_trim``. Nothing that every child would do
+alike is left for the children.
 
 Per program the worker ``fork()``s. The child, before running one line of the
-program: joins its own process group, asks for SIGKILL when the worker dies, points
-fds 0-2 at /dev/null and closes every other inherited fd except its result pipe,
-chdirs into a fresh scratch directory, lowers its rlimits, drops all capabilities,
-sets no_new_privs, enters a Landlock domain (when the kernel has Landlock) and
-loads the seccomp filter the worker compiled once (a raw BPF program installed
-with one prctl, so loading costs microseconds). Any failure in that setup exits
-the child with ``SETUP_FAILED`` before the program runs.
+program: asks for SIGKILL when the worker dies, joins its own process group, sets
+its CPU and address-space limits, enters the Landlock domain, points fd 2 at
+/dev/null and closes every other fd except its result pipe, and loads the seccomp
+filter (one prctl). Any failure in that setup exits the child with ``SETUP_FAILED``
+before the program runs. Then it compiles and runs the program, reduces what
+``solution()`` returned to a plain value by exact type checks, and writes one framed
+result (six length-prefixed UTF-8 fields).
+
+On this kind of machine a fork costs mostly page faults: every page the child (or the
+worker, while the child lives) writes is copied first. Hence the lean child path,
+the small worker (no json, typing, random or threading modules) and ``LD_BIND_NOW``.
 
 The worker waits for the result with its own monotonic clock (``poll`` on the
 result pipe), SIGKILLs the child's process group at the deadline or as soon as the
-result is in, reaps it, kills and reaps any stray it adopted as a child subreaper,
-and removes the scratch directory. It reads at most ``result_cap`` bytes and
-re-validates the child's JSON, so a program that forges or floods its result pipe
-only ever produces a plain, bounded record.
+whole result is in, reaps it, kills and reaps any stray it adopted as a child
+subreaper (only possible without seccomp), and empties the scratch directory. It
+reads at most ``result_cap`` bytes and re-validates the child's fields, so a program
+that forges or floods its result pipe only ever produces a plain, bounded record.
 """
 
 from __future__ import annotations
 
+import _json
 import ctypes
-import ctypes.util
 import errno
-import json
 import math
 import os
 import resource
 import select
-import shutil
 import signal
 import struct
 import sys
 import time
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every worker 0.6 MB, which every fork copies
+    from typing import Any
 
 SETUP_FAILED = 121  # child exit code: confinement could not be applied, program not run
 MAX_INT_BITS = 3322  # about 1000 decimal digits; larger ints are reported without a value
+MAX_INT_DIGITS = 1001  # a sign and 1000 digits
 MAX_STR_CHARS = 1000  # returned strings are cut to this many characters
 MAX_ERROR_CHARS = 300
 MAX_TYPE_CHARS = 80
@@ -60,25 +76,69 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 SECCOMP_MODE_FILTER = 2
 CLONE_THREAD = 0x00010000
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
+_LANDLOCK_NR = {"landlock_create_ruleset": 444, "landlock_add_rule": 445,
+                "landlock_restrict_self": 446}
 _SYSCALLS = {
-    "x86_64": {"capset": 126, "landlock_create_ruleset": 444, "landlock_restrict_self": 446},
-    "aarch64": {"capset": 91, "landlock_create_ruleset": 444, "landlock_restrict_self": 446},
+    "x86_64": {"capset": 126, **_LANDLOCK_NR},
+    "aarch64": {"capset": 91, **_LANDLOCK_NR},
 }
 _NR = _SYSCALLS.get(os.uname().machine, {})
+# ioctls that change a file's inode flags or project attributes (chattr): refused always
+FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR = 0x40086602, 0x40046602, 0x401C5820
 
-# Landlock access rights (include/uapi/linux/landlock.h).
+# Landlock access rights (include/uapi/linux/landlock.h); the ABI that introduced each.
 LL_FS_EXECUTE = 1 << 0
 LL_FS_WRITE_FILE = 1 << 1
+LL_FS_READ_FILE = 1 << 2
+LL_FS_READ_DIR = 1 << 3
 LL_FS_REMOVE_DIR = 1 << 4
 LL_FS_REMOVE_FILE = 1 << 5
-LL_FS_MAKE_ALL = sum(1 << b for b in range(6, 13))  # char, dir, reg, sock, fifo, block, sym
+LL_FS_MAKE_CHAR = 1 << 6
+LL_FS_MAKE_DIR = 1 << 7
+LL_FS_MAKE_REG = 1 << 8
+LL_FS_MAKE_SOCK = 1 << 9
+LL_FS_MAKE_FIFO = 1 << 10
+LL_FS_MAKE_BLOCK = 1 << 11
+LL_FS_MAKE_SYM = 1 << 12
 LL_FS_REFER = 1 << 13  # ABI 2
 LL_FS_TRUNCATE = 1 << 14  # ABI 3
 LL_FS_IOCTL_DEV = 1 << 15  # ABI 5
+LL_FS_FILE_ONLY = LL_FS_EXECUTE | LL_FS_WRITE_FILE | LL_FS_READ_FILE | LL_FS_TRUNCATE | (
+    LL_FS_IOCTL_DEV
+)  # the rights a rule on a single (non-directory) file may carry
+LL_READ = LL_FS_READ_FILE | LL_FS_READ_DIR
+LL_SCRATCH = (
+    LL_READ | LL_FS_WRITE_FILE | LL_FS_REMOVE_DIR | LL_FS_REMOVE_FILE | LL_FS_MAKE_DIR
+    | LL_FS_MAKE_REG | LL_FS_MAKE_SYM | LL_FS_MAKE_FIFO | LL_FS_REFER | LL_FS_TRUNCATE
+)
 LL_NET_ALL_TCP = (1 << 0) | (1 << 1)  # bind, connect; ABI 4
 LL_SCOPE_ALL = (1 << 0) | (1 << 1)  # abstract unix sockets, signals; ABI 6
+LANDLOCK_RULE_PATH_BENEATH = 1
+MAX_LANDLOCK_RULES = 4096  # refuse to punch holes into a read root that needs more rules
+
+# What the interpreter may read besides its own prefixes and sys.path: shared libraries
+# and the few system files Python and glibc open lazily. Directories are read
+# recursively; nothing here holds task data or credentials.
+SYSTEM_READ_ROOTS = (
+    "/usr", "/lib", "/lib64", "/lib32", "/libx32",
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
+    "/etc/timezone", "/sys/devices/system/cpu",
+    "/dev/zero", "/dev/urandom", "/dev/random",
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+# The calls made in every child, bound once with fixed argument types and no errno
+# bookkeeping: each Python-level step in a child copies pages shared with the worker.
+_fast = ctypes.CDLL(None)
+_prctl = _fast.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+_syscall2 = _fast.syscall
+_syscall2.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long]
+_syscall2.restype = ctypes.c_long
 
 
 # -- probes (also used by ekt.sandbox.detect_protections) -------------------------------
@@ -130,13 +190,19 @@ _DENY = (
     "keyctl add_key request_key init_module finit_module delete_module kexec_load "
     "kexec_file_load reboot swapon swapoff acct quotactl settimeofday clock_settime "
     "clock_adjtime adjtimex sethostname setdomainname iopl ioperm syslog vhangup "
-    "fanotify_init name_to_handle_at open_by_handle_at "
-    # every way of changing the filesystem (open-for-writing is handled by flags below)
-    "creat openat2 unlink unlinkat rmdir rename renameat renameat2 link linkat symlink "
-    "symlinkat mkdir mkdirat mknod mknodat chmod fchmod fchmodat fchmodat2 chown fchown "
-    "fchownat lchown truncate ftruncate fallocate utime utimes utimensat futimesat "
-    "setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr memfd_create "
-    "memfd_secret"
+    "fanotify_init name_to_handle_at open_by_handle_at memfd_create memfd_secret "
+    # file metadata, which Landlock does not cover: a uid-0 program owns most system
+    # files and could otherwise chmod/chown/touch them through a read-only descriptor
+    "chmod fchmod fchmodat fchmodat2 chown fchown fchownat lchown utime utimes utimensat "
+    "futimesat setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr "
+    # openat2 passes its flags in memory the filter cannot read; glibc never needs it
+    "openat2"
+).split()
+# Without a Landlock filesystem rule, seccomp refuses every filesystem change instead
+# (the scratch directory is then read-only too).
+_DENY_FS_WRITES = (
+    "creat unlink unlinkat rmdir rename renameat renameat2 link linkat symlink symlinkat "
+    "mkdir mkdirat mknod mknodat truncate ftruncate fallocate"
 ).split()
 _OPEN_WRITE_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND)
 
@@ -146,27 +212,62 @@ class _SockFprog(ctypes.Structure):
 
 
 class SeccompProgram:
-    """A compiled BPF filter kept in the worker; ``install`` costs two prctl calls."""
+    """A compiled BPF filter kept in the worker; ``install`` costs one prctl call.
 
-    def __init__(self, bpf: bytes):
+    The kernel checks and JIT-compiles the filter on every install (about 0.2 ms);
+    that is the one per-child cost of the filter that cannot be shared."""
+
+    def __init__(self, bpf: bytes, blocks_fs_writes: bool):
         if not bpf or len(bpf) % 8:
             raise ValueError("bad BPF program")
+        self.blocks_fs_writes = blocks_fs_writes
         self._buf = ctypes.create_string_buffer(bpf, len(bpf))
         self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
+        self._addr = ctypes.addressof(self._prog)
 
     def install(self) -> None:
-        if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
-        if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self._prog), 0, 0):
-            raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
+        """Load the filter (the caller has set no_new_privs)."""
+        if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, self._addr, 0, 0):
+            raise OSError("PR_SET_SECCOMP failed")
 
 
-def build_seccomp(allow_tgkill: bool) -> SeccompProgram | None:
+def build_seccomp(allow_tgkill: bool, block_fs_writes: bool) -> SeccompProgram | None:
     """Compile the filter with libseccomp once; None when unavailable.
 
     Denied calls fail with EPERM (so Python raises PermissionError) instead of
     killing the child: the program's error is then reported, not a crash.
+    ``block_fs_writes`` adds a refusal of every filesystem change, for when Landlock
+    cannot confine writes to the scratch directory.
+
+    pyseccomp is imported in a short-lived helper process, not here: it pulls in
+    ``threading``, whose fork handler would cost every child about 0.25 ms.
     """
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(rfd)
+            bpf = _compile_seccomp(allow_tgkill, block_fs_writes)
+            if bpf:
+                view = memoryview(bpf)
+                while view:
+                    view = view[os.write(wfd, view) :]
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    chunks = []
+    while chunk := os.read(rfd, 65536):
+        chunks.append(chunk)
+    os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not chunks:
+        return None
+    return SeccompProgram(b"".join(chunks), block_fs_writes)
+
+
+def _compile_seccomp(allow_tgkill: bool, block_fs_writes: bool) -> bytes | None:
     try:
         import pyseccomp as sc
     except Exception:  # noqa: BLE001
@@ -174,7 +275,10 @@ def build_seccomp(allow_tgkill: bool) -> SeccompProgram | None:
     try:
         deny = sc.ERRNO(errno.EPERM)
         f = sc.SyscallFilter(defaction=sc.ALLOW)
+        f.set_attr(sc.Attr.CTL_OPTIMIZE, 2)  # binary tree: short path for every syscall
         names = list(_DENY)
+        if block_fs_writes:
+            names += _DENY_FS_WRITES
         if not allow_tgkill:  # without Landlock signal scoping, no signals at all
             names += ["tkill", "tgkill"]
         for name in names:
@@ -186,13 +290,15 @@ def build_seccomp(allow_tgkill: bool) -> SeccompProgram | None:
         # read, so it answers ENOSYS and glibc falls back to clone, whose flags it can.
         f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
         f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-        # Files can be opened for reading only.
-        for flag in _OPEN_WRITE_FLAGS:
-            f.add_rule(deny, "openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
-            try:
-                f.add_rule(deny, "open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
-            except Exception:  # noqa: BLE001 - no open(2) on aarch64
-                pass
+        if block_fs_writes:  # files can be opened for reading only
+            for flag in _OPEN_WRITE_FLAGS:
+                f.add_rule(deny, "openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
+                try:
+                    f.add_rule(deny, "open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
+                except Exception:  # noqa: BLE001 - no open(2) on aarch64
+                    pass
+        for req in (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR):
+            f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, req))
         # Reading limits is fine, changing them is not (prlimit64 with a new limit).
         f.add_rule(deny, "prlimit64", sc.Arg(2, sc.NE, 0))
         fd = os.memfd_create("ekt-seccomp", os.MFD_CLOEXEC)
@@ -205,34 +311,183 @@ def build_seccomp(allow_tgkill: bool) -> SeccompProgram | None:
                 chunks.append(chunk)
         finally:
             os.close(fd)
-        return SeccompProgram(b"".join(chunks))
+        return b"".join(chunks)
     except Exception:  # noqa: BLE001
         return None
 
 
-def build_landlock(abi: int) -> tuple[int, dict[str, bool]]:
-    """A Landlock ruleset fd denying all writes (and TCP, and outbound signals where the
-    ABI allows), or -1. The child enters it with one landlock_restrict_self call."""
-    off = {"landlock": False, "landlock_net": False, "landlock_signal_scope": False}
-    if abi < 1:
-        return -1, off
-    fs = LL_FS_EXECUTE | LL_FS_WRITE_FILE | LL_FS_REMOVE_DIR | LL_FS_REMOVE_FILE | LL_FS_MAKE_ALL
+# -- the filesystem rule ------------------------------------------------------------------
+
+
+def _inside(path: str, root: str) -> bool:
+    """``path`` is ``root`` or lies beneath it (both absolute and resolved)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def read_roots(extra: list[str], exclude: list[str]) -> list[str]:
+    """What a program may read: the interpreter's prefixes, every existing ``sys.path``
+    entry, the system libraries (:data:`SYSTEM_READ_ROOTS`) and ``extra``; resolved,
+    de-duplicated, nested roots folded into their parent. Paths under ``exclude`` (the
+    worker's own directory) are left out."""
+    cands = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    cands += [p for p in sys.path if p]
+    cands += list(SYSTEM_READ_ROOTS) + list(extra)
+    resolved = []
+    for p in cands:
+        if not os.path.isabs(p) or not os.path.exists(p):
+            continue
+        r = os.path.realpath(p)
+        if any(_inside(r, x) or _inside(x, r) for x in exclude):
+            continue
+        resolved.append(r)
+    out: list[str] = []
+    for r in sorted(set(resolved), key=lambda s: (s.count("/"), s)):
+        if not any(_inside(r, o) for o in out):
+            out.append(r)
+    return sorted(out)
+
+
+def plan_read_rules(
+    roots: list[str], deny: list[str]
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """Landlock read rules ``[(path, access)]`` for ``roots`` that leave the contents of
+    every path in ``deny`` unreadable, and notes saying each hole punched or root dropped.
+
+    Landlock only grants, so a denied path inside a read root is carved out: the root's
+    other entries are granted one by one, down to the denied path. Its ancestors keep
+    the right to be listed (the import system lists directories), which Landlock grants
+    to a whole subtree: the names of files inside a carved-out path can be listed,
+    their contents cannot be read.
+    """
+    rules: list[tuple[str, int]] = []
+    notes: list[str] = []
+
+    def grant(path: str, denied: list[str], budget: list[int]) -> None:
+        inner = [d for d in denied if _inside(d, path)]
+        if not inner:
+            rules.append((path, LL_READ if os.path.isdir(path) else LL_FS_READ_FILE))
+            budget[0] -= 1
+            return
+        if path in inner:
+            return
+        rules.append((path, LL_FS_READ_DIR))
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if budget[0] <= 0:
+                raise OverflowError
+            if e.is_symlink():  # Landlock judges a link's target where it lies
+                continue
+            if e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False):
+                grant(e.path, inner, budget)
+
+    for root in roots:
+        hit = [d for d in deny if _inside(root, d)]
+        if hit:
+            notes.append(f"read root {root} lies inside unreadable path {hit[0]}: not granted")
+            continue
+        inner = [d for d in deny if _inside(d, root)]
+        mark = len(rules)
+        try:
+            grant(root, deny, [MAX_LANDLOCK_RULES])
+        except OverflowError:
+            del rules[mark:]
+            notes.append(
+                f"read root {root} holds unreadable path(s) {', '.join(inner)} and is too "
+                f"large to carve them out: not granted"
+            )
+            continue
+        if inner:
+            notes.append(
+                f"read root {root} holds unreadable path(s) {', '.join(inner)}: granted "
+                f"entry by entry around them ({len(rules) - mark} rules; the names in "
+                f"them can be listed, their contents not read)"
+            )
+    return rules, notes
+
+
+def _ll_rights(abi: int) -> int:
+    fs = (1 << 13) - 1  # execute .. make_sym (ABI 1)
     if abi >= 2:
         fs |= LL_FS_REFER
     if abi >= 3:
         fs |= LL_FS_TRUNCATE
     if abi >= 5:
         fs |= LL_FS_IOCTL_DEV
+    return fs
+
+
+def _ll_add(ruleset: int, path: str, access: int, nofollow: bool = False) -> None:
+    flags = os.O_PATH | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
+    fd = os.open(path, flags)
+    try:
+        attr = struct.pack("<Qi", access, fd)  # struct landlock_path_beneath_attr (packed)
+        if _libc.syscall(
+            _NR["landlock_add_rule"], ruleset, LANDLOCK_RULE_PATH_BENEATH, attr, 0
+        ) != 0:
+            raise OSError(ctypes.get_errno(), f"landlock_add_rule {path}")
+    finally:
+        os.close(fd)
+
+
+def build_landlock(
+    abi: int, rules: list[tuple[str, int]], scratch: str
+) -> tuple[int, dict[str, bool]]:
+    """A Landlock ruleset fd, or -1 when the kernel has no Landlock.
+
+    Handled: every filesystem right of this ABI, TCP bind/connect (ABI >= 4) and
+    signals/abstract sockets outside the domain (ABI >= 6). Granted: reading (not
+    executing) the paths in ``rules``; reading and writing (creating, deleting,
+    renaming inside) ``scratch``; reading and writing /dev/null. Nothing else.
+    The child enters the ruleset with one landlock_restrict_self call.
+    """
+    off = {"landlock": False, "landlock_net": False, "landlock_signal_scope": False}
+    if abi < 1:
+        return -1, off
+    fs = _ll_rights(abi)
     net = LL_NET_ALL_TCP if abi >= 4 else 0
     scoped = LL_SCOPE_ALL if abi >= 6 else 0
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     attr = ctypes.create_string_buffer(struct.pack("<QQQ", fs, net, scoped)[:size], size)
-    fd = _libc.syscall(_NR["landlock_create_ruleset"], attr, ctypes.c_size_t(size), 0)
+    fd = int(_libc.syscall(_NR["landlock_create_ruleset"], attr, ctypes.c_size_t(size), 0))
     if fd < 0:
         return -1, off
-    return int(fd), {"landlock": True, "landlock_net": bool(net), "landlock_signal_scope": bool(
+    try:
+        for path, access in rules:
+            _ll_add(fd, path, access, nofollow=True)
+        _ll_add(fd, scratch, LL_SCRATCH & fs)
+        _ll_add(fd, os.devnull, (LL_FS_READ_FILE | LL_FS_WRITE_FILE | LL_FS_TRUNCATE) & fs)
+    except OSError:
+        os.close(fd)
+        return -1, off
+    return fd, {"landlock": True, "landlock_net": bool(net), "landlock_signal_scope": bool(
         scoped
     )}
+
+
+def mount_scratch(path: str, size_mb: int) -> bool:
+    """Give this worker a private mount namespace with a size-capped tmpfs on ``path``.
+
+    Needs CAP_SYS_ADMIN (a root ekt); False when it cannot be done. The tmpfs goes
+    away with the worker's namespace, so nothing outlives the worker."""
+    if size_mb <= 0:
+        return False
+    try:
+        mount = _libc.mount
+        mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                          ctypes.c_char_p]
+        if _libc.unshare(CLONE_NEWNS) != 0:
+            return False
+        if mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            return False
+        opts = f"size={size_mb}m,nr_inodes=4096,mode=0700".encode()
+        return mount(b"ekt-scratch", os.fsencode(path), b"tmpfs",
+                     MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) == 0
+    except Exception:  # noqa: BLE001
+        return False
 
 
 class _CapHeader(ctypes.Structure):
@@ -250,9 +505,12 @@ def _drop_capabilities() -> bool:
     return _libc.syscall(nr, ctypes.byref(_CAP_HDR), ctypes.byref(_CAP_NONE)) == 0
 
 
+_NR_RESTRICT = _NR.get("landlock_restrict_self", -1)
+
+
 def _landlock_restrict(ruleset_fd: int) -> None:
-    if _libc.syscall(_NR["landlock_restrict_self"], ruleset_fd, 0) != 0:
-        raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    if _syscall2(_NR_RESTRICT, ruleset_fd, 0) != 0:
+        raise OSError("landlock_restrict_self failed")
 
 
 # -- what a program returns ---------------------------------------------------------------
@@ -284,9 +542,6 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
     Never calls a method the program could have defined: subclasses and unknown
     types are reported by class name with value None.
     """
-    import decimal
-    import fractions
-
     t = type(x)
     if t is bool:
         return x, "bool", ""
@@ -296,14 +551,16 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
         return x, "int", ""
     if t is float:
         return _float_value(x), "float", ""
-    if t is fractions.Fraction:
+    fractions = sys.modules.get("fractions")  # a Fraction means the module is loaded
+    decimal = sys.modules.get("decimal")
+    if fractions is not None and t is fractions.Fraction:
         num, den = x.numerator, x.denominator
         if type(num) is not int or type(den) is not int:
             return None, "Fraction", "malformed Fraction"
         if max(num.bit_length(), den.bit_length()) > MAX_INT_BITS:
             return None, "Fraction", "Fraction too large"
         return [num, den], "Fraction", ""
-    if t is decimal.Decimal:
+    if decimal is not None and t is decimal.Decimal:
         try:
             return _float_value(float(x)), "Decimal", ""
         except (ValueError, OverflowError, decimal.DecimalException):
@@ -312,6 +569,8 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
         return x[:MAX_STR_CHARS], "str", ""
     if x is None:
         return None, "NoneType", ""
+    if not _NUMPY_TYPES and "numpy" in sys.modules:  # imported by the program itself
+        _init_numpy_types()
     if t is _NUMPY_BOOL:
         return bool(x), "numpy.bool", ""
     name = _NUMPY_TYPES.get(t)
@@ -372,57 +631,67 @@ class _Tail:
         return False
 
 
-def _limit(res: int, soft: int, hard: int | None = None) -> None:
-    hard = soft if hard is None else hard
-    resource.setrlimit(res, (soft, hard))
+def _confine(w: Worker, wfd: int) -> None:
+    """Everything between fork and the program's first line. Raises on any failure.
 
-
-def _confine(w: Worker, wfd: int, scratch: str) -> None:
-    """Everything between fork and the program's first line. Raises on any failure."""
+    What can be set once is set in the worker and inherited (no_new_privs, dropped
+    capabilities, most rlimits, the working directory, fds 0 and 1 on /dev/null); a
+    child costs the few calls below. Every Python-level step here copies memory pages
+    shared with the worker, so the path is kept short."""
     os.setpgid(0, 0)
-    for fd in (0, 1, 2):
-        os.dup2(w.devnull, fd)
-    keep = sorted({0, 1, 2, wfd, w.landlock_fd} - {-1})
-    for lo, hi in zip(keep, keep[1:] + [1 << 20]):
-        if hi > lo + 1:
-            os.closerange(lo + 1, hi)
-    os.chdir(scratch)
-    if w.isolation == "none":
-        return
-    _limit(resource.RLIMIT_CPU, w.cpu_seconds, w.cpu_seconds + 1)
-    _limit(resource.RLIMIT_AS, w.as_bytes)
-    _limit(resource.RLIMIT_FSIZE, w.fsize_bytes)
-    _limit(resource.RLIMIT_NOFILE, 64)
-    _limit(resource.RLIMIT_CORE, 0)
-    _limit(resource.RLIMIT_MEMLOCK, 0)
-    _limit(resource.RLIMIT_MSGQUEUE, 0)
-    if w.seccomp is None:  # root ignores it; for other users it also stops threads
-        _limit(resource.RLIMIT_NPROC, 0)
-    if w.drop_caps and not _drop_capabilities():
-        raise OSError("capset failed")
-    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError("PR_SET_NO_NEW_PRIVS failed")
-    if w.landlock_fd >= 0:
-        _landlock_restrict(w.landlock_fd)
-        os.close(w.landlock_fd)
+    if w.confined:
+        resource.setrlimit(resource.RLIMIT_CPU, w.cpu_limit)
+        resource.setrlimit(resource.RLIMIT_AS, w.as_limit)
+        if w.seccomp is None:  # root ignores it; for other users it also stops threads
+            resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        if w.landlock_fd >= 0:
+            _landlock_restrict(w.landlock_fd)
+    os.dup2(0, 2)  # /dev/null; then close every other fd (the ruleset's included)
+    os.closerange(3, wfd)
+    os.closerange(wfd + 1, 1 << 20)
     if w.seccomp is not None:
         w.seccomp.install()
 
 
-def _child(w: Worker, program: str, wfd: int, scratch: str) -> None:
+_q = _json.encode_basestring_ascii  # JSON string literal (ASCII, surrogates escaped)
+_RESULT_HEAD = struct.Struct("<6I")  # byte lengths of the six fields that follow
+_POLL_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+def _result_bytes(status: str, value: Any, tname: str, error: str, tail: str) -> bytes:
+    """The child's result: six length-prefixed UTF-8 fields, status, value kind, value
+    text, type, error, output tail. ``value`` comes from :func:`plain_value`."""
+    t = type(value)
+    if value is None:
+        kind, text = "n", ""
+    elif t is bool:
+        kind, text = "b", "1" if value else "0"
+    elif t is int:
+        kind, text = "i", str(value)
+    elif t is float:
+        kind, text = "f", repr(value)
+    elif t is str:
+        kind, text = "s", value
+    else:  # [numerator, denominator]
+        kind, text = "q", f"{value[0]}/{value[1]}"
+    fields = [
+        f.encode("utf-8", "surrogatepass") for f in (status, kind, text, tname, error, tail)
+    ]
+    return _RESULT_HEAD.pack(*map(len, fields)) + b"".join(fields)
+
+
+def _child(w: Worker, program: str, wfd: int) -> None:
     """Runs in the forked child; never returns."""
     try:
         # Die with the worker; then make sure the worker did not die before that.
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != w.pid:
             os._exit(SETUP_FAILED)
-        _confine(w, wfd, scratch)
+        _confine(w, wfd)
     except BaseException:  # noqa: BLE001
         os._exit(SETUP_FAILED)
     try:
-        tail = _Tail(w.max_output)
-        sys.stdout = sys.stderr = tail  # type: ignore[assignment]
-        sys.stdin = None  # type: ignore[assignment]
+        tail = w.tail  # already sys.stdout and sys.stderr (set in the worker, inherited)
         try:
             code = compile(program, "<program>", "exec")
             mod = type(sys)("__main__")
@@ -436,16 +705,14 @@ def _child(w: Worker, program: str, wfd: int, scratch: str) -> None:
                 raise NameError("name 'solution' is not defined")
             result = fn()
             value, tname, note = plain_value(result)
-            msg = {"status": "ok", "value": value, "type": tname, "error": note}
+            data = _result_bytes("ok", value, tname, note, tail.tail())
         except BaseException as e:  # noqa: BLE001 - whatever the program raises is its error
             try:
                 text = str(e)[:MAX_ERROR_CHARS]
             except BaseException:  # noqa: BLE001
                 text = ""
             name = _type_name(type(e))
-            msg = {"status": "error", "value": None, "type": name, "error": text or name}
-        msg["stdout_tail"] = tail.tail()
-        data = json.dumps(msg).encode("utf-8", "replace")
+            data = _result_bytes("error", None, name, text or name, tail.tail())
         view = memoryview(data)
         while view:
             view = view[os.write(wfd, view) :]
@@ -457,35 +724,76 @@ def _child(w: Worker, program: str, wfd: int, scratch: str) -> None:
 # -- the worker ---------------------------------------------------------------------------
 
 
-def _check_result(raw: bytes, max_output: int) -> dict | None:
-    """The child's message, re-validated into plain bounded fields; None if malformed."""
+def _parse_result(raw: bytes, max_output: int) -> dict | None:
+    """The child's message, re-validated into plain bounded fields; None if malformed.
+
+    The child is untrusted: only lengths, UTF-8 and ``int``/``float`` parsing of
+    bounded text are applied to what it sent."""
+    n = _RESULT_HEAD.size
+    if len(raw) < n:
+        return None
+    sizes = _RESULT_HEAD.unpack_from(raw)
+    if sum(sizes) != len(raw) - n:
+        return None
+    fields = []
+    for size in sizes:
+        try:
+            fields.append(raw[n : n + size].decode("utf-8", "surrogatepass"))
+        except UnicodeDecodeError:
+            return None
+        n += size
+    status, kind, text, tname, error, tail = fields
+    if status not in ("ok", "error"):
+        return None
+    value: Any = None
     try:
-        msg = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if type(msg) is not dict or msg.get("status") not in ("ok", "error"):
-        return None
-    value = msg.get("value")
-    tv = type(value)
-    if tv is int:
-        if value.bit_length() > MAX_INT_BITS:
+        if kind == "b" and text in ("0", "1"):
+            value = text == "1"
+        elif kind == "i" and len(text) <= MAX_INT_DIGITS:
+            value = int(text)
+            if value.bit_length() > MAX_INT_BITS:
+                return None
+        elif kind == "f" and len(text) <= 40:
+            value = float(text)
+            if not math.isfinite(value):
+                return None
+        elif kind == "s":
+            value = text[:MAX_STR_CHARS]
+        elif kind == "q" and text.count("/") == 1 and len(text) <= 2 * MAX_INT_DIGITS + 1:
+            value = [int(x) for x in text.split("/")]
+            if max(v.bit_length() for v in value) > MAX_INT_BITS:
+                return None
+        elif kind != "n":
             return None
-    elif tv is str:
-        value = value[:MAX_STR_CHARS]
-    elif tv is list:
-        if len(value) != 2 or any(type(v) is not int for v in value):
-            return None
-    elif tv not in (float, bool) and value is not None:
+    except ValueError:
         return None
-    fields = {}
-    for key, cap in (("type", MAX_TYPE_CHARS), ("error", MAX_ERROR_CHARS), ("stdout_tail", 0)):
-        v = msg.get(key, "")
-        if type(v) is not str:
-            return None
-        fields[key] = v[-max_output:] if key == "stdout_tail" else v[:cap]
-    if max_output <= 0:
-        fields["stdout_tail"] = ""
-    return {"status": msg["status"], "value": value, **fields}
+    return {
+        "status": status,
+        "value": value,
+        "type": tname[:MAX_TYPE_CHARS],
+        "error": error[:MAX_ERROR_CHARS],
+        "stdout_tail": tail[-max_output:] if max_output > 0 else "",
+    }
+
+
+def _dumps(x: Any) -> str:
+    """JSON for the worker's own messages to the ekt process (plain trusted values)."""
+    t = type(x)
+    if x is None:
+        return "null"
+    if t is bool:
+        return "true" if x else "false"
+    if t is int:
+        return str(x)
+    if t is float:
+        return repr(x) if math.isfinite(x) else "null"
+    if t is str:
+        return _q(x)
+    if t is dict:
+        return "{" + ",".join(f"{_q(str(k))}:{_dumps(v)}" for k, v in x.items()) + "}"
+    if t is list or t is tuple:
+        return "[" + ",".join(_dumps(v) for v in x) + "]"
+    raise TypeError(f"cannot encode {t.__name__}")
 
 
 class Worker:
@@ -498,67 +806,189 @@ class Worker:
         self.fsize_bytes = int(cfg["fsize_bytes"])
         self.scratch_root = cfg["scratch_root"]
         self.result_cap = 65536 + 8 * self.max_output
+        self.retire = ""  # set when this worker must not run another program
+        self.poller = select.poll()
+        # One scratch directory per worker, emptied after every program: the Landlock
+        # ruleset names it once, and no directory is created or removed per program.
+        self.scratch = os.path.join(self.scratch_root, "scratch")
+        os.makedirs(self.scratch, 0o700, exist_ok=True)
+        os.environ["TMPDIR"] = os.environ["HOME"] = self.scratch  # tempfile & co land there
+        if "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = self.scratch
         with open("/proc/self/statm") as fh:
             vm = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
         # The memory budget comes on top of what the warm interpreter already maps.
-        self.as_bytes = vm + int(cfg["memory_mb"]) * 1024 * 1024
-        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        self.counter = 0
+        as_bytes = vm + int(cfg["memory_mb"]) * 1024 * 1024
+        self.as_limit = (as_bytes, as_bytes)
+        self.cpu_limit = (self.cpu_seconds, self.cpu_seconds + 1)
+        self.deny = sorted({os.path.realpath(p) for p in cfg.get("deny_read", []) if p})
+        self.confined = confined = self.isolation != "none"
         self.protections: dict[str, bool] = {
             "process_group": True,
             "wall_clock_deadline": True,
-            "scratch_dir": True,
             "fd_isolation": True,
-            "rlimits": self.isolation != "none",
-            "no_new_privs": self.isolation != "none",
+            "scratch_dir": True,
+            "scratch_quota": False,
+            "rlimits": confined,
+            "no_new_privs": confined,
             "capabilities_dropped": False,
             "seccomp": False,
-            "fs_write_blocked": False,
             "landlock": False,
             "landlock_net": False,
             "landlock_signal_scope": False,
+            "fs_read_allowlist": False,
+            "fs_writes_only_in_scratch": False,
+            "scratch_writable": not confined,
+            "deny_read_verified": False,
         }
+        self.fs: dict[str, Any] = {"scratch": self.scratch, "deny_read": self.deny,
+                                   "read_roots": [], "notes": []}
         self.landlock_fd = -1
         self.seccomp: SeccompProgram | None = None
-        self.drop_caps = False
-        if self.isolation != "none":
-            self.landlock_fd, ll = build_landlock(landlock_abi())
+        if confined:
+            if os.geteuid() == 0:
+                self.protections["scratch_quota"] = mount_scratch(
+                    self.scratch, int(cfg.get("scratch_mb", 0))
+                )
+            off = set(cfg.get("_disable", ()))  # tests of the fallbacks switch layers off
+            roots = read_roots(list(cfg.get("allow_read", [])), [self.scratch_root])
+            rules, notes = plan_read_rules(roots, self.deny)
+            self.fs.update(read_roots=roots, notes=notes, rules=len(rules))
+            abi = 0 if "landlock" in off else landlock_abi()
+            self.landlock_fd, ll = build_landlock(abi, rules, self.scratch)
             self.protections.update(ll)
-            self.seccomp = build_seccomp(allow_tgkill=ll["landlock_signal_scope"])
+            fs_rule = ll["landlock"]
+            if "seccomp" not in off:
+                self.seccomp = build_seccomp(
+                    allow_tgkill=ll["landlock_signal_scope"], block_fs_writes=not fs_rule
+                )
             self.protections["seccomp"] = self.seccomp is not None
-            self.protections["fs_write_blocked"] = self.seccomp is not None or ll["landlock"]
-            self.drop_caps = os.geteuid() == 0 or _has_caps()
+            self.protections["fs_read_allowlist"] = fs_rule
+            self.protections["scratch_writable"] = fs_rule
+            self.protections["fs_writes_only_in_scratch"] = fs_rule or self.seccomp is not None
+        os.chdir(self.scratch)  # children inherit it (after the tmpfs mount, so they see it)
+        # Printed output goes to a capped in-memory tail, installed here once: the worker
+        # itself never prints (its diagnostics go to fd 2), children inherit it empty.
+        self.tail = _Tail(self.max_output)
+        sys.stdout = sys.stderr = self.tail  # type: ignore[assignment]
+        sys.stdin = None  # type: ignore[assignment]
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        if confined:
+            self._confine_self(int(cfg["fsize_bytes"]))
+
+    def _confine_self(self, fsize: int) -> None:
+        """What every child would set identically is set once here and inherited: the
+        worker needs none of it (it never execs, writes files or dumps core)."""
+        for res, lim in (
+            (resource.RLIMIT_FSIZE, fsize),
+            (resource.RLIMIT_NOFILE, 64),
+            (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_MEMLOCK, 0),
+            (resource.RLIMIT_MSGQUEUE, 0),
+        ):
+            resource.setrlimit(res, (lim, lim))
+        if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+        # A root worker drops every capability after mounting its scratch tmpfs: neither
+        # it nor its children can raise a limit back or bypass file permissions.
+        if (os.geteuid() == 0 or _has_caps()) and not _drop_capabilities():
+            raise OSError(ctypes.get_errno(), "capset")
+        self.protections["capabilities_dropped"] = not _has_caps()
+
+    # -- start-up self-test ---------------------------------------------------------
+
+    def _probe_program(self) -> str:
+        """A program checking, from inside the confinement, the filesystem rule claimed."""
+        p = self.protections
+        checks: list[str] = []
+        if p["scratch_writable"]:
+            checks.append(
+                "    try:\n"
+                "        with open('probe.txt', 'w') as f:\n"
+                "            f.write('x')\n"
+                "        os.mkdir('d'); os.rename('probe.txt', 'd/p'); os.remove('d/p')\n"
+                "        os.rmdir('d')\n"
+                "    except OSError as e:\n"
+                "        bad.append('scratch not writable: %s' % e)\n"
+            )
+        if p["fs_writes_only_in_scratch"]:
+            outside = os.path.join(self.scratch_root, "probe-outside")
+            checks.append(
+                "    try:\n"
+                f"        open({outside!r}, 'w').close()\n"
+                f"        bad.append('wrote outside the scratch directory')\n"
+                "    except OSError:\n"
+                "        pass\n"
+            )
+        if p["fs_read_allowlist"]:
+            for path in self._deny_samples():
+                if os.path.isdir(path):
+                    if any(_inside(path, r) for r in self.fs["read_roots"]):
+                        continue  # carved out of a read root: listable, files unreadable
+                    op = "os.listdir"
+                else:
+                    op = "open"
+                checks.append(
+                    "    try:\n"
+                    f"        {op}({path!r})\n"
+                    f"        bad.append({'read ' + path!r})\n"
+                    "    except OSError:\n"
+                    "        pass\n"
+                )
+        return (
+            "import os\n\ndef solution():\n    bad = []\n" + "".join(checks)
+            + "    return '; '.join(bad) or 41 + 1\n"
+        )
+
+    def _deny_samples(self) -> list[str]:
+        """Each denied path that exists and a few files in it: what the probe tries."""
+        out = []
+        for d in self.deny:
+            if not os.path.exists(d):
+                continue
+            out.append(d)
+            if os.path.isdir(d):
+                try:
+                    with os.scandir(d) as it:
+                        files = [e.path for e in it if e.is_file()]
+                except OSError:
+                    files = []
+                out += sorted(files)[:3]
+        return out
 
     def probe(self) -> str:
-        """Run a trivial program through the full path; '' when it works."""
-        res = self.run_one("def solution():\n    return 41 + 1\n")
+        """Run the self-test program through the full path; '' when it works."""
+        res = self.run_one(self._probe_program())
         if res.get("status") != "ok" or res.get("value") != 42:
-            return f"probe program failed: {res.get('status')} {res.get('error', '')}".strip()
-        if self.drop_caps:
-            self.protections["capabilities_dropped"] = True
+            why = res.get("value") if res.get("status") == "ok" else res.get("error", "")
+            return f"probe program failed: {res.get('status')} {why}".strip()
+        self.protections["deny_read_verified"] = self.protections["fs_read_allowlist"]
         return ""
 
+    # -- one program ------------------------------------------------------------------
+
     def run_one(self, program: str) -> dict:
-        self.counter += 1
-        scratch = os.path.join(self.scratch_root, str(self.counter))
-        os.mkdir(scratch, 0o700)
+        if self.tail.buf:  # a warning the worker printed must not reach a program
+            self.tail.buf = ""
         rfd, wfd = os.pipe()
         t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
-            _child(self, program, wfd, scratch)
+            _child(self, program, wfd)
         os.close(wfd)
         try:
             os.setpgid(pid, pid)  # the child does it too; whichever runs first wins
         except OSError:
             pass
+        # Wait with our own clock for a complete result message (or EOF: the child died),
+        # never for more than result_cap bytes. Every object made here costs a page
+        # copy while the child lives, so this loop is kept lean.
         deadline = t0 + self.timeout
-        poller = select.poll()
-        poller.register(rfd, select.POLLIN | select.POLLHUP | select.POLLERR)
-        chunks: list[bytes] = []
-        size = 0
+        poller = self.poller
+        poller.register(rfd, _POLL_MASK)
+        buf = b""
+        need = -1  # size of the whole message once its header is in
         timed_out = False
         while True:
             left = deadline - time.monotonic()
@@ -567,46 +997,64 @@ class Worker:
                 break
             if not poller.poll(max(1, math.ceil(left * 1000))):
                 continue
-            data = os.read(rfd, 65536)
+            data = os.read(rfd, 8192)
             if not data:
                 break
-            if size <= self.result_cap:
-                chunks.append(data)
-            size += len(data)
+            buf += data
+            if len(buf) > self.result_cap:
+                break
+            if need < 0 and len(buf) >= _RESULT_HEAD.size:
+                need = _RESULT_HEAD.size + sum(_RESULT_HEAD.unpack_from(buf))
+            if 0 <= need <= len(buf):
+                break
         ms = (time.monotonic() - t0) * 1000.0
+        poller.unregister(rfd)
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
         _, status = os.waitpid(pid, 0)
         os.close(rfd)
-        self._reap_strays()
-        try:
-            os.rmdir(scratch)
-        except OSError:
-            shutil.rmtree(scratch, ignore_errors=True)
+        if self.seccomp is None:  # with the filter no program can create a process
+            self._reap_strays()
+        self._empty_scratch()
         out: dict[str, Any] | None = None
         if timed_out:
             out = {"status": "timeout", "error": f"wall-clock deadline of {self.timeout:g}s"}
-        elif size > self.result_cap:
+        elif len(buf) > self.result_cap:
             out = {"status": "killed", "error": "result message too large"}
-        elif chunks:
-            out = _check_result(b"".join(chunks), self.max_output)
+        elif buf:
+            out = _parse_result(buf, self.max_output)
             if out is None:
                 out = {"status": "killed", "error": "malformed result message"}
         if out is None:
-            out = {"status": "killed", "error": _describe_exit(status)}
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+                why = "closed its result pipe without a result and was killed"
+            else:
+                why = _describe_exit(status)
+            out = {"status": "killed", "error": why}
         out.setdefault("value", None)
         out.setdefault("type", "")
         out.setdefault("stdout_tail", "")
         out["ms"] = round(ms, 3)
         return out
 
+    def _empty_scratch(self) -> None:
+        """Remove what the program left in the scratch directory (usually nothing: one
+        scandir). If something cannot be removed, the worker retires after this result."""
+        with os.scandir(self.scratch) as it:
+            entries = list(it)
+        if not entries:
+            return
+        for e in entries:
+            _remove(e.path)
+        if os.listdir(self.scratch):
+            self.retire = "scratch directory could not be emptied"
+
     def _reap_strays(self) -> None:
         """Kill and reap processes that escaped the group and were re-parented to us.
 
-        With the seccomp filter no program can create a process, so this only has
-        work to do without it; reading /proc costs a few microseconds otherwise."""
+        Only needed without the seccomp filter (then programs can create processes)."""
         for _ in range(3):
             try:
                 with open(f"/proc/{self.pid}/task/{self.pid}/children") as fh:
@@ -627,6 +1075,22 @@ class Worker:
                     break
             if not kids:
                 return
+
+
+def _remove(path: str) -> None:
+    """Delete a file or a whole tree, making directories writable first (the worker is
+    not confined; a program may have left a directory without permissions)."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            with os.scandir(path) as it:
+                for e in list(it):
+                    _remove(e.path)
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _has_caps() -> bool:
@@ -670,80 +1134,101 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def _read_msg(fd: int) -> dict | None:
+def _read_frame(fd: int) -> bytes | None:
+    """One length-prefixed message from the ekt process; None on EOF."""
     head = _read_exact(fd, 4)
     if head is None:
         return None
     (size,) = struct.unpack("<I", head)
-    body = _read_exact(fd, size)
-    if body is None:
-        return None
-    obj = json.loads(body)
-    return obj if isinstance(obj, dict) else None
+    return _read_exact(fd, size)
 
 
 def _write_msg(fd: int, obj: dict) -> None:
-    data = json.dumps(obj).encode()
+    data = _dumps(obj).encode()
     view = memoryview(struct.pack("<I", len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def _preload() -> None:
-    """Import once here what programs commonly use, so each forked child starts warm."""
-    import collections  # noqa: F401
-    import datetime  # noqa: F401
-    import decimal  # noqa: F401
-    import fractions  # noqa: F401
-    import functools  # noqa: F401
-    import itertools  # noqa: F401
-    import operator  # noqa: F401
-    import random  # noqa: F401
-    import re  # noqa: F401
-    import statistics  # noqa: F401
-    import string  # noqa: F401
+# Imported once per worker so that children start warm. Not here: ``random`` (and
+# ``statistics``, ``tempfile``, which import it) and ``threading``: their fork handlers
+# run in every child (reseeding, lock re-initialisation) and cost 0.1-0.25 ms each;
+# a program that imports them pays a few ms instead. numpy makes every fork about
+# 40% dearer (a larger address space to copy and tear down); add it when programs use it.
+DEFAULT_PRELOAD = (
+    "collections", "datetime", "decimal", "fractions", "functools", "itertools", "math",
+    "operator", "re", "string",
+)
 
-    try:  # about 0.1 s once per worker; saves that much in every program that uses it
-        import numpy  # noqa: F401
-    except Exception:  # noqa: BLE001
-        pass
+
+def _preload(modules: list[str]) -> None:
+    """Import once here what programs commonly use, so each forked child starts warm."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - not installed: programs import it themselves
+            pass
     _init_numpy_types()
 
 
 def main() -> None:
+    """Serve the ekt process: a marshal-encoded config first (the ekt process is the
+    only writer of this pipe), then one program per message (UTF-8, surrogates passed)."""
     sys.dont_write_bytecode = True
-    rfd, wfd = 0, 1
-    # The protocol owns fds 0 and 1; anything the worker itself prints goes to stderr.
-    sys.stdout = sys.stderr
-    hello = _read_msg(rfd)
-    if hello is None or "config" not in hello:
+    # The protocol moves off fds 0 and 1, which become /dev/null for the children to
+    # inherit; the worker's own diagnostics go to fd 2.
+    rfd, wfd = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    import marshal
+
+    hello = _read_frame(rfd)
+    if hello is None:
         return
-    _preload()
+    cfg = marshal.loads(hello)
+    _preload([str(m) for m in cfg.get("preload", DEFAULT_PRELOAD)])
+    worker = Worker(cfg)
+    problem = worker.probe()
     import gc
 
     gc.collect()
     gc.freeze()  # keep the collector from touching (and copying) the warm heap in children
-    worker = Worker(hello["config"])
-    problem = worker.probe()
+    try:  # return the start-up garbage to the OS: fewer pages for every fork to copy
+        ctypes.CDLL(None).malloc_trim(0)
+    except AttributeError:
+        pass
     _write_msg(
         wfd,
         {"ready": not problem, "problem": problem, "protections": worker.protections,
-         "pid": worker.pid},
+         "fs": worker.fs, "pid": worker.pid},
     )
     if problem:
         return
-    while True:
-        req = _read_msg(rfd)
-        if req is None or req.get("stop"):
+    while not worker.retire:
+        req = _read_frame(rfd)
+        if req is None:
             return
-        program = req.get("program")
-        if type(program) is not str:
-            res = {"status": "error", "value": None, "type": "TypeError",
-                   "error": "program is not a string", "stdout_tail": "", "ms": 0.0}
+        try:
+            program = req.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            res = {"status": "error", "value": None, "type": "UnicodeDecodeError",
+                   "error": "program is not UTF-8", "stdout_tail": "", "ms": 0.0}
         else:
             res = worker.run_one(program)
         _write_msg(wfd, res)
+    # Requests still queued in the pipe are not run: the ekt process re-sends them.
+    _write_msg(wfd, {"retire": worker.retire})
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BaseException:  # sys.stderr is the children's output tail: report on fd 2
+        import traceback
+
+        os.write(2, traceback.format_exc().encode("utf-8", "replace"))
+        raise SystemExit(1) from None

@@ -3,16 +3,17 @@
 Design
 ------
 The ekt process never runs a program. :class:`Sandbox` starts ``workers`` helper
-interpreters (``python -m ekt._sandbox_child``, one per core by default), each in
+interpreters (``python -P -m ekt._sandbox_child``, one per core by default), each in
 its own session, with a minimal environment, and talks to each over a pair of pipes
-with length-prefixed JSON (never pickle). A worker imports what programs commonly
-use once (math, fractions, decimal, itertools, datetime, statistics, re,
-collections, numpy when installed), compiles the seccomp filter and the Landlock
-ruleset once, proves the whole confinement works on a probe program, and then
-``fork()``s a fresh child per program (see ``ekt._sandbox_child`` for the child's
-steps). :meth:`Sandbox.run` keeps every worker busy, streams the programs in and
-yields one :class:`~ekt.records.Execution` per program in input order; memory stays
-bounded however many programs stream through.
+(length-prefixed messages: a marshal-encoded config, then UTF-8 program text; answers
+are JSON; nothing is ever unpickled). A worker imports a few modules programs commonly
+use once (``SandboxConfig.preload``), builds its confinement once (Landlock ruleset,
+seccomp filter compiled by libseccomp in a short-lived helper, rlimits, no_new_privs,
+dropped capabilities, a scratch tmpfs), proves the whole confinement works on a probe
+program, and then ``fork()``s a fresh child per program (see ``ekt._sandbox_child``
+for the child's steps). :meth:`Sandbox.run` keeps every worker busy with two programs
+queued each, streams the programs in and yields one :class:`~ekt.records.Execution`
+per program in input order; memory stays bounded however many programs stream through.
 
 Outcomes: ``ok`` (``solution()`` returned; ``value``/``type`` are a plain value
 decided by exact type checks, see below), ``error`` (the program raised: ``type`` is
@@ -20,7 +21,8 @@ the exception class, ``error`` its message; a syntax error, a missing
 ``solution``, ``sys.exit`` and a refused syscall all land here), ``timeout`` (the
 worker's wall clock passed ``timeout``; the child's whole process group is
 SIGKILLed), ``killed`` (the child died by a signal, e.g. SIGSEGV or the CPU limit,
-or exited without a result, e.g. ``os._exit``; ``error`` says which).
+or exited or closed its result pipe without a result, e.g. ``os._exit``; ``error``
+says which).
 
 Returned values: int (ints over ~1000 digits come back as value None, type "int",
 error "int too large ..."), float (NaN and infinities as the strings "nan", "inf",
@@ -30,47 +32,61 @@ error "int too large ..."), float (NaN and infinities as the strings "nan", "inf
 is value None with the class name as type; no method of the returned object is
 ever called, so an object whose ``__eq__`` is always true grades as wrong.
 
-Protections (``Sandbox.protections()`` says which are active)
--------------------------------------------------------------
+Protections (``Sandbox.protections()`` says which are active, ``describe()`` in words)
+-------------------------------------------------------------------------------------
 * ``process_group`` / ``wall_clock_deadline``: each child leads its own process
-  group; the worker SIGKILLs the group at the deadline and after every program,
-  and reaps strays it adopted as a child subreaper. Children die with their worker
-  (PR_SET_PDEATHSIG) and workers exit when the ekt process goes away (EOF).
+  group; the worker SIGKILLs the group at the deadline and after every program, and
+  (without seccomp, when programs can create processes) kills and reaps strays it
+  adopted as a child subreaper. Children die with their worker (PR_SET_PDEATHSIG)
+  and workers exit when the ekt process goes away (EOF); a worker that misses its
+  deadline by 10 s is killed and replaced by the ekt process.
 * ``fd_isolation``: fds 0-2 are /dev/null, every other inherited fd but the result
   pipe is closed; ``print`` goes to a capped in-memory tail (``max_output_bytes``).
-* ``scratch_dir``: the child runs in a fresh, empty directory removed afterwards.
+* ``scratch_dir`` / ``scratch_writable`` / ``scratch_quota``: the child's working
+  directory (and TMPDIR, HOME) is its worker's scratch directory, emptied after every
+  program; a root worker mounts a private tmpfs of ``scratch_mb`` MB there.
 * ``rlimits``: CPU seconds, address space (``memory_mb`` on top of what the warm
-  worker already maps), file size, open files, no core dumps, no locked memory.
-  RLIMIT_NPROC is set too but the kernel ignores it for root.
-* ``capabilities_dropped`` and ``no_new_privs``: a root child drops all capabilities
-  (it cannot raise its limits back) and can never gain privileges.
-* ``seccomp`` (libseccomp via ``pyseccomp``): refused with EPERM: every socket
-  (AF_UNIX too), fork/vfork and clone without CLONE_THREAD (threads still work),
-  execve, kill and the other ways of signalling or inspecting processes, ptrace,
-  setsid/setpgid, namespaces and mounts, privilege and limit changes, io_uring, bpf,
-  and ``fs_write_blocked``: opening any file with O_WRONLY/O_RDWR/O_CREAT/O_TRUNC/
-  O_APPEND plus unlink, rename, mkdir, chmod, truncate... Programs cannot write
-  files at all, not even in their scratch directory; GSM8K programs never need to.
-* ``landlock`` (when the kernel has it): the same no-writes rule enforced by the
-  LSM, plus ``landlock_net`` (no TCP bind/connect, ABI >= 4) and
-  ``landlock_signal_scope`` (no signals to processes outside the child's own domain,
-  ABI >= 6; tgkill to itself is then allowed so ``abort()`` works).
+  worker already maps), file size, 64 open files, no core dumps, no locked memory.
+* ``capabilities_dropped`` and ``no_new_privs``: the worker drops every capability
+  once it has mounted its scratch tmpfs; nothing it forks can raise a limit back or
+  gain privileges.
+* ``landlock`` (Linux >= 5.13), the filesystem rule: ``fs_read_allowlist`` -- a
+  program may read only the interpreter (its prefixes and ``sys.path``), the system
+  libraries and a few files Python and glibc open lazily (``allow_read`` adds
+  paths), never execute anything; ``fs_writes_only_in_scratch`` -- it may create,
+  write and delete files only in its scratch directory; ``deny_read_verified`` --
+  every path in ``deny_read`` (by default ``$EKT_DATA_DIR`` and the HF datasets
+  cache; ``ekt verify``/``evaluate`` add the ``--data-dir`` they grade from) was
+  found unreadable by the start-up probe. A denied path inside an allowed root is
+  carved out of it (with a warning). Plus ``landlock_net`` (no TCP bind/connect, ABI
+  >= 4) and ``landlock_signal_scope`` (no signals out of the child's domain, ABI >= 6).
+* ``seccomp`` (a BPF filter compiled once with libseccomp via ``pyseccomp``, loaded
+  per child with one prctl): refused with EPERM: every socket (AF_UNIX too),
+  fork/vfork and clone without CLONE_THREAD (threads still work), execve, kill and
+  the other ways of signalling or inspecting processes, ptrace, setsid/setpgid,
+  namespaces and mounts, privilege and limit changes, io_uring, bpf, chmod/chown/
+  utime/xattr changes (which Landlock does not cover) and chattr ioctls. Without a
+  Landlock filesystem rule it also refuses every filesystem write (the scratch
+  directory included): then ``fs_writes_only_in_scratch`` still holds, reads are
+  not restricted.
 
-Not covered: reads are not restricted (a program can read any file the ekt user can
-read and return it as a string; without sockets it cannot send it anywhere), and
-without seccomp a root program can still create processes (RLIMIT_NPROC does not
-apply to root; the process-group kill and subreaper sweep clean them up).
+Isolation levels: ``strict`` refuses to start unless rlimits, no_new_privs, seccomp
+and the Landlock filesystem rule (with ``deny_read`` verified) are all active;
+``standard`` uses every protection the machine offers and warns loudly about each
+one missing; ``none`` skips rlimits, seccomp and Landlock (process per program,
+deadline and scratch dir remain), warns that it does, and exists only to benchmark
+the sandbox itself.
 
-Isolation levels: ``strict`` refuses to start unless the seccomp filter (which
-also blocks filesystem writes) is active; ``standard`` uses every protection the
-machine offers and warns about a missing seccomp; ``none`` skips rlimits, seccomp
-and Landlock (process per program, deadline and scratch dir remain) and exists only
-to benchmark the sandbox itself.
+Not covered: a program can ``stat`` paths it cannot read (sizes and names of
+directories it can list); files hard-linked or bind-mounted into an allowed root
+are readable there; with neither seccomp nor Landlock a root program can signal
+other root processes.
 """
 
 from __future__ import annotations
 
 import json
+import marshal
 import math
 import os
 import selectors
@@ -84,9 +100,10 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ekt._sandbox_child import DEFAULT_PRELOAD
 from ekt.errors import EktError
 from ekt.records import Execution
 
@@ -94,6 +111,14 @@ ISOLATION = ("strict", "standard", "none")
 _STATUSES = ("ok", "error", "timeout", "killed")
 _HANDSHAKE_TIMEOUT = 60.0  # seconds for a worker to import, build its filter and run a probe
 _BACKSTOP = 10.0  # seconds past the deadline after which the ekt process kills a worker
+_DEPTH = 2  # programs queued per worker: the next one waits in its pipe, no round trip
+_QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer than this
+_TEST_WIRE: dict[str, Any] = {}  # tests only: e.g. {"_disable": ["landlock"]} for fallbacks
+# What 'strict' insists on, as reported by every worker after its self-test.
+STRICT_NEEDS = (
+    "rlimits", "no_new_privs", "seccomp", "landlock", "fs_read_allowlist",
+    "fs_writes_only_in_scratch", "deny_read_verified",
+)
 
 
 @dataclass
@@ -104,8 +129,16 @@ class SandboxConfig:
     cpu_seconds: int | None = None  # default: ceil(timeout) + 1
     max_output_bytes: int = 4096  # printed output kept (the last this many characters)
     isolation: str = "standard"  # strict | standard | none
-    recycle_after: int = 500  # a worker is replaced after this many programs
-    fsize_bytes: int = 1 << 20  # RLIMIT_FSIZE (writes are refused anyway under seccomp)
+    recycle_after: int = 5000  # a worker is replaced after this many programs
+    fsize_bytes: int = 1 << 20  # RLIMIT_FSIZE: the largest file a program may write
+    scratch_mb: int = 64  # size of the scratch tmpfs (when the worker may mount one)
+    # Paths programs must never read. None: the task data ($EKT_DATA_DIR) and the HF
+    # datasets cache; verify/evaluate add the --data-dir they load gold answers from.
+    deny_read: list[str] | None = None
+    allow_read: list[str] = field(default_factory=list)  # extra read-only paths
+    # Modules each worker imports once (None: ekt._sandbox_child.DEFAULT_PRELOAD). Every
+    # module makes each fork dearer; one a program imports itself costs it a few ms.
+    preload: list[str] | None = None
 
     def validate(self) -> None:
         if self.isolation not in ISOLATION:
@@ -125,6 +158,23 @@ class SandboxConfig:
             raise EktError(f"sandbox max_output_bytes must be >= 0, got {self.max_output_bytes}")
         if self.recycle_after < 1:
             raise EktError(f"sandbox recycle_after must be >= 1, got {self.recycle_after}")
+        if self.scratch_mb < 0:
+            raise EktError(f"sandbox scratch_mb must be >= 0, got {self.scratch_mb}")
+        for name in ("deny_read", "allow_read", "preload"):
+            paths = getattr(self, name) or []
+            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+                raise EktError(f"sandbox {name} must be a list of paths, got {paths!r}")
+
+
+def default_deny_read() -> list[str]:
+    """Where gold answers live by default: $EKT_DATA_DIR and the HF datasets cache."""
+    out = []
+    if os.environ.get("EKT_DATA_DIR"):
+        out.append(os.environ["EKT_DATA_DIR"])
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                        "huggingface")
+    out.append(os.environ.get("HF_DATASETS_CACHE") or os.path.join(hf_home, "datasets"))
+    return out
 
 
 def detect_protections() -> dict[str, bool]:
@@ -138,7 +188,7 @@ def detect_protections() -> dict[str, bool]:
         "process_group": linux,
         "rlimits": linux,
         "seccomp": linux and child.seccomp_supported(),
-        "landlock": abi >= 1,
+        "landlock": abi >= 1,  # the filesystem rule: read allow-list, writes in scratch only
         "landlock_net": abi >= 4,
         "landlock_signal_scope": abi >= 6,
     }
@@ -156,6 +206,9 @@ def _worker_env() -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "LANG": "C.UTF-8",
+        # Resolve every shared-library symbol once in the worker: lazily bound ones would
+        # be resolved again (and their pages copied) in every forked child.
+        "LD_BIND_NOW": "1",
         "TMPDIR": tempfile.gettempdir(),
     }
     return env
@@ -171,7 +224,7 @@ class _Worker:
         self.resp_fd, w_resp = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ekt._sandbox_child"],
+                [sys.executable, "-P", "-m", "ekt._sandbox_child"],
                 stdin=r_req,
                 stdout=w_resp,
                 stderr=None,
@@ -192,16 +245,18 @@ class _Worker:
         self.buf = bytearray()
         self.ready = False
         self.protections: dict[str, bool] = {}
+        self.fs: dict[str, Any] = {}
         self.problem = ""
         self.queue: deque[int] = deque()  # input indices sent and not yet answered
         self.head_since = 0.0  # when the program at the head of the queue started
         self.done = 0
         self.sent = 0
         self.closed = False
-        self.send({"config": {**wire, "scratch_root": self.scratch_root}})
+        # The config is marshal-encoded (the worker then needs no json module); programs
+        # follow as UTF-8 text, one length-prefixed message each.
+        self.send(marshal.dumps({**wire, "scratch_root": self.scratch_root}))
 
-    def send(self, obj: dict) -> None:
-        data = json.dumps(obj).encode()
+    def send(self, data: bytes) -> None:
         view = memoryview(struct.pack("<I", len(data)) + data)
         while view:
             view = view[os.write(self.req_fd, view) :]
@@ -312,27 +367,27 @@ class Sandbox:
         self.config = cfg
         self.n_workers = cfg.workers or os.cpu_count() or 1
         support = detect_protections()
-        if cfg.isolation == "strict" and not support["seccomp"]:
-            raise EktError(
-                "sandbox isolation 'strict' needs a seccomp syscall filter (it also blocks "
-                "filesystem writes), which is unavailable here: install libseccomp2 and the "
-                "pyseccomp package on Linux, or use isolation 'standard'"
-            )
+        if cfg.isolation == "strict":
+            lacking = [k for k in ("seccomp", "landlock") if not support[k]]
+            if lacking:
+                raise EktError(
+                    "sandbox isolation 'strict' needs a seccomp syscall filter and Landlock (the "
+                    "filesystem rule: no reads outside the interpreter and system libraries, "
+                    "writes only in the scratch directory); unavailable here: "
+                    + ", ".join(lacking) + ". Seccomp needs libseccomp2 and the pyseccomp "
+                    "package, Landlock a Linux kernel >= 5.13 with it enabled. Or use "
+                    "isolation 'standard'"
+                )
         if cfg.isolation == "none":
             warnings.warn(
                 "SANDBOX ISOLATION IS OFF (isolation='none'): untrusted programs run without "
-                "resource limits, syscall filter or Landlock. Use this only to benchmark.",
+                "resource limits, syscall filter or filesystem rule; they can read the task "
+                "data and write anywhere. Use this only to benchmark.",
                 RuntimeWarning,
                 stacklevel=2,
             )
-        elif not support["seccomp"]:
-            warnings.warn(
-                "seccomp is unavailable: programs run with process-group kill, rlimits, "
-                "scratch dir" + (", Landlock" if support["landlock"] else "")
-                + " but no syscall filter (they can create processes and open sockets)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        deny = default_deny_read() if cfg.deny_read is None else list(cfg.deny_read)
+        self.deny_read = sorted({os.path.realpath(os.path.expanduser(p)) for p in deny if p})
         self._wire = {
             "timeout": float(cfg.timeout),
             "memory_mb": int(cfg.memory_mb),
@@ -340,9 +395,16 @@ class Sandbox:
             "max_output_bytes": int(cfg.max_output_bytes),
             "fsize_bytes": int(cfg.fsize_bytes),
             "isolation": cfg.isolation,
+            "scratch_mb": int(cfg.scratch_mb),
+            "deny_read": self.deny_read,
+            "allow_read": [os.path.abspath(os.path.expanduser(p)) for p in cfg.allow_read],
+            "preload": list(DEFAULT_PRELOAD if cfg.preload is None else cfg.preload),
+            **_TEST_WIRE,
         }
+        self._warned = False
         self._workers: list[_Worker | None] = [None] * self.n_workers
         self._protections: dict[str, bool] = {}
+        self.fs: dict[str, Any] = {}  # the filesystem rule as the first worker reported it
         self._closed = False
         try:
             self._start([*range(self.n_workers)])
@@ -383,21 +445,49 @@ class Sandbox:
         if not hello.get("ready"):
             raise EktError(f"sandbox worker failed its self-test: {hello.get('problem', '?')}")
         prot = hello.get("protections")
-        if not isinstance(prot, dict):
+        fs = hello.get("fs")
+        if not isinstance(prot, dict) or not isinstance(fs, dict):
             raise EktError("sandbox worker sent a malformed handshake")
         w.protections = {str(k): bool(v) for k, v in prot.items()}
+        w.fs = fs
         w.ready = True
         if self.config.isolation == "strict":
-            missing = [k for k in ("seccomp", "fs_write_blocked", "rlimits") if not prot.get(k)]
+            missing = [k for k in STRICT_NEEDS if not prot.get(k)]
             if missing:
                 raise EktError(
                     "sandbox isolation 'strict' could not be met; missing: " + ", ".join(missing)
                 )
         if not self._protections:
             self._protections = dict(w.protections)
+            self.fs = dict(fs)
         else:  # report only what every worker has
             for k, v in w.protections.items():
                 self._protections[k] = self._protections.get(k, False) and v
+        if not self._warned:
+            self._warned = True
+            self._warn_weaker(fs)
+
+    def _warn_weaker(self, fs: dict) -> None:
+        """Say loudly, once, what of the filesystem rule this machine cannot guarantee."""
+        if self.config.isolation == "none":
+            return
+        p = self._protections
+        lines = [f"sandbox: {n}" for n in fs.get("notes", [])]
+        if not p.get("fs_read_allowlist"):
+            lines.append(
+                "sandbox: Landlock is unavailable, so programs can READ any file the ekt user "
+                "can (including " + (", ".join(self.deny_read) or "the task data") + ")"
+                + ("; writes are refused everywhere by seccomp, the scratch directory included"
+                   if p.get("fs_writes_only_in_scratch") else "; and WRITE anywhere too")
+            )
+        if not p.get("seccomp"):
+            lines.append(
+                "sandbox: seccomp is unavailable: programs can create processes and open "
+                "sockets (process-group kill, rlimits"
+                + (", Landlock" if p.get("landlock") else "") + " remain)"
+            )
+        if lines:
+            warnings.warn("\n".join(lines), RuntimeWarning, stacklevel=4)
 
     def _restart(self, w: _Worker, graceful: bool) -> None:
         if graceful:
@@ -413,8 +503,29 @@ class Sandbox:
         return dict(self._protections)
 
     def describe(self) -> str:
-        on = [k for k, v in self._protections.items() if v]
-        return f"sandbox ({self.config.isolation}, {self.n_workers} workers): " + ", ".join(on)
+        """One paragraph: isolation level, what is active, and the filesystem rule."""
+        p = self._protections
+        on = [k for k, v in p.items() if v]
+        off = [k for k, v in p.items() if not v]
+        text = (
+            f"sandbox ({self.config.isolation}, {self.n_workers} workers): active: "
+            + ", ".join(on) + (f"; NOT active: {', '.join(off)}" if off else "")
+        )
+        if p.get("fs_read_allowlist"):
+            text += (
+                f"; filesystem: programs read only {len(self.fs.get('read_roots', []))} "
+                f"roots ({', '.join(self.fs.get('read_roots', []))}), write only in their "
+                f"scratch directory"
+                + (f" ({self.config.scratch_mb} MB tmpfs)" if p.get("scratch_quota") else "")
+                + ", and cannot read "
+                + (", ".join(self.deny_read) if self.deny_read else "anything else")
+                + (" (checked at start-up)" if p.get("deny_read_verified") else "")
+            )
+        elif p.get("fs_writes_only_in_scratch"):
+            text += "; filesystem: no writes anywhere (scratch read-only), READS NOT RESTRICTED"
+        else:
+            text += "; filesystem: NOT RESTRICTED"
+        return text
 
     # -- running ------------------------------------------------------------------------
 
@@ -431,7 +542,7 @@ class Sandbox:
                 self._workers[s] = None
                 self._start([s])
         cap = self.config.max_output_bytes
-        depth = 1  # programs queued per worker
+        depth = _DEPTH
         window = max(4096, 64 * self.n_workers)  # results held back for input order
         it = iter(programs)
         results: dict[int, Execution] = {}
@@ -442,41 +553,55 @@ class Sandbox:
         backstop = self.config.timeout + _BACKSTOP
         sel = selectors.DefaultSelector()
         registered: dict[int, _Worker] = {}
+        recycle = self.config.recycle_after
+
+        def take() -> tuple[int, str] | None:
+            """The next program to send: a re-send first, then the input stream."""
+            nonlocal next_in, exhausted
+            while True:
+                if retry:
+                    return retry.popleft()
+                if exhausted or next_in - next_out >= window:
+                    return None
+                try:
+                    prog = next(it)
+                except StopIteration:
+                    exhausted = True
+                    return None
+                i = next_in
+                next_in += 1
+                if type(prog) is str:
+                    return i, prog
+                results[i] = Execution("error", None, "TypeError", "", 0.0, "program is not a str")
+
         try:
             while True:
-                # 1. keep every worker fed
-                for s in range(self.n_workers):
-                    w = self._workers[s]
-                    if w is None:
-                        continue
-                    while len(w.queue) < depth and w.sent < self.config.recycle_after:
-                        if retry:
-                            i, prog = retry.popleft()
-                        else:
-                            if exhausted or next_in - next_out >= window:
-                                break
-                            try:
-                                prog = next(it)
-                            except StopIteration:
-                                exhausted = True
-                                break
-                            i = next_in
-                            next_in += 1
-                            if type(prog) is not str:
-                                results[i] = Execution(
-                                    "error", None, "TypeError", "", 0.0, "program is not a str"
-                                )
-                                continue
-                        try:
-                            w.send({"program": prog})
-                        except OSError:  # the worker died; its reader will notice
-                            retry.appendleft((i, prog))
+                # 1. keep every worker fed, breadth first: one program each, then one more
+                #    queued behind it (no round trip between programs) unless it runs long
+                now = time.monotonic()
+                for level in range(depth):
+                    for w in self._workers:
+                        if w is None or len(w.queue) != level or w.sent >= recycle:
+                            continue
+                        if level and now - w.head_since > _QUEUE_BEHIND_S:
+                            continue
+                        item = take()
+                        if item is None:
                             break
+                        i, prog = item
+                        try:
+                            w.send(prog.encode("utf-8", "surrogatepass"))
+                        except OSError:  # the worker died; its reader will notice
+                            retry.appendleft(item)
+                            continue
                         if not w.queue:
                             w.head_since = time.monotonic()
                         w.queue.append(i)
                         w.sent += 1
                         texts[i] = prog
+                for w in self._workers:
+                    if w is None:
+                        continue
                     if w.resp_fd not in registered or registered[w.resp_fd] is not w:
                         if w.resp_fd in registered:
                             sel.unregister(w.resp_fd)
@@ -503,6 +628,10 @@ class Sandbox:
                         continue
                     now = time.monotonic()
                     for msg in msgs:
+                        if "retire" in msg:  # it ran its last program; re-send the rest
+                            w.sent = self.config.recycle_after
+                            self._requeue(w, retry, texts)
+                            break
                         if not w.queue:
                             break
                         i = w.queue.popleft()

@@ -12,6 +12,7 @@ The output is appended as results arrive; a rerun skips inputs whose key
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,7 +117,9 @@ def verify(
     todo = [(o, _key(obj, o), obj) for _, o, obj in inputs if _key(obj, o) not in done]
 
     bar = _progress(len(inputs), len(inputs) - len(todo), progress)
-    with Sandbox(sandbox or SandboxConfig()) as box, JsonlWriter(out) as writer:
+    with Sandbox(_deny_task_data(sandbox or SandboxConfig(), task)) as box, JsonlWriter(
+        out
+    ) as writer:
         results = box.run(obj["program"] for _, _, obj in todo)
         for (_, key, obj), ex in zip(todo, results):
             rec = grade_record(obj, to_dict(ex), problems[obj["problem_id"]], task)
@@ -136,6 +139,16 @@ def verify(
         statuses=statuses,
         seconds=time.time() - t0,
     )
+
+
+def _deny_task_data(cfg: SandboxConfig, task: GSM8K) -> SandboxConfig:
+    """The folder the gold answers were loaded from is added to what programs cannot read."""
+    if not task.data_dir:
+        return cfg
+    from ekt.sandbox import default_deny_read
+
+    deny = default_deny_read() if cfg.deny_read is None else list(cfg.deny_read)
+    return dataclasses.replace(cfg, deny_read=[*deny, str(task.data_dir)])
 
 
 def grade_record(obj: dict, execution: dict, problem: Problem, task: GSM8K) -> dict:
