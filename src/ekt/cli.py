@@ -117,7 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--student", "--model", dest="student", required=True, help="model spec")
     t.add_argument("--pairs", required=True, help="train_pairs.jsonl from `ekt filter`")
     t.add_argument("--out", required=True, help="output folder (an HF checkpoint)")
+    t.add_argument(
+        "--method",
+        choices=["sft", "kd"],
+        default="sft",
+        help="sft: fine-tune on the pairs; kd: also distil --teacher's distribution (ekt.kd)",
+    )
+    t.add_argument("--teacher", default=None, help="model spec of the live teacher (--method kd)")
+    t.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
     _add_dataclass_args(t, "TrainConfig")
+    _add_dataclass_args(t, "KDConfig", module="kd", prefix="kd")
 
     e = sub.add_parser(
         "evaluate", help="greedy pass@1, pass@k and majority vote on held-out questions"
@@ -189,25 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_dataclass_args(p: argparse.ArgumentParser, name: str) -> None:
-    """One flag per field of a config dataclass (``--learning-rate``...), same names as YAML."""
+def _add_dataclass_args(
+    p: argparse.ArgumentParser, name: str, module: str = "train", prefix: str = ""
+) -> None:
+    """One flag per field of a config dataclass (``--learning-rate``...), same names as YAML.
+
+    With ``prefix`` "kd", ``KDConfig.alpha`` is ``--kd-alpha`` (YAML ``kd: {alpha: ...}``).
+    """
     import dataclasses
+    import importlib
 
-    from ekt import train
-
-    cls = getattr(train, name)
+    cls = getattr(importlib.import_module(f"ekt.{module}"), name)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        dest = f"{prefix}_{f.name}" if prefix else f.name
+        flag = "--" + dest.replace("_", "-")
         default = f.default
         if isinstance(default, bool):
-            p.add_argument(
-                flag, dest=f.name, default=default, action=argparse.BooleanOptionalAction
-            )
+            p.add_argument(flag, dest=dest, default=default, action=argparse.BooleanOptionalAction)
         else:
             kind = type(default) if default is not None else str
-            p.add_argument(
-                flag, dest=f.name, type=kind, default=default, help=f"default: {default}"
-            )
+            p.add_argument(flag, dest=dest, type=kind, default=default, help=f"default: {default}")
 
 
 def _task(args: argparse.Namespace):
@@ -295,7 +305,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ekt.train import TrainConfig, train_student
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    result = train_student(args.student, args.pairs, args.out, cfg)
+    if args.method == "kd":
+        from ekt.kd import KDConfig, train_kd
+
+        if not args.teacher:
+            raise EktError("--method kd needs --teacher")
+        kd = KDConfig(
+            **{f.name: getattr(args, f"kd_{f.name}") for f in dataclasses.fields(KDConfig)}
+        )
+        kd.validate()
+        result = train_kd(
+            args.student, args.teacher, args.pairs, args.out, cfg, kd, True, args.device
+        )
+    else:
+        result = train_student(args.student, args.pairs, args.out, cfg, device=args.device)
     if result is None:
         print(f"train: no training pairs in {args.pairs}; nothing to train")
 

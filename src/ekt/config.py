@@ -17,9 +17,14 @@ import yaml
 
 from ekt.errors import EktError
 from ekt.evaluate import EvalConfig
+from ekt.expert_iteration import ExpertIterationConfig
+from ekt.kd import KDConfig
 from ekt.train import TrainConfig
 
-METHODS = ("ekt", "supervised")
+# ekt: the teacher's verified programs; supervised: GSM8K reference programs;
+# kd: the ekt pairs plus a live teacher's distribution (ekt.kd); seq-kd: every teacher
+# sample, unverified; expert-iteration: the student's own programs (ekt.expert_iteration)
+METHODS = ("ekt", "supervised", "kd", "seq-kd", "expert-iteration")
 
 
 @dataclass
@@ -58,6 +63,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    kd: KDConfig = field(default_factory=KDConfig)  # method kd
+    expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
     evaluate_teacher: bool = True
     evaluate_base_student: bool = True
     note: str = ""  # free text printed with the results (what this run is)
@@ -75,6 +82,9 @@ class RunConfig:
         if self.sandbox.isolation not in ("strict", "standard", "none"):
             raise EktError("sandbox.isolation must be strict, standard or none")
         self.eval.validate()
+        self.train.validate()
+        self.kd.validate()
+        self.expert_iteration.validate()
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

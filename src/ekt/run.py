@@ -98,14 +98,22 @@ class Runner:
         self._write_manifest()
 
         pairs: dict[str, Path] = {}
-        if "ekt" in cfg.methods:
-            pairs["ekt"] = self.teacher_pairs(train_problems)
-        if "supervised" in cfg.methods:
-            pairs["supervised"] = self.supervised_pairs(train_problems)
+        if {"ekt", "kd"} & set(cfg.methods):  # kd trains on the same filtered pairs as ekt
+            ekt_pairs = self.teacher_pairs(train_problems)
+        for method in cfg.methods:
+            if method in ("ekt", "kd"):
+                pairs[method] = ekt_pairs
+            elif method == "supervised":
+                pairs[method] = self.supervised_pairs(train_problems)
+            elif method == "seq-kd":
+                pairs[method] = self.seq_kd_pairs(train_problems)
 
         students: dict[str, str] = {}
-        for method, path in pairs.items():
-            ckpt = self.train(method, path)
+        for method in cfg.methods:
+            if method == "expert-iteration":  # makes its own pairs, round by round
+                ckpt, pairs[method] = self.expert_iteration(train_problems)
+            else:
+                ckpt = self.train(method, pairs[method])
             if ckpt:
                 students[method] = ckpt
 
@@ -143,7 +151,10 @@ class Runner:
             print(f"note: {path} differs from this config; stages check their own settings")
         path.write_text(text)
 
-    def teacher_pairs(self, problems) -> Path:
+    def teacher_samples(self, problems) -> None:
+        """The teacher's programs for ``problems`` (once per run; ekt, kd and seq-kd share them)."""
+        if getattr(self, "_teacher_sampled", False):
+            return
         cfg, ts = self.cfg, self.cfg.teacher_sampling
         params = SamplingParams(
             n=ts.n,
@@ -165,6 +176,10 @@ class Runner:
                 force=self.force,
             )
             print(s.line())
+        self._teacher_sampled = True
+
+    def teacher_pairs(self, problems) -> Path:
+        self.teacher_samples(problems)
         with self._stage("verify teacher programs"):
             v = verify(
                 self.dir / "teacher",
@@ -179,7 +194,7 @@ class Runner:
                 self.dir / "teacher" / "executions.jsonl",
                 self.dir / "train_pairs.jsonl",
                 self.task,
-                keep=cfg.keep,
+                keep=self.cfg.keep,
             )
             print(f.line())
         return self.dir / "train_pairs.jsonl"
@@ -210,7 +225,51 @@ class Runner:
             )
         return d / "train_pairs.jsonl"
 
+    def seq_kd_pairs(self, problems) -> Path:
+        """Every teacher sample as a pair, without the correctness filter (sequence-level KD)."""
+        from ekt.filtering import _norm_question
+        from ekt.generate import read_completions
+        from ekt.kd import sequence_kd_pairs
+
+        self.teacher_samples(problems)
+        path = self.dir / "seq_kd" / "train_pairs.jsonl"
+        with self._stage("seq-kd pairs: every teacher sample, unverified"):
+            completions = read_completions(self.dir / "teacher")
+            by_id = self.task.by_id({c.problem_id for c in completions})
+            test = frozenset(_norm_question(p.question) for p in self.task.load_file("test"))
+            n = write_jsonl_atomic(path, sequence_kd_pairs(completions, by_id, test))
+            print(f"seq-kd: {n} pairs from {len(by_id)} questions (no correctness filter)")
+        return path
+
+    def expert_iteration(self, problems) -> tuple[str | None, Path]:
+        from ekt.expert_iteration import expert_iteration
+
+        cfg, ei, ts = self.cfg, self.cfg.expert_iteration, self.cfg.teacher_sampling
+        params = SamplingParams(
+            n=ei.n or ts.n,
+            temperature=ts.temperature if ei.temperature is None else ei.temperature,
+            top_p=ts.top_p,
+            max_new_tokens=ei.max_new_tokens or ts.max_new_tokens,
+            seed=ts.seed if ei.seed is None else ei.seed,
+        )
+        batch = ei.batch_size or ts.batch_size
+        with self._stage(f"expert iteration: {cfg.student} learns from its own verified programs"):
+            result = expert_iteration(
+                cfg.student,
+                problems,
+                self.dir / "students" / "expert-iteration",
+                self.task,
+                lambda spec: _sampler_factory(spec, cfg.device, batch),
+                params,
+                ei,
+                cfg.train,
+                self.sandbox,
+                cfg.device,
+            )
+        return result.model, result.pairs_path
+
     def train(self, method: str, pairs: Path) -> str | None:
+        from ekt.kd import train_kd
         from ekt.train import train_student
 
         out = self.dir / "students" / method
@@ -218,7 +277,11 @@ class Runner:
             if (out / "train_summary.json").exists() and not self.force:
                 print(f"train {method}: already trained ({out}); skipping")
                 return str(out)
-            result = train_student(self.cfg.student, pairs, out, self.cfg.train)
+            c = self.cfg
+            if method == "kd":
+                result = train_kd(c.student, c.teacher, pairs, out, c.train, c.kd, device=c.device)
+            else:
+                result = train_student(c.student, pairs, out, c.train, device=c.device)
             if result is None:
                 print(f"train {method}: no training pairs in {pairs}; this method is skipped")
                 return None

@@ -19,10 +19,24 @@ checkpoints left by different settings are cleared first.
 
 Weights are loaded in float32; on a GPU with bf16 support training runs under
 bf16 autocast (fp16 on older GPUs), on CPU in plain float32.
+
+Efficiency, with the objective unchanged: each micro-batch is packed into one
+row with attention kept inside each example (``ekt.packing``; ``packing:
+false`` pads instead), only the positions that predict a target token go
+through the output layer, and the loss is summed over target tokens and
+divided by their number in the whole accumulated batch (so every target token
+weighs the same, as in transformers' own loss). Options: LoRA adapters
+through peft (``lora_r > 0``; merged into the saved model, so the output is
+still a plain HF checkpoint) and gradient checkpointing.
+
+``train_student`` is the one training flow for every method: knowledge
+distillation (``ekt.kd``) plugs a teacher into it, expert iteration
+(``ekt.expert_iteration``) calls it once per round.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -35,6 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.packing import (
+    can_pack,
+    collate,
+    disable_packing,
+    enable_packing,
+    kept_logits,
+    loss_positions,
+    supports_logits_to_keep,
+)
 from ekt.prompts import PROGRAM_HEADER, student_prompt
 from ekt.records import TrainPair, read_records, write_json_atomic
 
@@ -43,7 +66,7 @@ IGNORE = -100  # label of tokens without loss
 CHECKPOINTS = "checkpoints"
 _RUN_FILE = "ekt_run.json"  # fingerprint of the run the checkpoints belong to
 # Settings that do not change the training trajectory (a resume may change them).
-_NOT_FINGERPRINTED = ("logging_steps", "save_steps", "gradient_checkpointing")
+_NOT_FINGERPRINTED = ("logging_steps", "save_steps", "gradient_checkpointing", "packing")
 
 
 @dataclass
@@ -65,6 +88,11 @@ class TrainConfig:
     logging_steps: int = 10
     save_steps: int = 0  # 0: a checkpoint at the end only
     gradient_checkpointing: bool = False
+    packing: bool = True  # several examples per row, attention kept within each example
+    lora_r: int = 0  # > 0: train rank-r LoRA adapters (needs peft), merged into the saved model
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"  # or comma-separated module names (q_proj,v_proj)
 
     def validate(self, world_size: int = 1) -> None:
         """Raise EktError for settings that cannot work (cheap: imports nothing)."""
@@ -95,6 +123,10 @@ class TrainConfig:
             raise EktError(f"--logging-steps must be >= 1, got {self.logging_steps}")
         if self.save_steps < 0:
             raise EktError(f"--save-steps must be >= 0, got {self.save_steps}")
+        if self.lora_r < 0:
+            raise EktError(f"--lora-r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise EktError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
 
     def accumulation_steps(self, world_size: int = 1) -> int:
         """Gradient accumulation giving an effective batch of ``batch_size``."""
@@ -202,14 +234,81 @@ def decay_parameter_names(model: Any) -> list[str]:
     ]
 
 
+class Collator:
+    """Packs a micro-batch into one row (or pads it, ``packed=False``) and counts its tokens.
+
+    ``n_targets`` (tokens with a loss) and ``n_tokens`` (input tokens) are read
+    by the trainer before the forward pass; see ``EktTrainer.get_batch_samples``.
+    """
+
+    def __init__(self, pad_id: int, packed: bool):
+        self.pad_id = pad_id
+        self.packed = packed
+
+    def __call__(self, feats: list[dict]) -> dict:
+        batch, _ = collate(feats, self.packed, self.pad_id)
+        batch["n_targets"] = int((batch["labels"][:, 1:] != IGNORE).sum())
+        batch["n_tokens"] = sum(len(f["input_ids"]) for f in feats)
+        return batch
+
+
+@functools.cache
 def _trainer_class() -> Any:
+    import torch
     from transformers import Trainer
 
     class EktTrainer(Trainer):
-        """Trainer whose AdamW groups come from ``decay_parameter_names``."""
+        """``Trainer`` with ekt's weight-decay groups and a loss over the target positions only.
+
+        The loss of a micro-batch is the summed cross-entropy of its target
+        tokens divided by the number of target tokens in the whole accumulated
+        batch (all processes), so it is already scaled for accumulation.
+        """
+
+        loss_is_scaled_for_ga = True
+        ekt_logits_to_keep = False  # the model takes a boolean logits_to_keep (set on creation)
 
         def get_decay_parameter_names(self, model: Any) -> list[str]:
             return decay_parameter_names(model)
+
+        def get_batch_samples(
+            self, epoch_iterator: Any, num_batches: int, device: Any
+        ) -> tuple[list, Any]:
+            """The micro-batches of one optimizer step and their target-token count."""
+            batches = []
+            for _ in range(num_batches):
+                try:
+                    batches.append(next(epoch_iterator))
+                except StopIteration:
+                    break
+            counts = torch.tensor(
+                [[b["n_targets"], b.get("n_distill", 0), b["n_tokens"]] for b in batches]
+                or [[0, 0, 0]],
+                dtype=torch.long,
+            ).sum(0)
+            if self.args.world_size > 1:
+                counts = self.accelerator.gather(counts.to(device)).view(-1, 3).sum(0)
+            self.state.num_input_tokens_seen += int(counts[2])
+            self.ekt_distill_items = int(counts[1])
+            return batches, int(counts[0])
+
+        def _scale(self, n_items: int | None, local: int) -> float:
+            """1 / (items in the accumulated batch), times the processes DDP averages over."""
+            n = n_items if n_items else local
+            return max(self.args.world_size, 1) / max(n, 1)
+
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict,
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            keep, targets = loss_positions(inputs["labels"])
+            logits = kept_logits(model, inputs, keep, self.ekt_logits_to_keep)
+            ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            loss = ce * self._scale(num_items_in_batch, targets.numel())
+            return (loss, {"logits": logits}) if return_outputs else loss
 
     return EktTrainer
 
@@ -347,6 +446,114 @@ def _mixed_precision(device: str | None) -> tuple[bool, bool, bool]:
     return False, bf16, not bf16
 
 
+def _apply_lora(model: Any, cfg: TrainConfig) -> Any:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise EktError("--lora-r needs peft: pip install 'ekt[lora]'") from None
+    targets: Any = cfg.lora_target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise EktError(f"--lora-target-modules: {e}") from None
+
+
+def build_trainer(
+    model: Any,
+    tok: Any,
+    data: list[dict],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    device: str | None = None,
+    callbacks: Sequence[Any] = (),
+    distill: Any = None,
+    save: bool = True,
+) -> Any:
+    """The configured ``Trainer`` for ``model`` on encoded examples ``data``.
+
+    Switches the model to packed attention when ``cfg.packing`` and the model
+    allow it (``trainer.ekt_packed``; ``train_student`` switches it back), and
+    wraps it in LoRA adapters when ``cfg.lora_r > 0`` (``trainer.model``).
+    ``distill`` is a teacher plug-in such as ``ekt.kd.Distiller``.
+    """
+    from transformers import TrainingArguments
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = cfg.accumulation_steps(world_size)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_id
+    packed = cfg.packing and can_pack(model)
+    if cfg.packing and not packed:
+        print(f"train: {type(model).__name__} cannot be packed; batches are padded instead")
+    restore = enable_packing(model) if packed else None
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if cfg.lora_r > 0:
+        model = _apply_lora(model, cfg)
+    model.train()
+    use_cpu, bf16, fp16 = _mixed_precision(device)
+    args = TrainingArguments(
+        output_dir=str(Path(out_dir)),
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        optim="adamw_torch",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        # "steps" also saves at the last step; save_steps=0 means only there.
+        save_strategy="steps" if save else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 10**9,
+        save_total_limit=1,
+        seed=cfg.seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=use_cpu,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="no",  # counted exactly by EktTrainer.get_batch_samples
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+    if distill is not None:
+        trainer_cls, collator = distill.trainer_class(), distill.collator(pad_id, packed)
+    else:
+        trainer_cls, collator = _trainer_class(), Collator(pad_id, packed)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=collator,
+        processing_class=tok,
+        callbacks=list(callbacks),
+    )
+    trainer.ekt_logits_to_keep = supports_logits_to_keep(model)
+    trainer.ekt_packed = packed
+    trainer.ekt_restore_attention = restore
+    if distill is not None:
+        distill.attach(trainer)
+    return trainer
+
+
 def train_student(
     model_spec: str,
     pairs_path: str | Path,
@@ -354,11 +561,13 @@ def train_student(
     config: TrainConfig | None = None,
     resume: bool = True,
     device: str | None = None,
+    distill: Any = None,
 ) -> TrainResult | None:
     """Fine-tune ``model_spec`` on the pairs in ``pairs_path``; ``out_dir`` becomes the student.
 
     Returns None (and says so) when the file holds no pairs. ``device`` "cpu"
     forces CPU training; by default a GPU is used when there is one.
+    ``distill`` (``ekt.kd.Distiller``) adds a live teacher to the loss.
     """
     cfg = config or TrainConfig()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -368,8 +577,12 @@ def train_student(
     if not pairs:
         print(f"train: no training pairs in {pairs_path}: nothing to train")
         return None
+    if cfg.lora_r > 0:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise EktError("--lora-r needs peft: pip install 'ekt[lora]'") from None
 
-    from transformers import TrainingArguments
     from transformers.trainer_utils import SchedulerType
 
     try:
@@ -385,7 +598,10 @@ def train_student(
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINTS
     log_path = out / "train_log.jsonl"
-    last = _prepare_checkpoints(ckpt_dir, _fingerprint(model_spec, pairs_path, cfg), resume)
+    run = _fingerprint(model_spec, pairs_path, cfg)
+    if distill is not None:
+        run["distill"] = distill.fingerprint()
+    last = _prepare_checkpoints(ckpt_dir, run, resume)
     if last is None:
         log_path.unlink(missing_ok=True)
     else:
@@ -393,14 +609,10 @@ def train_student(
         _trim_log(log_path, int(Path(last).name.rsplit("-", 1)[-1]))
 
     model, tok = _load_student(model_spec, device)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = pad_id
-    if cfg.gradient_checkpointing:
-        model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    data, dropped = build_examples(tok, pairs, cfg.max_length, cfg.loss_on)
+    if distill is not None:
+        data, dropped = distill.build_examples(tok, pairs, cfg.max_length, cfg.loss_on)
+    else:
+        data, dropped = build_examples(tok, pairs, cfg.max_length, cfg.loss_on)
     if dropped:
         print(
             f"train: {dropped} of {len(pairs)} examples have no program token within "
@@ -409,47 +621,22 @@ def train_student(
     if not data:
         raise EktError(f"no example in {pairs_path} fits --max-length {cfg.max_length}")
     loss_tokens = sum(sum(1 for x in d["labels"] if x != IGNORE) for d in data)
-    use_cpu, bf16, fp16 = _mixed_precision(device)
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        optim="adamw_torch",
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        # "steps" also saves at the last step; save_steps=0 means only there.
-        save_strategy="steps",
-        save_steps=cfg.save_steps if cfg.save_steps > 0 else 10**9,
-        save_total_limit=1,
-        seed=cfg.seed,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=use_cpu,
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        dataloader_num_workers=0,
-    )
-    trainer = _trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=data,
-        data_collator=PadCollator(pad_id),
-        processing_class=tok,
-        callbacks=[_log_callback(log_path)],
+    trainer = build_trainer(
+        model, tok, data, cfg, ckpt_dir, device, [_log_callback(log_path)], distill=distill
     )
     output = trainer.train(resume_from_checkpoint=last)
+    disable_packing(trainer.model, trainer.ekt_restore_attention)
     if cfg.gradient_checkpointing:
         model.config.use_cache = True
-    trainer.save_model(str(out))  # model, config, generation config and tokenizer
+    if cfg.lora_r > 0:
+        merged = trainer.model.merge_and_unload()
+        if trainer.is_world_process_zero():
+            merged.save_pretrained(str(out))
+            tok.save_pretrained(str(out))
+    else:
+        trainer.save_model(str(out))  # model, config, generation config and tokenizer
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    _, bf16, fp16 = _mixed_precision(device)
     result = TrainResult(
         out_dir=str(out),
         pairs=len(pairs),
@@ -461,21 +648,22 @@ def train_student(
         dropped=dropped,
     )
     if trainer.is_world_process_zero():
-        write_json_atomic(
-            out / "train_summary.json",
-            {
-                **asdict(result),
-                "model": model_spec,
-                "pairs_file": str(pairs_path),
-                "epochs_done": trainer.state.epoch,
-                "train_loss": output.training_loss,
-                "effective_batch": cfg.per_device_batch_size * accumulation * world_size,
-                "gradient_accumulation_steps": accumulation,
-                "precision": "bf16" if bf16 else "fp16" if fp16 else "fp32",
-                "resumed_from": last,
-                "config": asdict(cfg),
-            },
-        )
+        summary = {
+            **asdict(result),
+            "model": model_spec,
+            "pairs_file": str(pairs_path),
+            "epochs_done": trainer.state.epoch,
+            "train_loss": output.training_loss,
+            "effective_batch": cfg.per_device_batch_size * accumulation * world_size,
+            "gradient_accumulation_steps": accumulation,
+            "precision": "bf16" if bf16 else "fp16" if fp16 else "fp32",
+            "packed": trainer.ekt_packed,
+            "resumed_from": last,
+            "config": asdict(cfg),
+        }
+        if distill is not None:
+            summary["distill"] = distill.summary()
+        write_json_atomic(out / "train_summary.json", summary)
         print(result.line())
     if not math.isfinite(output.training_loss):
         raise EktError(f"training diverged (loss {output.training_loss}); lower --learning-rate")

@@ -1,0 +1,439 @@
+"""Knowledge distillation baselines: token-level KD with a live teacher, and sequence-level KD.
+
+``method: kd`` trains the student on the same filtered pairs as EKT with
+
+    loss = alpha * CE + (1 - alpha) * tau^2 * D(teacher || student)
+
+over the program tokens, the teacher run live on every batch (frozen, no
+gradient, on its own device and dtype). CE is the usual next-token
+cross-entropy on the target tokens (``loss_on``), D is averaged over the
+program tokens, both per token over the whole accumulated batch.
+
+Defaults (alpha 0.5, tau 1) give 0.5 * (CE + KL): the published "plain LM loss
+plus KL at temperature 1" times one half. AdamW's update does not depend on a
+constant factor on the loss (up to its epsilon), so this is the published
+objective except that gradient clipping at ``max_grad_norm`` 1.0 acts like
+clipping the unhalved loss at 2.0. ``alpha = 1`` is plain fine-tuning (the
+teacher is not even run).
+
+D depends on whether the two models share a vocabulary:
+
+* same tokenizer (same token -> id map): token-level KL(p_T || p_S) at
+  temperature tau, position by position (``loss: kl``);
+* different tokenizers, as with the two embedded presets (SmolLM2's 49k
+  vocabulary, Gemma 3's 262k): the **universal logit distillation (ULD)
+  loss** of Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the
+  Universal Logit Distillation Loss for LLMs" (``loss: uld``). Each side's
+  next-token probability vector is sorted in decreasing order, the shorter
+  one is padded with zeros, and D is the L1 distance between the two sorted
+  vectors (the closed form of the Wasserstein distance the paper derives when
+  token identities are ignored). The i-th program token of the student's
+  tokenisation is paired with the i-th program token of the teacher's, up to
+  the shorter of the two, as in the paper. ``loss: auto`` (default) picks KL
+  when the vocabularies match and ULD otherwise.
+
+The teacher sees the same text as the student, in its own tokenisation: the
+student prompt (the bare question ending in ``def solution():``) and the
+program. ``teacher_prompt: few-shot`` gives it its few-shot prompt instead
+(closer to how it wrote the programs, ~4x the teacher compute); the program
+tokens, and so the pairing, are the same either way.
+
+``method: seq-kd`` is sequence-level distillation (Kim & Rush 2016): the
+student is fine-tuned on every program the teacher sampled, correct or not
+(``sequence_kd_pairs``): the other common meaning of "distillation", and the
+same data as EKT before the sandbox filter.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ekt.errors import EktError
+from ekt.packing import (
+    IGNORE,
+    can_pack,
+    collate,
+    enable_packing,
+    kept_logits,
+    loss_positions,
+    supports_logits_to_keep,
+)
+from ekt.prompts import PROGRAM_HEADER, extract_program, student_prompt, teacher_prompt
+from ekt.records import Completion, Problem, TrainPair
+from ekt.train import TrainConfig, TrainResult, encode_pair, train_student
+
+KD_LOSSES = ("auto", "kl", "uld")
+TEACHER_PROMPTS = ("student", "few-shot")
+LOSS_NAMES = {
+    "kl": "token-level KL(teacher || student)",
+    "uld": "universal logit distillation (ULD; Boizard et al. 2024)",
+}
+
+
+@dataclass
+class KDConfig:
+    """``kd:`` block of a run config; ``ekt train --method kd --kd-...`` flags."""
+
+    alpha: float = 0.5  # weight of cross-entropy; 1 - alpha weighs the distillation term
+    temperature: float = 1.0
+    loss: str = "auto"  # auto | kl | uld
+    teacher_prompt: str = "student"  # student | few-shot
+    teacher_device: str | None = None  # default: the run's device
+    teacher_dtype: str | None = None  # default: bfloat16 on GPUs, float32 on CPU
+
+    def validate(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise EktError(f"kd.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise EktError(f"kd.temperature must be > 0, got {self.temperature}")
+        if self.loss not in KD_LOSSES:
+            raise EktError(f"kd.loss must be one of {', '.join(KD_LOSSES)}, got {self.loss!r}")
+        if self.teacher_prompt not in TEACHER_PROMPTS:
+            raise EktError(
+                f"kd.teacher_prompt must be student or few-shot, got {self.teacher_prompt!r}"
+            )
+
+
+# -- the distances (pure tensor functions) -----------------------------------
+
+
+def kl_per_position(student_logits: Any, teacher_logits: Any, tau: float = 1.0) -> Any:
+    """KL(p_T || p_S) per row at temperature ``tau``; rows are positions, columns token ids.
+
+    When the two logit vectors differ in length (embedding matrices padded
+    past the shared tokenizer), both are cut to the shorter.
+    """
+    import torch
+
+    v = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    log_s = torch.log_softmax(student_logits[:, :v].float() / tau, dim=-1)
+    log_t = torch.log_softmax(teacher_logits[:, :v].float() / tau, dim=-1)
+    return (log_t.exp() * (log_t - log_s)).sum(-1)
+
+
+def sorted_probs(logits: Any, tau: float = 1.0) -> Any:
+    """Each row's softmax at temperature ``tau``, sorted in decreasing order."""
+    import torch
+
+    return torch.softmax(logits.float() / tau, dim=-1).sort(dim=-1, descending=True).values
+
+
+def uld_from_sorted(student_sorted: Any, teacher_sorted: Any) -> Any:
+    """ULD per row: L1 distance of two sorted probability vectors, the shorter zero-padded."""
+    m = min(student_sorted.shape[-1], teacher_sorted.shape[-1])
+    head = (student_sorted[:, :m] - teacher_sorted[:, :m]).abs().sum(-1)
+    return head + student_sorted[:, m:].sum(-1) + teacher_sorted[:, m:].sum(-1)
+
+
+def uld_per_position(
+    student_logits: Any, teacher_logits: Any, tau: float = 1.0, chunk: int = 64
+) -> Any:
+    """Universal logit distillation distance (Boizard et al. 2024) per aligned position.
+
+    Rows of the two logit matrices are aligned positions; their vocabularies
+    may differ in size and meaning. Computed ``chunk`` rows at a time (a
+    262k-entry sort per row is the cost); the teacher side without gradient.
+    """
+    import torch
+
+    out = []
+    for i in range(0, student_logits.shape[0], chunk):
+        with torch.no_grad():
+            t = sorted_probs(teacher_logits[i : i + chunk], tau).to(student_logits.device)
+        out.append(uld_from_sorted(sorted_probs(student_logits[i : i + chunk], tau), t))
+    if not out:
+        return student_logits.new_zeros(0, dtype=torch.float32)
+    return torch.cat(out)
+
+
+def distance(kind: str, student_logits: Any, teacher_logits: Any, tau: float) -> Any:
+    if kind == "kl":
+        return kl_per_position(student_logits, teacher_logits.to(student_logits.device), tau)
+    return uld_per_position(student_logits, teacher_logits, tau)
+
+
+def kd_objective(
+    ce_sum: Any, n_ce: int, dist_sum: Any, n_dist: int, alpha: float, tau: float
+) -> Any:
+    """alpha * CE + (1 - alpha) * tau^2 * D, each a mean per token. Pure."""
+    loss = alpha * ce_sum / max(n_ce, 1)
+    if alpha < 1:
+        loss = loss + (1 - alpha) * tau**2 * dist_sum / max(n_dist, 1)
+    return loss
+
+
+# -- examples and batches ---------------------------------------------------
+
+
+def _teacher_ids(
+    t_tok: Any, question: str, program: str, prompt_kind: str, n_program: int
+) -> tuple[list[int], int]:
+    """Teacher tokens for the same text (its own tokenizer), program cut to ``n_program``."""
+    if t_tok.eos_token_id is None:
+        raise EktError("the teacher's tokenizer has no EOS token")
+    prompt = student_prompt(question) if prompt_kind == "student" else teacher_prompt(question)
+    body = program[len(PROGRAM_HEADER) :] if program.startswith(PROGRAM_HEADER) else program
+    p_ids = list(t_tok(prompt, add_special_tokens=True).input_ids)
+    b_ids = list(t_tok(body, add_special_tokens=False).input_ids) + [t_tok.eos_token_id]
+    return p_ids + b_ids[: max(n_program, 1)], len(p_ids)
+
+
+class KDCollator:
+    """Student batch (packed or padded) plus the teacher's batch and the aligned positions.
+
+    ``kd_student_pos`` and ``kd_teacher_pos`` are flat (row-major) positions of
+    the logits that predict the i-th program token of each example, for i up to
+    the shorter program of the two tokenisations.
+    """
+
+    def __init__(self, pad_id: int, packed: bool, t_pad_id: int, t_packed: bool):
+        self.pad_id, self.packed = pad_id, packed
+        self.t_pad_id, self.t_packed = t_pad_id, t_packed
+
+    def __call__(self, feats: list[dict]) -> dict:
+        import torch
+
+        student = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in feats]
+        batch, s_off = collate(student, self.packed, self.pad_id)
+        teacher = [{"input_ids": f["t_input_ids"]} for f in feats]
+        t_batch, t_off = collate(teacher, self.t_packed, self.t_pad_id)
+        s_pos: list[int] = []
+        t_pos: list[int] = []
+        for f, so, to in zip(feats, s_off, t_off):
+            n = min(len(f["input_ids"]) - f["n_prompt"], len(f["t_input_ids"]) - f["t_n_prompt"])
+            if n > 0:
+                s0, t0 = so + f["n_prompt"] - 1, to + f["t_n_prompt"] - 1
+                s_pos.extend(range(s0, s0 + n))
+                t_pos.extend(range(t0, t0 + n))
+        batch.update({f"t_{k}": v for k, v in t_batch.items()})
+        batch["kd_student_pos"] = torch.tensor(s_pos, dtype=torch.long)
+        batch["kd_teacher_pos"] = torch.tensor(t_pos, dtype=torch.long)
+        batch["n_targets"] = int((batch["labels"][:, 1:] != IGNORE).sum())
+        batch["n_distill"] = len(s_pos)
+        batch["n_tokens"] = sum(len(f["input_ids"]) for f in feats)
+        return batch
+
+
+def teacher_logits(teacher: Any, batch: dict, use_logits_to_keep: bool) -> Any:
+    """The teacher's logits (no gradient) at ``kd_teacher_pos``, in that order."""
+    import torch
+
+    device = next(teacher.parameters()).device
+    t_batch = {
+        k[2:]: v.to(device) if hasattr(v, "to") else v
+        for k, v in batch.items()
+        if k.startswith("t_")
+    }
+    flat = torch.zeros(t_batch["input_ids"].numel(), dtype=torch.bool, device=device)
+    flat[batch["kd_teacher_pos"].to(device)] = True  # ascending, so the order is kept
+    with torch.no_grad():
+        return kept_logits(teacher, t_batch, flat.view_as(t_batch["input_ids"]), use_logits_to_keep)
+
+
+def student_distill_logits(logits: Any, keep: Any, positions: Any) -> Any:
+    """Rows of ``logits`` (kept at ``keep``, row-major) for the flat ``positions``."""
+    rank = keep.flatten().cumsum(0) - 1
+    return logits[rank[positions]]
+
+
+@functools.cache
+def _kd_trainer_class() -> Any:
+    import torch
+
+    from ekt.train import _trainer_class
+
+    class KDTrainer(_trainer_class()):  # type: ignore[misc]
+        """EktTrainer whose loss adds the distance to a live, frozen teacher (see module doc)."""
+
+        ekt_teacher: Any = None
+        ekt_kd: KDConfig = KDConfig()
+        ekt_distance = "kl"
+        ekt_teacher_logits_to_keep = False
+        ekt_distill_items = 0
+
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._parts = [0.0, 0.0]  # ce and distill since the last log
+            self._parts_since = 0
+
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict,
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            cfg = self.ekt_kd
+            keep, targets = loss_positions(inputs["labels"])
+            logits = kept_logits(model, inputs, keep, self.ekt_logits_to_keep)
+            ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            ce_part = ce * self._scale(num_items_in_batch, targets.numel())
+            loss = cfg.alpha * ce_part
+            dist_part = torch.zeros((), device=ce.device)
+            pos = inputs["kd_student_pos"]
+            if cfg.alpha < 1 and pos.numel():
+                s = student_distill_logits(logits, keep, pos)
+                t = teacher_logits(self.ekt_teacher, inputs, self.ekt_teacher_logits_to_keep)
+                d = distance(self.ekt_distance, s, t, cfg.temperature)
+                dist_part = d.sum() * self._scale(self.ekt_distill_items, d.numel())
+                loss = loss + (1 - cfg.alpha) * cfg.temperature**2 * dist_part
+            self._parts[0] += float(ce_part.detach())
+            self._parts[1] += float(dist_part.detach())
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            """Adds ``ce`` and ``distill`` (per-token means since the last log) to loss logs."""
+            if "loss" in logs:
+                steps = max(self.state.global_step - self._parts_since, 1)
+                logs["ce"] = round(self._parts[0] / steps, 6)
+                logs["distill"] = round(self._parts[1] / steps, 6)
+                self._parts = [0.0, 0.0]
+                self._parts_since = self.state.global_step
+            super().log(logs, start_time)
+
+    return KDTrainer
+
+
+class Distiller:
+    """The teacher plug-in ``train_student`` takes (``distill=``): examples, batches, loss."""
+
+    def __init__(self, teacher_spec: str, cfg: KDConfig | None = None, device: str | None = None):
+        self.spec = teacher_spec
+        self.cfg = cfg or KDConfig()
+        self.cfg.validate()
+        self.device = self.cfg.teacher_device or device
+        self.model: Any = None
+        self.tok: Any = None
+        self.packed = False
+        self.kind: str | None = None
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        from ekt.models import load_model
+
+        model, tok = load_model(self.spec, device=self.device, dtype=self.cfg.teacher_dtype)
+        model.requires_grad_(False)
+        model.eval()
+        self.packed = can_pack(model)
+        if self.packed:
+            enable_packing(model)
+        self.model, self.tok = model, tok
+
+    def resolve_kind(self, student_tok: Any) -> str:
+        same = student_tok.get_vocab() == self.tok.get_vocab()
+        if self.cfg.loss == "kl" and not same:
+            raise EktError(
+                f"kd.loss kl needs a shared vocabulary, but {self.spec}'s tokenizer differs "
+                "from the student's; use kd.loss uld (or auto)"
+            )
+        return ("kl" if same else "uld") if self.cfg.loss == "auto" else self.cfg.loss
+
+    def fingerprint(self) -> dict:
+        settings = {k: v for k, v in asdict(self.cfg).items() if k != "teacher_device"}
+        return {"teacher": self.spec, **settings}
+
+    def build_examples(
+        self, tok: Any, pairs: Sequence[TrainPair], max_length: int, loss_on: str
+    ) -> tuple[list[dict], int]:
+        self.load()
+        self.kind = self.resolve_kind(tok)
+        examples = []
+        for p in pairs:
+            ex = encode_pair(tok, p.question, p.program, max_length, loss_on)
+            if all(x == IGNORE for x in ex["labels"]):
+                continue
+            n_prompt = len(tok(student_prompt(p.question), add_special_tokens=True).input_ids)
+            n_program = len(ex["input_ids"]) - n_prompt
+            t_ids, t_n_prompt = _teacher_ids(
+                self.tok, p.question, p.program, self.cfg.teacher_prompt, n_program
+            )
+            ex.update(n_prompt=n_prompt, t_input_ids=t_ids, t_n_prompt=t_n_prompt)
+            examples.append(ex)
+        print(
+            f"kd: teacher {self.spec} live ({LOSS_NAMES[self.kind]}, alpha {self.cfg.alpha}, "
+            f"temperature {self.cfg.temperature}, {self.cfg.teacher_prompt} prompt)"
+        )
+        return examples, len(pairs) - len(examples)
+
+    def collator(self, pad_id: int, packed: bool) -> KDCollator:
+        t_pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        return KDCollator(pad_id, packed, t_pad, self.packed)
+
+    def trainer_class(self) -> Any:
+        return _kd_trainer_class()
+
+    def attach(self, trainer: Any) -> None:
+        trainer.ekt_teacher = self.model
+        trainer.ekt_kd = self.cfg
+        trainer.ekt_distance = self.kind
+        trainer.ekt_teacher_logits_to_keep = supports_logits_to_keep(self.model)
+
+    def summary(self) -> dict:
+        used = LOSS_NAMES[self.kind or "kl"]
+        return {"teacher": self.spec, "loss_used": used, **asdict(self.cfg)}
+
+    def mean_distance(
+        self, student: Any, tok: Any, pairs: Sequence[TrainPair], max_length: int = 400
+    ) -> float:
+        """Mean distillation distance per aligned program token of ``student`` on ``pairs``."""
+        import torch
+
+        examples, _ = self.build_examples(tok, pairs, max_length, "program")
+        batch = KDCollator(0, False, 0, False)(examples)
+        was_training = student.training
+        student.eval()
+        with torch.no_grad():
+            keep, _ = loss_positions(batch["labels"])
+            logits = kept_logits(student, batch, keep, supports_logits_to_keep(student))
+            s = student_distill_logits(logits, keep, batch["kd_student_pos"])
+            t = teacher_logits(self.model, batch, supports_logits_to_keep(self.model))
+            d = distance(self.kind or "kl", s, t, self.cfg.temperature)
+        student.train(was_training)
+        return float(d.mean())
+
+
+def train_kd(
+    student_spec: str,
+    teacher_spec: str,
+    pairs_path: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    kd: KDConfig | None = None,
+    resume: bool = True,
+    device: str | None = None,
+) -> TrainResult | None:
+    """Distil ``teacher_spec`` into ``student_spec`` on the pairs (``method: kd``)."""
+    distill = Distiller(teacher_spec, kd, device)
+    return train_student(student_spec, pairs_path, out_dir, config, resume, device, distill)
+
+
+# -- sequence-level KD ------------------------------------------------------
+
+
+def sequence_kd_pairs(
+    completions: Iterable[Completion],
+    problems: dict[str, Problem],
+    exclude_questions: frozenset[str] = frozenset(),
+) -> list[TrainPair]:
+    """Every teacher sample as a training pair, unverified (``method: seq-kd``). Pure.
+
+    Duplicates are kept: the samples stand for the teacher's distribution over
+    programs. Questions in ``exclude_questions`` (normalised text of the
+    evaluation split) are dropped, as for EKT.
+    """
+    from ekt.filtering import _norm_question, _order
+
+    ordered = sorted(completions, key=lambda c: (_order(c.problem_id), c.sample_idx))
+    pairs = []
+    for c in ordered:
+        problem = problems[c.problem_id]
+        if _norm_question(problem.question) in exclude_questions:
+            continue
+        program = c.program or extract_program(c.text)
+        pairs.append(TrainPair(c.problem_id, problem.question, program, "teacher-unfiltered"))
+    return pairs
