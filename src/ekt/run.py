@@ -238,7 +238,8 @@ class Runner:
             by_id = self.task.by_id({c.problem_id for c in completions})
             test = frozenset(_norm_question(p.question) for p in self.task.load_file("test"))
             n = write_jsonl_atomic(path, sequence_kd_pairs(completions, by_id, test))
-            print(f"seq-kd: {n} pairs from {len(by_id)} questions (no correctness filter)")
+            n_q = len({c.problem_id for c in completions})
+            print(f"seq-kd: {n} pairs from {n_q} questions (no correctness filter)")
         return path
 
     def expert_iteration(self, problems) -> tuple[str | None, Path]:
