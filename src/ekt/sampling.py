@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -127,6 +128,9 @@ class _Row:
     prompt: _Prompt
     generator: Any = None
     tokens: list[int] | None = None
+    problem: int = 0  # index of its request
+    length: int = 0  # shared-prefix path: own tokens in its slot (prompt suffix + fed tokens)
+    n_tokens: int = 0  # set when it finishes
 
 
 class TransformersSampler:
@@ -140,6 +144,7 @@ class TransformersSampler:
         progress: bool = True,
         pack_prompts: bool = True,
         heal_prompt: bool = True,
+        shared_prefix: bool | None = None,
     ):
         if batch_size < 1:
             raise EktError(f"--batch-size must be >= 1, got {batch_size}")
@@ -149,6 +154,8 @@ class TransformersSampler:
         self.progress = progress
         self.pack_prompts = pack_prompts
         self.heal_prompt = heal_prompt
+        self.shared_prefix = shared_prefix  # None: when the model supports it
+        self._shared_ok: bool | None = None
         eos = tokenizer.eos_token_id
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = {eos} if isinstance(eos, int) else set(eos or [])
@@ -221,33 +228,248 @@ class TransformersSampler:
     ) -> Iterator[Completion]:
         """Yield ``params.n`` completions per request, each as soon as it is finished.
 
-        Groups are formed from consecutive requests, so the same request list
-        always gives the same batches (and bit-identical samples).
+        The same request list always gives the same batches (and bit-identical samples).
         """
         from tqdm.auto import tqdm
 
         show = self.progress and sys.stderr.isatty()
         bar = tqdm(total=len(requests) * params.n, desc="sample", unit="seq", disable=not show)
+        try:
+            if requests and self._use_shared_prefix():
+                groups = [list(requests)] if self.pack_prompts else [[r] for r in requests]
+                for group in groups:
+                    for c in self._sample_shared(group, params):
+                        bar.update(1)
+                        yield c
+            else:
+                for c in self._sample_padded(requests, params):
+                    bar.update(1)
+                    yield c
+        finally:
+            bar.close()
+
+    def _finish(self, row: _Row, tok: int, params: SamplingParams) -> str | None:
+        """Take token ``tok`` for ``row``; the sample's text once it is finished, else None."""
+        assert row.tokens is not None
+        if tok in self.eos_ids:
+            row.n_tokens = len(row.tokens) + 1
+            return truncate_at_stop(self._text(row.prompt, row.tokens), params.stop)[0]
+        row.tokens.append(tok)
+        text, stopped = truncate_at_stop(self._text(row.prompt, row.tokens), params.stop)
+        if stopped or len(row.tokens) >= params.max_new_tokens:
+            row.n_tokens = len(row.tokens)
+            return text
+        return None
+
+    def _seed_row(self, row: _Row, params: SamplingParams) -> None:
+        import torch
+
+        row.tokens = []
+        if not params.greedy:
+            row.generator = torch.Generator(device="cpu").manual_seed(
+                derive_seed(params.seed, row.problem_id, row.sample_idx)
+            )
+
+    # ---- shared prefix + continuous batching --------------------------------------------
+
+    def _use_shared_prefix(self) -> bool:
+        """Whether this model runs on the shared-prefix path (checked once, on a tiny input)."""
+        if self._shared_ok is None:
+            if self.shared_prefix is False:
+                self._shared_ok = False
+            else:
+                from ekt import prefix_cache
+
+                why = prefix_cache.supports(self.model)
+                if not why:
+                    why = self._self_check()
+                if why and self.shared_prefix:
+                    raise EktError(f"shared-prefix sampling is not available for this model: {why}")
+                if why:
+                    print(
+                        f"ekt: shared-prefix sampling is off for this model ({why})",
+                        file=sys.stderr,
+                    )
+                self._shared_ok = not why
+        return self._shared_ok
+
+    def _self_check(self) -> str:
+        """Compare shared-prefix logits with a plain forward pass on a short input."""
+        import torch
+
+        ids = list(self.tok("def solution():\n    total = 12 * 3 + 4\n    return").input_ids)[:16]
+        if len(ids) < 4:
+            ids = (ids * 4)[:4]
+        try:
+            with torch.inference_mode():
+                ref = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0]
+                kv = self._new_kv(1, len(ids))
+                self._prefill_prefix(kv, ids[:-3])
+                first = self._prefill_suffix(kv, ids[-3:-1])
+                kv.place(0, kv.take_suffix())
+                lens = torch.tensor([3], device=self.device)
+                nxt = self._forward_decode(kv, torch.tensor([ids[-1]], device=self.device), lens)
+        except Exception as e:  # an architecture this path does not handle
+            return f"self-check failed: {type(e).__name__}: {e}"
+        for got, want in ((first, ref[-2]), (nxt[0], ref[-1])):
+            want = want.float()
+            tol = 1e-3 + 2e-2 * float(want.abs().max())
+            if not torch.allclose(got.float(), want, atol=tol, rtol=0):
+                return "self-check: logits differ from a plain forward pass"
+        return ""
+
+    def _new_kv(self, slots: int, capacity: int) -> Any:
+        from ekt.prefix_cache import SharedPrefixKV
+
+        return SharedPrefixKV(self.model.config.num_hidden_layers, slots, capacity)
+
+    def _run(self, kv: Any, ids: Any, pos: Any) -> Any:
+        """One forward pass through the shared-prefix attention; logits of the last position."""
+        from ekt.prefix_cache import prefix_attention
+
+        extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        with prefix_attention(self.model):
+            out = self.model(
+                input_ids=ids, position_ids=pos, use_cache=False, ekt_prefix=kv, **extra
+            )
+        return out.logits[:, -1, :].float()
+
+    def _prefill_prefix(self, kv: Any, ids: list[int]) -> None:
+        import torch
+
+        if ids:
+            pos = kv.begin_prefix(len(ids), self.device)
+            self._run(kv, torch.tensor([ids], device=self.device), pos)
+
+    def _prefill_suffix(self, kv: Any, ids: list[int]) -> Any:
+        import torch
+
+        pos = kv.begin_suffix(len(ids), self.device)
+        return self._run(kv, torch.tensor([ids], device=self.device), pos)[0]
+
+    def _forward_decode(self, kv: Any, tokens: Any, lens: Any) -> Any:
+        pos = kv.begin_decode(lens)
+        return self._run(kv, tokens[:, None], pos)
+
+    def _sample_shared(
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+    ) -> Iterator[Completion]:
+        """Decode all samples of ``requests`` with one shared prefix and a refilled batch.
+
+        The prefix is the longest token prefix common to all prompts (leaving each
+        prompt at least one token of its own); it is computed once. Each problem's
+        own tokens are prefilled once (alone, so its keys/values never depend on
+        other problems) and copied into a slot per sample. A finished row's slot
+        is refilled at once by the next sample in request order.
+        """
+        import torch
+
+        dev = self.device
+        prompts = [(pid, self.prepare(p)) for pid, p in requests]
+        width = min(len(pr.ids) for _, pr in prompts) - 1
+        first = prompts[0][1].ids
+        plen = 0
+        while plen < width and all(pr.ids[plen] == first[plen] for _, pr in prompts):
+            plen += 1
+        per_row = params.n if params.greedy else 1
+        rows_per_problem = params.n // per_row
+        pending: deque[_Row] = deque(
+            _Row(pid, i * per_row, per_row, pr, problem=j)
+            for j, (pid, pr) in enumerate(prompts)
+            for i in range(rows_per_problem)
+        )
+        slots = min(self.batch_size, len(pending))
+        own_max = max(len(pr.ids) for _, pr in prompts) - plen
+        kv = self._new_kv(slots, own_max + params.max_new_tokens)
+        left = [rows_per_problem] * len(prompts)  # rows of each problem not yet admitted
+        staged: dict[int, tuple[Any, Any]] = {}  # problem -> (its prompt keys/values, logits)
+        active: list[_Row] = []
+        last = torch.zeros(0, dtype=torch.long, device=dev)  # last token of each active row
+        with torch.inference_mode():
+            self._prefill_prefix(kv, first[:plen])
+            while active or pending:
+                # 1. one decode step for the rows that continue
+                logits = []
+                if active:
+                    lens = torch.tensor([r.length for r in active], device=dev)
+                    logits.append(self._forward_decode(kv, last, lens))
+                # 2. refill free slots, in request order
+                fresh: list[Any] = []
+                while pending and len(active) < slots:
+                    row = pending.popleft()
+                    j = row.problem
+                    if j not in staged:
+                        own = row.prompt.ids[plen:]
+                        out = self._prefill_suffix(kv, own)
+                        staged[j] = (kv.take_suffix(), self._constrain(out, row.prompt))
+                    own_kv, out = staged[j]
+                    left[j] -= 1
+                    if not left[j]:
+                        del staged[j]
+                    kv.place(len(active), own_kv)
+                    row.length = len(row.prompt.ids) - plen
+                    self._seed_row(row, params)
+                    active.append(row)
+                    fresh.append(out)
+                if fresh:
+                    logits.append(torch.stack(fresh))
+                scores = torch.cat(logits) if len(logits) > 1 else logits[0]
+                # 3. choose, emit the finished, compact the rest
+                nxt = self._choose(scores, active, params)
+                done: list[int] = []
+                for i, (row, tok) in enumerate(zip(active, nxt.tolist())):
+                    text = self._finish(row, tok, params)
+                    if text is not None:
+                        done.append(i)
+                        yield from self._emit(row, text, row.n_tokens)
+                    else:
+                        row.length += 1  # its token is fed at the next step
+                if done:
+                    keep = [i for i in range(len(active)) if i not in set(done)]
+                    n = len(keep)
+                    holes = [i for i in done if i < n]
+                    movers = [i for i in keep if i >= n]
+                    kv.move(holes, movers, max((active[i].length for i in movers), default=0))
+                    order = list(range(n))
+                    for h, m in zip(holes, movers):
+                        order[h] = m
+                    active = [active[i] for i in order]
+                    last = nxt[torch.tensor(order, dtype=torch.long, device=nxt.device)]
+                else:
+                    last = nxt
+
+    @staticmethod
+    def _constrain(logits: Any, prompt: _Prompt) -> Any:
+        """Healed prompts: only tokens extending the dropped token may come first."""
+        if prompt.allowed is None:
+            return logits
+        import torch
+
+        allowed = prompt.allowed.to(logits.device)
+        out = torch.full_like(logits, float("-inf"))
+        out[allowed] = logits[allowed]
+        return out
+
+    # ---- left-padded batches (models the shared-prefix path does not support) ------------
+
+    def _sample_padded(
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+    ) -> Iterator[Completion]:
         per_row = params.n if params.greedy else 1  # samples one decoded row stands for
         rows_per_problem = 1 if params.greedy else params.n
         per_group = max(1, self.batch_size // rows_per_problem) if self.pack_prompts else 1
-        try:
-            for g in range(0, len(requests), per_group):
-                group = [(pid, self.prepare(p)) for pid, p in requests[g : g + per_group]]
-                if len(group) == 1 and rows_per_problem > self.batch_size:
-                    chunks = [
-                        range(s, min(rows_per_problem, s + self.batch_size))
-                        for s in range(0, rows_per_problem, self.batch_size)
-                    ]
-                else:
-                    chunks = [range(rows_per_problem)]
-                for idxs in chunks:
-                    rows = [_Row(pid, i * per_row, per_row, pr) for pid, pr in group for i in idxs]
-                    for c in self._decode(group, rows, len(idxs), params):
-                        bar.update(1)
-                        yield c
-        finally:
-            bar.close()
+        for g in range(0, len(requests), per_group):
+            group = [(pid, self.prepare(p)) for pid, p in requests[g : g + per_group]]
+            if len(group) == 1 and rows_per_problem > self.batch_size:
+                chunks = [
+                    range(s, min(rows_per_problem, s + self.batch_size))
+                    for s in range(0, rows_per_problem, self.batch_size)
+                ]
+            else:
+                chunks = [range(rows_per_problem)]
+            for idxs in chunks:
+                rows = [_Row(pid, i * per_row, per_row, pr) for pid, pr in group for i in idxs]
+                yield from self._decode(group, rows, len(idxs), params)
 
     def _decode(
         self,
@@ -266,11 +488,7 @@ class TransformersSampler:
 
         dev = self.device
         for r in rows:
-            r.tokens = []
-            if not params.greedy:
-                r.generator = torch.Generator(device="cpu").manual_seed(
-                    derive_seed(params.seed, r.problem_id, r.sample_idx)
-                )
+            self._seed_row(r, params)
         padded = len(group) > 1
         extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
         mask = pos = None
@@ -297,28 +515,17 @@ class TransformersSampler:
             if per_prompt > 1:
                 cache.batch_repeat_interleave(per_prompt)
                 logits = logits.repeat_interleave(per_prompt, dim=0)
-            logits = self._constrain_first(logits, rows)
+            logits = torch.stack([self._constrain(x, r.prompt) for x, r in zip(logits, rows)])
             active = list(range(len(rows)))  # rows still decoding, in batch order
-            for step in range(params.max_new_tokens):
+            while True:
                 nxt = self._choose(logits, [rows[r] for r in active], params)
                 keep: list[int] = []
                 for j, (r, tok) in enumerate(zip(active, nxt.tolist())):
-                    row = rows[r]
-                    assert row.tokens is not None
-                    if tok in self.eos_ids:
-                        text = self._text(row.prompt, row.tokens)
-                        yield from self._emit(
-                            row, truncate_at_stop(text, params.stop)[0], len(row.tokens) + 1
-                        )
-                        continue
-                    row.tokens.append(tok)
-                    text, stopped = truncate_at_stop(
-                        self._text(row.prompt, row.tokens), params.stop
-                    )
-                    if stopped or step == params.max_new_tokens - 1:
-                        yield from self._emit(row, text, len(row.tokens))
-                        continue
-                    keep.append(j)
+                    text = self._finish(rows[r], tok, params)
+                    if text is not None:
+                        yield from self._emit(rows[r], text, rows[r].n_tokens)
+                    else:
+                        keep.append(j)
                 if not keep:
                     return
                 if len(keep) < len(active):
@@ -341,22 +548,6 @@ class TransformersSampler:
     def _emit(row: _Row, text: str, n_tokens: int) -> Iterator[Completion]:
         for k in range(row.copies):
             yield Completion(row.problem_id, row.sample_idx + k, text, n_tokens)
-
-    @staticmethod
-    def _constrain_first(logits: Any, rows: list[_Row]) -> Any:
-        """Healed prompts: only tokens extending the dropped token may come first."""
-        if all(r.prompt.allowed is None for r in rows):
-            return logits
-        import torch
-
-        out = logits.clone()
-        for i, r in enumerate(rows):
-            if r.prompt.allowed is not None:
-                allowed = r.prompt.allowed.to(logits.device)
-                masked = torch.full_like(out[i], float("-inf"))
-                masked[allowed] = out[i, allowed]
-                out[i] = masked
-        return out
 
     @staticmethod
     def _choose(logits: Any, rows: list[_Row], params: SamplingParams) -> Any:

@@ -1,0 +1,155 @@
+"""Teacher sampling throughput: ekt's ``TransformersSampler`` against a plain ``generate`` loop.
+
+Workload (the same for both sides): the ``smollm2-135m`` preset, the first ``--k``
+GSM8K train questions (default 8) with the real few-shot teacher prompt, ``--n``
+samples each (default 16), temperature 0.6, top-p 1.0, at most 128 new tokens,
+stop at ``ekt.prompts.STOP_STRINGS``, seed 0, the same dtype and torch threads.
+
+* **naive**: what a user would write: for each question, ``model.generate(ids,
+  do_sample=True, num_return_sequences=n, stop_strings=STOP_STRINGS, tokenizer=tok)``.
+* **ekt**: ``TransformersSampler(model, tok).sample(requests, params)``.
+
+Tokens are counted per sample up to and including the token that completes the
+first stop string (or EOS, or the 128th token), on both sides; what ``generate``
+computes for a row after it has stopped does not count. The last line is
+machine-readable::
+
+    tokens_per_s=<ekt> vs_naive=<ratio>x
+
+Usage: ``EKT_DATA_DIR=../shared/data/gsm8k python benchmarks/sampling_throughput.py``
+(``--skip-naive --naive-tokens-per-s X`` reuses a naive figure measured before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def tokens_to_stop(tok, gen: list[int], stops, eos_ids) -> int:
+    """Generated tokens up to and including the one that ends the sample."""
+    for k, t in enumerate(gen, start=1):
+        if t in eos_ids:
+            return k
+        text = tok.decode(gen[:k], skip_special_tokens=True)
+        if any(s in text for s in stops):
+            return k
+    return len(gen)
+
+
+def run_naive(model, tok, prompts: list[str], n: int, args, stops) -> tuple[int, float]:
+    import torch
+
+    eos = model.generation_config.eos_token_id
+    eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+    eos_ids.add(tok.eos_token_id)
+    tokens = 0
+    t0 = time.perf_counter()
+    counted = 0.0  # time spent counting tokens, not part of generation
+    for i, prompt in enumerate(prompts):
+        torch.manual_seed(args.seed + i)
+        enc = tok(prompt, return_tensors="pt")
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=args.temperature,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=args.max_new_tokens,
+            num_return_sequences=n,
+            stop_strings=list(stops),
+            tokenizer=tok,
+            pad_token_id=tok.pad_token_id,
+        )
+        c0 = time.perf_counter()
+        width = enc.input_ids.shape[1]
+        for row in out[:, width:].tolist():
+            tokens += tokens_to_stop(tok, row, stops, eos_ids)
+        counted += time.perf_counter() - c0
+        print(f"  naive question {i + 1}/{len(prompts)}: {tokens} tokens so far", flush=True)
+    return tokens, time.perf_counter() - t0 - counted
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--k", type=int, default=8, help="number of GSM8K train questions (>= 8)")
+    ap.add_argument("--n", type=int, default=16, help="samples per question")
+    ap.add_argument("--temperature", type=float, default=0.6)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=None, help="ekt batch (default: its own)")
+    ap.add_argument("--dtype", default=None, help="model dtype for both sides (default float32)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-heal", action="store_true", help="ekt without token healing")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--naive-tokens-per-s", type=float, default=None)
+    ap.add_argument("--data-dir", default=os.environ.get("EKT_DATA_DIR"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from ekt.models import load_model
+    from ekt.prompts import STOP_STRINGS, teacher_prompt
+    from ekt.sampling import SamplingParams, TransformersSampler
+    from ekt.tasks import GSM8K
+
+    if not args.data_dir:
+        raise SystemExit("set EKT_DATA_DIR or pass --data-dir (the GSM8K folder)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    problems = GSM8K(data_dir=args.data_dir).load("train")[: args.k]
+    requests = [(p.id, teacher_prompt(p)) for p in problems]
+    stops = tuple(STOP_STRINGS)
+    params = SamplingParams(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=1.0,
+        max_new_tokens=args.max_new_tokens,
+        stop=stops,
+        seed=args.seed,
+    )
+    model, tok = load_model(args.model, device="cpu", dtype=args.dtype)
+    prompt_len = sum(len(tok(p).input_ids) for _, p in requests) / len(requests)
+    print(
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}, model={args.model} "
+        f"({next(model.parameters()).dtype}), k={len(requests)} questions, n={args.n}, "
+        f"T={args.temperature}, max_new_tokens={args.max_new_tokens}, "
+        f"mean prompt {prompt_len:.0f} tokens",
+        flush=True,
+    )
+
+    kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    sampler = TransformersSampler(model, tok, progress=False, heal_prompt=not args.no_heal, **kw)
+    t0 = time.perf_counter()
+    out = list(sampler.sample(requests, params))
+    wall = time.perf_counter() - t0
+    assert len(out) == len(requests) * args.n
+    ekt_tokens = sum(c.n_tokens for c in out)
+    ekt_rate = ekt_tokens / wall
+    print(
+        f"ekt:   {len(out)} samples, {ekt_tokens} tokens "
+        f"({ekt_tokens / len(out):.1f}/sample) in {wall:.1f}s = {ekt_rate:.1f} tokens/s",
+        flush=True,
+    )
+
+    if args.skip_naive:
+        naive_rate = args.naive_tokens_per_s
+    else:
+        naive_tokens, naive_wall = run_naive(
+            model, tok, [p for _, p in requests], args.n, args, stops
+        )
+        naive_rate = naive_tokens / naive_wall
+        print(
+            f"naive: {len(requests) * args.n} samples, {naive_tokens} tokens "
+            f"({naive_tokens / (len(requests) * args.n):.1f}/sample) in {naive_wall:.1f}s "
+            f"= {naive_rate:.1f} tokens/s",
+            flush=True,
+        )
+    ratio = f"{ekt_rate / naive_rate:.2f}" if naive_rate else "nan"
+    print(f"tokens_per_s={ekt_rate:.1f} vs_naive={ratio}x")
+
+
+if __name__ == "__main__":
+    main()
