@@ -10,8 +10,18 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
-from ekt.errors import EktError
+from ekt.errors import EktError, user_message
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (subcommand parsers inherit this)."""
+
+    commands: dict[str, argparse.ArgumentParser]  # the subcommand parsers, on the top one
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _positive_int(name: str) -> Callable[[str], int]:
@@ -71,13 +81,14 @@ def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from ekt import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ekt",
         description="Explicit knowledge transfer: teacher programs -> sandbox -> student.",
     )
     parser.add_argument("--version", action="version", version=f"ekt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices
 
     g = sub.add_parser("generate", help="sample programs for each question into resumable shards")
     g.add_argument("--model", required=True, help="HF hub id, local HF dir, .gguf file or preset")
@@ -282,6 +293,10 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
     if args.timeout <= 0:
         raise EktError(f"--timeout must be > 0, got {args.timeout}")
+    from ekt.verify import iter_inputs
+
+    if next(iter_inputs(args.programs), None) is None:
+        raise EktError(f"{args.programs}: no programs to verify (empty input)")
     summary = verify(args.programs, args.out, _task(args), args.split, _sandbox_config(args))
     print(summary.line())
 
@@ -295,6 +310,7 @@ def cmd_filter(args: argparse.Namespace) -> None:
         _task(args),
         keep=args.keep,
         decontaminate=args.decontaminate or None,
+        require_records=True,
     )
     print(summary.line())
 
@@ -450,14 +466,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand, which names itself and its --help
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         COMMANDS[args.command](args)
-    except EktError as e:
-        if args.debug:
+    except Exception as e:  # EktError, or the file system refusing (full, read-only...)
+        message = None if args.debug else user_message(e, getattr(args, "out", None) or ".")
+        if message is None:
             raise
-        print(f"ekt {args.command}: error: {e}", file=sys.stderr)
+        print(f"ekt {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ekt {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -81,21 +81,23 @@ class RunConfig:
             raise EktError("teacher_sampling.temperature must be >= 0")
         if self.sandbox.isolation not in ("strict", "standard", "none"):
             raise EktError("sandbox.isolation must be strict, standard or none")
-        self.eval.validate()
-        self.train.validate()
-        self.kd.validate()
-        self.expert_iteration.validate()
+        for block in ("eval", "train", "kd", "expert_iteration"):  # messages name the block
+            try:
+                getattr(self, block).validate()
+            except EktError as e:
+                raise EktError(f"{block}: {e}") from None
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
+    at = f"{where}: " if where else ""
     if not isinstance(data, dict):
-        raise EktError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise EktError(f"{at}expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
         raise EktError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            f"{at}unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
     kwargs = {}
     for key, value in data.items():
@@ -129,16 +131,34 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise EktError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}" if mark else ""
         raise EktError(f"{path}{at}: invalid YAML ({getattr(e, 'problem', e)})") from None
     except UnicodeDecodeError:
         raise EktError(f"{path}: not valid UTF-8") from None
-    cfg = _build(RunConfig, data or {}, "")
-    cfg.validate()
+    try:
+        cfg = _build(RunConfig, data or {}, "")
+        cfg.validate()
+    except EktError as e:
+        raise EktError(f"{path}: {e}") from None
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -56,8 +56,14 @@ class EvalConfig:
                 raise EktError(f"--k values must be >= 1, got {k}")
             if k > self.n:
                 raise EktError(f"--k {k} exceeds --n {self.n}: pass@k needs at least k samples")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also NaN
             raise EktError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise EktError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise EktError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise EktError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise EktError(f"--limit must be >= 1, got {self.limit}")
 
@@ -100,6 +106,28 @@ def per_problem(
             }
         )
     return rows
+
+
+def check_complete(problems: Sequence[Problem], records: list[dict], n: int, where: Path) -> None:
+    """Every problem has exactly samples 0..n-1, once each, before anything is scored."""
+    seen: dict[str, set[int]] = defaultdict(set)
+    wanted = {p.id for p in problems}
+    for r in records:
+        pid, idx = r.get("problem_id"), r.get("sample_idx")
+        if pid not in wanted:
+            continue
+        if idx in seen[pid]:
+            raise EktError(
+                f"{where}: {pid} sample {idx} is recorded twice (corrupt file: delete it and "
+                "rerun to verify again)"
+            )
+        seen[pid].add(idx)
+    for p in problems:
+        if seen[p.id] != set(range(n)):
+            have = len(seen[p.id])
+            raise EktError(
+                f"{where}: {p.id} has {have} of its {n} samples verified; rerun to complete it"
+            )
 
 
 def scores_from_rows(rows: list[dict], ks: Sequence[int]) -> dict:
@@ -157,6 +185,9 @@ def evaluate(
     verify(out / "sampled", out / "sampled" / "executions.jsonl", task, None, sandbox, progress)
     sampled_recs = [o for _, o in read_jsonl(out / "sampled" / "executions.jsonl")]
 
+    if greedy_recs is not None:
+        check_complete(problems, greedy_recs, 1, out / "greedy" / "executions.jsonl")
+    check_complete(problems, sampled_recs, config.n, out / "sampled" / "executions.jsonl")
     rows = per_problem(problems, sampled_recs, greedy_recs)
     write_jsonl_atomic(out / "problems.jsonl", rows)
     scores = scores_from_rows(rows, config.k)

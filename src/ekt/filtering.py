@@ -65,6 +65,23 @@ def select_pairs(
     return pairs
 
 
+def _check_execution(obj: dict, where: str) -> None:
+    for name in ("problem_id", "program", "correct"):
+        if name not in obj:
+            raise EktError(f"{where}: missing field {name!r} (is this `ekt verify` output?)")
+    for name, kind, words in (
+        ("problem_id", str, "a string"),
+        ("program", str, "a string"),
+        ("correct", bool, "true or false"),
+    ):
+        if not isinstance(obj[name], kind):
+            raise EktError(f"{where}: field {name!r} must be {words}, got {obj[name]!r:.40}")
+    if "sample_idx" in obj and (
+        not isinstance(obj["sample_idx"], int) or isinstance(obj["sample_idx"], bool)
+    ):
+        raise EktError(f"{where}: field 'sample_idx' must be an integer")
+
+
 def _order(pid: str) -> tuple:
     head, _, idx = pid.rpartition("/")
     return (head, int(idx)) if idx.isdigit() else (head, -1, idx)
@@ -98,22 +115,40 @@ def filter_stage(
     keep: str = "first",
     decontaminate: str | None = "test",
     source: str = "teacher",
+    require_records: bool = False,
 ) -> FilterSummary:
+    """Read ``ekt verify`` output, write the selected pairs to ``out`` (atomically).
+
+    ``require_records``: an input without any record is an error (the CLI), not
+    an empty result (a run whose method found nothing to verify).
+    """
     t0 = time.time()
     paths = executions if isinstance(executions, list) else [executions]
     records = []
+    where_of: dict[int, str] = {}
     for path in paths:
+        first_line: dict[tuple[str, object], int] = {}
         for line, obj in read_jsonl(path):
-            for field in ("problem_id", "program", "correct"):
-                if field not in obj:
+            where = f"{path}:{line}"
+            _check_execution(obj, where)
+            if "sample_idx" in obj:  # a sample verified twice: a concatenated or corrupt file
+                key = (obj["problem_id"], obj["sample_idx"])
+                if key in first_line:
                     raise EktError(
-                        f"{path}:{line}: missing field {field!r} (is this `ekt verify` output?)"
+                        f"{where}: duplicate record for {key[0]} sample {key[1]} "
+                        f"(first at line {first_line[key]})"
                     )
+                first_line[key] = line
+            where_of[id(obj)] = where
             records.append(obj)
+    if require_records and not records:
+        raise EktError(f"{', '.join(map(str, paths))}: no verified samples (empty file)")
     problems = task.by_id({r["problem_id"] for r in records})
     for r in records:
         if r["problem_id"] not in problems:
-            raise EktError(f"unknown problem id {r['problem_id']!r} in {paths[0]}")
+            raise EktError(
+                f"{where_of[id(r)]}: unknown problem id {r['problem_id']!r} for task {task.name}"
+            )
     exclude: frozenset[str] = frozenset()
     if decontaminate:
         exclude = frozenset(_norm_question(p.question) for p in task.load_file(decontaminate))

@@ -8,6 +8,7 @@ with its file and line number.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -66,38 +67,93 @@ def to_dict(record: Any) -> dict:
     return dataclasses.asdict(record)
 
 
-def from_dict(cls: type[T], data: dict, where: str = "") -> T:
-    """Build ``cls`` from a dict, ignoring unknown keys; missing required keys are an EktError."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+# Field annotations checked when a record is read: (accepted JSON types, words for messages).
+_SIMPLE_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+}
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def from_dict(cls: type[T], data: dict, where: str = "", strict: bool = False) -> T:
+    """Build ``cls`` from a dict; missing required keys and wrongly typed values are EktErrors.
+
+    Unknown keys are ignored, or with ``strict`` an EktError (a typo such as
+    ``progam`` or a file of another kind). ``where`` (``file:line``) starts every message.
+    """
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = {f.name for f in fields}
     required = [
         f.name
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        for f in fields
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     missing = [k for k in required if k not in data]
     if missing:
         raise EktError(f"{where}: missing field(s) {', '.join(missing)}")
+    unknown = sorted(k for k in data if k not in names)
+    if strict and unknown:
+        raise EktError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; "
+            f"a {cls.__name__} record has {', '.join(f.name for f in fields)}"
+        )
+    for f in fields:
+        spec = _SIMPLE_TYPES.get(f.type if isinstance(f.type, str) else f.type.__name__)
+        if spec is None or f.name not in data:
+            continue
+        kinds, words = spec
+        value = data[f.name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            got = "null" if value is None else _JSON_NAMES.get(type(value), "a number")
+            raise EktError(f"{where}: field {f.name!r} must be {words}, got {got}")
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+# A record line longer than this is not one ekt (or GSM8K) writes: it is refused with its
+# line number before it is decoded, so a corrupt or wrong file cannot exhaust memory.
+MAX_LINE_BYTES = 8 << 20
+
+
+def iter_lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, bool]]:
+    """(1-based line number, raw bytes without the newline, ends with a newline), streamed.
+
+    A line over ``max_bytes`` raises EktError naming the file and line.
+    """
+    with open(path, "rb") as fh:
+        i = 0
+        while True:
+            raw = fh.readline(max_bytes + 1)
+            if not raw:
+                return
+            i += 1
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                raise EktError(
+                    f"{path}:{i}: line longer than {max_bytes >> 20} MiB; "
+                    "not a record this file should hold (wrong or corrupt file?)"
+                )
+            ends = raw.endswith(b"\n")
+            yield i, raw[:-1] if ends else raw, ends
+
+
 def read_jsonl(path: str | Path, allow_torn_tail: bool = True) -> Iterator[tuple[int, dict]]:
-    """Yield (1-based line number, object). Blank lines are skipped.
+    """Yield (1-based line number, object), reading the file line by line. Blank lines are skipped.
 
     A last line without a trailing newline that fails to parse is the mark of a
     killed writer and is ignored when ``allow_torn_tail``; any other bad line
-    raises EktError naming file and line.
+    (malformed JSON, not UTF-8, not an object, over ``MAX_LINE_BYTES``) raises
+    EktError naming file and line.
     """
     path = Path(path)
     if not path.exists():
         raise EktError(f"{path}: no such file")
-    with open(path, "rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    ends_clean = data.endswith(b"\n") or not data
-    for i, raw in enumerate(lines, start=1):
+    if path.is_dir():
+        raise EktError(f"{path}: is a folder, expected a JSONL file")
+    for i, raw, ends in iter_lines(path):
         if not raw.strip():
             continue
-        is_tail = i == len(lines) and not ends_clean
+        is_tail = not ends
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -110,38 +166,48 @@ def read_jsonl(path: str | Path, allow_torn_tail: bool = True) -> Iterator[tuple
             if is_tail and allow_torn_tail:
                 return
             raise EktError(f"{path}:{i}: malformed JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:
+            raise EktError(f"{path}:{i}: malformed JSON (nested too deeply)") from None
         if not isinstance(obj, dict):
             raise EktError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
         yield i, obj
 
 
-def read_records(path: str | Path, cls: type[T]) -> list[T]:
-    return [from_dict(cls, obj, f"{path}:{i}") for i, obj in read_jsonl(path)]
+def read_records(path: str | Path, cls: type[T], strict: bool = True) -> list[T]:
+    """Every record of ``cls`` in a JSONL file; with ``strict`` unknown fields are an error."""
+    return [from_dict(cls, obj, f"{path}:{i}", strict) for i, obj in read_jsonl(path)]
 
 
 class JsonlWriter:
     """Append-only JSON-lines writer; each record is one ``write`` + flush.
 
     Opening truncates a torn last line left by a killed writer so that appended
-    records start on a fresh line.
+    records start on a fresh line. A write that fails (a full disk) leaves at most
+    a torn last line, which readers skip and the next writer removes.
     """
 
     def __init__(self, path: str | Path, fsync: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _repair_torn_tail(self.path)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "ab")
         self._fsync = fsync
 
     def write(self, record: Any) -> None:
         obj = record if isinstance(record, dict) else to_dict(record)
-        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        if self._fsync:
-            os.fsync(self._fh.fileno())
+        try:
+            self._fh.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+            self._fh.flush()
+            if self._fsync:
+                os.fsync(self._fh.fileno())
+        except OSError as e:  # a full disk: name the file (at most its last line is torn)
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # a failed flush (full disk) already raised from write(); the tail is torn
 
     def __enter__(self) -> JsonlWriter:
         return self
@@ -151,41 +217,95 @@ class JsonlWriter:
 
 
 def _repair_torn_tail(path: Path) -> None:
-    if not path.exists() or path.stat().st_size == 0:
+    """Cut a last line that has no newline (a killed writer's), reading only the file's end."""
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    if size == 0:
         return
     with open(path, "rb+") as fh:
-        data = fh.read()
-        if data.endswith(b"\n"):
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
             return
-        cut = data.rfind(b"\n") + 1
-        fh.truncate(cut)
+        pos = size
+        while pos > 0:
+            step = min(1 << 16, pos)
+            fh.seek(pos - step)
+            block = fh.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                fh.truncate(pos - step + nl + 1)
+                return
+            pos -= step
+        fh.truncate(0)
+
+
+def _tmp_path(path: Path) -> Path:
+    # One fixed name: a temporary file left by a killed writer is replaced when the
+    # resumed stage writes the file again (one writer per file at a time).
+    return path.with_name(f"{path.name}.tmp")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
+    """Write ``path`` through a temporary file in the same folder, fsync it, then rename.
+
+    A crash (or a full disk) at any point leaves either the old file or the new
+    one, never a mix; the temporary file is removed when writing fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # name the file being written, not its temporary
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    _fsync_dir(path.parent)
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[Any]) -> int:
     """Write all records to ``path`` via a temporary file and rename; returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+
+    def lines() -> Iterator[bytes]:
+        nonlocal n
         for r in records:
             obj = r if isinstance(r, dict) else to_dict(r)
-            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            yield (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
             n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+
+    write_bytes_atomic(path, lines())
     return n
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    write_bytes_atomic(path, [text.encode("utf-8")])
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, [text.encode("utf-8")])
 
 
 __all__ = [
@@ -198,6 +318,10 @@ __all__ = [
     "read_records",
     "write_jsonl_atomic",
     "write_json_atomic",
+    "write_text_atomic",
+    "write_bytes_atomic",
+    "iter_lines",
+    "MAX_LINE_BYTES",
     "to_dict",
     "from_dict",
     "field",

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ekt.errors import EktError
-from ekt.records import read_jsonl, write_json_atomic
+from ekt.records import read_jsonl, write_json_atomic, write_text_atomic
 from ekt.stats import (
     LEVEL,
     RESAMPLES,
@@ -261,7 +261,7 @@ def add_statistics(
         },
     }
     write_json_atomic(d / "results.json", results)
-    (d / "results.md").write_text(results_markdown(run), encoding="utf-8")
+    write_text_atomic(d / "results.md", results_markdown(run))
     return results
 
 

@@ -11,7 +11,11 @@ Run folder (``runs/<name>/`` unless ``--out`` says otherwise)::
     results.json  results.md
 
 Each stage skips what is complete and resumes what is partial, so rerunning
-the same command after a crash finishes the job.
+the same command after a crash finishes the job. ``config.yaml`` and the
+manifest's input hashes (dataset files, model fingerprints) guard the folder: a
+rerun whose config or inputs differ in a way that would mix incompatible results
+is refused with the keys that changed; ``--force`` removes what those changes
+invalidate (and only that) and redoes it.
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+import yaml
 
 from ekt.config import RunConfig, dump_config
 from ekt.errors import EktError
 from ekt.evaluate import evaluate, score_line
 from ekt.filtering import filter_stage
 from ekt.generate import generate
-from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic
+from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ekt.sampling import SamplingParams
 from ekt.sandbox import SandboxConfig
 from ekt.tasks import get_task
@@ -54,6 +61,133 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
+# Config keys that do not change any result (speed, placement, labels, what is reported):
+# changing them never blocks a resume. Batch sizes are here like in generate's own check.
+HARMLESS_KEYS = frozenset(
+    {
+        "name",
+        "note",
+        "device",
+        "methods",
+        "evaluate_teacher",
+        "evaluate_base_student",
+        "sandbox.workers",
+        "teacher_sampling.batch_size",
+        "eval.batch_size",
+        "train.logging_steps",
+        "train.save_steps",
+        "train.gradient_checkpointing",
+        "train.packing",
+    }
+)
+_ALL = ("teacher", "train_pairs.jsonl", "seq_kd", "supervised", "students", "eval")
+_EXECUTIONS = (
+    "teacher/executions.jsonl",
+    "supervised/executions.jsonl",
+    "supervised/train_pairs.jsonl",
+    "train_pairs.jsonl",
+    "seq_kd",
+    "eval/*/*/executions.jsonl",
+    "eval/*/problems.jsonl",
+    "eval/*/scores.json",
+)
+
+
+def _students(*methods: str) -> tuple[str, ...]:
+    """A method's student and its evaluation."""
+    return tuple(x for m in methods for x in (f"students/{m}", f"eval/student-{m}"))
+
+
+_ALL_METHODS = ("ekt", "supervised", "kd", "seq-kd", "expert-iteration")
+# What a changed key invalidates (globs in the run folder); keys not listed invalidate all.
+_STALE: dict[str, tuple[str, ...]] = {
+    "train_split": ("teacher", "train_pairs.jsonl", "seq_kd", "supervised", "students")
+    + _students(*_ALL_METHODS),
+    "teacher": ("teacher", "train_pairs.jsonl", "seq_kd", "eval/teacher")
+    + _students("ekt", "kd", "seq-kd"),
+    "teacher_sampling": ("teacher", "train_pairs.jsonl", "seq_kd")
+    + _students("ekt", "kd", "seq-kd", "expert-iteration"),  # its defaults for expert iteration
+    "keep": ("train_pairs.jsonl",) + _students("ekt", "kd"),
+    "sandbox": _EXECUTIONS + _students(*_ALL_METHODS),
+    "student": ("students", "eval/student-*"),
+    "train": _students(*_ALL_METHODS),
+    "kd": _students("kd"),
+    "expert_iteration": _students("expert-iteration"),
+    "eval": ("eval",),
+    "eval.k": ("eval/*/scores.json",),  # scored again from the same samples
+    "eval.greedy": ("eval/*/scores.json",),
+}
+_STALE["train_limit"] = _STALE["train_split"]
+_STALE["model:teacher"] = _STALE["teacher"]
+_STALE["model:student"] = _STALE["student"]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple]:
+    """Dotted keys set in both configs whose values differ, harmless keys left out.
+
+    A key only one side has (a setting added or removed by another ekt version) is
+    not a change: its default stands for what the older version did.
+    """
+    a, b = _flatten(old), _flatten(new)
+    return {
+        k: (a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and k not in HARMLESS_KEYS
+    }
+
+
+def stale_outputs(keys: list[str], run_dir: Path) -> list[Path]:
+    """Existing paths in ``run_dir`` made invalid by changing ``keys`` (and the results)."""
+    globs: set[str] = {"results.json", "results.md", "report.html"}
+    for key in keys:
+        globs.update(_STALE.get(key, _STALE.get(key.split(".")[0], _ALL)))
+    found = {p for g in globs for p in run_dir.glob(g)}
+    # a folder's contents go with it: list only the outermost paths
+    return sorted(p for p in found if not any(q in found for q in p.parents))
+
+
+def input_hashes(task, cfg: RunConfig) -> dict[str, str]:
+    """sha256 of the dataset files and fingerprints of the models a run starts from."""
+    out: dict[str, str] = {}
+    if task.data_dir:
+        for name in ("train.jsonl", "test.jsonl"):
+            p = Path(task.data_dir) / name
+            if p.is_file():
+                out[f"data:{name}"] = _file_sha(p)
+    from ekt.models import model_fingerprint
+
+    for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
+        try:
+            out[f"model:{role}"] = model_fingerprint(spec)
+        except (EktError, OSError):
+            pass  # not available here; loading it will say why
+    return out
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_model_spec(role: str, spec: str) -> None:
+    from ekt.models import PRESETS, resolve_model
+
+    if spec not in PRESETS:  # presets are converted when first loaded; the rest is cheap
+        try:
+            resolve_model(spec)
+        except EktError as e:
+            raise EktError(f"{role}: {e}") from None
+
+
 def _count(path: Path) -> int:
     return sum(1 for _ in read_jsonl(path)) if path.exists() else 0
 
@@ -65,6 +199,8 @@ class Runner:
         self.dir = Path(out_dir) if out_dir else Path("runs") / cfg.name
         self.force = force
         self.task = get_task(cfg.task, cfg.data_dir, cfg.dev_size, cfg.dev_seed)
+        for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
+            _check_model_spec(role, spec)  # a typo stops here, not after hours of sampling
         s = cfg.sandbox
         self.sandbox = SandboxConfig(
             workers=s.workers, timeout=s.timeout, memory_mb=s.memory_mb, isolation=s.isolation
@@ -145,11 +281,45 @@ class Runner:
         return finish_run(self.dir, self._write_results(rows))
 
     def _check_config(self) -> None:
+        """Refuse to resume a run folder made with a config (or data, or model) that differs in
+        a way that would mix incompatible results; with ``--force`` remove what it invalidates.
+        """
         path = self.dir / "config.yaml"
         text = dump_config(self.cfg)
-        if path.exists() and path.read_text() != text and not self.force:
-            print(f"note: {path} differs from this config; stages check their own settings")
-        path.write_text(text)
+        self.inputs = input_hashes(self.task, self.cfg)
+        changes: dict[str, tuple] = {}
+        if path.exists():
+            try:
+                old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError):
+                old = None  # torn by a crash of an older ekt: nothing to compare against
+            if isinstance(old, dict):
+                changes = config_changes(old, yaml.safe_load(text))
+            manifest = self.dir / "manifest.json"
+            try:
+                old_inputs = json.loads(manifest.read_text()).get("inputs", {})
+            except (OSError, ValueError, AttributeError):
+                old_inputs = {}
+            for key, value in self.inputs.items():
+                if key in old_inputs and old_inputs[key] != value:
+                    changes[key] = (old_inputs[key], value)
+        if changes:
+            stale = stale_outputs(list(changes), self.dir)
+            what = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in changes.items())
+            if not self.force:
+                redo = ", ".join(sorted({str(p.relative_to(self.dir)) for p in stale})) or "none"
+                raise EktError(
+                    f"{self.dir} holds results of another config ({what}); use another --out, "
+                    f"or --force to redo what this changes (removes: {redo})"
+                )
+            print(f"--force: config changed ({what})")
+            for p in stale:
+                print(f"--force: removing {p}")
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink(missing_ok=True)
+        write_text_atomic(path, text)
 
     def teacher_samples(self, problems) -> None:
         """The teacher's programs for ``problems`` (once per run; ekt, kd and seq-kd share them)."""
@@ -173,7 +343,6 @@ class Runner:
                 params,
                 prompt="teacher",
                 settings={"model": cfg.teacher, "task": cfg.task},
-                force=self.force,
             )
             print(s.line())
         self._teacher_sampled = True
@@ -275,7 +444,7 @@ class Runner:
 
         out = self.dir / "students" / method
         with self._stage(f"train {self.cfg.student} on {method} pairs"):
-            if (out / "train_summary.json").exists() and not self.force:
+            if (out / "train_summary.json").exists():  # --force removed it if stale
                 print(f"train {method}: already trained ({out}); skipping")
                 return str(out)
             c = self.cfg
@@ -301,11 +470,19 @@ class Runner:
                 self.task,
                 prompt=prompt,
                 sandbox=self.sandbox,
-                settings={"model": spec},
+                settings={"model": self._portable(spec)},
             )
             print(score_line(label, scores))
         model = cfg.teacher if label == "teacher" else cfg.student
         return {"label": label, "model": model, "method": method, "prompt": prompt, **scores}
+
+    def _portable(self, spec: str) -> str:
+        """A student trained in this run folder as ``<run>/students/...``: a moved or copied
+        run folder resumes its evaluations instead of seeing another model."""
+        try:
+            return str(Path("<run>") / Path(spec).resolve().relative_to(self.dir.resolve()))
+        except ValueError:
+            return spec
 
     # -- outputs -------------------------------------------------------------
     def _write_manifest(self) -> None:
@@ -328,6 +505,7 @@ class Runner:
             "platform": platform.platform(),
             "data": {"source": self.task.data_dir or "hf:openai/gsm8k", "sha256": data},
             "models": {"teacher": self.cfg.teacher, "student": self.cfg.student},
+            "inputs": getattr(self, "inputs", {}),  # data sha256 and model fingerprints
             "seeds": {
                 "teacher": self.cfg.teacher_sampling.seed,
                 "train": self.cfg.train.seed,
@@ -351,7 +529,7 @@ class Runner:
         }
         write_json_atomic(self.dir / "results.json", results)
         md = results_table(results)
-        (self.dir / "results.md").write_text(md)
+        write_text_atomic(self.dir / "results.md", md)
         return results
 
 

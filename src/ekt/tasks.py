@@ -23,12 +23,14 @@ from typing import Any, Protocol
 
 from ekt.errors import EktError
 from ekt.grading import grade_value
-from ekt.records import Execution, Problem
+from ekt.records import Execution, Problem, iter_lines
 
 SPLITS = ("train", "dev", "test")
 HF_DATASET = "openai/gsm8k"
 
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
+_GROUPED = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$")  # 1,234,567.5
+FIELDS = ("question", "answer")  # what a GSM8K line holds, no more and no less
 
 
 def parse_gold(answer_text: str) -> int | float:
@@ -40,7 +42,11 @@ def parse_gold(answer_text: str) -> int | float:
     if "####" not in answer_text:
         raise ValueError("no '####' marker in the answer")
     raw = answer_text.rsplit("####", 1)[1].strip()
-    text = raw.replace(",", "").replace("$", "").strip()
+    text = raw.replace("$", "").strip()
+    if "," in text:
+        if not _GROUPED.match(text.rstrip(".")):
+            raise ValueError(f"gold answer {raw!r} is not a number (misplaced ',')")
+        text = text.replace(",", "")
     if text.endswith("."):
         text = text[:-1]
     if not _NUMBER.match(text):
@@ -104,11 +110,19 @@ class GSM8K:
         rows = self._read_rows(file_split)
         problems = []
         for where, i, row in rows:
-            for key in ("question", "answer"):
+            for key in FIELDS:
                 if key not in row:
                     raise EktError(f"{where}: missing field {key!r}")
                 if not isinstance(row[key], str):
                     raise EktError(f"{where}: field {key!r} must be a string")
+                if not row[key].strip():
+                    raise EktError(f"{where}: field {key!r} is empty")
+            extra = sorted(k for k in row if k not in FIELDS)
+            if extra:
+                raise EktError(
+                    f"{where}: unknown field(s) {', '.join(map(repr, extra))}; "
+                    "a GSM8K line holds exactly 'question' and 'answer'"
+                )
             try:
                 gold = parse_gold(row["answer"])
             except ValueError as e:
@@ -157,28 +171,31 @@ class GSM8K:
 
 
 def _read_dir(data_dir: Path, file_split: str) -> list[tuple[str, int, dict[str, Any]]]:
+    """(``file:line``, 0-based line index, object) per non-blank line of ``<split>.jsonl``."""
     if not data_dir.is_dir():
-        raise EktError(
-            f"data directory {data_dir} does not exist (from --data-dir or EKT_DATA_DIR)"
-        )
+        what = "is not a folder" if data_dir.exists() else "does not exist"
+        raise EktError(f"data directory {data_dir} {what} (from --data-dir or EKT_DATA_DIR)")
     path = data_dir / f"{file_split}.jsonl"
     if not path.is_file():
         raise EktError(f"{path}: not found; a GSM8K directory holds train.jsonl and test.jsonl")
     rows = []
-    with open(path, "rb") as fh:
-        for i, raw in enumerate(fh):
-            where = f"{path}:{i + 1}"
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise EktError(f"{where}: not valid UTF-8") from None
-            except json.JSONDecodeError as e:
-                raise EktError(f"{where}: malformed JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise EktError(f"{where}: expected a JSON object")
-            rows.append((where, i, obj))
+    for n, raw, _ in iter_lines(path):
+        where = f"{path}:{n}"
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 byte order mark
+        if not raw.strip():
+            continue  # a blank line (e.g. at the end) holds no problem; ids keep line numbers
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise EktError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise EktError(f"{where}: malformed JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise EktError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((where, n - 1, obj))
     if not rows:
-        raise EktError(f"{path}: file is empty")
+        raise EktError(f"{path}: file is empty (no problems)")
     return rows
 
 

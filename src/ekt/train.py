@@ -59,7 +59,7 @@ from ekt.packing import (
     supports_logits_to_keep,
 )
 from ekt.prompts import PROGRAM_HEADER, student_prompt
-from ekt.records import TrainPair, read_records, write_json_atomic
+from ekt.records import TrainPair, read_records, write_json_atomic, write_text_atomic
 
 LOSS_ON = ("program", "all")
 IGNORE = -100  # label of tokens without loss
@@ -340,7 +340,7 @@ def _trim_log(path: Path, max_step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, AttributeError):
             continue
-    path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    write_text_atomic(path, "".join(x + "\n" for x in keep))
 
 
 # -- evaluation helper ------------------------------------------------------
@@ -411,8 +411,6 @@ def _fingerprint(model_spec: str, pairs_path: Path, cfg: TrainConfig) -> dict:
 
 def _prepare_checkpoints(ckpt_dir: Path, run: dict, resume: bool) -> str | None:
     """The checkpoint to resume from, clearing checkpoints of another run (main process)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     main = int(os.environ.get("RANK", "0")) == 0
     run_file = ckpt_dir / _RUN_FILE
     if ckpt_dir.is_dir():
@@ -426,12 +424,37 @@ def _prepare_checkpoints(ckpt_dir: Path, run: dict, resume: bool) -> str | None:
                 print(f"train: clearing old checkpoints in {ckpt_dir} ({why})")
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
         else:
-            last = get_last_checkpoint(str(ckpt_dir))
+            last = _last_complete_checkpoint(ckpt_dir, main)
             if last is not None:
                 return last
     if main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_file, run)
+    return None
+
+
+def _last_complete_checkpoint(ckpt_dir: Path, main: bool) -> str | None:
+    """The newest checkpoint that was saved whole; newer ones cut short by a crash are removed.
+
+    ``Trainer`` writes a checkpoint's files in place and ``trainer_state.json`` last,
+    so a checkpoint whose state file is missing or torn was being saved when the
+    process died (``get_last_checkpoint`` would pick it and resuming would fail).
+    """
+    found = []
+    for d in ckpt_dir.glob("checkpoint-*"):
+        step = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and step.isdigit():
+            found.append((int(step), d))
+    for step, d in sorted(found, reverse=True):
+        try:
+            state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+            if state.get("global_step") == step:
+                return str(d)
+        except (OSError, ValueError, AttributeError):
+            pass
+        if main:
+            print(f"train: removing {d}: cut short while being saved")
+            shutil.rmtree(d, ignore_errors=True)
     return None
 
 

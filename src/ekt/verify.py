@@ -108,10 +108,15 @@ def verify(
     ids = {obj["problem_id"] for _, _, obj in inputs}
     problems = task.by_id(ids)
     file_split = None if split is None else ("test" if split == "test" else "train")
-    for where, _, obj in inputs:
+    first: dict[str, str] = {}
+    for where, o, obj in inputs:
         pid = obj["problem_id"]
         if pid not in problems:
             raise EktError(f"{where}: unknown problem id {pid!r} for task {task.name}")
+        key = _key(obj, o)
+        if key in first:  # it would be run, written and counted twice
+            raise EktError(f"{where}: duplicate of {first[key]} ({pid} sample {obj['sample_idx']})")
+        first[key] = where
         if file_split and pid.split("/")[1] != file_split:
             raise EktError(f"{where}: problem {pid} is not in split {split!r} (--split)")
     todo = [(o, _key(obj, o), obj) for _, o, obj in inputs if _key(obj, o) not in done]
