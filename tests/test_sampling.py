@@ -89,10 +89,11 @@ def test_truncate_at_stop_and_derive_seed():
 # ---- tiny model --------------------------------------------------------------------------------
 
 
-def test_n_records_per_problem(tiny):
+@pytest.mark.parametrize("shared", [True, False])
+def test_n_records_per_problem(tiny, shared):
     for batch_size in (2, 4, 8, 16):  # n > batch, one problem per batch, and packed problems
         params = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, stop=())
-        by_key, out = _run(tiny, REQUESTS, params, batch_size=batch_size)
+        by_key, out = _run(tiny, REQUESTS, params, batch_size=batch_size, shared_prefix=shared)
         assert len(out) == len(REQUESTS) * 3
         for pid, _ in REQUESTS:
             assert {i for (p, i) in by_key if p == pid} == {0, 1, 2}
@@ -162,31 +163,35 @@ def test_same_seed_same_records_other_seed_differs(tiny):
     assert len({a[("toy/0", i)].text for i in range(4)}) > 1  # samples of one problem differ
 
 
+@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("pack", [False, True])
-def test_order_and_subset_do_not_change_a_problem(tiny, pack):
+def test_order_and_subset_do_not_change_a_problem(tiny, pack, shared):
     """Resume/reorder: each problem's records depend only on (seed, problem, index).
 
     Without packing this is exact by construction. With packing, another batch
     composition changes logits only by rounding; on the tiny model that never flips a draw.
     """
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, stop=(), seed=11)
-    whole, _ = _run(tiny, REQUESTS, params, batch_size=4, pack_prompts=pack)
+    kw = {"pack_prompts": pack, "shared_prefix": shared}
+    whole, _ = _run(tiny, REQUESTS, params, batch_size=4, **kw)
     for subset in (REQUESTS[::-1], REQUESTS[2:], [REQUESTS[3], REQUESTS[0]]):
-        part, _ = _run(tiny, subset, params, batch_size=4, pack_prompts=pack)
+        part, _ = _run(tiny, subset, params, batch_size=4, **kw)
         for key, c in part.items():
             assert c == whole[key], key
     # A different batch size regroups rows but takes the same draws.
-    other, _ = _run(tiny, REQUESTS, params, batch_size=3, pack_prompts=pack)
+    other, _ = _run(tiny, REQUESTS, params, batch_size=3, **kw)
     assert other == whole
 
 
-def test_greedy_equals_model_generate(tiny):
+@pytest.mark.parametrize("shared", [True, False])
+def test_greedy_equals_model_generate(tiny, shared):
     import torch
 
     model, tok = tiny
     params = SamplingParams(n=3, temperature=0, max_new_tokens=20, stop=())
     for pack in (False, True):
-        got, out = _run(tiny, REQUESTS, params, heal_prompt=False, pack_prompts=pack)
+        kw = {"heal_prompt": False, "pack_prompts": pack, "shared_prefix": shared}
+        got, out = _run(tiny, REQUESTS, params, **kw)
         assert len(out) == len(REQUESTS) * 3
         for pid, prompt in REQUESTS:
             ids = tok(prompt, return_tensors="pt").input_ids
@@ -236,6 +241,83 @@ def test_top_p_tiny_keeps_greedy_token(tiny):
     )
     for (pid, _i), c in s.items():
         assert c.text == g[(pid, 0)].text
+
+
+# ---- shared prefix and continuous batching ----------------------------------------------------
+
+
+def test_shared_prefix_computed_once_and_matches_padded_path(tiny, monkeypatch):
+    """Teacher prompts share the few-shot block: it is prefilled once, for every problem."""
+    model, tok = tiny
+    requests = [(pid, teacher_prompt(q)) for pid, q in zip((p for p, _ in REQUESTS), QUESTIONS)]
+    sampler = TransformersSampler(model, tok, progress=False, batch_size=5)
+    assert sampler._use_shared_prefix()  # (its self-check runs a prefix of its own)
+    lengths: list[int] = []
+    real = sampler._prefill_prefix
+    monkeypatch.setattr(
+        sampler, "_prefill_prefix", lambda kv, ids: (lengths.append(len(ids)), real(kv, ids))
+    )
+    ids = [sampler.prepare(p).ids for _, p in requests]
+    common = next(i for i in range(min(map(len, ids))) if len({x[i] for x in ids}) > 1)
+    for params in (
+        SamplingParams(n=3, temperature=1.0, max_new_tokens=16, stop=(), seed=2),
+        SamplingParams(n=2, temperature=0, max_new_tokens=16, stop=()),
+    ):
+        lengths.clear()
+        got = {(c.problem_id, c.sample_idx): c for c in sampler.sample(requests, params)}
+        assert lengths == [common] and common > 100
+        want, _ = _run(tiny, requests, params, batch_size=5, shared_prefix=False)
+        assert got == want
+
+
+def test_continuous_batching_keeps_the_batch_full(tiny, monkeypatch):
+    model, tok = tiny
+    sampler = TransformersSampler(model, tok, progress=False, batch_size=3)
+    assert sampler._use_shared_prefix()  # (its self-check runs a decode step of its own)
+    sizes: list[int] = []
+    real = sampler._forward_decode
+    monkeypatch.setattr(
+        sampler,
+        "_forward_decode",
+        lambda kv, tokens, lens: (sizes.append(tokens.shape[0]), real(kv, tokens, lens))[1],
+    )
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, stop=("e",), seed=5)
+    out = list(sampler.sample(REQUESTS, params))
+    assert len(out) == len(REQUESTS) * 2
+    # Every row is fed n_tokens - 1 tokens (its first comes from its prompt's prefill) ...
+    assert sum(sizes) == sum(c.n_tokens - 1 for c in out)
+    assert max(sizes) == 3
+    # ... and a finished row's slot is refilled at once, so the job takes fewer steps than
+    # static batches of 3 rows (in admission order) that each run until their longest row ends.
+    rows = sorted(out, key=lambda c: (c.problem_id, c.sample_idx))
+    static = sum(max(c.n_tokens - 1 for c in rows[i : i + 3]) for i in range(0, len(rows), 3))
+    assert len(sizes) < static
+    assert sum(c.n_tokens < 12 for c in out) >= 2  # rows did stop early (and were refilled)
+
+
+def test_models_without_support_fall_back(tiny, monkeypatch, capsys):
+    model, tok = tiny
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, stop=(), seed=1)
+    want, _ = _run(tiny, REQUESTS[:2], params, shared_prefix=False)
+    monkeypatch.setattr(type(model), "_supports_attention_backend", False)
+    got, _ = _run(tiny, REQUESTS[:2], params)
+    assert got == want
+    assert "shared-prefix sampling is off" in capsys.readouterr().err
+    with pytest.raises(EktError, match="shared-prefix"):
+        _run(tiny, REQUESTS[:2], params, shared_prefix=True)
+
+
+def test_self_check_rejects_wrong_attention(tiny, monkeypatch):
+    import torch
+
+    from ekt.prefix_cache import SharedPrefixKV
+
+    def wrong(self, layer, q, k, v, *args):
+        return torch.zeros(q.shape[0], q.shape[2], q.shape[1], q.shape[3])
+
+    monkeypatch.setattr(SharedPrefixKV, "attend", wrong)
+    sampler = TransformersSampler(*tiny, progress=False)
+    assert sampler._use_shared_prefix() is False
 
 
 # ---- the embedded presets ----------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Which engine samples: one ``BackendConfig`` (a YAML block, or CLI flags) -> one ``Sampler``.
+
+=============  ==========================================  ==============================
+name           engine                                      install
+=============  ==========================================  ==============================
+transformers   ``ekt.sampling.TransformersSampler``        (default, CPU or GPU)
+openai         an OpenAI-compatible server over HTTP       nothing extra (stdlib client)
+vllm           vLLM's offline engine, TP and DP            ``pip install 'ekt[vllm]'``
+=============  ==========================================  ==============================
+
+In a run config the block sits under ``teacher_sampling.backend`` and
+``eval.backend``; ``ekt generate`` and ``ekt evaluate`` take the same keys as
+flags (``--backend``, ``--base-url``, ...). See ``configs/vllm_example.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from ekt.errors import EktError
+from ekt.sampling import Sampler
+
+BACKENDS = ("transformers", "openai", "vllm")
+
+
+@dataclass
+class BackendConfig:
+    name: str = "transformers"  # transformers | openai | vllm
+    # openai: the server, and how to talk to it
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api: str = "completions"  # completions | chat
+    served_model: str = ""  # model name the server knows ("" = the model spec)
+    concurrency: int = 8
+    n_per_request: int = 0  # 0 = all n samples of a problem in one request
+    request_timeout: float = 600.0  # seconds per HTTP request
+    max_retries: int = 8
+    # vllm: the engine
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    max_model_len: int = 0  # 0 = the model's own
+
+    def validate(self) -> None:
+        if self.name not in BACKENDS:
+            raise EktError(f"backend: unknown {self.name!r}; choose {', '.join(BACKENDS)}")
+        if self.api not in ("completions", "chat"):
+            raise EktError(f"backend.api must be completions or chat, got {self.api!r}")
+        for key in ("concurrency", "tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, key) < 1:
+                raise EktError(f"backend.{key} must be >= 1")
+
+
+def make_sampler(
+    spec: str, device: str | None, batch_size: int, backend: BackendConfig | None = None
+) -> Callable[[], Sampler]:
+    """A factory for the configured sampler (models load only when it is called)."""
+    cfg = backend or BackendConfig()
+    cfg.validate()
+
+    def make() -> Sampler:
+        if cfg.name == "openai":
+            from ekt.backends.openai_compat import OpenAISampler
+
+            return OpenAISampler(
+                cfg.base_url,
+                cfg.served_model or spec,
+                api=cfg.api,
+                concurrency=cfg.concurrency,
+                n_per_request=cfg.n_per_request,
+                timeout=cfg.request_timeout,
+                max_retries=cfg.max_retries,
+            )
+        if cfg.name == "vllm":
+            from ekt.backends.vllm_offline import VLLMSampler
+            from ekt.models import resolve_model
+
+            return VLLMSampler(
+                resolve_model(spec),
+                tensor_parallel_size=cfg.tensor_parallel_size,
+                data_parallel_size=cfg.data_parallel_size,
+                gpu_memory_utilization=cfg.gpu_memory_utilization,
+                enable_prefix_caching=cfg.enable_prefix_caching,
+                max_model_len=cfg.max_model_len or None,
+            )
+        from ekt.models import load_model
+        from ekt.sampling import TransformersSampler
+
+        model, tok = load_model(spec, device=device)
+        return TransformersSampler(model, tok, batch_size=batch_size)
+
+    return make
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """``--backend`` and one flag per ``BackendConfig`` key (``--base-url``, ...)."""
+    for f in fields(BackendConfig):
+        flag = "--backend" if f.name == "name" else "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(
+                flag, dest=f"backend_{f.name}", default=f.default,
+                action=argparse.BooleanOptionalAction,
+            )  # fmt: skip
+        else:
+            p.add_argument(
+                flag,
+                dest=f"backend_{f.name}",
+                type=type(f.default),
+                default=f.default,
+                choices=BACKENDS if f.name == "name" else None,
+                help=f"sampling backend (default: {f.default})" if f.name == "name" else None,
+            )
+
+
+def backend_from_args(args: argparse.Namespace) -> BackendConfig:
+    cfg = BackendConfig(
+        **{f.name: getattr(args, f"backend_{f.name}") for f in fields(BackendConfig)}
+    )
+    cfg.validate()
+    return cfg
+
+
+__all__ = ["BACKENDS", "BackendConfig", "add_backend_args", "backend_from_args", "make_sampler"]

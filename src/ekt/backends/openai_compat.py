@@ -1,0 +1,304 @@
+"""Sampling from an OpenAI-compatible HTTP server (vLLM, llama.cpp, TGI, ``transformers serve``).
+
+``OpenAISampler(base_url, model).sample(requests, params)`` sends the prompts
+to ``/completions`` (raw text, the default) or ``/chat/completions`` (the
+prompt as one user message, for chat-only servers) and yields one
+``Completion`` per (problem, sample index), like every ekt sampler. It needs
+nothing beyond the standard library.
+
+* **Work units.** A problem's ``n`` samples go out as requests of
+  ``n_per_request`` samples (default: all ``n`` in one request). A unit is
+  ``(problem, first sample index, count)``; the choices of its response become
+  samples ``first, first+1, ...``. A server that returns fewer choices than
+  asked (many ignore ``n``) gets the rest as new units, and from then on one
+  sample per request. Each request carries ``seed = f(seed, problem, first
+  index)``, so a server that honours seeds gives the same samples again.
+* **Bounded concurrency.** At most ``concurrency`` requests are in flight.
+* **Retries.** HTTP 408, 409, 429 and 5xx, timeouts, refused or dropped
+  connections and truncated bodies are retried with exponential backoff
+  (``backoff * 2**attempt`` seconds, at most ``max_backoff``, with jitter, or
+  the server's ``Retry-After``), up to ``max_retries`` times in a row for a
+  unit; other 4xx errors stop at once with the server's message.
+* **Nothing lost or doubled.** A sample is recorded only when its response
+  has arrived whole, once per (problem, index); a request lost with a dying
+  server is simply sent again. ``sample`` checks at the end that every
+  (problem, index) was yielded exactly once.
+
+``Completion.text`` is cut before the first stop string on the client side as
+well (servers differ on whether they include it). ``n_tokens`` is the server's
+``usage.completion_tokens`` for single-choice responses; responses with
+several choices report only a total, which is shared out by text length
+(approximate) unless a ``tokenizer`` is given to count each text. Greedy
+(temperature 0) sends one request per problem and reports its text ``n``
+times, as ``TransformersSampler`` does. Token healing does not apply: the
+server tokenises the prompt itself.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from ekt.errors import EktError
+from ekt.records import Completion
+from ekt.sampling import SamplingParams, derive_seed, truncate_at_stop
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class _Unit:
+    problem: int  # index into the request list
+    start: int  # first sample index
+    count: int
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OpenAISampler:
+    """Sampler over an OpenAI-compatible server (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api: str = "completions",
+        concurrency: int = 8,
+        n_per_request: int = 0,
+        timeout: float = 600.0,
+        max_retries: int = 8,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        api_key: str | None = None,
+        max_stop: int = 0,
+        tokenizer: Any = None,
+        progress: bool = True,
+        extra_body: dict | None = None,
+    ):
+        if api not in ("completions", "chat"):
+            raise EktError(f"--api must be completions or chat, got {api!r}")
+        if concurrency < 1:
+            raise EktError(f"--concurrency must be >= 1, got {concurrency}")
+        if n_per_request < 0 or max_retries < 0:
+            raise EktError("n_per_request and max_retries must be >= 0")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api = api
+        self.concurrency = concurrency
+        self.n_per_request = n_per_request
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.max_stop = max_stop  # 0: send every stop string (api.openai.com accepts 4)
+        self.tokenizer = tokenizer
+        self.progress = progress
+        self.extra_body = dict(extra_body or {})
+        self.n_supported: bool | None = None  # learnt from the first multi-choice response
+        self.retries = 0  # requests sent again, over the sampler's life (for logs and tests)
+
+    # ---- one request ---------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base_url}/{'chat/completions' if self.api == 'chat' else 'completions'}"
+
+    def _body(self, prompt: str, problem_id: str, unit: _Unit, params: SamplingParams) -> dict:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "n": unit.count,
+            "seed": derive_seed(params.seed, problem_id, unit.start) % (2**31),
+        }
+        stop = list(params.stop)[: self.max_stop] if self.max_stop else list(params.stop)
+        if stop:
+            body["stop"] = stop
+        if self.api == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        body.update(self.extra_body)
+        return body
+
+    def _post(self, body: dict) -> dict:
+        """POST once; the parsed response, or _Retryable / EktError."""
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:500].decode("utf-8", "replace").strip()
+            if e.code in RETRY_STATUS:
+                after = e.headers.get("Retry-After") if e.headers else None
+                try:
+                    wait_s = float(after) if after else None
+                except ValueError:
+                    wait_s = None
+                raise _Retryable(f"HTTP {e.code}: {detail}", wait_s) from None
+            raise EktError(f"{self.endpoint}: HTTP {e.code}: {detail}") from None
+        except (OSError, http.client.HTTPException) as e:  # refused, reset, timeout, torn body
+            raise _Retryable(f"{type(e).__name__}: {e}") from None
+        try:
+            out = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Retryable(f"unparsable response ({len(raw)} bytes)") from None
+        if not isinstance(out, dict) or not isinstance(out.get("choices"), list):
+            if isinstance(out, dict) and "error" in out:
+                raise _Retryable(f"server error: {str(out['error'])[:300]}")
+            raise EktError(f"{self.endpoint}: response without choices: {str(out)[:300]}")
+        return out
+
+    def _request(
+        self,
+        prompt: str,
+        problem_id: str,
+        unit: _Unit,
+        params: SamplingParams,
+        abandoned: threading.Event,
+    ) -> dict:
+        """POST with retries and exponential backoff."""
+        body = self._body(prompt, problem_id, unit, params)
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._post(body)
+            except _Retryable as e:
+                if attempt == self.max_retries or abandoned.is_set():
+                    raise EktError(
+                        f"{self.endpoint}: giving up on {problem_id} after "
+                        f"{self.max_retries + 1} attempts: {e}"
+                    ) from None
+                self.retries += 1
+                delay = min(self.max_backoff, self.backoff * 2**attempt)
+                delay = e.retry_after if e.retry_after is not None else delay
+                abandoned.wait(delay * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable")
+
+    def _texts(self, out: dict) -> list[tuple[str, int | None]]:
+        """(text, tokens or None) per choice, in choice-index order."""
+        choices = sorted(out["choices"], key=lambda c: c.get("index", 0))
+        texts = []
+        for c in choices:
+            if self.api == "chat":
+                text = (c.get("message") or {}).get("content") or ""
+            else:
+                text = c.get("text") or ""
+            texts.append(text)
+        total = (out.get("usage") or {}).get("completion_tokens")
+        if len(texts) == 1:
+            return [(texts[0], total)]
+        if self.tokenizer is not None:
+            return [(t, len(self.tokenizer(t, add_special_tokens=False).input_ids)) for t in texts]
+        if isinstance(total, int) and texts:
+            chars = sum(len(t) for t in texts) or 1
+            return [(t, round(total * len(t) / chars)) for t in texts]
+        return [(t, None) for t in texts]
+
+    # ---- the job -------------------------------------------------------------------------
+
+    def sample(
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+    ) -> Iterator[Completion]:
+        """Yield ``params.n`` completions per request, in the order they arrive."""
+        from tqdm.auto import tqdm
+
+        todo: deque[_Unit] = deque()
+        per = params.n if params.greedy else (self.n_per_request or params.n)
+        for j in range(len(requests)):
+            if params.greedy:
+                todo.append(_Unit(j, 0, 1))
+                continue
+            for s in range(0, params.n, per):
+                todo.append(_Unit(j, s, min(per, params.n - s)))
+        seen: set[tuple[int, int]] = set()
+        show = self.progress and sys.stderr.isatty()
+        bar = tqdm(total=len(requests) * params.n, desc="sample", unit="seq", disable=not show)
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ekt-http")
+        flying: dict[Future, _Unit] = {}
+        abandoned = threading.Event()  # set when the caller stops early: no more retries
+        try:
+            while todo or flying:
+                while todo and len(flying) < self.concurrency:
+                    unit = todo.popleft()
+                    if unit.count > 1 and self.n_supported is False:
+                        todo.extendleft(
+                            _Unit(unit.problem, s, 1)
+                            for s in reversed(range(unit.start, unit.start + unit.count))
+                        )
+                        continue
+                    pid, prompt = requests[unit.problem]
+                    flying[pool.submit(self._request, prompt, pid, unit, params, abandoned)] = unit
+                finished, _ = wait(list(flying), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    unit = flying.pop(fut)
+                    out = fut.result()  # EktError propagates: a fatal server answer
+                    got = self._texts(out)
+                    if params.greedy:
+                        got = got[:1] * params.n if got else []
+                        unit = _Unit(unit.problem, 0, params.n)
+                    got = got[: unit.count]
+                    if unit.count > 1 and not params.greedy:
+                        self.n_supported = len(got) >= unit.count
+                    if len(got) < unit.count:  # the server gave fewer choices than asked
+                        rest = _Unit(unit.problem, unit.start + len(got), unit.count - len(got))
+                        todo.appendleft(rest)
+                    pid = requests[unit.problem][0]
+                    for k, (text, n_tok) in enumerate(got):
+                        key = (unit.problem, unit.start + k)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        cut = truncate_at_stop(text, params.stop)[0]
+                        bar.update(1)
+                        yield Completion(pid, unit.start + k, cut, int(n_tok or 0))
+        finally:
+            abandoned.set()
+            for fut in flying:
+                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+        missing = len(requests) * params.n - len(seen)
+        if missing:
+            raise EktError(f"{self.endpoint}: {missing} samples missing at the end of the job")
+
+
+def wait_for_server(base_url: str, timeout: float = 60.0) -> None:
+    """Block until ``GET {base_url}/models`` answers (for scripts and tests)."""
+    deadline = time.monotonic() + timeout
+    url = base_url.rstrip("/") + "/models"
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (OSError, http.client.HTTPException) as e:
+            last = str(e)
+        time.sleep(0.2)
+    raise EktError(f"{url}: no answer within {timeout:.0f}s ({last})")
+
+
+__all__ = ["OpenAISampler", "wait_for_server"]

@@ -1,0 +1,193 @@
+"""Sampling with vLLM's offline engine, on one GPU, several (tensor parallel), or replicas.
+
+``VLLMSampler(model, ...).sample(requests, params)`` maps ``SamplingParams``
+one to one onto vLLM's: ``n``, ``temperature``, ``top_p``, ``max_tokens``,
+``stop`` and a per-request ``seed = f(seed, problem)``, so a seeded job is
+reproducible on the same hardware and vLLM version. Automatic prefix caching
+(on by default) lets every prompt reuse the few-shot prefix's key/value
+blocks. ``tensor_parallel_size`` shards one model over that many GPUs;
+``data_parallel_size`` > 1 starts that many engine processes, each on its own
+``tensor_parallel_size`` GPUs (``CUDA_VISIBLE_DEVICES`` slices), and deals
+the problems out round-robin. Requests go to the engine in chunks of
+``chunk_size`` problems so that results stream back to the writer.
+
+vLLM needs a CUDA GPU and ``pip install 'ekt[vllm]'``; see ``configs/vllm_example.yaml``.
+Greedy (temperature 0) asks for one sample and reports it ``n`` times, as the
+other samplers do. ``n_tokens`` is the number of generated token ids vLLM
+reports, which include the token that completed a stop string.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ekt.errors import EktError
+from ekt.records import Completion
+from ekt.sampling import SamplingParams, derive_seed, truncate_at_stop
+
+
+def vllm_params(params: SamplingParams, problem_id: str) -> dict:
+    """The keyword arguments of ``vllm.SamplingParams`` for one problem's request."""
+    return {
+        "n": 1 if params.greedy else params.n,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_new_tokens,
+        "stop": list(params.stop),
+        "seed": derive_seed(params.seed, problem_id, 0) % (2**31),
+    }
+
+
+def to_completions(
+    problem_id: str, outputs: Sequence[Any], params: SamplingParams
+) -> list[Completion]:
+    """vLLM ``CompletionOutput``s of one request -> ekt records (text cut at the first stop)."""
+    got = sorted(outputs, key=lambda o: getattr(o, "index", 0))
+    if params.greedy:
+        got = got[:1] * params.n
+    if len(got) < params.n:
+        raise EktError(f"vLLM returned {len(got)} samples for {problem_id}, expected {params.n}")
+    return [
+        Completion(problem_id, i, truncate_at_stop(o.text, params.stop)[0], len(o.token_ids))
+        for i, o in enumerate(got[: params.n])
+    ]
+
+
+class VLLMSampler:
+    """Sampler over ``vllm.LLM`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        enable_prefix_caching: bool = True,
+        max_model_len: int | None = None,
+        chunk_size: int = 256,
+        llm_kwargs: dict | None = None,
+        llm_factory: Callable[..., Any] | None = None,
+    ):
+        if tensor_parallel_size < 1 or data_parallel_size < 1:
+            raise EktError("tensor_parallel_size and data_parallel_size must be >= 1")
+        self.model = model
+        self.tensor_parallel_size = tensor_parallel_size
+        self.data_parallel_size = data_parallel_size
+        self.chunk_size = max(1, chunk_size)
+        self.engine_kwargs: dict[str, Any] = {
+            "model": model,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "enable_prefix_caching": enable_prefix_caching,
+            **({"max_model_len": max_model_len} if max_model_len else {}),
+            **(llm_kwargs or {}),
+        }
+        self._factory = llm_factory  # tests pass a stand-in; None: vllm.LLM
+        self._llm: Any = None
+
+    def _engine(self) -> Any:
+        if self._llm is None:
+            factory = self._factory
+            if factory is None:
+                try:
+                    from vllm import LLM
+                except ImportError as e:
+                    raise EktError(
+                        f"vllm backend: vLLM is not importable ({e}); it needs a CUDA "
+                        "machine and pip install 'ekt[vllm]'"
+                    ) from None
+                factory = LLM
+            self._llm = factory(**self.engine_kwargs)
+        return self._llm
+
+    def _generate(self, llm: Any, chunk: Sequence[tuple[str, str]], params: SamplingParams) -> Any:
+        if self._factory is None:
+            from vllm import SamplingParams as VParams
+
+            sps = [VParams(**vllm_params(params, pid)) for pid, _ in chunk]
+        else:
+            sps = [vllm_params(params, pid) for pid, _ in chunk]
+        return llm.generate([p for _, p in chunk], sps, use_tqdm=False)
+
+    def sample(
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+    ) -> Iterator[Completion]:
+        if self.data_parallel_size > 1:
+            yield from self._sample_replicas(requests, params)
+            return
+        llm = self._engine()
+        for s in range(0, len(requests), self.chunk_size):
+            chunk = requests[s : s + self.chunk_size]
+            for (pid, _), out in zip(chunk, self._generate(llm, chunk, params)):
+                yield from to_completions(pid, out.outputs, params)
+
+    # ---- data parallel: one engine process per replica ------------------------------------
+
+    def _sample_replicas(
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+    ) -> Iterator[Completion]:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        tp = self.tensor_parallel_size
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = (
+            visible.split(",") if visible else [str(i) for i in range(tp * self.data_parallel_size)]
+        )
+        if len(gpus) < tp * self.data_parallel_size:
+            raise EktError(
+                f"data_parallel_size {self.data_parallel_size} x tensor_parallel_size {tp} "
+                f"needs {tp * self.data_parallel_size} GPUs, CUDA_VISIBLE_DEVICES has {len(gpus)}"
+            )
+        procs = []
+        for r in range(self.data_parallel_size):
+            share = list(requests[r :: self.data_parallel_size])
+            devices = ",".join(gpus[r * tp : (r + 1) * tp])
+            args = (devices, self.engine_kwargs, self.chunk_size, share, params, queue, r)
+            p = ctx.Process(target=_replica, args=args, daemon=True)
+            p.start()
+            procs.append(p)
+        running = len(procs)
+        try:
+            while running:
+                kind, payload = queue.get()
+                if kind == "done":
+                    running -= 1
+                elif kind == "error":
+                    raise EktError(f"vLLM replica failed: {payload}")
+                else:
+                    yield Completion(*payload)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                p.join(timeout=30)
+
+
+def _replica(
+    devices: str,
+    engine_kwargs: dict,
+    chunk_size: int,
+    requests: list[tuple[str, str]],
+    params: SamplingParams,
+    queue: Any,
+    rank: int,
+) -> None:  # pragma: no cover - runs only with vLLM on GPUs
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    try:
+        sampler = VLLMSampler(engine_kwargs.pop("model"), chunk_size=chunk_size)
+        sampler.engine_kwargs.update(engine_kwargs)
+        for c in sampler.sample(requests, params):
+            queue.put(("completion", (c.problem_id, c.sample_idx, c.text, c.n_tokens)))
+        queue.put(("done", rank))
+    except BaseException as e:  # report, do not hang the parent
+        queue.put(("error", f"replica {rank}: {type(e).__name__}: {e}"))
+
+
+__all__ = ["VLLMSampler", "to_completions", "vllm_params"]

@@ -1,0 +1,277 @@
+"""OpenAISampler against a real OpenAI-compatible server: ``transformers serve`` on loopback.
+
+The server runs the tiny test model (saved with amplified residual branches so
+that its continuations vary, and with a trivial chat template for the chat
+endpoint). Nothing is mocked: requests, retries and the server's answers are
+real. One test puts a small fault-injecting proxy (429, then 500) in front of
+the real server; another SIGKILLs the server mid-job, restarts it, and checks
+that the written shards hold every sample exactly once.
+"""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ekt.prompts import STOP_STRINGS, student_prompt
+from ekt.sampling import SamplingParams
+
+SERVE_MISSING = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
+pytestmark = pytest.mark.skipif(
+    bool(SERVE_MISSING),
+    reason=f"`transformers serve` needs {', '.join(SERVE_MISSING)}: "
+    "pip install 'ekt[serve]' (make test installs it)",
+)
+
+QUESTIONS = [
+    "Julie has 12 pages to read and reads 3 a day. How many days does she need?",
+    "Mark has 10 yellow flowers and 80% more purple ones. How many purple flowers?",
+    "Randy has 60 mango trees. How many trees in all?",
+    "Joy reads 8 pages in 20 minutes. How many hours for 120 pages?",
+    "A ball costs $2. How much do 5 balls cost?",
+    "Tom has 3 boxes of 7 pens. How many pens?",
+]
+REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``transformers serve MODEL`` on 127.0.0.1; start(), kill(), start() again."""
+
+    def __init__(self, model_dir: Path, log: Path):
+        self.model_dir = model_dir
+        self.port = _free_port()
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 180.0) -> None:
+        from ekt.backends.openai_compat import wait_for_server
+
+        exe = Path(sys.executable).with_name("transformers")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        cmd = [str(exe), "serve", str(self.model_dir), "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--device", "cpu", "--log-level", "warning"]
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_for_server(self.base_url, timeout=timeout)
+        except Exception:
+            self.kill()
+            raise RuntimeError(f"server did not start:\n{self.log.read_text()[-2000:]}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def served_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("served") / "model"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                w.mul_(40)
+    model.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(served_model_dir, tmp_path_factory):
+    srv = Server(served_model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+def _sampler(srv_url: str, model: Path, **kw):
+    from ekt.backends.openai_compat import OpenAISampler
+
+    kw = {"concurrency": 4, "backoff": 0.2, "max_backoff": 2.0, "progress": False, **kw}
+    return OpenAISampler(srv_url, str(model), **kw)
+
+
+def _check_complete(out, requests, n):
+    keys = Counter((c.problem_id, c.sample_idx) for c in out)
+    assert set(keys) == {(pid, i) for pid, _ in requests for i in range(n)}
+    assert max(keys.values()) == 1, "a sample was written twice"
+
+
+def test_completions_endpoint(server, served_model_dir):
+    sampler = _sampler(server.base_url, served_model_dir)
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=1)
+    out = list(sampler.sample(REQUESTS[:4], params))
+    _check_complete(out, REQUESTS[:4], 3)
+    # transformers serve ignores `n`: the sampler learns it and asks one sample at a time.
+    assert sampler.n_supported is False
+    assert all(1 <= c.n_tokens <= 12 for c in out)
+    assert not any(s in c.text for c in out for s in STOP_STRINGS)
+    assert len({c.text for c in out}) > 1
+
+
+def test_greedy_matches_local_sampler(server, served_model_dir):
+    """The server's greedy text equals TransformersSampler's on the same weights."""
+    from ekt.models import load_model
+    from ekt.sampling import TransformersSampler
+
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=16, stop=())
+    remote = list(_sampler(server.base_url, served_model_dir).sample(REQUESTS[:3], params))
+    _check_complete(remote, REQUESTS[:3], 2)
+    model, tok = load_model(str(served_model_dir), device="cpu")
+    local = TransformersSampler(model, tok, progress=False, heal_prompt=False)
+    want = {(c.problem_id, c.sample_idx): c.text for c in local.sample(REQUESTS[:3], params)}
+    assert {(c.problem_id, c.sample_idx): c.text for c in remote} == want
+
+
+def test_chat_endpoint(server, served_model_dir):
+    sampler = _sampler(server.base_url, served_model_dir, api="chat")
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=2)
+    out = list(sampler.sample(REQUESTS[:2], params))
+    _check_complete(out, REQUESTS[:2], 2)
+    assert all(c.n_tokens >= 1 for c in out)
+
+
+class _FlakyProxy:
+    """Forwards to the real server, but answers 429 and then 500 to the first requests."""
+
+    def __init__(self, target: str, faults: list[int]):
+        faults_left = list(faults)
+        lock = threading.Lock()
+        self.seen: list[int] = []
+
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    fault = faults_left.pop(0) if faults_left else None
+                if fault is not None:
+                    seen.append(fault)
+                    self.send_response(fault)
+                    if fault == 429:
+                        self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                    return
+                req = urllib.request.Request(
+                    target + self.path[len("/v1") :],
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    data = resp.read()
+                seen.append(200)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_retries_429_and_5xx(server, served_model_dir):
+    proxy = _FlakyProxy(server.base_url, [429, 500, 503, 429])
+    try:
+        sampler = _sampler(proxy.url, served_model_dir, concurrency=2)
+        params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=3)
+        out = list(sampler.sample(REQUESTS[:3], params))
+    finally:
+        proxy.close()
+    _check_complete(out, REQUESTS[:3], 2)
+    assert sampler.retries == 4
+    assert Counter(proxy.seen)[200] >= 6
+
+
+def test_fatal_4xx_stops_with_the_message(server, served_model_dir):
+    from ekt.errors import EktError
+
+    sampler = _sampler(server.base_url + "/nowhere", served_model_dir, max_retries=2)
+    with pytest.raises(EktError, match="HTTP 404"):
+        list(sampler.sample(REQUESTS[:1], SamplingParams(n=1, max_new_tokens=4)))
+
+
+def test_server_killed_mid_job_output_complete(served_model_dir, tmp_path):
+    """SIGKILL the server while requests are in flight, restart it: shards complete, no dups."""
+    from ekt.generate import generate, read_completions
+    from ekt.records import Problem
+
+    srv = Server(served_model_dir, tmp_path / "serve.log")
+    srv.start()
+    inner = _sampler(srv.base_url, served_model_dir, concurrency=4, max_retries=60)
+    events: list[str] = []
+
+    class KillMidway:
+        """Passes completions through; after the 5th, kills the server and restarts it."""
+
+        def sample(self, requests, params):
+            restarter = None
+            for i, c in enumerate(inner.sample(requests, params), start=1):
+                if i == 5:
+                    srv.kill()
+                    events.append("killed")
+
+                    def restart():
+                        time.sleep(1.0)
+                        srv.start()
+                        events.append("restarted")
+
+                    restarter = threading.Thread(target=restart)
+                    restarter.start()
+                yield c
+            if restarter is not None:
+                restarter.join()
+
+    problems = [Problem(pid, q, 0.0, "toy") for (pid, _), q in zip(REQUESTS, QUESTIONS)]
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=24, seed=4)
+    try:
+        summary = generate(KillMidway(), problems, tmp_path / "out", params, prompt="student")
+    finally:
+        srv.kill()
+    assert events == ["killed", "restarted"]
+    assert inner.retries > 0, "the kill went unnoticed"
+    records = read_completions(tmp_path / "out")
+    _check_complete(records, REQUESTS, 4)
+    assert summary.samples == len(records) == len(REQUESTS) * 4
+    lines = [json.loads(x) for x in (tmp_path / "out/samples/shard-00000.jsonl").open()]
+    assert len(lines) == len(records)
