@@ -275,3 +275,24 @@ def test_server_killed_mid_job_output_complete(served_model_dir, tmp_path):
     assert summary.samples == len(records) == len(REQUESTS) * 4
     lines = [json.loads(x) for x in (tmp_path / "out/samples/shard-00000.jsonl").open()]
     assert len(lines) == len(records)
+
+
+def test_cli_generate_and_evaluate_through_the_server(server, served_model_dir, data_dir, tmp_path):
+    """`ekt generate/evaluate --backend openai` reach the server and write the usual records."""
+    from ekt.cli import main
+    from ekt.generate import read_completions
+
+    common = ["--data-dir", str(data_dir), "--limit", "2", "--max-new-tokens", "8"]
+    backend = ["--backend", "openai", "--base-url", server.base_url, "--concurrency", "2"]
+    out = tmp_path / "gen"
+    argv = ["generate", "--model", str(served_model_dir), "--out", str(out), "--n", "3"]
+    assert main(argv + common + backend) == 0
+    records = read_completions(out)
+    assert len(records) == 6 and {c.sample_idx for c in records} == {0, 1, 2}
+    manifest = json.loads(next(out.glob("*.json")).read_text())
+    assert "openai:" in json.dumps(manifest)  # the weights are named by the server they live on
+    ev = tmp_path / "eval"
+    argv = ["evaluate", "--model", str(served_model_dir), "--out", str(ev), "--n", "2"]
+    assert main(argv + common + backend + ["--k", "1,2", "--isolation", "standard"]) == 0
+    scores = json.loads((ev / "scores.json").read_text())
+    assert scores["problems"] == 2 and scores["settings"]["eval"]["backend"]["name"] == "openai"

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from ekt.backends import add_backend_args
 from ekt.errors import EktError, user_message
 
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard-size", type=_positive_int("--shard-size"), default=100)
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--force", action="store_true", help="discard earlier samples in --out")
+    add_backend_args(g)
 
     v = sub.add_parser("verify", help="run programs in the sandbox and grade them")
     _add_task_args(v, split_default=None)
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--out", required=True)
     _add_sandbox_args(e)
+    add_backend_args(e)
 
     r = sub.add_parser("run", help="a whole experiment from a YAML config")
     r.add_argument("config", help="YAML file (see configs/)")
@@ -238,9 +241,10 @@ def _task(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from ekt.backends import backend_from_args, make_sampler
     from ekt.generate import generate
-    from ekt.models import load_model, model_fingerprint
-    from ekt.sampling import SamplingParams, TransformersSampler
+    from ekt.models import model_fingerprint
+    from ekt.sampling import SamplingParams
 
     params = SamplingParams(
         n=args.n,
@@ -253,19 +257,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.limit:
         problems = problems[: args.limit]
 
-    def make_sampler():
-        model, tok = load_model(args.model, device=args.device)
-        return TransformersSampler(model, tok, batch_size=args.batch_size)
-
+    backend = backend_from_args(args)
+    if backend.name == "openai":  # the weights are the server's: name them by where they live
+        fingerprint = f"openai:{backend.base_url}:{backend.served_model or args.model}"
+    else:
+        fingerprint = model_fingerprint(args.model)
     settings = {
         "model": args.model,
-        "model_fingerprint": model_fingerprint(args.model),
+        "model_fingerprint": fingerprint,
         "task": args.task,
         "split": args.split,
         "dev_size": args.dev_size,
     }
     summary = generate(
-        make_sampler,
+        make_sampler(args.model, args.device, args.batch_size, backend),
         problems,
         args.out,
         params,
@@ -348,6 +353,7 @@ def _parse_ks(text: str) -> list[int]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ekt.backends import backend_from_args
     from ekt.evaluate import EvalConfig, evaluate, score_line
     from ekt.run import _sampler_factory
 
@@ -362,6 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         seed=args.seed,
         greedy=not args.no_greedy,
         batch_size=args.batch_size,
+        backend=backend_from_args(args),
     )
     cfg.validate()
     task = _task(args)
@@ -369,7 +376,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.limit:
         problems = problems[: args.limit]
     scores = evaluate(
-        _sampler_factory(args.model, args.device, args.batch_size),
+        _sampler_factory(args.model, args.device, args.batch_size, cfg.backend),
         problems,
         args.out,
         cfg,

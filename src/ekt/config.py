@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ekt.backends import BackendConfig
 from ekt.errors import EktError
 from ekt.evaluate import EvalConfig
 from ekt.expert_iteration import ExpertIterationConfig
@@ -35,6 +36,8 @@ class TeacherSampling:
     max_new_tokens: int = 256
     seed: int = 0
     batch_size: int = 16
+    # which engine samples the teacher (transformers | vllm | openai; see ekt.backends)
+    backend: BackendConfig = field(default_factory=BackendConfig)
 
 
 @dataclass
@@ -79,6 +82,16 @@ class RunConfig:
             raise EktError("teacher_sampling.n must be >= 1")
         if self.teacher_sampling.temperature < 0:
             raise EktError("teacher_sampling.temperature must be >= 0")
+        try:
+            self.teacher_sampling.backend.validate()
+        except EktError as e:
+            raise EktError(f"teacher_sampling: {e}") from None
+        if self.eval.backend.name == "openai":
+            raise EktError(
+                "eval.backend: openai cannot serve the students this run trains; use "
+                "transformers or vllm (the teacher's few-shot evaluation uses "
+                "teacher_sampling.backend)"
+            )
         if self.sandbox.isolation not in ("strict", "standard", "none"):
             raise EktError("sandbox.isolation must be strict, standard or none")
         for block in ("eval", "train", "kd", "expert_iteration"):  # messages name the block

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ekt.backends import BackendConfig
 from ekt.errors import EktError
 from ekt.generate import generate
 from ekt.grading import as_number
@@ -45,8 +46,11 @@ class EvalConfig:
     seed: int = 1234
     greedy: bool = True
     batch_size: int = 16
+    # which engine samples the evaluated models (transformers | vllm; see ekt.backends)
+    backend: BackendConfig = field(default_factory=BackendConfig)
 
     def validate(self) -> None:
+        self.backend.validate()
         if self.n < 1:
             raise EktError(f"--n must be >= 1, got {self.n}")
         if not self.k:

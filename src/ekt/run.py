@@ -42,15 +42,11 @@ from ekt.tasks import get_task
 from ekt.verify import verify
 
 
-def _sampler_factory(spec: str, device: str | None, batch_size: int):
-    def make():
-        from ekt.models import load_model
-        from ekt.sampling import TransformersSampler
+def _sampler_factory(spec: str, device: str | None, batch_size: int, backend=None):
+    """A factory for the sampler of ``spec`` on the configured backend (loads on call)."""
+    from ekt.backends import make_sampler
 
-        model, tok = load_model(spec, device=device)
-        return TransformersSampler(model, tok, batch_size=batch_size)
-
-    return make
+    return make_sampler(spec, device, batch_size, backend)
 
 
 def _file_sha(path: Path) -> str:
@@ -78,6 +74,12 @@ HARMLESS_KEYS = frozenset(
         "train.save_steps",
         "train.gradient_checkpointing",
         "train.packing",
+        "teacher_sampling.backend.concurrency",
+        "teacher_sampling.backend.request_timeout",
+        "teacher_sampling.backend.max_retries",
+        "teacher_sampling.backend.base_url",
+        "eval.backend.gpu_memory_utilization",
+        "teacher_sampling.backend.gpu_memory_utilization",
     }
 )
 _ALL = ("teacher", "train_pairs.jsonl", "seq_kd", "supervised", "students", "eval")
@@ -337,7 +339,7 @@ class Runner:
             f"teacher {cfg.teacher}: sample {ts.n} programs x {len(problems)} questions"
         ):
             s = generate(
-                _sampler_factory(cfg.teacher, cfg.device, ts.batch_size),
+                _sampler_factory(cfg.teacher, cfg.device, ts.batch_size, ts.backend),
                 problems,
                 self.dir / "teacher",
                 params,
@@ -429,7 +431,7 @@ class Runner:
                 problems,
                 self.dir / "students" / "expert-iteration",
                 self.task,
-                lambda spec: _sampler_factory(spec, cfg.device, batch),
+                lambda spec: _sampler_factory(spec, cfg.device, batch, cfg.eval.backend),
                 params,
                 ei,
                 cfg.train,
@@ -462,8 +464,9 @@ class Runner:
         with self._stage(
             f"evaluate {label} ({prompt} prompt) on {len(problems)} {cfg.eval.split} questions"
         ):
+            backend = cfg.teacher_sampling.backend if label == "teacher" else cfg.eval.backend
             scores = evaluate(
-                _sampler_factory(spec, cfg.device, cfg.eval.batch_size),
+                _sampler_factory(spec, cfg.device, cfg.eval.batch_size, backend),
                 problems,
                 self.dir / "eval" / label,
                 cfg.eval,
