@@ -57,6 +57,10 @@ class RunConfig:
     dev_seed: int = 0
     teacher: str = "gemma3-270m"
     student: str = "smollm2-135m"
+    # A matrix: every teacher x every student x every method, one data and evaluation budget.
+    # When given, these lists replace ``teacher`` / ``student`` (see ekt.matrix).
+    teachers: list[str] = field(default_factory=list)
+    students: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=lambda: ["ekt"])
     train_split: str = "train"
     train_limit: int | None = None  # first N training questions (None: all)
@@ -72,7 +76,22 @@ class RunConfig:
     evaluate_base_student: bool = True
     note: str = ""  # free text printed with the results (what this run is)
 
+    @property
+    def is_matrix(self) -> bool:
+        return bool(self.teachers or self.students)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(teacher, student) of every cell, teachers outer."""
+        return [
+            (t, s) for t in self.teachers or [self.teacher] for s in self.students or [self.student]
+        ]
+
     def validate(self) -> None:
+        for role, specs in (("teachers", self.teachers), ("students", self.students)):
+            if len(set(specs)) != len(specs):
+                raise EktError(f"{role}: a model is listed twice")
+            if any(not x for x in specs):
+                raise EktError(f"{role}: empty model spec")
         for m in self.methods:
             if m not in METHODS:
                 raise EktError(f"methods: unknown method {m!r}; available: {', '.join(METHODS)}")

@@ -9,6 +9,7 @@ with its file and line number.
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import dataclasses
 import json
 import os
@@ -259,11 +260,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return b.is_file() and a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, False)
+    except OSError:
+        return False
+
+
 def write_bytes_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
     """Write ``path`` through a temporary file in the same folder, fsync it, then rename.
 
     A crash (or a full disk) at any point leaves either the old file or the new
-    one, never a mix; the temporary file is removed when writing fails.
+    one, never a mix; the temporary file is removed when writing fails. A file that
+    already holds exactly these bytes is left untouched (a rerun changes no mtime).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,6 +283,9 @@ def write_bytes_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
                 fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
+        if _same_bytes(tmp, path):
+            tmp.unlink()
+            return
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):

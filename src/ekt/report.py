@@ -1468,9 +1468,13 @@ def build_report(
     """Write one self-contained HTML report for one or several run folders; returns its path."""
     if not run_dirs:
         raise EktError("no run folders given")
-    runs = [analyse(load_run(d), reference, resamples, seed) for d in run_dirs]
     if out is None:
         out = Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("report.html")
+    expanded: list[Path] = []
+    for d in map(Path, run_dirs):  # a matrix run (ekt.matrix): its cells side by side
+        cells = sorted(p for p in (d / "pairs").glob("*") if p.is_dir())
+        expanded += cells if cells and not (d / "eval").is_dir() else [d]
+    runs = [analyse(load_run(d), reference, resamples, seed) for d in expanded]
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

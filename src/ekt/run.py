@@ -199,6 +199,8 @@ class Runner:
         cfg.validate()
         self.cfg = cfg
         self.dir = Path(out_dir) if out_dir else Path("runs") / cfg.name
+        self.root = self.dir  # a matrix run: its top folder (shared stages live under it)
+        self.redone: set[Path] = set()  # shared stage folders emptied by this invocation
         self.force = force
         self.task = get_task(cfg.task, cfg.data_dir, cfg.dev_size, cfg.dev_seed)
         for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
@@ -227,6 +229,7 @@ class Runner:
         cfg = self.cfg
         self.dir.mkdir(parents=True, exist_ok=True)
         self._check_config()
+        self.link_shared()  # (a matrix cell: links to shared stages that --force removed)
         train_problems = self.task.load(cfg.train_split)
         if cfg.train_limit:
             train_problems = train_problems[: cfg.train_limit]
@@ -317,11 +320,28 @@ class Runner:
             print(f"--force: config changed ({what})")
             for p in stale:
                 print(f"--force: removing {p}")
-                if p.is_dir():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink(missing_ok=True)
+                self._remove(p)
         write_text_atomic(path, text)
+
+    def link_shared(self) -> None:
+        """Single-pair runs share nothing; ``ekt.matrix`` sets this for its cells."""
+
+    def _remove(self, p: Path) -> None:
+        """Remove a stale output. A stage a matrix run shares (a link to a folder under
+        ``shared/``) is emptied instead, once per invocation however many cells link it."""
+        if p.is_symlink():
+            target = p.resolve()
+            if target.is_dir() and target not in self.redone:
+                self.redone.add(target)
+                shutil.rmtree(target)
+                target.mkdir(parents=True)
+            return
+        if p.is_dir():
+            for link in [q for q in p.rglob("*") if q.is_symlink()]:
+                self._remove(link)
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
     def teacher_samples(self, problems) -> None:
         """The teacher's programs for ``problems`` (once per run; ekt, kd and seq-kd share them)."""
@@ -482,10 +502,12 @@ class Runner:
     def _portable(self, spec: str) -> str:
         """A student trained in this run folder as ``<run>/students/...``: a moved or copied
         run folder resumes its evaluations instead of seeing another model."""
-        try:
-            return str(Path("<run>") / Path(spec).resolve().relative_to(self.dir.resolve()))
-        except ValueError:
-            return spec
+        for base in (self.dir, self.root):
+            try:
+                return str(Path("<run>") / Path(spec).resolve().relative_to(base.resolve()))
+            except ValueError:
+                continue
+        return spec
 
     # -- outputs -------------------------------------------------------------
     def _write_manifest(self) -> None:
@@ -571,6 +593,16 @@ def results_table(results: dict) -> str:
 
 
 def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
+    if cfg.is_matrix:
+        from ekt.matrix import matrix_table, run_matrix
+
+        t0 = time.time()
+        results = run_matrix(cfg, out_dir, force)
+        print()
+        print(matrix_table(results))
+        where = Path(out_dir) if out_dir else Path("runs") / cfg.name
+        print(f"run {cfg.name}: {time.time() - t0:.0f}s; results in {where}/results.md")
+        return results
     runner = Runner(cfg, out_dir, force)
     t0 = time.time()
     results = runner.run()

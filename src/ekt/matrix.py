@@ -1,0 +1,207 @@
+"""A comparison matrix: teachers x students x methods in one run folder, each stage done once.
+
+``ekt run`` with ``teachers:`` and/or ``students:`` lists runs every (teacher,
+student) cell as an ordinary single-pair run (``ekt.run.Runner``) in its own
+folder, and points the stages that do not depend on the whole pair at one shared
+copy, so nothing is sampled, verified, trained or evaluated twice::
+
+    runs/<name>/
+      config.yaml                       the matrix config as given
+      pairs/<teacher>--<student>/       a complete single-pair run folder (ekt report reads it)
+      shared/teacher-<teacher>/         teacher samples + verification, its few-shot evaluation
+      shared/supervised/                reference programs (no model involved)
+      shared/student-<student>/         supervised and expert-iteration students, base and
+                                        their evaluations (no teacher involved)
+      results.json  results.md          every cell's rows, each shared row once
+      report.html                       all cells side by side
+
+A pair folder reaches a shared stage through a symbolic link, so each pair folder
+reads like any other run. What depends on both models (the ekt and kd students,
+the seq-kd pairs, their evaluations) lives in the pair folder. The stages are
+keyed by what they depend on: adding a student reuses every teacher's samples and
+verifications; adding a method reuses everything already there; a changed setting
+is caught per pair by the run folder's own config check (``--force`` redoes only
+what it invalidates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import time
+from pathlib import Path
+
+from ekt.config import RunConfig, dump_config
+from ekt.errors import EktError
+from ekt.records import write_json_atomic, write_text_atomic
+
+# Stage folders (relative to a pair folder) shared by every pair with the same ...
+TEACHER_SHARED = ("teacher", "eval/teacher")  # ... teacher
+COMMON_SHARED = ("supervised",)  # ... data (all pairs)
+STUDENT_SHARED = (  # ... student
+    "students/supervised",
+    "students/expert-iteration",
+    "eval/student-base",
+    "eval/student-supervised",
+    "eval/student-expert-iteration",
+)
+
+
+def slug(spec: str) -> str:
+    """A folder name for a model spec: readable, and distinct for distinct local paths."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:6]
+        name = path.stem if path.is_file() else path.name
+        return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)[:40]}-{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", spec).strip("-")[:80] or "model"
+
+
+def _link(pair_dir: Path, rel: str, target: Path) -> None:
+    """``pair_dir/rel`` -> ``target`` (a directory, created now so the link never dangles)."""
+    target.mkdir(parents=True, exist_ok=True)
+    link = pair_dir / rel
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        if link.resolve() == target.resolve():
+            return
+        link.unlink()
+    elif link.exists():
+        raise EktError(f"{link}: exists and is not the shared stage {target}; remove it or --out")
+    # relative, so the run folder can be moved or copied as a whole
+    link.symlink_to(os.path.relpath(target.resolve(), link.parent.resolve()), True)
+
+
+def _linker(root: Path, pair_dir: Path, teacher: str, student: str):
+    def link() -> None:
+        shared = root / "shared"
+        for rel in TEACHER_SHARED:
+            _link(pair_dir, rel, shared / f"teacher-{slug(teacher)}" / rel)
+        for rel in COMMON_SHARED:
+            _link(pair_dir, rel, shared / rel)
+        for rel in STUDENT_SHARED:
+            _link(pair_dir, rel, shared / f"student-{slug(student)}" / rel)
+
+    return link
+
+
+def pair_config(cfg: RunConfig, teacher: str, student: str) -> RunConfig:
+    return dataclasses.replace(
+        cfg,
+        name=f"{cfg.name}/{slug(teacher)}--{slug(student)}",
+        teacher=teacher,
+        student=student,
+        teachers=[],
+        students=[],
+    )
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    """Each evaluation once: a shared stage's row comes back from every pair that links it."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        key = r.get("eval_dir") or f"{r.get('pair')}:{r.get('label')}"
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
+
+
+def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
+    from ekt.run import Runner
+
+    root = Path(out_dir) if out_dir else Path("runs") / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / "config.yaml", dump_config(cfg))
+    cells = cfg.pairs()
+    print(
+        f"matrix {cfg.name}: {len(cfg.teachers or [cfg.teacher])} teacher(s) x "
+        f"{len(cfg.students or [cfg.student])} student(s) x {len(cfg.methods)} method(s) "
+        f"= {len(cells)} cell(s) in {root}"
+    )
+    t0 = time.time()
+    rows: list[dict] = []
+    pair_dirs: list[Path] = []
+    cell_results = {}
+    redone: set[Path] = set()  # shared stages --force emptied: once, not once per cell
+    for i, (teacher, student) in enumerate(cells, 1):
+        name = f"{slug(teacher)}--{slug(student)}"
+        pair_dir = root / "pairs" / name
+        pair_dir.mkdir(parents=True, exist_ok=True)
+        link = _linker(root, pair_dir, teacher, student)
+        link()
+        print(f"\n==== cell {i}/{len(cells)}: {teacher} -> {student} ({pair_dir})")
+        pcfg = pair_config(cfg, teacher, student)
+        runner = Runner(pcfg, pair_dir, force)
+        runner.root, runner.redone, runner.link_shared = root, redone, link
+        res = runner.run()
+        cell_results[name] = res
+        pair_dirs.append(pair_dir)
+        for r in res.get("rows", []):
+            ev = pair_dir / "eval" / str(r.get("label", ""))
+            rows.append(
+                {
+                    **r,
+                    "pair": name,
+                    "teacher": teacher,
+                    "student": student,
+                    "eval_dir": str(ev.resolve()) if ev.exists() else None,
+                }
+            )
+    rows = _dedupe(rows)
+    results = {
+        "name": cfg.name,
+        "note": cfg.note,
+        "teachers": cfg.teachers or [cfg.teacher],
+        "students": cfg.students or [cfg.student],
+        "methods": cfg.methods,
+        "eval": dataclasses.asdict(cfg.eval),
+        "rows": rows,
+        "cells": {
+            k: {"dir": f"pairs/{k}", "statistics": v.get("statistics")}
+            for k, v in cell_results.items()
+        },
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json_atomic(root / "results.json", results)
+    write_text_atomic(root / "results.md", matrix_table(results))
+    try:
+        from ekt.report import build_report
+
+        print(f"report: {build_report(pair_dirs, root / 'report.html')}")
+    except Exception as e:  # the figures are on disk; `ekt report` can rebuild the page
+        print(f"report: report.html not built ({type(e).__name__}: {e})")
+    return results
+
+
+def matrix_table(results: dict) -> str:
+    """The published layout (teacher -> student, method, pass@1, pass@k, maj@n, pairs)."""
+    ev = results["eval"]
+    ks = ev["k"]
+    head = ["teacher -> student", "model", "method", "greedy pass@1"]
+    head += [f"pass@{k}" for k in ks] + [f"maj@{ev['n']}", "pairs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pct(r: dict, key: str) -> str:
+        v = r.get(key)
+        return f"{100 * v:.1f}" if isinstance(v, float) else "—"
+
+    for r in results["rows"]:
+        label = r.get("label", "")
+        if label == "teacher":
+            chain, model = f"{r['teacher']} (few-shot)", f"{r['teacher']} (teacher)"
+        elif r.get("method") in ("ekt", "kd", "seq-kd"):
+            chain, model = f"{r['teacher']} -> {r['student']}", r["student"]
+        else:  # no teacher involved: base, supervised, expert iteration
+            chain, model = f"— -> {r['student']}", r["student"]
+        cells = [chain, model, str(r.get("method", "")), pct(r, "greedy_pass@1")]
+        cells += [pct(r, f"pass@{k}") for k in ks]
+        cells += [pct(r, f"maj@{ev['n']}"), str(r.get("pairs", "—"))]
+        if r.get("skipped"):
+            cells[3] = f"skipped: {r['skipped']}"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
