@@ -10,14 +10,19 @@ loss) trained per second of ``trainer.train()``; model loading is excluded.
 
 * ekt: ``ekt.train.build_trainer``: each micro-batch packed into one row with
   attention kept inside each example, logits only where a target is predicted.
+  With its default ``precision: auto``, which on a CPU with AMX or AVX512-BF16
+  units (this machine) trains under bf16 autocast, fp32 elsewhere.
 * padded: plain ``transformers.Trainer`` with ``DataCollatorForSeq2Seq`` (the
   standard dynamic-padding collator that also pads ``labels``, with -100),
-  the model computing full logits and its own loss.
+  the model computing full logits and its own loss, with Trainer's defaults (fp32).
+
+Two more runs separate the two gains: ``ekt-fp32`` (packing and kept logits only)
+and ``padded-bf16`` (the plain Trainer with ``bf16=True``).
 
 The per-step losses of both runs are printed side by side: the objective is
 the same, so they agree up to float rounding. The runs alternate
 (``--repeats``) because the machine may be shared; the ratio uses the median.
-The last line is machine-readable::
+The last line is machine-readable (ekt with its defaults against the plain Trainer with its)::
 
     train_tokens_per_s=<ekt> vs_padded=<ratio>x
 
@@ -73,7 +78,8 @@ def run_once(kind: str, args, data, tok_dir: str) -> tuple[float, int, list[floa
         logging_steps=1,
         seed=0,
     )
-    if kind == "ekt":
+    if kind.startswith("ekt"):
+        cfg.precision = "fp32" if kind == "ekt-fp32" else "auto"
         trainer = build_trainer(model, tok, data, cfg, out, "cpu", save=False)
     else:
         targs = TrainingArguments(
@@ -91,6 +97,7 @@ def run_once(kind: str, args, data, tok_dir: str) -> tuple[float, int, list[floa
             save_strategy="no",
             seed=0,
             use_cpu=True,
+            bf16=kind == "padded-bf16",
             remove_unused_columns=False,
             report_to="none",
             dataloader_num_workers=0,
@@ -122,7 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs of each trainer")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--data-dir", default=os.environ.get("EKT_DATA_DIR"))
+    ap.add_argument(
+        "--kinds", default="padded,ekt,ekt-fp32,padded-bf16",
+        help="runs to make (padded and ekt are needed for the last line)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
     if not args.data_dir:
         raise SystemExit("set EKT_DATA_DIR or pass --data-dir (the GSM8K folder)")
 
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     from ekt.models import resolve_model
     from ekt.supervised import reference_pairs
     from ekt.tasks import GSM8K
-    from ekt.train import build_examples
+    from ekt.train import build_examples, cpu_has_fast_bf16
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     model_dir = resolve_model(args.model)  # converts the preset once, then a cached HF folder
@@ -144,13 +156,14 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, threads={torch.get_num_threads()}, {args.model}, "
         f"{len(data)} pairs (mean {statistics.mean(lengths):.0f} tokens, max {max(lengths)}), "
         f"{args.steps} steps x effective batch {args.batch_size} "
-        f"(micro-batch {args.per_device_batch_size}), fp32",
+        f"(micro-batch {args.per_device_batch_size}); ekt precision auto = "
+        f"{'bf16' if cpu_has_fast_bf16() else 'fp32'} on this CPU",
         flush=True,
     )
-    rates: dict[str, list[float]] = {"ekt": [], "padded": []}
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
     losses: dict[str, list[float]] = {}
     for rep in range(args.repeats):
-        order = ("padded", "ekt") if rep % 2 == 0 else ("ekt", "padded")
+        order = kinds if rep % 2 == 0 else kinds[::-1]
         for kind in order:
             seconds, tokens, loss = run_once(kind, args, data, model_dir)
             rates[kind].append(tokens / seconds)
@@ -160,8 +173,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"{tokens / seconds:.1f} tokens/s; losses {[round(x, 4) for x in loss]}",
                 flush=True,
             )
-    diff = max(abs(a - b) for a, b in zip(losses["ekt"], losses["padded"]))
-    print(f"largest per-step loss difference ekt vs padded: {diff:.2e}")
+    for a, b in (("ekt", "padded"), ("ekt-fp32", "padded"), ("padded-bf16", "padded")):
+        if a in losses and b in losses:
+            diff = max(abs(x - y) for x, y in zip(losses[a], losses[b]))
+            print(f"largest per-step loss difference {a} vs {b}: {diff:.2e}")
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for a, b in (("ekt-fp32", "padded"), ("padded-bf16", "padded"), ("ekt", "padded-bf16")):
+        if a in med and b in med:
+            print(f"{a} vs {b}: {med[a] / med[b]:.2f}x")
     ekt = statistics.median(rates["ekt"])
     ratio = ekt / statistics.median(rates["padded"])
     print(f"train_tokens_per_s={ekt:.1f} vs_padded={ratio:.2f}x")

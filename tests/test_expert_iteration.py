@@ -152,7 +152,7 @@ def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_d
     problems = task.load("train")[:6] + task.load("test")[:3]
     answers = {p.id: p.answer for p in problems}
 
-    def factory(spec, device, batch_size):
+    def factory(spec, device, batch_size, backend=None):
         skill = (lambda pid: _index(pid) % 3 != 1) if spec == str(teacher) else _skill(spec)
         return lambda: ScriptedSampler(answers, skill)
 

@@ -120,7 +120,10 @@ def test_training_lowers_loss_and_checkpoint_reloads(tmp_path, tiny_model_dir, c
     assert summary["steps"] == 30 and summary["pairs"] == 8
     assert summary["final_loss"] == pytest.approx(log[-2]["loss"])
     assert summary["tokens_trained"] > summary["program_tokens"] > 0
-    assert summary["gradient_accumulation_steps"] == 2 and summary["precision"] == "fp32"
+    from ekt.train import cpu_has_fast_bf16
+
+    auto = "bf16" if cpu_has_fast_bf16() else "fp32"  # autocast where the CPU has bf16 units
+    assert summary["gradient_accumulation_steps"] == 2 and summary["precision"] == auto
     assert (out / "checkpoints" / "checkpoint-30").is_dir()
     ids = tok(student_prompt("hi"), return_tensors="pt").input_ids
     gen = trained.generate(
@@ -166,3 +169,16 @@ def test_zero_pairs_and_bad_config(tmp_path, tiny_model_dir, capsys):
         train_student(
             str(tiny_model_dir), pairs_path, tmp_path / "o", TrainConfig(lr_scheduler_type="zig")
         )
+
+
+def test_precision_choice():
+    from ekt.errors import EktError
+    from ekt.train import _mixed_precision, cpu_has_fast_bf16
+
+    assert _mixed_precision("cpu", "fp32") == (True, False, False)
+    assert _mixed_precision("cpu", "bf16") == (True, True, False)
+    assert _mixed_precision("cpu", "auto") == (True, cpu_has_fast_bf16(), False)
+    with pytest.raises(EktError, match="fp16 needs a CUDA GPU"):
+        _mixed_precision("cpu", "fp16")
+    with pytest.raises(EktError, match="--precision must be one of"):
+        TrainConfig(precision="fp8").validate()

@@ -9,8 +9,8 @@ with its file and line number.
 from __future__ import annotations
 
 import contextlib
-import filecmp
 import dataclasses
+import filecmp
 import json
 import os
 from collections.abc import Iterable, Iterator
