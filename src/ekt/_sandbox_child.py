@@ -67,6 +67,7 @@ MAX_INT_BITS = 3322  # about 1000 decimal digits; larger ints are reported witho
 MAX_INT_DIGITS = 1001  # a sign and 1000 digits
 MAX_STR_CHARS = 1000  # returned strings are cut to this many characters
 MAX_ERROR_CHARS = 300
+COMPILE_IN_WORKER_CHARS = 64 * 1024  # programs up to this size compile before the fork
 MAX_TYPE_CHARS = 80
 
 # prctl options and syscall numbers (Linux x86_64 / aarch64).
@@ -680,8 +681,9 @@ def _result_bytes(status: str, value: Any, tname: str, error: str, tail: str) ->
     return _RESULT_HEAD.pack(*map(len, fields)) + b"".join(fields)
 
 
-def _child(w: Worker, program: str, wfd: int) -> None:
-    """Runs in the forked child; never returns."""
+def _child(w: Worker, program: Any, wfd: int) -> None:
+    """Runs in the forked child; never returns. ``program``: its text, or its code object
+    when the worker compiled it before forking (see ``Worker.run_one``)."""
     try:
         # Die with the worker; then make sure the worker did not die before that.
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -693,7 +695,7 @@ def _child(w: Worker, program: str, wfd: int) -> None:
     try:
         tail = w.tail  # already sys.stdout and sys.stderr (set in the worker, inherited)
         try:
-            code = compile(program, "<program>", "exec")
+            code = program if type(program) is not str else compile(program, "<program>", "exec")
             mod = type(sys)("__main__")
             sys.modules["__main__"] = mod
             ns = mod.__dict__
@@ -970,12 +972,30 @@ class Worker:
     def run_one(self, program: str) -> dict:
         if self.tail.buf:  # a warning the worker printed must not reach a program
             self.tail.buf = ""
-        rfd, wfd = os.pipe()
         t0 = time.monotonic()
+        code: Any = program
+        if len(program) <= COMPILE_IN_WORKER_CHARS:
+            # Compiling runs none of the program's code, and doing it here, before the fork,
+            # spares the child the page copies the compiler's allocations would cost in it;
+            # a program that does not compile needs no child at all. Longer texts (rare,
+            # and possibly built to make the compiler work hard) compile in the child,
+            # under its limits.
+            try:
+                code = compile(program, "<program>", "exec")
+            except BaseException as e:  # noqa: BLE001 - SyntaxError, RecursionError, ...
+                name = _type_name(type(e))
+                try:
+                    text = str(e)[:MAX_ERROR_CHARS]
+                except BaseException:  # noqa: BLE001
+                    text = ""
+                return {"status": "error", "value": None, "type": name, "error": text or name,
+                        "stdout_tail": self.tail.tail()[-self.max_output:] if self.max_output
+                        else "", "ms": round((time.monotonic() - t0) * 1000.0, 3)}
+        rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
-            _child(self, program, wfd)
+            _child(self, code, wfd)
         os.close(wfd)
         try:
             os.setpgid(pid, pid)  # the child does it too; whichever runs first wins
