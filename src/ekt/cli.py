@@ -79,6 +79,52 @@ def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``: shards on a Ray cluster (ekt.distributed); same files, resumable."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run generation and verification on a Ray cluster (pip install 'ekt[ray]'); "
+        "no ADDRESS: $RAY_ADDRESS, a cluster running here, else a local one",
+    )
+    p.add_argument(
+        "--ray-replicas", type=int, default=0,
+        help="model replicas (0: one per GPU, or one per node without GPUs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-gpus-per-replica", type=float, default=-1,
+        help="GPUs per replica (-1: 1 on a GPU cluster, vLLM: tensor x data parallel size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-verifiers", type=int, default=0,
+        help="sandbox actors (0: one per node, with one sandbox worker per CPU)",
+    )  # fmt: skip
+
+
+def _ray_cluster(args: argparse.Namespace):
+    """The RayCluster the --ray flags ask for, or None."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from ekt.distributed import RayCluster, import_ray
+
+    import_ray()  # a missing Ray is a one-line error before any work
+    gpus = args.ray_gpus_per_replica
+    if gpus < 0 and getattr(args, "backend_name", None) == "vllm":
+        gpus = args.backend_tensor_parallel_size * args.backend_data_parallel_size
+    cluster = RayCluster(
+        address=args.ray or None,
+        replicas=args.ray_replicas,
+        gpus_per_replica=gpus,
+        verifiers=args.ray_verifiers,
+        cpus_per_verifier=getattr(args, "workers", None) or 0,
+    )
+    cluster.validate()
+    return cluster
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ekt import __version__
 
@@ -101,12 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--force", action="store_true", help="discard earlier samples in --out")
     add_backend_args(g)
+    _add_ray_args(g)
 
     v = sub.add_parser("verify", help="run programs in the sandbox and grade them")
     _add_task_args(v, split_default=None)
     v.add_argument("--programs", required=True, help="JSONL file, shard folder or generate --out")
     v.add_argument("--out", required=True, help="output JSONL (appended; reruns skip done lines)")
     _add_sandbox_args(v)
+    _add_ray_args(v)
 
     f = sub.add_parser(
         "filter", help="keep correct, unique, uncontaminated programs as train pairs"
@@ -165,11 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     _add_sandbox_args(e)
     add_backend_args(e)
+    _add_ray_args(e)
 
     r = sub.add_parser("run", help="a whole experiment from a YAML config")
     r.add_argument("config", help="YAML file (see configs/)")
     r.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
     r.add_argument("--force", action="store_true", help="redo stages whose settings changed")
+    _add_ray_args(r)
 
     d = sub.add_parser("demo", help="`ekt run configs/demo.yaml`: a small real run on this machine")
     d.add_argument("--out", default=None)
@@ -478,7 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        COMMANDS[args.command](args)
+        from ekt.distributed import use_cluster
+
+        with use_cluster(_ray_cluster(args)):
+            COMMANDS[args.command](args)
     except Exception as e:  # EktError, or the file system refusing (full, read-only...)
         message = None if args.debug else user_message(e, getattr(args, "out", None) or ".")
         if message is None:

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ekt.errors import EktError
 from ekt.prompts import extract_program, student_prompt, teacher_prompt
 from ekt.records import Completion, JsonlWriter, Problem, read_jsonl, write_json_atomic
 from ekt.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from ekt.distributed import RayCluster
 
 PROMPTS: dict[str, Callable[[Problem], str]] = {
     "teacher": teacher_prompt,
@@ -79,11 +83,14 @@ def generate(
     shard_size: int = 100,
     settings: dict | None = None,
     force: bool = False,
+    cluster: RayCluster | None = None,
 ) -> GenerateSummary:
     """Sample ``params.n`` completions per problem into shards under ``out_dir``.
 
     ``sampler`` may be a factory, called only when there is work left, so a
-    finished job never loads its model.
+    finished job never loads its model. With ``cluster`` (or inside
+    ``ekt.distributed.use_cluster``) the shards are sampled by model replicas on a
+    Ray cluster, each built there from the factory; the files written are the same.
     """
     if prompt not in PROMPTS:
         raise EktError(f"unknown prompt {prompt!r}; choose teacher or student")
@@ -106,6 +113,16 @@ def generate(
 
     make_prompt = PROMPTS[prompt]
     t0 = time.time()
+    if cluster is None:
+        from ekt.distributed import current_cluster
+
+        cluster = current_cluster()
+    if cluster is not None:
+        new, tokens = _generate_ray(
+            cluster, sampler, problems, out, params, make_prompt, shard_size
+        )
+        total = len(problems) * params.n
+        return GenerateSummary(len(problems), total, new, tokens, time.time() - t0)
     total = new = tokens = 0
     live: Sampler | None = None
     for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
@@ -115,10 +132,7 @@ def generate(
         if done_marker.exists():
             total += len(chunk) * params.n
             continue
-        have: dict[str, set[int]] = defaultdict(set)
-        if path.exists():
-            for _, obj in read_jsonl(path):
-                have[obj["problem_id"]].add(int(obj["sample_idx"]))
+        have = _have(path)
         # A partial shard is sampled again whole (writing only what is missing): the
         # sampler batches consecutive problems together, so the same problem list
         # gives bit-identical samples, and a resumed shard equals an uninterrupted one.
@@ -128,24 +142,89 @@ def generate(
                 live = (
                     sampler() if callable(sampler) and not hasattr(sampler, "sample") else sampler
                 )
-            with JsonlWriter(path) as writer:
-                requests = [(p.id, make_prompt(p)) for p in todo]
-                for c in live.sample(requests, params):  # type: ignore[union-attr]
-                    if c.sample_idx in have[c.problem_id]:
-                        continue  # written before the interruption
-                    c.program = extract_program(c.text)
-                    writer.write(c)
-                    have[c.problem_id].add(c.sample_idx)
-                    new += 1
-                    tokens += c.n_tokens
-        missing = [p.id for p in chunk if len(have[p.id]) < params.n]
-        if missing:
-            raise EktError(
-                f"sampler returned too few samples for {missing[0]} (and {len(missing) - 1} more)"
-            )
-        done_marker.write_text("")
+            requests = [(p.id, make_prompt(p)) for p in todo]
+            n_new, n_tok = _write_shard(path, have, live.sample(requests, params))  # type: ignore[union-attr]
+            new += n_new
+            tokens += n_tok
+        _finish_shard(path, chunk, have, params)
         total += len(chunk) * params.n
     return GenerateSummary(len(problems), total, new, tokens, time.time() - t0)
+
+
+def _have(path: Path) -> dict[str, set[int]]:
+    """Sample indices per problem already in a (partial) shard file."""
+    have: dict[str, set[int]] = defaultdict(set)
+    if path.exists():
+        for _, obj in read_jsonl(path):
+            have[obj["problem_id"]].add(int(obj["sample_idx"]))
+    return have
+
+
+def _write_shard(
+    path: Path, have: dict[str, set[int]], completions: Iterable[Completion]
+) -> tuple[int, int]:
+    """Append the completions the shard lacks; (records written, their tokens)."""
+    new = tokens = 0
+    with JsonlWriter(path) as writer:
+        for c in completions:
+            if c.sample_idx in have[c.problem_id]:
+                continue  # written before the interruption
+            c.program = extract_program(c.text)
+            writer.write(c)
+            have[c.problem_id].add(c.sample_idx)
+            new += 1
+            tokens += c.n_tokens
+    return new, tokens
+
+
+def _finish_shard(
+    path: Path, chunk: Sequence[Problem], have: dict[str, set[int]], params: SamplingParams
+) -> None:
+    missing = [p.id for p in chunk if len(have[p.id]) < params.n]
+    if missing:
+        raise EktError(
+            f"sampler returned too few samples for {missing[0]} (and {len(missing) - 1} more)"
+        )
+    path.with_suffix(".done").write_text("")
+
+
+def _generate_ray(
+    cluster: RayCluster,
+    sampler: Any,
+    problems: Sequence[Problem],
+    out: Path,
+    params: SamplingParams,
+    make_prompt: Callable[[Problem], str],
+    shard_size: int,
+) -> tuple[int, int]:
+    """The shards left to do, on a Ray cluster's generation replicas (``ekt.distributed``).
+
+    Every replica samples a shard's whole problem list, as the local path does, so
+    the records are the same; the driver writes each shard once, when it arrives.
+    """
+    from ekt.distributed import generate_shards
+
+    chunks: dict[int, tuple[Path, Sequence[Problem], dict[str, set[int]]]] = {}
+    jobs = []
+    for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
+        chunk = problems[start : start + shard_size]
+        path = out / "samples" / f"shard-{shard_idx:05d}.jsonl"
+        if path.with_suffix(".done").exists():
+            continue
+        have = _have(path)
+        chunks[shard_idx] = (path, chunk, have)
+        if any(len(have[p.id]) < params.n for p in chunk):
+            jobs.append((shard_idx, [(p.id, make_prompt(p)) for p in chunk]))
+        else:
+            _finish_shard(path, chunk, have, params)
+    new = tokens = 0
+    for shard_idx, completions in generate_shards(cluster, sampler, jobs, params):
+        path, chunk, have = chunks[shard_idx]
+        n_new, n_tok = _write_shard(path, have, completions)
+        _finish_shard(path, chunk, have, params)
+        new += n_new
+        tokens += n_tok
+    return new, tokens
 
 
 def read_completions(out_dir: str | Path) -> list[Completion]:

@@ -315,8 +315,12 @@ class Distiller:
         if self.model is not None:
             return
         from ekt.models import load_model
+        from ekt.train import local_device
 
-        model, tok = load_model(self.spec, device=self.device, dtype=self.cfg.teacher_dtype)
+        # Under DDP/FSDP/ZeRO every rank holds a frozen teacher replica on its own GPU, next
+        # to the student shard it teaches: its logits never cross devices or processes.
+        device = local_device(self.device)
+        model, tok = load_model(self.spec, device=device, dtype=self.cfg.teacher_dtype)
         model.requires_grad_(False)
         model.eval()
         self.packed = can_pack(model)

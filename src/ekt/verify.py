@@ -17,12 +17,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ekt.errors import EktError
 from ekt.prompts import extract_program
 from ekt.records import JsonlWriter, Problem, read_jsonl, to_dict
 from ekt.sandbox import Sandbox, SandboxConfig
 from ekt.tasks import GSM8K
+
+if TYPE_CHECKING:
+    from ekt.distributed import RayCluster, RaySandbox
 
 
 @dataclass
@@ -90,7 +94,9 @@ def verify(
     split: str | None = None,
     sandbox: SandboxConfig | None = None,
     progress: bool = True,
+    cluster: RayCluster | None = None,
 ) -> VerifySummary:
+    """Run and grade every program not yet in ``out``; ``cluster``: on Ray (ekt.distributed)."""
     out = Path(out)
     t0 = time.time()
     done: set[str] = set()
@@ -122,9 +128,18 @@ def verify(
     todo = [(o, _key(obj, o), obj) for _, o, obj in inputs if _key(obj, o) not in done]
 
     bar = _progress(len(inputs), len(inputs) - len(todo), progress)
-    with Sandbox(_deny_task_data(sandbox or SandboxConfig(), task)) as box, JsonlWriter(
-        out
-    ) as writer:
+    if cluster is None:
+        from ekt.distributed import current_cluster
+
+        cluster = current_cluster()
+    box_cfg = _deny_task_data(sandbox or SandboxConfig(), task)
+    if cluster is not None:  # verifier actors on a Ray cluster; same output, same order
+        from ekt.distributed import RaySandbox
+
+        pool: Sandbox | RaySandbox = RaySandbox(cluster, box_cfg)
+    else:
+        pool = Sandbox(box_cfg)
+    with pool as box, JsonlWriter(out) as writer:
         results = box.run(obj["program"] for _, _, obj in todo)
         for (_, key, obj), ex in zip(todo, results):
             rec = grade_record(obj, to_dict(ex), problems[obj["problem_id"]], task)
