@@ -52,3 +52,16 @@ def test_bad_configs(tmp_path, text, msg):
     with pytest.raises(EktError) as e:
         load_config(p)
     assert msg in str(e.value)
+
+
+def test_ray_block_maps_onto_the_ray_flags(tmp_path):
+    from ekt.distributed import RayCluster
+
+    p = tmp_path / "c.yaml"
+    p.write_text("ray: {address: auto, verifiers: 2, verify_shard_size: 64}\n")
+    assert load_config(p).ray == RayCluster(address="auto", verifiers=2, verify_shard_size=64)
+    p.write_text("name: x\n")
+    assert load_config(p).ray is None  # no block: runs locally
+    p.write_text("ray: {max_attempts: 0}\n")
+    with pytest.raises(EktError, match="ray.max_attempts must be >= 1"):
+        load_config(p)

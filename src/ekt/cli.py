@@ -440,9 +440,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from ekt.config import load_config
+    from ekt.distributed import use_cluster
     from ekt.run import run_experiment
 
-    run_experiment(load_config(args.config), args.out, force=args.force)
+    cfg = load_config(args.config)
+    # the config's ray: block, unless --ray on the command line chose already
+    with use_cluster(cfg.ray if getattr(args, "ray", None) is None else None):
+        run_experiment(cfg, args.out, force=args.force)
 
 
 def demo_config_path():

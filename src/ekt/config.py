@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ekt.backends import BackendConfig
+from ekt.distributed import RayCluster
 from ekt.errors import EktError
 from ekt.evaluate import EvalConfig
 from ekt.expert_iteration import ExpertIterationConfig
@@ -72,6 +73,8 @@ class RunConfig:
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     kd: KDConfig = field(default_factory=KDConfig)  # method kd
     expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
+    # generation and verification on a Ray cluster (the ``--ray`` flags; see ekt.distributed)
+    ray: RayCluster | None = None
     evaluate_teacher: bool = True
     evaluate_base_student: bool = True
     note: str = ""  # free text printed with the results (what this run is)
@@ -111,6 +114,8 @@ class RunConfig:
                 "transformers or vllm (the teacher's few-shot evaluation uses "
                 "teacher_sampling.backend)"
             )
+        if self.ray is not None:
+            self.ray.validate()
         if self.sandbox.isolation not in ("strict", "standard", "none"):
             raise EktError("sandbox.isolation must be strict, standard or none")
         for block in ("eval", "train", "kd", "expert_iteration"):  # messages name the block

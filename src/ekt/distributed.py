@@ -52,7 +52,7 @@ _CURRENT: list[RayCluster] = []
 
 @dataclass
 class RayCluster:
-    """Where and how wide: the ``--ray`` flags (and a run config's ``ray:`` block)."""
+    """Where and how wide: the ``--ray`` flags, and a run config's ``ray:`` block."""
 
     # None: RAY_ADDRESS, else a cluster already running on this machine, else start a local
     # one; "auto": a running cluster (error if none); "ray://host:10001" or "host:6379".

@@ -143,7 +143,9 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     """
     a, b = _flatten(old), _flatten(new)
     return {
-        k: (a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k] and k not in HARMLESS_KEYS
+        k: (a[k], b[k])
+        for k in sorted(set(a) & set(b))
+        if a[k] != b[k] and k not in HARMLESS_KEYS and not k.startswith("ray.")  # placement
     }
 
 
