@@ -232,8 +232,16 @@ class TransformersSampler:
         """
         from tqdm.auto import tqdm
 
-        show = self.progress and sys.stderr.isatty()
-        bar = tqdm(total=len(requests) * params.n, desc="sample", unit="seq", disable=not show)
+        # On a terminal the bar redraws; in a log file (a cluster job, CI) it is a line every
+        # 30 seconds, so a long sampling step is never silent.
+        tty = sys.stderr.isatty()
+        bar = tqdm(
+            total=len(requests) * params.n,
+            desc="sample",
+            unit="seq",
+            disable=not self.progress,
+            mininterval=0.1 if tty else 30.0,
+        )
         try:
             if requests and self._use_shared_prefix():
                 groups = [list(requests)] if self.pack_prompts else [[r] for r in requests]
