@@ -8,7 +8,9 @@ worker talks to the ekt process over its stdin/stdout with length-prefixed messa
   pipe) -> reply ``{"ready": true, "protections": {...}, "fs": {...}}`` as JSON, sent
   only after a probe program ran through the full confinement path and checked the
   filesystem rule from inside it;
-* then one program per request, UTF-8 text -> one JSON result per request, in order:
+* then one program per request, UTF-8 text -> one result per request, in order: the
+  child's own result frame forwarded as it came (``RAW_RESULT``, validated by the ekt
+  process with ``parse_raw_result``), or, when the worker decided the outcome, JSON
   ``{"status", "value", "type", "error", "stdout_tail", "ms"}``;
 * EOF on stdin -> the worker exits. A worker that must stop early (its scratch
   directory could not be emptied) answers ``{"retire": why}`` and exits; the ekt
@@ -778,6 +780,21 @@ def _parse_result(raw: bytes, max_output: int) -> dict | None:
     }
 
 
+RAW_RESULT = b"\x01"  # worker -> ekt frame: this byte, the time in ms, the child's message
+_MS = struct.Struct("<d")
+
+
+def parse_raw_result(frame: bytes, max_output: int) -> dict:
+    """A ``RAW_RESULT`` frame -> a result dict; the child's bytes validated like any result."""
+    (ms,) = _MS.unpack_from(frame, 1)
+    out = _parse_result(frame[1 + _MS.size :], max_output)
+    if out is None:
+        out = {"status": "killed", "value": None, "type": "", "stdout_tail": "",
+               "error": "malformed result message"}
+    out["ms"] = round(ms, 3)
+    return out
+
+
 def _dumps(x: Any) -> str:
     """JSON for the worker's own messages to the ekt process (plain trusted values)."""
     t = type(x)
@@ -961,6 +978,8 @@ class Worker:
     def probe(self) -> str:
         """Run the self-test program through the full path; '' when it works."""
         res = self.run_one(self._probe_program())
+        if type(res) is bytes:
+            res = parse_raw_result(res, self.max_output)
         if res.get("status") != "ok" or res.get("value") != 42:
             why = res.get("value") if res.get("status") == "ok" else res.get("error", "")
             return f"probe program failed: {res.get('status')} {why}".strip()
@@ -969,7 +988,9 @@ class Worker:
 
     # -- one program ------------------------------------------------------------------
 
-    def run_one(self, program: str) -> dict:
+    def run_one(self, program: str) -> dict | bytes:
+        """One program through a fresh child: a result dict, or (the common case) the
+        child's raw result frame for the ekt process to validate (``parse_raw_result``)."""
         if self.tail.buf:  # a warning the worker printed must not reach a program
             self.tail.buf = ""
         t0 = time.monotonic()
@@ -1044,9 +1065,10 @@ class Worker:
         elif len(buf) > self.result_cap:
             out = {"status": "killed", "error": "result message too large"}
         elif buf:
-            out = _parse_result(buf, self.max_output)
-            if out is None:
-                out = {"status": "killed", "error": "malformed result message"}
+            # The child's own message goes to the ekt process as it came, which validates
+            # it (parse_raw_result): parsing and re-encoding here would write to pages
+            # this worker must then fault back in after every fork.
+            return RAW_RESULT + _MS.pack(ms) + buf
         if out is None:
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
                 why = "closed its result pipe without a result and was killed"
@@ -1164,7 +1186,10 @@ def _read_frame(fd: int) -> bytes | None:
 
 
 def _write_msg(fd: int, obj: dict) -> None:
-    data = _dumps(obj).encode()
+    _write_frame(fd, _dumps(obj).encode())
+
+
+def _write_frame(fd: int, data: bytes) -> None:
     view = memoryview(struct.pack("<I", len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
@@ -1239,7 +1264,10 @@ def main() -> None:
                    "error": "program is not UTF-8", "stdout_tail": "", "ms": 0.0}
         else:
             res = worker.run_one(program)
-        _write_msg(wfd, res)
+        if type(res) is bytes:
+            _write_frame(wfd, res)
+        else:
+            _write_msg(wfd, res)
     # Requests still queued in the pipe are not run: the ekt process re-sends them.
     _write_msg(wfd, {"retire": worker.retire})
 

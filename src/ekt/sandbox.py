@@ -103,7 +103,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ekt._sandbox_child import DEFAULT_PRELOAD
+from ekt._sandbox_child import DEFAULT_PRELOAD, RAW_RESULT, parse_raw_result
 from ekt.errors import EktError
 from ekt.records import Execution
 
@@ -252,6 +252,7 @@ class _Worker:
         self.done = 0
         self.sent = 0
         self.closed = False
+        self.max_output = int(wire["max_output_bytes"])
         # The config is marshal-encoded (the worker then needs no json module); programs
         # follow as UTF-8 text, one length-prefixed message each.
         self.send(marshal.dumps({**wire, "scratch_root": self.scratch_root}))
@@ -284,8 +285,11 @@ class _Worker:
             body = bytes(self.buf[4 : 4 + size])
             del self.buf[: 4 + size]
             try:
-                obj = json.loads(body)
-            except ValueError:
+                if body[:1] == RAW_RESULT:  # the child's result frame, validated here
+                    obj = parse_raw_result(body, self.max_output)
+                else:
+                    obj = json.loads(body)
+            except (ValueError, struct.error):
                 obj = None
             out.append(obj if isinstance(obj, dict) else {"status": "killed", "error": "garbled"})
         if eof and not out:
