@@ -373,9 +373,36 @@ def cmd_filter(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from ekt.train import TrainConfig, train_student
+    from ekt.train import TrainConfig
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    try:
+        _train(args, cfg)
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Under ``accelerate launch``: wait for every rank, then tear the process group down.
+    Left to interpreter exit, gloo's threads can abort a rank after its work is done."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, cfg) -> None:
+    import dataclasses
+
+    from ekt.train import train_student
+
     if args.method == "kd":
         from ekt.kd import KDConfig, train_kd
 
