@@ -23,3 +23,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from ekt.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def amplified_model(src: Path, out: Path, scale: float, chat_template: str | None = None) -> Path:
+    """The tiny model with its residual branches scaled by ``scale``: other weights, same
+    shapes, so its samples differ from the original's (and, scaled up, vary and run long)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                w.mul_(scale)
+    model.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(src)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    tok.save_pretrained(out)
+    return out

@@ -15,18 +15,9 @@ import pytest
 @pytest.fixture(scope="module")
 def varied_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model with amplified residual branches, so samples differ and run long."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from conftest import amplified_model
 
-    out = tmp_path_factory.mktemp("varied") / "model"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        for name, w in model.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                w.mul_(40)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
+    return amplified_model(tiny_model_dir, tmp_path_factory.mktemp("varied") / "model", 40)
 
 
 def _cmd(model: Path, data_dir: Path, out: Path) -> list[str]:

@@ -31,23 +31,10 @@ sandbox: {{workers: 1, timeout: 5}}
 """
 
 
-def _variant(src: Path, out: Path, scale: float) -> Path:
-    """Another tiny model: the same shapes, other weights (so its samples differ)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src)
-    with torch.no_grad():
-        for name, w in model.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                w.mul_(scale)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def models(tiny_model_dir, tmp_path_factory):
+    from conftest import amplified_model as _variant
+
     base = tmp_path_factory.mktemp("models")
     return {
         "t1": tiny_model_dir,
@@ -67,9 +54,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
     }
 
 
-def test_matrix_shares_stages_and_adding_a_student_reuses_them(
-    models, data_dir, tmp_path, capsys
-):
+def test_matrix_shares_stages_and_adding_a_student_reuses_them(models, data_dir, tmp_path, capsys):
     t1, t2, s2 = models["t1"], models["t2"], models["s2"]
     fmt = {"data_dir": data_dir, "t1": t1, "t2": t2}
     cfg_path = tmp_path / "m.yaml"

@@ -90,20 +90,13 @@ class Server:
 
 @pytest.fixture(scope="module")
 def served_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Amplified so continuations vary; a trivial chat template for the chat endpoint."""
+    from conftest import amplified_model
 
     out = tmp_path_factory.mktemp("served") / "model"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        for name, w in model.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                w.mul_(40)
-    model.save_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    tok.save_pretrained(out)
-    return out
+    return amplified_model(
+        tiny_model_dir, out, 40, "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
 
 
 @pytest.fixture(scope="module")

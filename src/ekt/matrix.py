@@ -179,29 +179,15 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
 
 
 def matrix_table(results: dict) -> str:
-    """The published layout (teacher -> student, method, pass@1, pass@k, maj@n, pairs)."""
-    ev = results["eval"]
-    ks = ev["k"]
-    head = ["teacher -> student", "model", "method", "greedy pass@1"]
-    head += [f"pass@{k}" for k in ks] + [f"maj@{ev['n']}", "pairs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """The published layout, a row per evaluation; teacher-free rows show no teacher."""
+    from ekt.run import table_lines
 
-    def pct(r: dict, key: str) -> str:
-        v = r.get(key)
-        return f"{100 * v:.1f}" if isinstance(v, float) else "—"
-
+    rows = []
     for r in results["rows"]:
-        label = r.get("label", "")
-        if label == "teacher":
-            chain, model = f"{r['teacher']} (few-shot)", f"{r['teacher']} (teacher)"
+        if r.get("label") == "teacher":
+            rows.append((f"{r['teacher']} (few-shot)", f"{r['teacher']} (teacher)", r))
         elif r.get("method") in ("ekt", "kd", "seq-kd"):
-            chain, model = f"{r['teacher']} -> {r['student']}", r["student"]
+            rows.append((f"{r['teacher']} -> {r['student']}", r["student"], r))
         else:  # no teacher involved: base, supervised, expert iteration
-            chain, model = f"— -> {r['student']}", r["student"]
-        cells = [chain, model, str(r.get("method", "")), pct(r, "greedy_pass@1")]
-        cells += [pct(r, f"pass@{k}") for k in ks]
-        cells += [pct(r, f"maj@{ev['n']}"), str(r.get("pairs", "—"))]
-        if r.get("skipped"):
-            cells[3] = f"skipped: {r['skipped']}"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            rows.append((f"— -> {r['student']}", r["student"], r))
+    return "\n".join(table_lines(results["eval"], rows)) + "\n"

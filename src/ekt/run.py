@@ -560,30 +560,35 @@ class Runner:
         return results
 
 
-def results_table(results: dict) -> str:
-    ev = results["eval"]
+def table_lines(ev: dict, rows: list[tuple[str, str, dict]]) -> list[str]:
+    """The published layout (teacher -> student, model, method, pass@1, pass@k, maj@n,
+    pairs) for ``rows`` of (chain, model label, result row)."""
     ks = ev["k"]
     head = ["teacher -> student", "model", "method", "greedy pass@1"]
     head += [f"pass@{k}" for k in ks] + [f"maj@{ev['n']}", "pairs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results["rows"]:
+    for chain, model, r in rows:
 
         def pct(key: str, r: dict = r) -> str:
             v = r.get(key)
             return f"{100 * v:.1f}" if isinstance(v, float) else "—"
 
-        model = r.get("model", "")
-        chain = f"{results['teacher']} -> {results['student']}"
-        cells = [
-            chain,
-            model if r["label"] != "teacher" else f"{model} (teacher)",
-            r.get("method", ""),
-            pct("greedy_pass@1"),
-        ]
+        cells = [chain, model, str(r.get("method", "")), pct("greedy_pass@1")]
         cells += [pct(f"pass@{k}") for k in ks] + [pct(f"maj@{ev['n']}"), str(r.get("pairs", "—"))]
         if r.get("skipped"):
             cells[3] = f"skipped: {r['skipped']}"
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def results_table(results: dict) -> str:
+    ev = results["eval"]
+    chain = f"{results['teacher']} -> {results['student']}"
+    rows = []
+    for r in results["rows"]:
+        model = r.get("model", "")
+        rows.append((chain, model if r["label"] != "teacher" else f"{model} (teacher)", r))
+    lines = table_lines(ev, rows)
     n_q = next((r["problems"] for r in results["rows"] if "problems" in r), 0)
     lines.append("")
     lines.append(
