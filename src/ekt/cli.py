@@ -385,8 +385,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _end_process_group() -> None:
     """Under ``accelerate launch``: wait for every rank, then tear the process group down.
     Left to interpreter exit, gloo's threads can abort a rank after its work is done."""
-    import sys
-
     if "torch.distributed" not in sys.modules:
         return
     import torch.distributed as dist

@@ -83,11 +83,15 @@ class RunConfig:
     def is_matrix(self) -> bool:
         return bool(self.teachers or self.students)
 
+    def teacher_list(self) -> list[str]:
+        return self.teachers or [self.teacher]
+
+    def student_list(self) -> list[str]:
+        return self.students or [self.student]
+
     def pairs(self) -> list[tuple[str, str]]:
         """(teacher, student) of every cell, teachers outer."""
-        return [
-            (t, s) for t in self.teachers or [self.teacher] for s in self.students or [self.student]
-        ]
+        return [(t, s) for t in self.teacher_list() for s in self.student_list()]
 
     def validate(self) -> None:
         for role, specs in (("teachers", self.teachers), ("students", self.students)):

@@ -74,15 +74,15 @@ def _link(pair_dir: Path, rel: str, target: Path) -> None:
     link.symlink_to(os.path.relpath(target.resolve(), link.parent.resolve()), True)
 
 
-def _linker(root: Path, pair_dir: Path, teacher: str, student: str):
+def _linker(root: Path, pair_dir: Path, t_slug: str, s_slug: str):
     def link() -> None:
         shared = root / "shared"
         for rel in TEACHER_SHARED:
-            _link(pair_dir, rel, shared / f"teacher-{slug(teacher)}" / rel)
+            _link(pair_dir, rel, shared / f"teacher-{t_slug}" / rel)
         for rel in COMMON_SHARED:
             _link(pair_dir, rel, shared / rel)
         for rel in STUDENT_SHARED:
-            _link(pair_dir, rel, shared / f"student-{slug(student)}" / rel)
+            _link(pair_dir, rel, shared / f"student-{s_slug}" / rel)
 
     return link
 
@@ -112,15 +112,15 @@ def _dedupe(rows: list[dict]) -> list[dict]:
 
 
 def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
-    from ekt.run import Runner
+    from ekt.run import Runner, run_folder
 
-    root = Path(out_dir) if out_dir else Path("runs") / cfg.name
+    root = run_folder(cfg, out_dir)
     root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(root / "config.yaml", dump_config(cfg))
     cells = cfg.pairs()
     print(
-        f"matrix {cfg.name}: {len(cfg.teachers or [cfg.teacher])} teacher(s) x "
-        f"{len(cfg.students or [cfg.student])} student(s) x {len(cfg.methods)} method(s) "
+        f"matrix {cfg.name}: {len(cfg.teacher_list())} teacher(s) x "
+        f"{len(cfg.student_list())} student(s) x {len(cfg.methods)} method(s) "
         f"= {len(cells)} cell(s) in {root}"
     )
     t0 = time.time()
@@ -129,10 +129,11 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
     cell_results = {}
     redone: set[Path] = set()  # shared stages --force emptied: once, not once per cell
     for i, (teacher, student) in enumerate(cells, 1):
-        name = f"{slug(teacher)}--{slug(student)}"
+        t_slug, s_slug = slug(teacher), slug(student)
+        name = f"{t_slug}--{s_slug}"
         pair_dir = root / "pairs" / name
         pair_dir.mkdir(parents=True, exist_ok=True)
-        link = _linker(root, pair_dir, teacher, student)
+        link = _linker(root, pair_dir, t_slug, s_slug)
         link()
         print(f"\n==== cell {i}/{len(cells)}: {teacher} -> {student} ({pair_dir})")
         pcfg = pair_config(cfg, teacher, student)
@@ -156,8 +157,8 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
     results = {
         "name": cfg.name,
         "note": cfg.note,
-        "teachers": cfg.teachers or [cfg.teacher],
-        "students": cfg.students or [cfg.student],
+        "teachers": cfg.teacher_list(),
+        "students": cfg.student_list(),
         "methods": cfg.methods,
         "eval": dataclasses.asdict(cfg.eval),
         "rows": rows,

@@ -20,7 +20,6 @@ invalidate (and only that) and redoes it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -49,12 +48,9 @@ def _sampler_factory(spec: str, device: str | None, batch_size: int, backend=Non
     return make_sampler(spec, device, batch_size, backend)
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def run_folder(cfg: RunConfig, out_dir: str | Path | None) -> Path:
+    """Where a run writes: ``--out``, else ``runs/<name>``."""
+    return Path(out_dir) if out_dir else Path("runs") / cfg.name
 
 
 # Config keys that do not change any result (speed, placement, labels, what is reported):
@@ -161,13 +157,14 @@ def stale_outputs(keys: list[str], run_dir: Path) -> list[Path]:
 
 def input_hashes(task, cfg: RunConfig) -> dict[str, str]:
     """sha256 of the dataset files and fingerprints of the models a run starts from."""
+    from ekt.models import file_sha256, model_fingerprint
+
     out: dict[str, str] = {}
     if task.data_dir:
         for name in ("train.jsonl", "test.jsonl"):
             p = Path(task.data_dir) / name
             if p.is_file():
-                out[f"data:{name}"] = _file_sha(p)
-    from ekt.models import model_fingerprint
+                out[f"data:{name}"] = file_sha256(p)
 
     for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
         try:
@@ -200,7 +197,7 @@ class Runner:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False):
         cfg.validate()
         self.cfg = cfg
-        self.dir = Path(out_dir) if out_dir else Path("runs") / cfg.name
+        self.dir = run_folder(cfg, out_dir)
         self.root = self.dir  # a matrix run: its top folder (shared stages live under it)
         self.redone: set[Path] = set()  # shared stage folders emptied by this invocation
         self.force = force
@@ -518,12 +515,8 @@ class Runner:
 
         from ekt import __version__
 
-        data = {}
-        if self.task.data_dir:
-            for name in ("train.jsonl", "test.jsonl"):
-                p = Path(self.task.data_dir) / name
-                if p.exists():
-                    data[name] = _file_sha(p)
+        inputs = getattr(self, "inputs", {})  # data sha256 and model fingerprints
+        data = {k.removeprefix("data:"): v for k, v in inputs.items() if k.startswith("data:")}
         manifest = {
             "ekt": __version__,
             "python": platform.python_version(),
@@ -532,7 +525,7 @@ class Runner:
             "platform": platform.platform(),
             "data": {"source": self.task.data_dir or "hf:openai/gsm8k", "sha256": data},
             "models": {"teacher": self.cfg.teacher, "student": self.cfg.student},
-            "inputs": getattr(self, "inputs", {}),  # data sha256 and model fingerprints
+            "inputs": inputs,
             "seeds": {
                 "teacher": self.cfg.teacher_sampling.seed,
                 "train": self.cfg.train.seed,
@@ -607,7 +600,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, force: boo
         results = run_matrix(cfg, out_dir, force)
         print()
         print(matrix_table(results))
-        where = Path(out_dir) if out_dir else Path("runs") / cfg.name
+        where = run_folder(cfg, out_dir)
         print(f"run {cfg.name}: {time.time() - t0:.0f}s; results in {where}/results.md")
         return results
     runner = Runner(cfg, out_dir, force)

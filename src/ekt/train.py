@@ -480,6 +480,7 @@ def _last_complete_checkpoint(ckpt_dir: Path, main: bool) -> str | None:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (Intel AMX or AVX512-BF16)."""
     try:
