@@ -20,9 +20,10 @@ Measured, over the same corpus and with the same per-program timeout:
     running ``exec`` on it, ``join(timeout)`` and ``kill``, one thread per core;
 (c) the floor: warm interpreters, one per worker, that ``fork()`` a child per
     program; the child does nothing but write one byte to a pipe and exit.
-    ``floor`` uses interpreters with the sandbox worker's own pre-imports
-    (numpy and all), ``floor_bare`` plain ones; the last line uses ``floor_bare``
-    (the higher rate, so the stricter fraction).
+    ``floor`` uses interpreters with the sandbox worker's own pre-imports,
+    ``floor_bare`` plain ones; both are pinned to CPUs exactly as the sandbox pins its
+    workers (and measured unpinned too, for comparison). The last line uses
+    ``floor_bare`` (the highest rate, so the strictest fraction).
 
 Timeouts are measured separately: programs that loop forever or sleep, under a
 short timeout, through (a) and (b).
@@ -352,6 +353,8 @@ def run_reference(
 
 _FLOOR = r"""
 import os, sys, time
+if int(sys.argv[3]) >= 0:
+    os.sched_setaffinity(0, {int(sys.argv[3])})
 if sys.argv[2] == "warm":
     from ekt._sandbox_child import DEFAULT_PRELOAD, _preload
     _preload(list(DEFAULT_PRELOAD))
@@ -378,16 +381,24 @@ print(cpu)
 """
 
 
-def run_floor(n: int, workers: int, warm: bool) -> tuple[float, float]:
-    """(forks/s, CPU microseconds per fork)."""
+def floor_cpus(workers: int) -> list[int]:
+    """The CPUs ekt's sandbox pins its workers to (``SandboxConfig.pin_workers``), the
+    same rule: one each when there are enough; else none (-1: the scheduler places)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[:workers] if len(cpus) >= workers else [-1] * workers
+
+
+def run_floor(n: int, workers: int, warm: bool, pin: bool = True) -> tuple[float, float]:
+    """(forks/s, CPU microseconds per fork); ``pin``: floor process i on ekt's CPU i."""
     per = math.ceil(n / workers)
+    cpus = floor_cpus(workers) if pin else [-1] * workers
     env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src")}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _FLOOR, str(per), "warm" if warm else "bare"],
+            [sys.executable, "-c", _FLOOR, str(per), "warm" if warm else "bare", str(cpu)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
-        for _ in range(workers)
+        for cpu in cpus
     ]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -456,18 +467,22 @@ def main(argv: list[str] | None = None) -> None:
     isolation = strictest()
 
     a_rates, floors, bares, cpus = [], [], [], []
+    loose: list[tuple[float, float]] = []  # the floors with the scheduler placing them
     for r in range(args.repeat):
         rate, cpu, started, res, desc = run_ekt(programs, args.timeout, args.workers, isolation)
         a_rates.append(rate)
         bad = outcome_problems(corpus, res)
         floor, floor_cpu = run_floor(len(programs), args.workers, warm=True)
         bare, bare_cpu = run_floor(len(programs), args.workers, warm=False)
+        loose.append((run_floor(len(programs), args.workers, warm=True, pin=False)[0],
+                      run_floor(len(programs), args.workers, warm=False, pin=False)[0]))
         floors.append(floor)
         bares.append(bare)
         cpus.append((cpu, floor_cpu, bare_cpu))
         print(
             f"round {r + 1}: (a) ekt {rate:.0f}/s (pool start {started:.2f}s), "
-            f"(c) floor {floor:.0f}/s, floor_bare {bare:.0f}/s; CPU per program: ekt "
+            f"(c) floor {floor:.0f}/s, floor_bare {bare:.0f}/s (unpinned: {loose[-1][0]:.0f}/s, "
+            f"{loose[-1][1]:.0f}/s); CPU per program: ekt "
             f"{cpu:.0f}us (ekt process, workers, children), floor {floor_cpu:.0f}us, "
             f"floor_bare {bare_cpu:.0f}us; outcomes wrong: {len(bad)}"
         )
@@ -486,18 +501,27 @@ def main(argv: list[str] | None = None) -> None:
 
     a = statistics.median(a_rates)
     c = statistics.median(bares)
+    warm = statistics.median(floors)
+    pinned = floor_cpus(args.workers)[0] >= 0
     print(
         f"ekt sandbox ({isolation}) {a:.0f}/s [rounds: {', '.join(f'{x:.0f}' for x in a_rates)}]; "
         f"reference {b_rate:.1f}/s; floor_bare {c:.0f}/s "
         f"[{', '.join(f'{x:.0f}' for x in bares)}]; floor with the worker's pre-imports "
-        f"{statistics.median(floors):.0f}/s [{', '.join(f'{x:.0f}' for x in floors)}]; "
-        f"load average {os.getloadavg()[0]:.2f} at end"
+        f"{warm:.0f}/s [{', '.join(f'{x:.0f}' for x in floors)}]; "
+        f"floors {'pinned to CPUs like the workers' if pinned else 'not pinned (too few CPUs)'}"
+        f"; load average {os.getloadavg()[0]:.2f} at end"
     )
     med = [statistics.median(x[i] for x in cpus) for i in range(3)]
     print(
         f"CPU time per program (median; less sensitive to the other load on the machine): "
         f"ekt {med[0]:.0f}us, floor {med[1]:.0f}us, floor_bare {med[2]:.0f}us "
         f"(floor_bare/ekt {med[2] / med[0]:.2f})"
+    )
+    lw, lb = (statistics.median(x[i] for x in loose) for i in range(2))
+    print(
+        f"fractions: of floor_bare {a / c:.2f}, of the floor with the worker's pre-imports "
+        f"{a / warm:.2f}; of the same floors left to the scheduler (unpinned; ekt pinned) "
+        f"{a / lb:.2f} and {a / lw:.2f}"
     )
     print(f"programs_per_s={a:.0f} vs_reference={a / b_rate:.1f}x floor_fraction={a / c:.2f}")
 

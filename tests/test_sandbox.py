@@ -378,7 +378,7 @@ CASES: list[tuple[str, str, dict]] = [
     (
         "os_exit",
         "import os\ndef solution():\n    os._exit(0)\n",
-        {"status": "killed", "error": "exited with code 0 without returning"},
+        {"status": "killed", "error": "exited with code 0 without a result"},
     ),
     (
         "ctypes_segfault",

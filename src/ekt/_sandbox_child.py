@@ -12,6 +12,10 @@ worker talks to the ekt process over its stdin/stdout with length-prefixed messa
   child's own result frame forwarded as it came (``RAW_RESULT``, validated by the ekt
   process with ``parse_raw_result``), or, when the worker decided the outcome, JSON
   ``{"status", "value", "type", "error", "stdout_tail", "ms"}``;
+* the worker takes up to ``BATCH`` programs that are already queued in its pipe at
+  once, compiles them all, then runs them one by one, and writes their results in one
+  go (sooner if a program ran long). The ekt process keeps two batches queued per
+  worker and writes each refill in one go: one wake-up per batch instead of per program;
 * EOF on stdin -> the worker exits. A worker that must stop early (its scratch
   directory could not be emptied) answers ``{"retire": why}`` and exits; the ekt
   process re-sends what it had queued there.
@@ -25,9 +29,13 @@ capability; point fds 0 and 1 at /dev/null and ``sys.stdout``/``sys.stderr`` at 
 output tail; ``gc.freeze()`` and ``malloc_trim``. Nothing that every child would do
 alike is left for the children.
 
+The ekt process may pin each worker to a CPU of its own (``SandboxConfig.pin_workers``;
+its children inherit it): then a fork write-protects and flushes the pages of one
+CPU only, and the child runs where the worker's pages are cached.
+
 Per program the worker ``fork()``s. The child, before running one line of the
 program: asks for SIGKILL when the worker dies, joins its own process group, sets
-its CPU and address-space limits, enters the Landlock domain, points fd 2 at
+its CPU time limit (the others are inherited), enters the Landlock domain, points fd 2 at
 /dev/null and closes every other fd except its result pipe, and loads the seccomp
 filter (one prctl). Any failure in that setup exits the child with ``SETUP_FAILED``
 before the program runs. Then it compiles and runs the program, reduces what
@@ -643,8 +651,7 @@ def _confine(w: Worker, wfd: int) -> None:
     shared with the worker, so the path is kept short."""
     os.setpgid(0, 0)
     if w.confined:
-        resource.setrlimit(resource.RLIMIT_CPU, w.cpu_limit)
-        resource.setrlimit(resource.RLIMIT_AS, w.as_limit)
+        resource.setrlimit(resource.RLIMIT_CPU, w.cpu_limit)  # counts from 0 in each child
         if w.seccomp is None:  # root ignores it; for other users it also stops threads
             resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         if w.landlock_fd >= 0:
@@ -899,6 +906,9 @@ class Worker:
         """What every child would set identically is set once here and inherited: the
         worker needs none of it (it never execs, writes files or dumps core)."""
         for res, lim in (
+            # the address-space budget too: the worker stays far below it, and a child
+            # starts from the worker's size, for which the budget was computed
+            (resource.RLIMIT_AS, self.as_limit[0]),
             (resource.RLIMIT_FSIZE, fsize),
             (resource.RLIMIT_NOFILE, 64),
             (resource.RLIMIT_CORE, 0),
@@ -991,27 +1001,39 @@ class Worker:
     def run_one(self, program: str) -> dict | bytes:
         """One program through a fresh child: a result dict, or (the common case) the
         child's raw result frame for the ekt process to validate (``parse_raw_result``)."""
+        prepared = self.prepare(program)
+        return prepared if type(prepared) is dict else self.run_prepared(*prepared)
+
+    def prepare(self, program: str) -> dict | tuple[Any, float]:
+        """Compile a program before the fork: ``(code, ms spent)``, or its result when it
+        does not compile (then it needs no child at all).
+
+        Compiling runs none of the program's code. Doing it in the worker spares each
+        child the page copies the compiler's allocations would cost it, and compiling a
+        whole batch between two forks (see :func:`main`) takes the worker's own page
+        faults for that work once per batch instead of once per program. Texts longer
+        than ``COMPILE_IN_WORKER_CHARS`` (rare, and possibly built to make the compiler
+        work hard) are returned as text and compile in the child, under its limits."""
+        if len(program) > COMPILE_IN_WORKER_CHARS:
+            return program, 0.0
+        t0 = time.monotonic()
+        try:
+            code = compile(program, "<program>", "exec")
+        except BaseException as e:  # noqa: BLE001 - SyntaxError, RecursionError, ...
+            name = _type_name(type(e))
+            try:
+                text = str(e)[:MAX_ERROR_CHARS]
+            except BaseException:  # noqa: BLE001
+                text = ""
+            return {"status": "error", "value": None, "type": name, "error": text or name,
+                    "stdout_tail": "", "ms": round((time.monotonic() - t0) * 1000.0, 3)}
+        return code, (time.monotonic() - t0) * 1000.0
+
+    def run_prepared(self, code: Any, compile_ms: float = 0.0) -> dict | bytes:
+        """Run a program :meth:`prepare` made ready, in a fresh child."""
         if self.tail.buf:  # a warning the worker printed must not reach a program
             self.tail.buf = ""
-        t0 = time.monotonic()
-        code: Any = program
-        if len(program) <= COMPILE_IN_WORKER_CHARS:
-            # Compiling runs none of the program's code, and doing it here, before the fork,
-            # spares the child the page copies the compiler's allocations would cost in it;
-            # a program that does not compile needs no child at all. Longer texts (rare,
-            # and possibly built to make the compiler work hard) compile in the child,
-            # under its limits.
-            try:
-                code = compile(program, "<program>", "exec")
-            except BaseException as e:  # noqa: BLE001 - SyntaxError, RecursionError, ...
-                name = _type_name(type(e))
-                try:
-                    text = str(e)[:MAX_ERROR_CHARS]
-                except BaseException:  # noqa: BLE001
-                    text = ""
-                return {"status": "error", "value": None, "type": name, "error": text or name,
-                        "stdout_tail": self.tail.tail()[-self.max_output:] if self.max_output
-                        else "", "ms": round((time.monotonic() - t0) * 1000.0, 3)}
+        t0 = time.monotonic() - compile_ms / 1000.0
         rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -1162,7 +1184,7 @@ def _describe_exit(status: int) -> str:
         code = os.WEXITSTATUS(status)
         if code == SETUP_FAILED:
             return "sandbox setup failed in the child; program not run"
-        return f"exited with code {code} without returning"
+        return f"exited with code {code} without a result"
     return f"ended without a result (status {status})"
 
 
@@ -1193,6 +1215,71 @@ def _write_frame(fd: int, data: bytes) -> None:
     view = memoryview(struct.pack("<I", len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _write_frames(fd: int, frames: list[bytes]) -> None:
+    """Several messages in one write."""
+    if frames:
+        _write_frame_bytes(fd, b"".join([_LEN.pack(len(f)) + f for f in frames]))
+
+
+def _write_frame_bytes(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+_LEN = struct.Struct("<I")
+BATCH = 8  # programs a worker compiles together before running them one by one
+FLUSH_AFTER_S = 0.02  # results are sent at the end of a batch, or once this much has passed
+
+
+class _Requests:
+    """Length-prefixed programs from the ekt process, read in large chunks."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = bytearray()
+        self.eof = False
+        self.poller = select.poll()
+        self.poller.register(fd, _POLL_MASK)
+
+    def _fill(self, block: bool) -> None:
+        if not block and not self.poller.poll(0):
+            return
+        data = os.read(self.fd, 1 << 16)
+        if data:
+            self.buf += data
+        else:
+            self.eof = True
+
+    def _frames(self, n: int, out: list[bytes]) -> None:
+        buf = self.buf
+        while len(out) < n and len(buf) >= 4:
+            (size,) = _LEN.unpack_from(buf)
+            if len(buf) < 4 + size:
+                return
+            out.append(bytes(buf[4 : 4 + size]))
+            del buf[: 4 + size]
+
+    def take(self, n: int) -> list[bytes] | None:
+        """1 to ``n`` programs: waits for the first, takes the others only if already
+        sent; None at EOF."""
+        out: list[bytes] = []
+        while True:
+            self._frames(n, out)
+            if out:
+                break
+            if self.eof:
+                return None
+            self._fill(block=True)
+        while len(out) < n and not self.eof:
+            before = len(self.buf)
+            self._fill(block=False)
+            if len(self.buf) == before:
+                break
+            self._frames(n, out)
+        return out
 
 
 # Imported once per worker so that children start warm. Not here: ``random`` (and
@@ -1235,6 +1322,12 @@ def main() -> None:
     if hello is None:
         return
     cfg = marshal.loads(hello)
+    cpu = int(cfg.get("cpu", -1))
+    if cpu >= 0:  # children inherit it; they cannot change it (seccomp)
+        try:
+            os.sched_setaffinity(0, (cpu,))
+        except OSError:
+            pass
     _preload([str(m) for m in cfg.get("preload", DEFAULT_PRELOAD)])
     worker = Worker(cfg)
     problem = worker.probe()
@@ -1253,21 +1346,37 @@ def main() -> None:
     )
     if problem:
         return
+    requests = _Requests(rfd)
     while not worker.retire:
-        req = _read_frame(rfd)
-        if req is None:
+        # Take what the ekt process has queued (up to BATCH), compile it all, then run
+        # it program by program; results go back together, or as soon as a program ran
+        # long, so the ekt process hears of slow work without delay.
+        batch = requests.take(BATCH)
+        if batch is None:
             return
-        try:
-            program = req.decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            res = {"status": "error", "value": None, "type": "UnicodeDecodeError",
-                   "error": "program is not UTF-8", "stdout_tail": "", "ms": 0.0}
-        else:
-            res = worker.run_one(program)
-        if type(res) is bytes:
-            _write_frame(wfd, res)
-        else:
-            _write_msg(wfd, res)
+        prepared: list[Any] = []
+        for req in batch:
+            try:
+                program = req.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                prepared.append({"status": "error", "value": None, "type": "UnicodeDecodeError",
+                                 "error": "program is not UTF-8", "stdout_tail": "", "ms": 0.0})
+            else:
+                prepared.append(worker.prepare(program))
+        del batch
+        out: list[bytes] = []
+        since = time.monotonic()
+        for item in prepared:
+            res = item if type(item) is dict else worker.run_prepared(*item)
+            out.append(res if type(res) is bytes else _dumps(res).encode())
+            if worker.retire:
+                break
+            if time.monotonic() - since > FLUSH_AFTER_S:
+                _write_frames(wfd, out)
+                out = []
+                since = time.monotonic()
+        del prepared
+        _write_frames(wfd, out)
     # Requests still queued in the pipe are not run: the ekt process re-sends them.
     _write_msg(wfd, {"retire": worker.retire})
 
