@@ -664,35 +664,39 @@ def _confine(w: Worker, wfd: int) -> None:
 
 
 _q = _json.encode_basestring_ascii  # JSON string literal (ASCII, surrogates escaped)
-_RESULT_HEAD = struct.Struct("<6I")  # byte lengths of the six fields that follow
+_MAX_HEAD = 64  # the child's header line: five decimal lengths and a newline
 _POLL_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
 def _result_bytes(status: str, value: Any, tname: str, error: str, tail: str) -> bytes:
-    """The child's result: six length-prefixed UTF-8 fields, status, value kind, value
-    text, type, error, output tail. ``value`` comes from :func:`plain_value`."""
+    """The child's result, one UTF-8 text (surrogates passed): a header line with the
+    lengths in characters of status, value text, type, error and output tail, then
+    status, the value's kind (one character), value text, type, error, tail.
+    ``value`` comes from :func:`plain_value`. Built with one f-string and one encode:
+    every object the child touches costs it a page copy."""
     t = type(value)
-    if value is None:
-        kind, text = "n", ""
-    elif t is bool:
-        kind, text = "b", "1" if value else "0"
-    elif t is int:
+    if t is int:
         kind, text = "i", str(value)
     elif t is float:
         kind, text = "f", repr(value)
+    elif value is None:
+        kind, text = "n", ""
+    elif t is bool:
+        kind, text = "b", "1" if value else "0"
     elif t is str:
         kind, text = "s", value
     else:  # [numerator, denominator]
         kind, text = "q", f"{value[0]}/{value[1]}"
-    fields = [
-        f.encode("utf-8", "surrogatepass") for f in (status, kind, text, tname, error, tail)
-    ]
-    return _RESULT_HEAD.pack(*map(len, fields)) + b"".join(fields)
+    return (
+        f"{len(status)} {len(text)} {len(tname)} {len(error)} {len(tail)}\n"
+        f"{status}{kind}{text}{tname}{error}{tail}"
+    ).encode("utf-8", "surrogatepass")
 
 
-def _child(w: Worker, program: Any, wfd: int) -> None:
+def _child(w: Worker, program: Any, wfd: int, mod: Any) -> None:
     """Runs in the forked child; never returns. ``program``: its text, or its code object
-    when the worker compiled it before forking (see ``Worker.run_one``)."""
+    when the worker compiled it before forking (see ``Worker.prepare``); ``mod``: the
+    fresh ``__main__`` module it runs in, made by the worker too."""
     try:
         # Die with the worker; then make sure the worker did not die before that.
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -705,10 +709,8 @@ def _child(w: Worker, program: Any, wfd: int) -> None:
         tail = w.tail  # already sys.stdout and sys.stderr (set in the worker, inherited)
         try:
             code = program if type(program) is not str else compile(program, "<program>", "exec")
-            mod = type(sys)("__main__")
             sys.modules["__main__"] = mod
             ns = mod.__dict__
-            ns["__builtins__"] = __builtins__
             del program
             exec(code, ns)
             fn = ns.get("solution")
@@ -724,9 +726,11 @@ def _child(w: Worker, program: Any, wfd: int) -> None:
                 text = ""
             name = _type_name(type(e))
             data = _result_bytes("error", None, name, text or name, tail.tail())
-        view = memoryview(data)
-        while view:
-            view = view[os.write(wfd, view) :]
+        n = os.write(wfd, data)
+        if n < len(data):  # more than the pipe holds: the worker is reading it
+            view = memoryview(data)[n:]
+            while view:
+                view = view[os.write(wfd, view) :]
     except BaseException:  # noqa: BLE001
         pass
     os._exit(0)
@@ -740,20 +744,27 @@ def _parse_result(raw: bytes, max_output: int) -> dict | None:
 
     The child is untrusted: only lengths, UTF-8 and ``int``/``float`` parsing of
     bounded text are applied to what it sent."""
-    n = _RESULT_HEAD.size
-    if len(raw) < n:
+    end = raw.find(b"\n", 0, _MAX_HEAD)
+    if end < 0:
         return None
-    sizes = _RESULT_HEAD.unpack_from(raw)
-    if sum(sizes) != len(raw) - n:
+    sizes = raw[:end].split(b" ")
+    if len(sizes) != 5 or not all(x.isdigit() and len(x) <= 9 for x in sizes):
         return None
-    fields = []
-    for size in sizes:
-        try:
-            fields.append(raw[n : n + size].decode("utf-8", "surrogatepass"))
-        except UnicodeDecodeError:
-            return None
-        n += size
-    status, kind, text, tname, error, tail = fields
+    try:
+        body = raw[end + 1 :].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    ns, nt, ny, ne, nl = (int(x) for x in sizes)
+    if len(body) != ns + 1 + nt + ny + ne + nl:
+        return None
+    status, kind = body[:ns], body[ns : ns + 1]
+    i = ns + 1
+    text = body[i : i + nt]
+    i += nt
+    tname = body[i : i + ny]
+    i += ny
+    error = body[i : i + ne]
+    tail = body[i + ne :]
     if status not in ("ok", "error"):
         return None
     value: Any = None
@@ -1004,9 +1015,9 @@ class Worker:
         prepared = self.prepare(program)
         return prepared if type(prepared) is dict else self.run_prepared(*prepared)
 
-    def prepare(self, program: str) -> dict | tuple[Any, float]:
-        """Compile a program before the fork: ``(code, ms spent)``, or its result when it
-        does not compile (then it needs no child at all).
+    def prepare(self, program: str) -> dict | tuple[Any, float, Any]:
+        """Compile a program before the fork: ``(code, ms spent, fresh __main__ module)``,
+        or its result when it does not compile (then it needs no child at all).
 
         Compiling runs none of the program's code. Doing it in the worker spares each
         child the page copies the compiler's allocations would cost it, and compiling a
@@ -1014,8 +1025,10 @@ class Worker:
         faults for that work once per batch instead of once per program. Texts longer
         than ``COMPILE_IN_WORKER_CHARS`` (rare, and possibly built to make the compiler
         work hard) are returned as text and compile in the child, under its limits."""
+        mod = type(sys)("__main__")
+        mod.__dict__["__builtins__"] = __builtins__
         if len(program) > COMPILE_IN_WORKER_CHARS:
-            return program, 0.0
+            return program, 0.0, mod
         t0 = time.monotonic()
         try:
             code = compile(program, "<program>", "exec")
@@ -1027,9 +1040,9 @@ class Worker:
                 text = ""
             return {"status": "error", "value": None, "type": name, "error": text or name,
                     "stdout_tail": "", "ms": round((time.monotonic() - t0) * 1000.0, 3)}
-        return code, (time.monotonic() - t0) * 1000.0
+        return code, (time.monotonic() - t0) * 1000.0, mod
 
-    def run_prepared(self, code: Any, compile_ms: float = 0.0) -> dict | bytes:
+    def run_prepared(self, code: Any, compile_ms: float, mod: Any) -> dict | bytes:
         """Run a program :meth:`prepare` made ready, in a fresh child."""
         if self.tail.buf:  # a warning the worker printed must not reach a program
             self.tail.buf = ""
@@ -1038,20 +1051,21 @@ class Worker:
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
-            _child(self, code, wfd)
+            _child(self, code, wfd, mod)
         os.close(wfd)
         try:
             os.setpgid(pid, pid)  # the child does it too; whichever runs first wins
         except OSError:
             pass
-        # Wait with our own clock for a complete result message (or EOF: the child died),
-        # never for more than result_cap bytes. Every object made here costs a page
-        # copy while the child lives, so this loop is kept lean.
+        # Wait with our own clock for EOF on the result pipe (the child wrote its result
+        # and exited, or died, or closed the pipe), never for more than result_cap bytes:
+        # under seccomp a result counts only from a child that ended before its
+        # deadline. Every object made here costs a page copy while the child lives, so
+        # this loop is kept lean.
         deadline = t0 + self.timeout
         poller = self.poller
         poller.register(rfd, _POLL_MASK)
         buf = b""
-        need = -1  # size of the whole message once its header is in
         timed_out = False
         while True:
             left = deadline - time.monotonic()
@@ -1060,16 +1074,14 @@ class Worker:
                 break
             if not poller.poll(max(1, math.ceil(left * 1000))):
                 continue
-            data = os.read(rfd, 8192)
+            data = os.read(rfd, 65536)
             if not data:
                 break
             buf += data
             if len(buf) > self.result_cap:
                 break
-            if need < 0 and len(buf) >= _RESULT_HEAD.size:
-                need = _RESULT_HEAD.size + sum(_RESULT_HEAD.unpack_from(buf))
-            if 0 <= need <= len(buf):
-                break
+            if self.seccomp is None and _parse_result(buf, 0) is not None:
+                break  # without the filter a process the program made may hold the pipe
         ms = (time.monotonic() - t0) * 1000.0
         poller.unregister(rfd)
         try:
