@@ -141,15 +141,15 @@ SYSTEM_READ_ROOTS = (
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-# The calls made in every child, bound once with fixed argument types and no errno
-# bookkeeping: each Python-level step in a child copies pages shared with the worker.
-_fast = ctypes.CDLL(None)
+# The calls made in every child, bound once, with no errno bookkeeping: each
+# Python-level step in a child copies pages shared with the worker. Through PyDLL,
+# which keeps the GIL (releasing and re-taking it writes to interpreter state a fresh
+# child would copy: about 55 us at its first call), and without argtypes (their
+# converters are more pages to touch): arguments are small non-negative ints, which
+# libffi widens to the register size, or prebuilt ctypes pointers.
+_fast = ctypes.PyDLL(None)
 _prctl = _fast.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_prctl.restype = ctypes.c_int
 _syscall2 = _fast.syscall
-_syscall2.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long]
-_syscall2.restype = ctypes.c_long
 
 
 # -- probes (also used by ekt.sandbox.detect_protections) -------------------------------
@@ -234,7 +234,7 @@ class SeccompProgram:
         self.blocks_fs_writes = blocks_fs_writes
         self._buf = ctypes.create_string_buffer(bpf, len(bpf))
         self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
-        self._addr = ctypes.addressof(self._prog)
+        self._addr = ctypes.c_void_p(ctypes.addressof(self._prog))
 
     def install(self) -> None:
         """Load the filter (the caller has set no_new_privs)."""
@@ -666,6 +666,7 @@ def _confine(w: Worker, wfd: int) -> None:
 _q = _json.encode_basestring_ascii  # JSON string literal (ASCII, surrogates escaped)
 _MAX_HEAD = 64  # the child's header line: five decimal lengths and a newline
 _POLL_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
+_SIGKILL = int(signal.SIGKILL)  # a plain int: an enum member would need converting
 
 
 def _result_bytes(status: str, value: Any, tname: str, error: str, tail: str) -> bytes:
@@ -699,7 +700,7 @@ def _child(w: Worker, program: Any, wfd: int, mod: Any) -> None:
     fresh ``__main__`` module it runs in, made by the worker too."""
     try:
         # Die with the worker; then make sure the worker did not die before that.
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
         if os.getppid() != w.pid:
             os._exit(SETUP_FAILED)
         _confine(w, wfd)
