@@ -547,6 +547,34 @@ def test_output_and_values(box):
     assert ex.value == "x" * 1000
 
 
+@pytest.mark.parametrize(
+    ("expr", "value", "type_", "error"),
+    [
+        ("0", 0, "int", ""),
+        ("-7", -7, "int", ""),
+        ("2 ** 3322 - 1", 2**3322 - 1, "int", ""),  # the largest int with a value
+        ("-(2 ** 3322) + 1", -(2**3322) + 1, "int", ""),  # its text: a sign and 1001 digits
+        ("2 ** 3322", None, "int", "int too large"),  # just past the bound
+        ("-(2 ** 3322)", None, "int", "int too large"),
+        ("1e300", 1e300, "float", ""),
+        ("-0.0", -0.0, "float", ""),
+        ("0.1 + 0.2", 0.1 + 0.2, "float", ""),
+        ("float('inf')", "inf", "float", ""),
+        ("-float('inf')", "-inf", "float", ""),
+        ("True", True, "bool", ""),
+        ("None", None, "NoneType", ""),
+        ("'é\\ud800'", "é\ud800", "str", ""),  # a lone surrogate passes through
+    ],
+)
+def test_returned_values_round_trip(box, expr, value, type_, error):
+    """Ints and finite floats are framed inline in the child, everything else through
+    plain_value: both give the same records, bounds included."""
+    ex = run1(box, f"def solution():\n    print('out')\n    return {expr}\n")
+    assert (ex.status, ex.type, ex.stdout_tail) == ("ok", type_, "out\n"), ex
+    assert ex.value == value and type(ex.value) is type(value), ex
+    assert error in ex.error
+
+
 def test_order_and_many_programs(box):
     progs = [f"def solution():\n    return {i} * 2\n" for i in range(200)]
     progs[50] = "def solution():\n    while True:\n        pass\n"
