@@ -1064,33 +1064,39 @@ class Worker:
         if self.tail.buf:  # a warning the worker printed must not reach a program
             self.tail.buf = ""
         t0 = time.monotonic() - compile_ms / 1000.0
+        deadline = t0 + self.timeout
+        # Everything the wait needs is made before the fork: what the worker writes while
+        # the child lives costs a page copy, so it goes to sleep at once (the child, on
+        # the same CPU, then runs) and does its bookkeeping after the child has ended.
+        wait_ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
+        poller = self.poller
         rfd, wfd = os.pipe()
+        poller.register(rfd, _POLL_MASK)
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
             _child(self, code, wfd, mod)
         os.close(wfd)
+        ready = poller.poll(wait_ms)
         try:
-            os.setpgid(pid, pid)  # the child does it too; whichever runs first wins
+            os.setpgid(pid, pid)  # the child did it first, unless it never got that far
         except OSError:
             pass
         # Wait with our own clock for EOF on the result pipe (the child wrote its result
         # and exited, or died, or closed the pipe), never for more than result_cap bytes:
         # under seccomp a result counts only from a child that ended before its
-        # deadline. Every object made here costs a page copy while the child lives, so
-        # this loop is kept lean.
-        deadline = t0 + self.timeout
-        poller = self.poller
-        poller.register(rfd, _POLL_MASK)
+        # deadline.
         buf = b""
         timed_out = False
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            if not poller.poll(max(1, math.ceil(left * 1000))):
+            if not ready:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    break
+                ready = poller.poll(max(1, math.ceil(left * 1000)))
                 continue
+            ready = []
             data = os.read(rfd, 65536)
             if not data:
                 break
@@ -1135,12 +1141,11 @@ class Worker:
     def _empty_scratch(self) -> None:
         """Remove what the program left in the scratch directory (usually nothing: one
         scandir). If something cannot be removed, the worker retires after this result."""
-        with os.scandir(self.scratch) as it:
-            entries = list(it)
-        if not entries:
+        names = os.listdir(self.scratch)
+        if not names:
             return
-        for e in entries:
-            _remove(e.path)
+        for name in names:
+            _remove(os.path.join(self.scratch, name))
         if os.listdir(self.scratch):
             self.retire = "scratch directory could not be emptied"
 
