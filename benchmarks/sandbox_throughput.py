@@ -383,9 +383,9 @@ print(cpu)
 
 def floor_cpus(workers: int) -> list[int]:
     """The CPUs ekt's sandbox pins its workers to (``SandboxConfig.pin_workers``), the
-    same rule: one each when there are enough; else none (-1: the scheduler places)."""
+    same rule: one each when there is one worker per CPU; else none (-1)."""
     cpus = sorted(os.sched_getaffinity(0))
-    return cpus[:workers] if len(cpus) >= workers else [-1] * workers
+    return cpus if len(cpus) == workers else [-1] * workers
 
 
 def run_floor(n: int, workers: int, warm: bool, pin: bool = True) -> tuple[float, float]:

@@ -575,6 +575,31 @@ def test_returned_values_round_trip(box, expr, value, type_, error):
     assert error in ex.error
 
 
+@pytest.mark.parametrize("mode", ["one_per_cpu", "fewer_workers", "off"])
+def test_workers_pinned_one_per_cpu(mode):
+    """A pool of one worker per CPU pins each worker (and its children) to its own CPU;
+    a smaller pool, or pin_workers=False, leaves placement to the scheduler."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if mode == "fewer_workers" and len(cpus) < 2:
+        pytest.skip("needs 2 CPUs")
+    workers = len(cpus) - 1 if mode == "fewer_workers" else len(cpus)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sb = Sandbox(SandboxConfig(isolation=ISOLATION, workers=workers, timeout=TIMEOUT,
+                                   pin_workers=mode != "off"))
+    prog = ("import os, time\ndef solution():\n    time.sleep(0.01)\n"
+            "    return ','.join(map(str, sorted(os.sched_getaffinity(0))))\n")
+    with sb:
+        seen = {e.value for e in sb.run([prog] * (8 * workers))}
+        text = sb.describe()
+    if mode == "one_per_cpu":
+        assert seen == {str(c) for c in cpus}, seen  # each child on one CPU, all CPUs used
+        assert f"pinned to CPUs {','.join(map(str, cpus))}" in text
+    else:
+        assert seen == {",".join(map(str, cpus))}, seen
+        assert "pinned" not in text
+
+
 def test_order_and_many_programs(box):
     progs = [f"def solution():\n    return {i} * 2\n" for i in range(200)]
     progs[50] = "def solution():\n    while True:\n        pass\n"

@@ -11,9 +11,9 @@ use once (``SandboxConfig.preload``), builds its confinement once (Landlock rule
 seccomp filter compiled by libseccomp in a short-lived helper, rlimits, no_new_privs,
 dropped capabilities, a scratch tmpfs), proves the whole confinement works on a probe
 program, and then ``fork()``s a fresh child per program (see ``ekt._sandbox_child``
-for the child's steps). Each worker is pinned to a CPU of its own when there are
-enough (``pin_workers``). :meth:`Sandbox.run` keeps every worker busy with two batches
-of programs queued each (a worker compiles a batch together, runs it program by
+for the child's steps). A pool of one worker per CPU (the default) pins each worker to a
+CPU of its own (``pin_workers``). :meth:`Sandbox.run` keeps every worker busy with two
+batches of programs queued each (a worker compiles a batch together, runs it program by
 program and answers it in one write), streams the programs in and yields one
 :class:`~ekt.records.Execution` per program in input order; memory stays bounded
 however many programs stream through.
@@ -146,10 +146,11 @@ class SandboxConfig:
     # module makes each fork dearer; one a program imports itself costs it a few ms.
     preload: list[str] | None = None
     # Pin worker i (and so every child it forks) to the i-th CPU this process may use,
-    # when there are at least as many CPUs as workers. A fork then flushes the TLB of
-    # one CPU instead of interrupting the others, and the child runs where its pages
-    # are cached: about a quarter less CPU per program on a 2-core VM
-    # (benchmarks/sandbox_throughput.py). Off: let the scheduler place them.
+    # when the pool has exactly one worker per such CPU (the default size). A fork then
+    # flushes the TLB of one CPU instead of interrupting the others, and the child runs
+    # where its pages are cached: about a quarter less CPU per program on a 2-core VM
+    # (benchmarks/sandbox_throughput.py). A smaller pool is not pinned: other pools
+    # (Ray actors, other ekt processes) may share the machine. Off: the scheduler places.
     pin_workers: bool = True
 
     def validate(self) -> None:
@@ -423,8 +424,8 @@ class Sandbox:
         }
         self._warned = False
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        pin = cfg.pin_workers and len(cpus) >= self.n_workers
-        self._cpus = cpus[: self.n_workers] if pin else []
+        pin = cfg.pin_workers and len(cpus) == self.n_workers
+        self._cpus = cpus if pin else []
         self._workers: list[_Worker | None] = [None] * self.n_workers
         self._protections: dict[str, bool] = {}
         self.fs: dict[str, Any] = {}  # the filesystem rule as the first worker reported it
