@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def _snapshot(root: Path) -> dict[str, tuple]:
         digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
         out[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, digest)
     return out
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _descendants(root_pid: int) -> dict[int, str]:
@@ -612,7 +621,8 @@ def test_order_and_many_programs(box):
 
 def test_workers_recycled_and_replaced():
     """Workers are replaced after ``recycle_after`` programs, and when one is killed
-    from outside its program is reported and the rest still run, in order."""
+    from outside with its only program, that program is reported and the rest still
+    run, in order."""
     import signal
     import threading
 
@@ -629,11 +639,59 @@ def test_workers_recycled_and_replaced():
         assert len(pids) >= 3
         (worker,) = set(_descendants(os.getpid())) - procs
         threading.Timer(0.5, os.kill, (worker, signal.SIGKILL)).start()
-        res = list(sb.run(["import time\ndef solution():\n    time.sleep(1.5)\n    return 1\n",
-                           "def solution():\n    return 2\n"]))
+        res = list(sb.run(["import time\ndef solution():\n    time.sleep(1.5)\n    return 1\n"]))
         assert (res[0].status, res[0].error) == ("killed", "sandbox worker died while "
                                                  "running this program")
-        assert (res[1].status, res[1].value) == ("ok", 2)
+        assert run1(sb, "def solution():\n    return 2\n").value == 2
+    assert set(_descendants(os.getpid())) == procs
+
+
+def test_worker_death_in_a_batch_blames_only_the_culprit():
+    """Results go back per batch, so when a worker dies with several programs
+    unanswered, each runs again alone: the one it dies with again is reported, the
+    programs batched with it (one had finished, unreported) get their own results."""
+    import signal
+    import threading
+
+    procs = set(_descendants(os.getpid()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sb = Sandbox(SandboxConfig(isolation=ISOLATION, workers=1, timeout=TIMEOUT))
+    stop = threading.Event()
+    kills: list[int] = []
+
+    def watcher() -> None:  # kills the worker of any child alive for 0.3 s (the sleeper)
+        first_seen: dict[int, float] = {}
+        while not stop.is_set():
+            for pid in set(_descendants(os.getpid())) - procs:
+                worker = _parent(pid)
+                if worker is None or _parent(worker) != os.getpid():
+                    continue  # not a child of a worker
+                t = first_seen.setdefault(pid, time.monotonic())
+                if time.monotonic() - t > 0.3 and worker not in kills:
+                    kills.append(worker)
+                    try:
+                        os.kill(worker, signal.SIGKILL)
+                    except OSError:
+                        pass
+            time.sleep(0.02)
+
+    progs = ["def solution():\n    return 10\n",
+             "import time\ndef solution():\n    time.sleep(1.5)\n    return 1\n",
+             "def solution():\n    return 12\n", "def solution():\n    return 13\n"]
+    with sb:
+        th = threading.Thread(target=watcher, daemon=True)
+        th.start()
+        try:
+            res = list(sb.run(progs))
+        finally:
+            stop.set()
+            th.join()
+        assert len(kills) == 2  # once with the batch, once with the sleeper alone
+        assert [(e.status, e.value) for e in res] == [
+            ("ok", 10), ("killed", None), ("ok", 12), ("ok", 13)
+        ]
+        assert res[1].error == "sandbox worker died while running this program"
     assert set(_descendants(os.getpid())) == procs
 
 

@@ -574,6 +574,10 @@ class Sandbox:
         results: dict[int, Execution] = {}
         retry: deque[tuple[int, str]] = deque()
         texts: dict[int, str] = {}  # programs in flight, kept to re-send after a worker died
+        # Programs that were unanswered in a worker that died or hung with several of
+        # them: which one was running is unknown (results go back per batch), so each
+        # runs again alone, and a second death then names the culprit.
+        suspects: set[int] = set()
         next_in = next_out = 0
         exhausted = False
         backstop = self.config.timeout + _BACKSTOP
@@ -610,11 +614,16 @@ class Sandbox:
                     for w in self._workers:
                         if w is None or len(w.queue) != level or w.sent >= recycle:
                             continue
-                        if level and now - w.head_since > _QUEUE_BEHIND_S:
+                        if level and (
+                            now - w.head_since > _QUEUE_BEHIND_S or w.queue[0] in suspects
+                        ):
                             continue
                         item = take()
                         if item is None:
                             break
+                        if level and item[0] in suspects:  # it waits for an idle worker
+                            retry.appendleft(item)
+                            continue
                         if not w.queue:
                             w.head_since = now
                         w.queue.append(item[0])
@@ -656,7 +665,7 @@ class Sandbox:
                     if msgs is None:  # the worker died: blame its current program
                         sel.unregister(key.fd)
                         del registered[key.fd]
-                        self._worker_died(w, results, retry, texts)
+                        self._worker_died(w, results, retry, texts, suspects)
                         continue
                     now = time.monotonic()
                     for msg in msgs:
@@ -668,6 +677,7 @@ class Sandbox:
                             break
                         i = w.queue.popleft()
                         texts.pop(i, None)
+                        suspects.discard(i)
                         results[i] = _execution(msg, cap)
                         w.done += 1
                         w.head_since = now
@@ -679,12 +689,16 @@ class Sandbox:
                 now = time.monotonic()
                 for w in list(busy):
                     if w.queue and not w.closed and now - w.head_since > backstop:
-                        i = w.queue.popleft()
-                        texts.pop(i, None)
-                        results[i] = Execution(
-                            "timeout", None, "", "", backstop * 1000,
-                            "sandbox worker missed its deadline and was replaced",
-                        )
+                        if len(w.queue) == 1:
+                            i = w.queue.popleft()
+                            texts.pop(i, None)
+                            suspects.discard(i)
+                            results[i] = Execution(
+                                "timeout", None, "", "", backstop * 1000,
+                                "sandbox worker missed its deadline and was replaced",
+                            )
+                        else:
+                            suspects.update(w.queue)
                         if w.resp_fd in registered:
                             sel.unregister(w.resp_fd)
                             del registered[w.resp_fd]
@@ -713,11 +727,17 @@ class Sandbox:
         results: dict[int, Execution],
         retry: deque[tuple[int, str]],
         texts: dict[int, str],
+        suspects: set[int],
     ) -> None:
-        if w.queue:
+        """A worker with one program unanswered died running it; with several, any of
+        them may have been running (results go back per batch): all run again, alone."""
+        if len(w.queue) == 1:
             i = w.queue.popleft()
             texts.pop(i, None)
+            suspects.discard(i)
             results[i] = _died("sandbox worker died while running this program")
+        else:
+            suspects.update(w.queue)
         self._requeue(w, retry, texts)
         self._restart(w, graceful=False)
 
