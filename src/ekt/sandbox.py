@@ -662,7 +662,7 @@ class Sandbox:
                 for key, _ in sel.select(timeout=1.0):
                     w = key.data
                     msgs = w.read()
-                    if msgs is None:  # the worker died: blame its current program
+                    if msgs is None:  # the worker died (see _worker_died)
                         sel.unregister(key.fd)
                         del registered[key.fd]
                         self._worker_died(w, results, retry, texts, suspects)
