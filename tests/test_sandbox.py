@@ -646,6 +646,26 @@ def test_workers_recycled_and_replaced():
     assert set(_descendants(os.getpid())) == procs
 
 
+def test_slow_programs_spread_over_workers():
+    """Programs are queued in batches only as deep as the workers' recent speed allows:
+    slow programs that the round-robin hand-out would stack on one worker (every other
+    one) end up run by both, instead of waiting behind each other on the first."""
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 2:
+        pytest.skip("needs 2 CPUs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sb = Sandbox(SandboxConfig(isolation=ISOLATION, workers=2, timeout=TIMEOUT))
+    slow = "import os, time\ndef solution():\n    time.sleep(0.15)\n    return os.getppid()\n"
+    fast = "import os\ndef solution():\n    return os.getppid()\n"
+    with sb:
+        res = list(sb.run([slow if i % 2 == 0 else fast for i in range(16)]))
+    assert all(e.status == "ok" for e in res), res
+    by_worker = [e.value for i, e in enumerate(res) if i % 2 == 0]
+    counts = sorted(by_worker.count(w) for w in set(by_worker))
+    assert len(counts) == 2 and counts[0] >= 2, counts  # both workers ran slow ones
+
+
 def test_worker_death_in_a_batch_blames_only_the_culprit():
     """Results go back per batch, so when a worker dies with several programs
     unanswered, each runs again alone: the one it dies with again is reported, the

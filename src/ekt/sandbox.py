@@ -118,7 +118,12 @@ _BACKSTOP = 10.0  # seconds past the deadline after which the ekt process kills 
 # Programs queued per worker: two of its batches (ekt._sandbox_child.BATCH), so the next
 # batch already waits in its pipe while the ekt process reads the last one's results.
 _DEPTH = 2 * _CHILD_BATCH
-_QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer than this
+_QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer than this,
+# nor so many that, at the worker's recent time per program, the last would wait longer.
+# The estimate starts pessimistic, so a new pool hands out its first programs a few at a
+# time until it has seen how long they take: a worker holding a batch of slow programs
+# cannot hand them to an idle one.
+_FIRST_MS_ESTIMATE = 25.0
 _TEST_WIRE: dict[str, Any] = {}  # tests only: e.g. {"_disable": ["landlock"]} for fallbacks
 # What 'strict' insists on, as reported by every worker after its self-test.
 STRICT_NEEDS = (
@@ -263,6 +268,7 @@ class _Worker:
         self.queue: deque[int] = deque()  # input indices sent and not yet answered
         self.head_since = 0.0  # when the program at the head of the queue started
         self.done = 0
+        self.ms_avg = _FIRST_MS_ESTIMATE  # moving average of its programs' times (ms)
         self.sent = 0
         self.closed = False
         self.max_output = int(wire["max_output_bytes"])
@@ -615,7 +621,9 @@ class Sandbox:
                         if w is None or len(w.queue) != level or w.sent >= recycle:
                             continue
                         if level and (
-                            now - w.head_since > _QUEUE_BEHIND_S or w.queue[0] in suspects
+                            now - w.head_since > _QUEUE_BEHIND_S
+                            or level * w.ms_avg > _QUEUE_BEHIND_S * 1000
+                            or w.queue[0] in suspects
                         ):
                             continue
                         item = take()
@@ -678,7 +686,8 @@ class Sandbox:
                         i = w.queue.popleft()
                         texts.pop(i, None)
                         suspects.discard(i)
-                        results[i] = _execution(msg, cap)
+                        results[i] = ex = _execution(msg, cap)
+                        w.ms_avg += 0.2 * (min(ex.ms, 10_000.0) - w.ms_avg)
                         w.done += 1
                         w.head_since = now
                     if not w.queue and w.sent >= self.config.recycle_after:
