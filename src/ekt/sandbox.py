@@ -12,9 +12,10 @@ seccomp filter compiled by libseccomp in a short-lived helper, rlimits, no_new_p
 dropped capabilities, a scratch tmpfs), proves the whole confinement works on a probe
 program, and then ``fork()``s a fresh child per program (see ``ekt._sandbox_child``
 for the child's steps). A pool of one worker per CPU (the default) pins each worker to a
-CPU of its own (``pin_workers``). :meth:`Sandbox.run` keeps every worker busy with two
-batches of programs queued each (a worker compiles a batch together, runs it program by
-program and answers it in one write), streams the programs in and yields one
+CPU of its own (``pin_workers``). :meth:`Sandbox.run` keeps every worker busy with up to
+two batches of programs queued each (a worker compiles a batch together, runs it program
+by program and answers it in one write; slow programs are queued less deep, so an idle
+worker takes them), streams the programs in and yields one
 :class:`~ekt.records.Execution` per program in input order; memory stays bounded
 however many programs stream through.
 
