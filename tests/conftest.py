@@ -5,6 +5,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Short word problems for the sampler and backend tests (no gold answers needed).
+TOY_QUESTIONS = [
+    "Julie has 12 pages to read and reads 3 a day. How many days does she need?",
+    "Mark has 10 yellow flowers and 80% more purple ones. How many purple flowers?",
+    "Randy has 60 mango trees. How many trees in all?",
+    "Joy reads 8 pages in 20 minutes. How many hours for 120 pages?",
+    "A ball costs $2. How much do 5 balls cost?",
+    "Tom has 3 boxes of 7 pens. How many pens?",
+]
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

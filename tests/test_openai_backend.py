@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import TOY_QUESTIONS
 
 from ekt.prompts import STOP_STRINGS, student_prompt
 from ekt.sampling import SamplingParams
@@ -36,14 +37,7 @@ pytestmark = pytest.mark.skipif(
     "pip install 'ekt[serve]' (make test installs it)",
 )
 
-QUESTIONS = [
-    "Julie has 12 pages to read and reads 3 a day. How many days does she need?",
-    "Mark has 10 yellow flowers and 80% more purple ones. How many purple flowers?",
-    "Randy has 60 mango trees. How many trees in all?",
-    "Joy reads 8 pages in 20 minutes. How many hours for 120 pages?",
-    "A ball costs $2. How much do 5 balls cost?",
-    "Tom has 3 boxes of 7 pens. How many pens?",
-]
+QUESTIONS = TOY_QUESTIONS
 REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]
 
 

@@ -5,18 +5,13 @@ from __future__ import annotations
 import ast
 
 import pytest
+from conftest import TOY_QUESTIONS
 
 from ekt.errors import EktError
 from ekt.prompts import STOP_STRINGS, extract_program, student_prompt, teacher_prompt
 from ekt.sampling import SamplingParams, TransformersSampler, derive_seed, truncate_at_stop
 
-QUESTIONS = [
-    "Julie has 12 pages to read and reads 3 a day. How many days does she need?",
-    "Mark has 10 yellow flowers and 80% more purple ones. How many purple flowers?",
-    "Randy has 60 mango trees. How many trees in all?",
-    "Joy reads 8 pages in 20 minutes. How many hours for 120 pages?",
-    "A ball costs $2. How much do 5 balls cost?",
-]
+QUESTIONS = TOY_QUESTIONS[:5]
 REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]
 
 
