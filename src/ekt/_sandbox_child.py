@@ -666,6 +666,7 @@ def _confine(w: Worker, wfd: int) -> None:
 
 _q = _json.encode_basestring_ascii  # JSON string literal (ASCII, surrogates escaped)
 _MAX_HEAD = 64  # the child's header line: five decimal lengths and a newline
+_LEN = struct.Struct("<I")  # the length prefix of a message between ekt and a worker
 _POLL_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
 _SIGKILL = int(signal.SIGKILL)  # a plain int: an enum member would need converting
 
@@ -1042,13 +1043,13 @@ class Worker:
         faults for that work once per batch instead of once per program. Texts longer
         than ``COMPILE_IN_WORKER_CHARS`` (rare, and possibly built to make the compiler
         work hard) are returned as text and compile in the child, under its limits."""
-        mod = type(sys)("__main__")
-        mod.__dict__["__builtins__"] = __builtins__
-        if len(program) > COMPILE_IN_WORKER_CHARS:
-            return program, 0.0, mod
         t0 = time.monotonic()
         try:
-            code = compile(program, "<program>", "exec")
+            code = (
+                compile(program, "<program>", "exec")
+                if len(program) <= COMPILE_IN_WORKER_CHARS
+                else program
+            )
         except BaseException as e:  # noqa: BLE001 - SyntaxError, RecursionError, ...
             name = _type_name(type(e))
             try:
@@ -1057,6 +1058,8 @@ class Worker:
                 text = ""
             return {"status": "error", "value": None, "type": name, "error": text or name,
                     "stdout_tail": "", "ms": round((time.monotonic() - t0) * 1000.0, 3)}
+        mod = type(sys)("__main__")
+        mod.__dict__["__builtins__"] = __builtins__
         return code, (time.monotonic() - t0) * 1000.0, mod
 
     def run_prepared(self, code: Any, compile_ms: float, mod: Any) -> dict | bytes:
@@ -1140,7 +1143,7 @@ class Worker:
 
     def _empty_scratch(self) -> None:
         """Remove what the program left in the scratch directory (usually nothing: one
-        scandir). If something cannot be removed, the worker retires after this result."""
+        listdir). If something cannot be removed, the worker retires after this result."""
         names = os.listdir(self.scratch)
         if not names:
             return
@@ -1237,33 +1240,21 @@ def _read_frame(fd: int) -> bytes | None:
     head = _read_exact(fd, 4)
     if head is None:
         return None
-    (size,) = struct.unpack("<I", head)
+    (size,) = _LEN.unpack(head)
     return _read_exact(fd, size)
 
 
 def _write_msg(fd: int, obj: dict) -> None:
-    _write_frame(fd, _dumps(obj).encode())
-
-
-def _write_frame(fd: int, data: bytes) -> None:
-    view = memoryview(struct.pack("<I", len(data)) + data)
-    while view:
-        view = view[os.write(fd, view) :]
+    _write_frames(fd, [_dumps(obj).encode()])
 
 
 def _write_frames(fd: int, frames: list[bytes]) -> None:
-    """Several messages in one write."""
-    if frames:
-        _write_frame_bytes(fd, b"".join([_LEN.pack(len(f)) + f for f in frames]))
-
-
-def _write_frame_bytes(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    """Length-prefixed messages, all in one write (none for an empty list)."""
+    view = memoryview(b"".join([_LEN.pack(len(f)) + f for f in frames]))
     while view:
         view = view[os.write(fd, view) :]
 
 
-_LEN = struct.Struct("<I")
 BATCH = 8  # programs a worker compiles together before running them one by one
 FLUSH_AFTER_S = 0.02  # results are sent at the end of a batch, or once this much has passed
 

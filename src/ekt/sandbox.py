@@ -671,10 +671,13 @@ class Sandbox:
                 for key, _ in sel.select(timeout=1.0):
                     w = key.data
                     msgs = w.read()
-                    if msgs is None:  # the worker died (see _worker_died)
+                    if msgs is None:  # the worker died (see _worker_lost)
                         sel.unregister(key.fd)
                         del registered[key.fd]
-                        self._worker_died(w, results, retry, texts, suspects)
+                        self._worker_lost(
+                            w, _died("sandbox worker died while running this program"),
+                            results, retry, texts, suspects,
+                        )
                         continue
                     now = time.monotonic()
                     for msg in msgs:
@@ -699,21 +702,14 @@ class Sandbox:
                 now = time.monotonic()
                 for w in list(busy):
                     if w.queue and not w.closed and now - w.head_since > backstop:
-                        if len(w.queue) == 1:
-                            i = w.queue.popleft()
-                            texts.pop(i, None)
-                            suspects.discard(i)
-                            results[i] = Execution(
-                                "timeout", None, "", "", backstop * 1000,
-                                "sandbox worker missed its deadline and was replaced",
-                            )
-                        else:
-                            suspects.update(w.queue)
                         if w.resp_fd in registered:
                             sel.unregister(w.resp_fd)
                             del registered[w.resp_fd]
-                        self._requeue(w, retry, texts)
-                        self._restart(w, graceful=False)
+                        missed = Execution(
+                            "timeout", None, "", "", backstop * 1000,
+                            "sandbox worker missed its deadline and was replaced",
+                        )
+                        self._worker_lost(w, missed, results, retry, texts, suspects)
         finally:
             sel.close()
             # A consumer that stopped early leaves programs in flight: drop those workers.
@@ -731,21 +727,23 @@ class Sandbox:
             retry.appendleft((i, texts.pop(i)))
         w.queue.clear()
 
-    def _worker_died(
+    def _worker_lost(
         self,
         w: _Worker,
+        outcome: Execution,
         results: dict[int, Execution],
         retry: deque[tuple[int, str]],
         texts: dict[int, str],
         suspects: set[int],
     ) -> None:
-        """A worker with one program unanswered died running it; with several, any of
-        them may have been running (results go back per batch): all run again, alone."""
+        """Replace a worker that died or hung. With one program unanswered, that program
+        was running: it gets ``outcome``. With several, any of them may have been running
+        (results go back per batch): all run again, each alone."""
         if len(w.queue) == 1:
             i = w.queue.popleft()
             texts.pop(i, None)
             suspects.discard(i)
-            results[i] = _died("sandbox worker died while running this program")
+            results[i] = outcome
         else:
             suspects.update(w.queue)
         self._requeue(w, retry, texts)
