@@ -71,10 +71,10 @@ def token_counts(data_dir: str | None, tokenizer: str) -> tuple[float, float, fl
     """(teacher prompt, student prompt, reference program) mean tokens, measured."""
     from transformers import AutoTokenizer
 
+    from ekt.data.prompts import student_prompt, teacher_prompt
+    from ekt.data.supervised import reference_program
+    from ekt.data.tasks import GSM8K
     from ekt.models import resolve_model
-    from ekt.prompts import student_prompt, teacher_prompt
-    from ekt.supervised import reference_program
-    from ekt.tasks import GSM8K
 
     tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
     problems = GSM8K(data_dir=data_dir).load_file("train")[:500]

@@ -3,7 +3,7 @@
 Workload (the same for both sides): the ``smollm2-135m`` preset, the first ``--k``
 GSM8K train questions (default 8) with the real few-shot teacher prompt, ``--n``
 samples each (default 16), temperature 0.6, top-p 1.0, at most 128 new tokens,
-stop at ``ekt.prompts.STOP_STRINGS``, seed 0, the same dtype and torch threads.
+stop at ``ekt.data.prompts.STOP_STRINGS``, seed 0, the same dtype and torch threads.
 
 * **naive**: what a user would write: for each question, ``model.generate(ids,
   do_sample=True, num_return_sequences=n, stop_strings=STOP_STRINGS, tokenizer=tok)``.
@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from ekt.data.prompts import STOP_STRINGS, teacher_prompt
+    from ekt.data.tasks import GSM8K
+    from ekt.generation.sampling import SamplingParams, TransformersSampler
     from ekt.models import load_model
-    from ekt.prompts import STOP_STRINGS, teacher_prompt
-    from ekt.sampling import SamplingParams, TransformersSampler
-    from ekt.tasks import GSM8K
 
     if not args.data_dir:
         raise SystemExit("set EKT_DATA_DIR or pass --data-dir (the GSM8K folder)")

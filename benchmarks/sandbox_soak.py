@@ -1,4 +1,4 @@
-"""Sandbox soak: a long stream of programs through one ``ekt.sandbox.Sandbox``, watching for leaks.
+"""Sandbox soak: a long stream of programs through one ``Sandbox``, watching for leaks.
 
 The stream (``--programs``, default 100,000) mixes, per 1,000 programs:
 
@@ -15,7 +15,7 @@ The stream (``--programs``, default 100,000) mixes, per 1,000 programs:
   lifted until the C stack overflows.
 
 Each result is checked against what its program must give: a correct program must
-come back ``ok`` and grade correct (``ekt.grading``), a wrong one ``ok`` and grade
+come back ``ok`` and grade correct (``ekt.data.grading``), a wrong one ``ok`` and grade
 wrong, an erroring one ``error``, a slow one ``timeout``; a hostile one may end any
 way but never as a correct answer, and the host must live on.
 
@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.programs < 1 or args.every < 1:
         ap.error("--programs and --every must be >= 1")
 
-    from ekt.grading import grade_value
-    from ekt.sandbox import Sandbox, SandboxConfig
+    from ekt.data.grading import grade_value
+    from ekt.sandbox.pool import Sandbox, SandboxConfig
 
     private_tmp = tempfile.mkdtemp(prefix="ekt-soak-")
     tempfile.tempdir = private_tmp  # the workers' scratch folders are made in here

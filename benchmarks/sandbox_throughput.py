@@ -1,6 +1,6 @@
 """Sandbox throughput: ekt's sandbox vs a common-harness executor vs a bare fork.
 
-One corpus, built from GSM8K's calculator annotations (``ekt.supervised``):
+One corpus, built from GSM8K's calculator annotations (``ekt.data.supervised``):
 
 * ``oracle``: the reference program of a training question, kept only when a
   bounded evaluation of its arithmetic here (plain numbers and operators, no
@@ -13,7 +13,7 @@ One corpus, built from GSM8K's calculator annotations (``ekt.supervised``):
 
 Measured, over the same corpus and with the same per-program timeout:
 
-(a) ``ekt.sandbox.Sandbox`` at the strictest isolation this machine offers, on a
+(a) ``ekt.sandbox.pool.Sandbox`` at the strictest isolation this machine offers, on a
     warm pool (start-up is reported separately);
 (b) a reference executor in the style of the widely used harnesses: for every
     program a fresh ``multiprocessing.Manager`` and ``multiprocessing.Process``
@@ -94,7 +94,7 @@ def _arith(node: ast.AST, env: dict[str, Any]) -> Any:
 
 
 def program_value(program: str) -> tuple[bool, Any]:
-    """(ok, value) of a reference program from ``ekt.supervised``: its step assignments
+    """(ok, value) of a reference program from ``ekt.data.supervised``: its step assignments
     evaluated by :func:`_arith`; ``ok`` is False when it would raise or is unbounded."""
     fn = ast.parse(program).body[0]
     assert isinstance(fn, ast.FunctionDef)
@@ -111,7 +111,7 @@ def program_value(program: str) -> tuple[bool, Any]:
 
 
 def _graded(value: Any, gold: float) -> bool:
-    from ekt.grading import grade_value
+    from ekt.data.grading import grade_value
 
     return grade_value(value, type(value).__name__, gold)
 
@@ -173,8 +173,8 @@ def _raising_variant(program: str, last: str, k: int) -> str:
 def build_corpus(data_dir: str | None, n_oracle: int) -> list[dict]:
     """``n_oracle`` oracle programs from the train split, one wrong variant each and a
     raising variant for every third; records with problem_id, program, kind, gold."""
-    from ekt.supervised import reference_program
-    from ekt.tasks import GSM8K
+    from ekt.data.supervised import reference_program
+    from ekt.data.tasks import GSM8K
 
     out: list[dict] = []
     n = 0
@@ -199,7 +199,7 @@ def build_corpus(data_dir: str | None, n_oracle: int) -> list[dict]:
 
 def outcome_problems(corpus: list[dict], results: list[tuple[str, Any, str]]) -> list[str]:
     """Every corpus entry whose (status, value, type) is not what its kind demands."""
-    from ekt.grading import grade_value
+    from ekt.data.grading import grade_value
 
     bad = []
     for rec, (status, value, tname) in zip(corpus, results):
@@ -214,7 +214,7 @@ def outcome_problems(corpus: list[dict], results: list[tuple[str, Any, str]]) ->
 
 
 def strictest() -> str:
-    from ekt.sandbox import detect_protections
+    from ekt.sandbox.pool import detect_protections
 
     d = detect_protections()
     return "strict" if d["seccomp"] and d["landlock"] else "standard"
@@ -232,7 +232,7 @@ def run_ekt(
 ) -> tuple[float, float, float, list[tuple[str, Any, str]], str]:
     """(programs/s on a warm pool, CPU microseconds per program in all processes,
     start-up seconds, results, describe())."""
-    from ekt.sandbox import Sandbox, SandboxConfig
+    from ekt.sandbox.pool import Sandbox, SandboxConfig
 
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -356,7 +356,7 @@ import os, sys, time
 if int(sys.argv[3]) >= 0:
     os.sched_setaffinity(0, {int(sys.argv[3])})
 if sys.argv[2] == "warm":
-    from ekt._sandbox_child import DEFAULT_PRELOAD, _preload
+    from ekt.sandbox.child import DEFAULT_PRELOAD, _preload
     _preload(list(DEFAULT_PRELOAD))
     import gc; gc.collect(); gc.freeze()
 import resource
@@ -423,7 +423,7 @@ _TIMEOUT_PROGRAMS = (
 
 
 def bench_timeouts(n: int, timeout: float, workers: int, isolation: str) -> None:
-    from ekt.sandbox import Sandbox, SandboxConfig
+    from ekt.sandbox.pool import Sandbox, SandboxConfig
 
     progs = [_TIMEOUT_PROGRAMS[i % 2] for i in range(n)]
     with warnings.catch_warnings():

@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from ekt.data.prompts import teacher_prompt
+    from ekt.data.tasks import GSM8K
+    from ekt.generation.sampling import SamplingParams, TransformersSampler
     from ekt.models import load_model
-    from ekt.prompts import teacher_prompt
-    from ekt.sampling import SamplingParams, TransformersSampler
-    from ekt.tasks import GSM8K
 
     if not args.data_dir:
         raise SystemExit("set EKT_DATA_DIR or pass --data-dir (the GSM8K folder)")

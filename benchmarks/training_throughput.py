@@ -1,14 +1,14 @@
 """Training throughput: ekt's packed trainer against transformers.Trainer with dynamic padding.
 
 Both fine-tune ``smollm2-135m`` (the embedded preset, fp32) on the same pairs:
-supervised reference programs built by ``ekt.supervised`` from the calculator
+supervised reference programs built by ``ekt.data.supervised`` from the calculator
 annotations of the first GSM8K training questions (not run through the
 sandbox: this measures speed only). Same examples and data order (same seed),
 same micro-batch, accumulation, effective batch and number of optimizer
 steps, same optimizer settings. Measured: program tokens (the tokens with a
 loss) trained per second of ``trainer.train()``; model loading is excluded.
 
-* ekt: ``ekt.train.build_trainer``: each micro-batch packed into one row with
+* ekt: ``ekt.training.train.build_trainer``: each micro-batch packed into one row with
   attention kept inside each example, logits only where a target is predicted.
   With its default ``precision: auto``, which on a CPU with AMX or AVX512-BF16
   units (this machine) trains under bf16 autocast, fp32 elsewhere.
@@ -60,7 +60,7 @@ def run_once(kind: str, args, data, tok_dir: str) -> tuple[float, int, list[floa
         TrainingArguments,
     )
 
-    from ekt.train import TrainConfig, build_trainer
+    from ekt.training.train import TrainConfig, build_trainer
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tok_dir, dtype=torch.float32)
@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import AutoTokenizer
 
+    from ekt.data.supervised import reference_pairs
+    from ekt.data.tasks import GSM8K
     from ekt.models import resolve_model
-    from ekt.supervised import reference_pairs
-    from ekt.tasks import GSM8K
-    from ekt.train import build_examples, cpu_has_fast_bf16
+    from ekt.training.train import build_examples, cpu_has_fast_bf16
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     model_dir = resolve_model(args.model)  # converts the preset once, then a cached HF folder

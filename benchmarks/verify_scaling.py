@@ -1,11 +1,11 @@
-"""Verification throughput on Ray (``ekt.distributed.RaySandbox``) against the plain local pool.
+"""Verification on Ray (``ekt.pipeline.distributed.RaySandbox``) against the plain local pool.
 
 Corpus: the one of ``benchmarks/sandbox_throughput.py`` (GSM8K reference programs from
 the calculator annotations, a wrong variant of each, a raising variant of every third).
 
 Measured on this machine, at the strictest isolation it offers, same timeout:
 
-* ``local_pool``: ``ekt.sandbox.Sandbox(workers=W)`` (W = cores), what ``ekt verify``
+* ``local_pool``: ``ekt.sandbox.pool.Sandbox(workers=W)`` (W = cores), what ``ekt verify``
   uses without ``--ray``;
 * ``ray_1_worker``: one verifier actor with one sandbox worker, on a local Ray cluster
   (``ray.init(num_cpus=cores)``);
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from ekt.distributed import RayCluster, RaySandbox
-    from ekt.sandbox import Sandbox, SandboxConfig
+    from ekt.pipeline.distributed import RayCluster, RaySandbox
+    from ekt.sandbox.pool import Sandbox, SandboxConfig
 
     corpus = build_corpus(args.data_dir, args.n_oracle)
     programs = [r["program"] for r in corpus]

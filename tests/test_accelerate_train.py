@@ -117,7 +117,7 @@ def test_each_rank_loads_onto_its_own_gpu(monkeypatch):
     student and a KD teacher land on the rank's GPU); anything explicit is left alone."""
     import torch
 
-    from ekt.train import local_device
+    from ekt.training.train import local_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("LOCAL_RANK", raising=False)

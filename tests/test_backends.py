@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from ekt.backends import BackendConfig, add_backend_args, backend_from_args, make_sampler
-from ekt.backends.vllm_offline import VLLMSampler, to_completions, vllm_params
-from ekt.config import load_config
 from ekt.errors import EktError
-from ekt.sampling import SamplingParams, derive_seed
+from ekt.generation.backends import BackendConfig, add_backend_args, backend_from_args, make_sampler
+from ekt.generation.backends.vllm_offline import VLLMSampler, to_completions, vllm_params
+from ekt.generation.sampling import SamplingParams, derive_seed
+from ekt.pipeline.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -108,7 +108,7 @@ BIG = "x" * (9 << 20)  # a 9 MB question: over the 8 MiB a record line may hold
 
 def _prior_run(tmp: Path) -> None:
     """A run folder made with eval.n 2: resuming it with eval.n 4 must be refused."""
-    from ekt.config import dump_config, load_config
+    from ekt.pipeline.config import dump_config, load_config
 
     old = tmp / "old.yaml"
     old.write_text((tmp / "c.yaml").read_text().replace("n: 4", "n: 2"))

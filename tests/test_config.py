@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ekt.config import load_config
 from ekt.errors import EktError
+from ekt.pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_bad_configs(tmp_path, text, msg):
 
 
 def test_ray_block_maps_onto_the_ray_flags(tmp_path):
-    from ekt.distributed import RayCluster
+    from ekt.pipeline.distributed import RayCluster
 
     p = tmp_path / "c.yaml"
     p.write_text("ray: {address: auto, verifiers: 2, verify_shard_size: 64}\n")

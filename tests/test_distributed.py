@@ -98,8 +98,8 @@ def _records(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def verify_case(data_dir, tmp_path_factory):
-    from ekt.tasks import get_task
-    from ekt.verify import verify
+    from ekt.data.tasks import get_task
+    from ekt.verification.verify import verify
 
     task = get_task("gsm8k", str(data_dir))
     d = tmp_path_factory.mktemp("verify")
@@ -109,8 +109,8 @@ def verify_case(data_dir, tmp_path_factory):
 
 
 def test_ray_verify_matches_local(ray_cluster, verify_case):
-    from ekt.distributed import RayCluster
-    from ekt.verify import verify
+    from ekt.pipeline.distributed import RayCluster
+    from ekt.verification.verify import verify
 
     task, d, want = verify_case
     assert len(want) == 40 and {r["status"] for r in want} == {"ok", "error"}
@@ -124,8 +124,8 @@ def test_ray_verify_matches_local(ray_cluster, verify_case):
 
 
 def test_ray_verify_survives_a_killed_actor(ray_cluster, verify_case, capfd):
-    from ekt.distributed import RayCluster
-    from ekt.verify import verify
+    from ekt.pipeline.distributed import RayCluster
+    from ekt.verification.verify import verify
 
     task, d, want = verify_case
     out = d / "killed.jsonl"
@@ -145,9 +145,9 @@ def test_ray_verify_survives_a_killed_actor(ray_cluster, verify_case, capfd):
 
 
 def _gen(model: Path, problems, out: Path, cluster=None):
-    from ekt.backends import make_sampler
-    from ekt.generate import generate
-    from ekt.sampling import SamplingParams
+    from ekt.generation.backends import make_sampler
+    from ekt.generation.generate import generate
+    from ekt.generation.sampling import SamplingParams
 
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=24, seed=7)
     return generate(
@@ -163,7 +163,7 @@ def _lines(out: Path) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def generate_case(tiny_model_dir, data_dir, tmp_path_factory):
-    from ekt.tasks import get_task
+    from ekt.data.tasks import get_task
 
     problems = get_task("gsm8k", str(data_dir)).load("train")[:10]
     d = tmp_path_factory.mktemp("generate")
@@ -174,7 +174,7 @@ def generate_case(tiny_model_dir, data_dir, tmp_path_factory):
 
 
 def test_ray_generate_matches_local(ray_cluster, tiny_model_dir, generate_case):
-    from ekt.distributed import RayCluster
+    from ekt.pipeline.distributed import RayCluster
 
     problems, d, want = generate_case
     out = d / "ray"
@@ -192,7 +192,7 @@ def test_ray_generate_matches_local(ray_cluster, tiny_model_dir, generate_case):
 def test_ray_generate_survives_a_killed_actor(
     ray_cluster, tiny_model_dir, generate_case, capfd
 ):
-    from ekt.distributed import RayCluster
+    from ekt.pipeline.distributed import RayCluster
 
     problems, d, want = generate_case
     out = d / "killed"
@@ -206,8 +206,8 @@ def test_ray_generate_survives_a_killed_actor(
 
 def test_cluster_context_routes_stages(ray_cluster, verify_case):
     """`use_cluster` (what `--ray` sets) sends plain verify() calls to Ray."""
-    from ekt.distributed import RayCluster, current_cluster, use_cluster
-    from ekt.verify import verify
+    from ekt.pipeline.distributed import RayCluster, current_cluster, use_cluster
+    from ekt.verification.verify import verify
 
     task, d, want = verify_case
     with use_cluster(RayCluster(verifiers=1, cpus_per_verifier=2, verify_shard_size=16)):
@@ -236,10 +236,10 @@ def test_cli_verify_with_ray_flag(ray_cluster, verify_case, capsys):
 
 def test_ray_evaluate_matches_local(ray_cluster, tiny_model_dir, data_dir, tmp_path):
     """`ekt evaluate --ray`: greedy and sampled generation and verification on the cluster."""
-    from ekt.backends import make_sampler
-    from ekt.distributed import RayCluster, use_cluster
-    from ekt.evaluate import EvalConfig, evaluate
-    from ekt.tasks import get_task
+    from ekt.data.tasks import get_task
+    from ekt.evaluation.evaluate import EvalConfig, evaluate
+    from ekt.generation.backends import make_sampler
+    from ekt.pipeline.distributed import RayCluster, use_cluster
 
     task = get_task("gsm8k", str(data_dir))
     problems = task.load("test")[:4]

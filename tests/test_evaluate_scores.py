@@ -1,7 +1,7 @@
 import pytest
 
 from ekt.errors import EktError
-from ekt.evaluate import EvalConfig, majority_answer, per_problem, scores_from_rows
+from ekt.evaluation.evaluate import EvalConfig, majority_answer, per_problem, scores_from_rows
 from ekt.records import Problem
 
 

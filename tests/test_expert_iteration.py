@@ -9,17 +9,17 @@ import json
 
 import pytest
 
-import ekt.run
-from ekt.config import RunConfig
-from ekt.evaluate import EvalConfig
-from ekt.expert_iteration import ExpertIterationConfig, expert_iteration
+import ekt.pipeline.run
+from ekt.data.tasks import get_task
+from ekt.evaluation.evaluate import EvalConfig
+from ekt.generation.sampling import SamplingParams
+from ekt.pipeline.config import RunConfig
+from ekt.pipeline.expert_iteration import ExpertIterationConfig, expert_iteration
+from ekt.pipeline.run import Runner
 from ekt.records import Completion, read_jsonl
-from ekt.run import Runner
-from ekt.sampling import SamplingParams
-from ekt.sandbox import SandboxConfig
-from ekt.tasks import get_task
+from ekt.sandbox.pool import SandboxConfig
 from ekt.tiny import make_tiny_model
-from ekt.train import TrainConfig
+from ekt.training.train import TrainConfig
 
 TRAIN = TrainConfig(
     learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_batch_size=2, max_steps=2
@@ -156,7 +156,7 @@ def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_d
         skill = (lambda pid: _index(pid) % 3 != 1) if spec == str(teacher) else _skill(spec)
         return lambda: ScriptedSampler(answers, skill)
 
-    monkeypatch.setattr(ekt.run, "_sampler_factory", factory)
+    monkeypatch.setattr(ekt.pipeline.run, "_sampler_factory", factory)
     cfg = RunConfig(
         name="tiny",
         data_dir=str(data_dir),
@@ -191,8 +191,8 @@ def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_d
 
 
 def test_method_settings_load_from_yaml(tmp_path):
-    from ekt.config import load_config
     from ekt.errors import EktError
+    from ekt.pipeline.config import load_config
 
     path = tmp_path / "c.yaml"
     path.write_text(
@@ -220,7 +220,7 @@ def test_method_settings_load_from_yaml(tmp_path):
 def test_shipped_comparison_config_lists_every_method():
     from pathlib import Path
 
-    from ekt.config import METHODS, load_config
+    from ekt.pipeline.config import METHODS, load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "compare.yaml")
     assert sorted(cfg.methods) == sorted(METHODS)

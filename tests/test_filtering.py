@@ -1,8 +1,8 @@
 import pytest
 
 from ekt.errors import EktError
-from ekt.filtering import normalise_program, select_pairs
 from ekt.records import Problem
+from ekt.verification.filtering import normalise_program, select_pairs
 
 PROBLEMS = {
     "gsm8k/train/1": Problem("gsm8k/train/1", "Q one", 1, "train"),

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ekt.grading import as_number, grade_value
+from ekt.data.grading import as_number, grade_value
 
 
 @pytest.mark.parametrize(

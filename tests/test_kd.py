@@ -5,8 +5,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ekt.data.prompts import student_prompt
 from ekt.errors import EktError
-from ekt.kd import (
+from ekt.records import Completion, Problem, TrainPair, write_jsonl_atomic
+from ekt.tiny import make_tiny_model
+from ekt.training.kd import (
     Distiller,
     KDCollator,
     KDConfig,
@@ -16,10 +19,7 @@ from ekt.kd import (
     train_kd,
     uld_per_position,
 )
-from ekt.prompts import student_prompt
-from ekt.records import Completion, Problem, TrainPair, write_jsonl_atomic
-from ekt.tiny import make_tiny_model
-from ekt.train import TrainConfig, build_trainer, train_student
+from ekt.training.train import TrainConfig, build_trainer, train_student
 
 PAIRS = [
     TrainPair(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ekt.config import load_config
-from ekt.matrix import slug
-from ekt.run import run_experiment
+from ekt.pipeline.config import load_config
+from ekt.pipeline.matrix import slug
+from ekt.pipeline.run import run_experiment
 
 CONFIG = """\
 name: matrix
@@ -90,7 +90,7 @@ def test_matrix_shares_stages_and_adding_a_student_reuses_them(models, data_dir,
     assert f"{t2} -> {t1}" in md and f"{t2} (few-shot)" in md and f"— -> {t1}" in md
     html = (run / "report.html").read_text()
     assert "<svg" in html and c1 in html and c2 in html  # both cells, side by side
-    from ekt.report import build_report
+    from ekt.report.build import build_report
 
     (run / "report.html").unlink()  # `ekt report RUN_DIR` on the matrix folder rebuilds it
     assert build_report([run]) == run / "report.html" and c2 in (run / "report.html").read_text()

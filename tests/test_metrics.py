@@ -5,7 +5,7 @@ from fractions import Fraction
 import pytest
 
 from ekt.errors import EktError
-from ekt.metrics import (
+from ekt.evaluation.metrics import (
     majority_accuracy,
     majority_vote,
     mean_pass_at_k,

@@ -194,7 +194,7 @@ def test_preset_conversion_matches_the_gguf():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ekt.prompts import student_prompt
+    from ekt.data.prompts import student_prompt
 
     gguf = models.preset_gguf("smollm2-135m")
     cached = resolve_model("smollm2-135m")

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from conftest import TOY_QUESTIONS
 
-from ekt.prompts import STOP_STRINGS, student_prompt
-from ekt.sampling import SamplingParams
+from ekt.data.prompts import STOP_STRINGS, student_prompt
+from ekt.generation.sampling import SamplingParams
 
 SERVE_MISSING = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(
@@ -61,7 +61,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 180.0) -> None:
-        from ekt.backends.openai_compat import wait_for_server
+        from ekt.generation.backends.openai_compat import wait_for_server
 
         exe = Path(sys.executable).with_name("transformers")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -102,7 +102,7 @@ def server(served_model_dir, tmp_path_factory):
 
 
 def _sampler(srv_url: str, model: Path, **kw):
-    from ekt.backends.openai_compat import OpenAISampler
+    from ekt.generation.backends.openai_compat import OpenAISampler
 
     kw = {"concurrency": 4, "backoff": 0.2, "max_backoff": 2.0, "progress": False, **kw}
     return OpenAISampler(srv_url, str(model), **kw)
@@ -128,8 +128,8 @@ def test_completions_endpoint(server, served_model_dir):
 
 def test_greedy_matches_local_sampler(server, served_model_dir):
     """The server's greedy text equals TransformersSampler's on the same weights."""
+    from ekt.generation.sampling import TransformersSampler
     from ekt.models import load_model
-    from ekt.sampling import TransformersSampler
 
     params = SamplingParams(n=2, temperature=0, max_new_tokens=16, stop=())
     remote = list(_sampler(server.base_url, served_model_dir).sample(REQUESTS[:3], params))
@@ -220,7 +220,7 @@ def test_fatal_4xx_stops_with_the_message(server, served_model_dir):
 
 def test_server_killed_mid_job_output_complete(served_model_dir, tmp_path):
     """SIGKILL the server while requests are in flight, restart it: shards complete, no dups."""
-    from ekt.generate import generate, read_completions
+    from ekt.generation.generate import generate, read_completions
     from ekt.records import Problem
 
     srv = Server(served_model_dir, tmp_path / "serve.log")
@@ -267,7 +267,7 @@ def test_server_killed_mid_job_output_complete(served_model_dir, tmp_path):
 def test_cli_generate_and_evaluate_through_the_server(server, served_model_dir, data_dir, tmp_path):
     """`ekt generate/evaluate --backend openai` reach the server and write the usual records."""
     from ekt.cli import main
-    from ekt.generate import read_completions
+    from ekt.generation.generate import read_completions
 
     common = ["--data-dir", str(data_dir), "--limit", "2", "--max-new-tokens", "8"]
     backend = ["--backend", "openai", "--base-url", server.base_url, "--concurrency", "2"]

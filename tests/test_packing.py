@@ -11,7 +11,8 @@ from transformers import (
     Gemma3TextConfig,
 )
 
-from ekt.packing import (
+from ekt.records import TrainPair, write_jsonl_atomic
+from ekt.training.packing import (
     PACKED_ATTENTION,
     can_pack,
     collate,
@@ -19,8 +20,7 @@ from ekt.packing import (
     kept_logits,
     loss_positions,
 )
-from ekt.records import TrainPair, write_jsonl_atomic
-from ekt.train import Collator, TrainConfig, build_examples, build_trainer, train_student
+from ekt.training.train import Collator, TrainConfig, build_examples, build_trainer, train_student
 
 LENGTHS = (7, 12, 4, 9)
 

@@ -1,6 +1,6 @@
 import ast
 
-from ekt.prompts import (
+from ekt.data.prompts import (
     EXEMPLARS,
     PROGRAM_HEADER,
     extract_program,
@@ -30,7 +30,7 @@ def test_student_prompt_is_bare_question():
 
 
 def test_exemplar_programs_compute_their_gold(data_dir):
-    from ekt.tasks import GSM8K
+    from ekt.data.tasks import GSM8K
 
     by_id = GSM8K(data_dir=str(data_dir)).by_id()
     for e in EXEMPLARS:

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from ekt.cli import main
-from ekt.evaluate import scores_from_rows
-from ekt.report import add_statistics, build_report, finish_run, load_run
+from ekt.evaluation.evaluate import scores_from_rows
+from ekt.report.build import add_statistics, build_report, finish_run, load_run
 
 INJECT = (
     "</code></pre></details><script>window.__pwned = 1; console.error('pwned')</script>"
@@ -297,10 +297,10 @@ def test_cli_report_puts_runs_side_by_side(tmp_path, capsys):
 
 def test_ekt_run_ends_with_intervals_and_report(tmp_path, tiny_model_dir, data_dir, capsys):
     """The Runner hook on a real (tiny, random) model: all three outputs, rebuilt identically."""
-    from ekt.config import RunConfig
-    from ekt.evaluate import EvalConfig
-    from ekt.run import run_experiment
-    from ekt.train import TrainConfig
+    from ekt.evaluation.evaluate import EvalConfig
+    from ekt.pipeline.config import RunConfig
+    from ekt.pipeline.run import run_experiment
+    from ekt.training.train import TrainConfig
 
     cfg = RunConfig(
         name="mini",

@@ -7,9 +7,14 @@ import ast
 import pytest
 from conftest import TOY_QUESTIONS
 
+from ekt.data.prompts import STOP_STRINGS, extract_program, student_prompt, teacher_prompt
 from ekt.errors import EktError
-from ekt.prompts import STOP_STRINGS, extract_program, student_prompt, teacher_prompt
-from ekt.sampling import SamplingParams, TransformersSampler, derive_seed, truncate_at_stop
+from ekt.generation.sampling import (
+    SamplingParams,
+    TransformersSampler,
+    derive_seed,
+    truncate_at_stop,
+)
 
 QUESTIONS = TOY_QUESTIONS[:5]
 REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]
@@ -305,7 +310,7 @@ def test_models_without_support_fall_back(tiny, monkeypatch, capsys):
 def test_self_check_rejects_wrong_attention(tiny, monkeypatch):
     import torch
 
-    from ekt.prefix_cache import SharedPrefixKV
+    from ekt.generation.prefix_cache import SharedPrefixKV
 
     def wrong(self, layer, q, k, v, *args):
         return torch.zeros(q.shape[0], q.shape[2], q.shape[1], q.shape[3])
@@ -320,7 +325,7 @@ def test_self_check_rejects_wrong_attention(tiny, monkeypatch):
 
 @pytest.fixture(scope="module")
 def gsm8k_problem(data_dir):
-    from ekt.tasks import GSM8K
+    from ekt.data.tasks import GSM8K
 
     return GSM8K(data_dir=str(data_dir)).load("train")[0]
 
@@ -356,7 +361,7 @@ def test_preset_greedy_equals_generate_with_packing(preset, data_dir):
     """Long few-shot prompts (> Gemma's 512-token sliding window), left-padded together."""
     import torch
 
-    from ekt.tasks import GSM8K
+    from ekt.data.tasks import GSM8K
 
     _name, model, tok = preset
     problems = GSM8K(data_dir=str(data_dir)).load("train")[1:3]

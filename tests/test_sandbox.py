@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from ekt.data.grading import grade_value
 from ekt.errors import EktError
-from ekt.grading import grade_value
-from ekt.sandbox import Sandbox, SandboxConfig, detect_protections
+from ekt.sandbox.pool import Sandbox, SandboxConfig, detect_protections
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -130,9 +130,9 @@ def world_unchanged(request, sentinel: Path, listener):
         listener.accept()  # nothing connected to the loopback listener
     assert _fds() == fds, "file descriptors leaked into the test process"
     procs = _descendants(os.getpid())
-    strays = {p: c for p, c in procs.items() if "ekt._sandbox_child" not in c}
+    strays = {p: c for p, c in procs.items() if "ekt.sandbox.child" not in c}
     assert not strays, f"stray processes: {strays}"
-    workers = {p for p, c in procs.items() if "ekt._sandbox_child" in c}
+    workers = {p for p, c in procs.items() if "ekt.sandbox.child" in c}
     for pid in workers:  # workers are idle: none has a child (a program) left
         assert not _descendants(pid), f"worker {pid} still has children"
     os.kill(os.getpid(), 0)  # and we are alive
@@ -729,7 +729,7 @@ def test_protections_and_describe(box):
 
 
 def test_strict_refuses_without_landlock(monkeypatch):
-    import ekt.sandbox as sb
+    import ekt.sandbox.pool as sb
 
     monkeypatch.setattr(
         sb, "detect_protections", lambda: {**SUPPORT, "landlock": False}
@@ -770,7 +770,7 @@ def test_fallback_without_landlock(monkeypatch, sentinel):
     included; reads are NOT restricted, which the warning says; strict refuses."""
     if not SUPPORT.get("seccomp"):
         pytest.skip("needs seccomp")
-    import ekt.sandbox as sb_mod
+    import ekt.sandbox.pool as sb_mod
 
     monkeypatch.setattr(sb_mod, "_TEST_WIRE", {"_disable": ["landlock"]})
     before, procs = _snapshot(sentinel), set(_descendants(os.getpid()))
@@ -803,7 +803,7 @@ def test_fallback_without_seccomp_reaps_escaped_processes(monkeypatch):
     process group (setsid) and sleeps is still killed: the worker is a subreaper."""
     if not SUPPORT.get("landlock"):
         pytest.skip("needs Landlock")
-    import ekt.sandbox as sb_mod
+    import ekt.sandbox.pool as sb_mod
 
     monkeypatch.setattr(sb_mod, "_TEST_WIRE", {"_disable": ["seccomp"]})
     fds, procs = _fds(), set(_descendants(os.getpid()))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ekt.errors import EktError
-from ekt.evaluate import scores_from_rows
-from ekt.stats import (
+from ekt.evaluation.evaluate import scores_from_rows
+from ekt.evaluation.stats import (
     SMALL_SAMPLE,
     bootstrap_mean,
     metric_intervals,

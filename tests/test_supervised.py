@@ -4,10 +4,10 @@ import operator
 
 import pytest
 
-from ekt.prompts import PROGRAM_HEADER
+from ekt.data.prompts import PROGRAM_HEADER
+from ekt.data.supervised import parse_arithmetic, reference_pairs, reference_program
+from ekt.data.tasks import GSM8K
 from ekt.records import Problem
-from ekt.supervised import parse_arithmetic, reference_pairs, reference_program
-from ekt.tasks import GSM8K
 
 _BINOPS = {
     ast.Add: operator.add,

@@ -3,9 +3,9 @@ import re
 
 import pytest
 
+from ekt.data.prompts import EXEMPLARS
+from ekt.data.tasks import GSM8K, parse_gold
 from ekt.errors import EktError
-from ekt.prompts import EXEMPLARS
-from ekt.tasks import GSM8K, parse_gold
 
 
 @pytest.mark.parametrize(

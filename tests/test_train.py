@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
+from ekt.data.prompts import student_prompt
 from ekt.errors import EktError
-from ekt.prompts import student_prompt
 from ekt.records import TrainPair, write_jsonl_atomic
-from ekt.train import (
+from ekt.training.train import (
     PadCollator,
     TrainConfig,
     _trainer_class,
@@ -120,7 +120,7 @@ def test_training_lowers_loss_and_checkpoint_reloads(tmp_path, tiny_model_dir, c
     assert summary["steps"] == 30 and summary["pairs"] == 8
     assert summary["final_loss"] == pytest.approx(log[-2]["loss"])
     assert summary["tokens_trained"] > summary["program_tokens"] > 0
-    from ekt.train import cpu_has_fast_bf16
+    from ekt.training.train import cpu_has_fast_bf16
 
     auto = "bf16" if cpu_has_fast_bf16() else "fp32"  # autocast where the CPU has bf16 units
     assert summary["gradient_accumulation_steps"] == 2 and summary["precision"] == auto
@@ -173,7 +173,7 @@ def test_zero_pairs_and_bad_config(tmp_path, tiny_model_dir, capsys):
 
 def test_precision_choice():
     from ekt.errors import EktError
-    from ekt.train import _mixed_precision, cpu_has_fast_bf16
+    from ekt.training.train import _mixed_precision, cpu_has_fast_bf16
 
     assert _mixed_precision("cpu", "fp32") == (True, False, False)
     assert _mixed_precision("cpu", "bf16") == (True, True, False)

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from ekt.backends import add_backend_args
 from ekt.errors import EktError, user_message
+from ekt.generation.backends import add_backend_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +80,7 @@ def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_ray_args(p: argparse.ArgumentParser) -> None:
-    """``--ray [ADDRESS]``: shards on a Ray cluster (ekt.distributed); same files, resumable."""
+    """``--ray [ADDRESS]``: shards on a Ray cluster (ekt.pipeline.distributed), resumable."""
     p.add_argument(
         "--ray",
         nargs="?",
@@ -108,7 +108,7 @@ def _ray_cluster(args: argparse.Namespace):
     """The RayCluster the --ray flags ask for, or None."""
     if getattr(args, "ray", None) is None:
         return None
-    from ekt.distributed import RayCluster, import_ray
+    from ekt.pipeline.distributed import RayCluster, import_ray
 
     import_ray()  # a missing Ray is a one-line error before any work
     gpus = args.ray_gpus_per_replica
@@ -182,12 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=["sft", "kd"],
         default="sft",
-        help="sft: fine-tune on the pairs; kd: also distil --teacher's distribution (ekt.kd)",
+        help="sft: fine-tune on the pairs; kd: also distil --teacher's distribution",
     )
     t.add_argument("--teacher", default=None, help="model spec of the live teacher (--method kd)")
     t.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
     _add_dataclass_args(t, "TrainConfig")
-    _add_dataclass_args(t, "KDConfig", module="kd", prefix="kd")
+    _add_dataclass_args(t, "KDConfig", module="training.kd", prefix="kd")
 
     e = sub.add_parser(
         "evaluate", help="greedy pass@1, pass@k and majority vote on held-out questions"
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_dataclass_args(
-    p: argparse.ArgumentParser, name: str, module: str = "train", prefix: str = ""
+    p: argparse.ArgumentParser, name: str, module: str = "training.train", prefix: str = ""
 ) -> None:
     """One flag per field of a config dataclass (``--learning-rate``...), same names as YAML.
 
@@ -285,16 +285,16 @@ def _add_dataclass_args(
 
 
 def _task(args: argparse.Namespace):
-    from ekt.tasks import get_task
+    from ekt.data.tasks import get_task
 
     return get_task(args.task, args.data_dir, args.dev_size, args.dev_seed)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from ekt.backends import backend_from_args, make_sampler
-    from ekt.generate import generate
+    from ekt.generation.backends import backend_from_args, make_sampler
+    from ekt.generation.generate import generate
+    from ekt.generation.sampling import SamplingParams
     from ekt.models import model_fingerprint
-    from ekt.sampling import SamplingParams
 
     params = SamplingParams(
         n=args.n,
@@ -333,7 +333,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _sandbox_config(args: argparse.Namespace):
-    from ekt.sandbox import SandboxConfig
+    from ekt.sandbox.pool import SandboxConfig
 
     return SandboxConfig(
         workers=args.workers,
@@ -344,11 +344,11 @@ def _sandbox_config(args: argparse.Namespace):
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from ekt.verify import verify
+    from ekt.verification.verify import verify
 
     if args.timeout <= 0:
         raise EktError(f"--timeout must be > 0, got {args.timeout}")
-    from ekt.verify import iter_inputs
+    from ekt.verification.verify import iter_inputs
 
     if next(iter_inputs(args.programs), None) is None:
         raise EktError(f"{args.programs}: no programs to verify (empty input)")
@@ -357,7 +357,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def cmd_filter(args: argparse.Namespace) -> None:
-    from ekt.filtering import filter_stage
+    from ekt.verification.filtering import filter_stage
 
     summary = filter_stage(
         args.executions,
@@ -373,7 +373,7 @@ def cmd_filter(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from ekt.train import TrainConfig
+    from ekt.training.train import TrainConfig
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     try:
@@ -399,10 +399,10 @@ def _end_process_group() -> None:
 def _train(args: argparse.Namespace, cfg) -> None:
     import dataclasses
 
-    from ekt.train import train_student
+    from ekt.training.train import train_student
 
     if args.method == "kd":
-        from ekt.kd import KDConfig, train_kd
+        from ekt.training.kd import KDConfig, train_kd
 
         if not args.teacher:
             raise EktError("--method kd needs --teacher")
@@ -428,9 +428,9 @@ def _parse_ks(text: str) -> list[int]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ekt.backends import backend_from_args
-    from ekt.evaluate import EvalConfig, evaluate, score_line
-    from ekt.run import _sampler_factory
+    from ekt.evaluation.evaluate import EvalConfig, evaluate, score_line
+    from ekt.generation.backends import backend_from_args
+    from ekt.pipeline.run import _sampler_factory
 
     cfg = EvalConfig(
         split=args.split,
@@ -464,9 +464,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from ekt.config import load_config
-    from ekt.distributed import use_cluster
-    from ekt.run import run_experiment
+    from ekt.pipeline.config import load_config
+    from ekt.pipeline.distributed import use_cluster
+    from ekt.pipeline.run import run_experiment
 
     cfg = load_config(args.config)
     # the config's ray: block, unless --ray on the command line chose already
@@ -500,8 +500,8 @@ ekt demo: a SMALL REAL run of explicit knowledge transfer on this machine ({path
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from ekt.config import load_config
-    from ekt.run import run_experiment
+    from ekt.pipeline.config import load_config
+    from ekt.pipeline.run import run_experiment
 
     path = demo_config_path()
     print(DEMO_BANNER.format(path=path))
@@ -509,7 +509,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from ekt.report import add_statistics, build_report
+    from ekt.report.build import add_statistics, build_report
 
     if args.update_results:
         for d in args.runs:
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        from ekt.distributed import use_cluster
+        from ekt.pipeline.distributed import use_cluster
 
         with use_cluster(_ray_cluster(args)):
             COMMANDS[args.command](args)

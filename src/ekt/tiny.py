@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from ekt.prompts import EXEMPLARS, INSTRUCTION, PROGRAM_HEADER
+from ekt.data.prompts import EXEMPLARS, INSTRUCTION, PROGRAM_HEADER
 
 _SPECIALS = ["<|endoftext|>", "<|pad|>"]
 

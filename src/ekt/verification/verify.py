@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ekt.data.prompts import extract_program
+from ekt.data.tasks import GSM8K
 from ekt.errors import EktError
-from ekt.prompts import extract_program
 from ekt.records import JsonlWriter, Problem, read_jsonl, to_dict
-from ekt.sandbox import Sandbox, SandboxConfig
-from ekt.tasks import GSM8K
+from ekt.sandbox.pool import Sandbox, SandboxConfig
 
 if TYPE_CHECKING:
-    from ekt.distributed import RayCluster, RaySandbox
+    from ekt.pipeline.distributed import RayCluster, RaySandbox
 
 
 @dataclass
@@ -96,7 +96,7 @@ def verify(
     progress: bool = True,
     cluster: RayCluster | None = None,
 ) -> VerifySummary:
-    """Run and grade every program not yet in ``out``; ``cluster``: on Ray (ekt.distributed)."""
+    """Run and grade every program not yet in ``out``; ``cluster``: on Ray."""
     out = Path(out)
     t0 = time.time()
     done: set[str] = set()
@@ -129,12 +129,12 @@ def verify(
 
     bar = _progress(len(inputs), len(inputs) - len(todo), progress)
     if cluster is None:
-        from ekt.distributed import current_cluster
+        from ekt.pipeline.distributed import current_cluster
 
         cluster = current_cluster()
     box_cfg = _deny_task_data(sandbox or SandboxConfig(), task)
     if cluster is not None:  # verifier actors on a Ray cluster; same output, same order
-        from ekt.distributed import RaySandbox
+        from ekt.pipeline.distributed import RaySandbox
 
         pool: Sandbox | RaySandbox = RaySandbox(cluster, box_cfg)
     else:
@@ -165,7 +165,7 @@ def _deny_task_data(cfg: SandboxConfig, task: GSM8K) -> SandboxConfig:
     """The folder the gold answers were loaded from is added to what programs cannot read."""
     if not task.data_dir:
         return cfg
-    from ekt.sandbox import default_deny_read
+    from ekt.sandbox.pool import default_deny_read
 
     deny = default_deny_read() if cfg.deny_read is None else list(cfg.deny_read)
     return dataclasses.replace(cfg, deny_read=[*deny, str(task.data_dir)])

@@ -52,8 +52,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ekt.data.prompts import PROGRAM_HEADER, extract_program, student_prompt, teacher_prompt
 from ekt.errors import EktError
-from ekt.packing import (
+from ekt.records import Completion, Problem, TrainPair
+from ekt.training.packing import (
     IGNORE,
     can_pack,
     collate,
@@ -62,9 +64,7 @@ from ekt.packing import (
     loss_positions,
     supports_logits_to_keep,
 )
-from ekt.prompts import PROGRAM_HEADER, extract_program, student_prompt, teacher_prompt
-from ekt.records import Completion, Problem, TrainPair
-from ekt.train import TrainConfig, TrainResult, encode_pair, train_student
+from ekt.training.train import TrainConfig, TrainResult, encode_pair, train_student
 
 KD_LOSSES = ("auto", "kl", "uld")
 TEACHER_PROMPTS = ("student", "few-shot")
@@ -244,7 +244,7 @@ def student_distill_logits(logits: Any, keep: Any, positions: Any) -> Any:
 def _kd_trainer_class() -> Any:
     import torch
 
-    from ekt.train import _trainer_class
+    from ekt.training.train import _trainer_class
 
     class KDTrainer(_trainer_class()):  # type: ignore[misc]
         """EktTrainer whose loss adds the distance to a live, frozen teacher (see module doc)."""
@@ -315,7 +315,7 @@ class Distiller:
         if self.model is not None:
             return
         from ekt.models import load_model
-        from ekt.train import local_device
+        from ekt.training.train import local_device
 
         # Under DDP/FSDP/ZeRO every rank holds a frozen teacher replica on its own GPU, next
         # to the student shard it teaches: its logits never cross devices or processes.
@@ -430,7 +430,7 @@ def sequence_kd_pairs(
     programs. Questions in ``exclude_questions`` (normalised text of the
     evaluation split) are dropped, as for EKT.
     """
-    from ekt.filtering import _norm_question, _order
+    from ekt.verification.filtering import _norm_question, _order
 
     ordered = sorted(completions, key=lambda c: (_order(c.problem_id), c.sample_idx))
     pairs = []

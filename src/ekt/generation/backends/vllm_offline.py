@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.generation.sampling import SamplingParams, derive_seed, truncate_at_stop
 from ekt.records import Completion
-from ekt.sampling import SamplingParams, derive_seed, truncate_at_stop
 
 
 def vllm_params(params: SamplingParams, problem_id: str) -> dict:

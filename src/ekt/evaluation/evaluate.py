@@ -20,16 +20,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ekt.backends import BackendConfig
+from ekt.data.grading import as_number
+from ekt.data.tasks import GSM8K
 from ekt.errors import EktError
-from ekt.generate import generate
-from ekt.grading import as_number
-from ekt.metrics import pass_at_k
+from ekt.evaluation.metrics import pass_at_k
+from ekt.generation.backends import BackendConfig
+from ekt.generation.generate import generate
+from ekt.generation.sampling import Sampler, SamplingParams
 from ekt.records import Problem, read_jsonl, write_json_atomic, write_jsonl_atomic
-from ekt.sampling import Sampler, SamplingParams
-from ekt.sandbox import SandboxConfig
-from ekt.tasks import GSM8K
-from ekt.verify import verify
+from ekt.sandbox.pool import SandboxConfig
+from ekt.verification.verify import verify
 
 
 @dataclass
@@ -46,7 +46,7 @@ class EvalConfig:
     seed: int = 1234
     greedy: bool = True
     batch_size: int = 16
-    # which engine samples the evaluated models (transformers | vllm; see ekt.backends)
+    # which engine samples the evaluated models (transformers | vllm; see ekt.generation.backends)
     backend: BackendConfig = field(default_factory=BackendConfig)
 
     def validate(self) -> None:

@@ -14,7 +14,7 @@ the same order as the single-process path; Ray only moves the work.
   problem id, sample index)), returns the completions, and the driver appends the
   missing ones to ``samples/shard-NNNNN.jsonl`` and writes its ``.done`` marker.
 * **Verification.** Each :class:`_Verifier` actor runs its own warm
-  :class:`~ekt.sandbox.Sandbox` (one sandbox worker per CPU it reserved) on its
+  :class:`~ekt.sandbox.pool.Sandbox` (one sandbox worker per CPU it reserved) on its
   node. Programs go out in shards of ``verify_shard_size``; executions come back,
   and the driver grades them (gold answers never leave the driver) and appends
   them to the output in input order, exactly as ``ekt verify`` does locally.
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.generation.sampling import SamplingParams
 from ekt.records import Completion, Execution
-from ekt.sampling import SamplingParams
-from ekt.sandbox import SandboxConfig
+from ekt.sandbox.pool import SandboxConfig
 
 _CURRENT: list[RayCluster] = []
 
@@ -138,7 +138,7 @@ class _Verifier:
     """A warm sandbox pool on the actor's node; returns one Execution per program."""
 
     def __init__(self, config: SandboxConfig):
-        from ekt.sandbox import Sandbox
+        from ekt.sandbox.pool import Sandbox
 
         self._box = Sandbox(config)
 

@@ -15,17 +15,17 @@ from typing import Any
 
 import yaml
 
-from ekt.backends import BackendConfig
-from ekt.distributed import RayCluster
 from ekt.errors import EktError
-from ekt.evaluate import EvalConfig
-from ekt.expert_iteration import ExpertIterationConfig
-from ekt.kd import KDConfig
-from ekt.train import TrainConfig
+from ekt.evaluation.evaluate import EvalConfig
+from ekt.generation.backends import BackendConfig
+from ekt.pipeline.distributed import RayCluster
+from ekt.pipeline.expert_iteration import ExpertIterationConfig
+from ekt.training.kd import KDConfig
+from ekt.training.train import TrainConfig
 
 # ekt: the teacher's verified programs; supervised: GSM8K reference programs;
-# kd: the ekt pairs plus a live teacher's distribution (ekt.kd); seq-kd: every teacher
-# sample, unverified; expert-iteration: the student's own programs (ekt.expert_iteration)
+# kd: the ekt pairs plus a live teacher's distribution (ekt.training.kd); seq-kd: every teacher
+# sample, unverified; expert-iteration: the student's own programs (ekt.pipeline.expert_iteration)
 METHODS = ("ekt", "supervised", "kd", "seq-kd", "expert-iteration")
 
 
@@ -37,7 +37,7 @@ class TeacherSampling:
     max_new_tokens: int = 256
     seed: int = 0
     batch_size: int = 16
-    # which engine samples the teacher (transformers | vllm | openai; see ekt.backends)
+    # which engine samples the teacher (transformers | vllm | openai; see ekt.generation.backends)
     backend: BackendConfig = field(default_factory=BackendConfig)
 
 
@@ -59,7 +59,7 @@ class RunConfig:
     teacher: str = "gemma3-270m"
     student: str = "smollm2-135m"
     # A matrix: every teacher x every student x every method, one data and evaluation budget.
-    # When given, these lists replace ``teacher`` / ``student`` (see ekt.matrix).
+    # When given, these lists replace ``teacher`` / ``student`` (see ekt.pipeline.matrix).
     teachers: list[str] = field(default_factory=list)
     students: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=lambda: ["ekt"])
@@ -73,7 +73,7 @@ class RunConfig:
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     kd: KDConfig = field(default_factory=KDConfig)  # method kd
     expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
-    # generation and verification on a Ray cluster (the ``--ray`` flags; see ekt.distributed)
+    # generation and verification on a Ray cluster (the ``--ray`` flags)
     ray: RayCluster | None = None
     evaluate_teacher: bool = True
     evaluate_base_student: bool = True

@@ -13,8 +13,8 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from ekt.data.grading import ABS_TOL, REL_TOL
 from ekt.errors import EktError
-from ekt.grading import ABS_TOL, REL_TOL
 
 VOTE_DECIMALS = 6  # answers that agree to 1e-6 are one vote (well inside the grading tolerance)
 
@@ -78,7 +78,7 @@ def majority_vote(values: Sequence[float | None]) -> float | None:
 
 
 def is_correct(value: float | None, gold: float) -> bool:
-    """Numeric answer equal to gold within the grading tolerance (see ``ekt.grading``)."""
+    """Numeric answer equal to gold within the grading tolerance (see ``ekt.data.grading``)."""
     return value is not None and math.isclose(value, float(gold), rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 

@@ -1,7 +1,7 @@
 """A comparison matrix: teachers x students x methods in one run folder, each stage done once.
 
 ``ekt run`` with ``teachers:`` and/or ``students:`` lists runs every (teacher,
-student) cell as an ordinary single-pair run (``ekt.run.Runner``) in its own
+student) cell as an ordinary single-pair run (``ekt.pipeline.run.Runner``) in its own
 folder, and points the stages that do not depend on the whole pair at one shared
 copy, so nothing is sampled, verified, trained or evaluated twice::
 
@@ -33,8 +33,8 @@ import re
 import time
 from pathlib import Path
 
-from ekt.config import RunConfig, dump_config
 from ekt.errors import EktError
+from ekt.pipeline.config import RunConfig, dump_config
 from ekt.records import write_json_atomic, write_text_atomic
 
 # Stage folders (relative to a pair folder) shared by every pair with the same ...
@@ -112,7 +112,7 @@ def _dedupe(rows: list[dict]) -> list[dict]:
 
 
 def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
-    from ekt.run import Runner, run_folder
+    from ekt.pipeline.run import Runner, run_folder
 
     root = run_folder(cfg, out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
     write_json_atomic(root / "results.json", results)
     write_text_atomic(root / "results.md", matrix_table(results))
     try:
-        from ekt.report import build_report
+        from ekt.report.build import build_report
 
         print(f"report: {build_report(pair_dirs, root / 'report.html')}")
     except Exception as e:  # the figures are on disk; `ekt report` can rebuild the page
@@ -181,7 +181,7 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
 
 def matrix_table(results: dict) -> str:
     """The published layout, a row per evaluation; teacher-free rows show no teacher."""
-    from ekt.run import table_lines
+    from ekt.pipeline.run import table_lines
 
     rows = []
     for r in results["rows"]:

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from ekt.errors import EktError
-from ekt.filtering import KEEP, filter_stage
-from ekt.generate import generate
+from ekt.generation.generate import generate
+from ekt.generation.sampling import SamplingParams
 from ekt.records import Problem, TrainPair, read_records, write_json_atomic, write_jsonl_atomic
-from ekt.sampling import SamplingParams
-from ekt.sandbox import SandboxConfig
-from ekt.train import TrainConfig, train_student
-from ekt.verify import verify
+from ekt.sandbox.pool import SandboxConfig
+from ekt.training.train import TrainConfig, train_student
+from ekt.verification.filtering import KEEP, filter_stage
+from ekt.verification.verify import verify
 
 PROMPTS = {"few-shot": "teacher", "zero-shot": "student"}
 

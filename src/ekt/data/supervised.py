@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from ekt.prompts import PROGRAM_HEADER
+from ekt.data.prompts import PROGRAM_HEADER
 from ekt.records import Problem, TrainPair
 
 _ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]*)>>")

@@ -3,7 +3,7 @@
 =============  ==========================================  ==============================
 name           engine                                      install
 =============  ==========================================  ==============================
-transformers   ``ekt.sampling.TransformersSampler``        (default, CPU or GPU)
+transformers   ``ekt.generation.sampling.TransformersSampler``        (default, CPU or GPU)
 openai         an OpenAI-compatible server over HTTP       nothing extra (stdlib client)
 vllm           vLLM's offline engine, TP and DP            ``pip install 'ekt[vllm]'``
 =============  ==========================================  ==============================
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from ekt.errors import EktError
-from ekt.sampling import Sampler
+from ekt.generation.sampling import Sampler
 
 BACKENDS = ("transformers", "openai", "vllm")
 
@@ -62,7 +62,7 @@ def make_sampler(
 
     def make() -> Sampler:
         if cfg.name == "openai":
-            from ekt.backends.openai_compat import OpenAISampler
+            from ekt.generation.backends.openai_compat import OpenAISampler
 
             return OpenAISampler(
                 cfg.base_url,
@@ -74,7 +74,7 @@ def make_sampler(
                 max_retries=cfg.max_retries,
             )
         if cfg.name == "vllm":
-            from ekt.backends.vllm_offline import VLLMSampler
+            from ekt.generation.backends.vllm_offline import VLLMSampler
             from ekt.models import resolve_model
 
             return VLLMSampler(
@@ -85,8 +85,8 @@ def make_sampler(
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 max_model_len=cfg.max_model_len or None,
             )
+        from ekt.generation.sampling import TransformersSampler
         from ekt.models import load_model
-        from ekt.sampling import TransformersSampler
 
         model, tok = load_model(spec, device=device)
         return TransformersSampler(model, tok, batch_size=batch_size)

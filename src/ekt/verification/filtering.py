@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ekt.data.tasks import GSM8K
 from ekt.errors import EktError
 from ekt.records import Problem, TrainPair, read_jsonl, write_jsonl_atomic
-from ekt.tasks import GSM8K
 
 KEEP = ("first", "all")
 

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from ekt.errors import EktError
-from ekt.metrics import pass_at_k
+from ekt.evaluation.metrics import pass_at_k
 
 _pass_at_k = lru_cache(maxsize=1 << 16)(pass_at_k)  # many questions share one (n, c)
 
@@ -131,7 +131,7 @@ def paired_difference(
 
 
 def question_scores(rows: Sequence[Mapping], ks: Sequence[int]) -> dict[str, list[float]]:
-    """Per-question scores whose means are the table figures (see ``ekt.evaluate``).
+    """Per-question scores whose means are the table figures (see ``ekt.evaluation.evaluate``).
 
     Keys: ``pass@k`` for each k (unbiased estimate from the question's n, c),
     ``greedy_pass@1`` (only when every question has a greedy outcome) and

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ekt.data.grading import grade_value
 from ekt.errors import EktError
-from ekt.grading import grade_value
 from ekt.records import Execution, Problem, iter_lines
 
 SPLITS = ("train", "dev", "test")
@@ -101,7 +101,7 @@ class GSM8K:
             problems = [
                 Problem(p.id, p.question, p.answer, split, p.solution) for p in problems if keep(p)
             ]
-        from ekt.prompts import is_exemplar
+        from ekt.data.prompts import is_exemplar
 
         return [p for p in problems if not is_exemplar(p)]
 

@@ -1,6 +1,6 @@
 """Sandbox worker process: a warm interpreter that forks one confined child per program.
 
-Started by :class:`ekt.sandbox.Sandbox` as ``python -P -m ekt._sandbox_child``. The
+Started by :class:`ekt.sandbox.pool.Sandbox` as ``python -P -m ekt.sandbox.child``. The
 worker talks to the ekt process over its stdin/stdout with length-prefixed messages
 (4-byte little-endian length, then the body; never pickle):
 
@@ -153,7 +153,7 @@ _prctl = _fast.prctl
 _syscall2 = _fast.syscall
 
 
-# -- probes (also used by ekt.sandbox.detect_protections) -------------------------------
+# -- probes (also used by ekt.sandbox.pool.detect_protections) -------------------------------
 
 
 def landlock_abi() -> int:

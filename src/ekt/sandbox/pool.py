@@ -3,14 +3,14 @@
 Design
 ------
 The ekt process never runs a program. :class:`Sandbox` starts ``workers`` helper
-interpreters (``python -P -m ekt._sandbox_child``, one per core by default), each in
+interpreters (``python -P -m ekt.sandbox.child``, one per core by default), each in
 its own session, with a minimal environment, and talks to each over a pair of pipes
 (length-prefixed messages: a marshal-encoded config, then UTF-8 program text; answers
 are JSON; nothing is ever unpickled). A worker imports a few modules programs commonly
 use once (``SandboxConfig.preload``), builds its confinement once (Landlock ruleset,
 seccomp filter compiled by libseccomp in a short-lived helper, rlimits, no_new_privs,
 dropped capabilities, a scratch tmpfs), proves the whole confinement works on a probe
-program, and then ``fork()``s a fresh child per program (see ``ekt._sandbox_child``
+program, and then ``fork()``s a fresh child per program (see ``ekt.sandbox.child``
 for the child's steps). A pool of one worker per CPU (the default) pins each worker to a
 CPU of its own (``pin_workers``). :meth:`Sandbox.run` keeps every worker busy with up to
 two batches of programs queued each (a worker compiles a batch together, runs it program
@@ -107,16 +107,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ekt._sandbox_child import BATCH as _CHILD_BATCH
-from ekt._sandbox_child import DEFAULT_PRELOAD, RAW_RESULT, parse_raw_result
 from ekt.errors import EktError
 from ekt.records import Execution
+from ekt.sandbox.child import BATCH as _CHILD_BATCH
+from ekt.sandbox.child import DEFAULT_PRELOAD, RAW_RESULT, parse_raw_result
 
 ISOLATION = ("strict", "standard", "none")
 _STATUSES = ("ok", "error", "timeout", "killed")
 _HANDSHAKE_TIMEOUT = 60.0  # seconds for a worker to import, build its filter and run a probe
 _BACKSTOP = 10.0  # seconds past the deadline after which the ekt process kills a worker
-# Programs queued per worker: two of its batches (ekt._sandbox_child.BATCH), so the next
+# Programs queued per worker: two of its batches (ekt.sandbox.child.BATCH), so the next
 # batch already waits in its pipe while the ekt process reads the last one's results.
 _DEPTH = 2 * _CHILD_BATCH
 _QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer than this,
@@ -148,7 +148,7 @@ class SandboxConfig:
     # datasets cache; verify/evaluate add the --data-dir they load gold answers from.
     deny_read: list[str] | None = None
     allow_read: list[str] = field(default_factory=list)  # extra read-only paths
-    # Modules each worker imports once (None: ekt._sandbox_child.DEFAULT_PRELOAD). Every
+    # Modules each worker imports once (None: ekt.sandbox.child.DEFAULT_PRELOAD). Every
     # module makes each fork dearer; one a program imports itself costs it a few ms.
     preload: list[str] | None = None
     # Pin worker i (and so every child it forks) to the i-th CPU this process may use,
@@ -198,7 +198,7 @@ def default_deny_read() -> list[str]:
 
 def detect_protections() -> dict[str, bool]:
     """What this machine supports (a Sandbox reports what it uses: Sandbox.protections)."""
-    from ekt import _sandbox_child as child
+    from ekt.sandbox import child
 
     linux = sys.platform.startswith("linux")
     abi = child.landlock_abi() if linux else 0
@@ -215,7 +215,7 @@ def detect_protections() -> dict[str, bool]:
 
 def _worker_env() -> dict[str, str]:
     """A minimal environment: programs see no tokens or credentials of the ekt process."""
-    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": src,
@@ -243,7 +243,7 @@ class _Worker:
         self.resp_fd, w_resp = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "ekt._sandbox_child"],
+                [sys.executable, "-P", "-m", "ekt.sandbox.child"],
                 stdin=r_req,
                 stdout=w_resp,
                 stderr=None,

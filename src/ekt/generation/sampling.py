@@ -25,7 +25,7 @@ vLLM, an OpenAI-compatible server) fit behind the same protocol.
   bit-identical for the same request list; another grouping changes logits
   only by float rounding (padding, batch shape), which can flip a draw only
   when it falls within rounding distance of a probability boundary: rare, but
-  not impossible. ``ekt.generate`` resamples a partial shard with the same
+  not impossible. ``ekt.generation.generate`` resamples a partial shard with the same
   request list, so resumed jobs stay exact either way.
 * **Greedy.** Temperature 0 takes the argmax, token for token what
   ``model.generate(do_sample=False)`` gives for a single prompt (with
@@ -53,8 +53,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ekt.data.prompts import STOP_STRINGS
 from ekt.errors import EktError
-from ekt.prompts import STOP_STRINGS
 from ekt.records import Completion
 
 
@@ -286,7 +286,7 @@ class TransformersSampler:
             if self.shared_prefix is False:
                 self._shared_ok = False
             else:
-                from ekt import prefix_cache
+                from ekt.generation import prefix_cache
 
                 why = prefix_cache.supports(self.model)
                 if not why:
@@ -327,13 +327,13 @@ class TransformersSampler:
         return ""
 
     def _new_kv(self, slots: int, capacity: int) -> Any:
-        from ekt.prefix_cache import SharedPrefixKV
+        from ekt.generation.prefix_cache import SharedPrefixKV
 
         return SharedPrefixKV(self.model.config.num_hidden_layers, slots, capacity)
 
     def _run(self, kv: Any, ids: Any, pos: Any) -> Any:
         """One forward pass through the shared-prefix attention; logits of the last position."""
-        from ekt.prefix_cache import prefix_attention
+        from ekt.generation.prefix_cache import prefix_attention
 
         extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
         with prefix_attention(self.model):

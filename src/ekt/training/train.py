@@ -23,7 +23,7 @@ has fast low-precision matmuls (``precision: auto``): bf16 on GPUs that support 
 about twice the fp32 speed there), float32 elsewhere. ``precision: fp32`` turns it off.
 
 Efficiency, with the objective unchanged: each micro-batch is packed into one
-row with attention kept inside each example (``ekt.packing``; ``packing:
+row with attention kept inside each example (``ekt.training.packing``; ``packing:
 false`` pads instead), only the positions that predict a target token go
 through the output layer, and the loss is summed over target tokens and
 divided by their number in the whole accumulated batch (so every target token
@@ -32,8 +32,8 @@ through peft (``lora_r > 0``; merged into the saved model, so the output is
 still a plain HF checkpoint) and gradient checkpointing.
 
 ``train_student`` is the one training flow for every method: knowledge
-distillation (``ekt.kd``) plugs a teacher into it, expert iteration
-(``ekt.expert_iteration``) calls it once per round.
+distillation (``ekt.training.kd``) plugs a teacher into it, expert iteration
+(``ekt.pipeline.expert_iteration``) calls it once per round.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ekt.data.prompts import PROGRAM_HEADER, student_prompt
 from ekt.errors import EktError
-from ekt.packing import (
+from ekt.records import TrainPair, read_records, write_json_atomic, write_text_atomic
+from ekt.training.packing import (
     can_pack,
     collate,
     disable_packing,
@@ -60,8 +62,6 @@ from ekt.packing import (
     loss_positions,
     supports_logits_to_keep,
 )
-from ekt.prompts import PROGRAM_HEADER, student_prompt
-from ekt.records import TrainPair, read_records, write_json_atomic, write_text_atomic
 
 LOSS_ON = ("program", "all")
 IGNORE = -100  # label of tokens without loss
@@ -548,7 +548,7 @@ def build_trainer(
     Switches the model to packed attention when ``cfg.packing`` and the model
     allow it (``trainer.ekt_packed``; ``train_student`` switches it back), and
     wraps it in LoRA adapters when ``cfg.lora_r > 0`` (``trainer.model``).
-    ``distill`` is a teacher plug-in such as ``ekt.kd.Distiller``.
+    ``distill`` is a teacher plug-in such as ``ekt.training.kd.Distiller``.
     """
     from transformers import TrainingArguments
 
@@ -632,7 +632,7 @@ def train_student(
 
     Returns None (and says so) when the file holds no pairs. ``device`` "cpu"
     forces CPU training; by default a GPU is used when there is one.
-    ``distill`` (``ekt.kd.Distiller``) adds a live teacher to the loss.
+    ``distill`` (``ekt.training.kd.Distiller``) adds a live teacher to the loss.
     """
     cfg = config or TrainConfig()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -4,7 +4,7 @@ Everything here is rebuilt from the records a run leaves on disk, so
 ``ekt report RUN_DIR`` gives the same file as the end of ``ekt run``:
 
 - ``eval/<label>/problems.jsonl`` (per question n, c, greedy and majority
-  outcome) gives every figure, its bootstrap interval (``ekt.stats``), the
+  outcome) gives every figure, its bootstrap interval (``ekt.evaluation.stats``), the
   paired differences against the reference method (EKT) and the pass@k curves;
 - ``eval/<label>/{greedy,sampled}/executions.jsonl`` give the programs of the
   per-question drill-down;
@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ekt.errors import EktError
-from ekt.records import read_jsonl, write_json_atomic, write_text_atomic
-from ekt.stats import (
+from ekt.evaluation.stats import (
     LEVEL,
     RESAMPLES,
     SEED,
@@ -42,6 +41,7 @@ from ekt.stats import (
     pass_at_k_curve,
     sample_notes,
 )
+from ekt.records import read_jsonl, write_json_atomic, write_text_atomic
 
 REFERENCE = "ekt"  # paired differences are taken against this method
 DRILL_QUESTIONS = 200  # questions whose programs are embedded (all get a summary line)
@@ -1150,7 +1150,7 @@ def _questions_text(run: RunData, ids: set[str]) -> dict[str, str]:
     if not src or not Path(str(src)).is_dir():
         return {}
     try:
-        from ekt.tasks import get_task
+        from ekt.data.tasks import get_task
 
         task = get_task(str(run.config.get("task") or "gsm8k"), str(src))
         return {pid: p.question for pid, p in task.by_id(ids).items() if pid in ids}
@@ -1471,7 +1471,7 @@ def build_report(
     if out is None:
         out = Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("report.html")
     expanded: list[Path] = []
-    for d in map(Path, run_dirs):  # a matrix run (ekt.matrix): its cells side by side
+    for d in map(Path, run_dirs):  # a matrix run (ekt.pipeline.matrix): its cells side by side
         cells = sorted(p for p in (d / "pairs").glob("*") if p.is_dir())
         expanded += cells if cells and not (d / "eval").is_dir() else [d]
     runs = [analyse(load_run(d), reference, resamples, seed) for d in expanded]

@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ekt.data.prompts import extract_program, student_prompt, teacher_prompt
 from ekt.errors import EktError
-from ekt.prompts import extract_program, student_prompt, teacher_prompt
+from ekt.generation.sampling import Sampler, SamplingParams
 from ekt.records import Completion, JsonlWriter, Problem, read_jsonl, write_json_atomic
-from ekt.sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:
-    from ekt.distributed import RayCluster
+    from ekt.pipeline.distributed import RayCluster
 
 PROMPTS: dict[str, Callable[[Problem], str]] = {
     "teacher": teacher_prompt,
@@ -89,7 +89,7 @@ def generate(
 
     ``sampler`` may be a factory, called only when there is work left, so a
     finished job never loads its model. With ``cluster`` (or inside
-    ``ekt.distributed.use_cluster``) the shards are sampled by model replicas on a
+    ``ekt.pipeline.distributed.use_cluster``) the shards are sampled by model replicas on a
     Ray cluster, each built there from the factory; the files written are the same.
     """
     if prompt not in PROMPTS:
@@ -114,7 +114,7 @@ def generate(
     make_prompt = PROMPTS[prompt]
     t0 = time.time()
     if cluster is None:
-        from ekt.distributed import current_cluster
+        from ekt.pipeline.distributed import current_cluster
 
         cluster = current_cluster()
     if cluster is not None:
@@ -197,12 +197,12 @@ def _generate_ray(
     make_prompt: Callable[[Problem], str],
     shard_size: int,
 ) -> tuple[int, int]:
-    """The shards left to do, on a Ray cluster's generation replicas (``ekt.distributed``).
+    """The shards left to do, on a Ray cluster's generation replicas (``ekt.pipeline.distributed``).
 
     Every replica samples a shard's whole problem list, as the local path does, so
     the records are the same; the driver writes each shard once, when it arrives.
     """
-    from ekt.distributed import generate_shards
+    from ekt.pipeline.distributed import generate_shards
 
     chunks: dict[int, tuple[Path, Sequence[Problem], dict[str, set[int]]]] = {}
     jobs = []

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.generation.sampling import SamplingParams, derive_seed, truncate_at_stop
 from ekt.records import Completion
-from ekt.sampling import SamplingParams, derive_seed, truncate_at_stop
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 

@@ -7,7 +7,7 @@ Run folder (``runs/<name>/`` unless ``--out`` says otherwise)::
     train_pairs.jsonl                          (EKT: the teacher's verified programs)
     supervised/programs.jsonl  supervised/executions.jsonl  supervised/train_pairs.jsonl
     students/<method>/                         (HF checkpoints + train_log.jsonl)
-    eval/<label>/...  scores.json              (see ekt.evaluate)
+    eval/<label>/...  scores.json              (see ekt.evaluation.evaluate)
     results.json  results.md
 
 Each stage skips what is complete and resumes what is partial, so rerunning
@@ -29,21 +29,21 @@ from pathlib import Path
 
 import yaml
 
-from ekt.config import RunConfig, dump_config
+from ekt.data.tasks import get_task
 from ekt.errors import EktError
-from ekt.evaluate import evaluate, score_line
-from ekt.filtering import filter_stage
-from ekt.generate import generate
+from ekt.evaluation.evaluate import evaluate, score_line
+from ekt.generation.generate import generate
+from ekt.generation.sampling import SamplingParams
+from ekt.pipeline.config import RunConfig, dump_config
 from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from ekt.sampling import SamplingParams
-from ekt.sandbox import SandboxConfig
-from ekt.tasks import get_task
-from ekt.verify import verify
+from ekt.sandbox.pool import SandboxConfig
+from ekt.verification.filtering import filter_stage
+from ekt.verification.verify import verify
 
 
 def _sampler_factory(spec: str, device: str | None, batch_size: int, backend=None):
     """A factory for the sampler of ``spec`` on the configured backend (loads on call)."""
-    from ekt.backends import make_sampler
+    from ekt.generation.backends import make_sampler
 
     return make_sampler(spec, device, batch_size, backend)
 
@@ -280,7 +280,7 @@ class Runner:
                         "skipped": "no training pairs",
                     }
                 )
-        from ekt.report import finish_run  # 95% intervals into results.json/.md, report.html
+        from ekt.report.build import finish_run  # 95% intervals into results.json/.md, report.html
 
         return finish_run(self.dir, self._write_results(rows))
 
@@ -323,7 +323,7 @@ class Runner:
         write_text_atomic(path, text)
 
     def link_shared(self) -> None:
-        """Single-pair runs share nothing; ``ekt.matrix`` sets this for its cells."""
+        """Single-pair runs share nothing; ``ekt.pipeline.matrix`` sets this for its cells."""
 
     def _remove(self, p: Path) -> None:
         """Remove a stale output. A stage a matrix run shares (a link to a folder under
@@ -390,7 +390,7 @@ class Runner:
         return self.dir / "train_pairs.jsonl"
 
     def supervised_pairs(self, problems) -> Path:
-        from ekt.supervised import reference_program
+        from ekt.data.supervised import reference_program
 
         d = self.dir / "supervised"
         with self._stage("supervised reference programs from calculator annotations"):
@@ -417,9 +417,9 @@ class Runner:
 
     def seq_kd_pairs(self, problems) -> Path:
         """Every teacher sample as a pair, without the correctness filter (sequence-level KD)."""
-        from ekt.filtering import _norm_question
-        from ekt.generate import read_completions
-        from ekt.kd import sequence_kd_pairs
+        from ekt.generation.generate import read_completions
+        from ekt.training.kd import sequence_kd_pairs
+        from ekt.verification.filtering import _norm_question
 
         self.teacher_samples(problems)
         path = self.dir / "seq_kd" / "train_pairs.jsonl"
@@ -433,7 +433,7 @@ class Runner:
         return path
 
     def expert_iteration(self, problems) -> tuple[str | None, Path]:
-        from ekt.expert_iteration import expert_iteration
+        from ekt.pipeline.expert_iteration import expert_iteration
 
         cfg, ei, ts = self.cfg, self.cfg.expert_iteration, self.cfg.teacher_sampling
         params = SamplingParams(
@@ -460,8 +460,8 @@ class Runner:
         return result.model, result.pairs_path
 
     def train(self, method: str, pairs: Path) -> str | None:
-        from ekt.kd import train_kd
-        from ekt.train import train_student
+        from ekt.training.kd import train_kd
+        from ekt.training.train import train_student
 
         out = self.dir / "students" / method
         with self._stage(f"train {self.cfg.student} on {method} pairs"):
@@ -594,7 +594,7 @@ def results_table(results: dict) -> str:
 
 def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
     if cfg.is_matrix:
-        from ekt.matrix import matrix_table, run_matrix
+        from ekt.pipeline.matrix import matrix_table, run_matrix
 
         t0 = time.time()
         results = run_matrix(cfg, out_dir, force)

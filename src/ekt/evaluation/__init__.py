@@ -1,0 +1,1 @@
+"""The evaluate stage, pass@k and majority-vote metrics, bootstrap statistics."""

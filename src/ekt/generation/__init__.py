@@ -1,0 +1,4 @@
+"""Sampling programs from a model.
+
+SamplingParams, the Sampler protocol, backends and the generate stage.
+"""

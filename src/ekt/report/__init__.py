@@ -1,0 +1,1 @@
+"""results.json, results.md and report.html from the records on disk."""

@@ -1,0 +1,1 @@
+"""Running untrusted programs: the worker pool (pool), the forked, confined child (child)."""

@@ -1,0 +1,1 @@
+"""Fine-tuning students: SFT on transformers.Trainer, packing, knowledge distillation."""

@@ -1,0 +1,1 @@
+"""The verify stage (run programs, grade them) and the filter stage (train pairs)."""
