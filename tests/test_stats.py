@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ekt.errors import EktError
-from ekt.evaluation.evaluate import scores_from_rows
+from ekt.evaluation.metrics import question_scores, score_problems
 from ekt.evaluation.stats import (
     SMALL_SAMPLE,
     bootstrap_mean,
@@ -15,7 +15,6 @@ from ekt.evaluation.stats import (
     paired_difference,
     paired_intervals,
     pass_at_k_curve,
-    question_scores,
     sample_notes,
 )
 
@@ -128,7 +127,7 @@ def test_metric_estimates_equal_the_table_figures():
         greedy=[rng.random() < 0.4 for _ in range(120)],
         maj=[rng.random() < 0.3 for _ in range(120)],
     )
-    table = scores_from_rows(rows, [1, 5, 10])
+    table = score_problems(rows, [1, 5, 10])
     ivs = metric_intervals(rows, [1, 5, 10])
     assert set(ivs) == {"pass@1", "pass@5", "pass@10", "greedy_pass@1", "maj@10"}
     for key, iv in ivs.items():

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from ekt.errors import EktError
-from ekt.evaluation.metrics import pass_at_k
+from ekt.evaluation.metrics import pass_at_k, question_scores
 
 _pass_at_k = lru_cache(maxsize=1 << 16)(pass_at_k)  # many questions share one (n, c)
 
@@ -127,28 +127,7 @@ def paired_difference(
     return bootstrap_mean(d, resamples, seed, level)
 
 
-# -- per-question scores from evaluation records (eval/<label>/problems.jsonl) ----------
-
-
-def question_scores(rows: Sequence[Mapping], ks: Sequence[int]) -> dict[str, list[float]]:
-    """Per-question scores whose means are the table figures (see ``ekt.evaluation.evaluate``).
-
-    Keys: ``pass@k`` for each k (unbiased estimate from the question's n, c),
-    ``greedy_pass@1`` (only when every question has a greedy outcome) and
-    ``maj@n`` (n: the question's sample count, which must be one value).
-    """
-    if not rows:
-        raise EktError("no questions to score")
-    out: dict[str, list[float]] = {}
-    for k in ks:
-        out[f"pass@{k}"] = [_pass_at_k(int(r["n"]), int(r["c"]), k) for r in rows]
-    greedy = [r.get("greedy_correct") for r in rows]
-    if all(g is not None for g in greedy):
-        out["greedy_pass@1"] = [float(bool(g)) for g in greedy]
-    ns = {int(r["n"]) for r in rows}
-    if len(ns) == 1:
-        out[f"maj@{ns.pop()}"] = [float(bool(r["majority_correct"])) for r in rows]
-    return out
+# -- intervals for the figures of ekt.evaluation.metrics (per-question scores) ----------
 
 
 def metric_intervals(
