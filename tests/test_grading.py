@@ -69,7 +69,13 @@ def _near_misses() -> list[tuple[object, str, object, str]]:
         (0.5, "Fraction", 0.5, "a float dressed as a Fraction"),
         (18, "Weird", 18, "an unknown type"),
         (0.0001, "float", 0, "1e-4 for 0"),
+        (1e-6, "float", 0, "1e-6 for 0"),
         (0.1, "numpy.float32", 0.11, "float32 near miss"),
+        (400_000.1, "float", 400_000, "off by 0.1 on an integer gold"),
+        (18.01, "float", 18, "off by 0.01 on an integer gold"),
+        (2.2501, "float", 2.25, "off by 1e-4 on a two-decimal gold"),
+        (float(np.float32(1234.57)), "numpy.float32", 1234.56, "float32 of the next cent"),
+        (192_000_016.0, "numpy.float32", 192_000_000, "the next float32"),
     ]
     return rows
 
@@ -95,6 +101,10 @@ def _noise() -> list[tuple[object, str, object, str]]:
         (float(np.float32(0.1)), "numpy.float32", 0.1, "0.1 computed in float32"),
         (float(np.float32(1234.56)), "numpy.float32", 1234.56, "1234.56 in float32"),
         (float(np.float32(2.5) * np.float32(3)), "numpy.float32", 7.5, "float32 arithmetic"),
+        (float(np.float32(0.1)), "float", 0.1, "0.1 through float32, as a plain float"),
+        (float(np.float32(1234.56)), "float", 1234.56, "1234.56 through float32, plain"),
+        (float(np.float32(12.75) * np.float32(0.2)), "float", 2.55, "float32 product, plain"),
+        (float(np.float32([0.1] * 10).sum()), "numpy.float32", 1, "a float32 sum"),
         (float(np.float64(0.7) * 3), "numpy.float64", 2.1, "numpy float64 noise"),
         (float(Decimal("0.1") * 3), "Decimal", 0.3, "a Decimal"),
         ([1, 4], "Fraction", 0.25, "a Fraction"),
@@ -144,6 +154,17 @@ def test_off_by_one_wrong_up_to_1e12_and_noise_right_at_every_magnitude():
             assert grade_value(float(gold) * (1 + 4e-16), "float", gold)
 
 
+def test_quantum_and_tolerance():
+    from ekt.data.grading import quantum, tolerance
+
+    assert quantum(Fraction(18)) == 1 and quantum(Fraction(9, 4)) == Fraction(1, 100)
+    assert quantum(Fraction(1, 3)) == Fraction(1, 10**30)
+    for e in range(12):  # below 1 up to 1e12; below 0.01 for a 2-decimal gold up to 1e10
+        assert tolerance(Fraction(10**e)) < 1
+        assert e >= 10 or tolerance(Fraction(10**e) + Fraction(1, 4)) < Fraction(1, 100)
+    assert tolerance(Fraction(0)) == Fraction(1, 10**9)
+
+
 def test_gold_forms():
     assert gold_number(0.1) == Fraction(1, 10)  # the decimal the dataset wrote
     assert gold_number(2.5) == Fraction(5, 2) and gold_number(-3) == -3
@@ -183,10 +204,25 @@ def test_majority_vote_groups_by_the_grading_rule():
     assert majority_vote([([1, 2], "Fraction"), (0.5, f), (0.51, f)]) == ([1, 2], "Fraction")
 
 
+def test_majority_vote_knows_every_noise_variant_of_the_gold():
+    f = "float"
+    f32 = float(np.float32(1234.56))
+    votes = [(1234.57, f), (1234.57, f), (f32, "numpy.float32"), (1234.56, f), (1234.56, f)]
+    assert majority_vote(votes, gold=1234.56) == (f32, "numpy.float32")  # 3 votes for the gold
+    assert grade_value(*majority_vote(votes, gold=1234.56), 1234.56)
+    # without the gold, float32 noise is its own group and the near miss wins the tie
+    assert majority_vote(votes) == (1234.57, f)
+    assert not grade_value(*majority_vote(votes[:3], gold=1234.56), 1234.56)
+
+
 @pytest.mark.parametrize("value,type_name,gold,why", NEAR_MISSES + NOISE, ids=lambda x: str(x)[:24])
 def test_vote_of_one_answer_is_graded_like_the_answer(value, type_name, gold, why):
-    voted = majority_vote([(value, type_name)] * 3)
-    assert (voted is not None and grade_value(*voted, gold)) is grade_value(value, type_name, gold)
+    right = grade_value(value, type_name, gold)
+    for voted in (
+        majority_vote([(value, type_name)] * 3, gold),
+        majority_vote([(value, type_name)]),
+    ):
+        assert (voted is not None and grade_value(*voted, gold)) is right
 
 
 def _literal(value: object, type_name: str) -> str | None:

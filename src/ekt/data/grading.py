@@ -13,17 +13,22 @@ overflows or rounds on the way.
 
 The rule::
 
-    correct  <=>  |value - gold| <= max(ABS_TOL, rel_tol(type) * |gold|)
+    correct  <=>  |value - gold| <= tolerance(gold)
+    tolerance(g) = max(ABS_TOL, REL_TOL * |g|, min(FLOAT32_REL * |g|, quantum(g) / 100))
 
-``ABS_TOL`` (1e-9) absorbs float noise near zero and the error of sums of many
-small floats (``0.1 + 0.2``, ten thousand ``+= 0.1``). ``REL_TOL`` (1e-12)
-absorbs the last few bits of a float64 result at large magnitudes
-(``1e11 / 3 * 3``) while keeping the tolerance below 1 for every
-``|gold| < 1e12``: an answer off by one is wrong at every magnitude a GSM8K
-answer takes, and so is an answer off by 0.01 on a two-decimal gold (the
-tolerance stays below 0.01 up to ``|gold| = 1e10``). A value the program
-computed in numpy float32 or float16 cannot hold more than that type's bits, so
-it is compared at that type's precision (a few units in its last place).
+- ``ABS_TOL`` (1e-9) absorbs float noise near zero (``0.1 + 0.2 - 0.3``) and
+  the error of sums of many small floats.
+- ``REL_TOL`` (1e-12) absorbs the last bits of a float64 result at large
+  magnitudes (``1e11 / 3 * 3``) while keeping the tolerance below 1 for every
+  ``|gold| < 1e12``.
+- The last term lets a value that went through float32 (a numpy float32 sum,
+  say) pass, but never by more than a hundredth of the gold's last written
+  decimal place (``quantum``: 1 for an integer gold, 0.01 for ``2.25``), so
+  it can never reach a near miss.
+
+So an answer off by one is wrong at every magnitude below 1e12, an answer off
+by 0.01 on a two-decimal gold is wrong below 1e10, and a wrong sign, a factor of
+ten, a bool, NaN, an infinity or a string is always wrong.
 """
 
 from __future__ import annotations
@@ -39,9 +44,9 @@ from ekt.errors import EktError
 
 ABS_TOL = Fraction(1, 10**9)  # absolute slack: float noise around small answers
 REL_TOL = Fraction(1, 10**12)  # relative slack for float64 values: < 1 below |gold| = 1e12
-# Values that were computed in a narrower float type carry that type's rounding:
-# a few units in the last place of a 24-bit (float32) or 11-bit (float16) mantissa.
-NARROW_REL_TOL = {"numpy.float32": Fraction(1, 2**21), "numpy.float16": Fraction(1, 2**8)}
+FLOAT32_REL = Fraction(1, 2**22)  # a few float32 roundings (24-bit mantissa) ...
+QUANTUM_SHARE = Fraction(1, 100)  # ... capped at this share of the gold's last decimal place
+_MAX_DECIMALS = 30
 
 _FLOAT_TYPES = ("float", "Decimal")  # Decimal arrives as its float
 
@@ -95,55 +100,76 @@ def gold_number(gold: Any) -> Fraction:
     raise EktError(f"gold answer must be a number, got {type(gold).__name__} {gold!r}")
 
 
-def tolerance(reference: Fraction, type_name: str = "float") -> Fraction:
-    """How far a value of ``type_name`` may be from ``reference`` and still equal it."""
-    rel = NARROW_REL_TOL.get(type_name, REL_TOL)
-    return max(ABS_TOL, rel * abs(reference))
+def quantum(reference: Fraction) -> Fraction:
+    """The place of the last decimal a number is written with: 1 for 18, 1/100 for 2.25.
+
+    A number with no finite decimal form (1/3) counts as written to ``_MAX_DECIMALS``.
+    """
+    den, twos, fives = reference.denominator, 0, 0
+    while den % 2 == 0:
+        den, twos = den // 2, twos + 1
+    while den % 5 == 0:
+        den, fives = den // 5, fives + 1
+    decimals = max(twos, fives) if den == 1 else _MAX_DECIMALS
+    return Fraction(1, 10 ** min(decimals, _MAX_DECIMALS))
 
 
-def equal_answers(x: Fraction, reference: Fraction, type_name: str = "float") -> bool:
-    """``x`` (a value of ``type_name``) equals ``reference`` under the grading rule."""
-    return abs(x - reference) <= tolerance(reference, type_name)
+def tolerance(reference: Fraction) -> Fraction:
+    """How far a value may be from ``reference`` (a gold answer) and still equal it."""
+    size = abs(reference)
+    return max(ABS_TOL, REL_TOL * size, min(FLOAT32_REL * size, quantum(reference) * QUANTUM_SHARE))
+
+
+def equal_answers(x: Fraction, reference: Fraction) -> bool:
+    """``x`` equals ``reference`` under the grading rule (the tolerance is the reference's)."""
+    return abs(x - reference) <= tolerance(reference)
 
 
 def grade_value(value: Any, type_name: str, gold: Any) -> bool:
     """True when the sandbox value ``value`` of type ``type_name`` is the gold answer."""
     g = gold_number(gold)
     x = as_number(value, type_name)
-    return x is not None and equal_answers(x, g, type_name)
+    return x is not None and equal_answers(x, g)
 
 
-def majority_vote(answers: Sequence[tuple[Any, str] | None]) -> tuple[Any, str] | None:
+def majority_vote(
+    answers: Sequence[tuple[Any, str] | None], gold: Any = None
+) -> tuple[Any, str] | None:
     """The most common answer among one question's samples (self-consistency voting).
 
     ``answers`` are the sandbox's ``(value, type_name)`` of each sample, or None
-    for a sample that did not run to a value. Non-numbers (strings, bools, NaN,
-    None) get no vote. Answers are grouped by the grading rule: an answer joins
-    the first group whose first answer it equals (``equal_answers``), so float
-    noise variants of one number are one vote, and near misses are separate
-    ones. The winner is the first answer of the largest group; a tie goes to the
-    group seen first. Grade the result with ``grade_value(*winner, gold)``: the
-    same function verification uses.
+    for a sample that did not run to a value; non-numbers (strings, bools, NaN,
+    None) get no vote. Answers are grouped by the grading rule: with ``gold``,
+    every answer that ``grade_value`` accepts is one group (so float-noise
+    variants of the gold are one vote), and any other answer joins the first
+    group whose first answer it equals (``equal_answers``), so near misses are
+    votes of their own. The winner is the first answer of the largest group; a
+    tie goes to the group seen first. ``grade_value(*winner, gold)`` is then
+    True exactly when the gold's group won.
     """
-    groups: list[tuple[Fraction, tuple[Any, str]]] = []
+    g = None if gold is None else gold_number(gold)
+    firsts: list[tuple[Any, str]] = []  # each group's first answer
+    refs: list[Fraction | None] = []  # each group's first number; None for the gold's group
     sizes: list[int] = []
     for a in answers:
-        if a is None:
+        x = None if a is None else as_number(*a)
+        if a is None or x is None:
             continue
-        x = as_number(*a)
-        if x is None:
-            continue
-        for i, (ref, (_, ref_type)) in enumerate(groups):
-            if equal_answers(x, ref, ref_type):
-                sizes[i] += 1
-                break
+        if g is not None and equal_answers(x, g):
+            i = next((j for j, r in enumerate(refs) if r is None), None)
+            ref = None
         else:
-            groups.append((x, (a[0], a[1])))
+            i = next((j for j, r in enumerate(refs) if r is not None and equal_answers(x, r)), None)
+            ref = x
+        if i is None:
+            firsts.append((a[0], a[1]))
+            refs.append(ref)
             sizes.append(1)
-    if not groups:
+        else:
+            sizes[i] += 1
+    if not sizes:
         return None
-    best = max(sizes)
-    return groups[sizes.index(best)][1]
+    return firsts[sizes.index(max(sizes))]
 
 
 def answer_float(answer: tuple[Any, str] | None) -> float | None:

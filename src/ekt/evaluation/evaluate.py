@@ -93,7 +93,7 @@ def per_problem(
             (r.get("value"), str(r.get("type", ""))) if r.get("status") == "ok" else None
             for r in recs
         ]
-        maj = majority_vote(answers)
+        maj = majority_vote(answers, p.answer)
         rows.append(
             {
                 "problem_id": p.id,
