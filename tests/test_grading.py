@@ -287,3 +287,21 @@ def test_verify_and_vote_agree(tmp_path):
         row = rows[f"gsm8k/test/{i}"]
         assert row["c"] == 3 * want, (src, gold, why, row)
         assert row["majority_correct"] is want, (src, gold, why, row)
+
+
+def test_fast_path_agrees_with_exact_rule_at_the_edge():
+    """Values within a few ulps of gold +- tolerance, and bool-typed floats, graded as the
+    exact rule says."""
+    from ekt.data.grading import equal_answers, tolerance
+
+    edges = 0
+    for gold in (0, 0.3, -2.5, 18, 1234.56, 192_000_000, 10**11, 999_999_999_999):
+        g = gold_number(gold)
+        for base in (float(g + tolerance(g)), float(g - tolerance(g))):
+            for k in range(-30, 31):
+                v = base + k * math.ulp(base)
+                want = equal_answers(Fraction(v), g)
+                assert grade_value(v, "float", gold) is want, (gold, v)
+                edges += want
+        assert 0 < edges
+    assert not grade_value(18.0, "numpy.bool", 18) and not grade_value(1.0, "bool", 1)

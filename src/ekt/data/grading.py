@@ -37,6 +37,7 @@ import math
 from collections.abc import Sequence
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 from numbers import Rational, Real
 from typing import Any
 
@@ -51,13 +52,20 @@ _MAX_DECIMALS = 30
 _FLOAT_TYPES = ("float", "Decimal")  # Decimal arrives as its float
 
 
+def _numeric_type(type_name: str) -> bool:
+    """A type the sandbox reports a number as; a bool is never a number."""
+    if type_name in ("bool", "numpy.bool"):
+        return False
+    return type_name == "int" or type_name in _FLOAT_TYPES or type_name.startswith("numpy.")
+
+
 def as_number(value: Any, type_name: str) -> Fraction | None:
     """The exact number a sandbox value stands for, or None when it is not a finite number.
 
     ``type_name`` is the type the sandbox reported; a value whose JSON shape does
     not fit it (a string dressed as an int, a three-element "Fraction") is None.
     """
-    if type_name in ("bool", "numpy.bool") or isinstance(value, bool):
+    if isinstance(value, bool):
         return None
     if type_name == "Fraction":
         if not (isinstance(value, list) and len(value) == 2):
@@ -66,8 +74,7 @@ def as_number(value: Any, type_name: str) -> Fraction | None:
         if type(num) is not int or type(den) is not int or den == 0:
             return None
         return Fraction(num, den)
-    numeric_type = type_name == "int" or type_name in _FLOAT_TYPES or type_name.startswith("numpy.")
-    if not numeric_type:
+    if not _numeric_type(type_name):
         return None
     if type(value) is int:
         return Fraction(value)
@@ -114,6 +121,7 @@ def quantum(reference: Fraction) -> Fraction:
     return Fraction(1, 10 ** min(decimals, _MAX_DECIMALS))
 
 
+@lru_cache(maxsize=1 << 14)  # one per gold answer (and per vote group): computed once
 def tolerance(reference: Fraction) -> Fraction:
     """How far a value may be from ``reference`` (a gold answer) and still equal it."""
     size = abs(reference)
@@ -125,11 +133,33 @@ def equal_answers(x: Fraction, reference: Fraction) -> bool:
     return abs(x - reference) <= tolerance(reference)
 
 
+@lru_cache(maxsize=1 << 14)
+def _gold(kind: type, gold: Any) -> tuple[Fraction, Fraction, float, float]:
+    """A gold answer's exact value and tolerance, and both as floats (for the fast path)."""
+    g = gold_number(gold)
+    tol = tolerance(g)
+    return g, tol, float(g), float(tol)
+
+
+_EPS = 2.0**-52
+
+
 def grade_value(value: Any, type_name: str, gold: Any) -> bool:
     """True when the sandbox value ``value`` of type ``type_name`` is the gold answer."""
-    g = gold_number(gold)
+    try:
+        g, tol, gf, tf = _gold(type(gold), gold)
+    except TypeError:  # unhashable: not a number, gold_number says why
+        g, tol, gf, tf = _gold(float, gold_number(gold))
+    if type(value) is float and math.isfinite(value) and _numeric_type(type_name):
+        # Fast path, sound: the float difference is within a few ulps of the exact one, so
+        # only a value at the edge of the tolerance needs the exact comparison below.
+        d, slack = abs(value - gf), 8 * _EPS * (abs(value) + abs(gf))
+        if d > tf + slack:
+            return False
+        if d < tf - slack:
+            return True
     x = as_number(value, type_name)
-    return x is not None and equal_answers(x, g)
+    return x is not None and abs(x - g) <= tol
 
 
 def majority_vote(
@@ -148,6 +178,7 @@ def majority_vote(
     True exactly when the gold's group won.
     """
     g = None if gold is None else gold_number(gold)
+    exact: dict[Fraction, int] = {}  # a number seen before: its group, without a search
     firsts: list[tuple[Any, str]] = []  # each group's first answer
     refs: list[Fraction | None] = []  # each group's first number; None for the gold's group
     sizes: list[int] = []
@@ -155,18 +186,23 @@ def majority_vote(
         x = None if a is None else as_number(*a)
         if a is None or x is None:
             continue
-        if g is not None and equal_answers(x, g):
-            i = next((j for j, r in enumerate(refs) if r is None), None)
-            ref = None
-        else:
-            i = next((j for j, r in enumerate(refs) if r is not None and equal_answers(x, r)), None)
-            ref = x
+        i = exact.get(x)
         if i is None:
-            firsts.append((a[0], a[1]))
-            refs.append(ref)
-            sizes.append(1)
-        else:
-            sizes[i] += 1
+            if g is not None and equal_answers(x, g):
+                i = next((j for j, r in enumerate(refs) if r is None), None)
+                ref = None
+            else:
+                i = next(
+                    (j for j, r in enumerate(refs) if r is not None and equal_answers(x, r)), None
+                )
+                ref = x
+            if i is None:
+                i = len(sizes)
+                firsts.append((a[0], a[1]))
+                refs.append(ref)
+                sizes.append(0)
+            exact[x] = i
+        sizes[i] += 1
     if not sizes:
         return None
     return firsts[sizes.index(max(sizes))]
