@@ -170,6 +170,7 @@ def test_gold_forms():
     assert gold_number(2.5) == Fraction(5, 2) and gold_number(-3) == -3
     assert gold_number(Decimal("0.25")) == Fraction(1, 4)
     assert gold_number(np.float64(1e9)) == 10**9
+    assert grade_value(10**400, "int", 10**400) and not grade_value(1e300, "float", 10**400)
     for bad in (True, math.nan, math.inf, "18", None, [1, 2]):
         with pytest.raises(EktError, match="gold answer"):
             grade_value(18, "int", bad)
