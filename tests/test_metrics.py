@@ -5,13 +5,7 @@ from fractions import Fraction
 import pytest
 
 from ekt.errors import EktError
-from ekt.evaluation.metrics import (
-    majority_accuracy,
-    majority_vote,
-    mean_pass_at_k,
-    pass_at_k,
-    score_problems,
-)
+from ekt.evaluation.metrics import pass_at_k, question_scores, score_problems
 
 
 def exact(n, c, k):
@@ -83,32 +77,6 @@ def test_refuses_invalid(n, c, k, msg):
         pass_at_k(n, c, k)
 
 
-def test_mean():
-    assert mean_pass_at_k([(4, 2), (4, 0)], 1) == pytest.approx(0.25)
-    with pytest.raises(EktError, match="no problems"):
-        mean_pass_at_k([], 1)
-
-
-def test_majority_vote():
-    assert majority_vote([3.0, 2.0, 3.0000000001, None]) == 3.0
-    assert majority_vote([1.0, 2.0]) == 1.0  # tie: first seen
-    assert majority_vote([2.0, 1.0, 1.0, 2.0]) == 2.0
-    assert majority_vote([None, None]) is None
-    assert majority_vote([]) is None
-    assert majority_vote([float("nan"), float("nan"), 5.0]) == 5.0
-    assert majority_vote([float("inf"), True, True, 4.0]) == 4.0
-    assert majority_vote([-0.0, 0.0, 1.0]) == 0.0
-    assert majority_vote([0.1 + 0.2, 0.3, 7.0]) == 0.3
-    assert majority_vote([2, 2.0, 3.5]) == 2.0
-
-
-def test_majority_accuracy():
-    samples = [[3.0, 3.0, 1.0], [None, 2.0, 5.0], [None, None, None], [4.00001, 4.0, 9.0]]
-    assert majority_accuracy(samples, [3, 5, 1, 4]) == pytest.approx(0.5)
-    with pytest.raises(EktError, match="gold"):
-        majority_accuracy(samples, [1])
-
-
 def test_score_problems():
     rows = [
         {"problem_id": "a", "n": 4, "c": 2, "greedy_correct": True, "majority_correct": True},
@@ -121,11 +89,15 @@ def test_score_problems():
     assert s["pass@4"] == pytest.approx(0.5)
     assert s["greedy_pass@1"] == pytest.approx(0.5)
     assert s["maj@4"] == pytest.approx(0.5)
+    assert s["solved_any"] == 1
+    # each figure is the mean of the per-question scores the bootstrap resamples
+    per = question_scores(rows, (1, 2, 4))
+    assert per["pass@2"] == pytest.approx([5 / 6, 0.0]) and per["maj@4"] == [1.0, 0.0]
     rows[1]["greedy_correct"] = None
     assert "greedy_pass@1" not in score_problems(rows, ks=(1,))
     with pytest.raises(EktError, match="exceeds n=4"):
         score_problems(rows, ks=(10,))
     with pytest.raises(EktError, match="different sample counts"):
         score_problems([rows[0], {**rows[1], "n": 5}], ks=(1,))
-    with pytest.raises(EktError, match="no problems"):
+    with pytest.raises(EktError, match="no questions"):
         score_problems([], ks=(1,))

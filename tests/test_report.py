@@ -22,8 +22,9 @@ import pytest
 import yaml
 
 from ekt.cli import main
-from ekt.evaluation.evaluate import scores_from_rows
-from ekt.report.build import add_statistics, build_report, finish_run, load_run
+from ekt.evaluation.metrics import score_problems
+from ekt.report.build import add_statistics, build_report, finish_run
+from ekt.report.load import load_run
 
 INJECT = (
     "</code></pre></details><script>window.__pwned = 1; console.error('pwned')</script>"
@@ -97,6 +98,7 @@ def make_run(
             probs.append(
                 {
                     "problem_id": pid,
+                    "question": f"Question {q} <script>console.error('q{q}')</script>?",
                     "gold": 18,
                     "n": n,
                     "c": c,
@@ -109,7 +111,7 @@ def make_run(
         _dump(e / "problems.jsonl", probs)
         _dump(e / "sampled" / "executions.jsonl", sampled)
         _dump(e / "greedy" / "executions.jsonl", greedy)
-        scores = scores_from_rows(probs, ks)
+        scores = score_problems(probs, ks)
         (e / "scores.json").write_text(json.dumps({**scores, "settings": {"model": model}}))
         row = {"label": label, "model": model, "method": method, "prompt": "student", **scores}
         if method in ("ekt", "supervised", "kd"):
@@ -183,19 +185,9 @@ def make_run(
 
 @pytest.fixture
 def fake_data(tmp_path) -> Path:
-    """A GSM8K-shaped folder whose questions carry HTML, so the drill-down must escape them."""
-    d = tmp_path / "data"
-    d.mkdir()
-    rows = [
-        {
-            "question": f"Question {i} <script>console.error('q{i}')</script>?",
-            "answer": "x\n#### 18",
-        }
-        for i in range(200)
-    ]
-    for split in ("train", "test"):
-        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return d
+    """The data folder the run was made from, gone by report time: question text (with HTML
+    that the drill-down must escape) comes from the run's own records, not the dataset."""
+    return tmp_path / "data-no-longer-here"
 
 
 def test_results_gain_intervals_and_paired_differences(tmp_path):
@@ -244,8 +236,8 @@ def test_report_html_is_self_contained_escaped_and_complete(tmp_path, fake_data)
     page = out.read_text()
     assert page.count("<script>") == 1  # ours; everything from records is escaped
     assert "<img" not in page and "window.__pwned" in page
-    assert "&lt;script&gt;window.__pwned" in page and "&lt;img src=&quot;x&quot;" in page
-    assert "&lt;script&gt;console.error(&#x27;q1&#x27;)" in page  # question text
+    assert "&lt;script&gt;window.__pwned" in page and "&lt;img src=&#34;x&#34;" in page
+    assert "&lt;script&gt;console.error(&#39;q1&#39;)" in page  # question text, from the records
     for attr in ('src="http', 'href="http', "@import", "url("):
         assert attr not in page
     for section in ("summary", "results", "curves", "yields", "rounds", "training", "drill"):

@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Iterable
 
+from ekt.data.grading import grade_value
 from ekt.data.prompts import PROGRAM_HEADER
 from ekt.records import Problem, TrainPair
 
@@ -124,7 +125,7 @@ def reference_program(solution_text: str) -> str | None:
 
 
 def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-4)
+    return grade_value(a, "float", b)  # the one grading rule (ekt.data.grading)
 
 
 def reference_pairs(problems: Iterable[Problem]) -> list[TrainPair]:

@@ -4,7 +4,8 @@ Layout of ``out_dir``::
 
     greedy/samples/*.jsonl   greedy/executions.jsonl      one greedy program per question
     sampled/samples/*.jsonl  sampled/executions.jsonl     n sampled programs per question
-    problems.jsonl            per question: n, c, greedy_correct, majority answer, majority_correct
+    problems.jsonl            per question: question, gold, n, c, greedy_correct, majority answer
+                              and majority_correct
     scores.json               every figure plus the settings that produced it
 
 Every figure in ``scores.json`` is recomputed from ``problems.jsonl``, which is
@@ -15,15 +16,15 @@ Generation and verification resume like their stages do.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ekt.data.grading import as_number
+from ekt.data.grading import answer_float, grade_value, majority_vote
 from ekt.data.tasks import GSM8K
 from ekt.errors import EktError
-from ekt.evaluation.metrics import pass_at_k
+from ekt.evaluation.metrics import score_problems
 from ekt.generation.backends import BackendConfig
 from ekt.generation.generate import generate
 from ekt.generation.sampling import Sampler, SamplingParams
@@ -72,20 +73,15 @@ class EvalConfig:
             raise EktError(f"--limit must be >= 1, got {self.limit}")
 
 
-def majority_answer(values: Sequence[float | None]) -> float | None:
-    """Most frequent numeric answer (rounded to 1e-6); ties go to the first seen. Pure."""
-    keys = [None if v is None else round(v, 6) for v in values]
-    counts = Counter(k for k in keys if k is not None)
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(k for k in keys if k is not None and counts[k] == best)
-
-
 def per_problem(
     problems: Sequence[Problem], sampled: list[dict], greedy: list[dict] | None
 ) -> list[dict]:
-    """Pure: per-question n, c, greedy and majority outcome from execution records."""
+    """Pure: per-question n, c, greedy and majority outcome from execution records.
+
+    ``c`` and ``greedy_correct`` are the verdicts verification wrote; the majority
+    answer is voted and graded by ``ekt.data.grading``, the rule verification used.
+    The question text is kept so that the report needs no dataset.
+    """
     by_pid: dict[str, list[dict]] = defaultdict(list)
     for r in sampled:
         by_pid[r["problem_id"]].append(r)
@@ -93,20 +89,21 @@ def per_problem(
     rows = []
     for p in problems:
         recs = sorted(by_pid.get(p.id, []), key=lambda r: r["sample_idx"])
-        values = [
-            as_number(r.get("value"), r.get("type", "")) if r.get("status") == "ok" else None
+        answers = [
+            (r.get("value"), str(r.get("type", ""))) if r.get("status") == "ok" else None
             for r in recs
         ]
-        maj = majority_answer(values)
+        maj = majority_vote(answers, p.answer)
         rows.append(
             {
                 "problem_id": p.id,
+                "question": p.question,
                 "gold": p.answer,
                 "n": len(recs),
                 "c": sum(bool(r["correct"]) for r in recs),
                 "greedy_correct": greedy_ok.get(p.id) if greedy is not None else None,
-                "majority_answer": maj,
-                "majority_correct": maj is not None and abs(maj - p.answer) <= 1e-4,
+                "majority_answer": answer_float(maj),
+                "majority_correct": maj is not None and grade_value(*maj, p.answer),
             }
         )
     return rows
@@ -132,20 +129,6 @@ def check_complete(problems: Sequence[Problem], records: list[dict], n: int, whe
             raise EktError(
                 f"{where}: {p.id} has {have} of its {n} samples verified; rerun to complete it"
             )
-
-
-def scores_from_rows(rows: list[dict], ks: Sequence[int]) -> dict:
-    """Pure: mean pass@k (unbiased), greedy pass@1 and majority accuracy over questions."""
-    if not rows:
-        raise EktError("no questions to score")
-    out: dict = {"problems": len(rows)}
-    for k in ks:
-        out[f"pass@{k}"] = sum(pass_at_k(r["n"], r["c"], k) for r in rows) / len(rows)
-    if all(r["greedy_correct"] is not None for r in rows):
-        out["greedy_pass@1"] = sum(bool(r["greedy_correct"]) for r in rows) / len(rows)
-    out[f"maj@{rows[0]['n']}"] = sum(r["majority_correct"] for r in rows) / len(rows)
-    out["solved_any"] = sum(r["c"] > 0 for r in rows)
-    return out
 
 
 def evaluate(
@@ -194,7 +177,7 @@ def evaluate(
     check_complete(problems, sampled_recs, config.n, out / "sampled" / "executions.jsonl")
     rows = per_problem(problems, sampled_recs, greedy_recs)
     write_jsonl_atomic(out / "problems.jsonl", rows)
-    scores = scores_from_rows(rows, config.k)
+    scores = score_problems(rows, config.k)
     scores["settings"] = {"eval": asdict(config), "prompt": prompt, **extra}
     scores["seconds"] = round(time.time() - t0, 1)
     write_json_atomic(out / "scores.json", scores)
@@ -202,6 +185,7 @@ def evaluate(
 
 
 def score_line(label: str, scores: dict) -> str:
+    """The one-line summary ``ekt evaluate`` and ``ekt run`` print for an evaluated model."""
     figures = ", ".join(
         f"{k} {v:.1%}" for k, v in scores.items() if isinstance(v, float) and "@" in k
     )

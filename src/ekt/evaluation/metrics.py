@@ -1,27 +1,28 @@
-"""Scoring: the unbiased pass@k estimator (Chen et al. 2021) and majority vote. Pure functions.
+"""The scorer: per-question outcomes -> the figures of a results table. Pure functions.
 
-``pass_at_k(n, c, k)`` is the probability that at least one of ``k`` samples
-drawn without replacement from ``n`` generated samples, ``c`` of them correct,
-is correct. ``majority_vote`` picks the most common numeric answer among a
-question's samples (self-consistency). ``score_problems`` turns per-question
-counts into the numbers a results table reports.
+Every figure ekt reports (``scores.json``, results.json/.md, the report, the
+matrix, the bootstrap intervals of ``ekt.evaluation.stats``) is the mean over
+questions of a per-question score from ``question_scores``:
+
+- ``pass@k``: the unbiased estimate ``pass_at_k(n, c, k)`` from the question's
+  ``n`` samples of which ``c`` are correct;
+- ``greedy_pass@1``: 1 when the greedy program is correct;
+- ``maj@n``: 1 when the majority answer is correct.
+
+Correctness itself (of a sample, of a greedy program, of a voted answer) is
+decided by ``ekt.data.grading``, and nowhere else.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from ekt.data.grading import ABS_TOL, REL_TOL
 from ekt.errors import EktError
-
-VOTE_DECIMALS = 6  # answers that agree to 1e-6 are one vote (well inside the grading tolerance)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Probability that at least one of k samples, drawn without replacement from n
-    samples of which c are correct, is correct:
+    """Unbiased pass@k (Chen et al. 2021): the probability that at least one of k samples,
+    drawn without replacement from n samples of which c are correct, is correct:
 
         pass@k = 1 - C(n - c, k) / C(n, k)
 
@@ -46,72 +47,43 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
-    """pass@k averaged over problems, from (n, c) per problem."""
-    if not counts:
-        raise EktError("no problems to score")
-    return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
+def question_scores(rows: Sequence[Mapping], ks: Sequence[int]) -> dict[str, list[float]]:
+    """Per-question scores whose means are the table figures.
 
-
-def _vote_key(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    x = float(value)
-    if not math.isfinite(x):
-        return None
-    return round(x, VOTE_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
-
-
-def majority_vote(values: Sequence[float | None]) -> float | None:
-    """The most common answer among one question's samples, or None when none is numeric.
-
-    ``values`` are answers already normalised to floats by the caller; None, bools,
-    NaN and infinities are ignored. Answers equal after rounding to 1e-6 count as
-    one; a tie goes to the answer seen first. The returned value is the rounded one.
+    ``rows`` are per-question records (``eval/<label>/problems.jsonl``): ``n``,
+    ``c``, ``greedy_correct`` (None when no greedy decode was run) and
+    ``majority_correct``. Keys: ``pass@k`` for each k, ``greedy_pass@1`` (only
+    when every question has a greedy outcome) and ``maj@n`` (only when every
+    question has the same n).
     """
-    keys = [_vote_key(v) for v in values]
-    counts = Counter(k for k in keys if k is not None)
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(k for k in keys if k is not None and counts[k] == best)
-
-
-def is_correct(value: float | None, gold: float) -> bool:
-    """Numeric answer equal to gold within the grading tolerance (see ``ekt.data.grading``)."""
-    return value is not None and math.isclose(value, float(gold), rel_tol=REL_TOL, abs_tol=ABS_TOL)
-
-
-def majority_accuracy(samples: Sequence[Sequence[float | None]], golds: Sequence[float]) -> float:
-    """Fraction of questions whose majority answer is correct (maj@n); one row of samples each."""
-    if len(samples) != len(golds):
-        raise EktError(f"{len(samples)} questions of samples but {len(golds)} gold answers")
-    if not golds:
-        raise EktError("no problems to score")
-    hits = sum(is_correct(majority_vote(vals), g) for vals, g in zip(samples, golds, strict=True))
-    return hits / len(golds)
-
-
-def score_problems(records: Sequence[Mapping], ks: Sequence[int] = (1,)) -> dict:
-    """Table numbers from per-question records.
-
-    Each record has ``n`` (samples), ``c`` (correct samples), ``greedy_correct``
-    (bool, or None when no greedy decode was run) and ``majority_correct`` (bool).
-    Returns ``{"problems": N, "pass@k": ... for each k, "greedy_pass@1": ...,
-    "maj@n": ...}``; ``greedy_pass@1`` is left out unless every record has a greedy
-    outcome. Every question must have the same n >= max(ks).
-    """
-    if not records:
-        raise EktError("no problems to score")
-    ns = {int(r["n"]) for r in records}
-    if len(ns) != 1:
-        raise EktError(f"questions have different sample counts {sorted(ns)}; expected one n")
-    n = ns.pop()
-    out: dict = {"problems": len(records)}
+    if not rows:
+        raise EktError("no questions to score")
+    out: dict[str, list[float]] = {}
     for k in ks:
-        out[f"pass@{k}"] = mean_pass_at_k([(int(r["n"]), int(r["c"])) for r in records], k)
-    greedy = [r.get("greedy_correct") for r in records]
+        out[f"pass@{k}"] = [pass_at_k(int(r["n"]), int(r["c"]), k) for r in rows]
+    greedy = [r.get("greedy_correct") for r in rows]
     if all(g is not None for g in greedy):
-        out["greedy_pass@1"] = sum(bool(g) for g in greedy) / len(records)
-    out[f"maj@{n}"] = sum(bool(r["majority_correct"]) for r in records) / len(records)
+        out["greedy_pass@1"] = [float(bool(g)) for g in greedy]
+    ns = {int(r["n"]) for r in rows}
+    if len(ns) == 1:
+        out[f"maj@{ns.pop()}"] = [float(bool(r["majority_correct"])) for r in rows]
+    return out
+
+
+def score_problems(rows: Sequence[Mapping], ks: Sequence[int]) -> dict:
+    """The figures of one evaluated model: ``{"problems": N, "pass@k": ... for each k,
+    "greedy_pass@1": ..., "maj@n": ..., "solved_any": questions with c > 0}``.
+
+    ``greedy_pass@1`` is left out unless every question has a greedy outcome.
+    Every question must have the same n >= max(ks).
+    """
+    if not rows:
+        raise EktError("no questions to score")
+    ns = sorted({int(r["n"]) for r in rows})
+    if len(ns) != 1:
+        raise EktError(f"questions have different sample counts {ns}; expected one n")
+    out: dict = {"problems": len(rows)}
+    for key, values in question_scores(rows, ks).items():
+        out[key] = sum(values) / len(values)
+    out["solved_any"] = sum(int(r["c"]) > 0 for r in rows)
     return out

@@ -7,12 +7,13 @@ so the interval answers "how much would this figure move on another draw of
 questions like these?". Samples within a question are not resampled: their
 randomness is already folded into the per-question estimate.
 
-- ``bootstrap_mean(values)``: the mean and its 95% percentile interval from
-  ``resamples`` resamples of the questions with replacement, seeded.
-- ``paired_difference(a, b)``: the mean of per-question differences ``a - b``
-  on the same questions, bootstrapped by resampling questions, so that both
-  methods see the same resampled set. This is much tighter than comparing two
-  separate intervals, because question difficulty cancels.
+- ``bootstrap_means(table)``: each column's mean and its 95% percentile
+  interval from ``resamples`` resamples of the questions (rows) with
+  replacement, seeded; ``metric_intervals`` applies it to a model's figures.
+- ``paired_intervals(a, b)``: the mean of per-question differences ``a - b``
+  on the questions both answered, bootstrapped by resampling questions, so that
+  both methods see the same resampled set. This is much tighter than comparing
+  two separate intervals, because question difficulty cancels.
 - ``sample_notes(...)``: plain-language flags for figures that should not be
   read at face value (few questions; nothing or everything solved).
 
@@ -28,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from ekt.errors import EktError
-from ekt.evaluation.metrics import pass_at_k
+from ekt.evaluation.metrics import pass_at_k, question_scores
 
 _pass_at_k = lru_cache(maxsize=1 << 16)(pass_at_k)  # many questions share one (n, c)
 
@@ -51,9 +52,6 @@ class Interval:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-    def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
 
 
 def _weights(n: int, resamples: int, seed: int):
@@ -105,50 +103,7 @@ def bootstrap_means(
     return [Interval(float(est[j]), float(lo[j]), float(hi[j]), n, level) for j in range(m)]
 
 
-def bootstrap_mean(
-    values: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
-) -> Interval:
-    """The mean of per-question scores with its percentile-bootstrap interval."""
-    return bootstrap_means(np.asarray(values, dtype=float)[:, None], resamples, seed, level)[0]
-
-
-def paired_difference(
-    a: Sequence[float],
-    b: Sequence[float],
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
-) -> Interval:
-    """mean(a) - mean(b) on the same questions (``a[i]``, ``b[i]`` are one question's scores),
-    with the percentile interval from resampling questions: the bootstrap of mean(a_i - b_i)."""
-    if len(a) != len(b):
-        raise EktError(f"paired scores need the same questions: {len(a)} vs {len(b)}")
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    return bootstrap_mean(d, resamples, seed, level)
-
-
-# -- per-question scores from evaluation records (eval/<label>/problems.jsonl) ----------
-
-
-def question_scores(rows: Sequence[Mapping], ks: Sequence[int]) -> dict[str, list[float]]:
-    """Per-question scores whose means are the table figures (see ``ekt.evaluation.evaluate``).
-
-    Keys: ``pass@k`` for each k (unbiased estimate from the question's n, c),
-    ``greedy_pass@1`` (only when every question has a greedy outcome) and
-    ``maj@n`` (n: the question's sample count, which must be one value).
-    """
-    if not rows:
-        raise EktError("no questions to score")
-    out: dict[str, list[float]] = {}
-    for k in ks:
-        out[f"pass@{k}"] = [_pass_at_k(int(r["n"]), int(r["c"]), k) for r in rows]
-    greedy = [r.get("greedy_correct") for r in rows]
-    if all(g is not None for g in greedy):
-        out["greedy_pass@1"] = [float(bool(g)) for g in greedy]
-    ns = {int(r["n"]) for r in rows}
-    if len(ns) == 1:
-        out[f"maj@{ns.pop()}"] = [float(bool(r["majority_correct"])) for r in rows]
-    return out
+# -- intervals for the figures of ekt.evaluation.metrics (per-question scores) ----------
 
 
 def metric_intervals(

@@ -36,6 +36,7 @@ from pathlib import Path
 from ekt.errors import EktError
 from ekt.pipeline.config import RunConfig, dump_config
 from ekt.records import write_json_atomic, write_text_atomic
+from ekt.report.tables import matrix_markdown
 
 # Stage folders (relative to a pair folder) shared by every pair with the same ...
 TEACHER_SHARED = ("teacher", "eval/teacher")  # ... teacher
@@ -169,7 +170,7 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
         "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(root / "results.json", results)
-    write_text_atomic(root / "results.md", matrix_table(results))
+    write_text_atomic(root / "results.md", matrix_markdown(results))
     try:
         from ekt.report.build import build_report
 
@@ -177,18 +178,3 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
     except Exception as e:  # the figures are on disk; `ekt report` can rebuild the page
         print(f"report: report.html not built ({type(e).__name__}: {e})")
     return results
-
-
-def matrix_table(results: dict) -> str:
-    """The published layout, a row per evaluation; teacher-free rows show no teacher."""
-    from ekt.pipeline.run import table_lines
-
-    rows = []
-    for r in results["rows"]:
-        if r.get("label") == "teacher":
-            rows.append((f"{r['teacher']} (few-shot)", f"{r['teacher']} (teacher)", r))
-        elif r.get("method") in ("ekt", "kd", "seq-kd"):
-            rows.append((f"{r['teacher']} -> {r['student']}", r["student"], r))
-        else:  # no teacher involved: base, supervised, expert iteration
-            rows.append((f"— -> {r['student']}", r["student"], r))
-    return "\n".join(table_lines(results["eval"], rows)) + "\n"

@@ -36,6 +36,7 @@ from ekt.generation.generate import generate
 from ekt.generation.sampling import SamplingParams
 from ekt.pipeline.config import RunConfig, dump_config
 from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ekt.report.tables import results_markdown
 from ekt.sandbox.pool import SandboxConfig
 from ekt.verification.filtering import filter_stage
 from ekt.verification.verify import verify
@@ -548,58 +549,18 @@ class Runner:
             "stage_seconds": self.times,
         }
         write_json_atomic(self.dir / "results.json", results)
-        md = results_table(results)
-        write_text_atomic(self.dir / "results.md", md)
-        return results
-
-
-def table_lines(ev: dict, rows: list[tuple[str, str, dict]]) -> list[str]:
-    """The published layout (teacher -> student, model, method, pass@1, pass@k, maj@n,
-    pairs) for ``rows`` of (chain, model label, result row)."""
-    ks = ev["k"]
-    head = ["teacher -> student", "model", "method", "greedy pass@1"]
-    head += [f"pass@{k}" for k in ks] + [f"maj@{ev['n']}", "pairs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for chain, model, r in rows:
-
-        def pct(key: str, r: dict = r) -> str:
-            v = r.get(key)
-            return f"{100 * v:.1f}" if isinstance(v, float) else "—"
-
-        cells = [chain, model, str(r.get("method", "")), pct("greedy_pass@1")]
-        cells += [pct(f"pass@{k}") for k in ks] + [pct(f"maj@{ev['n']}"), str(r.get("pairs", "—"))]
-        if r.get("skipped"):
-            cells[3] = f"skipped: {r['skipped']}"
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def results_table(results: dict) -> str:
-    ev = results["eval"]
-    chain = f"{results['teacher']} -> {results['student']}"
-    rows = []
-    for r in results["rows"]:
-        model = r.get("model", "")
-        rows.append((chain, model if r["label"] != "teacher" else f"{model} (teacher)", r))
-    lines = table_lines(ev, rows)
-    n_q = next((r["problems"] for r in results["rows"] if "problems" in r), 0)
-    lines.append("")
-    lines.append(
-        f"{n_q} {ev['split']} questions; greedy decoding for pass@1; {ev['n']} samples at "
-        f"temperature {ev['temperature']} for pass@k (unbiased estimator) and majority vote. "
-        "Figures are percentages."
-    )
-    return "\n".join(lines) + "\n"
+        return results  # results.md is written once, with intervals, by finish_run
 
 
 def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
     if cfg.is_matrix:
-        from ekt.pipeline.matrix import matrix_table, run_matrix
+        from ekt.pipeline.matrix import run_matrix
+        from ekt.report.tables import matrix_markdown
 
         t0 = time.time()
         results = run_matrix(cfg, out_dir, force)
         print()
-        print(matrix_table(results))
+        print(matrix_markdown(results))
         where = run_folder(cfg, out_dir)
         print(f"run {cfg.name}: {time.time() - t0:.0f}s; results in {where}/results.md")
         return results
@@ -607,7 +568,7 @@ def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, force: boo
     t0 = time.time()
     results = runner.run()
     print()
-    print(results_table(results))
+    print(results_markdown(results))
     print(f"run {cfg.name}: {time.time() - t0:.0f}s; results in {runner.dir}/results.md")
     if cfg.note:
         print(cfg.note)
@@ -618,4 +579,4 @@ def load_results(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-__all__ = ["Runner", "run_experiment", "results_table", "EktError"]
+__all__ = ["Runner", "run_experiment", "EktError"]

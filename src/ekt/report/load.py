@@ -1,0 +1,252 @@
+"""Loading a run folder into the report's model: what ``ekt report`` knows about a run.
+
+Everything comes from the records a run leaves on disk (no dataset is read):
+
+- ``eval/<label>/problems.jsonl``: per question its text, gold answer, n, c,
+  greedy and majority outcome: every figure, its interval, the paired
+  differences against the reference method and the pass@k curves;
+- ``results.json``, ``manifest.json``, ``config.yaml``: rows, provenance;
+- ``*/executions.jsonl`` and the train-pair files: yields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ekt.errors import EktError
+from ekt.evaluation.stats import (
+    RESAMPLES,
+    SEED,
+    SMALL_SAMPLE,
+    Interval,
+    metric_intervals,
+    paired_intervals,
+    pass_at_k_curve,
+    sample_notes,
+)
+from ekt.records import read_jsonl
+
+REFERENCE = "ekt"  # paired differences are taken against this method
+
+
+@dataclass
+class EvalData:
+    """One evaluated model of a run: its results row and per-question records."""
+
+    label: str
+    method: str
+    model: str
+    prompt: str
+    row: dict
+    problems: list[dict]
+    dir: Path
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    curve: list[Interval] = field(default_factory=list)
+    paired: dict[str, Interval] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunData:
+    dir: Path
+    name: str
+    results: dict
+    manifest: dict
+    config: dict
+    config_text: str
+    evals: list[EvalData]
+    skipped: list[dict]
+    ks: list[int]
+    reference: EvalData | None = None
+    notes: list[str] = field(default_factory=list)
+    resamples: int = RESAMPLES
+    seed: int = SEED
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EktError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
+
+
+def records(path: Path) -> list[dict]:
+    return [obj for _, obj in read_jsonl(path)] if path.is_file() else []
+
+
+def _method_of(label: str) -> str:
+    if label == "teacher":
+        return "few-shot"
+    if label == "student-base":
+        return "none"
+    return label.removeprefix("student-")
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read what a run folder holds; missing parts (a partial run) are simply absent."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise EktError(f"{d}: run folder not found")
+    results = read_json(d / "results.json") if (d / "results.json").is_file() else {}
+    manifest = read_json(d / "manifest.json") if (d / "manifest.json").is_file() else {}
+    config_text = (d / "config.yaml").read_text() if (d / "config.yaml").is_file() else ""
+    import yaml
+
+    try:
+        config = (yaml.safe_load(config_text) or {}) if config_text else {}
+    except yaml.YAMLError:  # a hand-edited config that no longer parses: show it, use none
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    rows = list(results.get("rows", []))
+    labels = {r.get("label") for r in rows}
+    for probs in sorted((d / "eval").glob("*/problems.jsonl")):
+        label = probs.parent.name
+        if label not in labels:  # evaluated but not in results.json (a run cut short)
+            scores = probs.parent / "scores.json"
+            s = read_json(scores) if scores.is_file() else {}
+            st = s.get("settings", {})
+            rows.append(
+                {
+                    "label": label,
+                    "model": st.get("model", ""),
+                    "method": _method_of(label),
+                    "prompt": st.get("prompt", ""),
+                    **s,
+                }
+            )
+    evals, skipped = [], []
+    for r in rows:
+        label = r.get("label", "")
+        probs = records(d / "eval" / label / "problems.jsonl") if label else []
+        if r.get("skipped") or not probs:
+            skipped.append({**r, "skipped": r.get("skipped") or "no evaluation records"})
+            continue
+        evals.append(
+            EvalData(
+                label=label,
+                method=str(r.get("method") or _method_of(label)),
+                model=str(r.get("model", "")),
+                prompt=str(r.get("prompt", "")),
+                row=r,
+                problems=probs,
+                dir=d / "eval" / label,
+            )
+        )
+    ev = results.get("eval") or config.get("eval") or {}
+    ks = [int(k) for k in ev.get("k", [])]
+    if not ks:
+        for e in evals:
+            ks = [int(k) for k in e.row.get("settings", {}).get("eval", {}).get("k", [])]
+            if ks:
+                break
+    if not ks:
+        ks = [1]
+    name = str(results.get("name") or config.get("name") or d.name)
+    return RunData(d, name, results, manifest, config, config_text, evals, skipped, ks)
+
+
+def analyse(
+    run: RunData,
+    reference: str = REFERENCE,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    curves: bool = True,
+) -> RunData:
+    """Fill in intervals, pass@k curves, paired differences and notes (in place)."""
+    run.resamples, run.seed = resamples, seed
+    for e in run.evals:
+        nmin = min(int(p["n"]) for p in e.problems)
+        ks = [k for k in run.ks if k <= nmin]
+        e.intervals = metric_intervals(e.problems, ks, resamples, seed)
+        if curves:
+            e.curve = pass_at_k_curve(e.problems, resamples, seed)
+        q = len(e.problems)
+        by_note: dict[str, list[str]] = {}
+        for key, iv in e.intervals.items():
+            for note in sample_notes(q, round(iv.estimate * q, 6)):
+                if not note.startswith("small sample"):  # said once per run below
+                    by_note.setdefault(note, []).append(key)
+        e.notes = [f"{', '.join(keys)}: {note}" for note, keys in by_note.items()]
+    run.reference = next((e for e in run.evals if e.method == reference), None)
+    run.notes = []
+    sizes = sorted({len(e.problems) for e in run.evals})
+    if sizes and sizes[0] < SMALL_SAMPLE:
+        run.notes.extend(sample_notes(sizes[0]))
+    if len(sizes) > 1:
+        run.notes.append(
+            f"models were evaluated on different numbers of questions ({sizes}); "
+            "paired differences use the questions both answered"
+        )
+    if run.reference is None:
+        why = next((s.get("skipped") for s in run.skipped if s.get("method") == reference), None)
+        run.notes.append(
+            f"no evaluated {reference!r} model in this run"
+            + (f" ({why})" if why else "")
+            + "; paired differences need one"
+        )
+    else:
+        ref = run.reference
+        for e in run.evals:
+            if e is ref:
+                continue
+            e.paired = paired_intervals(e.problems, ref.problems, run.ks, resamples, seed)
+    return run
+
+
+@dataclass
+class Yield:
+    source: str
+    path: Path
+    questions: int
+    samples: int
+    statuses: Counter
+    correct: int
+    solved: int
+    per_question: Counter  # correct count -> questions
+    errors: Counter
+    pairs: int | None
+
+
+SOURCES = {
+    "teacher": "teacher's few-shot programs",
+    "supervised": "reference programs from GSM8K calculator annotations",
+}
+
+
+def load_yields(run_dir: Path) -> list[Yield]:
+    out = []
+    for ex in sorted(run_dir.glob("*/executions.jsonl")):
+        recs = records(ex)
+        by_q: dict[str, int] = {}
+        for r in recs:
+            by_q[r.get("problem_id", "?")] = by_q.get(r.get("problem_id", "?"), 0) + bool(
+                r.get("correct")
+            )
+        source = ex.parent.name
+        pairs_file = (
+            run_dir / "train_pairs.jsonl"
+            if source == "teacher"
+            else ex.parent / "train_pairs.jsonl"
+        )
+        out.append(
+            Yield(
+                source=source,
+                path=ex,
+                questions=len(by_q),
+                samples=len(recs),
+                statuses=Counter(str(r.get("status", "?")) for r in recs),
+                correct=sum(bool(r.get("correct")) for r in recs),
+                solved=sum(c > 0 for c in by_q.values()),
+                per_question=Counter(by_q.values()),
+                errors=Counter(
+                    str(r.get("type") or r.get("status")) for r in recs if r.get("status") != "ok"
+                ),
+                pairs=len(records(pairs_file)) if pairs_file.is_file() else None,
+            )
+        )
+    return out

@@ -1,0 +1,149 @@
+"""The one results-table renderer: results.md, the console table of ``ekt run``, the matrix.
+
+Every markdown table of results goes through ``table_lines``: the published
+layout (teacher -> student, model, method, greedy pass@1, pass@k for each k,
+maj@n, pairs), a cell per figure. A figure with an interval (``row["intervals"]``,
+written by ``ekt.report.build.add_statistics``) prints as ``estimate [low, high]``,
+one without as its estimate; both in percent with one decimal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+NA = "—"
+
+
+def pct(value: object) -> str:
+    return f"{100 * value:.1f}" if isinstance(value, float) else NA
+
+
+def pct_interval(iv: Mapping | None) -> str:
+    """``estimate [low, high]`` in percent, from an interval's dict."""
+    if not iv:
+        return NA
+    return f"{100 * iv['estimate']:.1f} [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
+
+
+def pp_interval(iv: Mapping | None) -> str:
+    """A paired difference in percentage points; ``*`` when its interval excludes 0."""
+    if not iv:
+        return NA
+    star = "*" if iv["low"] > 0 or iv["high"] < 0 else ""
+    return f"{100 * iv['estimate']:+.1f} [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]{star}"
+
+
+def figure(row: Mapping, key: str) -> str:
+    """One cell: the figure with its interval when the row has one."""
+    iv = (row.get("intervals") or {}).get(key)
+    return pct_interval(iv) if iv else pct(row.get(key))
+
+
+def _markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def table_lines(ev: Mapping, rows: Sequence[tuple[str, str, Mapping]]) -> list[str]:
+    """The published layout for ``rows`` of (chain, model label, result row); ``ev`` is the
+    evaluation settings (``k``, ``n``)."""
+    ks = list(ev.get("k") or [1])
+    maj = f"maj@{ev.get('n', 'n')}"
+    head = ["teacher -> student", "model", "method", "greedy pass@1"]
+    head += [f"pass@{k}" for k in ks] + [maj, "pairs"]
+    body = []
+    for chain, model, r in rows:
+        cells = [chain, model, str(r.get("method", "")), figure(r, "greedy_pass@1")]
+        cells += [figure(r, f"pass@{k}") for k in ks] + [figure(r, maj), str(r.get("pairs", NA))]
+        if r.get("skipped"):
+            cells[3] = f"skipped: {r['skipped']}"
+        body.append(cells)
+    return _markdown(head, body)
+
+
+def model_label(row: Mapping) -> str:
+    model = str(row.get("model", ""))
+    return f"{model} (teacher)" if row.get("label") == "teacher" else model
+
+
+def results_markdown(results: Mapping) -> str:
+    """results.md of one run, from its results.json content.
+
+    With ``statistics`` (after ``add_statistics``) the figures carry their 95%
+    intervals and the paired differences against the reference follow.
+    """
+    ev = results.get("eval") or {}
+    chain = f"{results.get('teacher') or '?'} -> {results.get('student') or '?'}"
+    rows = list(results.get("rows", []))
+    ordered = [r for r in rows if not r.get("skipped")] + [r for r in rows if r.get("skipped")]
+    lines = table_lines(ev, [(chain, model_label(r), r) for r in ordered])
+    n_q = max((int(r["problems"]) for r in rows if "problems" in r), default=0)
+    stats = results.get("statistics")
+    how = "Figures are percentages."
+    if stats:
+        how = (
+            f"Figures are percentages with {stats.get('level', 0.95):.0%} intervals from a "
+            f"percentile bootstrap over questions ({stats.get('resamples')} resamples, "
+            f"seed {stats.get('seed')})."
+        )
+    lines += [
+        "",
+        f"{n_q} {ev.get('split', 'test')} questions; greedy decoding for pass@1; "
+        f"{ev.get('n', '?')} samples at temperature {ev.get('temperature', '?')} for pass@k "
+        f"(unbiased estimator) and majority vote. {how}",
+    ]
+    lines += _paired_lines(results, ks=list(ev.get("k") or [1]), n=ev.get("n"))
+    notes = list((stats or {}).get("notes", [])) + _merged_row_notes(rows)
+    if notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _paired_lines(results: Mapping, ks: Sequence[int], n: object) -> list[str]:
+    pd = results.get("paired_differences") or {}
+    ref_label, paired = pd.get("reference"), pd.get("rows") or {}
+    by_label = {r.get("label"): r for r in results.get("rows", [])}
+    if not ref_label or not paired:
+        return []
+    ref = by_label.get(ref_label, {})
+    method = str(ref.get("method", ref_label))
+    wanted = ["greedy_pass@1"] + [f"pass@{k}" for k in ks] + [f"maj@{n}"]
+    keys = [k for k in wanted if any(k in d for d in paired.values())]
+    body = [
+        [model_label(by_label.get(label, {})), str(by_label.get(label, {}).get("method", ""))]
+        + [pp_interval(d.get(k)) for k in keys]
+        for label, d in paired.items()
+    ]
+    return [
+        "",
+        f"Paired differences vs {method} (row − {method}, percentage points, "
+        "same questions, 95% bootstrap interval; * = interval excludes 0):",
+        "",
+        *_markdown(["model", "method", *keys], body),
+    ]
+
+
+def _merged_row_notes(rows: Sequence[Mapping]) -> list[str]:
+    """Per-model notes, models with the same note merged into one line."""
+    merged: dict[str, list[str]] = {}
+    for r in rows:
+        for note in r.get("notes") or []:
+            merged.setdefault(note, []).append(str(r.get("label")))
+    return [f"{', '.join(labels)}: {note}" for note, labels in merged.items()]
+
+
+def matrix_markdown(results: Mapping) -> str:
+    """results.md of a matrix run: a row per evaluation; teacher-free rows show no teacher.
+
+    The cells' intervals stay in each cell's own results.md; this overview shows estimates.
+    """
+    rows: list[tuple[str, str, Mapping]] = []
+    for full in results["rows"]:
+        r = {k: v for k, v in full.items() if k != "intervals"}
+        if r.get("label") == "teacher":
+            rows.append((f"{r['teacher']} (few-shot)", f"{r['teacher']} (teacher)", r))
+        elif r.get("method") in ("ekt", "kd", "seq-kd"):
+            rows.append((f"{r['teacher']} -> {r['student']}", r["student"], r))
+        else:  # no teacher involved: base, supervised, expert iteration
+            rows.append((f"— -> {r['student']}", r["student"], r))
+    return "\n".join(table_lines(results["eval"], rows)) + "\n"

@@ -1,0 +1,43 @@
+"""The Jinja2 environment of the report: templates from the package, autoescaping on.
+
+Every template under ``ekt/report/templates`` is rendered with autoescaping,
+so anything that comes from records (model output above all) is HTML-escaped
+unless Python marked it safe; only ``charts`` marks its own rendered SVG safe.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("ekt.report", "templates"),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "svg", "j2"), default_for_string=True, default=True
+        ),
+        undefined=StrictUndefined,  # a name the template expects but did not get is an error
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    from ekt.report.charts import color  # charts renders through this module
+
+    env.filters["f1"] = lambda v: f"{v:.1f}"
+    env.globals.update(color=color, fmt=fmt)
+    return env
+
+
+def fmt(v: Any) -> str:
+    """A value as the report prints it: floats to 4 significant digits."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render(template: str, **context: object) -> str:
+    return environment().get_template(template).render(**context)
