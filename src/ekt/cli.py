@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also rewrite each run's results.json/results.md with intervals",
     )
 
+    sub.add_parser("tasks", help="list the built-in tasks (name, source, splits, answer format)")
+
     m = sub.add_parser("models", help="list embedded presets, or convert one to a cached HF folder")
     m.add_argument("spec", nargs="?", help="model spec to resolve (converts a preset/.gguf once)")
 
@@ -537,7 +539,14 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{name}\t{info}")
 
 
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from ekt.data.tasks import task_table
+
+    print(task_table())
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "tasks": cmd_tasks,
     "generate": cmd_generate,
     "verify": cmd_verify,
     "filter": cmd_filter,
