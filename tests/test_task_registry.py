@@ -29,7 +29,9 @@ def test_registry_lists_the_transfer_benchmarks():
     assert {"gsm8k", "svamp", "asdiv", "mawps", "gsm-hard", "math", "math-500"} <= set(reg)
     assert reg["gsm8k"].data == "openai/gsm8k" and reg["gsm8k"].answer_format == "gsm8k"
     assert reg["svamp"].question == "{{ Body | trim }} {{ Question | trim }}"
-    assert reg["gsm-hard"].splits == {"test": "train"} and reg["gsm-hard"].derived_from == ("gsm8k",)
+    assert reg["gsm-hard"].splits == {"test": "train"} and reg["gsm-hard"].derived_from == (
+        "gsm8k",
+    )
     assert reg["math"].answer_format == "math"
 
 
@@ -105,10 +107,19 @@ def _task_file(tmp_path: Path, body: str) -> Path:
 def test_custom_task_file_with_template_ids_and_extra_fields(tmp_path):
     (tmp_path / "data").mkdir()
     rows = [
-        {"uid": "a1", "setup": "Ann has 5 pens.", "ask": "She buys 3 more. How many?", "gold": "8",
-         "note": "extra fields are ignored"},
-        {"uid": "a2", "setup": "A box holds 1,000 nails.", "ask": "How many in 2 boxes?",
-         "gold": "2,000"},
+        {
+            "uid": "a1",
+            "setup": "Ann has 5 pens.",
+            "ask": "She buys 3 more. How many?",
+            "gold": "8",
+            "note": "extra fields are ignored",
+        },
+        {
+            "uid": "a2",
+            "setup": "A box holds 1,000 nails.",
+            "ask": "How many in 2 boxes?",
+            "gold": "2,000",
+        },
     ]
     (tmp_path / "data" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = _task_file(
@@ -134,24 +145,32 @@ def test_custom_task_reads_csv_and_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     (tmp_path / "test.csv").write_text('q,a\n"What is 6 times 7?",42\n"Half of 9?",4.5\n')
-    spec = _task_file(tmp_path, "name: csvt\ndata: test.csv\nquestion: q\nanswer: a\n"
-                      "splits: {test: test}\n")
+    spec = _task_file(
+        tmp_path, "name: csvt\ndata: test.csv\nquestion: q\nanswer: a\nsplits: {test: test}\n"
+    )
     assert [p.answer for p in get_task(str(spec)).load("test")] == [42, 4.5]
     pq.write_table(pa.table({"q": ["What is 2+2?"], "a": [4.0]}), tmp_path / "test.parquet")
-    spec.write_text("name: pqt\ndata: '{split}.parquet'\nquestion: q\nanswer: a\n"
-                    "splits: {test: test}\n")
+    spec.write_text(
+        "name: pqt\ndata: '{split}.parquet'\nquestion: q\nanswer: a\nsplits: {test: test}\n"
+    )
     [p] = get_task(str(spec)).load("test")
     assert p.id == "pqt/test/0" and p.answer == 4
 
 
 BAD_FILES = [
     ("name: x\ndata: d.jsonl\nquestion: q\n", r"mine\.yaml: missing key 'answer'"),
-    ("name: x\ndata: d.jsonl\nquestion: q\nanswer: a\nanswer_fmt: number\n",
-     r"mine\.yaml: unknown key\(s\) 'answer_fmt'"),
-    ("name: x\ndata: d.jsonl\nquestion: q\nanswer: a\nanswer_format: words\n",
-     r"mine\.yaml: answer_format 'words' is not one of number, gsm8k, math"),
-    ("name: x\ndata: d.jsonl\nquestion: '{{ q '\nanswer: a\n",
-     r"mine\.yaml: key 'question': bad Jinja template"),
+    (
+        "name: x\ndata: d.jsonl\nquestion: q\nanswer: a\nanswer_fmt: number\n",
+        r"mine\.yaml: unknown key\(s\) 'answer_fmt'",
+    ),
+    (
+        "name: x\ndata: d.jsonl\nquestion: q\nanswer: a\nanswer_format: words\n",
+        r"mine\.yaml: answer_format 'words' is not one of number, gsm8k, math",
+    ),
+    (
+        "name: x\ndata: d.jsonl\nquestion: '{{ q '\nanswer: a\n",
+        r"mine\.yaml: key 'question': bad Jinja template",
+    ),
     ("name: [x\n", r"mine\.yaml:\d+: not valid YAML"),
 ]
 
@@ -182,9 +201,12 @@ def test_bad_rows_name_file_line_and_field(tmp_path, row, message):
 def test_template_naming_a_missing_field(tmp_path):
     (tmp_path / "test.jsonl").write_text(json.dumps({"Body": "b", "a": 1}) + "\n")
     spec = _task_file(
-        tmp_path, "name: x\ndata: '{split}.jsonl'\nquestion: '{{ Body }} {{ Question }}'\nanswer: a\n"
+        tmp_path,
+        "name: x\ndata: '{split}.jsonl'\nquestion: '{{ Body }} {{ Question }}'\nanswer: a\n",
     )
-    with pytest.raises(EktError, match=r"test\.jsonl:1: question template: 'Question' is undefined"):
+    with pytest.raises(
+        EktError, match=r"test\.jsonl:1: question template: 'Question' is undefined"
+    ):
         get_task(str(spec)).load("test")
 
 
@@ -198,8 +220,17 @@ def test_repeated_ids_are_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "text,value",
-    [("42", 42), ("-3", -3), ("1,234", 1234), ("$12.50", 12.5), ("9 (apples)", 9), ("50%", 50),
-     ("2.", 2), (".5", 0.5), ("1e3", 1000.0)],
+    [
+        ("42", 42),
+        ("-3", -3),
+        ("1,234", 1234),
+        ("$12.50", 12.5),
+        ("9 (apples)", 9),
+        ("50%", 50),
+        ("2.", 2),
+        (".5", 0.5),
+        ("1e3", 1000.0),
+    ],
 )
 def test_parse_number(text, value):
     got = parse_number(text)

@@ -87,7 +87,7 @@ def value_text(value: Any, type_name: str) -> str | None:
 
 
 def plain_number(text: str) -> Fraction | None:
-    """The exact value of text that is a plain number (``12``, ``-0.5``, ``3/4``, ``\\frac{3}{4}``)."""
+    """The exact value of plain-number text (``12``, ``-0.5``, ``3/4``, ``\\frac{3}{4}``)."""
     t = _STRIP.sub("", text.strip()).strip().replace(",", "") if len(text) < 64 else ""
     for pat in _PLAIN:
         m = pat.match(t)

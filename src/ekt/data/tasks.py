@@ -49,7 +49,7 @@ _UNIT = re.compile(r"\s*\([^()]*\)\s*$")  # "9 (apples)"
 
 
 def parse_number(text: str) -> int | float:
-    """A number written as text: ``1,234.5``, ``$12``, ``-3``, ``2.``, ``50%`` (as 50), ``9 (apples)``.
+    """A number written as text: ``1,234.5``, ``$12``, ``-3``, ``50%`` (as 50), ``9 (apples)``.
 
     Integral values without a decimal point come back as ``int``. Anything else raises ValueError.
     """
@@ -281,7 +281,9 @@ class Task:
                 raise EktError(
                     "split 'dev' is empty: set --dev-size (the published setup held out 500)"
                 )
-            keep = (lambda p: p.id in dev_ids) if split == "dev" else (lambda p: p.id not in dev_ids)
+            keep = (
+                (lambda p: p.id in dev_ids) if split == "dev" else (lambda p: p.id not in dev_ids)
+            )
             problems = [
                 Problem(p.id, p.question, p.answer, split, p.solution) for p in problems if keep(p)
             ]
@@ -322,7 +324,9 @@ class Task:
     def by_id(self, ids: set[str] | None = None) -> dict[str, Problem]:
         """Problems of the files the ids name (all files when None), keyed by id."""
         out: dict[str, Problem] = {}
-        splits = {i.split("/")[1] for i in ids if i.count("/") >= 2} if ids else set(self.spec.splits)
+        splits = (
+            {i.split("/")[1] for i in ids if i.count("/") >= 2} if ids else set(self.spec.splits)
+        )
         for s in sorted(splits):
             if s in self.spec.splits:
                 out.update((p.id, p) for p in self.load_file(s))

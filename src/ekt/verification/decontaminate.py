@@ -28,7 +28,7 @@ def ngrams(ws: tuple[str, ...], n: int) -> Iterable[tuple[str, ...]]:
 
 @dataclass
 class Decontaminator:
-    """An index of the n-grams of named question sets; ``hits(question)`` names those it overlaps."""
+    """The n-grams of named question sets; ``hits(question)`` names the sets it overlaps."""
 
     sets: Mapping[str, Iterable[str]]
     n: int = DEFAULT_NGRAM
