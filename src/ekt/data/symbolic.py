@@ -21,6 +21,7 @@ Gold answers of MATH-style tasks are LaTeX (``\\frac{1}{2}``, ``2\\sqrt{3}``, ``
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from fractions import Fraction
 from typing import Any
 
 from ekt.data.grading import grade_value
+from ekt.errors import EktError
 
 MAX_CHARS = 512  # longer returned text is wrong unparsed (no MATH answer comes close)
 MAX_DEPTH = 12  # deeper {[( nesting is wrong unparsed
@@ -212,6 +214,10 @@ _JUDGE: _Judge | None = None
 def _judge() -> _Judge:
     global _JUDGE
     if _JUDGE is None:
+        if importlib.util.find_spec("math_verify") is None:
+            raise EktError(
+                "symbolic answers (answer_format: math) need math-verify: pip install 'ekt[math]'"
+            )
         _JUDGE = _Judge()
         atexit.register(_JUDGE.close)
     return _JUDGE
