@@ -256,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also rewrite each run's results.json/results.md with intervals",
     )
 
+    sub.add_parser("tasks", help="list the built-in tasks (name, source, splits, answer format)")
+
+    x = sub.add_parser("export", help="a run's training pairs for other trainers (TRL, datasets)")
+    x.add_argument("run_dir", help="the run folder")
+    x.add_argument("--format", required=True, choices=["messages", "prompt-completion", "hf"])
+    x.add_argument("--out", help="the JSONL file or dataset folder to write")
+    x.add_argument("--method", default="ekt", help="whose pairs: ekt, supervised, seq-kd, ...")
+    x.add_argument("--push-to-hub", metavar="REPO", help="also upload the dataset to the HF hub")
+    x.add_argument(
+        "--checkpoint", action="store_true", help="push the method's trained student instead"
+    )
+
     m = sub.add_parser("models", help="list embedded presets, or convert one to a cached HF folder")
     m.add_argument("spec", nargs="?", help="model spec to resolve (converts a preset/.gguf once)")
 
@@ -537,7 +549,38 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{name}\t{info}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from ekt.pipeline.export import export, push_to_hub, student_folder
+
+    if args.checkpoint:
+        if not args.push_to_hub:
+            raise EktError("--checkpoint pushes a student: give --push-to-hub REPO")
+        folder = student_folder(Path(args.run_dir), args.method)
+        print(f"export: pushed {folder} -> {push_to_hub(folder, args.push_to_hub, 'model')}")
+        return
+    if not args.out and not (args.push_to_hub and args.format == "hf"):
+        raise EktError("--out PATH is required (or --format hf with --push-to-hub REPO)")
+    if args.push_to_hub and args.format != "hf":
+        raise EktError("--push-to-hub uploads a dataset: use it with --format hf")
+    out = args.out or tempfile.mkdtemp(prefix="ekt-export-")
+    summary = export(args.run_dir, args.format, out, args.method)
+    print(summary.line())
+    if args.push_to_hub:
+        print(f"export: pushed {out} -> {push_to_hub(out, args.push_to_hub, 'dataset')}")
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from ekt.data.tasks import task_table
+
+    print(task_table())
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "tasks": cmd_tasks,
+    "export": cmd_export,
     "generate": cmd_generate,
     "verify": cmd_verify,
     "filter": cmd_filter,

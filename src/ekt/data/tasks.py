@@ -1,95 +1,281 @@
 """Tasks: where problems come from and how a returned value is graded.
 
-A task is a small object with ``load(split) -> list[Problem]`` and
-``grade(value, problem) -> bool``. GSM8K reads the original jsonl files from a
-directory (``--data-dir`` or ``EKT_DATA_DIR``) and falls back to the HF dataset
-``openai/gsm8k`` through ``datasets`` when neither is given.
+A task is data: a :class:`TaskSpec` read from a YAML file (the built-in ones live in
+``ekt/data/task_files/``; ``ekt tasks`` lists them) names the dataset (an HF dataset id or
+local files with a ``{split}`` placeholder), the question field or a Jinja template over the
+fields, the answer field and its format, and an optional id field. :class:`Task` loads it:
+``load(split) -> list[Problem]``, ``by_id(ids)``, ``grade(execution, problem) -> bool``.
 
-Problem ids are ``gsm8k/<file split>/<0-based line index>`` and never change
-with the dev hold-out or with exemplar exclusion: a dev problem keeps its
-``gsm8k/train/<i>`` id, so every record can be traced back to a line of the
-original file.
+Answer formats: ``number`` (a number, or a string holding one, thousands separators and a
+trailing unit in parentheses allowed), ``gsm8k`` (text ending in ``#### <number>``), ``math``
+(a symbolic answer: the last ``\\boxed{...}`` of the field when it has one, else the whole
+field; graded by :mod:`ekt.data.symbolic`).
+
+Problem ids are ``<name>/<split>/<id>``: the id field when the task names one, else the
+0-based line (row) index of the split's file, so every record can be traced back to a row.
+A ``dev`` split is held out of ``train`` (``dev_size`` problems chosen by ``dev_seed``);
+dev problems keep their ``train`` ids. Questions used as few-shot exemplars are removed
+from every split.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+import jinja2
+import yaml
 
 from ekt.data.grading import grade_value
+from ekt.data.prompts import is_exemplar
+from ekt.data.symbolic import boxed_answer, grade_symbolic
 from ekt.errors import EktError
 from ekt.records import Execution, Problem, iter_lines
 
-SPLITS = ("train", "dev", "test")
-HF_DATASET = "openai/gsm8k"
+ANSWER_FORMATS = ("number", "gsm8k", "math")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
-_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _GROUPED = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$")  # 1,234,567.5
-FIELDS = ("question", "answer")  # what a GSM8K line holds, no more and no less
+_UNIT = re.compile(r"\s*\([^()]*\)\s*$")  # "9 (apples)"
+
+
+def parse_number(text: str) -> int | float:
+    """A number written as text: ``1,234.5``, ``$12``, ``-3``, ``50%`` (as 50), ``9 (apples)``.
+
+    Integral values without a decimal point come back as ``int``. Anything else raises ValueError.
+    """
+    raw = text
+    text = _UNIT.sub("", text.strip()).replace("$", "").strip()
+    if text.endswith("%"):
+        text = text[:-1].strip()
+    if "," in text:
+        if not _GROUPED.match(text.rstrip(".")):
+            raise ValueError(f"gold answer {raw.strip()!r} is not a number (misplaced ',')")
+        text = text.replace(",", "")
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1]
+    if not _NUMBER.match(text):
+        raise ValueError(f"gold answer {raw.strip()!r} is not a number")
+    value = float(text)
+    if value.is_integer() and not any(c in text for c in ".eE"):
+        return int(text)
+    return value
 
 
 def parse_gold(answer_text: str) -> int | float:
-    """The number after the last ``####`` of a GSM8K answer.
-
-    Thousands separators are removed; negatives and decimals are kept; integral
-    values come back as ``int``. Anything else raises ValueError.
-    """
+    """The number after the last ``####`` of a GSM8K answer (see :func:`parse_number`)."""
     if "####" not in answer_text:
         raise ValueError("no '####' marker in the answer")
-    raw = answer_text.rsplit("####", 1)[1].strip()
-    text = raw.replace("$", "").strip()
-    if "," in text:
-        if not _GROUPED.match(text.rstrip(".")):
-            raise ValueError(f"gold answer {raw!r} is not a number (misplaced ',')")
-        text = text.replace(",", "")
-    if text.endswith("."):
-        text = text[:-1]
-    if not _NUMBER.match(text):
-        raise ValueError(f"gold answer {raw!r} is not a number")
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text else value
+    return parse_number(answer_text.rsplit("####", 1)[1])
 
 
-class Task(Protocol):
+def parse_answer(value: Any, answer_format: str) -> int | float | str:
+    """The gold answer of one row in a task's ``answer_format``; ValueError when unparsable."""
+    if answer_format == "math":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"expected a string or a number, got {type(value).__name__}")
+        text = boxed_answer(str(value)) if isinstance(value, str) else str(value)
+        if not text.strip():
+            raise ValueError("empty answer")
+        return text.strip()
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"gold answer {value!r} is not finite")
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string or a number, got {type(value).__name__}")
+    if answer_format == "gsm8k":
+        return parse_gold(value)
+    number = parse_number(value)
+    return parse_answer(number, answer_format) if isinstance(number, float) else number
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task, as written in its YAML file (the keys are these field names)."""
+
     name: str
+    # an HF dataset id ("openai/gsm8k"), or local files: a path with a {split} placeholder
+    # (JSONL, CSV or Parquet), relative to the task file
+    data: str
+    question: str  # a field name, or a Jinja template over the fields: "{{ Body }} {{ Question }}"
+    answer: str  # the field holding the gold answer
+    answer_format: str = "number"  # number | gsm8k | math
+    id: str | None = None  # the field holding a row's id; else the 0-based row index
+    # ekt split -> the dataset's split name (e.g. {test: validation}); train/test by default
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
+    subset: str | None = None  # the HF dataset's configuration name ("main" for openai/gsm8k)
+    description: str = ""
+    # tasks whose questions this one was built from (GSM-Hard from GSM8K test): a training set
+    # is decontaminated against them too when this task is evaluated
+    derived_from: tuple[str, ...] = ()
+    source: str = ""  # where the spec was read from (filled in by the loader)
 
-    def load(self, split: str) -> list[Problem]: ...
+    def __post_init__(self) -> None:
+        where = self.source or self.name
+        if self.answer_format not in ANSWER_FORMATS:
+            raise EktError(
+                f"{where}: answer_format {self.answer_format!r} is not one of "
+                f"{', '.join(ANSWER_FORMATS)}"
+            )
+        if not self.splits or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.splits.items()
+        ):
+            raise EktError(f"{where}: 'splits' must map ekt split names to dataset split names")
+        if "dev" in self.splits:
+            raise EktError(f"{where}: 'dev' is held out of train by dev_size; do not list it")
 
-    def grade(self, execution: Execution, problem: Problem) -> bool: ...
+    @property
+    def is_local(self) -> bool:
+        return "{split}" in self.data or self.data.endswith(LOCAL_SUFFIXES)
+
+    @property
+    def template(self) -> jinja2.Template | None:
+        if "{{" not in self.question and "{%" not in self.question:
+            return None
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+        return env.from_string(self.question)
+
+
+_SPEC_KEYS = {f.name for f in fields(TaskSpec)} - {"source"}
+_REQUIRED = ("name", "data", "question", "answer")
+
+
+def read_spec(path: str | Path) -> TaskSpec:
+    """A :class:`TaskSpec` from a YAML task file; every error names the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise EktError(f"{path}: cannot read the task file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        raise EktError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise EktError(f"{path}: a task file is a YAML mapping of {', '.join(_REQUIRED)}, ...")
+    unknown = sorted(set(raw) - _SPEC_KEYS)
+    if unknown:
+        raise EktError(
+            f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"a task file has {', '.join(sorted(_SPEC_KEYS))}"
+        )
+    for key in _REQUIRED:
+        if key not in raw:
+            raise EktError(f"{path}: missing key {key!r}")
+        if not isinstance(raw[key], str) or not raw[key].strip():
+            raise EktError(f"{path}: key {key!r} must be a non-empty string")
+    for key in ("id", "subset", "description"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise EktError(f"{path}: key {key!r} must be a string")
+    if "splits" in raw and not isinstance(raw["splits"], dict):
+        raise EktError(f"{path}: key 'splits' must map ekt split names to dataset split names")
+    if isinstance(raw.get("derived_from"), str):
+        raw["derived_from"] = [raw["derived_from"]]
+    raw["derived_from"] = tuple(raw.get("derived_from") or ())
+    spec = TaskSpec(**raw, source=str(path))
+    if spec.is_local and not Path(spec.data).is_absolute():  # relative to the task file
+        spec = TaskSpec(**{**raw, "data": str(path.parent / spec.data)}, source=str(path))
+    try:
+        spec.template  # noqa: B018 - compiles the question template once, to report errors here
+    except jinja2.TemplateSyntaxError as e:
+        raise EktError(f"{path}: key 'question': bad Jinja template ({e.message})") from None
+    return spec
+
+
+def _builtin_files() -> dict[str, Any]:
+    folder = resources.files("ekt.data") / "task_files"
+    return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def registry() -> dict[str, TaskSpec]:
+    """The built-in tasks by name."""
+    out = {}
+    for _, p in sorted(_builtin_files().items()):
+        with resources.as_file(p) as real:
+            spec = read_spec(real)
+        out[spec.name] = spec
+    return out
+
+
+def resolve_spec(name_or_path: str) -> TaskSpec:
+    """A registry name (``gsm8k``, ``svamp``, ...) or the path of a task file."""
+    reg = registry()
+    if name_or_path in reg:
+        return reg[name_or_path]
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise EktError(f"task file {p} not found")
+        return read_spec(p)
+    raise EktError(f"unknown task {name_or_path!r}; built in: {', '.join(reg)} (or a task file)")
 
 
 @dataclass
-class GSM8K:
-    """GSM8K from a directory of ``train.jsonl``/``test.jsonl`` or from the HF hub.
+class Task:
+    """A task ready to load: its spec plus where its files are and the dev hold-out."""
 
-    ``dev_size`` training questions (chosen by ``dev_seed``) are held out as the
-    ``dev`` split and removed from ``train``; the published setup held out 500.
-    Questions used as few-shot exemplars are removed from every split.
-    """
-
-    data_dir: str | None = None
+    spec: TaskSpec
+    data_dir: str | None = None  # a folder of <split>.jsonl/.csv/.parquet files (overrides data)
     dev_size: int = 0
     dev_seed: int = 0
-    name: str = "gsm8k"
 
     def __post_init__(self) -> None:
-        if self.data_dir is None:
-            self.data_dir = os.environ.get("EKT_DATA_DIR") or None
         if self.dev_size < 0:
             raise EktError(f"--dev-size must be >= 0, got {self.dev_size}")
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def answer_format(self) -> str:
+        return self.spec.answer_format
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        names = list(self.spec.splits)
+        return (*names, "dev") if "train" in names else tuple(names)
+
+    @property
+    def source(self) -> str:
+        """Where problems come from, for manifests: a folder, local files or ``hf:<id>``."""
+        if self.data_dir:
+            return self.data_dir
+        return self.spec.data if self.spec.is_local else f"hf:{self.spec.data}"
+
+    def data_paths(self) -> list[str]:
+        """Local files or folders the problems (and gold answers) are read from: the sandbox
+        denies programs all of them."""
+        if self.data_dir:
+            return [self.data_dir]
+        if self.spec.is_local:
+            return [str(Path(self.spec.data.split("{split}")[0] or ".").parent)]
+        return []
+
     # -- loading ---------------------------------------------------------
     def load(self, split: str) -> list[Problem]:
-        if split not in SPLITS:
-            raise EktError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        file_split = "test" if split == "test" else "train"
+        if split not in self.splits:
+            raise EktError(
+                f"unknown split {split!r} for task {self.name}; "
+                f"choose one of {', '.join(self.splits)}"
+            )
+        file_split = "train" if split == "dev" else split
         problems = self.load_file(file_split)
-        if split != "test":
+        if file_split == "train":
             dev_ids = self._dev_ids(problems)
             if split == "dev" and not dev_ids:
                 raise EktError(
@@ -101,52 +287,67 @@ class GSM8K:
             problems = [
                 Problem(p.id, p.question, p.answer, split, p.solution) for p in problems if keep(p)
             ]
-        from ekt.data.prompts import is_exemplar
-
         return [p for p in problems if not is_exemplar(p)]
 
     def load_file(self, file_split: str) -> list[Problem]:
-        """Every problem of one original file (``train`` or ``test``), no exclusions."""
-        rows = self._read_rows(file_split)
-        problems = []
-        for where, i, row in rows:
-            for key in FIELDS:
-                if key not in row:
-                    raise EktError(f"{where}: missing field {key!r}")
-                if not isinstance(row[key], str):
-                    raise EktError(f"{where}: field {key!r} must be a string")
-                if not row[key].strip():
-                    raise EktError(f"{where}: field {key!r} is empty")
-            extra = sorted(k for k in row if k not in FIELDS)
-            if extra:
-                raise EktError(
-                    f"{where}: unknown field(s) {', '.join(map(repr, extra))}; "
-                    "a GSM8K line holds exactly 'question' and 'answer'"
-                )
+        """Every problem of one split's file (``train``, ``test``, ...), no exclusions."""
+        if file_split not in self.spec.splits:
+            raise EktError(f"task {self.name} has no split {file_split!r}")
+        spec = self.spec
+        template = spec.template
+        problems: list[Problem] = []
+        seen: dict[str, str] = {}
+        for where, i, row in self._rows(file_split):
+            question = self._question(row, template, where)
+            if spec.answer not in row or row[spec.answer] is None:
+                raise EktError(f"{where}: missing field {spec.answer!r}")
             try:
-                gold = parse_gold(row["answer"])
+                gold = parse_answer(row[spec.answer], spec.answer_format)
             except ValueError as e:
-                raise EktError(f"{where}: unparsable gold answer: {e}") from None
-            problems.append(
-                Problem(
-                    f"{self.name}/{file_split}/{i}",
-                    row["question"],
-                    gold,
-                    file_split,
-                    row["answer"],
-                )
-            )
+                raise EktError(
+                    f"{where}: unparsable gold answer in field {spec.answer!r}: {e}"
+                ) from None
+            if spec.id:
+                if spec.id not in row or row[spec.id] is None or str(row[spec.id]).strip() == "":
+                    raise EktError(f"{where}: missing field {spec.id!r} (the task's id field)")
+                local_id = str(row[spec.id]).strip()
+            else:
+                local_id = str(i)
+            pid = f"{self.name}/{file_split}/{local_id}"
+            if pid in seen:
+                raise EktError(f"{where}: field {spec.id!r}: id {local_id!r} repeats {seen[pid]}")
+            seen[pid] = where
+            solution = row[spec.answer] if isinstance(row[spec.answer], str) else ""
+            problems.append(Problem(pid, question, gold, file_split, solution))
         return problems
 
     def by_id(self, ids: set[str] | None = None) -> dict[str, Problem]:
-        """Problems of both files keyed by id (for verification of any shard)."""
+        """Problems of the files the ids name (all files when None), keyed by id."""
         out: dict[str, Problem] = {}
-        splits = {i.split("/")[1] for i in ids} if ids else {"train", "test"}
+        splits = (
+            {i.split("/")[1] for i in ids if i.count("/") >= 2} if ids else set(self.spec.splits)
+        )
         for s in sorted(splits):
-            if s not in ("train", "test"):
-                continue
-            out.update((p.id, p) for p in self.load_file(s))
+            if s in self.spec.splits:
+                out.update((p.id, p) for p in self.load_file(s))
         return out
+
+    def _question(self, row: dict, template: jinja2.Template | None, where: str) -> str:
+        spec = self.spec
+        if template is None:
+            if spec.question not in row:
+                raise EktError(f"{where}: missing field {spec.question!r}")
+            value = row[spec.question]
+            if not isinstance(value, str):
+                raise EktError(f"{where}: field {spec.question!r} must be a string")
+        else:
+            try:
+                value = template.render(**row)
+            except jinja2.UndefinedError as e:
+                raise EktError(f"{where}: question template: {e.message}") from None
+        if not value.strip():
+            raise EktError(f"{where}: field {spec.question!r} is empty")
+        return value
 
     def _dev_ids(self, problems: list[Problem]) -> set[str]:
         if not self.dev_size:
@@ -158,33 +359,69 @@ class GSM8K:
         rng = random.Random(self.dev_seed)
         return {p.id for p in rng.sample(problems, self.dev_size)}
 
-    def _read_rows(self, file_split: str) -> list[tuple[str, int, dict[str, Any]]]:
+    def _rows(self, file_split: str) -> list[tuple[str, int, dict[str, Any]]]:
+        source_split = self.spec.splits[file_split]
         if self.data_dir:
-            return _read_dir(Path(self.data_dir), file_split)
-        return _read_hub(file_split)
+            return read_rows(_find_in_dir(Path(self.data_dir), source_split, file_split))
+        if self.spec.is_local:
+            return read_rows(Path(self.spec.data.replace("{split}", source_split)))
+        return _read_hub(self.spec, source_split)
 
     # -- grading -----------------------------------------------------------
     def grade(self, execution: Execution, problem: Problem) -> bool:
-        return execution.status == "ok" and grade_value(
-            execution.value, execution.type, problem.answer
-        )
+        if execution.status != "ok":
+            return False
+        if self.answer_format == "math":
+            return grade_symbolic(execution.value, execution.type, str(problem.answer))
+        return grade_value(execution.value, execution.type, problem.answer)
 
 
-def _read_dir(data_dir: Path, file_split: str) -> list[tuple[str, int, dict[str, Any]]]:
-    """(``file:line``, 0-based line index, object) per non-blank line of ``<split>.jsonl``."""
+def GSM8K(  # noqa: N802 - the name users and older code know
+    data_dir: str | None = None, dev_size: int = 0, dev_seed: int = 0, name: str = "gsm8k"
+) -> Task:
+    """GSM8K from a folder of ``train.jsonl``/``test.jsonl`` (or ``EKT_DATA_DIR``), else the hub."""
+    return get_task(name, data_dir, dev_size, dev_seed)
+
+
+def _find_in_dir(data_dir: Path, source_split: str, file_split: str) -> Path:
     if not data_dir.is_dir():
         what = "is not a folder" if data_dir.exists() else "does not exist"
         raise EktError(f"data directory {data_dir} {what} (from --data-dir or EKT_DATA_DIR)")
-    path = data_dir / f"{file_split}.jsonl"
+    for stem in dict.fromkeys((file_split, source_split)):
+        for suffix in LOCAL_SUFFIXES:
+            if (data_dir / f"{stem}{suffix}").is_file():
+                return data_dir / f"{stem}{suffix}"
+    raise EktError(
+        f"{data_dir / (file_split + '.jsonl')}: not found; the data folder holds one file per "
+        f"split ({file_split}.jsonl, .csv or .parquet)"
+    )
+
+
+def read_rows(path: Path) -> list[tuple[str, int, dict[str, Any]]]:
+    """(``file:line``, 0-based row index, object) per row of a JSONL, JSON, CSV or Parquet file."""
     if not path.is_file():
-        raise EktError(f"{path}: not found; a GSM8K directory holds train.jsonl and test.jsonl")
-    rows = []
+        raise EktError(f"{path}: not found")
+    suffix = path.suffix
+    if suffix == ".parquet":
+        rows = list(_parquet_rows(path))
+    elif suffix == ".csv":
+        rows = list(_csv_rows(path))
+    elif suffix == ".json":
+        rows = _json_rows(path)
+    else:
+        rows = list(_jsonl_rows(path))
+    if not rows:
+        raise EktError(f"{path}: file is empty (no problems)")
+    return rows
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, int, dict[str, Any]]]:
     for n, raw, _ in iter_lines(path):
         where = f"{path}:{n}"
         if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte order mark
         if not raw.strip():
-            continue  # a blank line (e.g. at the end) holds no problem; ids keep line numbers
+            continue  # a blank line holds no problem; ids keep line numbers
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
@@ -193,28 +430,95 @@ def _read_dir(data_dir: Path, file_split: str) -> list[tuple[str, int, dict[str,
             raise EktError(f"{where}: malformed JSON ({e.msg}, column {e.colno})") from None
         if not isinstance(obj, dict):
             raise EktError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        rows.append((where, n - 1, obj))
-    if not rows:
-        raise EktError(f"{path}: file is empty (no problems)")
-    return rows
+        yield where, n - 1, obj
 
 
-def _read_hub(file_split: str) -> list[tuple[str, int, dict[str, Any]]]:
+def _json_rows(path: Path) -> list[tuple[str, int, dict[str, Any]]]:
     try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        raise EktError("no --data-dir/EKT_DATA_DIR given and `datasets` is not installed") from None
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise EktError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise EktError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(obj, list):
+        raise EktError(f"{path}: a .json task file holds a JSON array of objects")
+    out = []
+    for i, row in enumerate(obj):
+        if not isinstance(row, dict):
+            raise EktError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
+        out.append((f"{path}: item {i}", i, row))
+    return out
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, int, dict[str, Any]]]:
     try:
-        ds = datasets.load_dataset(HF_DATASET, "main", split=file_split)
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            for i, row in enumerate(reader):
+                where = f"{path}:{reader.line_num}"
+                if None in row:
+                    raise EktError(f"{where}: more values than the header has columns")
+                yield where, i, row
+    except UnicodeDecodeError as e:
+        raise EktError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise EktError(f"{path}: malformed CSV ({e})") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    import pyarrow.parquet as pq  # pyarrow comes with datasets
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise EktError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path}: row {i}", i, row
+
+
+def _read_hub(spec: TaskSpec, source_split: str) -> list[tuple[str, int, dict[str, Any]]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.data, spec.subset, split=source_split)
     except Exception as e:  # network errors, missing dataset...
         raise EktError(
-            f"could not load {HF_DATASET} from the hub ({type(e).__name__}); "
-            "pass --data-dir DIR or set EKT_DATA_DIR to a folder with train.jsonl/test.jsonl"
+            f"could not load {spec.data} from the hub ({type(e).__name__}); for task "
+            f"{spec.name} pass --data-dir DIR (a folder with {source_split}.jsonl/.csv/.parquet)"
+            + (" or set EKT_DATA_DIR" if spec.name == "gsm8k" else "")
         ) from None
-    return [(f"{HF_DATASET}[{file_split}][{i}]", i, dict(row)) for i, row in enumerate(ds)]
+    return [(f"{spec.data}[{source_split}][{i}]", i, dict(row)) for i, row in enumerate(ds)]
 
 
-def get_task(name: str, data_dir: str | None = None, dev_size: int = 0, dev_seed: int = 0) -> GSM8K:
-    if name != "gsm8k":
-        raise EktError(f"unknown task {name!r}; available: gsm8k")
-    return GSM8K(data_dir=data_dir, dev_size=dev_size, dev_seed=dev_seed)
+def get_task(
+    name: str = "gsm8k", data_dir: str | None = None, dev_size: int = 0, dev_seed: int = 0
+) -> Task:
+    """A registry task or a task file; GSM8K reads ``EKT_DATA_DIR`` when no folder is given."""
+    spec = resolve_spec(name)
+    if data_dir is None and spec.name == "gsm8k":
+        data_dir = os.environ.get("EKT_DATA_DIR") or None
+    return Task(spec, data_dir=data_dir, dev_size=dev_size, dev_seed=dev_seed)
+
+
+def task_table() -> str:
+    """The registry as a plain-text table (``ekt tasks``)."""
+    rows = describe_tasks()
+    cols = ("name", "source", "splits", "answer_format", "description")
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols[:-1]}
+    lines = ["  ".join(c.ljust(width.get(c, 0)) for c in cols).rstrip()]
+    lines += ["  ".join(r[c].ljust(width.get(c, 0)) for c in cols).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def describe_tasks() -> list[dict[str, str]]:
+    """One row per built-in task, for ``ekt tasks``."""
+    return [
+        {
+            "name": s.name,
+            "source": s.data if not s.is_local else "local files",
+            "splits": ", ".join(f"{k}={v}" if k != v else k for k, v in s.splits.items()),
+            "answer_format": s.answer_format,
+            "description": s.description,
+        }
+        for s in registry().values()
+    ]

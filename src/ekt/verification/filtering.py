@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import ast
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ekt.data.tasks import GSM8K
+from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.records import Problem, TrainPair, read_jsonl, write_jsonl_atomic
+from ekt.verification.decontaminate import DEFAULT_NGRAM, Decontaminator
 
 KEEP = ("first", "all")
 
@@ -38,10 +39,19 @@ def select_pairs(
     records: Iterable[dict],
     problems: dict[str, Problem],
     keep: str = "first",
-    exclude_questions: frozenset[str] = frozenset(),
+    exclude_questions: frozenset[str] | Callable[[str], bool] = frozenset(),
     source: str = "teacher",
 ) -> list[TrainPair]:
-    """Pure selection: correct, unique, uncontaminated; ordered by problem, then sample."""
+    """Pure selection: correct, unique, uncontaminated; ordered by problem, then sample.
+
+    ``exclude_questions``: normalised questions to drop, or a predicate (a
+    :class:`~ekt.verification.decontaminate.Decontaminator`) that is true for a question to drop.
+    """
+    if callable(exclude_questions):
+        contaminated = exclude_questions
+    else:
+        frozen = exclude_questions
+        contaminated = lambda q: _norm_question(q) in frozen  # noqa: E731
     if keep not in KEEP:
         raise EktError(f"--keep must be one of {', '.join(KEEP)}, got {keep!r}")
     correct = [r for r in records if r.get("correct") is True]
@@ -52,7 +62,7 @@ def select_pairs(
     for r in correct:
         pid = r["problem_id"]
         problem = problems[pid]
-        if _norm_question(problem.question) in exclude_questions:
+        if contaminated(problem.question):
             continue
         if keep == "first" and pid in taken:
             continue
@@ -95,6 +105,8 @@ class FilterSummary:
     pairs: int
     dropped_contaminated: int
     seconds: float
+    # training questions (with a correct program) that overlap each evaluation set
+    contaminated: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         msg = (
@@ -102,7 +114,9 @@ class FilterSummary:
             f"{self.problems_solved} problems solved -> {self.pairs} pairs kept"
         )
         if self.dropped_contaminated:
-            msg += f" ({self.dropped_contaminated} contaminated dropped)"
+            per_set = ", ".join(f"{k} {v}" for k, v in self.contaminated.items() if v)
+            msg += f" ({self.dropped_contaminated} contaminated dropped"
+            msg += f": questions overlapping {per_set})" if per_set else ")"
         if not self.pairs:
             msg += " — no correct programs, nothing to train on"
         return msg + f"; {self.seconds:.1f}s"
@@ -111,13 +125,19 @@ class FilterSummary:
 def filter_stage(
     executions: str | Path | list[str | Path],
     out: str | Path,
-    task: GSM8K,
+    task: Task,
     keep: str = "first",
     decontaminate: str | None = "test",
     source: str = "teacher",
     require_records: bool = False,
+    against: Mapping[str, Iterable[str]] | None = None,
+    ngram: int = DEFAULT_NGRAM,
 ) -> FilterSummary:
     """Read ``ekt verify`` output, write the selected pairs to ``out`` (atomically).
+
+    Decontamination drops every training question that shares an ``ngram``-word run with the
+    task's own ``decontaminate`` split or with any question set in ``against`` (name ->
+    questions: the run's evaluation tasks); see :mod:`ekt.verification.decontaminate`.
 
     ``require_records``: an input without any record is an error (the CLI), not
     an empty result (a run whose method found nothing to verify).
@@ -149,13 +169,19 @@ def filter_stage(
             raise EktError(
                 f"{where_of[id(r)]}: unknown problem id {r['problem_id']!r} for task {task.name}"
             )
-    exclude: frozenset[str] = frozenset()
+    sets: dict[str, Iterable[str]] = {}
     if decontaminate:
-        exclude = frozenset(_norm_question(p.question) for p in task.load_file(decontaminate))
-    pairs = select_pairs(records, problems, keep, exclude, source)
+        sets[f"{task.name}/{decontaminate}"] = [p.question for p in task.load_file(decontaminate)]
+    sets.update(against or {})
+    index = Decontaminator(sets, ngram)
+    pairs = select_pairs(records, problems, keep, index, source)
     clean = select_pairs(records, problems, keep, frozenset(), source)
     write_jsonl_atomic(out, pairs)
     solved = {r["problem_id"] for r in records if r.get("correct") is True}
+    overlap = {name: 0 for name in sets}
+    for pid in solved:
+        for name in index.hits(problems[pid].question):
+            overlap[name] += 1
     return FilterSummary(
         records=len(records),
         correct=sum(r.get("correct") is True for r in records),
@@ -163,4 +189,5 @@ def filter_stage(
         pairs=len(pairs),
         dropped_contaminated=len(clean) - len(pairs),
         seconds=time.time() - t0,
+        contaminated=overlap,
     )
