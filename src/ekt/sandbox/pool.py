@@ -94,7 +94,6 @@ import marshal
 import math
 import os
 import selectors
-import shutil
 import signal
 import struct
 import subprocess
@@ -110,7 +109,9 @@ from typing import Any
 from ekt.errors import EktError
 from ekt.records import Execution
 from ekt.sandbox.child import BATCH as _CHILD_BATCH
-from ekt.sandbox.child import DEFAULT_PRELOAD, RAW_RESULT, parse_raw_result
+from ekt.sandbox.child import DEFAULT_PRELOAD
+from ekt.sandbox.confine import remove_tree
+from ekt.sandbox.wire import RAW_RESULT, parse_raw_result
 
 ISOLATION = ("strict", "standard", "none")
 _STATUSES = ("ok", "error", "timeout", "killed")
@@ -198,7 +199,7 @@ def default_deny_read() -> list[str]:
 
 def detect_protections() -> dict[str, bool]:
     """What this machine supports (a Sandbox reports what it uses: Sandbox.protections)."""
-    from ekt.sandbox import child
+    from ekt.sandbox import confine as child
 
     linux = sys.platform.startswith("linux")
     abi = child.landlock_abi() if linux else 0
@@ -255,7 +256,7 @@ class _Worker:
         except BaseException:
             os.close(self.req_fd)
             os.close(self.resp_fd)
-            shutil.rmtree(self.scratch_root, ignore_errors=True)
+            remove_tree(self.scratch_root)
             raise
         finally:
             os.close(r_req)
@@ -353,7 +354,7 @@ class _Worker:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait()
-        shutil.rmtree(self.scratch_root, ignore_errors=True)
+        remove_tree(self.scratch_root)
 
 
 def _execution(msg: dict, max_output: int) -> Execution:
