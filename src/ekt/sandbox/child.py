@@ -69,19 +69,22 @@ from ekt.sandbox.confine import (
     PR_SET_CHILD_SUBREAPER,
     PR_SET_NO_NEW_PRIVS,
     PR_SET_PDEATHSIG,
+    ScratchWatch,
     SeccompProgram,
     build_landlock,
     build_seccomp,
+    clear_sysv_ipc,
     drop_capabilities,
     empty_dir,
     fast_prctl,
     has_caps,
     inside,
+    join_cgroup,
     landlock_abi,
     landlock_restrict,
     libc,
-    mount_scratch,
     plan_read_rules,
+    private_namespaces,
     read_roots,
 )
 from ekt.sandbox.wire import (
@@ -107,7 +110,9 @@ if TYPE_CHECKING:  # typing costs every worker 0.6 MB, which every fork copies
     from typing import Any
 
 SETUP_FAILED = 121  # child exit code: confinement could not be applied, program not run
-COMPILE_IN_WORKER_CHARS = 64 * 1024  # programs up to this size compile before the fork
+_FORK_RETRY_S = (0.01, 0.05, 0.2, 0.5, 1.0)  # pauses between fork attempts on EAGAIN
+_WATCH_MS = 10  # scratch usage is checked this often while a child runs (no tmpfs only)
+_ZEROS = bytes(1 << 16)
 
 # -- the child ----------------------------------------------------------------------------
 
@@ -165,10 +170,10 @@ def _confine(w: Worker, wfd: int) -> None:
 _POLL_MASK = select.POLLIN | select.POLLHUP | select.POLLERR
 _SIGKILL = int(signal.SIGKILL)  # a plain int: an enum member would need converting
 
-def _child(w: Worker, program: Any, wfd: int, mod: Any) -> None:
-    """Runs in the forked child; never returns. ``program``: its text, or its code object
-    when the worker compiled it before forking (see ``Worker.prepare``); ``mod``: the
-    fresh ``__main__`` module it runs in, made by the worker too."""
+def _child(w: Worker, n: int, wfd: int, mod: Any) -> None:
+    """Runs in the forked child; never returns. The program is the first ``n`` bytes of
+    the worker's request buffer (UTF-8, surrogates passed), decoded and compiled here;
+    ``mod``: the fresh ``__main__`` module it runs in, made by the worker."""
     try:
         # Die with the worker; then make sure the worker did not die before that.
         fast_prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
@@ -180,10 +185,10 @@ def _child(w: Worker, program: Any, wfd: int, mod: Any) -> None:
     try:
         tail = w.tail  # already sys.stdout and sys.stderr (set in the worker, inherited)
         try:
-            code = program if type(program) is not str else compile(program, "<program>", "exec")
+            code = compile(str(memoryview(w.req)[:n], "utf-8", "surrogatepass"),
+                           "<program>", "exec")
             sys.modules["__main__"] = mod
             ns = mod.__dict__
-            del program
             exec(code, ns)
             fn = ns.get("solution")
             if fn is None:
@@ -236,6 +241,10 @@ class Worker:
         self.fsize_bytes = int(cfg["fsize_bytes"])
         self.scratch_root = cfg["scratch_root"]
         self.result_cap = 65536 + 8 * self.max_output
+        self.req = bytearray(1 << 16)  # the one program held (see hold, forget)
+        self.res = bytearray(self.result_cap + 1)  # its child's result, read here
+        self.ms = 0.0  # the last program's time
+        self.watch: ScratchWatch | None = None  # the quota without a tmpfs
         self.retire = ""  # set when this worker must not run another program
         self.poller = select.poll()
         # One scratch directory per worker, emptied after every program: the Landlock
@@ -259,6 +268,13 @@ class Worker:
             "fd_isolation": True,
             "scratch_dir": True,
             "scratch_quota": False,
+            "scratch_quota_watch": False,
+            "tasks_cgroup": False,
+            "tasks_limit": False,
+            "threads_refused": False,
+            "ipc_refused": False,
+            "ipc_namespace": False,
+            "user_namespace": False,
             "rlimits": confined,
             "no_new_privs": confined,
             "capabilities_dropped": False,
@@ -276,11 +292,20 @@ class Worker:
         self.landlock_fd = -1
         self.seccomp: SeccompProgram | None = None
         if confined:
-            if os.geteuid() == 0:
-                self.protections["scratch_quota"] = mount_scratch(
-                    self.scratch, int(cfg.get("scratch_mb", 0))
-                )
-            off = set(cfg.get("_disable", ()))  # tests of the fallbacks switch layers off
+            off = set(cfg.get("disable", ()))  # layers switched off (SandboxConfig.disable)
+            cgroup = str(cfg.get("cgroup", ""))
+            tasks = bool(cgroup) and join_cgroup(cgroup)  # first: everything after counts
+            self.protections["tasks_cgroup"] = tasks
+            ns = private_namespaces(
+                self.scratch, int(cfg.get("scratch_mb", 0)), int(cfg.get("scratch_files", 0)),
+                ipc="ipc_namespace" not in off, userns="user_namespace" not in off,
+                tmpfs="tmpfs" not in off,
+            )
+            self.protections.update(ns)
+            if not ns["scratch_quota"]:  # no tmpfs: the worker watches the scratch usage
+                self.watch = ScratchWatch(self.scratch, int(cfg.get("scratch_mb", 0)) << 20,
+                                          int(cfg.get("scratch_files", 0)))
+            self.protections["scratch_quota_watch"] = self.watch is not None
             roots = read_roots(list(cfg.get("allow_read", [])), [self.scratch_root])
             rules, notes = plan_read_rules(roots, self.deny)
             self.fs.update(read_roots=roots, notes=notes, rules=len(rules))
@@ -290,12 +315,19 @@ class Worker:
             fs_rule = ll["landlock"]
             if "seccomp" not in off:
                 self.seccomp = build_seccomp(
-                    allow_tgkill=ll["landlock_signal_scope"], block_fs_writes=not fs_rule
+                    allow_tgkill=ll["landlock_signal_scope"], block_fs_writes=not fs_rule,
+                    allow_threads=tasks,
                 )
-            self.protections["seccomp"] = self.seccomp is not None
+            sc = self.seccomp is not None
+            self.protections["seccomp"] = sc
+            self.protections["ipc_refused"] = sc
+            self.protections["threads_refused"] = sc and not tasks
+            # Without the filter, RLIMIT_NPROC 0 stops a non-root child's tasks; root
+            # (uid 0 is exempt from it) is then bounded only by the cgroup.
+            self.protections["tasks_limit"] = tasks or sc or os.geteuid() != 0
             self.protections["fs_read_allowlist"] = fs_rule
             self.protections["scratch_writable"] = fs_rule
-            self.protections["fs_writes_only_in_scratch"] = fs_rule or self.seccomp is not None
+            self.protections["fs_writes_only_in_scratch"] = fs_rule or sc
         os.chdir(self.scratch)  # children inherit it (after the tmpfs mount, so they see it)
         # Printed output goes to a capped in-memory tail, installed here once: the worker
         # itself never prints (its diagnostics go to fd 2), children inherit it empty.
@@ -402,47 +434,56 @@ class Worker:
 
     # -- one program ------------------------------------------------------------------
 
-    def run_one(self, program: str) -> dict | bytes:
-        """One program through a fresh child: a result dict, or (the common case) the
-        child's raw result frame for the ekt process to validate (``parse_raw_result``)."""
-        prepared = self.prepare(program)
-        return prepared if type(prepared) is dict else self.run_prepared(*prepared)
+    def run_one(self, program: str) -> dict:
+        """One program through a fresh child (the start-up probe): its result dict."""
+        data = program.encode("utf-8", "surrogatepass")
+        self.hold(len(data))[:] = data
+        res = self.run_held(len(data))
+        if type(res) is int:
+            out = parse_raw_result(bytes(RAW_RESULT + MS_FIELD.pack(0.0)) + bytes(
+                self.res[:res]), self.max_output)
+            self.forget(len(data), res)
+            return out
+        self.forget(len(data), 0)
+        return res
 
-    def prepare(self, program: str) -> dict | tuple[Any, float, Any]:
-        """Compile a program before the fork: ``(code, ms spent, fresh __main__ module)``,
-        or its result when it does not compile (then it needs no child at all).
+    def hold(self, n: int) -> memoryview:
+        """The request buffer, at least ``n`` bytes, for the next program's text. The
+        worker keeps one program's text at a time, only here, and zeroes it after the
+        program (:meth:`forget`): a child finds no other program in its memory."""
+        if len(self.req) < n:
+            self.req[:] = bytes(len(self.req))
+            self.req = bytearray(max(n, 2 * len(self.req)))
+        return memoryview(self.req)[:n]
 
-        Compiling runs none of the program's code. Doing it in the worker spares each
-        child the page copies the compiler's allocations would cost it, and compiling a
-        whole batch between two forks (see :func:`main`) takes the worker's own page
-        faults for that work once per batch instead of once per program. Texts longer
-        than ``COMPILE_IN_WORKER_CHARS`` (rare, and possibly built to make the compiler
-        work hard) are returned as text and compile in the child, under its limits."""
-        t0 = time.monotonic()
-        try:
-            code = (
-                compile(program, "<program>", "exec")
-                if len(program) <= COMPILE_IN_WORKER_CHARS
-                else program
-            )
-        except BaseException as e:  # noqa: BLE001 - SyntaxError, RecursionError, ...
-            name = type_name(type(e))
+    def forget(self, n_req: int, n_res: int) -> None:
+        """Zero what the last program left in the worker: its text and its result."""
+        if n_req:
+            self.req[:n_req] = _ZEROS[:n_req] if n_req <= len(_ZEROS) else bytes(n_req)
+        if n_res:
+            self.res[:n_res] = _ZEROS[:n_res] if n_res <= len(_ZEROS) else bytes(n_res)
+
+    def _fork(self) -> int:
+        """fork(), riding out EAGAIN (the pids limit or the machine's): -1 if it persists."""
+        for pause in _FORK_RETRY_S:
             try:
-                text = str(e)[:MAX_ERROR_CHARS]
-            except BaseException:  # noqa: BLE001
-                text = ""
-            return {"status": "error", "value": None, "type": name, "error": text or name,
-                    "stdout_tail": "", "ms": round((time.monotonic() - t0) * 1000.0, 3)}
-        mod = type(sys)("__main__")
-        mod.__dict__["__builtins__"] = __builtins__
-        return code, (time.monotonic() - t0) * 1000.0, mod
+                return os.fork()
+            except BlockingIOError:
+                time.sleep(pause)
+        return -1
 
-    def run_prepared(self, code: Any, compile_ms: float, mod: Any) -> dict | bytes:
-        """Run a program :meth:`prepare` made ready, in a fresh child."""
+    def run_held(self, n: int) -> dict | int:
+        """Run the program held in the request buffer (``n`` bytes) in a fresh child: a
+        result dict when the worker decided the outcome, else (the common case) the
+        length of the child's raw result, which lies in ``self.res`` for the ekt process
+        to validate (``parse_raw_result``). The worker never decodes or compiles the
+        program: the child does, so no code of it is left in the worker."""
         if self.tail.buf:  # a warning the worker printed must not reach a program
             self.tail.buf = ""
-        t0 = time.monotonic() - compile_ms / 1000.0
+        t0 = time.monotonic()
         deadline = t0 + self.timeout
+        mod = type(sys)("__main__")
+        mod.__dict__["__builtins__"] = __builtins__
         # Everything the wait needs is made before the fork: what the worker writes while
         # the child lives costs a page copy, so it goes to sleep at once (the child, on
         # the same CPU, then runs) and does its bookkeeping after the child has ended.
@@ -450,12 +491,19 @@ class Worker:
         poller = self.poller
         rfd, wfd = os.pipe()
         poller.register(rfd, _POLL_MASK)
-        pid = os.fork()
+        pid = self._fork()
         if pid == 0:
             os.close(rfd)
-            _child(self, code, wfd, mod)
+            _child(self, n, wfd, mod)
         os.close(wfd)
-        ready = poller.poll(wait_ms)
+        if pid < 0:
+            poller.unregister(rfd)
+            os.close(rfd)
+            return {"status": "killed", "value": None, "type": "", "stdout_tail": "",
+                    "error": "could not start a child: fork failed with EAGAIN (too many "
+                             "processes); program not run",
+                    "ms": round((time.monotonic() - t0) * 1000.0, 3)}
+        ready = poller.poll(wait_ms if self.watch is None else min(wait_ms, _WATCH_MS))
         try:
             os.setpgid(pid, pid)  # the child did it first, unless it never got that far
         except OSError:
@@ -464,26 +512,36 @@ class Worker:
         # and exited, or died, or closed the pipe), never for more than result_cap bytes:
         # under seccomp a result counts only from a child that ended before its
         # deadline.
-        buf = b""
+        got = 0
+        res = memoryview(self.res)
+        cap = self.result_cap
         timed_out = False
+        over_quota = ""
         while True:
             if not ready:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = True
                     break
-                ready = poller.poll(max(1, math.ceil(left * 1000)))
+                if self.watch is not None:
+                    over_quota = self.watch.over()
+                    if over_quota:
+                        break
+                    ready = poller.poll(max(1, min(_WATCH_MS, math.ceil(left * 1000))))
+                else:
+                    ready = poller.poll(max(1, math.ceil(left * 1000)))
                 continue
             ready = []
-            data = os.read(rfd, 65536)
-            if not data:
+            k = os.readv(rfd, [res[got:]])
+            if not k:
                 break
-            buf += data
-            if len(buf) > self.result_cap:
+            got += k
+            if got > cap:
                 break
-            if self.seccomp is None and parse_result(buf, 0) is not None:
+            if self.seccomp is None and parse_result(bytes(res[:got]), 0) is not None:
                 break  # without the filter a process the program made may hold the pipe
         ms = (time.monotonic() - t0) * 1000.0
+        del res
         poller.unregister(rfd)
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -492,18 +550,24 @@ class Worker:
         _, status = os.waitpid(pid, 0)
         os.close(rfd)
         if self.seccomp is None:  # with the filter no program can create a process
-            self._reap_strays()
+            self._reap_strays()  # nor any System V object
+            clear_sysv_ipc()
+        if self.watch is not None and not over_quota:
+            over_quota = self.watch.over()
         self._empty_scratch()
+        self.ms = ms
         out: dict[str, Any] | None = None
-        if timed_out:
+        if over_quota:
+            out = {"status": "killed", "error": f"scratch quota exceeded ({over_quota})"}
+        elif timed_out:
             out = {"status": "timeout", "error": f"wall-clock deadline of {self.timeout:g}s"}
-        elif len(buf) > self.result_cap:
+        elif got > cap:
             out = {"status": "killed", "error": "result message too large"}
-        elif buf:
+        elif got:
             # The child's own message goes to the ekt process as it came, which validates
             # it (parse_raw_result): parsing and re-encoding here would write to pages
             # this worker must then fault back in after every fork.
-            return RAW_RESULT + MS_FIELD.pack(ms) + buf
+            return got
         if out is None:
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
                 why = "closed its result pipe without a result and was killed"
@@ -514,6 +578,8 @@ class Worker:
         out.setdefault("type", "")
         out.setdefault("stdout_tail", "")
         out["ms"] = round(ms, 3)
+        if got:
+            self.forget(0, min(got, len(self.res)))
         return out
 
     def _empty_scratch(self) -> None:
@@ -575,56 +641,25 @@ def _describe_exit(status: int) -> str:
 
 
 
-BATCH = 8  # programs a worker compiles together before running them one by one
-FLUSH_AFTER_S = 0.02  # results are sent at the end of a batch, or once this much has passed
+def _read_into(fd: int, view: memoryview) -> bool:
+    """Fill ``view`` from ``fd``; False at EOF. Reads exactly that much: what the ekt
+    process queued behind it stays in the pipe, never in this process's memory."""
+    got, n = 0, len(view)
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            return False
+        got += k
+    return True
 
 
-class _Requests:
-    """Length-prefixed programs from the ekt process, read in large chunks."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.buf = bytearray()
-        self.eof = False
-        self.poller = select.poll()
-        self.poller.register(fd, _POLL_MASK)
-
-    def _fill(self, block: bool) -> None:
-        if not block and not self.poller.poll(0):
-            return
-        data = os.read(self.fd, 1 << 16)
-        if data:
-            self.buf += data
-        else:
-            self.eof = True
-
-    def _frames(self, n: int, out: list[bytes]) -> None:
-        buf = self.buf
-        while len(out) < n and len(buf) >= 4:
-            (size,) = LEN.unpack_from(buf)
-            if len(buf) < 4 + size:
-                return
-            out.append(bytes(buf[4 : 4 + size]))
-            del buf[: 4 + size]
-
-    def take(self, n: int) -> list[bytes] | None:
-        """1 to ``n`` programs: waits for the first, takes the others only if already
-        sent; None at EOF."""
-        out: list[bytes] = []
-        while True:
-            self._frames(n, out)
-            if out:
-                break
-            if self.eof:
-                return None
-            self._fill(block=True)
-        while len(out) < n and not self.eof:
-            before = len(self.buf)
-            self._fill(block=False)
-            if len(self.buf) == before:
-                break
-            self._frames(n, out)
-        return out
+def _write_all(fd: int, parts: list) -> None:
+    total = sum(len(p) for p in parts)
+    sent = os.writev(fd, parts)
+    if sent < total:
+        view = memoryview(b"".join(parts))[sent:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 # Imported once per worker so that children start warm. Not here: ``random`` (and
@@ -691,37 +726,23 @@ def main() -> None:
     )
     if problem:
         return
-    requests = _Requests(rfd)
+    head = bytearray(4)
     while not worker.retire:
-        # Take what the ekt process has queued (up to BATCH), compile it all, then run
-        # it program by program; results go back together, or as soon as a program ran
-        # long, so the ekt process hears of slow work without delay.
-        batch = requests.take(BATCH)
-        if batch is None:
+        # One program at a time, read exactly, run, answered at once: the worker never
+        # holds a second program's text or a first program's result while it forks.
+        if not _read_into(rfd, memoryview(head)):
             return
-        prepared: list[Any] = []
-        for req in batch:
-            try:
-                program = req.decode("utf-8", "surrogatepass")
-            except UnicodeDecodeError:
-                prepared.append({"status": "error", "value": None, "type": "UnicodeDecodeError",
-                                 "error": "program is not UTF-8", "stdout_tail": "", "ms": 0.0})
-            else:
-                prepared.append(worker.prepare(program))
-        del batch
-        out: list[bytes] = []
-        since = time.monotonic()
-        for item in prepared:
-            res = item if type(item) is dict else worker.run_prepared(*item)
-            out.append(res if type(res) is bytes else dumps(res).encode())
-            if worker.retire:
-                break
-            if time.monotonic() - since > FLUSH_AFTER_S:
-                write_frames(wfd, out)
-                out = []
-                since = time.monotonic()
-        del prepared
-        write_frames(wfd, out)
+        (size,) = LEN.unpack(head)
+        if not _read_into(rfd, worker.hold(size)):
+            return
+        res = worker.run_held(size)
+        if type(res) is int:
+            _write_all(wfd, [LEN.pack(1 + MS_FIELD.size + res) + RAW_RESULT
+                             + MS_FIELD.pack(worker.ms), memoryview(worker.res)[:res]])
+            worker.forget(size, res)
+        else:
+            worker.forget(size, 0)
+            write_frames(wfd, [dumps(res).encode()])
     # Requests still queued in the pipe are not run: the ekt process re-sends them.
     write_msg(wfd, {"retire": worker.retire})
 

@@ -21,6 +21,8 @@ PR_SET_CHILD_SUBREAPER = 36
 SECCOMP_MODE_FILTER = 2
 CLONE_THREAD = 0x00010000
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
 _LANDLOCK_NR = {"landlock_create_ruleset": 444, "landlock_add_rule": 445,
                 "landlock_restrict_self": 446}
@@ -140,6 +142,12 @@ _DENY = (
     # files and could otherwise chmod/chown/touch them through a read-only descriptor
     "chmod fchmod fchmodat fchmodat2 chown fchown fchownat lchown utime utimes utimensat "
     "futimesat setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr "
+    # reading extended attributes or watching files: names and times of denied paths
+    "getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr getxattrat listxattrat "
+    "setxattrat removexattrat inotify_init inotify_init1 inotify_add_watch "
+    # System V IPC and POSIX message queues: channels between programs that outlive them
+    "shmget shmat shmdt shmctl msgget msgsnd msgrcv msgctl semget semop semtimedop semctl "
+    "mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr "
     # openat2 passes its flags in memory the filter cannot read; glibc never needs it
     "openat2"
 ).split()
@@ -176,13 +184,16 @@ class SeccompProgram:
             raise OSError("PR_SET_SECCOMP failed")
 
 
-def build_seccomp(allow_tgkill: bool, block_fs_writes: bool) -> SeccompProgram | None:
+def build_seccomp(
+    allow_tgkill: bool, block_fs_writes: bool, allow_threads: bool = True
+) -> SeccompProgram | None:
     """Compile the filter with libseccomp once; None when unavailable.
 
     Denied calls fail with EPERM (so Python raises PermissionError) instead of
     killing the child: the program's error is then reported, not a crash.
     ``block_fs_writes`` adds a refusal of every filesystem change, for when Landlock
-    cannot confine writes to the scratch directory.
+    cannot confine writes to the scratch directory; without ``allow_threads`` (no pids
+    cgroup bounds a child's tasks) threads are refused too.
 
     pyseccomp is imported in a short-lived helper process, not here: it pulls in
     ``threading``, whose fork handler would cost every child about 0.25 ms.
@@ -193,7 +204,7 @@ def build_seccomp(allow_tgkill: bool, block_fs_writes: bool) -> SeccompProgram |
         code = 1
         try:
             os.close(rfd)
-            bpf = _compile_seccomp(allow_tgkill, block_fs_writes)
+            bpf = _compile_seccomp(allow_tgkill, block_fs_writes, allow_threads)
             if bpf:
                 view = memoryview(bpf)
                 while view:
@@ -212,7 +223,9 @@ def build_seccomp(allow_tgkill: bool, block_fs_writes: bool) -> SeccompProgram |
     return SeccompProgram(b"".join(chunks), block_fs_writes)
 
 
-def _compile_seccomp(allow_tgkill: bool, block_fs_writes: bool) -> bytes | None:
+def _compile_seccomp(
+    allow_tgkill: bool, block_fs_writes: bool, allow_threads: bool
+) -> bytes | None:
     try:
         import pyseccomp as sc
     except Exception:  # noqa: BLE001
@@ -233,7 +246,10 @@ def _compile_seccomp(allow_tgkill: bool, block_fs_writes: bool) -> bytes | None:
                 pass
         # Threads yes, processes no. clone3 passes its flags in memory the filter cannot
         # read, so it answers ENOSYS and glibc falls back to clone, whose flags it can.
-        f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+        if allow_threads:
+            f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+        else:
+            f.add_rule(deny, "clone")
         f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
         if block_fs_writes:  # files can be opened for reading only
             for flag in _OPEN_WRITE_FLAGS:
@@ -413,26 +429,187 @@ def build_landlock(
     )}
 
 
-def mount_scratch(path: str, size_mb: int) -> bool:
-    """Give this worker a private mount namespace with a size-capped tmpfs on ``path``.
-
-    Needs CAP_SYS_ADMIN (a root ekt); False when it cannot be done. The tmpfs goes
-    away with the worker's namespace, so nothing outlives the worker."""
-    if size_mb <= 0:
-        return False
+def _write_file(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def private_namespaces(
+    path: str, size_mb: int, files: int, ipc: bool, userns: bool, tmpfs: bool
+) -> dict[str, bool]:
+    """Give this worker private namespaces and a size-capped tmpfs on ``path``.
+
+    A private mount namespace carries the tmpfs (``size_mb`` MB, ``files`` inodes: the
+    scratch quota in bytes and files); a private IPC namespace (``ipc``) holds whatever
+    System V object a program could make, and goes away with the worker. With
+    CAP_SYS_ADMIN (a root ekt) both come directly; without it (a non-root user, or root
+    without that capability) a user namespace that maps only this process's own uid
+    and gid (``userns``) grants them, where the kernel allows unprivileged user
+    namespaces. Everything is gone when the worker exits. Says what was obtained."""
+    out = {"scratch_quota": False, "ipc_namespace": False, "user_namespace": False}
+    want = CLONE_NEWNS | (CLONE_NEWIPC if ipc else 0)
+    if not tmpfs:
+        want &= ~CLONE_NEWNS
+    if not want:
+        return out
+    try:
+        if libc.unshare(want) != 0:
+            if not userns:
+                return out
+            uid, gid = os.getuid(), os.getgid()
+            if libc.unshare(want | CLONE_NEWUSER) != 0:
+                return out
+            _write_file("/proc/self/setgroups", "deny")
+            _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
+            _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+            out["user_namespace"] = True
+        out["ipc_namespace"] = bool(want & CLONE_NEWIPC)
+        if not want & CLONE_NEWNS or size_mb <= 0:
+            return out
         mount = libc.mount
         mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                           ctypes.c_char_p]
-        if libc.unshare(CLONE_NEWNS) != 0:
-            return False
         if mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-            return False
-        opts = f"size={size_mb}m,nr_inodes=4096,mode=0700".encode()
-        return mount(b"ekt-scratch", os.fsencode(path), b"tmpfs",
-                     MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) == 0
+            return out
+        opts = f"size={size_mb}m,nr_inodes={max(files, 2)},mode=0700".encode()
+        out["scratch_quota"] = mount(b"ekt-scratch", os.fsencode(path), b"tmpfs",
+                                     MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) == 0
     except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+class ScratchWatch:
+    """The scratch quota where no tmpfs can be mounted: the worker walks the scratch
+    directory every few ms while a child runs (iteratively, counting bytes and
+    entries, stopping at the first excess) and kills the child over quota. It bounds
+    usage to the quota plus what a program writes between two looks (RLIMIT_FSIZE caps
+    each file); ``strict`` does not accept it as a quota."""
+
+    def __init__(self, path: str, max_bytes: int, max_files: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+
+    def over(self) -> str:
+        """'' within quota, else what was exceeded."""
+        total = files = 0
+        stack = [self.path]
+        while stack:
+            try:
+                it = os.scandir(stack.pop())
+            except OSError:
+                continue
+            with it:
+                for e in it:
+                    files += 1
+                    if files > self.max_files:
+                        return f"more than {self.max_files} files"
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        else:
+                            total += e.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        continue
+                    if total > self.max_bytes:
+                        return f"more than {self.max_bytes >> 20} MB"
+        return ""
+
+
+# -- a pids cgroup per worker -------------------------------------------------------------
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _own_cgroup(controller: str) -> tuple[str, bool] | None:
+    """(directory of this process's cgroup that carries ``controller``, is v2)."""
+    try:
+        with open("/proc/self/cgroup") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hid, ctrls, rel = line.split(":", 2)
+        if controller in ctrls.split(","):
+            return os.path.join(CGROUP_ROOT, controller, rel.lstrip("/")), False
+    for line in lines:
+        hid, ctrls, rel = line.split(":", 2)
+        if hid == "0" and not ctrls:
+            base = CGROUP_ROOT if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) \
+                else os.path.join(CGROUP_ROOT, "unified")
+            d = os.path.join(base, rel.lstrip("/"))
+            try:
+                with open(os.path.join(d, "cgroup.subtree_control")) as fh:
+                    if controller in fh.read().split():
+                        return d, True
+            except OSError:
+                return None
+    return None
+
+
+def make_pids_cgroup(name: str, max_tasks: int) -> str:
+    """Create a pids cgroup ``name`` below this process's own (v2 where the pids
+    controller is delegated there, else the v1 pids hierarchy) with ``pids.max`` set;
+    its path, or '' where cgroups are not writable. The ekt process makes it and
+    removes it (:func:`remove_cgroup`); the worker moves itself in (:func:`join_cgroup`)."""
+    found = _own_cgroup("pids")
+    if found is None:
+        return ""
+    d = os.path.join(found[0], name)
+    try:
+        os.mkdir(d, 0o755)
+    except OSError:
+        return ""
+    try:
+        _write_file(os.path.join(d, "pids.max"), str(max_tasks))
+    except OSError:
+        os.rmdir(d)
+        return ""
+    return d
+
+
+def join_cgroup(path: str) -> bool:
+    try:
+        _write_file(os.path.join(path, "cgroup.procs"), str(os.getpid()))
+    except OSError:
         return False
+    return True
+
+
+def remove_cgroup(path: str) -> None:
+    """rmdir once its processes are gone (the kernel releases them just after reaping)."""
+    import time
+
+    for _ in range(100):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
+# -- System V IPC left in a worker's namespace --------------------------------------------
+
+
+def clear_sysv_ipc() -> None:
+    """Remove every System V object in this (the worker's private) IPC namespace. Only
+    needed without the seccomp filter, which refuses them in the first place."""
+    for kind, fn in (("shm", "shmctl"), ("msg", "msgctl"), ("sem", "semctl")):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            parts = row.split()
+            if len(parts) > 1 and parts[1].isdigit():
+                getattr(libc, fn)(int(parts[1]), 0, 0)  # IPC_RMID (semnum 0 for semctl)
 
 
 class _CapHeader(ctypes.Structure):

@@ -89,6 +89,7 @@ other root processes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import marshal
 import math
@@ -108,29 +109,33 @@ from typing import Any
 
 from ekt.errors import EktError
 from ekt.records import Execution
-from ekt.sandbox.child import BATCH as _CHILD_BATCH
 from ekt.sandbox.child import DEFAULT_PRELOAD
-from ekt.sandbox.confine import remove_tree
-from ekt.sandbox.wire import RAW_RESULT, parse_raw_result
+from ekt.sandbox.confine import make_pids_cgroup, remove_cgroup, remove_tree
+from ekt.sandbox.wire import RAW_RESULT, parse_raw_result, valid_text
 
 ISOLATION = ("strict", "standard", "none")
 _STATUSES = ("ok", "error", "timeout", "killed")
 _HANDSHAKE_TIMEOUT = 60.0  # seconds for a worker to import, build its filter and run a probe
 _BACKSTOP = 10.0  # seconds past the deadline after which the ekt process kills a worker
-# Programs queued per worker: two of its batches (ekt.sandbox.child.BATCH), so the next
-# batch already waits in its pipe while the ekt process reads the last one's results.
-_DEPTH = 2 * _CHILD_BATCH
+# Programs queued per worker, in its request pipe (the worker reads one at a time, so
+# what waits there is never in its memory): the next is there when one ends.
+_DEPTH = 16
 _QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer than this,
 # nor so many that, at the worker's recent time per program, the last would wait longer.
 # The estimate starts pessimistic, so a new pool hands out its first programs a few at a
 # time until it has seen how long they take: a worker holding a batch of slow programs
 # cannot hand them to an idle one.
 _FIRST_MS_ESTIMATE = 25.0
-_TEST_WIRE: dict[str, Any] = {}  # tests only: e.g. {"_disable": ["landlock"]} for fallbacks
+# Layers SandboxConfig.disable may switch off, to run (and test) the fallbacks.
+LAYERS = ("landlock", "seccomp", "tmpfs", "user_namespace", "ipc_namespace", "cgroup")
+_SERIAL = itertools.count()
+_DOWN_LIMIT_S = 60.0  # a run stops when no worker could start for this long
+_START_RETRY_S = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)  # pauses between tries to start a worker
 # What 'strict' insists on, as reported by every worker after its self-test.
 STRICT_NEEDS = (
     "rlimits", "no_new_privs", "seccomp", "landlock", "fs_read_allowlist",
-    "fs_writes_only_in_scratch", "deny_read_verified",
+    "fs_writes_only_in_scratch", "deny_read_verified", "scratch_quota", "tasks_limit",
+    "ipc_refused",
 )
 
 
@@ -144,7 +149,18 @@ class SandboxConfig:
     isolation: str = "standard"  # strict | standard | none
     recycle_after: int = 5000  # a worker is replaced after this many programs
     fsize_bytes: int = 1 << 20  # RLIMIT_FSIZE: the largest file a program may write
-    scratch_mb: int = 64  # size of the scratch tmpfs (when the worker may mount one)
+    # The scratch quota: bytes (MB) and files (directories included) a program may leave
+    # in its scratch directory. A tmpfs of this size where the worker can mount one (root,
+    # or a user namespace), else the worker watches the usage (see docs/sandbox.md).
+    scratch_mb: int = 64
+    scratch_files: int = 4096
+    # Tasks (processes and threads) a worker and its child may hold together, enforced
+    # by a pids cgroup per worker where cgroups are writable; elsewhere threads are
+    # refused outright by the seccomp filter.
+    max_tasks: int = 64
+    # Protection layers to switch off (any of LAYERS), to run the fallbacks (tests) or
+    # to work around a machine where one misbehaves; 'strict' still insists on its list.
+    disable: list[str] = field(default_factory=list)
     # Paths programs must never read. None: the task data ($EKT_DATA_DIR) and the HF
     # datasets cache; verify/evaluate add the --data-dir they load gold answers from.
     deny_read: list[str] | None = None
@@ -180,6 +196,16 @@ class SandboxConfig:
             raise EktError(f"sandbox recycle_after must be >= 1, got {self.recycle_after}")
         if self.scratch_mb < 0:
             raise EktError(f"sandbox scratch_mb must be >= 0, got {self.scratch_mb}")
+        if self.scratch_files < 16:
+            raise EktError(f"sandbox scratch_files must be >= 16, got {self.scratch_files}")
+        if self.max_tasks < 8:
+            raise EktError(f"sandbox max_tasks must be >= 8, got {self.max_tasks}")
+        bad = [x for x in self.disable if x not in LAYERS] if isinstance(
+            self.disable, list | tuple) else [self.disable]
+        if bad:
+            raise EktError(
+                f"sandbox disable takes a list of {', '.join(LAYERS)}; got {bad!r}"
+            )
         for name in ("deny_read", "allow_read", "preload"):
             paths = getattr(self, name) or []
             if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
@@ -187,14 +213,16 @@ class SandboxConfig:
 
 
 def default_deny_read() -> list[str]:
-    """Where gold answers live by default: $EKT_DATA_DIR and the HF datasets cache."""
-    out = []
-    if os.environ.get("EKT_DATA_DIR"):
-        out.append(os.environ["EKT_DATA_DIR"])
-    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                        "huggingface")
-    out.append(os.environ.get("HF_DATASETS_CACHE") or os.path.join(hf_home, "datasets"))
-    return out
+    """Where gold answers live by default: $EKT_DATA_DIR and every Hugging Face cache
+    (all of $HF_HOME: datasets keeps hub downloads under hub/, not only datasets/)."""
+    env = os.environ
+    home = os.path.expanduser("~")
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    out = [env.get("EKT_DATA_DIR", ""), env.get("HF_HOME", ""),
+           os.path.join(xdg, "huggingface"), os.path.join(home, ".cache", "huggingface")]
+    out += [env.get(k, "") for k in ("HF_DATASETS_CACHE", "HF_HUB_CACHE",
+                                     "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE")]
+    return [p for p in dict.fromkeys(out) if p]
 
 
 def detect_protections() -> dict[str, bool]:
@@ -240,23 +268,37 @@ class _Worker:
     def __init__(self, slot: int, wire: dict):
         self.slot = slot
         self.scratch_root = tempfile.mkdtemp(prefix=f"ekt-sandbox-{slot}-")
+        self.cgroup = ""
+        if wire["isolation"] != "none" and "cgroup" not in wire["disable"]:
+            self.cgroup = make_pids_cgroup(
+                f"ekt-sandbox-{os.getpid()}-{slot}-{next(_SERIAL)}", int(wire["max_tasks"])
+            )
         r_req, self.req_fd = os.pipe()
         self.resp_fd, w_resp = os.pipe()
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "ekt.sandbox.child"],
-                stdin=r_req,
-                stdout=w_resp,
-                stderr=None,
-                close_fds=True,
-                start_new_session=True,
-                env=_worker_env(),
-                cwd=self.scratch_root,
-            )
+            for pause in (*_START_RETRY_S, None):
+                try:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-P", "-m", "ekt.sandbox.child"],
+                        stdin=r_req,
+                        stdout=w_resp,
+                        stderr=None,
+                        close_fds=True,
+                        start_new_session=True,
+                        env=_worker_env(),
+                        cwd=self.scratch_root,
+                    )
+                    break
+                except BlockingIOError:  # EAGAIN: too many processes for now
+                    if pause is None:
+                        raise
+                    time.sleep(pause)
         except BaseException:
             os.close(self.req_fd)
             os.close(self.resp_fd)
             remove_tree(self.scratch_root)
+            if self.cgroup:
+                remove_cgroup(self.cgroup)
             raise
         finally:
             os.close(r_req)
@@ -276,7 +318,8 @@ class _Worker:
         self.max_output = int(wire["max_output_bytes"])
         # The config is marshal-encoded (the worker then needs no json module); programs
         # follow as UTF-8 text, one length-prefixed message each.
-        self.send(marshal.dumps({**wire, "scratch_root": self.scratch_root}))
+        self.send(marshal.dumps({**wire, "scratch_root": self.scratch_root,
+                                 "cgroup": self.cgroup}))
 
     def send(self, data: bytes) -> None:
         self.send_many([data])
@@ -355,6 +398,8 @@ class _Worker:
             pass
         self.proc.wait()
         remove_tree(self.scratch_root)
+        if self.cgroup:
+            remove_cgroup(self.cgroup)
 
 
 def _execution(msg: dict, max_output: int) -> Execution:
@@ -364,14 +409,17 @@ def _execution(msg: dict, max_output: int) -> Execution:
     value = msg.get("value")
     if not (value is None or type(value) in (int, float, str, bool, list)):
         value = None
+    if type(value) is str:
+        value = valid_text(value)
     ms = msg.get("ms", 0.0)
     return Execution(
         status=status,
         value=value,
-        type=str(msg.get("type", ""))[:80],
-        stdout_tail=str(msg.get("stdout_tail", ""))[-max_output:] if max_output else "",
+        type=valid_text(str(msg.get("type", ""))[:80]),
+        stdout_tail=valid_text(str(msg.get("stdout_tail", ""))[-max_output:])
+        if max_output else "",
         ms=float(ms) if type(ms) in (int, float) else 0.0,
-        error=str(msg.get("error", ""))[:300],
+        error=valid_text(str(msg.get("error", ""))[:300]),
     )
 
 
@@ -428,7 +476,9 @@ class Sandbox:
             "deny_read": self.deny_read,
             "allow_read": [os.path.abspath(os.path.expanduser(p)) for p in cfg.allow_read],
             "preload": list(DEFAULT_PRELOAD if cfg.preload is None else cfg.preload),
-            **_TEST_WIRE,
+            "scratch_files": int(cfg.scratch_files),
+            "disable": list(cfg.disable),
+            "max_tasks": int(cfg.max_tasks),
         }
         self._warned = False
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -438,6 +488,9 @@ class Sandbox:
         self._protections: dict[str, bool] = {}
         self.fs: dict[str, Any] = {}  # the filesystem rule as the first worker reported it
         self._closed = False
+        self._retry_at: dict[int, float] = {}  # empty slots: when to try to start again
+        self._down_since: dict[int, float] = {}
+        self._last_start_error = ""
         try:
             self._start([*range(self.n_workers)])
         except BaseException:
@@ -528,7 +581,35 @@ class Sandbox:
             w.kill()
         self._workers[w.slot] = None
         if not self._closed:
-            self._start([w.slot])
+            self._try_start(w.slot)
+
+    def _try_start(self, slot: int) -> None:
+        """Start a worker in an empty slot during a run; if the machine cannot start one
+        now (EAGAIN near a pid limit, a failed self-test), the slot stays empty and is
+        tried again later, while the other workers go on. Only when no worker at all
+        could be started for ``_DOWN_LIMIT_S`` does the run stop, with an EktError."""
+        now = time.monotonic()
+        if now < self._retry_at.get(slot, 0.0):
+            return
+        try:
+            self._start([slot])
+        except (OSError, EktError) as e:
+            w = self._workers[slot]
+            if w is not None:
+                w.kill()
+                self._workers[slot] = None
+            self._retry_at[slot] = now + 0.5
+            self._down_since.setdefault(slot, now)
+            self._last_start_error = str(e)
+            if all(x is None for x in self._workers) and now - min(
+                self._down_since.values()
+            ) > _DOWN_LIMIT_S:
+                raise EktError(
+                    f"no sandbox worker could be started for {_DOWN_LIMIT_S:g} s: {e}"
+                ) from e
+            return
+        self._retry_at.pop(slot, None)
+        self._down_since.pop(slot, None)
 
     def protections(self) -> dict[str, bool]:
         """Which protections the running workers apply to every program."""
@@ -574,7 +655,7 @@ class Sandbox:
         for s, w in enumerate(self._workers):
             if w is None or w.closed:
                 self._workers[s] = None
-                self._start([s])
+                self._try_start(s)
         cap = self.config.max_output_bytes
         depth = _DEPTH
         window = max(4096, 64 * self.n_workers)  # results held back for input order
@@ -614,6 +695,10 @@ class Sandbox:
 
         try:
             while True:
+                # 0. a slot left empty (a worker could not be started) is tried again
+                for s, w in enumerate(self._workers):
+                    if w is None:
+                        self._try_start(s)
                 # 1. keep every worker fed, breadth first: one program each, then one more
                 #    queued behind it (no round trip between programs) unless it runs long
                 now = time.monotonic()
@@ -667,6 +752,8 @@ class Sandbox:
                 if not busy:
                     if exhausted and not retry and not results:
                         return
+                    if all(w is None for w in self._workers):
+                        time.sleep(0.1)  # every slot waits to be started again
                     continue
                 # 3. wait for results
                 for key, _ in sel.select(timeout=1.0):

@@ -266,3 +266,14 @@ def write_frames(fd: int, frames: list[bytes]) -> None:
     while view:
         view = view[os.write(fd, view) :]
 
+
+
+def valid_text(s: str) -> str:
+    """``s`` as valid Unicode: surrogate pairs (a JavaScript-style escape of one emoji)
+    joined into their character, every lone surrogate replaced by U+FFFD. Whatever a
+    program returns, prints or raises then encodes as UTF-8 in a record."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
