@@ -501,8 +501,10 @@ class ScratchWatch:
         while stack:
             try:
                 it = os.scandir(stack.pop())
-            except OSError:
+            except FileNotFoundError:
                 continue
+            except OSError as e:  # too deep or without permissions: cannot be measured
+                return f"a scratch tree the worker cannot measure ({e.strerror})"
             with it:
                 for e in it:
                     files += 1

@@ -131,6 +131,13 @@ LAYERS = ("landlock", "seccomp", "tmpfs", "user_namespace", "ipc_namespace", "cg
 _SERIAL = itertools.count()
 _DOWN_LIMIT_S = 60.0  # a run stops when no worker could start for this long
 _START_RETRY_S = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)  # pauses between tries to start a worker
+_WHY_MISSING = {
+    "scratch_quota": "no scratch quota can be enforced: the worker could mount no tmpfs, "
+    "neither with CAP_SYS_ADMIN nor in an unprivileged user namespace (kernel setting "
+    "user.max_user_namespaces or a security module forbids it); 'standard' watches the "
+    "usage instead",
+    "tasks_limit": "no pids cgroup and no seccomp filter bound a program's tasks",
+}
 # What 'strict' insists on, as reported by every worker after its self-test.
 STRICT_NEEDS = (
     "rlimits", "no_new_privs", "seccomp", "landlock", "fs_read_allowlist",
@@ -223,6 +230,21 @@ def default_deny_read() -> list[str]:
     out += [env.get(k, "") for k in ("HF_DATASETS_CACHE", "HF_HUB_CACHE",
                                      "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE")]
     return [p for p in dict.fromkeys(out) if p]
+
+
+def run_deny_read(*paths: str | os.PathLike) -> list[str]:
+    """What of a run programs must not read: the folder of each file a stage reads or
+    writes (samples, other programs, results), or the file alone where that folder
+    also holds the interpreter or a ``sys.path`` entry (denying it would deny Python)."""
+    keep = [os.path.realpath(p) for p in
+            (sys.prefix, sys.base_prefix, *[x for x in sys.path if x], os.path.expanduser("~"))]
+    out: list[str] = []
+    for p in paths:
+        f = os.path.realpath(os.fspath(p))
+        d = os.path.dirname(f)
+        holds = d == "/" or any(k == d or k.startswith(d.rstrip("/") + "/") for k in keep)
+        out.append(f if holds else d)
+    return list(dict.fromkeys(out))
 
 
 def detect_protections() -> dict[str, bool]:
@@ -541,6 +563,7 @@ class Sandbox:
             if missing:
                 raise EktError(
                     "sandbox isolation 'strict' could not be met; missing: " + ", ".join(missing)
+                    + "".join(f" ({_WHY_MISSING[k]})" for k in missing if k in _WHY_MISSING)
                 )
         if not self._protections:
             self._protections = dict(w.protections)
@@ -610,6 +633,10 @@ class Sandbox:
             return
         self._retry_at.pop(slot, None)
         self._down_since.pop(slot, None)
+
+    def cgroups(self) -> list[str]:
+        """The pids cgroup of each running worker ('' where it has none)."""
+        return [w.cgroup if w is not None else "" for w in self._workers]
 
     def protections(self) -> dict[str, bool]:
         """Which protections the running workers apply to every program."""

@@ -7,6 +7,8 @@ See docs/sandbox.md.
 from __future__ import annotations
 
 import _json
+import decimal
+import fractions
 import math
 import os
 import struct
@@ -28,6 +30,13 @@ MAX_TYPE_CHARS = 80
 _NUMPY_TYPES: dict[type, str] = {}
 _NUMPY_BOOL: type | None = None
 _TYPE_NAME = type.__dict__["__name__"]  # the real name, bypassing metaclass tricks
+_TYPE_FLAGS = type.__dict__["__flags__"]
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: every class a program defines has it
+# The genuine classes, taken before any program runs: a program may put other modules
+# under these names in sys.modules.
+_FRACTION = fractions.Fraction
+_DECIMAL = decimal.Decimal
+_DECIMAL_ERRORS = (ValueError, OverflowError, decimal.DecimalException)
 
 
 def type_name(t: type) -> str:
@@ -50,7 +59,10 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
     """(JSON value, type name, note) for a returned object, decided by exact type only.
 
     Never calls a method the program could have defined: subclasses and unknown
-    types are reported by class name with value None.
+    types are reported by class name with value None. Fraction and Decimal are the
+    classes imported before any program ran; a numpy scalar is converted only when its
+    class is a static C type (no class a program defines is), so a module a program
+    swaps into ``sys.modules`` cannot get one of its methods called.
     """
     t = type(x)
     if t is bool:
@@ -61,19 +73,17 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
         return x, "int", ""
     if t is float:
         return _float_value(x), "float", ""
-    fractions = sys.modules.get("fractions")  # a Fraction means the module is loaded
-    decimal = sys.modules.get("decimal")
-    if fractions is not None and t is fractions.Fraction:
+    if t is _FRACTION:
         num, den = x.numerator, x.denominator
         if type(num) is not int or type(den) is not int:
             return None, "Fraction", "malformed Fraction"
         if max(num.bit_length(), den.bit_length()) > MAX_INT_BITS:
             return None, "Fraction", "Fraction too large"
         return [num, den], "Fraction", ""
-    if decimal is not None and t is decimal.Decimal:
+    if t is _DECIMAL:
         try:
             return _float_value(float(x)), "Decimal", ""
-        except (ValueError, OverflowError, decimal.DecimalException):
+        except _DECIMAL_ERRORS:
             return None, "Decimal", "Decimal not convertible to float"
     if t is str:
         return x[:MAX_STR_CHARS], "str", ""
@@ -81,9 +91,13 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
         return None, "NoneType", ""
     if not _NUMPY_TYPES and "numpy" in sys.modules:  # imported by the program itself
         init_numpy_types()
-    if t is _NUMPY_BOOL:
+    try:
+        static = not _TYPE_FLAGS.__get__(t, type) & _HEAPTYPE
+    except Exception:  # noqa: BLE001
+        static = False
+    if static and t is _NUMPY_BOOL:
         return bool(x), "numpy.bool", ""
-    name = _NUMPY_TYPES.get(t)
+    name = _NUMPY_TYPES.get(t) if static else None
     if name is not None:
         if name[6] in "iu":  # numpy.int*, numpy.uint*
             v = int(x)
