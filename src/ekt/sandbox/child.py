@@ -1,57 +1,16 @@
 """Sandbox worker process: a warm interpreter that forks one confined child per program.
 
-Started by :class:`ekt.sandbox.pool.Sandbox` as ``python -P -m ekt.sandbox.child``. The
-worker talks to the ekt process over its stdin/stdout with length-prefixed messages
-(4-byte little-endian length, then the body; never pickle):
-
-* first request: the config, ``marshal``-encoded (only the ekt process writes this
-  pipe) -> reply ``{"ready": true, "protections": {...}, "fs": {...}}`` as JSON, sent
-  only after a probe program ran through the full confinement path and checked the
-  filesystem rule from inside it;
-* then one program per request, UTF-8 text -> one result per request, in order: the
-  child's own result frame forwarded as it came (``RAW_RESULT``, validated by the ekt
-  process with ``parse_raw_result``), or, when the worker decided the outcome, JSON
-  ``{"status", "value", "type", "error", "stdout_tail", "ms"}``;
-* the worker takes up to ``BATCH`` programs that are already queued in its pipe at
-  once, compiles them all, then runs them one by one, and writes their results in one
-  go (sooner if a program ran long). The ekt process keeps two batches queued per
-  worker and writes each refill in one go: one wake-up per batch instead of per program;
-* EOF on stdin -> the worker exits. A worker that must stop early (its scratch
-  directory could not be emptied) answers ``{"retire": why}`` and exits; the ekt
-  process re-sends what it had queued there.
-
-Start-up, once per worker: import the preloads; create the scratch directory and (as
-root) mount a size-capped tmpfs on it in a private mount namespace; build the Landlock
-ruleset (read-only allow-list, read-write scratch); compile the seccomp filter in a
-short-lived helper process (pyseccomp imports ``threading``, whose fork handler would
-tax every child); set the rlimits every child shares, no_new_privs, drop every
-capability; point fds 0 and 1 at /dev/null and ``sys.stdout``/``sys.stderr`` at the
-output tail; ``gc.freeze()`` and ``malloc_trim``. Nothing that every child would do
-alike is left for the children.
-
-The ekt process may pin each worker to a CPU of its own (``SandboxConfig.pin_workers``;
-its children inherit it): then a fork write-protects and flushes the pages of one
-CPU only, and the child runs where the worker's pages are cached.
-
-Per program the worker ``fork()``s. The child, before running one line of the
-program: asks for SIGKILL when the worker dies, joins its own process group, sets
-its CPU time limit (the others are inherited), enters the Landlock domain, points fd 2 at
-/dev/null and closes every other fd except its result pipe, and loads the seccomp
-filter (one prctl). Any failure in that setup exits the child with ``SETUP_FAILED``
-before the program runs. Then it compiles and runs the program, reduces what
-``solution()`` returned to a plain value by exact type checks, and writes one framed
-result (six length-prefixed UTF-8 fields).
+Started by :class:`ekt.sandbox.pool.Sandbox` as ``python -P -m ekt.sandbox.child``; the
+design and the security spec are in ``docs/sandbox.md``. This module is the worker loop
+(read one program exactly, fork, wait with its own clock, kill, reap, clean, answer) and
+the child's path from fork to result. The confinement it builds once comes from
+``ekt.sandbox.confine``, the message formats from ``ekt.sandbox.wire``.
 
 On this kind of machine a fork costs mostly page faults: every page the child (or the
-worker, while the child lives) writes is copied first. Hence the lean child path,
-the small worker (no json, typing, random or threading modules) and ``LD_BIND_NOW``.
-
-The worker waits for the result with its own monotonic clock (``poll`` on the
-result pipe), SIGKILLs the child's process group at the deadline or as soon as the
-whole result is in, reaps it, kills and reaps any stray it adopted as a child
-subreaper (only possible without seccomp), and empties the scratch directory. It
-reads at most ``result_cap`` bytes and re-validates the child's fields, so a program
-that forges or floods its result pipe only ever produces a plain, bounded record.
+worker, while the child lives) writes is copied first. Hence the lean child path, the
+small worker (no json, typing, random or threading modules) and ``LD_BIND_NOW``. The
+worker holds one program at a time, never compiles it (the child does) and zeroes its
+buffers after it: a child finds nothing of any other program in its memory.
 """
 
 from __future__ import annotations

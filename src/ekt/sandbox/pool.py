@@ -1,90 +1,11 @@
-"""Run untrusted programs: warm workers fork one confined child per program.
+"""The ekt side of the sandbox: ``SandboxConfig`` and the worker pool ``Sandbox``.
 
-Design
-------
-The ekt process never runs a program. :class:`Sandbox` starts ``workers`` helper
-interpreters (``python -P -m ekt.sandbox.child``, one per core by default), each in
-its own session, with a minimal environment, and talks to each over a pair of pipes
-(length-prefixed messages: a marshal-encoded config, then UTF-8 program text; answers
-are JSON; nothing is ever unpickled). A worker imports a few modules programs commonly
-use once (``SandboxConfig.preload``), builds its confinement once (Landlock ruleset,
-seccomp filter compiled by libseccomp in a short-lived helper, rlimits, no_new_privs,
-dropped capabilities, a scratch tmpfs), proves the whole confinement works on a probe
-program, and then ``fork()``s a fresh child per program (see ``ekt.sandbox.child``
-for the child's steps). A pool of one worker per CPU (the default) pins each worker to a
-CPU of its own (``pin_workers``). :meth:`Sandbox.run` keeps every worker busy with up to
-two batches of programs queued each (a worker compiles a batch together, runs it program
-by program and answers it in one write; slow programs are queued less deep, so an idle
-worker takes them), streams the programs in and yields one
-:class:`~ekt.records.Execution` per program in input order; memory stays bounded
-however many programs stream through.
-
-Outcomes: ``ok`` (``solution()`` returned; ``value``/``type`` are a plain value
-decided by exact type checks, see below), ``error`` (the program raised: ``type`` is
-the exception class, ``error`` its message; a syntax error, a missing
-``solution``, ``sys.exit`` and a refused syscall all land here), ``timeout`` (the
-worker's wall clock passed ``timeout``; the child's whole process group is
-SIGKILLed), ``killed`` (the child died by a signal, e.g. SIGSEGV or the CPU limit,
-or exited or closed its result pipe without a result, e.g. ``os._exit``; ``error``
-says which).
-
-Returned values: int (ints over ~1000 digits come back as value None, type "int",
-error "int too large ..."), float (NaN and infinities as the strings "nan", "inf",
-"-inf" so records stay standard JSON), Fraction as ``[num, den]``, Decimal as a float
-(type "Decimal"), numpy scalars as int/float (type e.g. "numpy.int64"), bool, str
-(first 1000 characters), None ("NoneType"). Anything else, subclasses included,
-is value None with the class name as type; no method of the returned object is
-ever called, so an object whose ``__eq__`` is always true grades as wrong.
-
-Protections (``Sandbox.protections()`` says which are active, ``describe()`` in words)
--------------------------------------------------------------------------------------
-* ``process_group`` / ``wall_clock_deadline``: each child leads its own process
-  group; the worker SIGKILLs the group at the deadline and after every program, and
-  (without seccomp, when programs can create processes) kills and reaps strays it
-  adopted as a child subreaper. Children die with their worker (PR_SET_PDEATHSIG)
-  and workers exit when the ekt process goes away (EOF); a worker that misses its
-  deadline by 10 s is killed and replaced by the ekt process.
-* ``fd_isolation``: fds 0-2 are /dev/null, every other inherited fd but the result
-  pipe is closed; ``print`` goes to a capped in-memory tail (``max_output_bytes``).
-* ``scratch_dir`` / ``scratch_writable`` / ``scratch_quota``: the child's working
-  directory (and TMPDIR, HOME) is its worker's scratch directory, emptied after every
-  program; a root worker mounts a private tmpfs of ``scratch_mb`` MB there.
-* ``rlimits``: CPU seconds, address space (``memory_mb`` on top of what the warm
-  worker already maps), file size, 64 open files, no core dumps, no locked memory.
-* ``capabilities_dropped`` and ``no_new_privs``: the worker drops every capability
-  once it has mounted its scratch tmpfs; nothing it forks can raise a limit back or
-  gain privileges.
-* ``landlock`` (Linux >= 5.13), the filesystem rule: ``fs_read_allowlist`` -- a
-  program may read only the interpreter (its prefixes and ``sys.path``), the system
-  libraries and a few files Python and glibc open lazily (``allow_read`` adds
-  paths), never execute anything; ``fs_writes_only_in_scratch`` -- it may create,
-  write and delete files only in its scratch directory; ``deny_read_verified`` --
-  every path in ``deny_read`` (by default ``$EKT_DATA_DIR`` and the HF datasets
-  cache; ``ekt verify``/``evaluate`` add the ``--data-dir`` they grade from) was
-  found unreadable by the start-up probe. A denied path inside an allowed root is
-  carved out of it (with a warning). Plus ``landlock_net`` (no TCP bind/connect, ABI
-  >= 4) and ``landlock_signal_scope`` (no signals out of the child's domain, ABI >= 6).
-* ``seccomp`` (a BPF filter compiled once with libseccomp via ``pyseccomp``, loaded
-  per child with one prctl): refused with EPERM: every socket (AF_UNIX too),
-  fork/vfork and clone without CLONE_THREAD (threads still work), execve, kill and
-  the other ways of signalling or inspecting processes, ptrace, setsid/setpgid,
-  namespaces and mounts, privilege and limit changes, io_uring, bpf, chmod/chown/
-  utime/xattr changes (which Landlock does not cover) and chattr ioctls. Without a
-  Landlock filesystem rule it also refuses every filesystem write (the scratch
-  directory included): then ``fs_writes_only_in_scratch`` still holds, reads are
-  not restricted.
-
-Isolation levels: ``strict`` refuses to start unless rlimits, no_new_privs, seccomp
-and the Landlock filesystem rule (with ``deny_read`` verified) are all active;
-``standard`` uses every protection the machine offers and warns loudly about each
-one missing; ``none`` skips rlimits, seccomp and Landlock (process per program,
-deadline and scratch dir remain), warns that it does, and exists only to benchmark
-the sandbox itself.
-
-Not covered: a program can ``stat`` paths it cannot read (sizes and names of
-directories it can list); files hard-linked or bind-mounted into an allowed root
-are readable there; with neither seccomp nor Landlock a root program can signal
-other root processes.
+Untrusted programs never run in the ekt process: warm workers (``ekt.sandbox.child``)
+fork one confined child per program. ``Sandbox.run`` streams programs in and yields one
+:class:`~ekt.records.Execution` per program in input order, keeping every worker busy
+and replacing workers that die or hang. The design, the protections (what holds as
+root and as a non-root user), the isolation levels and the wire format are specified
+in ``docs/sandbox.md``.
 """
 
 from __future__ import annotations
@@ -126,6 +47,7 @@ _QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer
 # time until it has seen how long they take: a worker holding a batch of slow programs
 # cannot hand them to an idle one.
 _FIRST_MS_ESTIMATE = 25.0
+_NAP_S = 0.002  # the ekt process's nap between collections while workers have queued work
 # Layers SandboxConfig.disable may switch off, to run (and test) the fallbacks.
 LAYERS = ("landlock", "seccomp", "tmpfs", "user_namespace", "ipc_namespace", "cgroup")
 _SERIAL = itertools.count()
@@ -782,7 +704,12 @@ class Sandbox:
                     if all(w is None for w in self._workers):
                         time.sleep(0.1)  # every slot waits to be started again
                     continue
-                # 3. wait for results
+                # 3. wait for results. Workers answer each program at once (they hold no
+                #    result back); when every busy worker has work queued for longer
+                #    than a short nap, the ekt process naps first and collects several
+                #    answers per wake-up, leaving the CPUs to the workers.
+                if all(len(w.queue) * w.ms_avg > 2000 * _NAP_S for w in busy):
+                    time.sleep(_NAP_S)
                 for key, _ in sel.select(timeout=1.0):
                     w = key.data
                     msgs = w.read()
