@@ -60,6 +60,7 @@ _WHY_MISSING = {
     "usage instead",
     "tasks_limit": "no pids cgroup and no seccomp filter bound a program's tasks",
 }
+_FALLBACK_FOR = {"scratch_quota_watch": "scratch_quota", "threads_refused": "tasks_cgroup"}
 # What 'strict' insists on, as reported by every worker after its self-test.
 STRICT_NEEDS = (
     "rlimits", "no_new_privs", "seccomp", "landlock", "fs_read_allowlist",
@@ -123,8 +124,8 @@ class SandboxConfig:
             raise EktError(f"sandbox max_output_bytes must be >= 0, got {self.max_output_bytes}")
         if self.recycle_after < 1:
             raise EktError(f"sandbox recycle_after must be >= 1, got {self.recycle_after}")
-        if self.scratch_mb < 0:
-            raise EktError(f"sandbox scratch_mb must be >= 0, got {self.scratch_mb}")
+        if self.scratch_mb < 1:
+            raise EktError(f"sandbox scratch_mb must be >= 1, got {self.scratch_mb}")
         if self.scratch_files < 16:
             raise EktError(f"sandbox scratch_files must be >= 16, got {self.scratch_files}")
         if self.max_tasks < 8:
@@ -435,8 +436,10 @@ class Sandbox:
         self._retry_at: dict[int, float] = {}  # empty slots: when to try to start again
         self._down_since: dict[int, float] = {}
         self._last_start_error = ""
+        self._started = False
         try:
             self._start([*range(self.n_workers)])
+            self._started = True
         except BaseException:
             self.close()
             raise
@@ -487,6 +490,12 @@ class Sandbox:
                     "sandbox isolation 'strict' could not be met; missing: " + ", ".join(missing)
                     + "".join(f" ({_WHY_MISSING[k]})" for k in missing if k in _WHY_MISSING)
                 )
+        if self._started:  # a replacement must hold everything the pool promised
+            weaker = [k for k, v in self._protections.items() if v and not prot.get(k)]
+            if weaker:
+                raise EktError("a replacement sandbox worker came up without "
+                               + ", ".join(weaker) + " (will try again)")
+            return
         if not self._protections:
             self._protections = dict(w.protections)
             self.fs = dict(fs)
@@ -516,6 +525,15 @@ class Sandbox:
                 "sockets (process-group kill, rlimits"
                 + (", Landlock" if p.get("landlock") else "") + " remain)"
             )
+        if not p.get("scratch_quota"):
+            lines.append(
+                "sandbox: no scratch tmpfs could be mounted (no CAP_SYS_ADMIN and no "
+                "unprivileged user namespace): the worker watches the scratch usage instead, "
+                "which bounds it only to the quota plus what a program writes in 10 ms"
+            )
+        if not p.get("tasks_limit"):
+            lines.append("sandbox: nothing bounds the tasks a program creates (no pids cgroup, "
+                         "no seccomp, running as root)")
         if lines:
             warnings.warn("\n".join(lines), RuntimeWarning, stacklevel=4)
 
@@ -568,7 +586,9 @@ class Sandbox:
         """One paragraph: isolation level, what is active, and the filesystem rule."""
         p = self._protections
         on = [k for k, v in p.items() if v]
-        off = [k for k, v in p.items() if not v]
+        # a fallback not needed, or the means to another protection, is not "missing"
+        off = [k for k, v in p.items() if not v and k != "user_namespace"
+               and not (k in _FALLBACK_FOR and p.get(_FALLBACK_FOR[k]))]
         text = (
             f"sandbox ({self.config.isolation}, {self.n_workers} workers"
             + (f" pinned to CPUs {','.join(map(str, self._cpus))}" if self._cpus else "")
@@ -580,7 +600,10 @@ class Sandbox:
                 f"; filesystem: programs read only {len(self.fs.get('read_roots', []))} "
                 f"roots ({', '.join(self.fs.get('read_roots', []))}), write only in their "
                 f"scratch directory"
-                + (f" ({self.config.scratch_mb} MB tmpfs)" if p.get("scratch_quota") else "")
+                + (f" ({self.config.scratch_mb} MB, {self.config.scratch_files} files tmpfs)"
+                   if p.get("scratch_quota") else
+                   f" (quota watched: {self.config.scratch_mb} MB, {self.config.scratch_files} "
+                   f"files)" if p.get("scratch_quota_watch") else "")
                 + ", and cannot read "
                 + (", ".join(self.deny_read) if self.deny_read else "anything else")
                 + (" (checked at start-up)" if p.get("deny_read_verified") else "")
