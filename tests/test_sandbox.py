@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 
 TIMEOUT = 2.0  # seconds per program
 SUPPORT = detect_protections() if sys.platform.startswith("linux") else {}
-ISOLATION = "strict" if SUPPORT.get("seccomp") and SUPPORT.get("landlock") else "standard"
+ISOLATION = "strict" if all(SUPPORT.get(k) for k in ("seccomp", "landlock", "scratch_tmpfs")) \
+    else "standard"
 DATA_DIR = os.environ.get("EKT_DATA_DIR") or ""
 REPO = Path(__file__).resolve().parents[1]
 

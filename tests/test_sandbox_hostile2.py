@@ -27,7 +27,7 @@ from ekt.sandbox.pool import Sandbox, SandboxConfig, default_deny_read, detect_p
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
 SUPPORT = detect_protections() if sys.platform.startswith("linux") else {}
-FULL = bool(SUPPORT.get("seccomp") and SUPPORT.get("landlock"))
+FULL = all(SUPPORT.get(k) for k in ("seccomp", "landlock", "scratch_tmpfs"))
 MODE = os.environ.get("EKT_SANDBOX_TEST_MODE", "")  # "nocap": re-run without CAP_SYS_ADMIN
 REPO = Path(__file__).resolve().parents[1]
 CAP_SYS_ADMIN = 1 << 21
@@ -71,6 +71,8 @@ def sentinel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", params=["tmpfs", "no_tmpfs"])
 def box(request, sentinel):
+    if request.param == "tmpfs" and not SUPPORT.get("scratch_tmpfs"):
+        pytest.skip("no tmpfs here: no CAP_SYS_ADMIN and no unprivileged user namespace")
     sysv = _sysv()
     sb = _box(request.param, workers=2, timeout=5.0, max_tasks=MAX_TASKS, scratch_mb=16,
               scratch_files=2048, deny_read=[str(sentinel)])

@@ -561,6 +561,7 @@ def make_pids_cgroup(name: str, max_tasks: int) -> str:
     found = _own_cgroup("pids")
     if found is None:
         return ""
+    _remove_stale_cgroups(found[0])
     d = os.path.join(found[0], name)
     try:
         os.mkdir(d, 0o755)
@@ -572,6 +573,35 @@ def make_pids_cgroup(name: str, max_tasks: int) -> str:
         os.rmdir(d)
         return ""
     return d
+
+
+def _remove_stale_cgroups(parent: str) -> None:
+    """Empty cgroups an ekt process that was killed left behind (its pid is gone)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for n in names:
+        parts = n.split("-")
+        if len(parts) != 5 or parts[:2] != ["ekt", "sandbox"] or not parts[2].isdigit():
+            continue
+        if os.path.exists(f"/proc/{parts[2]}"):
+            continue
+        try:
+            os.rmdir(os.path.join(parent, n))
+        except OSError:
+            pass
+
+
+def tmpfs_supported() -> bool:
+    """Whether a worker here could mount its scratch tmpfs (CAP_SYS_ADMIN, or an
+    unprivileged user namespace): tried in a short-lived forked process."""
+    pid = os.fork()
+    if pid == 0:
+        ok = libc.unshare(CLONE_NEWNS) == 0 or libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return status == 0
 
 
 def join_cgroup(path: str) -> bool:

@@ -181,6 +181,7 @@ def detect_protections() -> dict[str, bool]:
         "process_group": linux,
         "rlimits": linux,
         "seccomp": linux and child.seccomp_supported(),
+        "scratch_tmpfs": linux and child.tmpfs_supported(),  # root, or a user namespace
         "landlock": abi >= 1,  # the filesystem rule: read allow-list, writes in scratch only
         "landlock_net": abi >= 4,
         "landlock_signal_scope": abi >= 6,
