@@ -21,8 +21,8 @@ import pytest
 
 from ekt.errors import EktError
 from ekt.records import JsonlWriter, read_jsonl
-from ekt.sandbox.confine import remove_tree
 from ekt.sandbox.pool import Sandbox, SandboxConfig, default_deny_read, detect_protections
+from ekt.sandbox.scratch import remove_tree
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 

@@ -28,13 +28,11 @@ from ekt.sandbox.confine import (
     PR_SET_CHILD_SUBREAPER,
     PR_SET_NO_NEW_PRIVS,
     PR_SET_PDEATHSIG,
-    ScratchWatch,
     SeccompProgram,
     build_landlock,
     build_seccomp,
     clear_sysv_ipc,
     drop_capabilities,
-    empty_dir,
     fast_prctl,
     has_caps,
     inside,
@@ -46,6 +44,7 @@ from ekt.sandbox.confine import (
     private_namespaces,
     read_roots,
 )
+from ekt.sandbox.scratch import ScratchWatch, empty_dir
 from ekt.sandbox.wire import (
     INT_BOUND,
     LEN,
@@ -58,8 +57,10 @@ from ekt.sandbox.wire import (
     parse_result,
     plain_value,
     read_frame,
+    read_into,
     result_bytes,
     type_name,
+    write_all,
     write_frames,
     write_msg,
 )
@@ -600,27 +601,6 @@ def _describe_exit(status: int) -> str:
 
 
 
-def _read_into(fd: int, view: memoryview) -> bool:
-    """Fill ``view`` from ``fd``; False at EOF. Reads exactly that much: what the ekt
-    process queued behind it stays in the pipe, never in this process's memory."""
-    got, n = 0, len(view)
-    while got < n:
-        k = os.readv(fd, [view[got:]])
-        if not k:
-            return False
-        got += k
-    return True
-
-
-def _write_all(fd: int, parts: list) -> None:
-    total = sum(len(p) for p in parts)
-    sent = os.writev(fd, parts)
-    if sent < total:
-        view = memoryview(b"".join(parts))[sent:]
-        while view:
-            view = view[os.write(fd, view) :]
-
-
 # Imported once per worker so that children start warm. Not here: ``random`` (and
 # ``statistics``, ``tempfile``, which import it) and ``threading``: their fork handlers
 # run in every child (reseeding, lock re-initialisation) and cost 0.1-0.25 ms each;
@@ -689,14 +669,14 @@ def main() -> None:
     while not worker.retire:
         # One program at a time, read exactly, run, answered at once: the worker never
         # holds a second program's text or a first program's result while it forks.
-        if not _read_into(rfd, memoryview(head)):
+        if not read_into(rfd, memoryview(head)):
             return
         (size,) = LEN.unpack(head)
-        if not _read_into(rfd, worker.hold(size)):
+        if not read_into(rfd, worker.hold(size)):
             return
         res = worker.run_held(size)
         if type(res) is int:
-            _write_all(wfd, [LEN.pack(1 + MS_FIELD.size + res) + RAW_RESULT
+            write_all(wfd, [LEN.pack(1 + MS_FIELD.size + res) + RAW_RESULT
                              + MS_FIELD.pack(worker.ms), memoryview(worker.res)[:res]])
             worker.forget(size, res)
         else:

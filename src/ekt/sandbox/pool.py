@@ -10,32 +10,30 @@ in ``docs/sandbox.md``.
 
 from __future__ import annotations
 
-import itertools
-import json
-import marshal
 import math
 import os
 import selectors
-import signal
-import struct
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from ekt.errors import EktError
 from ekt.records import Execution
 from ekt.sandbox.child import DEFAULT_PRELOAD
-from ekt.sandbox.confine import make_pids_cgroup, remove_cgroup, remove_tree
-from ekt.sandbox.wire import RAW_RESULT, parse_raw_result, valid_text
+from ekt.sandbox.config import (  # re-exported: ekt.sandbox.pool is the public home
+    ISOLATION,
+    LAYERS,
+    SandboxConfig,
+    default_deny_read,
+    detect_protections,
+    run_deny_read,
+)
+from ekt.sandbox.process import WorkerProcess, died, execution
 
-ISOLATION = ("strict", "standard", "none")
-_STATUSES = ("ok", "error", "timeout", "killed")
 _HANDSHAKE_TIMEOUT = 60.0  # seconds for a worker to import, build its filter and run a probe
 _BACKSTOP = 10.0  # seconds past the deadline after which the ekt process kills a worker
 # Programs queued per worker, in its request pipe (the worker reads one at a time, so
@@ -43,16 +41,9 @@ _BACKSTOP = 10.0  # seconds past the deadline after which the ekt process kills 
 _DEPTH = 16
 _QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer than this,
 # nor so many that, at the worker's recent time per program, the last would wait longer.
-# The estimate starts pessimistic, so a new pool hands out its first programs a few at a
-# time until it has seen how long they take: a worker holding a batch of slow programs
-# cannot hand them to an idle one.
-_FIRST_MS_ESTIMATE = 25.0
+# (The estimate starts pessimistic: ekt.sandbox.process.FIRST_MS_ESTIMATE.)
 _NAP_S = 0.002  # the ekt process's nap between collections while workers have queued work
-# Layers SandboxConfig.disable may switch off, to run (and test) the fallbacks.
-LAYERS = ("landlock", "seccomp", "tmpfs", "user_namespace", "ipc_namespace", "cgroup")
-_SERIAL = itertools.count()
 _DOWN_LIMIT_S = 60.0  # a run stops when no worker could start for this long
-_START_RETRY_S = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)  # pauses between tries to start a worker
 _WHY_MISSING = {
     "scratch_quota": "no scratch quota can be enforced: the worker could mount no tmpfs, "
     "neither with CAP_SYS_ADMIN nor in an unprivileged user namespace (kernel setting "
@@ -67,310 +58,6 @@ STRICT_NEEDS = (
     "fs_writes_only_in_scratch", "deny_read_verified", "scratch_quota", "tasks_limit",
     "ipc_refused",
 )
-
-
-@dataclass
-class SandboxConfig:
-    workers: int | None = None  # default: os.cpu_count()
-    timeout: float = 5.0  # wall-clock seconds per program, enforced by the worker
-    memory_mb: int = 1024  # address space a program may add to the warm interpreter's
-    cpu_seconds: int | None = None  # default: ceil(timeout) + 1
-    max_output_bytes: int = 4096  # printed output kept (the last this many characters)
-    isolation: str = "standard"  # strict | standard | none
-    recycle_after: int = 5000  # a worker is replaced after this many programs
-    fsize_bytes: int = 1 << 20  # RLIMIT_FSIZE: the largest file a program may write
-    # The scratch quota: bytes (MB) and files (directories included) a program may leave
-    # in its scratch directory. A tmpfs of this size where the worker can mount one (root,
-    # or a user namespace), else the worker watches the usage (see docs/sandbox.md).
-    scratch_mb: int = 64
-    scratch_files: int = 4096
-    # Tasks (processes and threads) a worker and its child may hold together, enforced
-    # by a pids cgroup per worker where cgroups are writable; elsewhere threads are
-    # refused outright by the seccomp filter.
-    max_tasks: int = 64
-    # Protection layers to switch off (any of LAYERS), to run the fallbacks (tests) or
-    # to work around a machine where one misbehaves; 'strict' still insists on its list.
-    disable: list[str] = field(default_factory=list)
-    # Paths programs must never read. None: the task data ($EKT_DATA_DIR) and the HF
-    # datasets cache; verify/evaluate add the --data-dir they load gold answers from.
-    deny_read: list[str] | None = None
-    allow_read: list[str] = field(default_factory=list)  # extra read-only paths
-    # Modules each worker imports once (None: ekt.sandbox.child.DEFAULT_PRELOAD). Every
-    # module makes each fork dearer; one a program imports itself costs it a few ms.
-    preload: list[str] | None = None
-    # Pin worker i (and so every child it forks) to the i-th CPU this process may use,
-    # when the pool has exactly one worker per such CPU (the default size). A fork then
-    # flushes the TLB of one CPU instead of interrupting the others, and the child runs
-    # where its pages are cached: about a quarter less CPU per program on a 2-core VM
-    # (benchmarks/sandbox_throughput.py). A smaller pool is not pinned: other pools
-    # (Ray actors, other ekt processes) may share the machine. Off: the scheduler places.
-    pin_workers: bool = True
-
-    def validate(self) -> None:
-        if self.isolation not in ISOLATION:
-            raise EktError(
-                f"sandbox isolation must be one of {', '.join(ISOLATION)}, "
-                f"got {self.isolation!r}"
-            )
-        if not (isinstance(self.timeout, int | float) and self.timeout > 0):
-            raise EktError(f"sandbox timeout must be > 0 seconds, got {self.timeout!r}")
-        if self.workers is not None and self.workers < 1:
-            raise EktError(f"sandbox workers must be >= 1, got {self.workers}")
-        if self.memory_mb < 16:
-            raise EktError(f"sandbox memory_mb must be >= 16, got {self.memory_mb}")
-        if self.cpu_seconds is not None and self.cpu_seconds < 1:
-            raise EktError(f"sandbox cpu_seconds must be >= 1, got {self.cpu_seconds}")
-        if self.max_output_bytes < 0:
-            raise EktError(f"sandbox max_output_bytes must be >= 0, got {self.max_output_bytes}")
-        if self.recycle_after < 1:
-            raise EktError(f"sandbox recycle_after must be >= 1, got {self.recycle_after}")
-        if self.scratch_mb < 1:
-            raise EktError(f"sandbox scratch_mb must be >= 1, got {self.scratch_mb}")
-        if self.scratch_files < 16:
-            raise EktError(f"sandbox scratch_files must be >= 16, got {self.scratch_files}")
-        if self.max_tasks < 8:
-            raise EktError(f"sandbox max_tasks must be >= 8, got {self.max_tasks}")
-        bad = [x for x in self.disable if x not in LAYERS] if isinstance(
-            self.disable, list | tuple) else [self.disable]
-        if bad:
-            raise EktError(
-                f"sandbox disable takes a list of {', '.join(LAYERS)}; got {bad!r}"
-            )
-        for name in ("deny_read", "allow_read", "preload"):
-            paths = getattr(self, name) or []
-            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
-                raise EktError(f"sandbox {name} must be a list of paths, got {paths!r}")
-
-
-def default_deny_read() -> list[str]:
-    """Where gold answers live by default: $EKT_DATA_DIR and every Hugging Face cache
-    (all of $HF_HOME: datasets keeps hub downloads under hub/, not only datasets/)."""
-    env = os.environ
-    home = os.path.expanduser("~")
-    xdg = env.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
-    out = [env.get("EKT_DATA_DIR", ""), env.get("HF_HOME", ""),
-           os.path.join(xdg, "huggingface"), os.path.join(home, ".cache", "huggingface")]
-    out += [env.get(k, "") for k in ("HF_DATASETS_CACHE", "HF_HUB_CACHE",
-                                     "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE")]
-    return [p for p in dict.fromkeys(out) if p]
-
-
-def run_deny_read(*paths: str | os.PathLike) -> list[str]:
-    """What of a run programs must not read: the folder of each file a stage reads or
-    writes (samples, other programs, results), or the file alone where that folder
-    also holds the interpreter or a ``sys.path`` entry (denying it would deny Python)."""
-    keep = [os.path.realpath(p) for p in
-            (sys.prefix, sys.base_prefix, *[x for x in sys.path if x], os.path.expanduser("~"))]
-    out: list[str] = []
-    for p in paths:
-        f = os.path.realpath(os.fspath(p))
-        d = os.path.dirname(f)
-        holds = d == "/" or any(k == d or k.startswith(d.rstrip("/") + "/") for k in keep)
-        out.append(f if holds else d)
-    return list(dict.fromkeys(out))
-
-
-def detect_protections() -> dict[str, bool]:
-    """What this machine supports (a Sandbox reports what it uses: Sandbox.protections)."""
-    from ekt.sandbox import confine as child
-
-    linux = sys.platform.startswith("linux")
-    abi = child.landlock_abi() if linux else 0
-    return {
-        "fork_per_program": hasattr(os, "fork"),
-        "process_group": linux,
-        "rlimits": linux,
-        "seccomp": linux and child.seccomp_supported(),
-        "scratch_tmpfs": linux and child.tmpfs_supported(),  # root, or a user namespace
-        "landlock": abi >= 1,  # the filesystem rule: read allow-list, writes in scratch only
-        "landlock_net": abi >= 4,
-        "landlock_signal_scope": abi >= 6,
-    }
-
-
-def _worker_env() -> dict[str, str]:
-    """A minimal environment: programs see no tokens or credentials of the ekt process."""
-    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": src,
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONNOUSERSITE": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "LANG": "C.UTF-8",
-        # Resolve every shared-library symbol once in the worker: lazily bound ones would
-        # be resolved again (and their pages copied) in every forked child.
-        "LD_BIND_NOW": "1",
-        "TMPDIR": tempfile.gettempdir(),
-    }
-    return env
-
-
-class _Worker:
-    """The ekt side of one worker process: its pipes, read buffer and queue of programs."""
-
-    def __init__(self, slot: int, wire: dict):
-        self.slot = slot
-        self.scratch_root = tempfile.mkdtemp(prefix=f"ekt-sandbox-{slot}-")
-        self.cgroup = ""
-        if wire["isolation"] != "none" and "cgroup" not in wire["disable"]:
-            self.cgroup = make_pids_cgroup(
-                f"ekt-sandbox-{os.getpid()}-{slot}-{next(_SERIAL)}", int(wire["max_tasks"])
-            )
-        r_req, self.req_fd = os.pipe()
-        self.resp_fd, w_resp = os.pipe()
-        try:
-            for pause in (*_START_RETRY_S, None):
-                try:
-                    self.proc = subprocess.Popen(
-                        [sys.executable, "-P", "-m", "ekt.sandbox.child"],
-                        stdin=r_req,
-                        stdout=w_resp,
-                        stderr=None,
-                        close_fds=True,
-                        start_new_session=True,
-                        env=_worker_env(),
-                        cwd=self.scratch_root,
-                    )
-                    break
-                except BlockingIOError:  # EAGAIN: too many processes for now
-                    if pause is None:
-                        raise
-                    time.sleep(pause)
-        except BaseException:
-            os.close(self.req_fd)
-            os.close(self.resp_fd)
-            remove_tree(self.scratch_root)
-            if self.cgroup:
-                remove_cgroup(self.cgroup)
-            raise
-        finally:
-            os.close(r_req)
-            os.close(w_resp)
-        os.set_blocking(self.resp_fd, False)
-        self.buf = bytearray()
-        self.ready = False
-        self.protections: dict[str, bool] = {}
-        self.fs: dict[str, Any] = {}
-        self.problem = ""
-        self.queue: deque[int] = deque()  # input indices sent and not yet answered
-        self.head_since = 0.0  # when the program at the head of the queue started
-        self.done = 0
-        self.ms_avg = _FIRST_MS_ESTIMATE  # moving average of its programs' times (ms)
-        self.sent = 0
-        self.closed = False
-        self.max_output = int(wire["max_output_bytes"])
-        # The config is marshal-encoded (the worker then needs no json module); programs
-        # follow as UTF-8 text, one length-prefixed message each.
-        self.send(marshal.dumps({**wire, "scratch_root": self.scratch_root,
-                                 "cgroup": self.cgroup}))
-
-    def send(self, data: bytes) -> None:
-        self.send_many([data])
-
-    def send_many(self, messages: list[bytes]) -> None:
-        """Length-prefixed messages in one write (blocking until all are in the pipe)."""
-        view = memoryview(b"".join([struct.pack("<I", len(m)) + m for m in messages]))
-        while view:
-            view = view[os.write(self.req_fd, view) :]
-
-    def read(self) -> list[dict] | None:
-        """Messages available now; None on EOF (the worker is gone)."""
-        eof = False
-        while True:
-            try:
-                chunk = os.read(self.resp_fd, 1 << 16)
-            except BlockingIOError:
-                break
-            except OSError:
-                eof = True
-                break
-            if not chunk:
-                eof = True
-                break
-            self.buf += chunk
-        out = []
-        while len(self.buf) >= 4:
-            (size,) = struct.unpack_from("<I", self.buf)
-            if len(self.buf) < 4 + size:
-                break
-            body = bytes(self.buf[4 : 4 + size])
-            del self.buf[: 4 + size]
-            try:
-                if body[:1] == RAW_RESULT:  # the child's result frame, validated here
-                    obj = parse_raw_result(body, self.max_output)
-                else:
-                    obj = json.loads(body)
-            except (ValueError, struct.error):
-                obj = None
-            out.append(obj if isinstance(obj, dict) else {"status": "killed", "error": "garbled"})
-        if eof and not out:
-            return None
-        return out
-
-    def close_requests(self) -> None:
-        """EOF on the worker's stdin: it finishes its program and exits."""
-        if self.req_fd >= 0:
-            try:
-                os.close(self.req_fd)
-            except OSError:
-                pass
-            self.req_fd = -1
-
-    def stop(self, grace: float = 2.0) -> None:
-        """Ask the worker to exit, then make sure it is gone."""
-        self.close_requests()
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
-
-    def kill(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_requests()
-        try:
-            os.close(self.resp_fd)
-        except OSError:
-            pass
-        self.resp_fd = -1
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its session: the worker itself
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-        remove_tree(self.scratch_root)
-        if self.cgroup:
-            remove_cgroup(self.cgroup)
-
-
-def _execution(msg: dict, max_output: int) -> Execution:
-    status = msg.get("status")
-    if status not in _STATUSES:
-        return Execution("killed", None, "", "", 0.0, "sandbox worker sent a malformed result")
-    value = msg.get("value")
-    if not (value is None or type(value) in (int, float, str, bool, list)):
-        value = None
-    if type(value) is str:
-        value = valid_text(value)
-    ms = msg.get("ms", 0.0)
-    return Execution(
-        status=status,
-        value=value,
-        type=valid_text(str(msg.get("type", ""))[:80]),
-        stdout_tail=valid_text(str(msg.get("stdout_tail", ""))[-max_output:])
-        if max_output else "",
-        ms=float(ms) if type(ms) in (int, float) else 0.0,
-        error=valid_text(str(msg.get("error", ""))[:300]),
-    )
-
-
-def _died(error: str) -> Execution:
-    return Execution("killed", None, "", "", 0.0, error)
 
 
 class Sandbox:
@@ -430,7 +117,7 @@ class Sandbox:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         pin = cfg.pin_workers and len(cpus) == self.n_workers
         self._cpus = cpus if pin else []
-        self._workers: list[_Worker | None] = [None] * self.n_workers
+        self._workers: list[WorkerProcess | None] = [None] * self.n_workers
         self._protections: dict[str, bool] = {}
         self.fs: dict[str, Any] = {}  # the filesystem rule as the first worker reported it
         self._closed = False
@@ -451,7 +138,7 @@ class Sandbox:
         """Start workers in the given slots concurrently and wait for their handshakes."""
         fresh = []
         for s in slots:
-            w = _Worker(s, {**self._wire, "cpu": self._cpus[s] if self._cpus else -1})
+            w = WorkerProcess(s, {**self._wire, "cpu": self._cpus[s] if self._cpus else -1})
             self._workers[s] = w
             fresh.append(w)
         deadline = time.monotonic() + _HANDSHAKE_TIMEOUT
@@ -474,7 +161,7 @@ class Sandbox:
                     waiting -= 1
                     self._handshake(w, msgs[0])
 
-    def _handshake(self, w: _Worker, hello: dict) -> None:
+    def _handshake(self, w: WorkerProcess, hello: dict) -> None:
         if not hello.get("ready"):
             raise EktError(f"sandbox worker failed its self-test: {hello.get('problem', '?')}")
         prot = hello.get("protections")
@@ -538,7 +225,7 @@ class Sandbox:
         if lines:
             warnings.warn("\n".join(lines), RuntimeWarning, stacklevel=4)
 
-    def _restart(self, w: _Worker, graceful: bool) -> None:
+    def _restart(self, w: WorkerProcess, graceful: bool) -> None:
         if graceful:
             w.stop()
         else:
@@ -644,7 +331,7 @@ class Sandbox:
         exhausted = False
         backstop = self.config.timeout + _BACKSTOP
         sel = selectors.DefaultSelector()
-        registered: dict[int, _Worker] = {}
+        registered: dict[int, WorkerProcess] = {}
         recycle = self.config.recycle_after
 
         def take() -> tuple[int, str] | None:
@@ -741,7 +428,7 @@ class Sandbox:
                         sel.unregister(key.fd)
                         del registered[key.fd]
                         self._worker_lost(
-                            w, _died("sandbox worker died while running this program"),
+                            w, died("sandbox worker died while running this program"),
                             results, retry, texts, suspects,
                         )
                         continue
@@ -756,7 +443,7 @@ class Sandbox:
                         i = w.queue.popleft()
                         texts.pop(i, None)
                         suspects.discard(i)
-                        results[i] = ex = _execution(msg, cap)
+                        results[i] = ex = execution(msg, cap)
                         w.ms_avg += 0.2 * (min(ex.ms, 10_000.0) - w.ms_avg)
                         w.done += 1
                         w.head_since = now
@@ -786,7 +473,7 @@ class Sandbox:
                     self._workers[w.slot] = None
 
     def _requeue(
-        self, w: _Worker, retry: deque[tuple[int, str]], texts: dict[int, str]
+        self, w: WorkerProcess, retry: deque[tuple[int, str]], texts: dict[int, str]
     ) -> None:
         """Programs queued behind the one at fault go to other workers."""
         for i in reversed(w.queue):
@@ -795,7 +482,7 @@ class Sandbox:
 
     def _worker_lost(
         self,
-        w: _Worker,
+        w: WorkerProcess,
         outcome: Execution,
         results: dict[int, Execution],
         retry: deque[tuple[int, str]],
@@ -837,3 +524,9 @@ class Sandbox:
                 self.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+__all__ = [
+    "ISOLATION", "LAYERS", "STRICT_NEEDS", "Sandbox", "SandboxConfig", "default_deny_read",
+    "detect_protections", "run_deny_read",
+]

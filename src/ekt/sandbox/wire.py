@@ -291,3 +291,24 @@ def valid_text(s: str) -> str:
         return s
     except UnicodeEncodeError:
         return s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def read_into(fd: int, view: memoryview) -> bool:
+    """Fill ``view`` from ``fd``; False at EOF. Reads exactly that much: what the ekt
+    process queued behind it stays in the pipe, never in this process's memory."""
+    got, n = 0, len(view)
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            return False
+        got += k
+    return True
+
+
+def write_all(fd: int, parts: list) -> None:
+    total = sum(len(p) for p in parts)
+    sent = os.writev(fd, parts)
+    if sent < total:
+        view = memoryview(b"".join(parts))[sent:]
+        while view:
+            view = view[os.write(fd, view) :]
