@@ -238,6 +238,49 @@ def test_child_finds_no_batch_mate_in_its_memory(box):
     assert [e.value for e in res[0::3]] == list(range(6))
 
 
+RAW_SCANNER = """
+import ctypes, gc, mmap, os
+def solution():
+    m = bytes([77, 75]) + b'q7zz'  # built at run time: no other copy of it exists
+    libc = ctypes.CDLL(None, use_errno=True)
+    rfd, wfd = os.pipe()
+    span = 1 << 20
+    bases = set()
+    for o in gc.get_objects():
+        a = id(o) & ~(span - 1)
+        bases.update((a - span, a, a + span))
+    buf = mmap.mmap(-1, span)
+    view = memoryview(buf)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    hits = []
+    for base in sorted(bases):
+        if base <= 0 or addr - span <= base <= addr + span:
+            continue
+        for off in range(0, span, 4096):  # through a pipe: an unreadable page is EFAULT
+            if libc.write(wfd, ctypes.c_void_p(base + off), 4096) == 4096:
+                os.readv(rfd, [view[off:off + 4096]])  # into the mmap: no copy on the heap
+            else:
+                view[off:off + 4096] = bytes(4096)
+        i = buf.find(m)
+        while i >= 0:
+            if not id(m) <= base + i < id(m) + 64:
+                hits.append(buf[max(0, i - 8):i + 24])
+            i = buf.find(m, i + 1)
+    return str(hits[:3])
+"""
+
+
+def test_child_finds_no_batch_mate_even_in_raw_memory(box):
+    """The same, reading raw memory with ctypes around every heap arena (freed blocks
+    included): the worker never held a batch-mate's text, code or result outside the
+    buffers it zeroes, so not even freed memory has one."""
+    progs = []
+    for i in range(4):
+        progs += [MATE.format(i=i), RAW_SCANNER, MATE.format(i=i + 100)]
+    res = list(box.run(progs))
+    assert [(e.status, e.value) for e in res[1::3]] == [("ok", "[]")] * 4, res[1::3]
+
+
 # -- 4. tasks per child are bounded, and EAGAIN is survived ------------------------------
 
 THREADS = """
