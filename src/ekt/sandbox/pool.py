@@ -42,6 +42,7 @@ _DEPTH = 16
 _QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer than this,
 # nor so many that, at the worker's recent time per program, the last would wait longer.
 # (The estimate starts pessimistic: ekt.sandbox.process.FIRST_MS_ESTIMATE.)
+_PIPE_BUDGET = 48 * 1024  # characters queued behind a worker's running program, at most
 _NAP_S = 0.002  # the ekt process's nap between collections while workers have queued work
 _DOWN_LIMIT_S = 60.0  # a run stops when no worker could start for this long
 _WHY_MISSING = {
@@ -377,6 +378,15 @@ class Sandbox:
                         if item is None:
                             break
                         if level and item[0] in suspects:  # it waits for an idle worker
+                            retry.appendleft(item)
+                            continue
+                        # Never more queued than the pipe holds: the worker reads one program
+                        # at a time, so a fuller pipe would block this process's write. (Up
+                        # to _DEPTH programs of 1 KB cannot reach the budget: only a larger
+                        # one needs the sum.)
+                        if level and len(item[1]) > 1024 and len(item[1]) + sum(
+                            len(texts[j]) for j in w.queue
+                        ) > _PIPE_BUDGET:
                             retry.appendleft(item)
                             continue
                         if not w.queue:
