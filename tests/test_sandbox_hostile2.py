@@ -330,6 +330,14 @@ def test_fork_eagain_is_reported_and_the_worker_recovers():
     assert [(e.status, e.value) for e in after] == [("ok", 2)] * 3
 
 
+def test_large_programs_stream_without_blocking(box):
+    """Programs of 40 KB each: no more text is queued behind a worker than its pipe
+    holds, so the ekt process never blocks on a write while results wait."""
+    big = "def solution():\n    x = " + repr("a" * 40_000) + "\n    return len(x)\n"
+    res = list(box.run([big] * 12 + ["def solution():\n    return 1\n"] * 4))
+    assert [(e.status, e.value) for e in res] == [("ok", 40_000)] * 12 + [("ok", 1)] * 4
+
+
 # -- 5. any tree a program leaves is cleaned without recursion --------------------------
 
 TREE = """
