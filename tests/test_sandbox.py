@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 
 TIMEOUT = 2.0  # seconds per program
 SUPPORT = detect_protections() if sys.platform.startswith("linux") else {}
-ISOLATION = "strict" if SUPPORT.get("seccomp") and SUPPORT.get("landlock") else "standard"
+ISOLATION = "strict" if all(SUPPORT.get(k) for k in ("seccomp", "landlock", "scratch_tmpfs")) \
+    else "standard"
 DATA_DIR = os.environ.get("EKT_DATA_DIR") or ""
 REPO = Path(__file__).resolve().parents[1]
 
@@ -572,7 +573,7 @@ def test_output_and_values(box):
         ("-float('inf')", "-inf", "float", ""),
         ("True", True, "bool", ""),
         ("None", None, "NoneType", ""),
-        ("'é\\ud800'", "é\ud800", "str", ""),  # a lone surrogate passes through
+        ("'é\\ud800'", "é\ufffd", "str", ""),  # a lone surrogate becomes U+FFFD
     ],
 )
 def test_returned_values_round_trip(box, expr, value, type_, error):
@@ -765,18 +766,15 @@ def test_deny_path_inside_read_root_is_carved_out():
         assert (ok.status, ok.value) == ("ok", 3)
 
 
-def test_fallback_without_landlock(monkeypatch, sentinel):
+def test_fallback_without_landlock(sentinel):
     """No Landlock (older kernels): seccomp refuses every write, the scratch directory
     included; reads are NOT restricted, which the warning says; strict refuses."""
     if not SUPPORT.get("seccomp"):
         pytest.skip("needs seccomp")
-    import ekt.sandbox.pool as sb_mod
-
-    monkeypatch.setattr(sb_mod, "_TEST_WIRE", {"_disable": ["landlock"]})
     before, procs = _snapshot(sentinel), set(_descendants(os.getpid()))
     with pytest.warns(RuntimeWarning, match="Landlock is unavailable"):
         sb = Sandbox(SandboxConfig(isolation="standard", workers=1, timeout=TIMEOUT,
-                                   deny_read=[str(sentinel)]))
+                                   deny_read=[str(sentinel)], disable=["landlock"]))
     with sb:
         p = sb.protections()
         assert (p["fs_read_allowlist"], p["scratch_writable"]) == (False, False)
@@ -792,20 +790,16 @@ def test_fallback_without_landlock(monkeypatch, sentinel):
         ("error", "PermissionError"),
     ]
     assert _snapshot(sentinel) == before
-    monkeypatch.setattr(sb_mod, "_TEST_WIRE", {"_disable": ["landlock"]})
     with pytest.raises(EktError, match="could not be met"):
-        Sandbox(SandboxConfig(isolation="strict", workers=1))
+        Sandbox(SandboxConfig(isolation="strict", workers=1, disable=["landlock"]))
     assert set(_descendants(os.getpid())) == procs
 
 
-def test_fallback_without_seccomp_reaps_escaped_processes(monkeypatch):
+def test_fallback_without_seccomp_reaps_escaped_processes():
     """Without the syscall filter a program can fork; a grandchild that leaves the
     process group (setsid) and sleeps is still killed: the worker is a subreaper."""
     if not SUPPORT.get("landlock"):
         pytest.skip("needs Landlock")
-    import ekt.sandbox.pool as sb_mod
-
-    monkeypatch.setattr(sb_mod, "_TEST_WIRE", {"_disable": ["seccomp"]})
     fds, procs = _fds(), set(_descendants(os.getpid()))
     escape = (
         "import os, time\ndef solution():\n    if os.fork() == 0:\n        os.setsid()\n"
@@ -813,7 +807,8 @@ def test_fallback_without_seccomp_reaps_escaped_processes(monkeypatch):
         "    time.sleep(0.2)\n    return 1\n"
     )
     with pytest.warns(RuntimeWarning, match="seccomp is unavailable"):
-        sb = Sandbox(SandboxConfig(isolation="standard", workers=1, timeout=TIMEOUT))
+        sb = Sandbox(SandboxConfig(isolation="standard", workers=1, timeout=TIMEOUT,
+                                   disable=["seccomp"]))
     with sb:
         assert not sb.protections()["seccomp"]
         res = list(sb.run([escape, escape]))

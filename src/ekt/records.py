@@ -197,7 +197,11 @@ class JsonlWriter:
     def write(self, record: Any) -> None:
         obj = record if isinstance(record, dict) else to_dict(record)
         try:
-            self._fh.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+            line = json.dumps(obj, ensure_ascii=False) + "\n"
+        except (TypeError, ValueError) as e:
+            raise EktError(f"{self.path}: cannot write a record as JSON: {e}") from None
+        try:
+            self._fh.write(_utf8(line))
             self._fh.flush()
             if self._fsync:
                 os.fsync(self._fh.fileno())
@@ -215,6 +219,15 @@ class JsonlWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 of ``text``; any surrogate in it (text from an untrusted program) is made
+    valid first: a pair becomes its character, a lone one U+FFFD. Never raises."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode()
 
 
 def _repair_torn_tail(path: Path) -> None:
@@ -304,7 +317,7 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[Any]) -> int:
         nonlocal n
         for r in records:
             obj = r if isinstance(r, dict) else to_dict(r)
-            yield (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+            yield _utf8(json.dumps(obj, ensure_ascii=False) + "\n")
             n += 1
 
     write_bytes_atomic(path, lines())
@@ -312,8 +325,7 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[Any]) -> int:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    write_bytes_atomic(path, [text.encode("utf-8")])
+    write_bytes_atomic(path, [_utf8(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")])
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

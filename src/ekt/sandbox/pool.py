@@ -1,381 +1,64 @@
-"""Run untrusted programs: warm workers fork one confined child per program.
+"""The ekt side of the sandbox: ``SandboxConfig`` and the worker pool ``Sandbox``.
 
-Design
-------
-The ekt process never runs a program. :class:`Sandbox` starts ``workers`` helper
-interpreters (``python -P -m ekt.sandbox.child``, one per core by default), each in
-its own session, with a minimal environment, and talks to each over a pair of pipes
-(length-prefixed messages: a marshal-encoded config, then UTF-8 program text; answers
-are JSON; nothing is ever unpickled). A worker imports a few modules programs commonly
-use once (``SandboxConfig.preload``), builds its confinement once (Landlock ruleset,
-seccomp filter compiled by libseccomp in a short-lived helper, rlimits, no_new_privs,
-dropped capabilities, a scratch tmpfs), proves the whole confinement works on a probe
-program, and then ``fork()``s a fresh child per program (see ``ekt.sandbox.child``
-for the child's steps). A pool of one worker per CPU (the default) pins each worker to a
-CPU of its own (``pin_workers``). :meth:`Sandbox.run` keeps every worker busy with up to
-two batches of programs queued each (a worker compiles a batch together, runs it program
-by program and answers it in one write; slow programs are queued less deep, so an idle
-worker takes them), streams the programs in and yields one
-:class:`~ekt.records.Execution` per program in input order; memory stays bounded
-however many programs stream through.
-
-Outcomes: ``ok`` (``solution()`` returned; ``value``/``type`` are a plain value
-decided by exact type checks, see below), ``error`` (the program raised: ``type`` is
-the exception class, ``error`` its message; a syntax error, a missing
-``solution``, ``sys.exit`` and a refused syscall all land here), ``timeout`` (the
-worker's wall clock passed ``timeout``; the child's whole process group is
-SIGKILLed), ``killed`` (the child died by a signal, e.g. SIGSEGV or the CPU limit,
-or exited or closed its result pipe without a result, e.g. ``os._exit``; ``error``
-says which).
-
-Returned values: int (ints over ~1000 digits come back as value None, type "int",
-error "int too large ..."), float (NaN and infinities as the strings "nan", "inf",
-"-inf" so records stay standard JSON), Fraction as ``[num, den]``, Decimal as a float
-(type "Decimal"), numpy scalars as int/float (type e.g. "numpy.int64"), bool, str
-(first 1000 characters), None ("NoneType"). Anything else, subclasses included,
-is value None with the class name as type; no method of the returned object is
-ever called, so an object whose ``__eq__`` is always true grades as wrong.
-
-Protections (``Sandbox.protections()`` says which are active, ``describe()`` in words)
--------------------------------------------------------------------------------------
-* ``process_group`` / ``wall_clock_deadline``: each child leads its own process
-  group; the worker SIGKILLs the group at the deadline and after every program, and
-  (without seccomp, when programs can create processes) kills and reaps strays it
-  adopted as a child subreaper. Children die with their worker (PR_SET_PDEATHSIG)
-  and workers exit when the ekt process goes away (EOF); a worker that misses its
-  deadline by 10 s is killed and replaced by the ekt process.
-* ``fd_isolation``: fds 0-2 are /dev/null, every other inherited fd but the result
-  pipe is closed; ``print`` goes to a capped in-memory tail (``max_output_bytes``).
-* ``scratch_dir`` / ``scratch_writable`` / ``scratch_quota``: the child's working
-  directory (and TMPDIR, HOME) is its worker's scratch directory, emptied after every
-  program; a root worker mounts a private tmpfs of ``scratch_mb`` MB there.
-* ``rlimits``: CPU seconds, address space (``memory_mb`` on top of what the warm
-  worker already maps), file size, 64 open files, no core dumps, no locked memory.
-* ``capabilities_dropped`` and ``no_new_privs``: the worker drops every capability
-  once it has mounted its scratch tmpfs; nothing it forks can raise a limit back or
-  gain privileges.
-* ``landlock`` (Linux >= 5.13), the filesystem rule: ``fs_read_allowlist`` -- a
-  program may read only the interpreter (its prefixes and ``sys.path``), the system
-  libraries and a few files Python and glibc open lazily (``allow_read`` adds
-  paths), never execute anything; ``fs_writes_only_in_scratch`` -- it may create,
-  write and delete files only in its scratch directory; ``deny_read_verified`` --
-  every path in ``deny_read`` (by default ``$EKT_DATA_DIR`` and the HF datasets
-  cache; ``ekt verify``/``evaluate`` add the ``--data-dir`` they grade from) was
-  found unreadable by the start-up probe. A denied path inside an allowed root is
-  carved out of it (with a warning). Plus ``landlock_net`` (no TCP bind/connect, ABI
-  >= 4) and ``landlock_signal_scope`` (no signals out of the child's domain, ABI >= 6).
-* ``seccomp`` (a BPF filter compiled once with libseccomp via ``pyseccomp``, loaded
-  per child with one prctl): refused with EPERM: every socket (AF_UNIX too),
-  fork/vfork and clone without CLONE_THREAD (threads still work), execve, kill and
-  the other ways of signalling or inspecting processes, ptrace, setsid/setpgid,
-  namespaces and mounts, privilege and limit changes, io_uring, bpf, chmod/chown/
-  utime/xattr changes (which Landlock does not cover) and chattr ioctls. Without a
-  Landlock filesystem rule it also refuses every filesystem write (the scratch
-  directory included): then ``fs_writes_only_in_scratch`` still holds, reads are
-  not restricted.
-
-Isolation levels: ``strict`` refuses to start unless rlimits, no_new_privs, seccomp
-and the Landlock filesystem rule (with ``deny_read`` verified) are all active;
-``standard`` uses every protection the machine offers and warns loudly about each
-one missing; ``none`` skips rlimits, seccomp and Landlock (process per program,
-deadline and scratch dir remain), warns that it does, and exists only to benchmark
-the sandbox itself.
-
-Not covered: a program can ``stat`` paths it cannot read (sizes and names of
-directories it can list); files hard-linked or bind-mounted into an allowed root
-are readable there; with neither seccomp nor Landlock a root program can signal
-other root processes.
+Untrusted programs never run in the ekt process: warm workers (``ekt.sandbox.child``)
+fork one confined child per program. ``Sandbox.run`` streams programs in and yields one
+:class:`~ekt.records.Execution` per program in input order, keeping every worker busy
+and replacing workers that die or hang. The design, the protections (what holds as
+root and as a non-root user), the isolation levels and the wire format are specified
+in ``docs/sandbox.md``.
 """
 
 from __future__ import annotations
 
-import json
-import marshal
 import math
 import os
 import selectors
-import shutil
-import signal
-import struct
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from ekt.errors import EktError
 from ekt.records import Execution
-from ekt.sandbox.child import BATCH as _CHILD_BATCH
-from ekt.sandbox.child import DEFAULT_PRELOAD, RAW_RESULT, parse_raw_result
+from ekt.sandbox.child import DEFAULT_PRELOAD
+from ekt.sandbox.config import (  # re-exported: ekt.sandbox.pool is the public home
+    ISOLATION,
+    LAYERS,
+    SandboxConfig,
+    default_deny_read,
+    detect_protections,
+    run_deny_read,
+)
+from ekt.sandbox.process import WorkerProcess, died, execution
 
-ISOLATION = ("strict", "standard", "none")
-_STATUSES = ("ok", "error", "timeout", "killed")
 _HANDSHAKE_TIMEOUT = 60.0  # seconds for a worker to import, build its filter and run a probe
 _BACKSTOP = 10.0  # seconds past the deadline after which the ekt process kills a worker
-# Programs queued per worker: two of its batches (ekt.sandbox.child.BATCH), so the next
-# batch already waits in its pipe while the ekt process reads the last one's results.
-_DEPTH = 2 * _CHILD_BATCH
+# Programs queued per worker, in its request pipe (the worker reads one at a time, so
+# what waits there is never in its memory): the next is there when one ends.
+_DEPTH = 16
 _QUEUE_BEHIND_S = 0.05  # ... but none is queued behind a program running longer than this,
 # nor so many that, at the worker's recent time per program, the last would wait longer.
-# The estimate starts pessimistic, so a new pool hands out its first programs a few at a
-# time until it has seen how long they take: a worker holding a batch of slow programs
-# cannot hand them to an idle one.
-_FIRST_MS_ESTIMATE = 25.0
-_TEST_WIRE: dict[str, Any] = {}  # tests only: e.g. {"_disable": ["landlock"]} for fallbacks
+# (The estimate starts pessimistic: ekt.sandbox.process.FIRST_MS_ESTIMATE.)
+_PIPE_BUDGET = 48 * 1024  # characters queued behind a worker's running program, at most
+_NAP_S = 0.002  # the ekt process's nap between collections while workers have queued work
+_DOWN_LIMIT_S = 60.0  # a run stops when no worker could start for this long
+_WHY_MISSING = {
+    "scratch_quota": "no scratch quota can be enforced: the worker could mount no tmpfs, "
+    "neither with CAP_SYS_ADMIN nor in an unprivileged user namespace (kernel setting "
+    "user.max_user_namespaces or a security module forbids it); 'standard' watches the "
+    "usage instead",
+    "tasks_limit": "no pids cgroup and no seccomp filter bound a program's tasks",
+}
+_FALLBACK_FOR = {"scratch_quota_watch": "scratch_quota", "threads_refused": "tasks_cgroup"}
 # What 'strict' insists on, as reported by every worker after its self-test.
 STRICT_NEEDS = (
     "rlimits", "no_new_privs", "seccomp", "landlock", "fs_read_allowlist",
-    "fs_writes_only_in_scratch", "deny_read_verified",
+    "fs_writes_only_in_scratch", "deny_read_verified", "scratch_quota", "tasks_limit",
+    "ipc_refused",
 )
-
-
-@dataclass
-class SandboxConfig:
-    workers: int | None = None  # default: os.cpu_count()
-    timeout: float = 5.0  # wall-clock seconds per program, enforced by the worker
-    memory_mb: int = 1024  # address space a program may add to the warm interpreter's
-    cpu_seconds: int | None = None  # default: ceil(timeout) + 1
-    max_output_bytes: int = 4096  # printed output kept (the last this many characters)
-    isolation: str = "standard"  # strict | standard | none
-    recycle_after: int = 5000  # a worker is replaced after this many programs
-    fsize_bytes: int = 1 << 20  # RLIMIT_FSIZE: the largest file a program may write
-    scratch_mb: int = 64  # size of the scratch tmpfs (when the worker may mount one)
-    # Paths programs must never read. None: the task data ($EKT_DATA_DIR) and the HF
-    # datasets cache; verify/evaluate add the --data-dir they load gold answers from.
-    deny_read: list[str] | None = None
-    allow_read: list[str] = field(default_factory=list)  # extra read-only paths
-    # Modules each worker imports once (None: ekt.sandbox.child.DEFAULT_PRELOAD). Every
-    # module makes each fork dearer; one a program imports itself costs it a few ms.
-    preload: list[str] | None = None
-    # Pin worker i (and so every child it forks) to the i-th CPU this process may use,
-    # when the pool has exactly one worker per such CPU (the default size). A fork then
-    # flushes the TLB of one CPU instead of interrupting the others, and the child runs
-    # where its pages are cached: about a quarter less CPU per program on a 2-core VM
-    # (benchmarks/sandbox_throughput.py). A smaller pool is not pinned: other pools
-    # (Ray actors, other ekt processes) may share the machine. Off: the scheduler places.
-    pin_workers: bool = True
-
-    def validate(self) -> None:
-        if self.isolation not in ISOLATION:
-            raise EktError(
-                f"sandbox isolation must be one of {', '.join(ISOLATION)}, "
-                f"got {self.isolation!r}"
-            )
-        if not (isinstance(self.timeout, int | float) and self.timeout > 0):
-            raise EktError(f"sandbox timeout must be > 0 seconds, got {self.timeout!r}")
-        if self.workers is not None and self.workers < 1:
-            raise EktError(f"sandbox workers must be >= 1, got {self.workers}")
-        if self.memory_mb < 16:
-            raise EktError(f"sandbox memory_mb must be >= 16, got {self.memory_mb}")
-        if self.cpu_seconds is not None and self.cpu_seconds < 1:
-            raise EktError(f"sandbox cpu_seconds must be >= 1, got {self.cpu_seconds}")
-        if self.max_output_bytes < 0:
-            raise EktError(f"sandbox max_output_bytes must be >= 0, got {self.max_output_bytes}")
-        if self.recycle_after < 1:
-            raise EktError(f"sandbox recycle_after must be >= 1, got {self.recycle_after}")
-        if self.scratch_mb < 0:
-            raise EktError(f"sandbox scratch_mb must be >= 0, got {self.scratch_mb}")
-        for name in ("deny_read", "allow_read", "preload"):
-            paths = getattr(self, name) or []
-            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
-                raise EktError(f"sandbox {name} must be a list of paths, got {paths!r}")
-
-
-def default_deny_read() -> list[str]:
-    """Where gold answers live by default: $EKT_DATA_DIR and the HF datasets cache."""
-    out = []
-    if os.environ.get("EKT_DATA_DIR"):
-        out.append(os.environ["EKT_DATA_DIR"])
-    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                        "huggingface")
-    out.append(os.environ.get("HF_DATASETS_CACHE") or os.path.join(hf_home, "datasets"))
-    return out
-
-
-def detect_protections() -> dict[str, bool]:
-    """What this machine supports (a Sandbox reports what it uses: Sandbox.protections)."""
-    from ekt.sandbox import child
-
-    linux = sys.platform.startswith("linux")
-    abi = child.landlock_abi() if linux else 0
-    return {
-        "fork_per_program": hasattr(os, "fork"),
-        "process_group": linux,
-        "rlimits": linux,
-        "seccomp": linux and child.seccomp_supported(),
-        "landlock": abi >= 1,  # the filesystem rule: read allow-list, writes in scratch only
-        "landlock_net": abi >= 4,
-        "landlock_signal_scope": abi >= 6,
-    }
-
-
-def _worker_env() -> dict[str, str]:
-    """A minimal environment: programs see no tokens or credentials of the ekt process."""
-    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": src,
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONNOUSERSITE": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "LANG": "C.UTF-8",
-        # Resolve every shared-library symbol once in the worker: lazily bound ones would
-        # be resolved again (and their pages copied) in every forked child.
-        "LD_BIND_NOW": "1",
-        "TMPDIR": tempfile.gettempdir(),
-    }
-    return env
-
-
-class _Worker:
-    """The ekt side of one worker process: its pipes, read buffer and queue of programs."""
-
-    def __init__(self, slot: int, wire: dict):
-        self.slot = slot
-        self.scratch_root = tempfile.mkdtemp(prefix=f"ekt-sandbox-{slot}-")
-        r_req, self.req_fd = os.pipe()
-        self.resp_fd, w_resp = os.pipe()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "ekt.sandbox.child"],
-                stdin=r_req,
-                stdout=w_resp,
-                stderr=None,
-                close_fds=True,
-                start_new_session=True,
-                env=_worker_env(),
-                cwd=self.scratch_root,
-            )
-        except BaseException:
-            os.close(self.req_fd)
-            os.close(self.resp_fd)
-            shutil.rmtree(self.scratch_root, ignore_errors=True)
-            raise
-        finally:
-            os.close(r_req)
-            os.close(w_resp)
-        os.set_blocking(self.resp_fd, False)
-        self.buf = bytearray()
-        self.ready = False
-        self.protections: dict[str, bool] = {}
-        self.fs: dict[str, Any] = {}
-        self.problem = ""
-        self.queue: deque[int] = deque()  # input indices sent and not yet answered
-        self.head_since = 0.0  # when the program at the head of the queue started
-        self.done = 0
-        self.ms_avg = _FIRST_MS_ESTIMATE  # moving average of its programs' times (ms)
-        self.sent = 0
-        self.closed = False
-        self.max_output = int(wire["max_output_bytes"])
-        # The config is marshal-encoded (the worker then needs no json module); programs
-        # follow as UTF-8 text, one length-prefixed message each.
-        self.send(marshal.dumps({**wire, "scratch_root": self.scratch_root}))
-
-    def send(self, data: bytes) -> None:
-        self.send_many([data])
-
-    def send_many(self, messages: list[bytes]) -> None:
-        """Length-prefixed messages in one write (blocking until all are in the pipe)."""
-        view = memoryview(b"".join([struct.pack("<I", len(m)) + m for m in messages]))
-        while view:
-            view = view[os.write(self.req_fd, view) :]
-
-    def read(self) -> list[dict] | None:
-        """Messages available now; None on EOF (the worker is gone)."""
-        eof = False
-        while True:
-            try:
-                chunk = os.read(self.resp_fd, 1 << 16)
-            except BlockingIOError:
-                break
-            except OSError:
-                eof = True
-                break
-            if not chunk:
-                eof = True
-                break
-            self.buf += chunk
-        out = []
-        while len(self.buf) >= 4:
-            (size,) = struct.unpack_from("<I", self.buf)
-            if len(self.buf) < 4 + size:
-                break
-            body = bytes(self.buf[4 : 4 + size])
-            del self.buf[: 4 + size]
-            try:
-                if body[:1] == RAW_RESULT:  # the child's result frame, validated here
-                    obj = parse_raw_result(body, self.max_output)
-                else:
-                    obj = json.loads(body)
-            except (ValueError, struct.error):
-                obj = None
-            out.append(obj if isinstance(obj, dict) else {"status": "killed", "error": "garbled"})
-        if eof and not out:
-            return None
-        return out
-
-    def close_requests(self) -> None:
-        """EOF on the worker's stdin: it finishes its program and exits."""
-        if self.req_fd >= 0:
-            try:
-                os.close(self.req_fd)
-            except OSError:
-                pass
-            self.req_fd = -1
-
-    def stop(self, grace: float = 2.0) -> None:
-        """Ask the worker to exit, then make sure it is gone."""
-        self.close_requests()
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
-
-    def kill(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_requests()
-        try:
-            os.close(self.resp_fd)
-        except OSError:
-            pass
-        self.resp_fd = -1
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its session: the worker itself
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-        shutil.rmtree(self.scratch_root, ignore_errors=True)
-
-
-def _execution(msg: dict, max_output: int) -> Execution:
-    status = msg.get("status")
-    if status not in _STATUSES:
-        return Execution("killed", None, "", "", 0.0, "sandbox worker sent a malformed result")
-    value = msg.get("value")
-    if not (value is None or type(value) in (int, float, str, bool, list)):
-        value = None
-    ms = msg.get("ms", 0.0)
-    return Execution(
-        status=status,
-        value=value,
-        type=str(msg.get("type", ""))[:80],
-        stdout_tail=str(msg.get("stdout_tail", ""))[-max_output:] if max_output else "",
-        ms=float(ms) if type(ms) in (int, float) else 0.0,
-        error=str(msg.get("error", ""))[:300],
-    )
-
-
-def _died(error: str) -> Execution:
-    return Execution("killed", None, "", "", 0.0, error)
 
 
 class Sandbox:
@@ -427,18 +110,25 @@ class Sandbox:
             "deny_read": self.deny_read,
             "allow_read": [os.path.abspath(os.path.expanduser(p)) for p in cfg.allow_read],
             "preload": list(DEFAULT_PRELOAD if cfg.preload is None else cfg.preload),
-            **_TEST_WIRE,
+            "scratch_files": int(cfg.scratch_files),
+            "disable": list(cfg.disable),
+            "max_tasks": int(cfg.max_tasks),
         }
         self._warned = False
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         pin = cfg.pin_workers and len(cpus) == self.n_workers
         self._cpus = cpus if pin else []
-        self._workers: list[_Worker | None] = [None] * self.n_workers
+        self._workers: list[WorkerProcess | None] = [None] * self.n_workers
         self._protections: dict[str, bool] = {}
         self.fs: dict[str, Any] = {}  # the filesystem rule as the first worker reported it
         self._closed = False
+        self._retry_at: dict[int, float] = {}  # empty slots: when to try to start again
+        self._down_since: dict[int, float] = {}
+        self._last_start_error = ""
+        self._started = False
         try:
             self._start([*range(self.n_workers)])
+            self._started = True
         except BaseException:
             self.close()
             raise
@@ -449,7 +139,7 @@ class Sandbox:
         """Start workers in the given slots concurrently and wait for their handshakes."""
         fresh = []
         for s in slots:
-            w = _Worker(s, {**self._wire, "cpu": self._cpus[s] if self._cpus else -1})
+            w = WorkerProcess(s, {**self._wire, "cpu": self._cpus[s] if self._cpus else -1})
             self._workers[s] = w
             fresh.append(w)
         deadline = time.monotonic() + _HANDSHAKE_TIMEOUT
@@ -472,7 +162,7 @@ class Sandbox:
                     waiting -= 1
                     self._handshake(w, msgs[0])
 
-    def _handshake(self, w: _Worker, hello: dict) -> None:
+    def _handshake(self, w: WorkerProcess, hello: dict) -> None:
         if not hello.get("ready"):
             raise EktError(f"sandbox worker failed its self-test: {hello.get('problem', '?')}")
         prot = hello.get("protections")
@@ -487,7 +177,14 @@ class Sandbox:
             if missing:
                 raise EktError(
                     "sandbox isolation 'strict' could not be met; missing: " + ", ".join(missing)
+                    + "".join(f" ({_WHY_MISSING[k]})" for k in missing if k in _WHY_MISSING)
                 )
+        if self._started:  # a replacement must hold everything the pool promised
+            weaker = [k for k, v in self._protections.items() if v and not prot.get(k)]
+            if weaker:
+                raise EktError("a replacement sandbox worker came up without "
+                               + ", ".join(weaker) + " (will try again)")
+            return
         if not self._protections:
             self._protections = dict(w.protections)
             self.fs = dict(fs)
@@ -517,17 +214,58 @@ class Sandbox:
                 "sockets (process-group kill, rlimits"
                 + (", Landlock" if p.get("landlock") else "") + " remain)"
             )
+        if not p.get("scratch_quota"):
+            lines.append(
+                "sandbox: no scratch tmpfs could be mounted (no CAP_SYS_ADMIN and no "
+                "unprivileged user namespace): the worker watches the scratch usage instead, "
+                "which bounds it only to the quota plus what a program writes in 10 ms"
+            )
+        if not p.get("tasks_limit"):
+            lines.append("sandbox: nothing bounds the tasks a program creates (no pids cgroup, "
+                         "no seccomp, running as root)")
         if lines:
             warnings.warn("\n".join(lines), RuntimeWarning, stacklevel=4)
 
-    def _restart(self, w: _Worker, graceful: bool) -> None:
+    def _restart(self, w: WorkerProcess, graceful: bool) -> None:
         if graceful:
             w.stop()
         else:
             w.kill()
         self._workers[w.slot] = None
         if not self._closed:
-            self._start([w.slot])
+            self._try_start(w.slot)
+
+    def _try_start(self, slot: int) -> None:
+        """Start a worker in an empty slot during a run; if the machine cannot start one
+        now (EAGAIN near a pid limit, a failed self-test), the slot stays empty and is
+        tried again later, while the other workers go on. Only when no worker at all
+        could be started for ``_DOWN_LIMIT_S`` does the run stop, with an EktError."""
+        now = time.monotonic()
+        if now < self._retry_at.get(slot, 0.0):
+            return
+        try:
+            self._start([slot])
+        except (OSError, EktError) as e:
+            w = self._workers[slot]
+            if w is not None:
+                w.kill()
+                self._workers[slot] = None
+            self._retry_at[slot] = now + 0.5
+            self._down_since.setdefault(slot, now)
+            self._last_start_error = str(e)
+            if all(x is None for x in self._workers) and now - min(
+                self._down_since.values()
+            ) > _DOWN_LIMIT_S:
+                raise EktError(
+                    f"no sandbox worker could be started for {_DOWN_LIMIT_S:g} s: {e}"
+                ) from e
+            return
+        self._retry_at.pop(slot, None)
+        self._down_since.pop(slot, None)
+
+    def cgroups(self) -> list[str]:
+        """The pids cgroup of each running worker ('' where it has none)."""
+        return [w.cgroup if w is not None else "" for w in self._workers]
 
     def protections(self) -> dict[str, bool]:
         """Which protections the running workers apply to every program."""
@@ -537,7 +275,9 @@ class Sandbox:
         """One paragraph: isolation level, what is active, and the filesystem rule."""
         p = self._protections
         on = [k for k, v in p.items() if v]
-        off = [k for k, v in p.items() if not v]
+        # a fallback not needed, or the means to another protection, is not "missing"
+        off = [k for k, v in p.items() if not v and k != "user_namespace"
+               and not (k in _FALLBACK_FOR and p.get(_FALLBACK_FOR[k]))]
         text = (
             f"sandbox ({self.config.isolation}, {self.n_workers} workers"
             + (f" pinned to CPUs {','.join(map(str, self._cpus))}" if self._cpus else "")
@@ -549,7 +289,10 @@ class Sandbox:
                 f"; filesystem: programs read only {len(self.fs.get('read_roots', []))} "
                 f"roots ({', '.join(self.fs.get('read_roots', []))}), write only in their "
                 f"scratch directory"
-                + (f" ({self.config.scratch_mb} MB tmpfs)" if p.get("scratch_quota") else "")
+                + (f" ({self.config.scratch_mb} MB, {self.config.scratch_files} files tmpfs)"
+                   if p.get("scratch_quota") else
+                   f" (quota watched: {self.config.scratch_mb} MB, {self.config.scratch_files} "
+                   f"files)" if p.get("scratch_quota_watch") else "")
                 + ", and cannot read "
                 + (", ".join(self.deny_read) if self.deny_read else "anything else")
                 + (" (checked at start-up)" if p.get("deny_read_verified") else "")
@@ -573,7 +316,7 @@ class Sandbox:
         for s, w in enumerate(self._workers):
             if w is None or w.closed:
                 self._workers[s] = None
-                self._start([s])
+                self._try_start(s)
         cap = self.config.max_output_bytes
         depth = _DEPTH
         window = max(4096, 64 * self.n_workers)  # results held back for input order
@@ -589,7 +332,7 @@ class Sandbox:
         exhausted = False
         backstop = self.config.timeout + _BACKSTOP
         sel = selectors.DefaultSelector()
-        registered: dict[int, _Worker] = {}
+        registered: dict[int, WorkerProcess] = {}
         recycle = self.config.recycle_after
 
         def take() -> tuple[int, str] | None:
@@ -613,6 +356,10 @@ class Sandbox:
 
         try:
             while True:
+                # 0. a slot left empty (a worker could not be started) is tried again
+                for s, w in enumerate(self._workers):
+                    if w is None:
+                        self._try_start(s)
                 # 1. keep every worker fed, breadth first: one program each, then one more
                 #    queued behind it (no round trip between programs) unless it runs long
                 now = time.monotonic()
@@ -631,6 +378,15 @@ class Sandbox:
                         if item is None:
                             break
                         if level and item[0] in suspects:  # it waits for an idle worker
+                            retry.appendleft(item)
+                            continue
+                        # Never more queued than the pipe holds: the worker reads one program
+                        # at a time, so a fuller pipe would block this process's write. (Up
+                        # to _DEPTH programs of 1 KB cannot reach the budget: only a larger
+                        # one needs the sum.)
+                        if level and len(item[1]) > 1024 and len(item[1]) + sum(
+                            len(texts[j]) for j in w.queue
+                        ) > _PIPE_BUDGET:
                             retry.appendleft(item)
                             continue
                         if not w.queue:
@@ -666,8 +422,15 @@ class Sandbox:
                 if not busy:
                     if exhausted and not retry and not results:
                         return
+                    if all(w is None for w in self._workers):
+                        time.sleep(0.1)  # every slot waits to be started again
                     continue
-                # 3. wait for results
+                # 3. wait for results. Workers answer each program at once (they hold no
+                #    result back); when every busy worker has work queued for longer
+                #    than a short nap, the ekt process naps first and collects several
+                #    answers per wake-up, leaving the CPUs to the workers.
+                if all(len(w.queue) * w.ms_avg > 2000 * _NAP_S for w in busy):
+                    time.sleep(_NAP_S)
                 for key, _ in sel.select(timeout=1.0):
                     w = key.data
                     msgs = w.read()
@@ -675,7 +438,7 @@ class Sandbox:
                         sel.unregister(key.fd)
                         del registered[key.fd]
                         self._worker_lost(
-                            w, _died("sandbox worker died while running this program"),
+                            w, died("sandbox worker died while running this program"),
                             results, retry, texts, suspects,
                         )
                         continue
@@ -690,7 +453,7 @@ class Sandbox:
                         i = w.queue.popleft()
                         texts.pop(i, None)
                         suspects.discard(i)
-                        results[i] = ex = _execution(msg, cap)
+                        results[i] = ex = execution(msg, cap)
                         w.ms_avg += 0.2 * (min(ex.ms, 10_000.0) - w.ms_avg)
                         w.done += 1
                         w.head_since = now
@@ -720,7 +483,7 @@ class Sandbox:
                     self._workers[w.slot] = None
 
     def _requeue(
-        self, w: _Worker, retry: deque[tuple[int, str]], texts: dict[int, str]
+        self, w: WorkerProcess, retry: deque[tuple[int, str]], texts: dict[int, str]
     ) -> None:
         """Programs queued behind the one at fault go to other workers."""
         for i in reversed(w.queue):
@@ -729,7 +492,7 @@ class Sandbox:
 
     def _worker_lost(
         self,
-        w: _Worker,
+        w: WorkerProcess,
         outcome: Execution,
         results: dict[int, Execution],
         retry: deque[tuple[int, str]],
@@ -771,3 +534,9 @@ class Sandbox:
                 self.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+__all__ = [
+    "ISOLATION", "LAYERS", "STRICT_NEEDS", "Sandbox", "SandboxConfig", "default_deny_read",
+    "detect_protections", "run_deny_read",
+]

@@ -132,7 +132,7 @@ def verify(
         from ekt.pipeline.distributed import current_cluster
 
         cluster = current_cluster()
-    box_cfg = _deny_task_data(sandbox or SandboxConfig(), task)
+    box_cfg = _deny_task_data(sandbox or SandboxConfig(), task, programs, out)
     if cluster is not None:  # verifier actors on a Ray cluster; same output, same order
         from ekt.pipeline.distributed import RaySandbox
 
@@ -161,14 +161,18 @@ def verify(
     )
 
 
-def _deny_task_data(cfg: SandboxConfig, task: GSM8K) -> SandboxConfig:
-    """The folder the gold answers were loaded from is added to what programs cannot read."""
-    if not task.data_dir:
-        return cfg
-    from ekt.sandbox.pool import default_deny_read
+def _deny_task_data(
+    cfg: SandboxConfig, task: GSM8K, *run_files: str | Path
+) -> SandboxConfig:
+    """The folder the gold answers were loaded from, and the run's own folders (the
+    programs read, the results written), are added to what programs cannot read."""
+    from ekt.sandbox.pool import default_deny_read, run_deny_read
 
     deny = default_deny_read() if cfg.deny_read is None else list(cfg.deny_read)
-    return dataclasses.replace(cfg, deny_read=[*deny, str(task.data_dir)])
+    deny += run_deny_read(*run_files)
+    if task.data_dir:
+        deny.append(str(task.data_dir))
+    return dataclasses.replace(cfg, deny_read=deny)
 
 
 def grade_record(obj: dict, execution: dict, problem: Problem, task: GSM8K) -> dict:

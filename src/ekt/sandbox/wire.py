@@ -1,0 +1,314 @@
+"""The wire format between the ekt process, a sandbox worker and its child: length-
+prefixed frames, the child's result text, and the reduction of a returned object to a
+plain value. Everything the child sends is re-validated here (:func:`parse_raw_result`).
+See docs/sandbox.md.
+"""
+
+from __future__ import annotations
+
+import _json
+import decimal
+import fractions
+import math
+import os
+import struct
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs every worker 0.6 MB, which every fork copies
+    from typing import Any
+
+MAX_INT_BITS = 3322  # about 1000 decimal digits; larger ints are reported without a value
+INT_BOUND = 1 << MAX_INT_BITS  # |x| < this: x.bit_length() <= MAX_INT_BITS
+MAX_INT_DIGITS = len(str(-(1 << MAX_INT_BITS)))  # the longest text of an int within bounds
+MAX_STR_CHARS = 1000  # returned strings are cut to this many characters
+MAX_ERROR_CHARS = 300
+MAX_TYPE_CHARS = 80
+
+# -- what a program returns ---------------------------------------------------------------
+
+_NUMPY_TYPES: dict[type, str] = {}
+_NUMPY_BOOL: type | None = None
+_TYPE_NAME = type.__dict__["__name__"]  # the real name, bypassing metaclass tricks
+_TYPE_FLAGS = type.__dict__["__flags__"]
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: every class a program defines has it
+# The genuine classes, taken before any program runs: a program may put other modules
+# under these names in sys.modules.
+_FRACTION = fractions.Fraction
+_DECIMAL = decimal.Decimal
+_DECIMAL_ERRORS = (ValueError, OverflowError, decimal.DecimalException)
+
+
+def type_name(t: type) -> str:
+    try:
+        name = _TYPE_NAME.__get__(t, type)
+    except Exception:  # noqa: BLE001
+        return "object"
+    return name[:MAX_TYPE_CHARS] if type(name) is str else "object"
+
+
+def _float_value(f: float) -> float | str:
+    if f != f:
+        return "nan"
+    if f in (math.inf, -math.inf):
+        return "inf" if f > 0 else "-inf"
+    return f
+
+
+def plain_value(x: Any) -> tuple[Any, str, str]:
+    """(JSON value, type name, note) for a returned object, decided by exact type only.
+
+    Never calls a method the program could have defined: subclasses and unknown
+    types are reported by class name with value None. Fraction and Decimal are the
+    classes imported before any program ran; a numpy scalar is converted only when its
+    class is a static C type (no class a program defines is), so a module a program
+    swaps into ``sys.modules`` cannot get one of its methods called.
+    """
+    t = type(x)
+    if t is bool:
+        return x, "bool", ""
+    if t is int:
+        if x.bit_length() > MAX_INT_BITS:
+            return None, "int", f"int too large ({x.bit_length()} bits)"
+        return x, "int", ""
+    if t is float:
+        return _float_value(x), "float", ""
+    if t is _FRACTION:
+        num, den = x.numerator, x.denominator
+        if type(num) is not int or type(den) is not int:
+            return None, "Fraction", "malformed Fraction"
+        if max(num.bit_length(), den.bit_length()) > MAX_INT_BITS:
+            return None, "Fraction", "Fraction too large"
+        return [num, den], "Fraction", ""
+    if t is _DECIMAL:
+        try:
+            return _float_value(float(x)), "Decimal", ""
+        except _DECIMAL_ERRORS:
+            return None, "Decimal", "Decimal not convertible to float"
+    if t is str:
+        return x[:MAX_STR_CHARS], "str", ""
+    if x is None:
+        return None, "NoneType", ""
+    if not _NUMPY_TYPES and "numpy" in sys.modules:  # imported by the program itself
+        init_numpy_types()
+    try:
+        static = not _TYPE_FLAGS.__get__(t, type) & _HEAPTYPE
+    except Exception:  # noqa: BLE001
+        static = False
+    if static and t is _NUMPY_BOOL:
+        return bool(x), "numpy.bool", ""
+    name = _NUMPY_TYPES.get(t) if static else None
+    if name is not None:
+        if name[6] in "iu":  # numpy.int*, numpy.uint*
+            v = int(x)
+            if v.bit_length() > MAX_INT_BITS:
+                return None, name, "int too large"
+            return v, name, ""
+        return _float_value(float(x)), name, ""
+    return None, type_name(t), "unsupported return type"
+
+
+def init_numpy_types() -> None:
+    global _NUMPY_BOOL
+    np = sys.modules.get("numpy")
+    if np is None:
+        return
+    for n in (
+        "int8 int16 int32 int64 uint8 uint16 uint32 uint64 intc uintc longlong ulonglong "
+        "float16 float32 float64 longdouble"
+    ).split():
+        t = getattr(np, n, None)
+        if isinstance(t, type):
+            _NUMPY_TYPES[t] = "numpy." + t.__name__
+    _NUMPY_BOOL = getattr(np, "bool_", None)
+
+
+
+_q = _json.encode_basestring_ascii  # JSON string literal (ASCII, surrogates escaped)
+_MAX_HEAD = 64  # the child's header line: five decimal lengths and a newline
+LEN = struct.Struct("<I")  # the length prefix of a message between ekt and a worker
+
+
+def result_bytes(status: str, value: Any, tname: str, error: str, tail: str) -> bytes:
+    """The child's result, one UTF-8 text (surrogates passed): a header line with the
+    lengths in characters of status, value text, type, error and output tail, then
+    status, the value's kind (one character), value text, type, error, tail.
+    ``value`` comes from :func:`plain_value`. Built with one f-string and one encode:
+    every object the child touches costs it a page copy."""
+    t = type(value)
+    if t is int:
+        kind, text = "i", str(value)
+    elif t is float:
+        kind, text = "f", repr(value)
+    elif value is None:
+        kind, text = "n", ""
+    elif t is bool:
+        kind, text = "b", "1" if value else "0"
+    elif t is str:
+        kind, text = "s", value
+    else:  # [numerator, denominator]
+        kind, text = "q", f"{value[0]}/{value[1]}"
+    return (
+        f"{len(status)} {len(text)} {len(tname)} {len(error)} {len(tail)}\n"
+        f"{status}{kind}{text}{tname}{error}{tail}"
+    ).encode("utf-8", "surrogatepass")
+
+
+
+
+def parse_result(raw: bytes, max_output: int) -> dict | None:
+    """The child's message, re-validated into plain bounded fields; None if malformed.
+
+    The child is untrusted: only lengths, UTF-8 and ``int``/``float`` parsing of
+    bounded text are applied to what it sent."""
+    end = raw.find(b"\n", 0, _MAX_HEAD)
+    if end < 0:
+        return None
+    sizes = raw[:end].split(b" ")
+    if len(sizes) != 5 or not all(x.isdigit() and len(x) <= 9 for x in sizes):
+        return None
+    try:
+        body = raw[end + 1 :].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    ns, nt, ny, ne, nl = (int(x) for x in sizes)
+    if len(body) != ns + 1 + nt + ny + ne + nl:
+        return None
+    status, kind = body[:ns], body[ns : ns + 1]
+    i = ns + 1
+    text = body[i : i + nt]
+    i += nt
+    tname = body[i : i + ny]
+    i += ny
+    error = body[i : i + ne]
+    tail = body[i + ne :]
+    if status not in ("ok", "error"):
+        return None
+    value: Any = None
+    try:
+        if kind == "b" and text in ("0", "1"):
+            value = text == "1"
+        elif kind == "i" and len(text) <= MAX_INT_DIGITS:
+            value = int(text)
+            if value.bit_length() > MAX_INT_BITS:
+                return None
+        elif kind == "f" and len(text) <= 40:
+            value = float(text)
+            if not math.isfinite(value):
+                return None
+        elif kind == "s":
+            value = text[:MAX_STR_CHARS]
+        elif kind == "q" and text.count("/") == 1 and len(text) <= 2 * MAX_INT_DIGITS + 1:
+            value = [int(x) for x in text.split("/")]
+            if max(v.bit_length() for v in value) > MAX_INT_BITS:
+                return None
+        elif kind != "n":
+            return None
+    except ValueError:
+        return None
+    return {
+        "status": status,
+        "value": value,
+        "type": tname[:MAX_TYPE_CHARS],
+        "error": error[:MAX_ERROR_CHARS],
+        "stdout_tail": tail[-max_output:] if max_output > 0 else "",
+    }
+
+
+RAW_RESULT = b"\x01"  # worker -> ekt frame: this byte, the time in ms, the child's message
+MS_FIELD = struct.Struct("<d")
+
+
+def parse_raw_result(frame: bytes, max_output: int) -> dict:
+    """A ``RAW_RESULT`` frame -> a result dict; the child's bytes validated like any result."""
+    (ms,) = MS_FIELD.unpack_from(frame, 1)
+    out = parse_result(frame[1 + MS_FIELD.size :], max_output)
+    if out is None:
+        out = {"status": "killed", "value": None, "type": "", "stdout_tail": "",
+               "error": "malformed result message"}
+    out["ms"] = round(ms, 3)
+    return out
+
+
+def dumps(x: Any) -> str:
+    """JSON for the worker's own messages to the ekt process (plain trusted values)."""
+    t = type(x)
+    if x is None:
+        return "null"
+    if t is bool:
+        return "true" if x else "false"
+    if t is int:
+        return str(x)
+    if t is float:
+        return repr(x) if math.isfinite(x) else "null"
+    if t is str:
+        return _q(x)
+    if t is dict:
+        return "{" + ",".join(f"{_q(str(k))}:{dumps(v)}" for k, v in x.items()) + "}"
+    if t is list or t is tuple:
+        return "[" + ",".join(dumps(v) for v in x) + "]"
+    raise TypeError(f"cannot encode {t.__name__}")
+
+
+
+def read_exact(fd: int, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def read_frame(fd: int) -> bytes | None:
+    """One length-prefixed message from the ekt process; None on EOF."""
+    head = read_exact(fd, 4)
+    if head is None:
+        return None
+    (size,) = LEN.unpack(head)
+    return read_exact(fd, size)
+
+
+def write_msg(fd: int, obj: dict) -> None:
+    write_frames(fd, [dumps(obj).encode()])
+
+
+def write_frames(fd: int, frames: list[bytes]) -> None:
+    """Length-prefixed messages, all in one write (none for an empty list)."""
+    view = memoryview(b"".join([LEN.pack(len(f)) + f for f in frames]))
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+
+def valid_text(s: str) -> str:
+    """``s`` as valid Unicode: surrogate pairs (a JavaScript-style escape of one emoji)
+    joined into their character, every lone surrogate replaced by U+FFFD. Whatever a
+    program returns, prints or raises then encodes as UTF-8 in a record."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def read_into(fd: int, view: memoryview) -> bool:
+    """Fill ``view`` from ``fd``; False at EOF. Reads exactly that much: what the ekt
+    process queued behind it stays in the pipe, never in this process's memory."""
+    got, n = 0, len(view)
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            return False
+        got += k
+    return True
+
+
+def write_all(fd: int, parts: list) -> None:
+    total = sum(len(p) for p in parts)
+    sent = os.writev(fd, parts)
+    if sent < total:
+        view = memoryview(b"".join(parts))[sent:]
+        while view:
+            view = view[os.write(fd, view) :]
