@@ -170,8 +170,7 @@ def _deny_task_data(
 
     deny = default_deny_read() if cfg.deny_read is None else list(cfg.deny_read)
     deny += run_deny_read(*run_files)
-    if task.data_dir:
-        deny.append(str(task.data_dir))
+    deny += task.data_paths()  # local task files or the data folder the golds came from
     return dataclasses.replace(cfg, deny_read=deny)
 
 
