@@ -60,3 +60,27 @@ def test_extract_handles_empty_and_nested_blocks():
     prog = extract_program(text)
     ast.parse(prog)
     assert "return total" in prog
+
+
+# sha256 of the function-format prompts computed from the code before prompt formats became
+# data (commit e74045e): teacher and student prompts of the first 50 train and 50 test
+# questions, then teacher prompts of "Q?" with 0..5 exemplars. A change of one byte fails.
+PINNED_PROMPTS_SHA256 = "9dade854451ea94d4523f08359f0c63afc97cdcb77d23b1ef46b9d5f39c19426"
+
+
+def test_function_format_prompts_are_byte_identical_to_before(data_dir):
+    import hashlib
+
+    from ekt.data.tasks import GSM8K
+
+    task = GSM8K(data_dir=str(data_dir))
+    problems = task.load("train")[:50] + task.load("test")[:50]
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(teacher_prompt(p).encode())
+        h.update(b"\0")
+        h.update(student_prompt(p).encode())
+        h.update(b"\0")
+    for k in range(6):
+        h.update(teacher_prompt("Q?", k).encode())
+    assert h.hexdigest() == PINNED_PROMPTS_SHA256
