@@ -95,16 +95,23 @@ class FilterSummary:
     pairs: int
     dropped_contaminated: int
     seconds: float
+    no_program: int = 0  # samples whose reply held no program (extraction failed)
 
     def line(self) -> str:
         msg = (
-            f"filter: {self.records} verified samples, {self.correct} correct, "
+            f"filter: {self.records} verified samples ({self.no_program} without a program, "
+            f"{self.records - self.no_program - self.correct} wrong), {self.correct} correct, "
             f"{self.problems_solved} problems solved -> {self.pairs} pairs kept"
         )
         if self.dropped_contaminated:
             msg += f" ({self.dropped_contaminated} contaminated dropped)"
         if not self.pairs:
             msg += " — no correct programs, nothing to train on"
+            if 2 * self.no_program > self.records:
+                msg += (
+                    " (most samples held no program: check the prompt format; "
+                    "chat models need --prompt-format chat)"
+                )
         return msg + f"; {self.seconds:.1f}s"
 
 
@@ -163,4 +170,5 @@ def filter_stage(
         pairs=len(pairs),
         dropped_contaminated=len(clean) - len(pairs),
         seconds=time.time() - t0,
+        no_program=sum(r.get("status") == "no_program" for r in records),
     )
