@@ -76,6 +76,9 @@ class GSM8K:
     dev_size: int = 0
     dev_seed: int = 0
     name: str = "gsm8k"
+    # prompt formats (names or YAML paths) whose exemplar questions are also excluded
+    # (the default format's always are)
+    exemplar_formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.data_dir is None:
@@ -103,7 +106,7 @@ class GSM8K:
             ]
         from ekt.data.prompts import is_exemplar
 
-        return [p for p in problems if not is_exemplar(p)]
+        return [p for p in problems if not is_exemplar(p, self.exemplar_formats)]
 
     def load_file(self, file_split: str) -> list[Problem]:
         """Every problem of one original file (``train`` or ``test``), no exclusions."""
@@ -214,7 +217,14 @@ def _read_hub(file_split: str) -> list[tuple[str, int, dict[str, Any]]]:
     return [(f"{HF_DATASET}[{file_split}][{i}]", i, dict(row)) for i, row in enumerate(ds)]
 
 
-def get_task(name: str, data_dir: str | None = None, dev_size: int = 0, dev_seed: int = 0) -> GSM8K:
+def get_task(
+    name: str,
+    data_dir: str | None = None,
+    dev_size: int = 0,
+    dev_seed: int = 0,
+    exemplar_formats: tuple[str, ...] = (),
+) -> GSM8K:
     if name != "gsm8k":
         raise EktError(f"unknown task {name!r}; available: gsm8k")
-    return GSM8K(data_dir=data_dir, dev_size=dev_size, dev_seed=dev_seed)
+    return GSM8K(data_dir=data_dir, dev_size=dev_size, dev_seed=dev_seed,
+                 exemplar_formats=tuple(exemplar_formats))  # fmt: skip

@@ -158,7 +158,17 @@ def evaluate(
     sandbox: SandboxConfig | None = None,
     settings: dict | None = None,
     progress: bool = True,
+    prompt_format: str | None = None,
 ) -> dict:
+    """Greedy and sampled programs of ``problems``, verified and scored (pass@k, maj@n).
+
+    ``prompt_format`` (default ``function``) lays out the prompts, gives the stop strings
+    and says how replies become programs (``ekt.data.prompt_format``).
+    """
+    from ekt.data.prompt_format import load_format
+
+    fmt = load_format(prompt_format)
+    stop = tuple(fmt.stop)
     config.validate()
     out = Path(out_dir)
     t0 = time.time()
@@ -174,9 +184,13 @@ def evaluate(
     extra = {"task": task.name, **(settings or {})}
     greedy_recs = None
     if config.greedy:
-        gp = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, seed=0)
-        generate(lazy, problems, out / "greedy", gp, prompt=prompt, settings=extra)
-        verify(out / "greedy", out / "greedy" / "executions.jsonl", task, None, sandbox, progress)
+        gp = SamplingParams(
+            n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, seed=0, stop=stop
+        )
+        generate(lazy, problems, out / "greedy", gp, prompt=prompt, settings=extra,
+                 prompt_format=fmt)  # fmt: skip
+        verify(out / "greedy", out / "greedy" / "executions.jsonl", task, None, sandbox, progress,
+               prompt_format=fmt)  # fmt: skip
         greedy_recs = [o for _, o in read_jsonl(out / "greedy" / "executions.jsonl")]
     sp = SamplingParams(
         n=config.n,
@@ -184,9 +198,11 @@ def evaluate(
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
         seed=config.seed,
+        stop=stop,
     )
-    generate(lazy, problems, out / "sampled", sp, prompt=prompt, settings=extra)
-    verify(out / "sampled", out / "sampled" / "executions.jsonl", task, None, sandbox, progress)
+    generate(lazy, problems, out / "sampled", sp, prompt=prompt, settings=extra, prompt_format=fmt)
+    verify(out / "sampled", out / "sampled" / "executions.jsonl", task, None, sandbox, progress,
+           prompt_format=fmt)  # fmt: skip
     sampled_recs = [o for _, o in read_jsonl(out / "sampled" / "executions.jsonl")]
 
     if greedy_recs is not None:

@@ -278,6 +278,25 @@ def _generate_ray(
         _finish_shard(path, chunk, have, params)
 
 
+def usage(out_dir: str | Path, price: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Token usage, cost and extraction failures over every sample of a generate folder
+    (not only those this invocation wrote): what results.json reports."""
+    samples = tokens = prompt_tokens = failed = 0
+    for p in shard_paths(out_dir):
+        for _, obj in read_jsonl(p):
+            samples += 1
+            tokens += int(obj.get("n_tokens") or 0)
+            prompt_tokens += int(obj.get("prompt_tokens") or 0)
+            failed += bool(obj.get("extract_error")) or not obj.get("program", "x")
+    return {
+        "samples": samples,
+        "completion_tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "extract_failed": failed,
+        "cost_usd": cost_of(prompt_tokens, tokens, price),
+    }
+
+
 def read_completions(out_dir: str | Path) -> list[Completion]:
     from ekt.records import from_dict
 
