@@ -109,7 +109,7 @@ def main() -> None:
             "--out",
             str(out / "samples"),
         ]
-        print(subprocess.run(gen, check=True, capture_output=True, text=True).stdout.strip())
+        print(subprocess.run(gen, check=True, stdout=subprocess.PIPE, text=True).stdout.strip())
         t_gen = time.time() - t0
         ver = ekt + [
             "verify",
@@ -120,7 +120,7 @@ def main() -> None:
             "--prompt-format",
             args.prompt_format,
         ]
-        print(subprocess.run(ver, check=True, capture_output=True, text=True).stdout.strip())
+        print(subprocess.run(ver, check=True, stdout=subprocess.PIPE, text=True).stdout.strip())
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)

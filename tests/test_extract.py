@@ -289,9 +289,21 @@ CASES: list[tuple[str, str, str | None, str]] = [
         None,
         "no code block defines solution()",
     ),
-    (
+    (  # the model's program does not compile: returned as written, the sandbox says why
         "fence-broken-syntax",
-        "```python\ndef solution(:\n    return 3 -\n```",
+        "```python\ndef solution():\n    cost = $15 * 2\n    return cost\n```\nDone.",
+        "def solution():\n    cost = $15 * 2\n    return cost\n",
+        "fenced",
+    ),
+    (
+        "whole-broken-syntax",
+        "Here:\ndef solution():\n    if 2 * 16 = 32\n    return 32\n",
+        "def solution():\n    if 2 * 16 = 32\n    return 32\n",
+        "whole",
+    ),
+    (
+        "fence-broken-no-entry",
+        "```python\nx = (1 +\ny = 2\n```",
         None,
         "does not parse",
     ),
@@ -331,11 +343,11 @@ def test_corpus_is_large_and_covers_every_kind() -> None:
     assert sum(c[2] is None for c in CASES) >= 8
 
 
-def test_extracted_programs_parse() -> None:
+def test_extracted_programs_parse_unless_the_model_wrote_broken_code() -> None:
     import ast
 
-    for _, reply, program, _ in CASES:
-        if program is not None:
+    for name, reply, program, _ in CASES:
+        if program is not None and "broken" not in name:
             ast.parse(extract(reply).program)
 
 

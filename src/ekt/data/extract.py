@@ -19,7 +19,9 @@ plain assignments are kept: ``print(...)`` and other top-level calls, a
 ``__main__`` guard and assignments that call the entry point (``answer =
 solution()``) are removed, so running the program has no side effect before the
 sandbox calls the entry point. A torn last line (the reply hit its token limit)
-is dropped while the rest parses. Windows line ends are read as newlines.
+is dropped while the rest parses. A program that defines the entry point but does not
+compile is returned as written (the sandbox reports its SyntaxError: a wrong program, not
+a reply without one). Windows line ends are read as newlines.
 """
 
 from __future__ import annotations
@@ -213,6 +215,10 @@ def _whole_program(code: str, entry: str) -> tuple[str, str]:
         return "", "empty block"
     tree, lines = _parse_trimmed(code)
     if tree is None:
+        # The model wrote its program, but it does not compile: that is a wrong program (the
+        # sandbox reports the SyntaxError), not a reply without one.
+        if re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(entry)}[ \t]*\(", code, re.M):
+            return "\n".join(ln.rstrip() for ln in code.split("\n")).strip("\n") + "\n", ""
         return "", str(lines)
     assert isinstance(lines, list)
     defs = [
