@@ -165,3 +165,18 @@ def test_hosted_api_flags_take_json():
     assert cfg.price == (0.15, 0.6) and cfg.max_stop == 4 and cfg.api_key_env == "MY_KEY"
     with pytest.raises(SystemExit):
         p.parse_args(["--headers", "[1]"])
+
+
+def test_a_chat_format_on_the_completions_api_is_refused_before_any_request(
+    data_dir, tmp_path, capsys
+):
+    from ekt.cli import main
+
+    argv = [
+        "generate", "--model", "m", "--data-dir", str(data_dir), "--limit", "1",
+        "--prompt-format", "chat", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
+        "--out", str(tmp_path / "g"),
+    ]  # fmt: skip
+    assert main(argv) != 0
+    assert "only with --api chat" in capsys.readouterr().err
+    assert not (tmp_path / "g" / "samples").exists()

@@ -336,6 +336,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         problems = problems[: args.limit]
 
     backend = backend_from_args(args)
+    _check_format_and_api(fmt, backend)
     if backend.name == "openai":  # the weights are the server's: name them by where they live
         fingerprint = f"openai:{backend.base_url}:{backend.served_model or args.model}"
     else:
@@ -360,6 +361,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
         price=backend.price,
     )
     print(summary.line())
+
+
+def _check_format_and_api(fmt, backend) -> None:
+    """A chat format needs the chat API; a completion format on the chat API gets a note."""
+    if backend.name != "openai":
+        return
+    if fmt.is_chat and backend.api != "chat":
+        raise EktError(
+            f"--prompt-format {fmt.name} gives chat messages; the openai backend sends them "
+            "only with --api chat"
+        )
+    if not fmt.is_chat and backend.api == "chat":
+        print(
+            f"note: --api chat with the completion format {fmt.name!r} sends each few-shot "
+            "prompt as one user message; chat models answer better with --prompt-format chat",
+            file=sys.stderr,
+        )
 
 
 def _sandbox_config(args: argparse.Namespace):
