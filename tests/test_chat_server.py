@@ -29,8 +29,8 @@ style: chat
 entry_point: solution
 exemplars: shots.jsonl
 instruction: >-
-  Write a Python function solution() that returns the answer to the math problem.
-  Reply with one python code block.
+  You are a Python programmer. For each math problem, reply with only a Python code block
+  defining solution(), which returns the answer. No explanations.
 templates:
   system: "{{ instruction }}"
   user: "Problem: {{ question }}"
@@ -39,12 +39,22 @@ templates:
     {{ program }}
     ```
 """
-SHOT = {
-    "question": "A box holds 6 eggs. How many eggs are in 4 boxes?",
-    "program": (
-        "def solution():\n    eggs_per_box = 6\n    boxes = 4\n    return eggs_per_box * boxes\n"
-    ),
-}
+SHOTS = [
+    {
+        "question": "A box holds 6 eggs. How many eggs are in 4 boxes?",
+        "program": "def solution():\n    eggs_per_box = 6\n    boxes = 4\n"
+        "    return eggs_per_box * boxes\n",
+    },
+    {
+        "question": "Sam had 20 stickers and gave away 7. How many are left?",
+        "program": "def solution():\n    stickers = 20\n    given = 7\n"
+        "    return stickers - given\n",
+    },
+    {
+        "question": "A pen costs $3. How much do 5 pens cost?",
+        "program": "def solution():\n    price = 3\n    pens = 5\n    return price * pens\n",
+    },
+]
 CODE = re.compile(r"```|^[ \t]*def[ \t]+\w+[ \t]*\(", re.M)
 
 
@@ -67,12 +77,12 @@ def test_chat_teacher_generate_and_verify_end_to_end(smollm2_server, data_dir, t
     fmt_dir = tmp_path / "fmt"
     fmt_dir.mkdir()
     (fmt_dir / "my_chat.yaml").write_text(FORMAT)
-    (fmt_dir / "shots.jsonl").write_text(json.dumps(SHOT) + "\n")
+    (fmt_dir / "shots.jsonl").write_text("".join(json.dumps(s) + "\n" for s in SHOTS))
     fmt = str(fmt_dir / "my_chat.yaml")
     out = tmp_path / "gen"
     argv = [
         "generate", "--model", "smollm2-135m", "--data-dir", str(data_dir), "--split", "train",
-        "--limit", "2", "--n", "2", "--temperature", "0.7", "--max-new-tokens", "120",
+        "--limit", "2", "--n", "2", "--temperature", "0", "--max-new-tokens", "120",
         "--prompt-format", fmt, "--backend", "openai", "--api", "chat",
         "--base-url", srv.base_url, "--served-model", str(folder), "--concurrency", "2",
         "--price-input-per-mtok", "0.5", "--price-output-per-mtok", "1.5", "--out", str(out),
@@ -83,10 +93,15 @@ def test_chat_teacher_generate_and_verify_end_to_end(smollm2_server, data_dir, t
     assert all(c.prompt_tokens > 0 and c.n_tokens > 0 for c in records)  # usage recorded
     with_code = [c for c in records if CODE.search(c.text)]
     assert with_code, "SmolLM2-Instruct wrote no code at all: " + repr(records[0].text[:300])
+    # greedy: one request per question, its reply reported for both samples
+    by_problem: dict[str, set[str]] = {}
+    for c in records:
+        by_problem.setdefault(c.problem_id, set()).add(c.text)
+    assert all(len(texts) == 1 for texts in by_problem.values())
     for c in records:  # a program, or the reason there is none; the raw reply is kept
         assert bool(c.program) != bool(c.extract_error)
         assert c.text and not c.program.startswith("```")
-    assert sum(bool(c.program) for c in with_code) >= len(with_code) - 1
+    assert all(c.program for c in with_code)
     settings = json.loads((out / "generate.json").read_text())
     assert settings["prompt_format"] == fmt and settings["sampling"]["stop"] == []
 

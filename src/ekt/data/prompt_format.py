@@ -95,6 +95,11 @@ class PromptFormat:
     def is_chat(self) -> bool:
         return self.style == "chat"
 
+    @property
+    def label(self) -> str:
+        """How settings files name it: a built-in's name, else the YAML file's path."""
+        return self.name if Path(self.source).parent == FORMATS_DIR.resolve() else self.source
+
     def _render(self, key: str, **values: Any) -> str:
         try:
             return self.templates[key].render(
@@ -219,7 +224,7 @@ def read_exemplars(path: Path, entry_point: str) -> tuple[Exemplar, ...]:
 
 def _resolve(spec: str) -> Path:
     if spec in BUILTIN:
-        return FORMATS_DIR / f"{spec}.yaml"
+        return (FORMATS_DIR / f"{spec}.yaml").resolve()
     p = Path(spec).expanduser()
     if p.is_file():
         return p.resolve()

@@ -143,7 +143,7 @@ def generate(
         **(settings or {}),
     }
     if fmt.source != load_format(DEFAULT_FORMAT).source:  # older jobs (default) resume as they were
-        job["prompt_format"] = fmt.source
+        job["prompt_format"] = fmt.label
     job["sampling"]["stop"] = list(params.stop)
     check_settings(out / "generate.json", job, force=force)
 

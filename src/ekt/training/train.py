@@ -710,7 +710,7 @@ def train_student(
     run = _fingerprint(model_spec, pairs_path, cfg)
     fmt = load_format(prompt_format)
     if fmt.source != load_format().source:  # (checkpoints of the default layout resume as before)
-        run["prompt_format"] = fmt.source
+        run["prompt_format"] = fmt.label
     if distill is not None:
         run["distill"] = distill.fingerprint()
     last = _prepare_checkpoints(ckpt_dir, run, resume)
