@@ -211,6 +211,8 @@ def evaluate(
     rows = per_problem(problems, sampled_recs, greedy_recs)
     write_jsonl_atomic(out / "problems.jsonl", rows)
     scores = scores_from_rows(rows, config.k)
+    # sampled replies from which no program could be extracted (not wrong answers)
+    scores["no_program"] = sum(r.get("status") == "no_program" for r in sampled_recs)
     scores["settings"] = {"eval": asdict(config), "prompt": prompt, **extra}
     scores["seconds"] = round(time.time() - t0, 1)
     write_json_atomic(out / "scores.json", scores)
@@ -221,4 +223,11 @@ def score_line(label: str, scores: dict) -> str:
     figures = ", ".join(
         f"{k} {v:.1%}" for k, v in scores.items() if isinstance(v, float) and "@" in k
     )
-    return f"evaluate {label}: {scores['problems']} questions, {figures}; {scores['seconds']}s"
+    line = f"evaluate {label}: {scores['problems']} questions, {figures}; {scores['seconds']}s"
+    missing = scores.get("no_program", 0)
+    total = scores["problems"] * (scores.get("settings", {}).get("eval", {}).get("n") or 0)
+    if missing:
+        line += f"; {missing} sampled replies without a program"
+        if total and 2 * missing > total:
+            line += " — most: is the prompt format right for this model?"
+    return line
