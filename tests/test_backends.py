@@ -125,3 +125,58 @@ def test_vllm_engine_end_to_end(tiny_model_dir):
     ]
     again = list(sampler.sample([("a", "x = "), ("b", "y = ")], sp))
     assert again == out  # seeded
+
+
+def test_shipped_chat_teacher_config_loads():
+    cfg = load_config(CONFIGS / "chat_teacher.yaml")
+    b = cfg.teacher_sampling.backend
+    assert cfg.teacher_sampling.prompt_format == "chat" and cfg.student_prompt_format == "chat"
+    assert b.name == "openai" and b.api == "chat" and b.api_key_env == "OPENAI_API_KEY"
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ("teacher_sampling:\n  backend: {max_stop: -1}\n", "max_stop must be >= 0"),
+        ("teacher_sampling:\n  backend: {headers: {X-A: 1}}\n", "headers must map"),
+        ("teacher_sampling:\n  backend: {extra_body: [1]}\n", "extra_body must be a mapping"),
+        ("teacher_sampling:\n  prompt_format: nosuch\n", "teacher_sampling.prompt_format"),
+        ("student_prompt_format: chat.yml\n", "no such YAML file"),
+    ],
+)
+def test_bad_chat_settings_are_refused(tmp_path, block, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(block)
+    with pytest.raises(EktError, match=message):
+        load_config(p)
+
+
+def test_hosted_api_flags_take_json():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_backend_args(p)
+    cfg = backend_from_args(p.parse_args([
+        "--api-key-env", "MY_KEY", "--headers", '{"X-Team": "ekt"}',
+        "--extra-body", '{"top_k": 20}', "--max-stop", "4", "--requests-per-minute", "60",
+        "--price-input-per-mtok", "0.15", "--price-output-per-mtok", "0.6",
+    ]))  # fmt: skip
+    assert cfg.headers == {"X-Team": "ekt"} and cfg.extra_body == {"top_k": 20}
+    assert cfg.price == (0.15, 0.6) and cfg.max_stop == 4 and cfg.api_key_env == "MY_KEY"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--headers", "[1]"])
+
+
+def test_a_chat_format_on_the_completions_api_is_refused_before_any_request(
+    data_dir, tmp_path, capsys
+):
+    from ekt.cli import main
+
+    argv = [
+        "generate", "--model", "m", "--data-dir", str(data_dir), "--limit", "1",
+        "--prompt-format", "chat", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
+        "--out", str(tmp_path / "g"),
+    ]  # fmt: skip
+    assert main(argv) != 0
+    assert "only with --api chat" in capsys.readouterr().err
+    assert not (tmp_path / "g" / "samples").exists()

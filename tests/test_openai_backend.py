@@ -283,3 +283,144 @@ def test_cli_generate_and_evaluate_through_the_server(server, served_model_dir, 
     assert main(argv + common + backend + ["--k", "1,2", "--isolation", "standard"]) == 0
     scores = json.loads((ev / "scores.json").read_text())
     assert scores["problems"] == 2 and scores["settings"]["eval"]["backend"]["name"] == "openai"
+
+
+class _RecordingProxy:
+    """Forwards to the real server and keeps what passed: request bodies, headers, responses.
+    ``status`` set: answers every request with that status instead (e.g. 401)."""
+
+    def __init__(self, target: str, status: int | None = None):
+        self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+        self.responses: list[dict] = []
+        rec = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                rec.bodies.append(json.loads(body))
+                rec.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if status is not None:
+                    msg = b'{"error": {"message": "invalid api key"}}'
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                req = urllib.request.Request(
+                    target + self.path[len("/v1") :],
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    data = resp.read()
+                rec.responses.append(json.loads(data))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_hosted_api_options_reach_the_server(server, served_model_dir, monkeypatch):
+    """Key from the named variable, extra headers, extra_body; stop strings trimmed to
+    max_stop on the wire and every stop string still cut on the client."""
+    monkeypatch.setenv("EKT_TEST_TEAM_KEY", "sk-test-123")
+    proxy = _RecordingProxy(server.base_url)
+    stops = ("\n\n", " ", "e", "a")
+    try:
+        sampler = _sampler(
+            proxy.url, served_model_dir, api_key_env="EKT_TEST_TEAM_KEY",
+            headers={"X-Team": "ekt"}, extra_body={"frequency_penalty": 0.0}, max_stop=2,
+        )  # fmt: skip
+        params = SamplingParams(n=1, temperature=1.0, max_new_tokens=12, seed=5, stop=stops)
+        out = list(sampler.sample(REQUESTS[:2], params))
+    finally:
+        proxy.close()
+    _check_complete(out, REQUESTS[:2], 1)
+    assert all(h["authorization"] == "Bearer sk-test-123" for h in proxy.headers)
+    assert all(h["x-team"] == "ekt" for h in proxy.headers)
+    assert all(b["stop"] == ["\n\n", " "] for b in proxy.bodies)
+    assert all(b["frequency_penalty"] == 0.0 for b in proxy.bodies)
+    assert not any(s in c.text for c in out for s in stops)  # "e" and "a" cut by the client
+
+
+def test_api_openai_com_gets_at_most_4_stop_strings():
+    from ekt.generation.backends.openai_compat import OpenAISampler
+
+    assert OpenAISampler("https://api.openai.com/v1", "gpt-x").max_stop == 4
+    assert OpenAISampler("http://127.0.0.1:8000/v1", "m").max_stop == 0  # all of them
+    assert OpenAISampler("https://api.openai.com/v1", "gpt-x", max_stop=2).max_stop == 2
+
+
+def test_chat_messages_are_sent_as_messages_and_usage_is_recorded(server, served_model_dir):
+    from ekt.data.prompt_format import load_format
+
+    fmt = load_format("chat")
+    requests = [(f"toy/{i}", fmt.teacher(q, 1)) for i, q in enumerate(QUESTIONS[:2])]
+    proxy = _RecordingProxy(server.base_url)
+    try:
+        sampler = _sampler(proxy.url, served_model_dir, api="chat")
+        params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=6, stop=())
+        out = list(sampler.sample(requests, params))
+    finally:
+        proxy.close()
+    _check_complete(out, requests, 2)
+    sent = sorted((b["messages"] for b in proxy.bodies), key=lambda m: m[-1]["content"])
+    assert sent[0] == requests[0][1] or sent[0] == requests[1][1]
+    assert {json.dumps(m) for m in sent} == {json.dumps(p) for _, p in requests}
+    billed = sum(r["usage"]["prompt_tokens"] for r in proxy.responses)
+    assert billed > 0 and sum(c.prompt_tokens for c in out) == billed
+    assert sum(c.n_tokens for c in out) == sum(
+        r["usage"]["completion_tokens"] for r in proxy.responses
+    )
+
+
+def test_completions_api_refuses_chat_messages(server, served_model_dir):
+    from ekt.errors import EktError
+
+    sampler = _sampler(server.base_url, served_model_dir)  # api="completions"
+    with pytest.raises(EktError, match="--api chat"):
+        list(sampler.sample([("p", [{"role": "user", "content": "hi"}])], SamplingParams()))
+
+
+def test_401_names_the_key_variable(served_model_dir, monkeypatch):
+    from ekt.errors import EktError
+
+    monkeypatch.delenv("EKT_UNSET_KEY", raising=False)
+    proxy = _RecordingProxy("http://127.0.0.1:9", status=401)
+    try:
+        sampler = _sampler(proxy.url, served_model_dir, api_key_env="EKT_UNSET_KEY")
+        with pytest.raises(EktError, match=r"HTTP 401.*\$EKT_UNSET_KEY, which is not set"):
+            list(sampler.sample(REQUESTS[:1], SamplingParams(max_new_tokens=4)))
+    finally:
+        proxy.close()
+    assert "authorization" not in proxy.headers[0]
+
+
+def test_rate_limiter_holds_requests_and_tokens_to_the_window():
+    from ekt.generation.backends.openai_compat import RateLimiter
+
+    lim = RateLimiter(requests_per_minute=2)
+    lim.WINDOW = 0.5  # the same limiter on a half-second window, so the test is quick
+    t0 = time.monotonic()
+    stamps = [lim.acquire(1)[0] - t0 for _ in range(5)]
+    assert stamps[1] < 0.2 and stamps[2] >= 0.49 and stamps[4] >= 0.99
+    tok = RateLimiter(tokens_per_minute=100)
+    tok.WINDOW = 0.5
+    t0 = time.monotonic()
+    first = tok.acquire(80)
+    tok.settle(first, 30)  # the server said 30: room for 70 more at once
+    assert tok.acquire(60)[0] - t0 < 0.2
+    assert tok.acquire(50)[0] - t0 >= 0.49  # 30 + 60 + 50 > 100: waits for the window
+    assert tok.waited > 0

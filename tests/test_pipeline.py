@@ -44,7 +44,10 @@ def test_generate_verify_filter_end_to_end(tmp_path, tiny_model_dir, data_dir, c
     assert sorted((o["problem_id"], o["sample_idx"]) for o in samples) == [
         (f"gsm8k/train/{i}", s) for i in (0, 1, 2) for s in (0, 1)
     ]
-    assert all(o["program"].startswith("def solution():\n") for o in samples)
+    # a program, or (a reply with no statement in it) none and the reason
+    assert all(
+        o["program"].startswith("def solution():\n") != bool(o["extract_error"]) for o in samples
+    )
     assert len(list((gen / "samples").glob("*.done"))) == 2
 
     # A rerun finds everything done and loads no model.
@@ -78,7 +81,7 @@ def test_generate_verify_filter_end_to_end(tmp_path, tiny_model_dir, data_dir, c
     recs = _lines(ver)
     assert len(recs) == 6
     for r in recs:
-        assert r["status"] in {"ok", "error", "timeout", "killed"}
+        assert r["status"] in {"ok", "error", "timeout", "killed", "no_program"}
         assert r["correct"] is False  # a random model does not solve GSM8K
         assert {"problem_id", "sample_idx", "text", "program", "value"} <= set(r)
 

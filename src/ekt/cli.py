@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=_positive_int("--limit"), default=None, help="first N questions")
     _add_sampling_args(g, n=4, temperature=0.6)
     g.add_argument("--prompt", choices=["teacher", "student"], default="teacher")
+    g.add_argument(
+        "--prompt-format",
+        default="function",
+        help="prompt layout: function (default), chat, tinygsm, or a YAML file "
+        "(see ekt/data/formats/)",
+    )
     g.add_argument("--shard-size", type=_positive_int("--shard-size"), default=100)
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--force", action="store_true", help="discard earlier samples in --out")
@@ -153,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(v, split_default=None)
     v.add_argument("--programs", required=True, help="JSONL file, shard folder or generate --out")
     v.add_argument("--out", required=True, help="output JSONL (appended; reruns skip done lines)")
+    v.add_argument(
+        "--prompt-format",
+        default="function",
+        help="prompt layout: function (default), chat, tinygsm, or a YAML file "
+        "(see ekt/data/formats/)",
+    )
     _add_sandbox_args(v)
     _add_ray_args(v)
 
@@ -186,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--teacher", default=None, help="model spec of the live teacher (--method kd)")
     t.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
+    t.add_argument(
+        "--prompt-format",
+        default="function",
+        help="prompt layout: function (default), chat, tinygsm, or a YAML file "
+        "(see ekt/data/formats/)",
+    )
     _add_dataclass_args(t, "TrainConfig")
     _add_dataclass_args(t, "KDConfig", module="training.kd", prefix="kd")
 
@@ -200,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["teacher", "student"],
         default="student",
         help="teacher: few-shot prompt; student: bare question (default)",
+    )
+    e.add_argument(
+        "--prompt-format",
+        default="function",
+        help="prompt layout: function (default), chat, tinygsm, or a YAML file "
+        "(see ekt/data/formats/)",
     )
     e.add_argument("--n", type=_positive_int("--n"), default=10, help="samples per question")
     e.add_argument("--k", default="1,10", help="comma-separated k values for pass@k (each <= n)")
@@ -299,27 +323,32 @@ def _add_dataclass_args(
 def _task(args: argparse.Namespace):
     from ekt.data.tasks import get_task
 
-    return get_task(args.task, args.data_dir, args.dev_size, args.dev_seed)
+    formats = (args.prompt_format,) if getattr(args, "prompt_format", None) else ()
+    return get_task(args.task, args.data_dir, args.dev_size, args.dev_seed, formats)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from ekt.data.prompt_format import load_format
     from ekt.generation.backends import backend_from_args, make_sampler
     from ekt.generation.generate import generate
     from ekt.generation.sampling import SamplingParams
     from ekt.models import model_fingerprint
 
+    fmt = load_format(args.prompt_format)
     params = SamplingParams(
         n=args.n,
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        stop=fmt.stop,
     )
     problems = _task(args).load(args.split)
     if args.limit:
         problems = problems[: args.limit]
 
     backend = backend_from_args(args)
+    _check_format_and_api(fmt, backend)
     if backend.name == "openai":  # the weights are the server's: name them by where they live
         fingerprint = f"openai:{backend.base_url}:{backend.served_model or args.model}"
     else:
@@ -340,8 +369,27 @@ def cmd_generate(args: argparse.Namespace) -> None:
         shard_size=args.shard_size,
         settings=settings,
         force=args.force,
+        prompt_format=fmt,
+        price=backend.price,
     )
     print(summary.line())
+
+
+def _check_format_and_api(fmt, backend) -> None:
+    """A chat format needs the chat API; a completion format on the chat API gets a note."""
+    if backend.name != "openai":
+        return
+    if fmt.is_chat and backend.api != "chat":
+        raise EktError(
+            f"--prompt-format {fmt.name} gives chat messages; the openai backend sends them "
+            "only with --api chat"
+        )
+    if not fmt.is_chat and backend.api == "chat":
+        print(
+            f"note: --api chat with the completion format {fmt.name!r} sends each few-shot "
+            "prompt as one user message; chat models answer better with --prompt-format chat",
+            file=sys.stderr,
+        )
 
 
 def _sandbox_config(args: argparse.Namespace):
@@ -362,9 +410,16 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise EktError(f"--timeout must be > 0, got {args.timeout}")
     from ekt.verification.verify import iter_inputs
 
-    if next(iter_inputs(args.programs), None) is None:
+    if next(iter_inputs(args.programs, args.prompt_format), None) is None:
         raise EktError(f"{args.programs}: no programs to verify (empty input)")
-    summary = verify(args.programs, args.out, _task(args), args.split, _sandbox_config(args))
+    summary = verify(
+        args.programs,
+        args.out,
+        _task(args),
+        args.split,
+        _sandbox_config(args),
+        prompt_format=args.prompt_format,
+    )
     print(summary.line())
 
 
@@ -426,7 +481,10 @@ def _train(args: argparse.Namespace, cfg) -> None:
             args.student, args.teacher, args.pairs, args.out, cfg, kd, True, args.device
         )
     else:
-        result = train_student(args.student, args.pairs, args.out, cfg, device=args.device)
+        result = train_student(
+            args.student, args.pairs, args.out, cfg, device=args.device,
+            prompt_format=args.prompt_format,
+        )  # fmt: skip
     if result is None:
         print(f"train: no training pairs in {args.pairs}; nothing to train")
 
@@ -471,6 +529,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         prompt=args.prompt,
         sandbox=_sandbox_config(args),
         settings={"model": args.model},
+        prompt_format=args.prompt_format,
     )
     print(score_line(args.model, scores))
 

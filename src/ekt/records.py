@@ -36,7 +36,9 @@ class Completion:
     sample_idx: int
     text: str
     n_tokens: int
-    program: str = ""  # extract_program(text), filled by the generate stage
+    program: str = ""  # the program extracted from text by the generate stage ("" if none)
+    extract_error: str = ""  # why no program could be extracted ("" when there is one)
+    prompt_tokens: int = 0  # prompt tokens billed for this sample (API usage; 0 if unknown)
 
 
 @dataclass

@@ -232,6 +232,9 @@ class Task:
     data_dir: str | None = None  # a folder of <split>.jsonl/.csv/.parquet files (overrides data)
     dev_size: int = 0
     dev_seed: int = 0
+    # prompt formats (names or YAML paths) whose exemplar questions are also excluded
+    # (the default format's always are)
+    exemplar_formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dev_size < 0:
@@ -287,7 +290,7 @@ class Task:
             problems = [
                 Problem(p.id, p.question, p.answer, split, p.solution) for p in problems if keep(p)
             ]
-        return [p for p in problems if not is_exemplar(p)]
+        return [p for p in problems if not is_exemplar(p, self.exemplar_formats)]
 
     def load_file(self, file_split: str) -> list[Problem]:
         """Every problem of one split's file (``train``, ``test``, ...), no exclusions."""
@@ -377,10 +380,14 @@ class Task:
 
 
 def GSM8K(  # noqa: N802 - the name users and older code know
-    data_dir: str | None = None, dev_size: int = 0, dev_seed: int = 0, name: str = "gsm8k"
+    data_dir: str | None = None,
+    dev_size: int = 0,
+    dev_seed: int = 0,
+    name: str = "gsm8k",
+    exemplar_formats: tuple[str, ...] = (),
 ) -> Task:
     """GSM8K from a folder of ``train.jsonl``/``test.jsonl`` (or ``EKT_DATA_DIR``), else the hub."""
-    return get_task(name, data_dir, dev_size, dev_seed)
+    return get_task(name, data_dir, dev_size, dev_seed, exemplar_formats)
 
 
 def _find_in_dir(data_dir: Path, source_split: str, file_split: str) -> Path:
@@ -491,13 +498,17 @@ def _read_hub(spec: TaskSpec, source_split: str) -> list[tuple[str, int, dict[st
 
 
 def get_task(
-    name: str = "gsm8k", data_dir: str | None = None, dev_size: int = 0, dev_seed: int = 0
+    name: str = "gsm8k",
+    data_dir: str | None = None,
+    dev_size: int = 0,
+    dev_seed: int = 0,
+    exemplar_formats: tuple[str, ...] = (),
 ) -> Task:
     """A registry task or a task file; GSM8K reads ``EKT_DATA_DIR`` when no folder is given."""
     spec = resolve_spec(name)
     if data_dir is None and spec.name == "gsm8k":
         data_dir = os.environ.get("EKT_DATA_DIR") or None
-    return Task(spec, data_dir=data_dir, dev_size=dev_size, dev_seed=dev_seed)
+    return Task(spec, data_dir, dev_size, dev_seed, tuple(exemplar_formats))
 
 
 def task_table() -> str:

@@ -141,7 +141,17 @@ def evaluate(
     sandbox: SandboxConfig | None = None,
     settings: dict | None = None,
     progress: bool = True,
+    prompt_format: str | None = None,
 ) -> dict:
+    """Greedy and sampled programs of ``problems``, verified and scored (pass@k, maj@n).
+
+    ``prompt_format`` (default ``function``) lays out the prompts, gives the stop strings
+    and says how replies become programs (``ekt.data.prompt_format``).
+    """
+    from ekt.data.prompt_format import load_format
+
+    fmt = load_format(prompt_format)
+    stop = tuple(fmt.stop)
     config.validate()
     out = Path(out_dir)
     t0 = time.time()
@@ -157,9 +167,13 @@ def evaluate(
     extra = {"task": task.name, **(settings or {})}
     greedy_recs = None
     if config.greedy:
-        gp = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, seed=0)
-        generate(lazy, problems, out / "greedy", gp, prompt=prompt, settings=extra)
-        verify(out / "greedy", out / "greedy" / "executions.jsonl", task, None, sandbox, progress)
+        gp = SamplingParams(
+            n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, seed=0, stop=stop
+        )
+        generate(lazy, problems, out / "greedy", gp, prompt=prompt, settings=extra,
+                 prompt_format=fmt)  # fmt: skip
+        verify(out / "greedy", out / "greedy" / "executions.jsonl", task, None, sandbox, progress,
+               prompt_format=fmt)  # fmt: skip
         greedy_recs = [o for _, o in read_jsonl(out / "greedy" / "executions.jsonl")]
     sp = SamplingParams(
         n=config.n,
@@ -167,9 +181,11 @@ def evaluate(
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
         seed=config.seed,
+        stop=stop,
     )
-    generate(lazy, problems, out / "sampled", sp, prompt=prompt, settings=extra)
-    verify(out / "sampled", out / "sampled" / "executions.jsonl", task, None, sandbox, progress)
+    generate(lazy, problems, out / "sampled", sp, prompt=prompt, settings=extra, prompt_format=fmt)
+    verify(out / "sampled", out / "sampled" / "executions.jsonl", task, None, sandbox, progress,
+           prompt_format=fmt)  # fmt: skip
     sampled_recs = [o for _, o in read_jsonl(out / "sampled" / "executions.jsonl")]
 
     if greedy_recs is not None:
@@ -178,6 +194,8 @@ def evaluate(
     rows = per_problem(problems, sampled_recs, greedy_recs)
     write_jsonl_atomic(out / "problems.jsonl", rows)
     scores = score_problems(rows, config.k)
+    # sampled replies from which no program could be extracted (not wrong answers)
+    scores["no_program"] = sum(r.get("status") == "no_program" for r in sampled_recs)
     scores["settings"] = {"eval": asdict(config), "prompt": prompt, **extra}
     scores["seconds"] = round(time.time() - t0, 1)
     write_json_atomic(out / "scores.json", scores)
@@ -189,4 +207,11 @@ def score_line(label: str, scores: dict) -> str:
     figures = ", ".join(
         f"{k} {v:.1%}" for k, v in scores.items() if isinstance(v, float) and "@" in k
     )
-    return f"evaluate {label}: {scores['problems']} questions, {figures}; {scores['seconds']}s"
+    line = f"evaluate {label}: {scores['problems']} questions, {figures}; {scores['seconds']}s"
+    missing = scores.get("no_program", 0)
+    total = scores["problems"] * (scores.get("settings", {}).get("eval", {}).get("n") or 0)
+    if missing:
+        line += f"; {missing} sampled replies without a program"
+        if total and 2 * missing > total:
+            line += " — most: is the prompt format right for this model?"
+    return line

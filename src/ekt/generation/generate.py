@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ekt.data.prompts import extract_program, student_prompt, teacher_prompt
+from ekt.data.extract import extract
+from ekt.data.prompt_format import DEFAULT_FORMAT, Prompt, PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.generation.sampling import Sampler, SamplingParams
 from ekt.records import Completion, JsonlWriter, Problem, read_jsonl, write_json_atomic
@@ -29,10 +30,15 @@ from ekt.records import Completion, JsonlWriter, Problem, read_jsonl, write_json
 if TYPE_CHECKING:
     from ekt.pipeline.distributed import RayCluster
 
-PROMPTS: dict[str, Callable[[Problem], str]] = {
-    "teacher": teacher_prompt,
-    "student": student_prompt,
-}
+PROMPTS = ("teacher", "student")
+
+
+def prompt_maker(prompt: str, fmt: str | PromptFormat | None = None) -> Callable[[Problem], Prompt]:
+    """The teacher's (few-shot) or the student's (zero-shot) prompt of a format."""
+    if prompt not in PROMPTS:
+        raise EktError(f"unknown prompt {prompt!r}; choose teacher or student")
+    f = load_format(fmt)
+    return f.teacher if prompt == "teacher" else f.student
 
 
 @dataclass
@@ -40,16 +46,39 @@ class GenerateSummary:
     problems: int
     samples: int
     new_samples: int
-    tokens: int
+    tokens: int  # completion tokens of the new samples
     seconds: float
+    extract_failed: int = 0  # new samples from which no program could be extracted
+    prompt_tokens: int = 0  # prompt tokens billed for the new samples (API servers)
+    cost: float | None = None  # USD for the new samples, with a price table (BackendConfig)
 
     def line(self) -> str:
         rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
-        return (
+        msg = (
             f"generate: {self.problems} problems, {self.samples} samples "
             f"({self.new_samples} new), {self.tokens} new tokens, "
             f"{self.seconds:.1f}s ({rate:.1f} tok/s)"
         )
+        if self.prompt_tokens:
+            msg += f"; {self.prompt_tokens} prompt tokens"
+        if self.cost is not None:
+            msg += f"; cost ${self.cost:.4f}"
+        if self.new_samples:
+            msg += f"; {self.extract_failed} without a program"
+            if 2 * self.extract_failed > self.new_samples:
+                msg += (
+                    " — most replies hold no program: is the prompt format right for this "
+                    "model? (chat models: --prompt-format chat; see `extract_error` in the "
+                    "samples)"
+                )
+        return msg
+
+
+def cost_of(prompt_tokens: int, completion_tokens: int, price: tuple[float, float] | None):
+    """USD for the tokens at ``price`` = (USD per million prompt, per million completion)."""
+    if price is None:
+        return None
+    return prompt_tokens * price[0] / 1e6 + completion_tokens * price[1] / 1e6
 
 
 def shard_paths(out_dir: str | Path) -> list[Path]:
@@ -84,6 +113,8 @@ def generate(
     settings: dict | None = None,
     force: bool = False,
     cluster: RayCluster | None = None,
+    prompt_format: str | PromptFormat | None = None,
+    price: tuple[float, float] | None = None,
 ) -> GenerateSummary:
     """Sample ``params.n`` completions per problem into shards under ``out_dir``.
 
@@ -91,9 +122,12 @@ def generate(
     finished job never loads its model. With ``cluster`` (or inside
     ``ekt.pipeline.distributed.use_cluster``) the shards are sampled by model replicas on a
     Ray cluster, each built there from the factory; the files written are the same.
+    ``prompt_format`` (a built-in name, a YAML path; default ``function``) lays the
+    prompts out and says how replies become programs; ``price`` (USD per million prompt
+    and completion tokens) puts the cost of the new samples in the summary.
     """
-    if prompt not in PROMPTS:
-        raise EktError(f"unknown prompt {prompt!r}; choose teacher or student")
+    make_prompt = prompt_maker(prompt, prompt_format)
+    fmt = load_format(prompt_format)
     if shard_size < 1:
         raise EktError("--shard-size must be >= 1")
     out = Path(out_dir)
@@ -108,22 +142,22 @@ def generate(
         "first_problem": problems[0].id if problems else None,
         **(settings or {}),
     }
+    if fmt.source != load_format(DEFAULT_FORMAT).source:  # older jobs (default) resume as they were
+        job["prompt_format"] = fmt.label
     job["sampling"]["stop"] = list(params.stop)
     check_settings(out / "generate.json", job, force=force)
 
-    make_prompt = PROMPTS[prompt]
     t0 = time.time()
     if cluster is None:
         from ekt.pipeline.distributed import current_cluster
 
         cluster = current_cluster()
+    tally = _Tally()
     if cluster is not None:
-        new, tokens = _generate_ray(
-            cluster, sampler, problems, out, params, make_prompt, shard_size
-        )
+        _generate_ray(cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally)
         total = len(problems) * params.n
-        return GenerateSummary(len(problems), total, new, tokens, time.time() - t0)
-    total = new = tokens = 0
+        return tally.summary(len(problems), total, time.time() - t0, price)
+    total = 0
     live: Sampler | None = None
     for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
         chunk = problems[start : start + shard_size]
@@ -143,12 +177,26 @@ def generate(
                     sampler() if callable(sampler) and not hasattr(sampler, "sample") else sampler
                 )
             requests = [(p.id, make_prompt(p)) for p in todo]
-            n_new, n_tok = _write_shard(path, have, live.sample(requests, params))  # type: ignore[union-attr]
-            new += n_new
-            tokens += n_tok
+            _write_shard(path, have, live.sample(requests, params), fmt, tally)  # type: ignore[union-attr]
         _finish_shard(path, chunk, have, params)
         total += len(chunk) * params.n
-    return GenerateSummary(len(problems), total, new, tokens, time.time() - t0)
+    return tally.summary(len(problems), total, time.time() - t0, price)
+
+
+@dataclass
+class _Tally:
+    """What the new samples of a job add up to."""
+
+    new: int = 0
+    tokens: int = 0
+    prompt_tokens: int = 0
+    extract_failed: int = 0
+
+    def summary(self, problems: int, total: int, seconds: float, price) -> GenerateSummary:
+        return GenerateSummary(
+            problems, total, self.new, self.tokens, seconds, self.extract_failed,
+            self.prompt_tokens, cost_of(self.prompt_tokens, self.tokens, price),
+        )  # fmt: skip
 
 
 def _have(path: Path) -> dict[str, set[int]]:
@@ -161,20 +209,25 @@ def _have(path: Path) -> dict[str, set[int]]:
 
 
 def _write_shard(
-    path: Path, have: dict[str, set[int]], completions: Iterable[Completion]
-) -> tuple[int, int]:
-    """Append the completions the shard lacks; (records written, their tokens)."""
-    new = tokens = 0
+    path: Path,
+    have: dict[str, set[int]],
+    completions: Iterable[Completion],
+    fmt: PromptFormat,
+    tally: _Tally,
+) -> None:
+    """Append the completions the shard lacks, each with its extracted program (or why not)."""
     with JsonlWriter(path) as writer:
         for c in completions:
             if c.sample_idx in have[c.problem_id]:
                 continue  # written before the interruption
-            c.program = extract_program(c.text)
+            got = extract(c.text, fmt.entry_point, fmt.header)
+            c.program, c.extract_error = got.program, got.error
             writer.write(c)
             have[c.problem_id].add(c.sample_idx)
-            new += 1
-            tokens += c.n_tokens
-    return new, tokens
+            tally.new += 1
+            tally.tokens += c.n_tokens
+            tally.prompt_tokens += c.prompt_tokens
+            tally.extract_failed += not got.ok
 
 
 def _finish_shard(
@@ -194,9 +247,11 @@ def _generate_ray(
     problems: Sequence[Problem],
     out: Path,
     params: SamplingParams,
-    make_prompt: Callable[[Problem], str],
+    make_prompt: Callable[[Problem], Prompt],
     shard_size: int,
-) -> tuple[int, int]:
+    fmt: PromptFormat,
+    tally: _Tally,
+) -> None:
     """The shards left to do, on a Ray cluster's generation replicas (``ekt.pipeline.distributed``).
 
     Every replica samples a shard's whole problem list, as the local path does, so
@@ -217,14 +272,29 @@ def _generate_ray(
             jobs.append((shard_idx, [(p.id, make_prompt(p)) for p in chunk]))
         else:
             _finish_shard(path, chunk, have, params)
-    new = tokens = 0
     for shard_idx, completions in generate_shards(cluster, sampler, jobs, params):
         path, chunk, have = chunks[shard_idx]
-        n_new, n_tok = _write_shard(path, have, completions)
+        _write_shard(path, have, completions, fmt, tally)
         _finish_shard(path, chunk, have, params)
-        new += n_new
-        tokens += n_tok
-    return new, tokens
+
+
+def usage(out_dir: str | Path, price: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Token usage, cost and extraction failures over every sample of a generate folder
+    (not only those this invocation wrote): what results.json reports."""
+    samples = tokens = prompt_tokens = failed = 0
+    for p in shard_paths(out_dir):
+        for _, obj in read_jsonl(p):
+            samples += 1
+            tokens += int(obj.get("n_tokens") or 0)
+            prompt_tokens += int(obj.get("prompt_tokens") or 0)
+            failed += bool(obj.get("extract_error")) or not obj.get("program", "x")
+    return {
+        "samples": samples,
+        "completion_tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "extract_failed": failed,
+        "cost_usd": cost_of(prompt_tokens, tokens, price),
+    }
 
 
 def read_completions(out_dir: str | Path) -> list[Completion]:

@@ -33,6 +33,10 @@ vLLM, an OpenAI-compatible server) fit behind the same protocol.
   are identical, so one row is decoded and reported ``n`` times. Only
   temperature and top-p shape the distribution: a model's own generation
   config (top-k, repetition penalty) is ignored.
+* **Chat prompts.** A prompt given as chat messages (a ``chat`` prompt format) is
+  rendered with the tokenizer's own chat template (``add_generation_prompt``),
+  tokenised as it stands (the template writes the special tokens) and never
+  healed; a tokenizer without a chat template is an error that says so.
 * **Token healing** (``heal_prompt=True``, default). Prompts end with
   ``def solution():\\n``; BPE tokenizers such as SmolLM2's merge a newline with
   the indentation that follows it (``"\\n   "`` is one token), so a prompt that
@@ -88,7 +92,7 @@ class SamplingParams:
 
 class Sampler(Protocol):
     def sample(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self, requests: Sequence[tuple[str, Any]], params: SamplingParams
     ) -> Iterator[Completion]: ...
 
 
@@ -102,6 +106,22 @@ def truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """Text before the earliest stop string, and whether one was found. Pure."""
     cut = min((i for i in (text.find(s) for s in stops) if i != -1), default=-1)
     return (text[:cut], True) if cut != -1 else (text, False)
+
+
+def chat_ids(tokenizer: Any, messages: Sequence[dict], where: str = "") -> list[int]:
+    """Token ids of chat ``messages`` rendered by the tokenizer's own chat template, ending
+    with the assistant's turn opened (``add_generation_prompt``). Pure."""
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise EktError(
+            f"{where or name}: the tokenizer has no chat template, so a chat prompt format "
+            "cannot be rendered for it; use a completion format (--prompt-format function) "
+            "or a chat/instruct model"
+        )
+    text = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+    )
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def _cache_of(out: Any) -> Any:
@@ -191,8 +211,12 @@ class TransformersSampler:
             ]
         return self._extensions[token_id]
 
-    def prepare(self, prompt: str) -> _Prompt:
-        """Encode a prompt (with the tokenizer's usual special tokens, e.g. Gemma's BOS)."""
+    def prepare(self, prompt: str | Sequence[dict]) -> _Prompt:
+        """Encode a prompt (with the tokenizer's usual special tokens, e.g. Gemma's BOS);
+        chat messages through the tokenizer's chat template, not healed."""
+        if not isinstance(prompt, str):
+            ids = chat_ids(self.tok, prompt)
+            return _Prompt(ids, ids[-1:], "", self.tok.decode(ids[-1:], skip_special_tokens=True))
         ids = list(self.tok(prompt).input_ids)
         if not ids:
             raise EktError("empty prompt: nothing to continue")

@@ -39,6 +39,9 @@ class TeacherSampling:
     batch_size: int = 16
     # which engine samples the teacher (transformers | vllm | openai; see ekt.generation.backends)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    # the teacher's prompt layout: function (few-shot completion, the default), chat
+    # (messages; chat/instruct teachers), tinygsm, or a YAML file (ekt.data.prompt_format)
+    prompt_format: str = "function"
 
 
 @dataclass
@@ -66,6 +69,9 @@ class RunConfig:
     train_split: str = "train"
     train_limit: int | None = None  # first N training questions (None: all)
     keep: str = "first"  # first | all  (correct programs kept per question)
+    # the layout the student is trained and evaluated in: function (the default) or chat
+    # (an instruct student, on its own chat template), tinygsm, or a YAML file
+    student_prompt_format: str = "function"
     device: str | None = None
     teacher_sampling: TeacherSampling = field(default_factory=TeacherSampling)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -118,6 +124,16 @@ class RunConfig:
                 "transformers or vllm (the teacher's few-shot evaluation uses "
                 "teacher_sampling.backend)"
             )
+        from ekt.data.prompt_format import load_format
+
+        for key, spec in (
+            ("teacher_sampling.prompt_format", self.teacher_sampling.prompt_format),
+            ("student_prompt_format", self.student_prompt_format),
+        ):
+            try:
+                load_format(spec)
+            except EktError as e:
+                raise EktError(f"{key}: {e}") from None
         if self.ray is not None:
             self.ray.validate()
         if self.sandbox.isolation not in ("strict", "standard", "none"):

@@ -77,6 +77,11 @@ HARMLESS_KEYS = frozenset(
         "teacher_sampling.backend.base_url",
         "eval.backend.gpu_memory_utilization",
         "teacher_sampling.backend.gpu_memory_utilization",
+        "teacher_sampling.backend.api_key_env",
+        "teacher_sampling.backend.requests_per_minute",
+        "teacher_sampling.backend.tokens_per_minute",
+        "teacher_sampling.backend.price_input_per_mtok",
+        "teacher_sampling.backend.price_output_per_mtok",
     }
 )
 _ALL = ("teacher", "train_pairs.jsonl", "seq_kd", "supervised", "students", "eval")
@@ -109,6 +114,7 @@ _STALE: dict[str, tuple[str, ...]] = {
     "keep": ("train_pairs.jsonl",) + _students("ekt", "kd"),
     "sandbox": _EXECUTIONS + _students(*_ALL_METHODS),
     "student": ("students", "eval/student-*"),
+    "student_prompt_format": ("students", "eval/student-*"),
     "train": _students(*_ALL_METHODS),
     "kd": _students("kd"),
     "expert_iteration": _students("expert-iteration"),
@@ -202,7 +208,11 @@ class Runner:
         self.root = self.dir  # a matrix run: its top folder (shared stages live under it)
         self.redone: set[Path] = set()  # shared stage folders emptied by this invocation
         self.force = force
-        self.task = get_task(cfg.task, cfg.data_dir, cfg.dev_size, cfg.dev_seed)
+        self.task = get_task(
+            cfg.task, cfg.data_dir, cfg.dev_size, cfg.dev_seed,
+            (cfg.teacher_sampling.prompt_format, cfg.student_prompt_format),
+        )  # fmt: skip
+        self.stage_summaries: dict[str, dict] = {}  # into results.json (tokens, cost, failures)
         for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
             _check_model_spec(role, spec)  # a typo stops here, not after hours of sampling
         s = cfg.sandbox
@@ -348,12 +358,16 @@ class Runner:
         if getattr(self, "_teacher_sampled", False):
             return
         cfg, ts = self.cfg, self.cfg.teacher_sampling
+        from ekt.data.prompt_format import load_format
+
+        fmt = load_format(ts.prompt_format)
         params = SamplingParams(
             n=ts.n,
             temperature=ts.temperature,
             top_p=ts.top_p,
             max_new_tokens=ts.max_new_tokens,
             seed=ts.seed,
+            stop=fmt.stop,
         )
         with self._stage(
             f"teacher {cfg.teacher}: sample {ts.n} programs x {len(problems)} questions"
@@ -365,8 +379,15 @@ class Runner:
                 params,
                 prompt="teacher",
                 settings={"model": cfg.teacher, "task": cfg.task},
+                prompt_format=fmt,
+                price=ts.backend.price,
             )
             print(s.line())
+            from ekt.generation.generate import usage
+
+            self.stage_summaries["teacher_generate"] = {
+                **asdict(s), "all_samples": usage(self.dir / "teacher", ts.backend.price)
+            }  # fmt: skip
         self._teacher_sampled = True
 
     def teacher_pairs(self, problems) -> Path:
@@ -378,8 +399,12 @@ class Runner:
                 self.task,
                 None,
                 self.sandbox,
+                prompt_format=self.cfg.teacher_sampling.prompt_format,
             )
             print(v.line())
+            self.stage_summaries["teacher_verify"] = {
+                **asdict(v), "no_program": v.no_program
+            }  # fmt: skip
         with self._stage("filter"):
             f = filter_stage(
                 self.dir / "teacher" / "executions.jsonl",
@@ -388,6 +413,7 @@ class Runner:
                 keep=self.cfg.keep,
             )
             print(f.line())
+            self.stage_summaries["filter"] = asdict(f)
         return self.dir / "train_pairs.jsonl"
 
     def supervised_pairs(self, problems) -> Path:
@@ -473,7 +499,10 @@ class Runner:
             if method == "kd":
                 result = train_kd(c.student, c.teacher, pairs, out, c.train, c.kd, device=c.device)
             else:
-                result = train_student(c.student, pairs, out, c.train, device=c.device)
+                result = train_student(
+                    c.student, pairs, out, c.train, device=c.device,
+                    prompt_format=c.student_prompt_format,
+                )  # fmt: skip
             if result is None:
                 print(f"train {method}: no training pairs in {pairs}; this method is skipped")
                 return None
@@ -485,6 +514,10 @@ class Runner:
             f"evaluate {label} ({prompt} prompt) on {len(problems)} {cfg.eval.split} questions"
         ):
             backend = cfg.teacher_sampling.backend if label == "teacher" else cfg.eval.backend
+            fmt = (
+                cfg.teacher_sampling.prompt_format if label == "teacher"
+                else cfg.student_prompt_format
+            )  # fmt: skip
             scores = evaluate(
                 _sampler_factory(spec, cfg.device, cfg.eval.batch_size, backend),
                 problems,
@@ -494,6 +527,7 @@ class Runner:
                 prompt=prompt,
                 sandbox=self.sandbox,
                 settings={"model": self._portable(spec)},
+                prompt_format=fmt,
             )
             print(score_line(label, scores))
         model = cfg.teacher if label == "teacher" else cfg.student
@@ -548,6 +582,8 @@ class Runner:
             "rows": rows,
             "stage_seconds": self.times,
         }
+        if self.stage_summaries:  # token usage, cost and extraction failures of the stages
+            results["stages"] = self.stage_summaries
         write_json_atomic(self.dir / "results.json", results)
         return results  # results.md is written once, with intervals, by finish_run
 

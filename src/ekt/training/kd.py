@@ -438,6 +438,8 @@ def sequence_kd_pairs(
         problem = problems[c.problem_id]
         if _norm_question(problem.question) in exclude_questions:
             continue
+        if c.extract_error:  # the reply held no program: nothing to imitate
+            continue
         program = c.program or extract_program(c.text)
         pairs.append(TrainPair(c.problem_id, problem.question, program, "teacher-unfiltered"))
     return pairs

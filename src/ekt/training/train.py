@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ekt.data.prompts import PROGRAM_HEADER, student_prompt
+from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.records import TrainPair, read_records, write_json_atomic, write_text_atomic
 from ekt.training.packing import (
@@ -164,19 +164,34 @@ class TrainResult:
 # -- data -------------------------------------------------------------------
 
 
-def encode_pair(tok: Any, question: str, program: str, max_length: int, loss_on: str) -> dict:
+def encode_pair(
+    tok: Any,
+    question: str,
+    program: str,
+    max_length: int,
+    loss_on: str,
+    prompt_format: str | PromptFormat | None = None,
+) -> dict:
     """input_ids and labels for one example; prompt tokens get label -100 unless loss_on=all.
 
-    The prompt and the program body are tokenised separately, as at generation
-    time (the model continues the tokenised prompt), then joined, ended with EOS
-    and truncated to ``max_length``.
+    Completion formats (the default ``function``): the prompt and the program body
+    are tokenised separately, as at generation time (the model continues the
+    tokenised prompt), then joined, ended with EOS and truncated to ``max_length``.
+    Chat formats (instruct students): the student's messages and an assistant turn
+    holding the program, rendered with the tokenizer's chat template; the loss
+    falls on the assistant turn only (its text and the template's end-of-turn tokens).
     """
     if tok.eos_token_id is None:
         raise EktError("the student's tokenizer has no EOS token; cannot mark the program end")
-    prompt = student_prompt(question)
-    body = program[len(PROGRAM_HEADER) :] if program.startswith(PROGRAM_HEADER) else program
-    p_ids = list(tok(prompt, add_special_tokens=True).input_ids)
-    b_ids = list(tok(body, add_special_tokens=False).input_ids) + [tok.eos_token_id]
+    fmt = load_format(prompt_format)
+    if fmt.is_chat:
+        p_ids, b_ids = _chat_pair(tok, fmt, question, program)
+    else:
+        prompt = fmt.student(question)
+        header = fmt.header
+        body = program[len(header) :] if program.startswith(header) else program
+        p_ids = list(tok(prompt, add_special_tokens=True).input_ids)
+        b_ids = list(tok(body, add_special_tokens=False).input_ids) + [tok.eos_token_id]
     ids = (p_ids + b_ids)[:max_length]
     if loss_on == "all":
         labels = list(ids)
@@ -185,13 +200,39 @@ def encode_pair(tok: Any, question: str, program: str, max_length: int, loss_on:
     return {"input_ids": ids, "labels": labels}
 
 
+def _chat_pair(
+    tok: Any, fmt: PromptFormat, question: str, program: str
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, assistant-turn ids) of one pair in a chat format's layout."""
+    from ekt.generation.sampling import chat_ids
+
+    messages = fmt.student(question)
+    assert isinstance(messages, list)
+    p_ids = chat_ids(tok, messages)  # exactly what the sampler feeds at evaluation
+    prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    turn = {"role": "assistant", "content": fmt.assistant(program)}
+    full = tok.apply_chat_template([*messages, turn], tokenize=False)
+    if full.startswith(prompt_text):
+        reply = full[len(prompt_text) :]
+        b_ids = list(tok(reply, add_special_tokens=False).input_ids)
+    else:  # a template that renders earlier turns differently once a reply follows
+        b_ids = list(tok(turn["content"], add_special_tokens=False).input_ids)
+    if tok.eos_token_id not in b_ids:
+        b_ids.append(tok.eos_token_id)
+    return p_ids, b_ids
+
+
 def build_examples(
-    tok: Any, pairs: Sequence[TrainPair], max_length: int, loss_on: str
+    tok: Any,
+    pairs: Sequence[TrainPair],
+    max_length: int,
+    loss_on: str,
+    prompt_format: str | PromptFormat | None = None,
 ) -> tuple[list[dict], int]:
     """Encoded examples, and how many were dropped for having no loss token left."""
     examples = []
     for p in pairs:
-        ex = encode_pair(tok, p.question, p.program, max_length, loss_on)
+        ex = encode_pair(tok, p.question, p.program, max_length, loss_on, prompt_format)
         if any(x != IGNORE for x in ex["labels"]):
             examples.append(ex)
     return examples, len(pairs) - len(examples)
@@ -627,12 +668,15 @@ def train_student(
     resume: bool = True,
     device: str | None = None,
     distill: Any = None,
+    prompt_format: str | PromptFormat | None = None,
 ) -> TrainResult | None:
     """Fine-tune ``model_spec`` on the pairs in ``pairs_path``; ``out_dir`` becomes the student.
 
     Returns None (and says so) when the file holds no pairs. ``device`` "cpu"
     forces CPU training; by default a GPU is used when there is one.
     ``distill`` (``ekt.training.kd.Distiller``) adds a live teacher to the loss.
+    ``prompt_format``: the layout the student learns (and is evaluated in); a chat
+    format trains an instruct student on its own chat template.
     """
     cfg = config or TrainConfig()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -664,6 +708,9 @@ def train_student(
     ckpt_dir = out / CHECKPOINTS
     log_path = out / "train_log.jsonl"
     run = _fingerprint(model_spec, pairs_path, cfg)
+    fmt = load_format(prompt_format)
+    if fmt.source != load_format().source:  # (checkpoints of the default layout resume as before)
+        run["prompt_format"] = fmt.label
     if distill is not None:
         run["distill"] = distill.fingerprint()
     last = _prepare_checkpoints(ckpt_dir, run, resume)
@@ -677,7 +724,7 @@ def train_student(
     if distill is not None:
         data, dropped = distill.build_examples(tok, pairs, cfg.max_length, cfg.loss_on)
     else:
-        data, dropped = build_examples(tok, pairs, cfg.max_length, cfg.loss_on)
+        data, dropped = build_examples(tok, pairs, cfg.max_length, cfg.loss_on, prompt_format)
     if dropped:
         print(
             f"train: {dropped} of {len(pairs)} examples have no program token within "

@@ -107,10 +107,12 @@ class FilterSummary:
     seconds: float
     # training questions (with a correct program) that overlap each evaluation set
     contaminated: dict[str, int] = field(default_factory=dict)
+    no_program: int = 0  # samples whose reply held no program (extraction failed)
 
     def line(self) -> str:
         msg = (
-            f"filter: {self.records} verified samples, {self.correct} correct, "
+            f"filter: {self.records} verified samples ({self.no_program} without a program, "
+            f"{self.records - self.no_program - self.correct} wrong), {self.correct} correct, "
             f"{self.problems_solved} problems solved -> {self.pairs} pairs kept"
         )
         if self.dropped_contaminated:
@@ -119,6 +121,11 @@ class FilterSummary:
             msg += f": questions overlapping {per_set})" if per_set else ")"
         if not self.pairs:
             msg += " — no correct programs, nothing to train on"
+            if 2 * self.no_program > self.records:
+                msg += (
+                    " (most samples held no program: check the prompt format; "
+                    "chat models need --prompt-format chat)"
+                )
         return msg + f"; {self.seconds:.1f}s"
 
 
@@ -190,4 +197,5 @@ def filter_stage(
         dropped_contaminated=len(clean) - len(pairs),
         seconds=time.time() - t0,
         contaminated=overlap,
+        no_program=sum(r.get("status") == "no_program" for r in records),
     )

@@ -1,10 +1,13 @@
 """Stage: run every program in the sandbox and grade what it returns against the gold answer.
 
-Input lines need ``problem_id`` and ``program`` (or ``text``, a raw continuation
-that is turned into a program with ``extract_program``); every input field is
-kept and ``status``, ``value``, ``type``, ``error``, ``ms`` and ``correct`` are
-added. Grading happens here, in the ekt process, on the plain value the
-sandbox reports: the program never sees the gold answer.
+Input lines need ``problem_id`` and ``program`` (or ``text``, a raw reply: a
+continuation, or a chat answer with fences and prose, turned into a program with
+``ekt.data.extract.extract``); every input field is kept and ``status``,
+``value``, ``type``, ``error``, ``ms`` and ``correct`` are added. A sample
+without a program (its ``extract_error`` says why) is not run: it gets status
+``no_program``, counted apart from wrong answers. Grading happens here, in the
+ekt process, on the plain value the sandbox reports: the program never sees the
+gold answer.
 
 The output is appended as results arrive; a rerun skips inputs whose key
 (problem id and sample index, or the input position) is already in the output.
@@ -19,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ekt.data.prompts import extract_program
+from ekt.data.extract import extract, runnable
+from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.data.tasks import GSM8K
 from ekt.errors import EktError
 from ekt.records import JsonlWriter, Problem, read_jsonl, to_dict
@@ -39,14 +43,30 @@ class VerifySummary:
     statuses: dict[str, int]
     seconds: float
 
+    @property
+    def no_program(self) -> int:
+        """Samples whose program could not be extracted (not run; not wrong answers)."""
+        return self.statuses.get(NO_PROGRAM, 0)
+
     def line(self) -> str:
         rate = self.new / self.seconds if self.seconds > 0 else 0.0
         st = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
-        return (
+        msg = (
             f"verify: {self.programs} programs ({self.new} run, {rate:.0f}/s), "
             f"{self.correct} correct; "
             f"{self.solved}/{self.problems} problems solved; statuses: {st}; {self.seconds:.1f}s"
         )
+        if self.no_program:
+            msg += f"; {self.no_program} samples without a program (extraction failed)"
+            if 2 * self.no_program > self.programs:
+                msg += (
+                    " — most samples hold no program: is the prompt format right for the "
+                    "model's replies? (see `error` in the output)"
+                )
+        return msg
+
+
+NO_PROGRAM = "no_program"  # the status of a sample whose reply holds no program
 
 
 def input_files(path: str | Path) -> list[Path]:
@@ -70,19 +90,35 @@ def _key(obj: dict, ordinal: int) -> str:
     return f"#{ordinal}"
 
 
-def iter_inputs(path: str | Path) -> Iterator[tuple[str, int, dict]]:
-    """Yield (where, ordinal, record) with ``program`` filled in, validating each line."""
+def iter_inputs(
+    path: str | Path, prompt_format: str | PromptFormat | None = None
+) -> Iterator[tuple[str, int, dict]]:
+    """Yield (where, ordinal, record) with ``program`` filled in, validating each line.
+
+    A record without a program (or with an empty one) and with ``text`` gets the
+    program extracted from its text, or ``program: ""`` and ``extract_error``.
+    """
+    fmt = load_format(prompt_format)
     ordinal = 0
     for f in input_files(path):
         for line, obj in read_jsonl(f):
             where = f"{f}:{line}"
             if not isinstance(obj.get("problem_id"), str):
                 raise EktError(f"{where}: missing field 'problem_id'")
-            if not isinstance(obj.get("program"), str):
+            program = obj.get("program")
+            if program is not None and not isinstance(program, str):
+                raise EktError(f"{where}: field 'program' must be a string")
+            if not (program or "").strip():
                 if isinstance(obj.get("text"), str):
-                    obj["program"] = extract_program(obj["text"])
-                else:
+                    got = extract(obj["text"], fmt.entry_point, fmt.header)
+                    obj["program"] = got.program
+                    if got.error:
+                        obj["extract_error"] = got.error
+                elif program is None:
                     raise EktError(f"{where}: missing field 'program' (or 'text')")
+                else:
+                    obj["program"] = ""
+                    obj.setdefault("extract_error", "empty program")
             yield where, ordinal, obj
             ordinal += 1
 
@@ -95,8 +131,14 @@ def verify(
     sandbox: SandboxConfig | None = None,
     progress: bool = True,
     cluster: RayCluster | None = None,
+    prompt_format: str | PromptFormat | None = None,
 ) -> VerifySummary:
-    """Run and grade every program not yet in ``out``; ``cluster``: on Ray."""
+    """Run and grade every program not yet in ``out``; ``cluster``: on Ray.
+
+    ``prompt_format`` names the entry point the programs define (and how raw ``text``
+    is read); the sandbox calls ``solution()``, so another entry point is aliased.
+    """
+    entry = load_format(prompt_format).entry_point
     out = Path(out)
     t0 = time.time()
     done: set[str] = set()
@@ -110,7 +152,7 @@ def verify(
             _tally(obj, statuses, solved, seen)
             correct += bool(obj.get("correct"))
 
-    inputs = list(iter_inputs(programs))
+    inputs = list(iter_inputs(programs, prompt_format))
     ids = {obj["problem_id"] for _, _, obj in inputs}
     problems = task.by_id(ids)
     file_split = None if split is None else ("test" if split == "test" else "train")
@@ -140,9 +182,13 @@ def verify(
     else:
         pool = Sandbox(box_cfg)
     with pool as box, JsonlWriter(out) as writer:
-        results = box.run(obj["program"] for _, _, obj in todo)
-        for (_, key, obj), ex in zip(todo, results):
-            rec = grade_record(obj, to_dict(ex), problems[obj["problem_id"]], task)
+        results = box.run(runnable(obj["program"], entry) for _, _, obj in todo if obj["program"])
+        for _, key, obj in todo:
+            if obj["program"]:
+                ex = next(results)
+                rec = grade_record(obj, to_dict(ex), problems[obj["problem_id"]], task)
+            else:
+                rec = no_program_record(obj)
             if not key.startswith(f"{obj['problem_id']}#"):
                 rec["_key"] = key
             writer.write(rec)
@@ -187,6 +233,21 @@ def grade_record(obj: dict, execution: dict, problem: Problem, task: GSM8K) -> d
         stdout_tail=ex.stdout_tail,
         ms=round(ex.ms, 3),
         correct=task.grade(ex, problem),
+    )
+    return rec
+
+
+def no_program_record(obj: dict) -> dict:
+    """The graded record of a sample whose reply holds no program: not run, not correct."""
+    rec = dict(obj)
+    rec.update(
+        status=NO_PROGRAM,
+        value=None,
+        type="",
+        error=obj.get("extract_error") or "no program",
+        stdout_tail="",
+        ms=0.0,
+        correct=False,
     )
     return rec
 

@@ -16,8 +16,11 @@ flags (``--backend``, ``--base-url``, ...). See ``configs/vllm_example.yaml``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ekt.errors import EktError
 from ekt.generation.sampling import Sampler
@@ -36,6 +39,21 @@ class BackendConfig:
     n_per_request: int = 0  # 0 = all n samples of a problem in one request
     request_timeout: float = 600.0  # seconds per HTTP request
     max_retries: int = 8
+    # openai, hosted APIs: the environment variable holding the API key (sent as a Bearer
+    # token; unset: no Authorization header), extra HTTP headers, and keys merged into every
+    # request body (a flag takes JSON: --extra-body '{"top_k": 20}')
+    api_key_env: str = "OPENAI_API_KEY"
+    headers: dict[str, str] = field(default_factory=dict)
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    # most stop strings sent per request; the rest are cut on the client
+    # (0: all of them, except 4 for api.openai.com, which refuses more)
+    max_stop: int = 0
+    requests_per_minute: float = 0.0  # 0: no limit
+    tokens_per_minute: float = 0.0  # prompt + max_tokens per request; 0: no limit
+    # price table, USD per million prompt / completion tokens: the cost in the stage summary
+    # and results.json (both 0: no cost shown)
+    price_input_per_mtok: float = 0.0
+    price_output_per_mtok: float = 0.0
     # vllm: the engine
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
@@ -51,6 +69,25 @@ class BackendConfig:
         for key in ("concurrency", "tensor_parallel_size", "data_parallel_size"):
             if getattr(self, key) < 1:
                 raise EktError(f"backend.{key} must be >= 1")
+        for key in ("max_stop", "requests_per_minute", "tokens_per_minute",
+                    "price_input_per_mtok", "price_output_per_mtok"):  # fmt: skip
+            if not getattr(self, key) >= 0:
+                raise EktError(f"backend.{key} must be >= 0, got {getattr(self, key)!r}")
+        if not isinstance(self.headers, dict) or any(
+            not isinstance(k, str) or not isinstance(v, str) for k, v in self.headers.items()
+        ):
+            raise EktError("backend.headers must map header names to text values")
+        if not isinstance(self.extra_body, dict):
+            raise EktError("backend.extra_body must be a mapping (JSON object)")
+        if not isinstance(self.api_key_env, str):
+            raise EktError("backend.api_key_env must be the name of an environment variable")
+
+    @property
+    def price(self) -> tuple[float, float] | None:
+        """(USD per million prompt tokens, per million completion tokens), or None."""
+        if not (self.price_input_per_mtok or self.price_output_per_mtok):
+            return None
+        return (self.price_input_per_mtok, self.price_output_per_mtok)
 
 
 def make_sampler(
@@ -72,6 +109,12 @@ def make_sampler(
                 n_per_request=cfg.n_per_request,
                 timeout=cfg.request_timeout,
                 max_retries=cfg.max_retries,
+                api_key_env=cfg.api_key_env,
+                headers=cfg.headers,
+                extra_body=cfg.extra_body,
+                max_stop=cfg.max_stop,
+                requests_per_minute=cfg.requests_per_minute,
+                tokens_per_minute=cfg.tokens_per_minute,
             )
         if cfg.name == "vllm":
             from ekt.generation.backends.vllm_offline import VLLMSampler
@@ -94,11 +137,26 @@ def make_sampler(
     return make
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def add_backend_args(p: argparse.ArgumentParser) -> None:
     """``--backend`` and one flag per ``BackendConfig`` key (``--base-url``, ...)."""
     for f in fields(BackendConfig):
         flag = "--backend" if f.name == "name" else "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
+        if f.default is dataclasses.MISSING:  # a dict field: JSON on the command line
+            p.add_argument(
+                flag, dest=f"backend_{f.name}", type=_json_object, default={},
+                help="a JSON object",
+            )  # fmt: skip
+        elif isinstance(f.default, bool):
             p.add_argument(
                 flag, dest=f"backend_{f.name}", default=f.default,
                 action=argparse.BooleanOptionalAction,

@@ -1,10 +1,23 @@
 """Sampling from an OpenAI-compatible HTTP server (vLLM, llama.cpp, TGI, ``transformers serve``).
 
 ``OpenAISampler(base_url, model).sample(requests, params)`` sends the prompts
-to ``/completions`` (raw text, the default) or ``/chat/completions`` (the
-prompt as one user message, for chat-only servers) and yields one
-``Completion`` per (problem, sample index), like every ekt sampler. It needs
-nothing beyond the standard library.
+to ``/completions`` (raw text, the default) or ``/chat/completions`` (``api="chat"``:
+a chat prompt format's messages as they are, a text prompt as one user message)
+and yields one ``Completion`` per (problem, sample index), like every ekt
+sampler. It needs nothing beyond the standard library.
+
+* **Hosted APIs.** The key is read from the environment variable ``api_key_env``
+  (default ``OPENAI_API_KEY``; unset: no ``Authorization`` header), ``headers`` are
+  added to every request and ``extra_body`` merged into every body. At most
+  ``max_stop`` stop strings are sent (api.openai.com accepts 4 and gets 4 when
+  ``max_stop`` is 0); every stop string is still cut on the client.
+* **Rate limits.** ``requests_per_minute`` and ``tokens_per_minute`` (0: none)
+  hold requests back so that no 60-second window exceeds them; a request counts
+  its prompt (estimated at 4 characters a token until the server reports usage)
+  plus ``max_tokens`` per choice, and the estimate is replaced by the server's
+  ``usage.total_tokens`` when the response arrives.
+* **Usage.** ``Completion.prompt_tokens`` is the server's ``usage.prompt_tokens``
+  shared out over the request's choices (their sum is what was billed).
 
 * **Work units.** A problem's ``n`` samples go out as requests of
   ``n_per_request`` samples (default: all ``n`` in one request). A unit is
@@ -50,12 +63,68 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from ekt.errors import EktError
 from ekt.generation.sampling import SamplingParams, derive_seed, truncate_at_stop
 from ekt.records import Completion
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Servers that refuse more stop strings than this (the request fails with HTTP 400).
+STOP_LIMITS = {"api.openai.com": 4}
+
+
+class RateLimiter:
+    """Requests and tokens per sliding 60-second window, shared by the sender threads."""
+
+    WINDOW = 60.0
+
+    def __init__(self, requests_per_minute: float = 0, tokens_per_minute: float = 0):
+        if requests_per_minute < 0 or tokens_per_minute < 0:
+            raise EktError("requests_per_minute and tokens_per_minute must be >= 0 (0: no limit)")
+        self.rpm = requests_per_minute
+        self.tpm = tokens_per_minute
+        self._sent: deque[list[float]] = deque()  # [time, tokens] per request in the window
+        self._cv = threading.Condition()
+        self.waited = 0.0  # seconds spent held back (for logs and tests)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rpm or self.tpm)
+
+    def _prune(self, now: float) -> None:
+        while self._sent and self._sent[0][0] <= now - self.WINDOW:
+            self._sent.popleft()
+
+    def acquire(self, tokens: float, abandoned: threading.Event | None = None) -> list[float]:
+        """Wait until a request of ``tokens`` fits; its entry (update it with ``settle``)."""
+        if not self.active:
+            return [time.monotonic(), tokens]
+        if self.tpm:
+            tokens = min(tokens, self.tpm)  # a request bigger than the limit still goes, alone
+        with self._cv:
+            while True:
+                now = time.monotonic()
+                self._prune(now)
+                used = sum(t for _, t in self._sent)
+                ok_r = not self.rpm or len(self._sent) + 1 <= self.rpm
+                ok_t = not self.tpm or used + tokens <= self.tpm
+                if ok_r and ok_t:
+                    entry = [now, tokens]
+                    self._sent.append(entry)
+                    return entry
+                if abandoned is not None and abandoned.is_set():
+                    raise EktError("rate limiter: the job was stopped")
+                wait_s = self._sent[0][0] + self.WINDOW - now if self._sent else 0.05
+                t0 = time.monotonic()
+                self._cv.wait(timeout=max(0.01, min(wait_s, 1.0)))
+                self.waited += time.monotonic() - t0
+
+    def settle(self, entry: list[float], tokens: float) -> None:
+        """Replace a request's estimate with what the server reported."""
+        with self._cv:
+            entry[1] = tokens
+            self._cv.notify_all()
 
 
 @dataclass(frozen=True)
@@ -91,6 +160,10 @@ class OpenAISampler:
         tokenizer: Any = None,
         progress: bool = True,
         extra_body: dict | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        headers: dict[str, str] | None = None,
+        requests_per_minute: float = 0,
+        tokens_per_minute: float = 0,
     ):
         if api not in ("completions", "chat"):
             raise EktError(f"--api must be completions or chat, got {api!r}")
@@ -107,8 +180,15 @@ class OpenAISampler:
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.max_stop = max_stop  # 0: send every stop string (api.openai.com accepts 4)
+        self.api_key_env = api_key_env
+        self.api_key = api_key if api_key is not None else os.environ.get(api_key_env or "")
+        if max_stop < 0:
+            raise EktError(f"max_stop must be >= 0 (0: the server's own limit), got {max_stop}")
+        host = urlparse(self.base_url).hostname or ""
+        # 0: every stop string, unless the server is known to take fewer
+        self.max_stop = max_stop or STOP_LIMITS.get(host, 0)
+        self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
+        self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
         self.tokenizer = tokenizer
         self.progress = progress
         self.extra_body = dict(extra_body or {})
@@ -121,7 +201,7 @@ class OpenAISampler:
     def endpoint(self) -> str:
         return f"{self.base_url}/{'chat/completions' if self.api == 'chat' else 'completions'}"
 
-    def _body(self, prompt: str, problem_id: str, unit: _Unit, params: SamplingParams) -> dict:
+    def _body(self, prompt: Any, problem_id: str, unit: _Unit, params: SamplingParams) -> dict:
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": params.max_new_tokens,
@@ -134,16 +214,24 @@ class OpenAISampler:
         if stop:
             body["stop"] = stop
         if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
-        else:
+            if isinstance(prompt, str):
+                body["messages"] = [{"role": "user", "content": prompt}]
+            else:
+                body["messages"] = [dict(m) for m in prompt]
+        elif isinstance(prompt, str):
             body["prompt"] = prompt
+        else:
+            raise EktError(
+                f"{problem_id}: a chat prompt format gives messages, which /completions cannot "
+                "take; set backend.api: chat (--api chat)"
+            )
         body.update(self.extra_body)
         return body
 
     def _post(self, body: dict) -> dict:
         """POST once; the parsed response, or _Retryable / EktError."""
         data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **self.headers}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
@@ -159,7 +247,13 @@ class OpenAISampler:
                 except ValueError:
                     wait_s = None
                 raise _Retryable(f"HTTP {e.code}: {detail}", wait_s) from None
-            raise EktError(f"{self.endpoint}: HTTP {e.code}: {detail}") from None
+            hint = ""
+            if e.code in (401, 403):
+                hint = (
+                    f" (the API key is read from ${self.api_key_env}, which is "
+                    f"{'set' if self.api_key else 'not set'}; backend.api_key_env names another)"
+                )
+            raise EktError(f"{self.endpoint}: HTTP {e.code}: {detail}{hint}") from None
         except (OSError, http.client.HTTPException) as e:  # refused, reset, timeout, torn body
             raise _Retryable(f"{type(e).__name__}: {e}") from None
         try:
@@ -172,19 +266,36 @@ class OpenAISampler:
             raise EktError(f"{self.endpoint}: response without choices: {str(out)[:300]}")
         return out
 
+    def _estimate(self, body: dict) -> float:
+        """Tokens a request may use: its prompt (4 characters a token) and max_tokens per choice."""
+        chars = len(body.get("prompt") or "") + sum(
+            len(str(m.get("content", ""))) for m in body.get("messages") or []
+        )
+        return chars / 4 + body["max_tokens"] * body["n"]
+
     def _request(
         self,
-        prompt: str,
+        prompt: Any,
         problem_id: str,
         unit: _Unit,
         params: SamplingParams,
         abandoned: threading.Event,
     ) -> dict:
-        """POST with retries and exponential backoff."""
+        """POST with retries and exponential backoff, within the rate limits."""
         body = self._body(prompt, problem_id, unit, params)
         for attempt in range(self.max_retries + 1):
+            entry = self.limiter.acquire(self._estimate(body), abandoned)
             try:
-                return self._post(body)
+                out = self._post(body)
+                usage = out.get("usage") or {}
+                total = usage.get("total_tokens")
+                if not isinstance(total, int):
+                    total = sum(
+                        v for v in (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                        if isinstance(v, int)
+                    ) or entry[1]  # fmt: skip
+                self.limiter.settle(entry, total)
+                return out
             except _Retryable as e:
                 if attempt == self.max_retries or abandoned.is_set():
                     raise EktError(
@@ -196,6 +307,15 @@ class OpenAISampler:
                 delay = e.retry_after if e.retry_after is not None else delay
                 abandoned.wait(delay * (0.5 + random.random() / 2))
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _prompt_tokens(out: dict, count: int) -> list[int]:
+        """The response's prompt tokens shared out over ``count`` samples (sum = billed)."""
+        total = (out.get("usage") or {}).get("prompt_tokens")
+        if not isinstance(total, int) or total < 0 or count < 1:
+            return [0] * max(count, 0)
+        share, rest = divmod(total, count)
+        return [share + (i < rest) for i in range(count)]
 
     def _texts(self, out: dict) -> list[tuple[str, int | None]]:
         """(text, tokens or None) per choice, in choice-index order."""
@@ -220,9 +340,12 @@ class OpenAISampler:
     # ---- the job -------------------------------------------------------------------------
 
     def sample(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self, requests: Sequence[tuple[str, Any]], params: SamplingParams
     ) -> Iterator[Completion]:
-        """Yield ``params.n`` completions per request, in the order they arrive."""
+        """Yield ``params.n`` completions per request, in the order they arrive.
+
+        A prompt is text, or (``api="chat"``) a list of chat messages.
+        """
         from tqdm.auto import tqdm
 
         todo: deque[_Unit] = deque()
@@ -260,6 +383,7 @@ class OpenAISampler:
                         got = got[:1] * params.n if got else []
                         unit = _Unit(unit.problem, 0, params.n)
                     got = got[: unit.count]
+                    billed = self._prompt_tokens(out, len(got))
                     if unit.count > 1 and not params.greedy:
                         self.n_supported = len(got) >= unit.count
                     if len(got) < unit.count:  # the server gave fewer choices than asked
@@ -273,7 +397,9 @@ class OpenAISampler:
                         seen.add(key)
                         cut = truncate_at_stop(text, params.stop)[0]
                         bar.update(1)
-                        yield Completion(pid, unit.start + k, cut, int(n_tok or 0))
+                        c = Completion(pid, unit.start + k, cut, int(n_tok or 0))
+                        c.prompt_tokens = billed[k]
+                        yield c
         finally:
             abandoned.set()
             for fut in flying:

@@ -12,7 +12,9 @@ the problems out round-robin. Requests go to the engine in chunks of
 ``chunk_size`` problems so that results stream back to the writer.
 
 vLLM needs a CUDA GPU and ``pip install 'ekt[vllm]'``; see ``configs/vllm_example.yaml``.
-Greedy (temperature 0) asks for one sample and reports it ``n`` times, as the
+A prompt given as chat messages (a ``chat`` prompt format) is rendered with the
+model's own chat template (``ekt.generation.sampling.chat_ids``) and sent as token
+ids. Greedy (temperature 0) asks for one sample and reports it ``n`` times, as the
 other samplers do. ``n_tokens`` is the number of generated token ids vLLM
 reports, which include the token that completed a stop string.
 """
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ekt.errors import EktError
-from ekt.generation.sampling import SamplingParams, derive_seed, truncate_at_stop
+from ekt.generation.sampling import SamplingParams, chat_ids, derive_seed, truncate_at_stop
 from ekt.records import Completion
 
 
@@ -112,7 +114,13 @@ class VLLMSampler:
             sps = [VParams(**vllm_params(params, pid)) for pid, _ in chunk]
         else:
             sps = [vllm_params(params, pid) for pid, _ in chunk]
-        return llm.generate([p for _, p in chunk], sps, use_tqdm=False)
+        prompts: list[Any] = []
+        for pid, p in chunk:
+            if isinstance(p, str):
+                prompts.append(p)
+            else:  # chat messages: the model's chat template, as token ids (no second BOS)
+                prompts.append({"prompt_token_ids": chat_ids(llm.get_tokenizer(), p, pid)})
+        return llm.generate(prompts, sps, use_tqdm=False)
 
     def sample(
         self, requests: Sequence[tuple[str, str]], params: SamplingParams
