@@ -147,12 +147,6 @@ def _cases() -> list[Case]:
         data([ok, {"question": "q"}]),
     )
     add(
-        "data-extra-field",
-        _gen(),
-        r"data/train\.jsonl:2: unknown field\(s\) 'id'",
-        data([ok, {**ok, "id": 7}]),
-    )
-    add(
         "data-gold-no-marker",
         _gen(),
         r"data/train\.jsonl:2: unparsable gold answer: no '####'",

@@ -183,7 +183,10 @@ def test_bad_task_files_name_file_and_key(tmp_path, body, message):
 
 BAD_ROWS = [
     ({"q": "What?"}, r"test\.jsonl:2: missing field 'a'"),
-    ({"q": "What?", "a": "many"}, r"test\.jsonl:2: unparsable gold answer in field 'a'"),
+    (
+        {"q": "What?", "a": "many"},
+        r"test\.jsonl:2: unparsable gold answer: .*'many'.* \(field 'a'\)",
+    ),
     ({"q": 5, "a": "1"}, r"test\.jsonl:2: field 'q' must be a string"),
     ({"a": "1"}, r"test\.jsonl:2: missing field 'q'"),
 ]
@@ -250,3 +253,20 @@ def test_ekt_tasks_lists_the_registry():
     for name in ("gsm8k", "svamp", "asdiv", "mawps", "gsm-hard", "math", "math-500"):
         assert name in out
     assert "ChilleD/SVAMP" in out and "math" in out
+
+
+def test_gsm8k_lines_may_carry_extra_fields(tmp_path):
+    rows = [{"question": "What is 2 plus 3?", "answer": "#### 5", "id": 7, "source": "mine"}]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [p] = get_task("gsm8k", data_dir=str(tmp_path)).load("test")
+    assert p.id == "gsm8k/test/0" and p.answer == 5
+
+
+def test_gsm8k_answers_may_be_plain_numbers(tmp_path):
+    rows = [
+        {"question": "What is 2 plus 3?", "answer": "5"},
+        {"question": "Half of 5?", "answer": "2.5"},
+    ]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p.answer for p in get_task("gsm8k", data_dir=str(tmp_path)).load("test")] == [5, 2.5]

@@ -87,6 +87,18 @@ def parse_answer(value: Any, answer_format: str) -> int | float | str:
         if not text.strip():
             raise ValueError("empty answer")
         return text.strip()
+    if answer_format == "gsm8k":
+        if not isinstance(value, str):
+            raise TypeError("must be a string")
+        try:
+            return parse_gold(value)
+        except ValueError:
+            if "####" in value:
+                raise
+            try:  # a plain number without the marker ("72") is read as it is
+                return parse_number(value)
+            except ValueError:
+                raise ValueError("no '####' marker in the answer") from None
     if isinstance(value, bool):
         raise ValueError("expected a number, got a boolean")
     if isinstance(value, int):
@@ -97,8 +109,6 @@ def parse_answer(value: Any, answer_format: str) -> int | float | str:
         return int(value) if value.is_integer() and abs(value) < 2**53 else value
     if not isinstance(value, str):
         raise ValueError(f"expected a string or a number, got {type(value).__name__}")
-    if answer_format == "gsm8k":
-        return parse_gold(value)
     number = parse_number(value)
     return parse_answer(number, answer_format) if isinstance(number, float) else number
 
@@ -306,9 +316,11 @@ class Task:
                 raise EktError(f"{where}: missing field {spec.answer!r}")
             try:
                 gold = parse_answer(row[spec.answer], spec.answer_format)
+            except TypeError as e:
+                raise EktError(f"{where}: field {spec.answer!r} {e}") from None
             except ValueError as e:
                 raise EktError(
-                    f"{where}: unparsable gold answer in field {spec.answer!r}: {e}"
+                    f"{where}: unparsable gold answer: {e} (field {spec.answer!r})"
                 ) from None
             if spec.id:
                 if spec.id not in row or row[spec.id] is None or str(row[spec.id]).strip() == "":
