@@ -37,6 +37,9 @@ class Completion:
     text: str
     n_tokens: int
     program: str = ""  # extract_program(text), filled by the generate stage
+    # Filled by the server backends, which report them per sample (0 / "" where unknown):
+    prompt_tokens: int = 0  # tokens of the prompt as the model saw it
+    stop: str = ""  # the stop string that ended the sample ("" also for EOS or the length limit)
 
 
 @dataclass

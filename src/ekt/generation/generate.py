@@ -29,6 +29,7 @@ from ekt.records import Completion, JsonlWriter, Problem, read_jsonl, write_json
 if TYPE_CHECKING:
     from ekt.pipeline.distributed import RayCluster
 
+EMPTY_PROGRAM = extract_program("")  # what extraction gives when there is no body
 PROMPTS: dict[str, Callable[[Problem], str]] = {
     "teacher": teacher_prompt,
     "student": student_prompt,
@@ -42,14 +43,23 @@ class GenerateSummary:
     new_samples: int
     tokens: int
     seconds: float
+    no_program: int = 0  # new samples from which no function body could be extracted
 
     def line(self) -> str:
         rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
-        return (
+        text = (
             f"generate: {self.problems} problems, {self.samples} samples "
             f"({self.new_samples} new), {self.tokens} new tokens, "
             f"{self.seconds:.1f}s ({rate:.1f} tok/s)"
         )
+        if self.no_program:
+            text += f", {self.no_program} without a program"
+        if self.new_samples and self.no_program * 2 > self.new_samples:
+            text += (
+                "\nwarning: most samples hold no indented function body; check that the "
+                "model continues the prompt (for a server: backend.trim_prompt)"
+            )
+        return text
 
 
 def shard_paths(out_dir: str | Path) -> list[Path]:
@@ -124,6 +134,7 @@ def generate(
         total = len(problems) * params.n
         return GenerateSummary(len(problems), total, new, tokens, time.time() - t0)
     total = new = tokens = 0
+    empty = [0]  # new samples without a program, counted by _write_shard
     live: Sampler | None = None
     for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
         chunk = problems[start : start + shard_size]
@@ -143,12 +154,12 @@ def generate(
                     sampler() if callable(sampler) and not hasattr(sampler, "sample") else sampler
                 )
             requests = [(p.id, make_prompt(p)) for p in todo]
-            n_new, n_tok = _write_shard(path, have, live.sample(requests, params))  # type: ignore[union-attr]
+            n_new, n_tok = _write_shard(path, have, live.sample(requests, params), empty)  # type: ignore[union-attr]
             new += n_new
             tokens += n_tok
         _finish_shard(path, chunk, have, params)
         total += len(chunk) * params.n
-    return GenerateSummary(len(problems), total, new, tokens, time.time() - t0)
+    return GenerateSummary(len(problems), total, new, tokens, time.time() - t0, empty[0])
 
 
 def _have(path: Path) -> dict[str, set[int]]:
@@ -161,7 +172,10 @@ def _have(path: Path) -> dict[str, set[int]]:
 
 
 def _write_shard(
-    path: Path, have: dict[str, set[int]], completions: Iterable[Completion]
+    path: Path,
+    have: dict[str, set[int]],
+    completions: Iterable[Completion],
+    empty: list[int] | None = None,
 ) -> tuple[int, int]:
     """Append the completions the shard lacks; (records written, their tokens)."""
     new = tokens = 0
@@ -170,6 +184,8 @@ def _write_shard(
             if c.sample_idx in have[c.problem_id]:
                 continue  # written before the interruption
             c.program = extract_program(c.text)
+            if empty is not None and c.program == EMPTY_PROGRAM:
+                empty[0] += 1
             writer.write(c)
             have[c.problem_id].add(c.sample_idx)
             new += 1
