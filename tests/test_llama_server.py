@@ -117,14 +117,19 @@ def test_generate_and_verify_end_to_end(served, data_dir, tmp_path):
     prompts = {p.id: teacher_prompt(p) for p in _problems(data_dir, k)}
     with_body = [c for c in records if c.program != EMPTY]
     assert len(with_body) >= len(records) * 3 // 4, [c.text[:80] for c in records]
+    off = []
     for c in records:
         sent = prompts[c.problem_id].rstrip()
         assert c.prompt_tokens == len(tok(sent).input_ids)
         want = _generated_count(tok, sent, c.text, c.stop)
         if not c.stop and c.n_tokens < max_new:
             want += 1  # ended by EOS, which is generated but not text
-        assert abs(c.n_tokens - want) <= 1, (c.n_tokens, want, c.text, c.stop)
+        # The server counts the tokens the model wrote; the tokenizer re-encodes the text,
+        # which can merge what the model wrote apart (three "\n" tokens for one "\n\n\n").
+        assert abs(c.n_tokens - want) <= 2, (c.n_tokens, want, c.text, c.stop)
+        off += [c] if abs(c.n_tokens - want) > 1 else []
         assert c.program.startswith(PROGRAM_HEADER)
+    assert len(off) <= len(records) // 8, [(c.n_tokens, c.text[-40:], c.stop) for c in off]
 
     out = tmp_path / "verified.jsonl"
     argv = ["verify", "--data-dir", str(data_dir), "--programs", str(gen), "--out", str(out)]
