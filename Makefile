@@ -9,7 +9,7 @@ export EKT_DATA_DIR ?= $(abspath ../shared/data/gsm8k)
 export EKT_CACHE_DIR ?= $(HOME)/.cache/ekt
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean browser
+.PHONY: setup demo test lint clean browser llama-server
 
 setup: $(VENV)/.installed
 
@@ -32,7 +32,16 @@ browser:
 	  $$S apt-get update -qq && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  chromium; } >/dev/null 2>&1 || echo "note: chromium not installed; the browser test will skip"
 
-test: setup browser
+# llama.cpp's llama-server for tests/test_llama_server.py: built once from the llama.cpp that the
+# llama-cpp-python sdist vendors (cmake; ~10-20 minutes on 2 cores) and cached outside the clone
+# in $(EKT_CACHE_DIR)/llama.cpp/<version>/, so later runs find it at once. cmake and ninja come
+# from PyPI into the venv when the machine has no cmake; a C++ compiler must be there.
+llama-server: setup
+	@command -v cmake >/dev/null 2>&1 || $(PIP) install -q cmake ninja
+	@PATH="$(abspath $(VENV))/bin:$$PATH" PIP="$(abspath $(PIP))" PYTHON="$(abspath $(PY))" \
+	  scripts/build_llama_server.sh
+
+test: setup browser llama-server
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 

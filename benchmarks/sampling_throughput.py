@@ -18,6 +18,17 @@ machine-readable::
 
 Usage: ``EKT_DATA_DIR=../shared/data/gsm8k python benchmarks/sampling_throughput.py``
 (``--skip-naive --naive-tokens-per-s X`` reuses a naive figure measured before).
+
+``--vs llama.cpp`` compares with llama.cpp instead: the cached ``llama-server``
+(``make llama-server``) serving the preset's GGUF as it ships, with as many
+slots as ekt's batch (16 parallel sequences), the same threads (``--threads``,
+default 2 here), the prompt cache on (the shared few-shot prefix is computed
+once per slot), the same requests, temperature, top-p, stop strings and token
+limit, driven by ``LlamaServerSampler`` (one request per sample, one in flight
+per slot); tokens are counted by the server the way ekt counts them. ekt's
+side samples the same GGUF dequantised by transformers. The last line is then::
+
+    tokens_per_s=<ekt> llamacpp_tokens_per_s=<llama.cpp> vs_llamacpp=<ratio>x
 """
 
 from __future__ import annotations
@@ -71,6 +82,32 @@ def run_naive(model, tok, prompts: list[str], n: int, args, stops) -> tuple[int,
     return tokens, time.perf_counter() - t0 - counted
 
 
+def run_llamacpp(args, requests, params, batch: int) -> float:
+    """Tokens/s of llama-server on the same workload (``batch`` slots, ``args.threads``)."""
+    import tempfile
+    from pathlib import Path
+
+    from ekt.generation.backends.llamacpp_server import LlamaServerProcess, LlamaServerSampler
+    from ekt.models import preset_gguf
+
+    log = Path(tempfile.mkdtemp(prefix="ekt-llamacpp-")) / "server.log"
+    with LlamaServerProcess(
+        preset_gguf(args.model), slots=batch, threads=args.threads, log=log
+    ) as srv:
+        sampler = LlamaServerSampler(srv.base_url, args.model, progress=False)
+        t0 = time.perf_counter()
+        out = list(sampler.sample(requests, params))
+        wall = time.perf_counter() - t0
+    tokens = sum(c.n_tokens for c in out)
+    print(
+        f"llama.cpp: {len(out)} samples, {tokens} tokens ({tokens / len(out):.1f}/sample) "
+        f"in {wall:.1f}s = {tokens / wall:.1f} tokens/s ({batch} slots, {args.threads} threads, "
+        f"{sampler.prompt_cached} prompt tokens from the cache)",
+        flush=True,
+    )
+    return tokens / wall
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -86,7 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--naive-tokens-per-s", type=float, default=None)
     ap.add_argument("--data-dir", default=os.environ.get("EKT_DATA_DIR"))
+    ap.add_argument("--vs", choices=["naive", "llama.cpp"], default="naive", help="other side")
     args = ap.parse_args(argv)
+    if args.vs == "llama.cpp" and not args.threads:
+        args.threads = 2
 
     import torch
 
@@ -134,6 +174,13 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
+    if args.vs == "llama.cpp":
+        rate = run_llamacpp(args, requests, params, batch=args.batch_size or sampler.batch_size)
+        print(
+            f"tokens_per_s={ekt_rate:.1f} llamacpp_tokens_per_s={rate:.1f} "
+            f"vs_llamacpp={ekt_rate / rate:.2f}x"
+        )
+        return
     if args.skip_naive:
         naive_rate = args.naive_tokens_per_s
     else:

@@ -38,7 +38,8 @@ def test_yaml_block_reaches_the_config(tmp_path):
     [
         ("teacher_sampling:\n  backend: {name: tgi}\n", "unknown 'tgi'"),
         ("teacher_sampling:\n  backend: {api: grpc}\n", "completions or chat"),
-        ("teacher_sampling:\n  backend: {concurrency: 0}\n", "concurrency must be >= 1"),
+        ("teacher_sampling:\n  backend: {concurrency: -1}\n", "concurrency must be >= 0"),
+        ("teacher_sampling:\n  backend: {server: tgi}\n", "backend.server must be one of"),
         ("teacher_sampling:\n  backend: {port: 3}\n", "unknown key"),
         ("eval:\n  backend: {name: openai}\n", "cannot serve the students"),
     ],

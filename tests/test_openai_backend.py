@@ -115,7 +115,7 @@ def _check_complete(out, requests, n):
 
 
 def test_completions_endpoint(server, served_model_dir):
-    sampler = _sampler(server.base_url, served_model_dir)
+    sampler = _sampler(server.base_url, served_model_dir, n_per_request=0)  # all n at once
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=1)
     out = list(sampler.sample(REQUESTS[:4], params))
     _check_complete(out, REQUESTS[:4], 3)
@@ -132,12 +132,34 @@ def test_greedy_matches_local_sampler(server, served_model_dir):
     from ekt.models import load_model
 
     params = SamplingParams(n=2, temperature=0, max_new_tokens=16, stop=())
-    remote = list(_sampler(server.base_url, served_model_dir).sample(REQUESTS[:3], params))
+    # The prompt as it is (trim_prompt=False): the same tokens as the unhealed local sampler.
+    remote = _sampler(server.base_url, served_model_dir, trim_prompt=False)
+    remote = list(remote.sample(REQUESTS[:3], params))
     _check_complete(remote, REQUESTS[:3], 2)
     model, tok = load_model(str(served_model_dir), device="cpu")
     local = TransformersSampler(model, tok, progress=False, heal_prompt=False)
     want = {(c.problem_id, c.sample_idx): c.text for c in local.sample(REQUESTS[:3], params)}
     assert {(c.problem_id, c.sample_idx): c.text for c in remote} == want
+
+
+def test_trimmed_prompt_is_sent_without_its_newline(server, served_model_dir):
+    """trim_prompt (the default): the server continues the prompt without its trailing
+    newline; a reply that starts with that newline loses it, so the record continues the
+    prompt as ekt wrote it. Checked against the local sampler fed the trimmed prompt."""
+    from ekt.generation.sampling import TransformersSampler
+    from ekt.models import load_model
+
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=16, stop=())
+    sampler = _sampler(server.base_url, served_model_dir)
+    remote = {c.problem_id: c for c in sampler.sample(REQUESTS, params)}
+    model, tok = load_model(str(served_model_dir), device="cpu")
+    local = TransformersSampler(model, tok, progress=False, heal_prompt=False)
+    trimmed = [(pid, prompt.rstrip("\n")) for pid, prompt in REQUESTS]
+    assert all(p != q for (_, p), (_, q) in zip(REQUESTS, trimmed))
+    for c in local.sample(trimmed, params):
+        want = c.text[1:] if c.text.startswith("\n") else c.text
+        assert remote[c.problem_id].text == want
+        assert remote[c.problem_id].n_tokens == c.n_tokens
 
 
 def test_chat_endpoint(server, served_model_dir):

@@ -39,6 +39,7 @@ class Completion:
     program: str = ""  # the program extracted from text by the generate stage ("" if none)
     extract_error: str = ""  # why no program could be extracted ("" when there is one)
     prompt_tokens: int = 0  # prompt tokens billed for this sample (API usage; 0 if unknown)
+    stop: str = ""  # the stop string that ended the sample ("" also for EOS or the length limit)
 
 
 @dataclass

@@ -5,6 +5,7 @@ name           engine                                      install
 =============  ==========================================  ==============================
 transformers   ``ekt.generation.sampling.TransformersSampler``        (default, CPU or GPU)
 openai         an OpenAI-compatible server over HTTP       nothing extra (stdlib client)
+               (llama.cpp's llama-server: its own endpoint)
 vllm           vLLM's offline engine, TP and DP            ``pip install 'ekt[vllm]'``
 =============  ==========================================  ==============================
 
@@ -26,6 +27,7 @@ from ekt.errors import EktError
 from ekt.generation.sampling import Sampler
 
 BACKENDS = ("transformers", "openai", "vllm")
+SERVERS = ("auto", "llama.cpp", "generic")
 
 
 @dataclass
@@ -35,8 +37,15 @@ class BackendConfig:
     base_url: str = "http://127.0.0.1:8000/v1"
     api: str = "completions"  # completions | chat
     served_model: str = ""  # model name the server knows ("" = the model spec)
-    concurrency: int = 8
-    n_per_request: int = 0  # 0 = all n samples of a problem in one request
+    # which server: auto asks GET /props (llama.cpp answers: its own endpoint is used,
+    # ekt.generation.backends.llamacpp_server), llama.cpp, or generic (the OpenAI API only)
+    server: str = "auto"
+    concurrency: int = 0  # requests in flight; 0 = the server's slots where it says, else 8
+    n_per_request: int = 1  # samples per request (1: own seed and token counts); 0 = all n
+    # completions: send the prompt without its trailing newline and let the model write it
+    # with the indentation (a server tokenises a bare trailing newline the model never saw)
+    trim_prompt: bool = True
+    cache_prompt: bool = True  # llama.cpp: reuse the slot's cached prompt prefix
     request_timeout: float = 600.0  # seconds per HTTP request
     max_retries: int = 8
     # openai, hosted APIs: the environment variable holding the API key (sent as a Bearer
@@ -66,9 +75,16 @@ class BackendConfig:
             raise EktError(f"backend: unknown {self.name!r}; choose {', '.join(BACKENDS)}")
         if self.api not in ("completions", "chat"):
             raise EktError(f"backend.api must be completions or chat, got {self.api!r}")
-        for key in ("concurrency", "tensor_parallel_size", "data_parallel_size"):
+        if self.server not in SERVERS:
+            raise EktError(
+                f"backend.server must be one of {', '.join(SERVERS)}, got {self.server!r}"
+            )
+        for key in ("tensor_parallel_size", "data_parallel_size"):
             if getattr(self, key) < 1:
                 raise EktError(f"backend.{key} must be >= 1")
+        for key in ("concurrency", "n_per_request"):
+            if getattr(self, key) < 0:
+                raise EktError(f"backend.{key} must be >= 0")
         for key in ("max_stop", "requests_per_minute", "tokens_per_minute",
                     "price_input_per_mtok", "price_output_per_mtok"):  # fmt: skip
             if not getattr(self, key) >= 0:
@@ -101,9 +117,7 @@ def make_sampler(
         if cfg.name == "openai":
             from ekt.generation.backends.openai_compat import OpenAISampler
 
-            return OpenAISampler(
-                cfg.base_url,
-                cfg.served_model or spec,
+            common = dict(
                 api=cfg.api,
                 concurrency=cfg.concurrency,
                 n_per_request=cfg.n_per_request,
@@ -115,7 +129,17 @@ def make_sampler(
                 max_stop=cfg.max_stop,
                 requests_per_minute=cfg.requests_per_minute,
                 tokens_per_minute=cfg.tokens_per_minute,
+                trim_prompt=cfg.trim_prompt,
             )
+            if cfg.api == "completions" and cfg.server != "generic":
+                from ekt.generation.backends import llamacpp_server as ls
+
+                if cfg.server == "llama.cpp" or ls.probe(cfg.base_url).kind == "llama.cpp":
+                    return ls.LlamaServerSampler(
+                        cfg.base_url, cfg.served_model or spec, cache_prompt=cfg.cache_prompt,
+                        **common,  # type: ignore[arg-type]
+                    )  # fmt: skip
+            return OpenAISampler(cfg.base_url, cfg.served_model or spec, **common)  # type: ignore[arg-type]
         if cfg.name == "vllm":
             from ekt.generation.backends.vllm_offline import VLLMSampler
             from ekt.models import resolve_model
@@ -180,4 +204,11 @@ def backend_from_args(args: argparse.Namespace) -> BackendConfig:
     return cfg
 
 
-__all__ = ["BACKENDS", "BackendConfig", "add_backend_args", "backend_from_args", "make_sampler"]
+__all__ = [
+    "BACKENDS",
+    "SERVERS",
+    "BackendConfig",
+    "add_backend_args",
+    "backend_from_args",
+    "make_sampler",
+]

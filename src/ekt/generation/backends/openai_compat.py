@@ -20,13 +20,28 @@ sampler. It needs nothing beyond the standard library.
   shared out over the request's choices (their sum is what was billed).
 
 * **Work units.** A problem's ``n`` samples go out as requests of
-  ``n_per_request`` samples (default: all ``n`` in one request). A unit is
-  ``(problem, first sample index, count)``; the choices of its response become
-  samples ``first, first+1, ...``. A server that returns fewer choices than
-  asked (many ignore ``n``) gets the rest as new units, and from then on one
-  sample per request. Each request carries ``seed = f(seed, problem, first
-  index)``, so a server that honours seeds gives the same samples again.
-* **Bounded concurrency.** At most ``concurrency`` requests are in flight.
+  ``n_per_request`` samples (default 1: one sample per request, so every
+  sample has its own seed and its own token counts; 0: all ``n`` in one
+  request). A unit is ``(problem, first sample index, count)``; the choices of
+  its response become samples ``first, first+1, ...``. A server that returns
+  fewer choices than asked (many ignore ``n``) gets the rest as new units, and
+  from then on one sample per request. Each request carries ``seed = f(seed,
+  problem, first index)`` (the built-in sampler's per-sample seed), so a
+  server that honours seeds (llama.cpp, vLLM) gives the same samples again.
+* **A prompt the server tokenises well** (``trim_prompt``, default on, for
+  the completions API). ekt's prompts end with ``def solution():\n``. BPE
+  tokenizers such as SmolLM2's merge a newline with the indentation after it,
+  so a prompt that ends on a bare newline token is one the model never saw
+  before an indented line, and it answers with unindented text (the built-in
+  sampler heals that token; a server cannot). The prompt is therefore sent
+  without its trailing whitespace and the model writes the newline and
+  indentation itself; when the reply starts with the whitespace that was
+  held back, it is removed, so ``Completion.text`` continues ekt's prompt as
+  it does for every sampler. (A reply that does not start with it is kept as
+  it is: a same-line body such as `` return 4`` still reads as an indented
+  line to ``extract_program``.)
+* **Bounded concurrency.** At most ``concurrency`` requests are in flight
+  (0: the server's slot count where it reports one, as llama.cpp does, else 8).
 * **Retries.** HTTP 408, 409, 429 and 5xx, timeouts, refused or dropped
   connections and truncated bodies are retried with exponential backoff
   (``backoff * 2**attempt`` seconds, at most ``max_backoff``, with jitter, or
@@ -38,13 +53,17 @@ sampler. It needs nothing beyond the standard library.
   (problem, index) was yielded exactly once.
 
 ``Completion.text`` is cut before the first stop string on the client side as
-well (servers differ on whether they include it). ``n_tokens`` is the server's
-``usage.completion_tokens`` for single-choice responses; responses with
-several choices report only a total, which is shared out by text length
-(approximate) unless a ``tokenizer`` is given to count each text. Greedy
-(temperature 0) sends one request per problem and reports its text ``n``
-times, as ``TransformersSampler`` does. Token healing does not apply: the
-server tokenises the prompt itself.
+well (servers differ on whether they include it). ``n_tokens`` and
+``prompt_tokens`` are the server's ``usage`` of a single-choice response;
+responses with several choices report only a total for the request, so each
+text is counted by the ``tokenizer`` given, and without one such a response is
+an error that says to send one sample per request (no count is ever guessed).
+Greedy (temperature 0) sends one request per problem and reports its text
+``n`` times, as ``TransformersSampler`` does.
+
+``ekt.generation.backends.llamacpp_server`` builds on this class for
+llama.cpp's ``llama-server`` (its own endpoint: exact per-sample counts, the
+stop string that ended a sample, prompt-cache reuse, the server's slots).
 """
 
 from __future__ import annotations
@@ -134,6 +153,16 @@ class _Unit:
     count: int
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """One sample of a response, as the server reports it."""
+
+    text: str  # the continuation of the prompt as sent
+    n_tokens: int | None  # tokens generated for it (None: the server did not say)
+    prompt_tokens: int = 0  # tokens of the prompt as the server tokenised it (0: not said)
+    stop: str = ""  # the stop string that ended it, where the server says ("" otherwise)
+
+
 class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
@@ -149,8 +178,8 @@ class OpenAISampler:
         model: str,
         *,
         api: str = "completions",
-        concurrency: int = 8,
-        n_per_request: int = 0,
+        concurrency: int = 0,
+        n_per_request: int = 1,
         timeout: float = 600.0,
         max_retries: int = 8,
         backoff: float = 0.5,
@@ -164,17 +193,18 @@ class OpenAISampler:
         headers: dict[str, str] | None = None,
         requests_per_minute: float = 0,
         tokens_per_minute: float = 0,
+        trim_prompt: bool = True,
     ):
         if api not in ("completions", "chat"):
             raise EktError(f"--api must be completions or chat, got {api!r}")
-        if concurrency < 1:
-            raise EktError(f"--concurrency must be >= 1, got {concurrency}")
+        if concurrency < 0:
+            raise EktError(f"--concurrency must be >= 0 (0: the server's slots), got {concurrency}")
         if n_per_request < 0 or max_retries < 0:
             raise EktError("n_per_request and max_retries must be >= 0")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api = api
-        self.concurrency = concurrency
+        self.concurrency = concurrency  # 0: resolved by _resolve_concurrency on the first job
         self.n_per_request = n_per_request
         self.timeout = timeout
         self.max_retries = max_retries
@@ -192,6 +222,7 @@ class OpenAISampler:
         self.tokenizer = tokenizer
         self.progress = progress
         self.extra_body = dict(extra_body or {})
+        self.trim_prompt = trim_prompt and api == "completions"
         self.n_supported: bool | None = None  # learnt from the first multi-choice response
         self.retries = 0  # requests sent again, over the sampler's life (for logs and tests)
 
@@ -260,7 +291,7 @@ class OpenAISampler:
             out = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise _Retryable(f"unparsable response ({len(raw)} bytes)") from None
-        if not isinstance(out, dict) or not isinstance(out.get("choices"), list):
+        if not isinstance(out, dict) or not self._answered(out):
             if isinstance(out, dict) and "error" in out:
                 raise _Retryable(f"server error: {str(out['error'])[:300]}")
             raise EktError(f"{self.endpoint}: response without choices: {str(out)[:300]}")
@@ -272,6 +303,10 @@ class OpenAISampler:
             len(str(m.get("content", ""))) for m in body.get("messages") or []
         )
         return chars / 4 + body["max_tokens"] * body["n"]
+
+    def _answered(self, out: dict) -> bool:
+        """Whether a parsed response body carries an answer (here: a ``choices`` list)."""
+        return isinstance(out.get("choices"), list)
 
     def _request(
         self,
@@ -317,8 +352,8 @@ class OpenAISampler:
         share, rest = divmod(total, count)
         return [share + (i < rest) for i in range(count)]
 
-    def _texts(self, out: dict) -> list[tuple[str, int | None]]:
-        """(text, tokens or None) per choice, in choice-index order."""
+    def _choices(self, out: dict) -> list[_Choice]:
+        """One ``_Choice`` per choice of a response, in choice-index order."""
         choices = sorted(out["choices"], key=lambda c: c.get("index", 0))
         texts = []
         for c in choices:
@@ -327,15 +362,38 @@ class OpenAISampler:
             else:
                 text = c.get("text") or ""
             texts.append(text)
-        total = (out.get("usage") or {}).get("completion_tokens")
+        usage = out.get("usage") or {}
+        total, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
+        prompt = prompt if isinstance(prompt, int) else 0
         if len(texts) == 1:
-            return [(texts[0], total)]
-        if self.tokenizer is not None:
-            return [(t, len(self.tokenizer(t, add_special_tokens=False).input_ids)) for t in texts]
-        if isinstance(total, int) and texts:
-            chars = sum(len(t) for t in texts) or 1
-            return [(t, round(total * len(t) / chars)) for t in texts]
-        return [(t, None) for t in texts]
+            return [_Choice(texts[0], total if isinstance(total, int) else None, prompt)]
+        if self.tokenizer is None:
+            raise EktError(
+                f"{self.endpoint}: a response with {len(texts)} choices reports only the "
+                "request's total tokens; send one sample per request (backend.n_per_request: 1, "
+                "the default) or give the sampler a tokenizer to count each sample"
+            )
+        return [
+            _Choice(t, len(self.tokenizer(t, add_special_tokens=False).input_ids), prompt)
+            for t in texts
+        ]
+
+    def _layout(self, prompt: str) -> tuple[str, str]:
+        """The prompt as sent, and the trailing whitespace held back from it (see trim_prompt)."""
+        if not self.trim_prompt:
+            return prompt, ""
+        sent = prompt.rstrip()
+        return (sent, prompt[len(sent) :]) if sent else (prompt, "")
+
+    def _resolve_concurrency(self) -> int:
+        """``concurrency``, or for 0 the server's slot count (``server_slots``), else 8."""
+        if self.concurrency == 0:
+            self.concurrency = self.server_slots() or 8
+        return self.concurrency
+
+    def server_slots(self) -> int | None:
+        """Sequences the server decodes at once, where it says (a plain server does not)."""
+        return None
 
     # ---- the job -------------------------------------------------------------------------
 
@@ -356,15 +414,17 @@ class OpenAISampler:
                 continue
             for s in range(0, params.n, per):
                 todo.append(_Unit(j, s, min(per, params.n - s)))
+        layouts = [self._layout(prompt) for _, prompt in requests]
         seen: set[tuple[int, int]] = set()
         show = self.progress and sys.stderr.isatty()
         bar = tqdm(total=len(requests) * params.n, desc="sample", unit="seq", disable=not show)
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ekt-http")
+        concurrency = self._resolve_concurrency() if requests else 1
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ekt-http")
         flying: dict[Future, _Unit] = {}
         abandoned = threading.Event()  # set when the caller stops early: no more retries
         try:
             while todo or flying:
-                while todo and len(flying) < self.concurrency:
+                while todo and len(flying) < concurrency:
                     unit = todo.popleft()
                     if unit.count > 1 and self.n_supported is False:
                         todo.extendleft(
@@ -372,13 +432,14 @@ class OpenAISampler:
                             for s in reversed(range(unit.start, unit.start + unit.count))
                         )
                         continue
-                    pid, prompt = requests[unit.problem]
-                    flying[pool.submit(self._request, prompt, pid, unit, params, abandoned)] = unit
+                    pid = requests[unit.problem][0]
+                    sent = layouts[unit.problem][0]
+                    flying[pool.submit(self._request, sent, pid, unit, params, abandoned)] = unit
                 finished, _ = wait(list(flying), return_when=FIRST_COMPLETED)
                 for fut in finished:
                     unit = flying.pop(fut)
                     out = fut.result()  # EktError propagates: a fatal server answer
-                    got = self._texts(out)
+                    got = self._choices(out)
                     if params.greedy:
                         got = got[:1] * params.n if got else []
                         unit = _Unit(unit.problem, 0, params.n)
@@ -390,16 +451,25 @@ class OpenAISampler:
                         rest = _Unit(unit.problem, unit.start + len(got), unit.count - len(got))
                         todo.appendleft(rest)
                     pid = requests[unit.problem][0]
-                    for k, (text, n_tok) in enumerate(got):
+                    held = layouts[unit.problem][1]
+                    for k, choice in enumerate(got):
                         key = (unit.problem, unit.start + k)
                         if key in seen:
                             continue
                         seen.add(key)
+                        text = choice.text
+                        if held and text.startswith(held):
+                            text = text[len(held) :]
                         cut = truncate_at_stop(text, params.stop)[0]
                         bar.update(1)
-                        c = Completion(pid, unit.start + k, cut, int(n_tok or 0))
-                        c.prompt_tokens = billed[k]
-                        yield c
+                        yield Completion(
+                            pid,
+                            unit.start + k,
+                            cut,
+                            int(choice.n_tokens or 0),
+                            prompt_tokens=billed[k] if len(got) > 1 else choice.prompt_tokens,
+                            stop=choice.stop,
+                        )
         finally:
             abandoned.set()
             for fut in flying:
