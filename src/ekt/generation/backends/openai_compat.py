@@ -380,7 +380,7 @@ class OpenAISampler:
 
     def _layout(self, prompt: str) -> tuple[str, str]:
         """The prompt as sent, and the trailing whitespace held back from it (see trim_prompt)."""
-        if not self.trim_prompt:
+        if not self.trim_prompt or not isinstance(prompt, str):  # messages go as they are
             return prompt, ""
         sent = prompt.rstrip()
         return (sent, prompt[len(sent) :]) if sent else (prompt, "")
