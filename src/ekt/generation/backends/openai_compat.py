@@ -302,7 +302,9 @@ class OpenAISampler:
         chars = len(body.get("prompt") or "") + sum(
             len(str(m.get("content", ""))) for m in body.get("messages") or []
         )
-        return chars / 4 + body["max_tokens"] * body["n"]
+        # llama.cpp's own endpoint names them n_predict and takes one sample per request
+        most = body.get("max_tokens", body.get("n_predict", 0))
+        return chars / 4 + most * body.get("n", 1)
 
     def _answered(self, out: dict) -> bool:
         """Whether a parsed response body carries an answer (here: a ``choices`` list)."""
