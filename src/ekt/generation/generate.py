@@ -14,20 +14,36 @@ so a resumed run writes the same records as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ekt.data.prompts import extract_program, student_prompt, teacher_prompt
 from ekt.errors import EktError
 from ekt.generation.sampling import Sampler, SamplingParams
-from ekt.records import Completion, JsonlWriter, Problem, read_jsonl, write_json_atomic
+from ekt.records import (
+    Completion,
+    JsonlWriter,
+    Problem,
+    from_dict,
+    read_jsonl,
+    write_json_atomic,
+)
 
-if TYPE_CHECKING:
-    from ekt.pipeline.distributed import RayCluster
+
+class ShardCluster(Protocol):
+    """Where shards are sampled off this process (``ekt.pipeline.distributed.RayCluster``)."""
+
+    def generate_shards(
+        self,
+        sampler: Any,
+        shards: Sequence[tuple[int, list[tuple[str, str]]]],
+        params: SamplingParams,
+    ) -> Iterator[tuple[int, list[Completion]]]: ...
 
 PROMPTS: dict[str, Callable[[Problem], str]] = {
     "teacher": teacher_prompt,
@@ -58,8 +74,6 @@ def shard_paths(out_dir: str | Path) -> list[Path]:
 
 def check_settings(path: Path, settings: dict, force: bool = False) -> None:
     """Write ``settings`` to ``path``, or refuse when a previous job there used other settings."""
-    import json
-
     if path.exists() and not force:
         try:
             old = json.loads(path.read_text())
@@ -83,7 +97,7 @@ def generate(
     shard_size: int = 100,
     settings: dict | None = None,
     force: bool = False,
-    cluster: RayCluster | None = None,
+    cluster: ShardCluster | None = None,
 ) -> GenerateSummary:
     """Sample ``params.n`` completions per problem into shards under ``out_dir``.
 
@@ -113,10 +127,6 @@ def generate(
 
     make_prompt = PROMPTS[prompt]
     t0 = time.time()
-    if cluster is None:
-        from ekt.pipeline.distributed import current_cluster
-
-        cluster = current_cluster()
     if cluster is not None:
         new, tokens = _generate_ray(
             cluster, sampler, problems, out, params, make_prompt, shard_size
@@ -189,7 +199,7 @@ def _finish_shard(
 
 
 def _generate_ray(
-    cluster: RayCluster,
+    cluster: ShardCluster,
     sampler: Any,
     problems: Sequence[Problem],
     out: Path,
@@ -202,8 +212,6 @@ def _generate_ray(
     Every replica samples a shard's whole problem list, as the local path does, so
     the records are the same; the driver writes each shard once, when it arrives.
     """
-    from ekt.pipeline.distributed import generate_shards
-
     chunks: dict[int, tuple[Path, Sequence[Problem], dict[str, set[int]]]] = {}
     jobs = []
     for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
@@ -218,7 +226,7 @@ def _generate_ray(
         else:
             _finish_shard(path, chunk, have, params)
     new = tokens = 0
-    for shard_idx, completions in generate_shards(cluster, sampler, jobs, params):
+    for shard_idx, completions in cluster.generate_shards(sampler, jobs, params):
         path, chunk, have = chunks[shard_idx]
         n_new, n_tok = _write_shard(path, have, completions)
         _finish_shard(path, chunk, have, params)
@@ -228,8 +236,6 @@ def _generate_ray(
 
 
 def read_completions(out_dir: str | Path) -> list[Completion]:
-    from ekt.records import from_dict
-
     return [
         from_dict(Completion, obj, f"{p}:{i}")
         for p in shard_paths(out_dir)

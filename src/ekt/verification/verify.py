@@ -17,16 +17,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ekt.data.prompts import extract_program
 from ekt.data.tasks import GSM8K
 from ekt.errors import EktError
-from ekt.records import JsonlWriter, Problem, read_jsonl, to_dict
-from ekt.sandbox.pool import Sandbox, SandboxConfig
+from ekt.records import Execution, JsonlWriter, Problem, read_jsonl, to_dict
+from ekt.sandbox.pool import Sandbox, SandboxConfig, default_deny_read
 
-if TYPE_CHECKING:
-    from ekt.pipeline.distributed import RayCluster, RaySandbox
+
+class SandboxCluster(Protocol):
+    """Where programs run off this process (``ekt.pipeline.distributed.RayCluster``)."""
+
+    def sandbox(self, config: SandboxConfig) -> Any:
+        """A ``Sandbox``-like pool: a context manager with ``run(programs)``."""
 
 
 @dataclass
@@ -94,7 +98,7 @@ def verify(
     split: str | None = None,
     sandbox: SandboxConfig | None = None,
     progress: bool = True,
-    cluster: RayCluster | None = None,
+    cluster: SandboxCluster | None = None,
 ) -> VerifySummary:
     """Run and grade every program not yet in ``out``; ``cluster``: on Ray."""
     out = Path(out)
@@ -128,15 +132,9 @@ def verify(
     todo = [(o, _key(obj, o), obj) for _, o, obj in inputs if _key(obj, o) not in done]
 
     bar = _progress(len(inputs), len(inputs) - len(todo), progress)
-    if cluster is None:
-        from ekt.pipeline.distributed import current_cluster
-
-        cluster = current_cluster()
     box_cfg = _deny_task_data(sandbox or SandboxConfig(), task)
     if cluster is not None:  # verifier actors on a Ray cluster; same output, same order
-        from ekt.pipeline.distributed import RaySandbox
-
-        pool: Sandbox | RaySandbox = RaySandbox(cluster, box_cfg)
+        pool: Any = cluster.sandbox(box_cfg)
     else:
         pool = Sandbox(box_cfg)
     with pool as box, JsonlWriter(out) as writer:
@@ -165,14 +163,11 @@ def _deny_task_data(cfg: SandboxConfig, task: GSM8K) -> SandboxConfig:
     """The folder the gold answers were loaded from is added to what programs cannot read."""
     if not task.data_dir:
         return cfg
-    from ekt.sandbox.pool import default_deny_read
-
     deny = default_deny_read() if cfg.deny_read is None else list(cfg.deny_read)
     return dataclasses.replace(cfg, deny_read=[*deny, str(task.data_dir)])
 
 
 def grade_record(obj: dict, execution: dict, problem: Problem, task: GSM8K) -> dict:
-    from ekt.records import Execution
 
     ex = Execution(**execution)
     rec = dict(obj)

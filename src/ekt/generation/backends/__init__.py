@@ -15,33 +15,50 @@ flags (``--backend``, ``--base-url``, ...). See ``configs/vllm_example.yaml``.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import Literal
 
 from ekt.errors import EktError
-from ekt.generation.sampling import Sampler
+from ekt.generation.backends.openai_compat import OpenAISampler
+from ekt.generation.backends.vllm_offline import VLLMSampler  # imports vllm when used
+from ekt.generation.sampling import Sampler, TransformersSampler
+from ekt.models import load_model, resolve_model
 
 BACKENDS = ("transformers", "openai", "vllm")
 
 
 @dataclass
 class BackendConfig:
-    name: str = "transformers"  # transformers | openai | vllm
-    # openai: the server, and how to talk to it
+    """The engine that samples; in a run config a ``backend:`` block, on the command line
+    ``--backend NAME`` and one flag per other field (``--base-url``, ...)."""
+
+    name: Literal["transformers", "openai", "vllm"] = "transformers"
+    """sampling engine: transformers (this process), openai (a server over HTTP), vllm"""
     base_url: str = "http://127.0.0.1:8000/v1"
-    api: str = "completions"  # completions | chat
-    served_model: str = ""  # model name the server knows ("" = the model spec)
+    """openai: the server's base URL"""
+    api: Literal["completions", "chat"] = "completions"
+    """openai: the endpoint used"""
+    served_model: str = ""
+    """openai: the model name the server knows ("" = the model spec)"""
     concurrency: int = 8
-    n_per_request: int = 0  # 0 = all n samples of a problem in one request
-    request_timeout: float = 600.0  # seconds per HTTP request
+    """openai: requests in flight at once"""
+    n_per_request: int = 0
+    """openai: samples asked per request (0 = all n samples of a problem in one)"""
+    request_timeout: float = 600.0
+    """openai: seconds per HTTP request"""
     max_retries: int = 8
-    # vllm: the engine
+    """openai: retries of a failed request (with backoff)"""
     tensor_parallel_size: int = 1
+    """vllm: GPUs each model replica is split over"""
     data_parallel_size: int = 1
+    """vllm: model replicas"""
     gpu_memory_utilization: float = 0.9
+    """vllm: share of GPU memory the engine may take"""
     enable_prefix_caching: bool = True
-    max_model_len: int = 0  # 0 = the model's own
+    """vllm: reuse the key/value cache of shared prompt prefixes"""
+    max_model_len: int = 0
+    """vllm: context length (0 = the model's own)"""
 
     def validate(self) -> None:
         if self.name not in BACKENDS:
@@ -62,8 +79,6 @@ def make_sampler(
 
     def make() -> Sampler:
         if cfg.name == "openai":
-            from ekt.generation.backends.openai_compat import OpenAISampler
-
             return OpenAISampler(
                 cfg.base_url,
                 cfg.served_model or spec,
@@ -74,9 +89,6 @@ def make_sampler(
                 max_retries=cfg.max_retries,
             )
         if cfg.name == "vllm":
-            from ekt.generation.backends.vllm_offline import VLLMSampler
-            from ekt.models import resolve_model
-
             return VLLMSampler(
                 resolve_model(spec),
                 tensor_parallel_size=cfg.tensor_parallel_size,
@@ -85,41 +97,10 @@ def make_sampler(
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 max_model_len=cfg.max_model_len or None,
             )
-        from ekt.generation.sampling import TransformersSampler
-        from ekt.models import load_model
-
         model, tok = load_model(spec, device=device)
         return TransformersSampler(model, tok, batch_size=batch_size)
 
     return make
 
 
-def add_backend_args(p: argparse.ArgumentParser) -> None:
-    """``--backend`` and one flag per ``BackendConfig`` key (``--base-url``, ...)."""
-    for f in fields(BackendConfig):
-        flag = "--backend" if f.name == "name" else "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(
-                flag, dest=f"backend_{f.name}", default=f.default,
-                action=argparse.BooleanOptionalAction,
-            )  # fmt: skip
-        else:
-            p.add_argument(
-                flag,
-                dest=f"backend_{f.name}",
-                type=type(f.default),
-                default=f.default,
-                choices=BACKENDS if f.name == "name" else None,
-                help=f"sampling backend (default: {f.default})" if f.name == "name" else None,
-            )
-
-
-def backend_from_args(args: argparse.Namespace) -> BackendConfig:
-    cfg = BackendConfig(
-        **{f.name: getattr(args, f"backend_{f.name}") for f in fields(BackendConfig)}
-    )
-    cfg.validate()
-    return cfg
-
-
-__all__ = ["BACKENDS", "BackendConfig", "add_backend_args", "backend_from_args", "make_sampler"]
+__all__ = ["BACKENDS", "BackendConfig", "make_sampler"]
