@@ -14,7 +14,7 @@ import pytest
 
 from ekt.pipeline.config import load_config
 from ekt.pipeline.matrix import slug
-from ekt.pipeline.run import run_experiment
+from ekt.pipeline.experiment import run_experiment
 
 CONFIG = """\
 name: matrix

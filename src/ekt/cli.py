@@ -49,6 +49,7 @@ from ekt.pipeline.config import (
     add_dataclass,
     instantiate,
     load_config,
+    name_key,
     parse_error,
 )
 from ekt.pipeline.distributed import RayCluster, import_ray
@@ -359,7 +360,23 @@ def parse(command: str, argv: list[str]) -> tuple[Any, jsonargparse.Namespace]:
             message = re.sub(rf"(?<![\w.-])(--)?{re.escape(key)}(?![\w.])", flag, message)
         raise UsageError(command, message) from None
     positional = {name: ns.pop(name) for name, _ in COMMAND_OPTIONS[command][2]}
-    options = instantiate(cls, ns)
+    try:
+        options = instantiate(cls, ns)
+        for f in dataclasses.fields(options):  # every block checks its values
+            block = getattr(options, f.name)
+            if dataclasses.is_dataclass(block) and hasattr(block, "validate"):
+                try:
+                    block.validate()
+                except EktError as e:
+                    raise EktError(name_key(str(e), type(block), f"{f.name}.")) from None
+    except EktError as e:  # the key in the message, as the user typed its flag
+        message = str(e)
+        for key in sorted(keys, key=len, reverse=True):
+            if message.startswith(key):
+                flag = typed.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
+                message = flag + message[len(key) :]
+                break
+        raise EktError(message) from None
     for key in REQUIRED.get(command, ()):
         if not getattr(options, key):
             raise UsageError(command, f"the following arguments are required: --{key}")

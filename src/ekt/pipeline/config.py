@@ -174,7 +174,7 @@ class RunConfig(TaskConfig):
             try:
                 obj.validate()
             except EktError as e:
-                raise EktError(f"{block}: {e}") from None
+                raise EktError(name_key(str(e), type(obj), f"{block}.")) from None
 
 
 # -- the generated parser -------------------------------------------------------------------
@@ -239,14 +239,40 @@ def config_parser() -> jsonargparse.ArgumentParser:
 
 
 def parse_error(e: Exception) -> str:
-    """jsonargparse's message in one line."""
+    """jsonargparse's message in one line, in ekt's words."""
     text = " ".join(str(e).split())
-    return re.sub(r'Parser key "([^"]+)":', r"\1:", text)
+    text = re.sub(r'Parser key "([^"]+)":', r"\1:", text)
+    text = re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, got \2", text)
+    text = re.sub(
+        r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)",
+        lambda m: f"expected one of {m.group(1).replace(chr(39), '')}, got {m.group(2)}",
+        text,
+    )
+    return text
+
+
+def check_keys(cls: type, data: Any, where: str = "") -> None:
+    """Unknown keys of a YAML mapping, named with the keys the block knows."""
+    at = f"{where}: " if where else ""
+    if not isinstance(data, dict):
+        raise EktError(f"{at}expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = set(inspect.signature(cls).parameters)
+    unknown = sorted(map(str, set(data) - names))
+    if unknown:
+        known = ", ".join(sorted(n for n in names if not n.startswith("_")))
+        raise EktError(f"{at}unknown key(s) {', '.join(unknown)}; known: {known}")
+    for key, value in data.items():
+        tp = hints.get(key)
+        inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
+        if inner and value is not None:
+            check_keys(inner[0], value, f"{where}.{key}" if where else str(key))
 
 
 def build_config(data: dict, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
     """The RunConfig of a parsed YAML mapping and ``--key value`` overrides, validated."""
     parser = config_parser()
+    check_keys(RunConfig, data)
     try:
         ns = parser.parse_object(data)
     except (jsonargparse.ArgumentError, TypeError, ValueError) as e:
@@ -276,9 +302,17 @@ def instantiate(cls: type, ns: Any, where: str = "") -> Any:
     try:
         return cls(**kwargs)
     except EktError as e:
-        if not where:
-            raise
-        raise EktError(f"{where.rstrip('.')}: {e}") from None
+        raise EktError(name_key(str(e), cls, where)) from None
+
+
+def name_key(message: str, cls: type, where: str) -> str:
+    """A class's message about one of its fields, with the field's dotted key:
+    ``--n must be >= 1`` or ``sandbox timeout must ...`` -> ``eval.n must be >= 1``."""
+    m = re.match(r"(?:--|\w+[ .])([\w-]+)(.*)", message, re.S)
+    names = set(inspect.signature(cls).parameters)
+    if m and m.group(1).replace("-", "_") in names:
+        return f"{where}{m.group(1).replace('-', '_')}{m.group(2)}"
+    return f"{where.rstrip('.')}: {message}" if where else message
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
@@ -296,7 +330,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # ty
         raise EktError(f"{path}: not valid UTF-8") from None
     data = data or {}
     if not isinstance(data, dict):
-        raise EktError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+        raise EktError(f"{path}: expected a mapping, got {type(data).__name__}")
     try:
         return build_config(data, overrides)
     except EktError as e:

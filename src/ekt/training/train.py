@@ -52,6 +52,7 @@ from typing import Any
 
 from ekt.data.prompts import PROGRAM_HEADER, student_prompt
 from ekt.errors import EktError
+from ekt.models import load_model
 from ekt.records import TrainPair, read_records, write_json_atomic, write_text_atomic
 from ekt.training.config import TrainConfig
 from ekt.training.packing import (
@@ -332,24 +333,8 @@ def local_device(device: str | None) -> str | None:
 
 
 def _load_student(model_spec: str, device: str | None) -> tuple[Any, Any]:
-    """(float32 model, tokenizer with a pad token), through ekt.models when available."""
-    try:
-        from ekt.models import load_model
-    except ImportError:
-        load_model = None
-    if load_model is not None:
-        return load_model(model_spec, device=device, dtype="float32")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(model_spec)
-        model = AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32)
-    except OSError as e:
-        raise EktError(f"could not load model {model_spec!r}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    """(float32 model, tokenizer with a pad token)."""
+    return load_model(model_spec, device=device, dtype="float32")
 
 
 def _fingerprint(model_spec: str, pairs_path: Path, cfg: TrainConfig) -> dict:
