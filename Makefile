@@ -9,7 +9,7 @@ export EKT_DATA_DIR ?= $(abspath ../shared/data/gsm8k)
 export EKT_CACHE_DIR ?= $(HOME)/.cache/ekt
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean browser
+.PHONY: setup demo test test-fast lint clean browser
 
 setup: $(VENV)/.installed
 
@@ -32,12 +32,17 @@ browser:
 	  $$S apt-get update -qq && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  chromium; } >/dev/null 2>&1 || echo "note: chromium not installed; the browser test will skip"
 
-test: setup browser
-	$(VENV)/bin/ruff check src tests benchmarks
+# Everything: lint, the import-layer contracts (pyproject [tool.importlinter]), every test.
+test: setup browser lint
 	$(PY) -m pytest -q
+
+# The quick loop: lint and the tests not marked slow (under two minutes on 2 cores).
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	PYTHONPATH=$(CURDIR)/src $(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

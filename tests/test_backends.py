@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from ekt.errors import EktError
-from ekt.generation.backends import BackendConfig, add_backend_args, backend_from_args, make_sampler
+from ekt.generation.backends import BackendConfig, make_sampler
 from ekt.generation.backends.vllm_offline import VLLMSampler, to_completions, vllm_params
 from ekt.generation.sampling import SamplingParams, derive_seed
 from ekt.pipeline.config import load_config
@@ -36,8 +36,8 @@ def test_yaml_block_reaches_the_config(tmp_path):
 @pytest.mark.parametrize(
     "block, message",
     [
-        ("teacher_sampling:\n  backend: {name: tgi}\n", "unknown 'tgi'"),
-        ("teacher_sampling:\n  backend: {api: grpc}\n", "completions or chat"),
+        ("teacher_sampling:\n  backend: {name: tgi}\n", "openai, vllm, got tgi"),
+        ("teacher_sampling:\n  backend: {api: grpc}\n", "one of completions, chat, got grpc"),
         ("teacher_sampling:\n  backend: {concurrency: 0}\n", "concurrency must be >= 1"),
         ("teacher_sampling:\n  backend: {port: 3}\n", "unknown key"),
         ("eval:\n  backend: {name: openai}\n", "cannot serve the students"),
@@ -51,16 +51,14 @@ def test_bad_backend_blocks_are_refused(tmp_path, block, message):
 
 
 def test_cli_flags_map_one_to_one():
-    import argparse
+    from ekt.cli import parse
 
-    p = argparse.ArgumentParser()
-    add_backend_args(p)
-    args = p.parse_args(
-        ["--backend", "vllm", "--data-parallel-size", "4", "--no-enable-prefix-caching"]
-    )
-    cfg = backend_from_args(args)
-    assert cfg == BackendConfig(name="vllm", data_parallel_size=4, enable_prefix_caching=False)
-    assert backend_from_args(p.parse_args([])) == BackendConfig()
+    base = ["--model", "m", "--out", "o"]
+    flags = ["--backend", "vllm", "--data-parallel-size", "4", "--no-enable-prefix-caching"]
+    options, _ = parse("generate", base + flags)
+    want = BackendConfig(name="vllm", data_parallel_size=4, enable_prefix_caching=False)
+    assert options.sampling.backend == want
+    assert parse("generate", base)[0].sampling.backend == BackendConfig()
 
 
 def test_shipped_vllm_config_loads():

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ekt.pipeline.config import load_config
-from ekt.pipeline.matrix import slug
 from ekt.pipeline.experiment import run_experiment
+from ekt.pipeline.matrix import slug
 
 CONFIG = """\
 name: matrix

@@ -226,8 +226,6 @@ def add_dataclass(parser: jsonargparse.ArgumentParser, cls: type, key: str | Non
         text = action.help or ""
         if action.dest in helps and (not text or text.startswith("(type")):
             action.help = f"{helps[action.dest]} {text}".strip()
-        elif not text or text.startswith("(type"):
-            action.help = f"{action.dest.replace('_', ' ')} {text}".strip()
 
 
 @functools.cache
@@ -252,7 +250,7 @@ def parse_error(e: Exception) -> str:
 
 
 def check_keys(cls: type, data: Any, where: str = "") -> None:
-    """Unknown keys of a YAML mapping, named with the keys the block knows."""
+    """Refuse unknown keys of a YAML mapping, naming the keys the block knows."""
     at = f"{where}: " if where else ""
     if not isinstance(data, dict):
         raise EktError(f"{at}expected a mapping, got {type(data).__name__}")
@@ -267,6 +265,8 @@ def check_keys(cls: type, data: Any, where: str = "") -> None:
         inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
         if inner and value is not None:
             check_keys(inner[0], value, f"{where}.{key}" if where else str(key))
+        elif typing.get_origin(tp) is list and isinstance(value, str | int | float):
+            data[key] = [value]  # a single value where a list is expected: a list of one
 
 
 def build_config(data: dict, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
