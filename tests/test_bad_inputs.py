@@ -525,7 +525,7 @@ def test_python_m_ekt_exit_code_and_one_line(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("eval: {n: 2, k: [1, 5]}\n")
     proc = _ekt("run", str(tmp_path / "c.yaml"))
     assert proc.stderr.count("\n") == 1
-    assert "eval: --k 5 exceeds --n 2" in _one_error_line(proc, "run")
+    assert "eval.k 5 exceeds --n 2" in _one_error_line(proc, "run")
     proc = _ekt("evaluate", "--model", "x", "--out", "y", "--n", "0")
     assert proc.stderr.count("\n") == 1 and "--n must be >= 1" in _one_error_line(proc, "evaluate")
 

@@ -208,7 +208,7 @@ def test_method_settings_load_from_yaml(tmp_path):
         ("expert_iteration: {rounds: 0}", "rounds"),
         ("expert_iteration: {later_rounds_prompt: x}", "later_rounds_prompt"),
         ("methods: [distil]", "methods: expected one of ekt, .*, got distil"),
-        ("train: {lora_r: -1}", "lora-r"),
+        ("train: {lora_r: -1}", "train.lora_r must be >= 0"),
     ]:
         path.write_text(text + "\n")
         with pytest.raises(EktError, match=msg):
