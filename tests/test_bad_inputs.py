@@ -521,6 +521,7 @@ def _one_error_line(proc: subprocess.CompletedProcess, command: str) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_python_m_ekt_exit_code_and_one_line(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("eval: {n: 2, k: [1, 5]}\n")
     proc = _ekt("run", str(tmp_path / "c.yaml"))
@@ -580,6 +581,7 @@ def test_read_only_output_folder(tmp_path: Path, data_dir: Path) -> None:
 
 
 @needs_mount
+@pytest.mark.slow
 def test_full_disk_mid_run_then_resume(
     tmp_path: Path, data_dir: Path, tiny_model_dir: Path
 ) -> None:

@@ -108,6 +108,7 @@ def verify_case(data_dir, tmp_path_factory):
     return task, d, _records(d / "local.jsonl")
 
 
+@pytest.mark.slow
 def test_ray_verify_matches_local(ray_cluster, verify_case):
     from ekt.pipeline.distributed import RayCluster
     from ekt.verification.verify import verify
@@ -123,6 +124,7 @@ def test_ray_verify_matches_local(ray_cluster, verify_case):
     assert s.new == 0 and _records(d / "ray.jsonl") == want
 
 
+@pytest.mark.slow
 def test_ray_verify_survives_a_killed_actor(ray_cluster, verify_case, capfd):
     from ekt.pipeline.distributed import RayCluster
     from ekt.verification.verify import verify
@@ -173,6 +175,7 @@ def generate_case(tiny_model_dir, data_dir, tmp_path_factory):
     return problems, d, want
 
 
+@pytest.mark.slow
 def test_ray_generate_matches_local(ray_cluster, tiny_model_dir, generate_case):
     from ekt.pipeline.distributed import RayCluster
 
@@ -189,6 +192,7 @@ def test_ray_generate_matches_local(ray_cluster, tiny_model_dir, generate_case):
     assert _gen(tiny_model_dir, problems, out, RayCluster(replicas=2)).new_samples == 0
 
 
+@pytest.mark.slow
 def test_ray_generate_survives_a_killed_actor(
     ray_cluster, tiny_model_dir, generate_case, capfd
 ):
@@ -204,6 +208,7 @@ def test_ray_generate_survives_a_killed_actor(
     assert _lines(out) == want  # nothing lost, nothing doubled, same samples
 
 
+@pytest.mark.slow
 def test_a_cluster_reaches_verify_only_when_passed(ray_cluster, verify_case):
     """No global cluster: verify(cluster=...) runs on Ray, a plain verify() runs here."""
     from ekt.pipeline.distributed import RayCluster
@@ -215,6 +220,7 @@ def test_a_cluster_reaches_verify_only_when_passed(ray_cluster, verify_case):
     assert _records(d / "ctx.jsonl") == want
 
 
+@pytest.mark.slow
 def test_cli_verify_with_ray_flag(ray_cluster, verify_case, capsys):
     """`ekt verify --ray` joins the running cluster and writes the local path's records."""
     from ekt.cli import main, parse
@@ -232,6 +238,7 @@ def test_cli_verify_with_ray_flag(ray_cluster, verify_case, capsys):
     assert _records(out) == want
 
 
+@pytest.mark.slow
 def test_ray_evaluate_matches_local(ray_cluster, tiny_model_dir, data_dir, tmp_path):
     """`ekt evaluate --ray`: greedy and sampled generation and verification on the cluster."""
     from ekt.data.tasks import get_task

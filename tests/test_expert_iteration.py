@@ -58,6 +58,7 @@ def _skill(spec: str):
     return lambda pid: _index(pid) % 2 == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("restart", [True, False])
 def test_two_rounds_with_records(tmp_path, tiny_model_dir, task, restart, capsys):
     problems = task.load("train")[:6]
@@ -121,6 +122,7 @@ def test_two_rounds_with_records(tmp_path, tiny_model_dir, task, restart, capsys
     assert capsys.readouterr().out.count(" pairs added); skipping") == 2
 
 
+@pytest.mark.slow
 def test_a_round_that_adds_nothing_stops(tmp_path, tiny_model_dir, task):
     problems = task.load("train")[:4]
     answers = {p.id: p.answer for p in problems}
@@ -146,6 +148,7 @@ def test_a_round_that_adds_nothing_stops(tmp_path, tiny_model_dir, task):
     assert len(recs) == 1 and recs[0]["pairs_added"] == 0 and recs[0]["model"] is None
 
 
+@pytest.mark.slow
 def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_dir):
     teacher = make_tiny_model(tmp_path / "teacher", vocab_size=320, seed=5)  # other vocabulary
     problems = task.load("train")[:6] + task.load("test")[:3]
