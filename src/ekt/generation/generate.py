@@ -102,7 +102,8 @@ def generate(
     """Sample ``params.n`` completions per problem into shards under ``out_dir``.
 
     ``sampler`` may be a factory, called only when there is work left, so a
-    finished job never loads its model. With ``cluster`` (``ekt.pipeline.distributed.RayCluster``) the shards are sampled by model replicas on a
+    finished job never loads its model. With ``cluster`` (an
+    ``ekt.pipeline.distributed.RayCluster``) the shards are sampled by model replicas on a
     Ray cluster, each built there from the factory; the files written are the same.
     """
     if prompt not in PROMPTS:
