@@ -70,6 +70,7 @@ HARMLESS_KEYS = frozenset(
         "evaluate_teacher",
         "evaluate_base_student",
         "sandbox.workers",
+        "sandbox.pin_workers",
         "teacher_sampling.batch_size",
         "eval.batch_size",
         "train.logging_steps",
