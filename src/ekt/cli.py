@@ -335,7 +335,7 @@ def command_parser(command: str) -> jsonargparse.ArgumentParser:
     names = aliases(leaf_keys(cls))
     short: dict[str, list[str]] = {}
     for n, key in names.items():
-        if n != key:
+        if n != key and (n != key.replace(".", "_") or key.count(".") == 1):
             short.setdefault(key, []).append("--" + n.replace("_", "-"))
     for action in parser._actions:
         if action.dest in short:

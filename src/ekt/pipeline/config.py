@@ -212,6 +212,8 @@ def _helps(cls: type, prefix: str = "") -> dict[str, str]:
         if dataclasses.is_dataclass(klass):
             out.update({f"{prefix}{k}": v for k, v in _comments(klass).items()})
     for f in dataclasses.fields(cls):
+        if f.metadata.get("help"):  # TrainingArguments documents its fields so
+            out[f"{prefix}{f.name}"] = " ".join(str(f.metadata["help"]).split())
         for tp in (hints.get(f.name), *typing.get_args(hints.get(f.name))):
             if isinstance(tp, type) and dataclasses.is_dataclass(tp):
                 out.update(_helps(tp, f"{prefix}{f.name}."))
@@ -224,8 +226,9 @@ def add_dataclass(parser: jsonargparse.ArgumentParser, cls: type, key: str | Non
     helps = _helps(cls, f"{key}." if key else "")
     for action in parser._actions:
         text = action.help or ""
-        if action.dest in helps and (not text or text.startswith("(type")):
-            action.help = f"{helps[action.dest]} {text}".strip()
+        if action.dest in helps and (not text or text.startswith(("(type", "---"))):
+            kind = text[text.index("(type") :] if "(type" in text else ""
+            action.help = f"{helps[action.dest]} {kind}".strip()
 
 
 @functools.cache
