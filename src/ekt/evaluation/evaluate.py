@@ -205,7 +205,8 @@ def evaluate(
     rows = per_problem(problems, sampled_recs, greedy_recs)
     write_jsonl_atomic(out.problems, rows)
     scores = scores_from_rows(rows, config.k)
-    scores["settings"] = {"eval": asdict(config), "prompt": prompt, **extra}
+    eval_settings = {**asdict(config), "stop": list(config.stop)}  # as JSON reads it back
+    scores["settings"] = {"eval": eval_settings, "prompt": prompt, **extra}
     scores["seconds"] = round(time.time() - t0, 1)
     write_json_atomic(out.scores, scores)
     return scores

@@ -36,7 +36,7 @@ from pathlib import Path
 from ekt.errors import EktError
 from ekt.generation.backends import make_sampler
 from ekt.layout import RunLayout
-from ekt.pipeline.config import RunConfig, dump_config
+from ekt.pipeline.config import RunConfig, dump_config, plain
 from ekt.pipeline.run import Runner, SamplerFactory
 from ekt.records import write_json_atomic, write_text_atomic
 from ekt.report.build import build_report
@@ -168,7 +168,7 @@ def run_matrix(
         "teachers": cfg.teacher_list(),
         "students": cfg.student_list(),
         "methods": cfg.methods,
-        "eval": dataclasses.asdict(cfg.eval),
+        "eval": plain(cfg.eval),
         "rows": rows,
         "cells": {
             k: {"dir": f"pairs/{k}", "statistics": v.get("statistics")}

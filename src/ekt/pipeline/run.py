@@ -25,7 +25,6 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from ekt.generation.backends import BackendConfig, make_sampler
 from ekt.generation.generate import generate, read_completions
 from ekt.layout import RunLayout
 from ekt.models import PRESETS, file_sha256, model_fingerprint, resolve_model
-from ekt.pipeline.config import RunConfig, dump_config
+from ekt.pipeline.config import RunConfig, dump_config, plain
 from ekt.pipeline.expert_iteration import expert_iteration
 from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ekt.report.build import finish_run
@@ -532,7 +531,7 @@ class Runner:
             "note": self.cfg.note,
             "teacher": self.cfg.teacher,
             "student": self.cfg.student,
-            "eval": asdict(self.cfg.eval),
+            "eval": plain(self.cfg.eval),
             "rows": rows,
             "stage_seconds": self.times,
         }
