@@ -561,6 +561,7 @@ sandbox: {{workers: 1}}
 
 
 @needs_mount
+@pytest.mark.slow
 def test_read_only_output_folder(tmp_path: Path, data_dir: Path) -> None:
     """A read-only bind mount refuses root too (chmod would not)."""
     ro = tmp_path / "ro"
