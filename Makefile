@@ -9,7 +9,7 @@ export EKT_DATA_DIR ?= $(abspath ../shared/data/gsm8k)
 export EKT_CACHE_DIR ?= $(HOME)/.cache/ekt
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean browser llama-server
+.PHONY: setup demo test test-fast lint clean browser llama-server
 
 setup: $(VENV)/.installed
 
@@ -41,12 +41,17 @@ llama-server: setup
 	@PATH="$(abspath $(VENV))/bin:$$PATH" PIP="$(abspath $(PIP))" PYTHON="$(abspath $(PY))" \
 	  scripts/build_llama_server.sh
 
-test: setup browser llama-server
-	$(VENV)/bin/ruff check src tests benchmarks
+# Everything: lint, the import-layer contracts (pyproject [tool.importlinter]), every test.
+test: setup browser llama-server lint
 	$(PY) -m pytest -q
+
+# The quick loop: lint and the tests not marked slow (under two minutes on 2 cores).
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	PYTHONPATH=$(CURDIR)/src $(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -84,7 +84,7 @@ def run_once(kind: str, args, data, tok_dir: str) -> tuple[float, int, list[floa
     else:
         targs = TrainingArguments(
             output_dir=out,
-            per_device_train_batch_size=cfg.per_device_batch_size,
+            per_device_train_batch_size=cfg.per_device_train_batch_size,
             gradient_accumulation_steps=cfg.accumulation_steps(),
             learning_rate=cfg.learning_rate,
             weight_decay=cfg.weight_decay,

@@ -52,3 +52,33 @@ def amplified_model(src: Path, out: Path, scale: float, chat_template: str | Non
         tok.chat_template = chat_template
     tok.save_pretrained(out)
     return out
+
+
+# Tests in other engineers' files that take several seconds each here (pytest --durations on
+# the 2-core machine): `make test-fast` (-m "not slow") skips them, `make test` runs them.
+# Tests in the files that mark their own use @pytest.mark.slow in place.
+SLOW_TESTS = {
+    "tests/test_sampling.py::test_preset_greedy_equals_generate_with_packing",
+    "tests/test_sampling.py::test_preset_writes_a_program",
+    "tests/test_sampling.py::test_order_and_subset_do_not_change_a_problem",
+    "tests/test_sampling.py::test_n_records_per_problem",
+    "tests/test_sampling.py::test_same_seed_same_records_other_seed_differs",
+    "tests/test_sampling.py::test_greedy_equals_model_generate",
+    "tests/test_sampling.py::test_token_healing",
+    "tests/test_sampling.py::test_shared_prefix_computed_once_and_matches_padded_path",
+    "tests/test_models.py::test_preset_conversion_matches_the_gguf",
+    "tests/test_models.py::test_preset_tokenizers_special_tokens",
+    "tests/test_models.py::test_bogus_hub_id_fails_fast_with_ekt_error",
+    "tests/test_openai_backend.py::test_server_killed_mid_job_output_complete",
+    "tests/test_report.py::test_ekt_run_ends_with_intervals_and_report",
+    "tests/test_report.py::test_report_renders_in_headless_chromium",
+    "tests/test_packing.py::test_lora_and_gradient_checkpointing_give_a_plain_checkpoint",
+    "tests/test_packing.py::test_packed_training_follows_the_unpacked_trajectory",
+    "tests/test_sandbox.py::test_oracle_corpus_through_ekt_verify",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.split("[", 1)[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

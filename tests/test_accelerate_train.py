@@ -68,6 +68,7 @@ def _weights(out: Path) -> dict:
     return load_file(str(out / "model.safetensors"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["sft", "kd"])
 def test_two_gloo_processes_match_one(tiny_model_dir, tmp_path, method):
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which(

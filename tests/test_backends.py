@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from ekt.errors import EktError
-from ekt.generation.backends import BackendConfig, add_backend_args, backend_from_args, make_sampler
+from ekt.generation.backends import BackendConfig, make_sampler
 from ekt.generation.backends.vllm_offline import VLLMSampler, to_completions, vllm_params
 from ekt.generation.sampling import SamplingParams, derive_seed
 from ekt.pipeline.config import load_config
@@ -36,10 +36,10 @@ def test_yaml_block_reaches_the_config(tmp_path):
 @pytest.mark.parametrize(
     "block, message",
     [
-        ("teacher_sampling:\n  backend: {name: tgi}\n", "unknown 'tgi'"),
-        ("teacher_sampling:\n  backend: {api: grpc}\n", "completions or chat"),
+        ("teacher_sampling:\n  backend: {name: tgi}\n", "openai, vllm, got tgi"),
+        ("teacher_sampling:\n  backend: {api: grpc}\n", "one of completions, chat, got grpc"),
         ("teacher_sampling:\n  backend: {concurrency: -1}\n", "concurrency must be >= 0"),
-        ("teacher_sampling:\n  backend: {server: tgi}\n", "backend.server must be one of"),
+        ("teacher_sampling:\n  backend: {server: tgi}\n", "llama.cpp, generic, got tgi"),
         ("teacher_sampling:\n  backend: {port: 3}\n", "unknown key"),
         ("eval:\n  backend: {name: openai}\n", "cannot serve the students"),
     ],
@@ -52,16 +52,14 @@ def test_bad_backend_blocks_are_refused(tmp_path, block, message):
 
 
 def test_cli_flags_map_one_to_one():
-    import argparse
+    from ekt.cli import parse
 
-    p = argparse.ArgumentParser()
-    add_backend_args(p)
-    args = p.parse_args(
-        ["--backend", "vllm", "--data-parallel-size", "4", "--no-enable-prefix-caching"]
-    )
-    cfg = backend_from_args(args)
-    assert cfg == BackendConfig(name="vllm", data_parallel_size=4, enable_prefix_caching=False)
-    assert backend_from_args(p.parse_args([])) == BackendConfig()
+    base = ["--model", "m", "--out", "o"]
+    flags = ["--backend", "vllm", "--data-parallel-size", "4", "--no-enable-prefix-caching"]
+    options, _ = parse("generate", base + flags)
+    want = BackendConfig(name="vllm", data_parallel_size=4, enable_prefix_caching=False)
+    assert options.sampling.backend == want
+    assert parse("generate", base)[0].sampling.backend == BackendConfig()
 
 
 def test_shipped_vllm_config_loads():
@@ -153,19 +151,19 @@ def test_bad_chat_settings_are_refused(tmp_path, block, message):
 
 
 def test_hosted_api_flags_take_json():
-    import argparse
+    from ekt.cli import UsageError, parse
 
-    p = argparse.ArgumentParser()
-    add_backend_args(p)
-    cfg = backend_from_args(p.parse_args([
+    o, _ = parse("generate", [
+        "--model", "m", "--out", "o",
         "--api-key-env", "MY_KEY", "--headers", '{"X-Team": "ekt"}',
         "--extra-body", '{"top_k": 20}', "--max-stop", "4", "--requests-per-minute", "60",
         "--price-input-per-mtok", "0.15", "--price-output-per-mtok", "0.6",
-    ]))  # fmt: skip
+    ])  # fmt: skip
+    cfg = o.sampling.backend
     assert cfg.headers == {"X-Team": "ekt"} and cfg.extra_body == {"top_k": 20}
     assert cfg.price == (0.15, 0.6) and cfg.max_stop == 4 and cfg.api_key_env == "MY_KEY"
-    with pytest.raises(SystemExit):
-        p.parse_args(["--headers", "[1]"])
+    with pytest.raises((UsageError, EktError)):
+        parse("generate", ["--model", "m", "--out", "o", "--headers", "[1]"])
 
 
 def test_a_chat_format_on_the_completions_api_is_refused_before_any_request(

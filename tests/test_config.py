@@ -35,8 +35,8 @@ def test_paper_config_is_the_published_setting():
     [
         ("name: [unclosed", "invalid YAML"),
         ("nmae: x\n", "unknown key(s) nmae"),
-        ("eval:\n  n: 2\n  k: [1, 5]\n", "--k 5 exceeds --n 2"),
-        ("methods: [magic]\n", "unknown method 'magic'"),
+        ("eval:\n  n: 2\n  k: [1, 5]\n", "eval.k 5 exceeds --n 2"),
+        ("methods: [magic]\n", "methods: expected one of ekt, supervised, kd, seq-kd"),
         ("teacher_sampling:\n  n: many\n", "teacher_sampling.n: expected int"),
         ("train:\n  lr: 1\n", "train: unknown key(s) lr"),
         ("students: [a, a]\n", "students: a model is listed twice"),
@@ -65,3 +65,159 @@ def test_ray_block_maps_onto_the_ray_flags(tmp_path):
     p.write_text("ray: {max_attempts: 0}\n")
     with pytest.raises(EktError, match="ray.max_attempts must be >= 1"):
         load_config(p)
+
+
+# -- the generated CLI and config reader ------------------------------------------------------
+
+
+def test_run_overrides_any_key_and_the_resolved_config_records_them(tmp_path):
+    import yaml
+
+    from ekt.pipeline.config import dump_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  learning_rate: 1.0e-3\neval:\n  n: 4\n  k: [1, 4]\n")
+    cfg = load_config(p, ["--train.learning_rate", "2e-5", "--eval.n", "8", "--eval.k", "[1,8]"])
+    assert cfg.train.learning_rate == 2e-5 and cfg.eval.n == 8 and cfg.eval.k == [1, 8]
+    saved = yaml.safe_load(dump_config(cfg))
+    assert saved["train"]["learning_rate"] == 2e-5 and saved["eval"]["n"] == 8
+    assert saved["sandbox"]["pin_workers"] is True  # every SandboxConfig field is a key
+    with pytest.raises(EktError, match="command line: unrecognized arguments: --eval.nn"):
+        load_config(p, ["--eval.nn", "3"])
+    with pytest.raises(EktError, match="train.learning_rate: expected float, got fast"):
+        load_config(p, ["--train.learning_rate", "fast"])
+
+
+def test_sandbox_fields_the_old_block_lacked_are_settable(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("sandbox:\n  pin_workers: false\n  deny_read: [/secret]\n  timeout: 2.5\n")
+    cfg = load_config(p)
+    assert cfg.sandbox.pin_workers is False and cfg.sandbox.deny_read == ["/secret"]
+    assert cfg.sandbox.timeout == 2.5
+
+
+def test_sampling_defaults_are_declared_once():
+    from ekt.evaluation.evaluate import EvalConfig
+    from ekt.generation.sampling import SamplingParams
+    from ekt.pipeline.config import TeacherSampling
+
+    for cls in (TeacherSampling, EvalConfig):
+        assert issubclass(cls, SamplingParams)
+        own = set(cls.__dict__.get("__annotations__", {}))
+        assert not own & {"temperature", "top_p", "max_new_tokens", "stop"}, cls
+    assert TeacherSampling().temperature == EvalConfig().temperature == SamplingParams().temperature
+    assert (TeacherSampling().n, EvalConfig().n, EvalConfig().seed) == (4, 10, 1234)
+
+
+def test_expert_iteration_overrides_apply_by_replace():
+    from ekt.pipeline.config import TeacherSampling
+    from ekt.pipeline.expert_iteration import ExpertIterationConfig
+
+    base = TeacherSampling(temperature=0.7, max_new_tokens=64)
+    got = ExpertIterationConfig(n=6, seed=9).sampling(base)
+    assert (got.n, got.seed, got.temperature, got.max_new_tokens) == (6, 9, 0.7, 64)
+    with pytest.raises(EktError, match="--temperature must be >= 0"):
+        ExpertIterationConfig(temperature=-1.0).sampling(base)
+
+
+def test_train_config_is_training_arguments_with_ekt_defaults():
+    from transformers import TrainingArguments
+
+    from ekt.training.config import TrainConfig
+
+    cfg = TrainConfig(epochs=2, per_device_batch_size=4, batch_size=8)  # ekt's earlier names
+    assert isinstance(cfg, TrainingArguments)
+    assert (cfg.num_train_epochs, cfg.per_device_train_batch_size) == (2, 4)
+    assert cfg.accumulation_steps() == 2 and cfg.learning_rate == 1e-4
+    args = cfg.training_arguments(output_dir="x", gradient_accumulation_steps=2)
+    assert type(args) is TrainingArguments and args.weight_decay == 0.1
+    with pytest.raises(EktError, match="--gradient-accumulation-steps is derived"):
+        TrainConfig(gradient_accumulation_steps=4)
+
+
+@pytest.mark.parametrize("command", ["generate", "verify", "filter", "train", "evaluate", "run",
+                                     "report", "demo", "models"])  # fmt: skip
+def test_every_flag_has_help_text(command):
+    from ekt.cli import command_parser
+
+    for action in command_parser(command)._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text = (action.help or "").strip()
+        assert text and not text.startswith("(type"), f"{command} {action.option_strings}"
+
+
+def test_earlier_flag_spellings_map_onto_the_keys():
+    from ekt.cli import parse
+
+    options, _ = parse("train", [
+        "--model", "m", "--pairs", "p", "--out", "o", "--learning-rate", "3e-4",
+        "--per-device-batch-size", "2", "--batch-size", "4", "--epochs", "2",
+        "--kd-alpha", "0.25", "--no-packing", "--method", "kd", "--teacher", "t",
+    ])  # fmt: skip
+    t = options.train
+    assert options.student == "m" and t.learning_rate == 3e-4 and t.num_train_epochs == 2
+    assert t.per_device_train_batch_size == 2 and t.packing is False and options.kd.alpha == 0.25
+    ev, _ = parse("evaluate", ["--model", "m", "--out", "o", "--k", "1,5", "--n", "5",
+                               "--no-greedy", "--timeout", "2", "--ray", "--ray-verifiers", "3"])
+    assert ev.eval.k == [1, 5] and ev.eval.greedy is False and ev.sandbox.timeout == 2.0
+    assert ev.ray.verifiers == 3 and ev.ray.address is None
+    canonical, _ = parse("evaluate", ["--model", "m", "--out", "o", "--eval.temperature", "0.2"])
+    assert canonical.eval.temperature == 0.2
+
+
+def test_errors_name_the_flag_as_typed():
+    from ekt.cli import UsageError, parse
+
+    with pytest.raises(UsageError, match="--learning-rate: expected float, got fast"):
+        parse("train", ["--model", "m", "--pairs", "p", "--out", "o", "--learning-rate", "fast"])
+    with pytest.raises(EktError, match=r"^--top-p must be in \(0, 1\]"):
+        parse("generate", ["--model", "m", "--out", "o", "--top-p", "0"])
+    with pytest.raises(UsageError, match="--prompt: expected one of teacher, student, got x"):
+        parse("generate", ["--model", "m", "--out", "o", "--prompt", "x"])
+    with pytest.raises(UsageError, match="required: --model"):
+        parse("generate", ["--out", "o"])
+
+
+def test_a_new_commented_field_becomes_a_flag_and_a_key():
+    import dataclasses
+
+    import jsonargparse
+
+    from ekt.cli import aliases, leaf_keys, normalize
+    from ekt.pipeline.config import add_dataclass, instantiate
+
+    @dataclasses.dataclass
+    class Block:
+        api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the API key
+        retries: int = 2
+        """requests retried at most"""
+
+    @dataclasses.dataclass
+    class Options:
+        block: Block = dataclasses.field(default_factory=Block)
+
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    add_dataclass(parser, Options, None)
+    helps = {a.dest: a.help for a in parser._actions}
+    assert helps["block.api_key_env"].startswith("environment variable holding the API key")
+    assert helps["block.retries"].startswith("requests retried at most")
+    keys = leaf_keys(Options)
+    assert aliases(keys)["api_key_env"] == "block.api_key_env"
+    argv, _ = normalize(["--api-key-env", "MY_KEY"], keys)
+    got = instantiate(Options, parser.parse_args(argv))
+    assert got.block == Block(api_key_env="MY_KEY")
+
+
+def test_the_layout_names_every_run_path(tmp_path):
+    from ekt.layout import RunLayout
+
+    lay = RunLayout.of("x", tmp_path)
+    assert lay.teacher_executions == tmp_path / "teacher" / "executions.jsonl"
+    assert lay.eval("teacher").executions("greedy") == (
+        tmp_path / "eval" / "teacher" / "greedy" / "executions.jsonl"
+    )
+    assert lay.expert_iteration().round(2).record == (
+        tmp_path / "students" / "expert-iteration" / "round-2" / "round.json"
+    )
+    assert RunLayout.of("demo").dir.as_posix() == "runs/demo"

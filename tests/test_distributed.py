@@ -108,6 +108,7 @@ def verify_case(data_dir, tmp_path_factory):
     return task, d, _records(d / "local.jsonl")
 
 
+@pytest.mark.slow
 def test_ray_verify_matches_local(ray_cluster, verify_case):
     from ekt.pipeline.distributed import RayCluster
     from ekt.verification.verify import verify
@@ -123,6 +124,7 @@ def test_ray_verify_matches_local(ray_cluster, verify_case):
     assert s.new == 0 and _records(d / "ray.jsonl") == want
 
 
+@pytest.mark.slow
 def test_ray_verify_survives_a_killed_actor(ray_cluster, verify_case, capfd):
     from ekt.pipeline.distributed import RayCluster
     from ekt.verification.verify import verify
@@ -173,6 +175,7 @@ def generate_case(tiny_model_dir, data_dir, tmp_path_factory):
     return problems, d, want
 
 
+@pytest.mark.slow
 def test_ray_generate_matches_local(ray_cluster, tiny_model_dir, generate_case):
     from ekt.pipeline.distributed import RayCluster
 
@@ -189,6 +192,7 @@ def test_ray_generate_matches_local(ray_cluster, tiny_model_dir, generate_case):
     assert _gen(tiny_model_dir, problems, out, RayCluster(replicas=2)).new_samples == 0
 
 
+@pytest.mark.slow
 def test_ray_generate_survives_a_killed_actor(
     ray_cluster, tiny_model_dir, generate_case, capfd
 ):
@@ -204,26 +208,26 @@ def test_ray_generate_survives_a_killed_actor(
     assert _lines(out) == want  # nothing lost, nothing doubled, same samples
 
 
-def test_cluster_context_routes_stages(ray_cluster, verify_case):
-    """`use_cluster` (what `--ray` sets) sends plain verify() calls to Ray."""
-    from ekt.pipeline.distributed import RayCluster, current_cluster, use_cluster
+@pytest.mark.slow
+def test_a_cluster_reaches_verify_only_when_passed(ray_cluster, verify_case):
+    """No global cluster: verify(cluster=...) runs on Ray, a plain verify() runs here."""
+    from ekt.pipeline.distributed import RayCluster
     from ekt.verification.verify import verify
 
     task, d, want = verify_case
-    with use_cluster(RayCluster(verifiers=1, cpus_per_verifier=2, verify_shard_size=16)):
-        assert current_cluster() is not None
-        verify(d / "programs.jsonl", d / "ctx.jsonl", task, progress=False)
-    assert current_cluster() is None
+    cluster = RayCluster(verifiers=1, cpus_per_verifier=2, verify_shard_size=16)
+    verify(d / "programs.jsonl", d / "ctx.jsonl", task, progress=False, cluster=cluster)
     assert _records(d / "ctx.jsonl") == want
 
 
+@pytest.mark.slow
 def test_cli_verify_with_ray_flag(ray_cluster, verify_case, capsys):
     """`ekt verify --ray` joins the running cluster and writes the local path's records."""
-    from ekt.cli import build_parser, main
+    from ekt.cli import main, parse
 
     task, d, want = verify_case
-    args = build_parser().parse_args(["verify", "--programs", "x", "--out", "y", "--ray"])
-    assert args.ray == "" and args.ray_verifiers == 0
+    options, _ = parse("verify", ["--programs", "x", "--out", "y", "--ray"])
+    assert options.ray.address is None and options.ray.verifiers == 0
     out = d / "cli.jsonl"
     rc = main([
         "verify", "--data-dir", str(task.data_dir), "--programs", str(d / "programs.jsonl"),
@@ -234,24 +238,24 @@ def test_cli_verify_with_ray_flag(ray_cluster, verify_case, capsys):
     assert _records(out) == want
 
 
+@pytest.mark.slow
 def test_ray_evaluate_matches_local(ray_cluster, tiny_model_dir, data_dir, tmp_path):
     """`ekt evaluate --ray`: greedy and sampled generation and verification on the cluster."""
     from ekt.data.tasks import get_task
     from ekt.evaluation.evaluate import EvalConfig, evaluate
     from ekt.generation.backends import make_sampler
-    from ekt.pipeline.distributed import RayCluster, use_cluster
+    from ekt.pipeline.distributed import RayCluster
 
     task = get_task("gsm8k", str(data_dir))
     problems = task.load("test")[:4]
     cfg = EvalConfig(n=3, k=[1, 3], max_new_tokens=16, batch_size=4)
 
-    def run(out):
+    def run(out, cluster=None):
         sampler = make_sampler(str(tiny_model_dir), "cpu", 4)
-        return evaluate(sampler, problems, out, cfg, task, progress=False)
+        return evaluate(sampler, problems, out, cfg, task, progress=False, cluster=cluster)
 
     local = run(tmp_path / "local")
-    with use_cluster(RayCluster(replicas=2, verifiers=2, cpus_per_verifier=1)):
-        on_ray = run(tmp_path / "ray")
+    on_ray = run(tmp_path / "ray", RayCluster(replicas=2, verifiers=2, cpus_per_verifier=1))
     drop = ("seconds",)
     assert {k: v for k, v in on_ray.items() if k not in drop} == {
         k: v for k, v in local.items() if k not in drop

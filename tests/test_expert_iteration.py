@@ -9,11 +9,10 @@ import json
 
 import pytest
 
-import ekt.pipeline.run
 from ekt.data.tasks import get_task
 from ekt.evaluation.evaluate import EvalConfig
 from ekt.generation.sampling import SamplingParams
-from ekt.pipeline.config import RunConfig
+from ekt.pipeline.config import RunConfig, TeacherSampling
 from ekt.pipeline.expert_iteration import ExpertIterationConfig, expert_iteration
 from ekt.pipeline.run import Runner
 from ekt.records import Completion, read_jsonl
@@ -59,6 +58,7 @@ def _skill(spec: str):
     return lambda pid: _index(pid) % 2 == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("restart", [True, False])
 def test_two_rounds_with_records(tmp_path, tiny_model_dir, task, restart, capsys):
     problems = task.load("train")[:6]
@@ -122,6 +122,7 @@ def test_two_rounds_with_records(tmp_path, tiny_model_dir, task, restart, capsys
     assert capsys.readouterr().out.count(" pairs added); skipping") == 2
 
 
+@pytest.mark.slow
 def test_a_round_that_adds_nothing_stops(tmp_path, tiny_model_dir, task):
     problems = task.load("train")[:4]
     answers = {p.id: p.answer for p in problems}
@@ -147,7 +148,8 @@ def test_a_round_that_adds_nothing_stops(tmp_path, tiny_model_dir, task):
     assert len(recs) == 1 and recs[0]["pairs_added"] == 0 and recs[0]["model"] is None
 
 
-def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_dir, monkeypatch):
+@pytest.mark.slow
+def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_dir):
     teacher = make_tiny_model(tmp_path / "teacher", vocab_size=320, seed=5)  # other vocabulary
     problems = task.load("train")[:6] + task.load("test")[:3]
     answers = {p.id: p.answer for p in problems}
@@ -156,7 +158,6 @@ def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_d
         skill = (lambda pid: _index(pid) % 3 != 1) if spec == str(teacher) else _skill(spec)
         return lambda: ScriptedSampler(answers, skill)
 
-    monkeypatch.setattr(ekt.pipeline.run, "_sampler_factory", factory)
     cfg = RunConfig(
         name="tiny",
         data_dir=str(data_dir),
@@ -168,10 +169,10 @@ def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_d
         train=TRAIN,
         eval=EvalConfig(limit=3, n=2, k=[1, 2], max_new_tokens=32),
         expert_iteration=ExpertIterationConfig(rounds=2),
+        teacher_sampling=TeacherSampling(n=2),
+        sandbox=SandboxConfig(workers=2),
     )
-    cfg.teacher_sampling.n = 2
-    cfg.sandbox.workers = 2
-    results = Runner(cfg, tmp_path / "run").run()
+    results = Runner(cfg, tmp_path / "run", sampler_factory=factory).run()
     rows = {r["label"]: r for r in results["rows"]}
     for method in ["supervised", "ekt", "kd", "seq-kd", "expert-iteration"]:
         row = rows[f"student-{method}"]
@@ -209,8 +210,8 @@ def test_method_settings_load_from_yaml(tmp_path):
         ("kd: {alpha: 2}", "kd.alpha"),
         ("expert_iteration: {rounds: 0}", "rounds"),
         ("expert_iteration: {later_rounds_prompt: x}", "later_rounds_prompt"),
-        ("methods: [distil]", "unknown method"),
-        ("train: {lora_r: -1}", "lora-r"),
+        ("methods: [distil]", "methods: expected one of ekt, .*, got distil"),
+        ("train: {lora_r: -1}", "train.lora_r must be >= 0"),
     ]:
         path.write_text(text + "\n")
         with pytest.raises(EktError, match=msg):

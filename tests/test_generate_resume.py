@@ -60,6 +60,7 @@ def _kill_after(cmd: list[str], ready, deadline: float = 300.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_killed_generate_resumes_to_identical_records(varied_model_dir, data_dir, tmp_path):
     whole = tmp_path / "whole"
     subprocess.run(_cmd(varied_model_dir, data_dir, whole), env=_env(), check=True)

@@ -103,6 +103,7 @@ def _unpacked_reference(student, teacher, s_tok, t_tok, pairs, alpha, tau):
     return alpha * ce_sum / n + (1 - alpha) * tau**2 * kl_sum / n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packing", [True, False])
 def test_kd_trainer_loss_equals_formula_and_is_ce_at_alpha_1(
     tmp_path, tiny_model_dir, same_vocab_teacher, packing
@@ -134,6 +135,7 @@ def test_kd_trainer_loss_equals_formula_and_is_ce_at_alpha_1(
             assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cross_tokenizer_uld_trains_and_decreases(
     tmp_path, tiny_model_dir, other_vocab_teacher, capsys
 ):
@@ -221,6 +223,7 @@ def test_sequence_kd_pairs_keep_every_sample():
     assert {p.source for p in pairs} == {"teacher-unfiltered"}
 
 
+@pytest.mark.slow
 def test_cli_train_method_kd(tmp_path, tiny_model_dir, same_vocab_teacher, capsys):
     from ekt.cli import main
 
@@ -233,7 +236,7 @@ def test_cli_train_method_kd(tmp_path, tiny_model_dir, same_vocab_teacher, capsy
     assert "--method kd needs --teacher" in capsys.readouterr().err
     args = base + ["--teacher", str(same_vocab_teacher), "--kd-alpha", "0.25", "--device", "cpu"]
     assert main(args + ["--kd-loss", "nope"]) == 2
-    assert "kd.loss" in capsys.readouterr().err
+    assert "--kd-loss must be one of auto, kl, uld" in capsys.readouterr().err
     assert main(args + ["--kd-temperature", "2"]) == 0
     summary = json.loads((tmp_path / "s" / "train_summary.json").read_text())
     assert summary["steps"] == 2

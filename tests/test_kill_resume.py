@@ -348,6 +348,7 @@ def uninterrupted(config) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_kill_at_exact_points(config, uninterrupted):
     run_dir = config.parent / "killed"
     seen: dict[tuple, object] = {}
@@ -379,6 +380,7 @@ WATCH = [  # kill as soon as this path exists (and, for files, holds something)
 ]
 
 
+@pytest.mark.slow
 def test_kill_from_outside(config, uninterrupted):
     run_dir = config.parent / "killed-outside"
     for rel in WATCH:
@@ -410,6 +412,7 @@ def test_kill_from_outside(config, uninterrupted):
     _assert_same_results(uninterrupted, run_dir)
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_and_force_redoes_only_what_changed(config, uninterrupted):
     """A resume with another eval temperature is refused (naming the key); --force removes the
     evaluations and results only: teacher samples and the trained student stay as they are."""

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ekt.pipeline.config import load_config
+from ekt.pipeline.experiment import run_experiment
 from ekt.pipeline.matrix import slug
-from ekt.pipeline.run import run_experiment
 
 CONFIG = """\
 name: matrix
@@ -54,6 +54,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_matrix_shares_stages_and_adding_a_student_reuses_them(models, data_dir, tmp_path, capsys):
     t1, t2, s2 = models["t1"], models["t2"], models["s2"]
     fmt = {"data_dir": data_dir, "t1": t1, "t2": t2}

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from ekt.cli import main
 from ekt.records import read_jsonl
 
@@ -10,6 +12,7 @@ def _lines(path):
     return [obj for _, obj in read_jsonl(path)]
 
 
+@pytest.mark.slow
 def test_generate_verify_filter_end_to_end(tmp_path, tiny_model_dir, data_dir, capsys):
     gen = tmp_path / "gen"
     args = [
@@ -155,6 +158,7 @@ def test_generate_verify_filter_end_to_end(tmp_path, tiny_model_dir, data_dir, c
     assert pair["problem_id"] == "gsm8k/train/1" and "Weng earns" in pair["question"]
 
 
+@pytest.mark.slow
 def test_resume_writes_only_missing_samples(tmp_path, tiny_model_dir, data_dir, capsys):
     """A shard cut short (killed writer) is completed with the same records a clean run gives."""
     base = [

@@ -291,7 +291,7 @@ def test_ekt_run_ends_with_intervals_and_report(tmp_path, tiny_model_dir, data_d
     """The Runner hook on a real (tiny, random) model: all three outputs, rebuilt identically."""
     from ekt.evaluation.evaluate import EvalConfig
     from ekt.pipeline.config import RunConfig
-    from ekt.pipeline.run import run_experiment
+    from ekt.pipeline.experiment import run_experiment
     from ekt.training.train import TrainConfig
 
     cfg = RunConfig(

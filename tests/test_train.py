@@ -101,6 +101,7 @@ def test_weight_decay_skips_norms_and_biases(tiny_model_dir, tmp_path):
     assert default - {"lm_head.weight"} == set(names)
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_checkpoint_reloads(tmp_path, tiny_model_dir, capsys):
     pairs_path = tmp_path / "train_pairs.jsonl"
     write_jsonl_atomic(pairs_path, PAIRS)

@@ -1,381 +1,478 @@
 """The ``ekt`` command: one subcommand per stage, plus ``run`` and ``demo`` for whole experiments.
 
-Errors a user can fix (bad input, bad options) print one line and exit 2; add
-``--debug`` for the traceback.
+Every subcommand's options are a dataclass (``GenerateOptions``, ...) whose fields nest the
+settings' own dataclasses (``TeacherSampling``, ``SandboxConfig``, ``TrainConfig``...);
+jsonargparse turns the fields into flags, their attribute docstrings (or ``# comments``)
+into help text and ``Literal`` types into checked choices. A new field of any of those
+classes is a new flag with no code here (see ``ekt.pipeline.config`` for how to add one).
+
+A setting's canonical flag is its dotted key (``--sampling.temperature``,
+``--sandbox.timeout``); the short spellings of earlier ekt versions are derived from the
+keys, not listed: the last part of the key when no other key ends the same way
+(``--temperature``, ``--timeout``), a ``name`` field by its block (``--backend vllm``), dots
+as underscores (``--kd-alpha``, ``--ray-replicas``), dashes as underscores
+(``--learning-rate``), ``--no-X`` for a false boolean, comma- or space-separated lists
+(``--k 1,10``) and ``--ray [ADDRESS]`` for an optional block. ``ekt run CONFIG`` takes any
+run-config key as an override (``--train.learning_rate 2e-5 --eval.n 8``), recorded in the
+run folder's ``config.yaml``.
+
+Errors a user can fix (bad input, bad options) print one line naming the flag as typed and
+exit 2; add ``--debug`` for the traceback.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import json
 import os
+import re
 import sys
+import tempfile
+import typing
 from collections.abc import Callable
-from typing import NoReturn
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
+import jsonargparse
+import torch.distributed as dist
+
+from ekt import __version__
+from ekt.data.prompt_format import PromptFormat, load_format
+from ekt.data.tasks import task_table
 from ekt.errors import EktError, user_message
-from ekt.generation.backends import add_backend_args
+from ekt.evaluation.evaluate import EvalConfig, evaluate, score_line
+from ekt.generation.backends import BackendConfig, make_sampler
+from ekt.generation.generate import format_stops, generate
+from ekt.models import PRESETS, model_fingerprint, resolve_model
+from ekt.pipeline.config import (
+    RunConfig,
+    TaskConfig,
+    TeacherSampling,
+    add_dataclass,
+    instantiate,
+    load_config,
+    name_key,
+    parse_error,
+)
+from ekt.pipeline.distributed import RayCluster, import_ray
+from ekt.pipeline.experiment import run_experiment
+from ekt.pipeline.export import export, push_to_hub, student_folder
+from ekt.report.build import add_statistics, build_report
+from ekt.sandbox.pool import SandboxConfig
+from ekt.training.config import TrainConfig
+from ekt.training.kd import KDConfig, train_kd
+from ekt.training.train import train_student
+from ekt.verification.filtering import filter_stage
+from ekt.verification.verify import iter_inputs, verify
+
+# -- each subcommand's options ------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line, like every other error (subcommand parsers inherit this)."""
+@dataclass
+class GenerateOptions(TaskConfig):
+    """`ekt generate` options."""
 
-    commands: dict[str, argparse.ArgumentParser]  # the subcommand parsers, on the top one
+    model: str = ""
+    """teacher: HF hub id, local HF folder, .gguf file or preset (required)"""
+    out: str = ""
+    """output folder of the sample shards (required)"""
+    split: str = "train"
+    """questions sampled: train | dev | test"""
+    limit: int | None = None
+    """the first N questions only"""
+    prompt: Literal["teacher", "student"] = "teacher"
+    """teacher: few-shot prompt; student: the bare question"""
+    shard_size: int = 100
+    """questions per resumable shard"""
+    force: bool = False
+    """discard earlier samples in --out"""
+    device: str | None = None
+    """cpu | cuda | cuda:N (None: cuda if present)"""
+    sampling: TeacherSampling = field(default_factory=TeacherSampling)
+    """how to sample"""
+    ray: RayCluster | None = None
+    """on a Ray cluster (--ray [ADDRESS]; pip install 'ekt[ray]')"""
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+@dataclass
+class VerifyOptions(TaskConfig):
+    """`ekt verify` options."""
+
+    programs: str = ""
+    """JSONL file, shard folder or `ekt generate --out` (required)"""
+    out: str = ""
+    """output JSONL (appended; reruns skip done lines) (required)"""
+    split: str | None = None
+    """refuse programs for questions outside this split"""
+    prompt_format: str = "function"
+    """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    """where programs run"""
+    ray: RayCluster | None = None
+    """verifier actors on a Ray cluster (--ray [ADDRESS])"""
 
 
-def _positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
+@dataclass
+class FilterOptions(TaskConfig):
+    """`ekt filter` options."""
 
-    return parse
+    executions: list[str] = field(default_factory=list)
+    """`ekt verify` output file(s) (required)"""
+    out: str = "train_pairs.jsonl"
+    """the training pairs"""
+    keep: Literal["first", "all"] = "first"
+    """first correct program per question (published) or all unique ones"""
+    decontaminate: str = "test"
+    """drop questions that also appear in this split's file ('' to disable)"""
 
 
-def _add_task_args(p: argparse.ArgumentParser, split_default: str | None = "train") -> None:
-    p.add_argument("--task", default="gsm8k", help="task name (default: gsm8k)")
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with train.jsonl/test.jsonl (default: $EKT_DATA_DIR, else the HF dataset)",
+@dataclass
+class TrainOptions:
+    """`ekt train` options."""
+
+    student: str = ""
+    """student model spec (required; also --model)"""
+    pairs: str = ""
+    """train_pairs.jsonl from `ekt filter` (required)"""
+    out: str = ""
+    """output folder: an HF checkpoint (required)"""
+    method: Literal["sft", "kd"] = "sft"
+    """sft: fine-tune on the pairs; kd: also distil --teacher's distribution"""
+    teacher: str | None = None
+    """model spec of the live teacher (--method kd)"""
+    device: str | None = None
+    """cpu | cuda | cuda:N (None: cuda if present)"""
+    prompt_format: str = "function"
+    """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """fine-tuning (transformers.TrainingArguments with ekt's defaults)"""
+    kd: KDConfig = field(default_factory=KDConfig)
+    """--method kd: the distillation term"""
+
+
+@dataclass
+class EvaluateOptions(TaskConfig):
+    """`ekt evaluate` options."""
+
+    model: str = ""
+    """model spec (required)"""
+    out: str = ""
+    """output folder (required)"""
+    prompt: Literal["teacher", "student"] = "student"
+    """teacher: few-shot prompt; student: bare question"""
+    prompt_format: str = "function"
+    """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
+    device: str | None = None
+    """cpu | cuda | cuda:N (None: cuda if present)"""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """the evaluation budget"""
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    """where programs run"""
+    ray: RayCluster | None = None
+    """on a Ray cluster (--ray [ADDRESS])"""
+
+
+@dataclass
+class RunOptions:
+    """`ekt run CONFIG` options (any run-config key is a flag too)."""
+
+    out: str | None = None
+    """run folder (None: runs/<name>)"""
+    force: bool = False
+    """redo stages whose settings changed"""
+
+
+@dataclass
+class ReportOptions:
+    """`ekt report RUN_DIR...` options."""
+
+    out: str | None = None
+    """HTML file (None: RUN_DIR/report.html for one run, ./report.html for several)"""
+    reference: str = "ekt"
+    """method paired differences are taken against"""
+    questions: int = 200
+    """questions whose programs are embedded in the drill-down"""
+    samples: int = 4
+    """sampled programs shown per model and question"""
+    resamples: int = 2000
+    """bootstrap resamples"""
+    seed: int = 0
+    """bootstrap seed"""
+    update_results: bool = False
+    """also rewrite each run's results.json/results.md with intervals"""
+
+
+@dataclass
+class DemoOptions:
+    """`ekt demo` options."""
+
+    out: str | None = None
+    """run folder (None: runs/demo)"""
+
+
+@dataclass
+class ModelsOptions:
+    """`ekt models [SPEC]` takes no options."""
+
+
+@dataclass
+class TasksOptions:
+    """`ekt tasks` takes no options."""
+
+
+@dataclass
+class ExportOptions:
+    """`ekt export RUN_DIR` options."""
+
+    format: Literal["messages", "prompt-completion", "hf"] = "messages"
+    """messages (TRL chat JSONL), prompt-completion (JSONL), hf (a datasets folder)"""
+    out: str | None = None
+    """the JSONL file or dataset folder to write (required but with --push-to-hub)"""
+    method: Literal["ekt", "kd", "seq-kd", "supervised", "expert-iteration"] = "ekt"
+    """whose training pairs"""
+    push_to_hub: str | None = None
+    """also upload the dataset (or, with --checkpoint, the student) to this hub repo"""
+    checkpoint: bool = False
+    """push the method's trained student instead of the pairs"""
+
+
+# (options, help, positional arguments: (name, argparse keywords))
+COMMAND_OPTIONS: dict[str, tuple[type, str, tuple[tuple[str, dict], ...]]] = {
+    "generate": (GenerateOptions, "sample programs for each question into resumable shards", ()),
+    "verify": (VerifyOptions, "run programs in the sandbox and grade them", ()),
+    "filter": (FilterOptions, "keep correct, unique, uncontaminated programs as train pairs", ()),
+    "train": (TrainOptions, "fine-tune a student on train_pairs.jsonl", ()),
+    "evaluate": (EvaluateOptions, "greedy pass@1, pass@k and majority vote on held-out questions", ()),  # noqa: E501
+    "run": (RunOptions, "a whole experiment from a YAML config (any key: --a.b VALUE)",
+            (("config", {"help": "YAML file (see configs/)"}),)),  # fmt: skip
+    "demo": (DemoOptions, "`ekt run configs/demo.yaml`: a small real run on this machine", ()),
+    "report": (ReportOptions, "report.html (intervals, curves, drill-down) from run folders",
+               (("runs", {"nargs": "+", "metavar": "RUN_DIR", "help": "run folders"}),)),
+    "models": (ModelsOptions, "list embedded presets, or convert one to a cached HF folder",
+               (("spec", {"nargs": "?", "help": "model spec to resolve"}),)),
+    "tasks": (TasksOptions, "list the built-in tasks (name, source, splits, answer format)", ()),
+    "export": (ExportOptions, "a run's training pairs for other trainers (TRL, datasets, hub)",
+               (("run_dir", {"help": "the run folder"}),)),
+}
+REQUIRED = {"generate": ("model", "out"), "verify": ("programs", "out"), "filter": ("executions",),
+            "train": ("student", "pairs", "out"), "evaluate": ("model", "out")}  # fmt: skip
+LEGACY = {"--model": {"train": "--student"}}  # old flag -> the key's flag, per command
+
+
+# -- from the dataclass fields to flags -------------------------------------------------------
+
+
+def leaf_keys(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> type of every setting of ``cls`` (an optional block is a key too)."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if dataclasses.is_dataclass(tp):
+            out.update(leaf_keys(tp, key + "."))
+        elif inner:
+            out[key] = tp
+            out.update(leaf_keys(inner[0], key + "."))
+        else:
+            out[key] = tp
+    for name, init in getattr(cls, "__dataclass_fields__", {}).items():
+        if isinstance(init.type, dataclasses.InitVar) or "InitVar" in str(init.type):
+            out[f"{prefix}{name}"] = typing.Any
+    return out
+
+
+def aliases(keys: dict[str, Any]) -> dict[str, str]:
+    """Every accepted spelling (underscores for dashes) -> its key; ambiguous ones left out."""
+    claims: dict[str, set[str]] = {}
+    for key in keys:
+        parts = key.split(".")
+        names = {key, key.replace(".", "_"), parts[-1]}
+        if parts[-1] == "name" and len(parts) > 1:
+            names.add(parts[-2])
+            names.add(key.rsplit(".", 1)[0])
+        for n in names:
+            claims.setdefault(n, set()).add(key)
+    out = {n: next(iter(ks)) for n, ks in claims.items() if len(ks) == 1}
+    out.update({k: k for k in keys})  # a full key always means itself
+    return out
+
+
+def _is(tp: Any, kind: type) -> bool:
+    return tp is kind or kind in typing.get_args(tp) or typing.get_origin(tp) is kind
+
+
+def normalize(argv: list[str], keys: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """``argv`` in canonical flags (``--a.b=value``), and each key's flag as the user typed it."""
+    names = aliases(keys)
+    out: list[str] = []
+    typed: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if not tok.startswith("--") or tok == "--":
+            out.append(tok)
+            continue
+        name, eq, value = tok[2:].partition("=")
+        norm = name.replace("-", "_")
+        negated = norm.startswith("no_") and names.get(norm[3:]) in keys
+        key = names.get(norm[3:] if negated else norm)
+        if key is None or key not in keys:
+            out.append(tok)
+            continue
+        tp = keys[key]
+        typed[key] = f"--{name}"
+        if negated:
+            if not _is(tp, bool):
+                out.append(tok)
+                continue
+            out.append(f"--{key}=false")
+            continue
+        has_value = bool(eq) or (i < len(argv) and not argv[i].startswith("--"))
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if inner:  # an optional block given bare or with one value: its first field
+            first = dataclasses.fields(inner[0])[0].name
+            if not eq and has_value and not argv[i].startswith("-"):
+                value = argv[i]
+                i += 1
+            out.append(f"--{key}.{first}=" + (value if value else "null"))
+            continue
+        if _is(tp, bool):
+            if not eq and i < len(argv) and argv[i].lower() in ("true", "false", "yes", "no"):
+                value = argv[i]
+                i += 1
+            out.append(f"--{key}=" + (value or "true"))
+            continue
+        if _is(tp, list) and not eq:
+            items: list[str] = []
+            while i < len(argv) and not argv[i].startswith("--"):
+                items += [x for x in argv[i].split(",") if x.strip()]
+                i += 1
+            out.append(f"--{key}=" + json.dumps(items))
+            continue
+        if _is(tp, list) and eq and not value.startswith("["):
+            value = json.dumps([x for x in value.split(",") if x.strip()])
+        out.append(f"--{key}" + (f"={value}" if eq else ""))
+    return out, typed
+
+
+def command_parser(command: str) -> jsonargparse.ArgumentParser:
+    cls, text, positional = COMMAND_OPTIONS[command]
+    parser = jsonargparse.ArgumentParser(
+        prog=f"ekt {command}", description=text, exit_on_error=False
     )
-    p.add_argument("--split", default=split_default, help="train | dev | test")
-    p.add_argument(
-        "--dev-size",
-        type=int,
-        default=0,
-        help="training questions held out as the dev split (published: 500; default 0)",
-    )
-    p.add_argument("--dev-seed", type=int, default=0, help="seed choosing the dev questions")
-
-
-def _add_sampling_args(p: argparse.ArgumentParser, n: int, temperature: float) -> None:
-    p.add_argument("--n", type=_positive_int("--n"), default=n, help="samples per question")
-    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
-
-
-def _add_sandbox_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--workers", type=_positive_int("--workers"), default=None, help="default: one per core"
-    )
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per program (wall clock)")
-    p.add_argument("--memory-mb", type=_positive_int("--memory-mb"), default=1024)
-    p.add_argument(
-        "--isolation",
-        choices=["strict", "standard", "none"],
-        default="standard",
-        help="strict refuses to run without a syscall filter; none is for benchmarking only",
-    )
-
-
-def _add_ray_args(p: argparse.ArgumentParser) -> None:
-    """``--ray [ADDRESS]``: shards on a Ray cluster (ekt.pipeline.distributed), resumable."""
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="ADDRESS",
-        help="run generation and verification on a Ray cluster (pip install 'ekt[ray]'); "
-        "no ADDRESS: $RAY_ADDRESS, a cluster running here, else a local one",
-    )
-    p.add_argument(
-        "--ray-replicas", type=int, default=0,
-        help="model replicas (0: one per GPU, or one per node without GPUs)",
-    )  # fmt: skip
-    p.add_argument(
-        "--ray-gpus-per-replica", type=float, default=-1,
-        help="GPUs per replica (-1: 1 on a GPU cluster, vLLM: tensor x data parallel size)",
-    )  # fmt: skip
-    p.add_argument(
-        "--ray-verifiers", type=int, default=0,
-        help="sandbox actors (0: one per node, with one sandbox worker per CPU)",
-    )  # fmt: skip
-
-
-def _ray_cluster(args: argparse.Namespace):
-    """The RayCluster the --ray flags ask for, or None."""
-    if getattr(args, "ray", None) is None:
-        return None
-    from ekt.pipeline.distributed import RayCluster, import_ray
-
-    import_ray()  # a missing Ray is a one-line error before any work
-    gpus = args.ray_gpus_per_replica
-    if gpus < 0 and getattr(args, "backend_name", None) == "vllm":
-        gpus = args.backend_tensor_parallel_size * args.backend_data_parallel_size
-    cluster = RayCluster(
-        address=args.ray or None,
-        replicas=args.ray_replicas,
-        gpus_per_replica=gpus,
-        verifiers=args.ray_verifiers,
-        cpus_per_verifier=getattr(args, "workers", None) or 0,
-    )
-    cluster.validate()
-    return cluster
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from ekt import __version__
-
-    parser = _Parser(
-        prog="ekt",
-        description="Explicit knowledge transfer: teacher programs -> sandbox -> student.",
-    )
-    parser.add_argument("--version", action="version", version=f"ekt {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parser.commands = sub.choices
-
-    g = sub.add_parser("generate", help="sample programs for each question into resumable shards")
-    g.add_argument("--model", required=True, help="HF hub id, local HF dir, .gguf file or preset")
-    _add_task_args(g)
-    g.add_argument("--limit", type=_positive_int("--limit"), default=None, help="first N questions")
-    _add_sampling_args(g, n=4, temperature=0.6)
-    g.add_argument("--prompt", choices=["teacher", "student"], default="teacher")
-    g.add_argument(
-        "--prompt-format",
-        default="function",
-        help="prompt layout: function (default), chat, tinygsm, or a YAML file "
-        "(see ekt/data/formats/)",
-    )
-    g.add_argument("--shard-size", type=_positive_int("--shard-size"), default=100)
-    g.add_argument("--out", required=True, help="output folder")
-    g.add_argument("--force", action="store_true", help="discard earlier samples in --out")
-    add_backend_args(g)
-    _add_ray_args(g)
-
-    v = sub.add_parser("verify", help="run programs in the sandbox and grade them")
-    _add_task_args(v, split_default=None)
-    v.add_argument("--programs", required=True, help="JSONL file, shard folder or generate --out")
-    v.add_argument("--out", required=True, help="output JSONL (appended; reruns skip done lines)")
-    v.add_argument(
-        "--prompt-format",
-        default="function",
-        help="prompt layout: function (default), chat, tinygsm, or a YAML file "
-        "(see ekt/data/formats/)",
-    )
-    _add_sandbox_args(v)
-    _add_ray_args(v)
-
-    f = sub.add_parser(
-        "filter", help="keep correct, unique, uncontaminated programs as train pairs"
-    )
-    _add_task_args(f, split_default=None)
-    f.add_argument("--executions", required=True, nargs="+", help="`ekt verify` output file(s)")
-    f.add_argument("--out", default="train_pairs.jsonl")
-    f.add_argument(
-        "--keep",
-        choices=["first", "all"],
-        default="first",
-        help="first correct program per question (published) or all unique ones",
-    )
-    f.add_argument(
-        "--decontaminate",
-        default="test",
-        help="drop questions that also appear in this split's file ('' to disable)",
-    )
-
-    t = sub.add_parser("train", help="fine-tune a student on train_pairs.jsonl")
-    t.add_argument("--student", "--model", dest="student", required=True, help="model spec")
-    t.add_argument("--pairs", required=True, help="train_pairs.jsonl from `ekt filter`")
-    t.add_argument("--out", required=True, help="output folder (an HF checkpoint)")
-    t.add_argument(
-        "--method",
-        choices=["sft", "kd"],
-        default="sft",
-        help="sft: fine-tune on the pairs; kd: also distil --teacher's distribution",
-    )
-    t.add_argument("--teacher", default=None, help="model spec of the live teacher (--method kd)")
-    t.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
-    t.add_argument(
-        "--prompt-format",
-        default="function",
-        help="prompt layout: function (default), chat, tinygsm, or a YAML file "
-        "(see ekt/data/formats/)",
-    )
-    _add_dataclass_args(t, "TrainConfig")
-    _add_dataclass_args(t, "KDConfig", module="training.kd", prefix="kd")
-
-    e = sub.add_parser(
-        "evaluate", help="greedy pass@1, pass@k and majority vote on held-out questions"
-    )
-    e.add_argument("--model", required=True)
-    _add_task_args(e, split_default="test")
-    e.add_argument("--limit", type=_positive_int("--limit"), default=None)
-    e.add_argument(
-        "--prompt",
-        choices=["teacher", "student"],
-        default="student",
-        help="teacher: few-shot prompt; student: bare question (default)",
-    )
-    e.add_argument(
-        "--prompt-format",
-        default="function",
-        help="prompt layout: function (default), chat, tinygsm, or a YAML file "
-        "(see ekt/data/formats/)",
-    )
-    e.add_argument("--n", type=_positive_int("--n"), default=10, help="samples per question")
-    e.add_argument("--k", default="1,10", help="comma-separated k values for pass@k (each <= n)")
-    e.add_argument("--temperature", type=float, default=0.6)
-    e.add_argument("--top-p", type=float, default=1.0)
-    e.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
-    e.add_argument("--seed", type=int, default=1234)
-    e.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1 run")
-    e.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
-    e.add_argument("--device", default=None)
-    e.add_argument("--out", required=True)
-    _add_sandbox_args(e)
-    add_backend_args(e)
-    _add_ray_args(e)
-
-    r = sub.add_parser("run", help="a whole experiment from a YAML config")
-    r.add_argument("config", help="YAML file (see configs/)")
-    r.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
-    r.add_argument("--force", action="store_true", help="redo stages whose settings changed")
-    _add_ray_args(r)
-
-    d = sub.add_parser("demo", help="`ekt run configs/demo.yaml`: a small real run on this machine")
-    d.add_argument("--out", default=None)
-
-    rp = sub.add_parser(
-        "report", help="report.html (intervals, curves, drill-down) from one or more run folders"
-    )
-    rp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, shown side by side")
-    rp.add_argument(
-        "--out",
-        default=None,
-        help="HTML file (default: RUN_DIR/report.html for one run, ./report.html for several)",
-    )
-    rp.add_argument("--reference", default="ekt", help="method paired differences are taken vs")
-    rp.add_argument(
-        "--questions",
-        type=_positive_int("--questions"),
-        default=200,
-        help="questions whose programs are embedded in the drill-down",
-    )
-    rp.add_argument(
-        "--samples",
-        type=_positive_int("--samples"),
-        default=4,
-        help="sampled programs shown per model and question",
-    )
-    rp.add_argument(
-        "--resamples", type=_positive_int("--resamples"), default=2000, help="bootstrap resamples"
-    )
-    rp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    rp.add_argument(
-        "--update-results",
-        action="store_true",
-        help="also rewrite each run's results.json/results.md with intervals",
-    )
-
-    sub.add_parser("tasks", help="list the built-in tasks (name, source, splits, answer format)")
-
-    x = sub.add_parser("export", help="a run's training pairs for other trainers (TRL, datasets)")
-    x.add_argument("run_dir", help="the run folder")
-    x.add_argument("--format", required=True, choices=["messages", "prompt-completion", "hf"])
-    x.add_argument("--out", help="the JSONL file or dataset folder to write")
-    x.add_argument("--method", default="ekt", help="whose pairs: ekt, supervised, seq-kd, ...")
-    x.add_argument("--push-to-hub", metavar="REPO", help="also upload the dataset to the HF hub")
-    x.add_argument(
-        "--checkpoint", action="store_true", help="push the method's trained student instead"
-    )
-
-    m = sub.add_parser("models", help="list embedded presets, or convert one to a cached HF folder")
-    m.add_argument("spec", nargs="?", help="model spec to resolve (converts a preset/.gguf once)")
-
+    for name, kwargs in positional:
+        parser.add_argument(name, **kwargs)
+    add_dataclass(parser, cls, None)
+    names = aliases(leaf_keys(cls))
+    short: dict[str, list[str]] = {}
+    for n, key in names.items():
+        if n != key and (n != key.replace(".", "_") or key.count(".") == 1):
+            short.setdefault(key, []).append("--" + n.replace("_", "-"))
+    for action in parser._actions:
+        if action.dest in short:
+            action.help = f"{action.help or ''} [also {', '.join(sorted(short[action.dest]))}]"
     return parser
 
 
-def _add_dataclass_args(
-    p: argparse.ArgumentParser, name: str, module: str = "training.train", prefix: str = ""
-) -> None:
-    """One flag per field of a config dataclass (``--learning-rate``...), same names as YAML.
+def parse(command: str, argv: list[str]) -> tuple[Any, jsonargparse.Namespace]:
+    """The options of ``command`` (a dataclass) and the positional arguments."""
+    cls = COMMAND_OPTIONS[command][0]
+    for old, by_command in LEGACY.items():
+        if command in by_command:
+            argv = [by_command[command] if t == old else t for t in argv]
+    keys = leaf_keys(cls)
+    canonical, typed = normalize(argv, keys)
+    parser = command_parser(command)
+    try:
+        ns = parser.parse_args(canonical)
+    except (jsonargparse.ArgumentError, TypeError, ValueError) as e:
+        message = parse_error(e)
+        for key, flag in sorted(typed.items(), key=lambda kv: -len(kv[0])):
+            message = re.sub(rf"(?<![\w.-])(--)?{re.escape(key)}(?![\w.])", flag, message)
+        raise UsageError(command, message) from None
+    positional = {name: ns.pop(name) for name, _ in COMMAND_OPTIONS[command][2]}
+    try:
+        options = instantiate(cls, ns)
+        for f in dataclasses.fields(options):  # every block checks its values
+            block = getattr(options, f.name)
+            if dataclasses.is_dataclass(block) and hasattr(block, "validate"):
+                try:
+                    block.validate()
+                except EktError as e:
+                    raise EktError(name_key(str(e), type(block), f"{f.name}.")) from None
+    except EktError as e:  # the key in the message, as the user typed its flag
+        message = str(e)
+        for key in sorted(keys, key=len, reverse=True):
+            if message.startswith(key):
+                flag = typed.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
+                message = flag + message[len(key) :]
+                break
+        raise EktError(message) from None
+    for key in REQUIRED.get(command, ()):
+        if not getattr(options, key):
+            raise UsageError(command, f"the following arguments are required: --{key}")
+    return options, jsonargparse.Namespace(**positional)
 
-    With ``prefix`` "kd", ``KDConfig.alpha`` is ``--kd-alpha`` (YAML ``kd: {alpha: ...}``).
-    """
-    import dataclasses
-    import importlib
 
-    cls = getattr(importlib.import_module(f"ekt.{module}"), name)
-    for f in dataclasses.fields(cls):
-        dest = f"{prefix}_{f.name}" if prefix else f.name
-        flag = "--" + dest.replace("_", "-")
-        default = f.default
-        if isinstance(default, bool):
-            p.add_argument(flag, dest=dest, default=default, action=argparse.BooleanOptionalAction)
-        else:
-            kind = type(default) if default is not None else str
-            p.add_argument(flag, dest=dest, type=kind, default=default, help=f"default: {default}")
+class UsageError(Exception):
+    def __init__(self, command: str, message: str):
+        super().__init__(message)
+        self.command = command
 
 
-def _task(args: argparse.Namespace):
-    from ekt.data.tasks import get_task
-
-    formats = (args.prompt_format,) if getattr(args, "prompt_format", None) else ()
-    return get_task(args.task, args.data_dir, args.dev_size, args.dev_seed, formats)
+# -- the commands -------------------------------------------------------------------------
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    from ekt.data.prompt_format import load_format
-    from ekt.generation.backends import backend_from_args, make_sampler
-    from ekt.generation.generate import generate
-    from ekt.generation.sampling import SamplingParams
-    from ekt.models import model_fingerprint
+def _cluster(ray: RayCluster | None, backend: BackendConfig | None, workers: int | None):
+    """The Ray cluster the flags ask for (vLLM replicas get their GPUs), validated, or None."""
+    if ray is None:
+        return None
+    import_ray()  # a missing Ray is a one-line error before any work
+    if ray.gpus_per_replica < 0 and backend is not None and backend.name == "vllm":
+        gpus = backend.tensor_parallel_size * backend.data_parallel_size
+        ray = dataclasses.replace(ray, gpus_per_replica=gpus)
+    if not ray.cpus_per_verifier and workers:
+        ray = dataclasses.replace(ray, cpus_per_verifier=workers)
+    ray.validate()
+    return ray
 
-    fmt = load_format(args.prompt_format)
-    params = SamplingParams(
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        stop=fmt.stop,
-    )
-    problems = _task(args).load(args.split)
-    if args.limit:
-        problems = problems[: args.limit]
 
-    backend = backend_from_args(args)
+def _limited(problems: list, limit: int | None) -> list:
+    return problems[:limit] if limit else problems
+
+
+def cmd_generate(o: GenerateOptions, _: Any) -> None:
+    backend = o.sampling.backend
+    backend.validate()
+    fmt = load_format(o.sampling.prompt_format)
     _check_format_and_api(fmt, backend)
+    problems = _limited(o.load_task((o.sampling.prompt_format,)).load(o.split), o.limit)
     if backend.name == "openai":  # the weights are the server's: name them by where they live
-        fingerprint = f"openai:{backend.base_url}:{backend.served_model or args.model}"
+        fingerprint = f"openai:{backend.base_url}:{backend.served_model or o.model}"
     else:
-        fingerprint = model_fingerprint(args.model)
-    settings = {
-        "model": args.model,
-        "model_fingerprint": fingerprint,
-        "task": args.task,
-        "split": args.split,
-        "dev_size": args.dev_size,
-    }
+        fingerprint = model_fingerprint(o.model)
+    settings = {"model": o.model, "model_fingerprint": fingerprint, "task": o.task,
+                "split": o.split, "dev_size": o.dev_size}  # fmt: skip
     summary = generate(
-        make_sampler(args.model, args.device, args.batch_size, backend),
+        make_sampler(o.model, o.device, o.sampling.batch_size, backend),
         problems,
-        args.out,
-        params,
-        prompt=args.prompt,
-        shard_size=args.shard_size,
+        o.out,
+        format_stops(o.sampling.sampling_params(), fmt),
+        prompt=o.prompt,
+        shard_size=o.shard_size,
         settings=settings,
-        force=args.force,
+        force=o.force,
+        cluster=_cluster(o.ray, backend, None),
         prompt_format=fmt,
         price=backend.price,
     )
     print(summary.line())
 
 
-def _check_format_and_api(fmt, backend) -> None:
+def _check_format_and_api(fmt: PromptFormat, backend: BackendConfig) -> None:
     """A chat format needs the chat API; a completion format on the chat API gets a note."""
     if backend.name != "openai":
         return
@@ -392,59 +489,34 @@ def _check_format_and_api(fmt, backend) -> None:
         )
 
 
-def _sandbox_config(args: argparse.Namespace):
-    from ekt.sandbox.pool import SandboxConfig
-
-    return SandboxConfig(
-        workers=args.workers,
-        timeout=args.timeout,
-        memory_mb=args.memory_mb,
-        isolation=args.isolation,
-    )
-
-
-def cmd_verify(args: argparse.Namespace) -> None:
-    from ekt.verification.verify import verify
-
-    if args.timeout <= 0:
-        raise EktError(f"--timeout must be > 0, got {args.timeout}")
-    from ekt.verification.verify import iter_inputs
-
-    if next(iter_inputs(args.programs, args.prompt_format), None) is None:
-        raise EktError(f"{args.programs}: no programs to verify (empty input)")
-    summary = verify(
-        args.programs,
-        args.out,
-        _task(args),
-        args.split,
-        _sandbox_config(args),
-        prompt_format=args.prompt_format,
-    )
+def cmd_verify(o: VerifyOptions, _: Any) -> None:
+    o.sandbox.validate()
+    if next(iter_inputs(o.programs, o.prompt_format), None) is None:
+        raise EktError(f"{o.programs}: no programs to verify (empty input)")
+    cluster = _cluster(o.ray, None, o.sandbox.workers)
+    summary = verify(o.programs, o.out, o.load_task((o.prompt_format,)), o.split, o.sandbox,
+                     cluster=cluster, prompt_format=o.prompt_format)  # fmt: skip
     print(summary.line())
 
 
-def cmd_filter(args: argparse.Namespace) -> None:
-    from ekt.verification.filtering import filter_stage
-
-    summary = filter_stage(
-        args.executions,
-        args.out,
-        _task(args),
-        keep=args.keep,
-        decontaminate=args.decontaminate or None,
-        require_records=True,
-    )
+def cmd_filter(o: FilterOptions, _: Any) -> None:
+    summary = filter_stage(o.executions, o.out, o.load_task(), keep=o.keep,
+                           decontaminate=o.decontaminate or None, require_records=True)  # fmt: skip
     print(summary.line())
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    import dataclasses
-
-    from ekt.training.train import TrainConfig
-
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+def cmd_train(o: TrainOptions, _: Any) -> None:
     try:
-        _train(args, cfg)
+        if o.method == "kd":
+            if not o.teacher:
+                raise EktError("--method kd needs --teacher")
+            o.kd.validate()
+            result = train_kd(o.student, o.teacher, o.pairs, o.out, o.train, o.kd, True, o.device)
+        else:
+            result = train_student(o.student, o.pairs, o.out, o.train, device=o.device,
+                                   prompt_format=o.prompt_format)  # fmt: skip
+        if result is None:
+            print(f"train: no training pairs in {o.pairs}; nothing to train")
     finally:
         _end_process_group()
 
@@ -452,10 +524,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _end_process_group() -> None:
     """Under ``accelerate launch``: wait for every rank, then tear the process group down.
     Left to interpreter exit, gloo's threads can abort a rank after its work is done."""
-    if "torch.distributed" not in sys.modules:
-        return
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()
@@ -463,91 +531,36 @@ def _end_process_group() -> None:
             dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, cfg) -> None:
-    import dataclasses
-
-    from ekt.training.train import train_student
-
-    if args.method == "kd":
-        from ekt.training.kd import KDConfig, train_kd
-
-        if not args.teacher:
-            raise EktError("--method kd needs --teacher")
-        kd = KDConfig(
-            **{f.name: getattr(args, f"kd_{f.name}") for f in dataclasses.fields(KDConfig)}
-        )
-        kd.validate()
-        result = train_kd(
-            args.student, args.teacher, args.pairs, args.out, cfg, kd, True, args.device
-        )
-    else:
-        result = train_student(
-            args.student, args.pairs, args.out, cfg, device=args.device,
-            prompt_format=args.prompt_format,
-        )  # fmt: skip
-    if result is None:
-        print(f"train: no training pairs in {args.pairs}; nothing to train")
-
-
-def _parse_ks(text: str) -> list[int]:
-    try:
-        ks = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise EktError(f"--k must be comma-separated integers, got {text!r}") from None
-    return ks
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ekt.evaluation.evaluate import EvalConfig, evaluate, score_line
-    from ekt.generation.backends import backend_from_args
-    from ekt.pipeline.run import _sampler_factory
-
-    cfg = EvalConfig(
-        split=args.split,
-        limit=args.limit,
-        n=args.n,
-        k=_parse_ks(args.k),
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        greedy=not args.no_greedy,
-        batch_size=args.batch_size,
-        backend=backend_from_args(args),
-    )
+def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
+    cfg = o.eval
     cfg.validate()
-    task = _task(args)
-    problems = task.load(args.split)
-    if args.limit:
-        problems = problems[: args.limit]
+    o.sandbox.validate()
+    task = o.load_task((o.prompt_format,))
     scores = evaluate(
-        _sampler_factory(args.model, args.device, args.batch_size, cfg.backend),
-        problems,
-        args.out,
+        make_sampler(o.model, o.device, cfg.batch_size, cfg.backend),
+        _limited(task.load(cfg.split), cfg.limit),
+        o.out,
         cfg,
         task,
-        prompt=args.prompt,
-        sandbox=_sandbox_config(args),
-        settings={"model": args.model},
-        prompt_format=args.prompt_format,
+        prompt=o.prompt,
+        sandbox=o.sandbox,
+        settings={"model": o.model},
+        prompt_format=o.prompt_format,
+        cluster=_cluster(o.ray, cfg.backend, o.sandbox.workers),
     )
-    print(score_line(args.model, scores))
+    print(score_line(o.model, scores))
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    from ekt.pipeline.config import load_config
-    from ekt.pipeline.distributed import use_cluster
-    from ekt.pipeline.run import run_experiment
-
-    cfg = load_config(args.config)
-    # the config's ray: block, unless --ray on the command line chose already
-    with use_cluster(cfg.ray if getattr(args, "ray", None) is None else None):
-        run_experiment(cfg, args.out, force=args.force)
+def cmd_run(o: RunOptions, args: Any, overrides: list[str] = ()) -> None:  # type: ignore[assignment]
+    cfg = load_config(args.config, list(overrides))
+    if cfg.ray is not None:
+        cfg = dataclasses.replace(
+            cfg, ray=_cluster(cfg.ray, cfg.teacher_sampling.backend, cfg.sandbox.workers)
+        )
+    run_experiment(cfg, o.out, force=o.force)
 
 
-def demo_config_path():
-    from pathlib import Path
-
+def demo_config_path() -> Path:
     here = Path(__file__).resolve()
     for base in (Path.cwd(), *here.parents):
         p = base / "configs" / "demo.yaml"
@@ -570,37 +583,26 @@ ekt demo: a SMALL REAL run of explicit knowledge transfer on this machine ({path
 """
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from ekt.pipeline.config import load_config
-    from ekt.pipeline.run import run_experiment
-
+def cmd_demo(o: DemoOptions, _: Any) -> None:
     path = demo_config_path()
     print(DEMO_BANNER.format(path=path))
-    run_experiment(load_config(path), args.out)
+    run_experiment(load_config(path), o.out)
 
 
-def cmd_report(args: argparse.Namespace) -> None:
-    from ekt.report.build import add_statistics, build_report
-
-    if args.update_results:
+def cmd_report(o: ReportOptions, args: Any) -> None:
+    for key in ("questions", "samples", "resamples"):
+        if getattr(o, key) < 1:
+            raise EktError(f"--{key} must be >= 1, got {getattr(o, key)}")
+    if o.update_results:
         for d in args.runs:
-            add_statistics(d, reference=args.reference, resamples=args.resamples, seed=args.seed)
+            add_statistics(d, reference=o.reference, resamples=o.resamples, seed=o.seed)
             print(f"report: intervals written to {d}/results.json and results.md")
-    path = build_report(
-        args.runs,
-        args.out,
-        reference=args.reference,
-        resamples=args.resamples,
-        seed=args.seed,
-        max_questions=args.questions,
-        max_samples=args.samples,
-    )
+    path = build_report(args.runs, o.out, reference=o.reference, resamples=o.resamples,
+                        seed=o.seed, max_questions=o.questions, max_samples=o.samples)  # fmt: skip
     print(f"report: {path}")
 
 
-def cmd_models(args: argparse.Namespace) -> None:
-    from ekt.models import PRESETS, resolve_model
-
+def cmd_models(o: ModelsOptions, args: Any) -> None:
     if args.spec:
         print(resolve_model(args.spec))
         return
@@ -608,38 +610,28 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{name}\t{info}")
 
 
-def cmd_export(args: argparse.Namespace) -> None:
-    import tempfile
-    from pathlib import Path
-
-    from ekt.pipeline.export import export, push_to_hub, student_folder
-
-    if args.checkpoint:
-        if not args.push_to_hub:
-            raise EktError("--checkpoint pushes a student: give --push-to-hub REPO")
-        folder = student_folder(Path(args.run_dir), args.method)
-        print(f"export: pushed {folder} -> {push_to_hub(folder, args.push_to_hub, 'model')}")
-        return
-    if not args.out and not (args.push_to_hub and args.format == "hf"):
-        raise EktError("--out PATH is required (or --format hf with --push-to-hub REPO)")
-    if args.push_to_hub and args.format != "hf":
-        raise EktError("--push-to-hub uploads a dataset: use it with --format hf")
-    out = args.out or tempfile.mkdtemp(prefix="ekt-export-")
-    summary = export(args.run_dir, args.format, out, args.method)
-    print(summary.line())
-    if args.push_to_hub:
-        print(f"export: pushed {out} -> {push_to_hub(out, args.push_to_hub, 'dataset')}")
-
-
-def cmd_tasks(args: argparse.Namespace) -> None:
-    from ekt.data.tasks import task_table
-
+def cmd_tasks(o: TasksOptions, _: Any) -> None:
     print(task_table())
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "tasks": cmd_tasks,
-    "export": cmd_export,
+def cmd_export(o: ExportOptions, args: Any) -> None:
+    if o.checkpoint:
+        if not o.push_to_hub:
+            raise EktError("--checkpoint pushes a student: give --push-to-hub REPO")
+        folder = student_folder(Path(args.run_dir), o.method)
+        print(f"export: pushed {folder} -> {push_to_hub(folder, o.push_to_hub, 'model')}")
+        return
+    if o.push_to_hub and o.format != "hf":
+        raise EktError("--push-to-hub uploads a dataset: use it with --format hf")
+    if not o.out and not o.push_to_hub:
+        raise EktError("--out PATH is required (or --format hf with --push-to-hub REPO)")
+    out = o.out or tempfile.mkdtemp(prefix="ekt-export-")
+    print(export(args.run_dir, o.format, out, o.method).line())
+    if o.push_to_hub:
+        print(f"export: pushed {out} -> {push_to_hub(out, o.push_to_hub, 'dataset')}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
     "generate": cmd_generate,
     "verify": cmd_verify,
     "filter": cmd_filter,
@@ -649,28 +641,80 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "demo": cmd_demo,
     "report": cmd_report,
     "models": cmd_models,
+    "tasks": cmd_tasks,
+    "export": cmd_export,
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # reported by the subcommand, which names itself and its --help
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from ekt.pipeline.distributed import use_cluster
+def usage() -> str:
+    lines = ["usage: ekt [--version] [--debug] COMMAND [options]  (ekt COMMAND --help)", "",
+             "Explicit knowledge transfer: teacher programs -> sandbox -> student.", "",
+             "commands:"]  # fmt: skip
+    lines += [f"  {name:<10}{text}" for name, (_, text, _) in COMMAND_OPTIONS.items()]
+    return "\n".join(lines) + "\n"
 
-        with use_cluster(_ray_cluster(args)):
-            COMMANDS[args.command](args)
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    while argv and argv[0].startswith("-"):
+        flag = argv.pop(0)
+        if flag == "--debug":
+            debug = True
+        elif flag == "--version":
+            print(f"ekt {__version__}")
+            return 0
+        elif flag in ("-h", "--help"):
+            print(usage(), end="")
+            return 0
+        else:
+            print(f"ekt: error: unrecognized arguments: {flag} (see `ekt --help`)", file=sys.stderr)
+            return 2
+    if not argv or argv[0] not in COMMANDS:
+        what = f"invalid command {argv[0]!r}" if argv else "a command is required"
+        print(f"ekt: error: {what}; choose from {', '.join(COMMANDS)} (see `ekt --help`)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    command, rest = argv[0], argv[1:]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    options: Any = None
+    try:
+        overrides: list[str] = []
+        if command == "run":  # its own flags here, the rest are run-config keys
+            own = {"--out", "--force", "-h", "--help"}
+            mine, i = [], 0
+            while i < len(rest):
+                tok = rest[i]
+                if tok.split("=")[0] in own or not tok.startswith("-"):
+                    mine.append(tok)
+                    if tok == "--out" and i + 1 < len(rest):
+                        mine.append(rest[i + 1])
+                        i += 1
+                else:
+                    overrides.append(tok)
+                    while i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                        overrides.append(rest[i + 1])
+                        i += 1
+                i += 1
+            rest = mine
+            overrides, _ = normalize(overrides, leaf_keys(RunConfig))
+        options, positional = parse(command, rest)
+        if command == "run":
+            cmd_run(options, positional, overrides)
+        else:
+            COMMANDS[command](options, positional)
+    except UsageError as e:
+        print(f"ekt {command}: error: {e} (see `ekt {command} --help`)", file=sys.stderr)
+        return 2
     except Exception as e:  # EktError, or the file system refusing (full, read-only...)
-        message = None if args.debug else user_message(e, getattr(args, "out", None) or ".")
+        out = getattr(options, "out", None) or "."
+        message = None if debug else user_message(e, out)
         if message is None:
             raise
-        print(f"ekt {args.command}: error: {message}", file=sys.stderr)
+        print(f"ekt {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ekt {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"ekt {command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0
 

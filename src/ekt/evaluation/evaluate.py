@@ -18,42 +18,51 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ekt.data.grading import answer_float, grade_value, majority_vote
-from ekt.data.tasks import GSM8K
+from ekt.data.prompt_format import load_format
+from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.evaluation.metrics import score_problems
 from ekt.generation.backends import BackendConfig
 from ekt.generation.generate import generate
 from ekt.generation.sampling import Sampler, SamplingParams
+from ekt.layout import EvalLayout
 from ekt.records import Problem, read_jsonl, write_json_atomic, write_jsonl_atomic
 from ekt.sandbox.pool import SandboxConfig
 from ekt.verification.verify import verify
 
 
-@dataclass
-class EvalConfig:
-    """Evaluation budget: ``ekt evaluate`` flags and a run config's ``eval:`` block."""
+@dataclass(frozen=True)
+class EvalConfig(SamplingParams):
+    """Evaluation budget: ``ekt evaluate`` flags and a run config's ``eval:`` block.
 
-    split: str = "test"
-    limit: int | None = None
+    The sampling fields (temperature, top_p, max_new_tokens, stop) are ``SamplingParams``'s;
+    only the defaults of ``n`` and ``seed`` differ for evaluation.
+    """
+
     n: int = 10
-    k: list[int] = field(default_factory=lambda: [1, 10])
-    temperature: float = 0.6
-    top_p: float = 1.0
-    max_new_tokens: int = 256
+    """samples per question for pass@k and the majority vote"""
     seed: int = 1234
+    """seed of the evaluation samples"""
+    split: str = "test"
+    """questions evaluated: train | dev | test"""
+    limit: int | None = None
+    """the first N questions of the split (None: all)"""
+    k: list[int] = field(default_factory=lambda: [1, 10])
+    """k values of pass@k (each <= n)"""
     greedy: bool = True
+    """also score one greedy program per question (greedy pass@1)"""
     batch_size: int = 16
-    # which engine samples the evaluated models (transformers | vllm; see ekt.generation.backends)
+    """sequences decoded together (transformers backend)"""
     backend: BackendConfig = field(default_factory=BackendConfig)
+    """engine that samples the evaluated models (see ekt.generation.backends)"""
 
     def validate(self) -> None:
         self.backend.validate()
-        if self.n < 1:
-            raise EktError(f"--n must be >= 1, got {self.n}")
         if not self.k:
             raise EktError("--k needs at least one value")
         for k in self.k:
@@ -61,12 +70,6 @@ class EvalConfig:
                 raise EktError(f"--k values must be >= 1, got {k}")
             if k > self.n:
                 raise EktError(f"--k {k} exceeds --n {self.n}: pass@k needs at least k samples")
-        if not self.temperature >= 0:  # also NaN
-            raise EktError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise EktError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise EktError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise EktError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -136,24 +139,25 @@ def evaluate(
     problems: Sequence[Problem],
     out_dir: str | Path,
     config: EvalConfig,
-    task: GSM8K,
+    task: Task,
     prompt: str = "student",
     sandbox: SandboxConfig | None = None,
     settings: dict | None = None,
     progress: bool = True,
     prompt_format: str | None = None,
+    cluster: Any = None,
 ) -> dict:
-    """Greedy and sampled programs of ``problems``, verified and scored (pass@k, maj@n).
+    """Score the model of ``sampler`` on ``problems`` into ``out_dir`` (see the module doc);
+    ``cluster`` (``ekt.pipeline.distributed.RayCluster``) samples and verifies on Ray.
 
     ``prompt_format`` (default ``function``) lays out the prompts, gives the stop strings
     and says how replies become programs (``ekt.data.prompt_format``).
     """
-    from ekt.data.prompt_format import load_format
-
     fmt = load_format(prompt_format)
-    stop = tuple(fmt.stop)
+    # a named format brings its own stop strings; else the config's (the function format's)
+    stop = tuple(fmt.stop) if prompt_format else tuple(config.stop)
     config.validate()
-    out = Path(out_dir)
+    out = EvalLayout(Path(out_dir))
     t0 = time.time()
     live: list[Sampler] = []
 
@@ -165,40 +169,40 @@ def evaluate(
         return live[0]
 
     extra = {"task": task.name, **(settings or {})}
+
+    def run_and_verify(out: EvalLayout, kind: str, params: SamplingParams) -> None:
+        generate(
+            lazy, problems, out.samples(kind), params, prompt=prompt, settings=extra,
+            cluster=cluster, prompt_format=fmt,
+        )  # fmt: skip
+        verify(
+            out.samples(kind), out.executions(kind), task, None, sandbox, progress,
+            cluster=cluster, prompt_format=fmt,
+        )  # fmt: skip
+
     greedy_recs = None
     if config.greedy:
         gp = SamplingParams(
-            n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, seed=0, stop=stop
+            n=1, temperature=0.0, max_new_tokens=config.max_new_tokens, stop=stop, seed=0
         )
-        generate(lazy, problems, out / "greedy", gp, prompt=prompt, settings=extra,
-                 prompt_format=fmt)  # fmt: skip
-        verify(out / "greedy", out / "greedy" / "executions.jsonl", task, None, sandbox, progress,
-               prompt_format=fmt)  # fmt: skip
-        greedy_recs = [o for _, o in read_jsonl(out / "greedy" / "executions.jsonl")]
-    sp = SamplingParams(
-        n=config.n,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        max_new_tokens=config.max_new_tokens,
-        seed=config.seed,
-        stop=stop,
-    )
-    generate(lazy, problems, out / "sampled", sp, prompt=prompt, settings=extra, prompt_format=fmt)
-    verify(out / "sampled", out / "sampled" / "executions.jsonl", task, None, sandbox, progress,
-           prompt_format=fmt)  # fmt: skip
-    sampled_recs = [o for _, o in read_jsonl(out / "sampled" / "executions.jsonl")]
+        run_and_verify(out, "greedy", gp)
+        greedy_recs = [o for _, o in read_jsonl(out.executions("greedy"))]
+    sp = replace(config.sampling_params(), stop=stop)
+    run_and_verify(out, "sampled", sp)
+    sampled_recs = [o for _, o in read_jsonl(out.executions("sampled"))]
 
     if greedy_recs is not None:
-        check_complete(problems, greedy_recs, 1, out / "greedy" / "executions.jsonl")
-    check_complete(problems, sampled_recs, config.n, out / "sampled" / "executions.jsonl")
+        check_complete(problems, greedy_recs, 1, out.executions("greedy"))
+    check_complete(problems, sampled_recs, config.n, out.executions("sampled"))
     rows = per_problem(problems, sampled_recs, greedy_recs)
-    write_jsonl_atomic(out / "problems.jsonl", rows)
+    write_jsonl_atomic(out.problems, rows)
     scores = score_problems(rows, config.k)
     # sampled replies from which no program could be extracted (not wrong answers)
     scores["no_program"] = sum(r.get("status") == "no_program" for r in sampled_recs)
-    scores["settings"] = {"eval": asdict(config), "prompt": prompt, **extra}
+    eval_settings = {**asdict(config), "stop": list(config.stop)}  # as JSON reads it back
+    scores["settings"] = {"eval": eval_settings, "prompt": prompt, **extra}
     scores["seconds"] = round(time.time() - t0, 1)
-    write_json_atomic(out / "scores.json", scores)
+    write_json_atomic(out.scores, scores)
     return scores
 
 

@@ -14,21 +14,37 @@ so a resumed run writes the same records as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ekt.data.extract import extract
 from ekt.data.prompt_format import DEFAULT_FORMAT, Prompt, PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.generation.sampling import Sampler, SamplingParams
-from ekt.records import Completion, JsonlWriter, Problem, read_jsonl, write_json_atomic
+from ekt.records import (
+    Completion,
+    JsonlWriter,
+    Problem,
+    from_dict,
+    read_jsonl,
+    write_json_atomic,
+)
 
-if TYPE_CHECKING:
-    from ekt.pipeline.distributed import RayCluster
+
+class ShardCluster(Protocol):
+    """Where shards are sampled off this process (``ekt.pipeline.distributed.RayCluster``)."""
+
+    def generate_shards(
+        self,
+        sampler: Any,
+        shards: Sequence[tuple[int, list[tuple[str, Any]]]],
+        params: SamplingParams,
+    ) -> Iterator[tuple[int, list[Completion]]]: ...
 
 PROMPTS = ("teacher", "student")
 
@@ -39,6 +55,13 @@ def prompt_maker(prompt: str, fmt: str | PromptFormat | None = None) -> Callable
         raise EktError(f"unknown prompt {prompt!r}; choose teacher or student")
     f = load_format(fmt)
     return f.teacher if prompt == "teacher" else f.student
+
+
+def format_stops(params: SamplingParams, fmt: PromptFormat) -> SamplingParams:
+    """``params`` with the prompt format's stop strings, unless the user set their own."""
+    if tuple(params.stop) != tuple(SamplingParams().stop):
+        return params
+    return replace(params, stop=tuple(fmt.stop))
 
 
 @dataclass
@@ -87,8 +110,6 @@ def shard_paths(out_dir: str | Path) -> list[Path]:
 
 def check_settings(path: Path, settings: dict, force: bool = False) -> None:
     """Write ``settings`` to ``path``, or refuse when a previous job there used other settings."""
-    import json
-
     if path.exists() and not force:
         try:
             old = json.loads(path.read_text())
@@ -112,15 +133,15 @@ def generate(
     shard_size: int = 100,
     settings: dict | None = None,
     force: bool = False,
-    cluster: RayCluster | None = None,
+    cluster: ShardCluster | None = None,
     prompt_format: str | PromptFormat | None = None,
     price: tuple[float, float] | None = None,
 ) -> GenerateSummary:
     """Sample ``params.n`` completions per problem into shards under ``out_dir``.
 
     ``sampler`` may be a factory, called only when there is work left, so a
-    finished job never loads its model. With ``cluster`` (or inside
-    ``ekt.pipeline.distributed.use_cluster``) the shards are sampled by model replicas on a
+    finished job never loads its model. With ``cluster`` (an
+    ``ekt.pipeline.distributed.RayCluster``) the shards are sampled by model replicas on a
     Ray cluster, each built there from the factory; the files written are the same.
     ``prompt_format`` (a built-in name, a YAML path; default ``function``) lays the
     prompts out and says how replies become programs; ``price`` (USD per million prompt
@@ -148,10 +169,6 @@ def generate(
     check_settings(out / "generate.json", job, force=force)
 
     t0 = time.time()
-    if cluster is None:
-        from ekt.pipeline.distributed import current_cluster
-
-        cluster = current_cluster()
     tally = _Tally()
     if cluster is not None:
         _generate_ray(cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally)
@@ -242,7 +259,7 @@ def _finish_shard(
 
 
 def _generate_ray(
-    cluster: RayCluster,
+    cluster: ShardCluster,
     sampler: Any,
     problems: Sequence[Problem],
     out: Path,
@@ -257,8 +274,6 @@ def _generate_ray(
     Every replica samples a shard's whole problem list, as the local path does, so
     the records are the same; the driver writes each shard once, when it arrives.
     """
-    from ekt.pipeline.distributed import generate_shards
-
     chunks: dict[int, tuple[Path, Sequence[Problem], dict[str, set[int]]]] = {}
     jobs = []
     for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
@@ -272,7 +287,7 @@ def _generate_ray(
             jobs.append((shard_idx, [(p.id, make_prompt(p)) for p in chunk]))
         else:
             _finish_shard(path, chunk, have, params)
-    for shard_idx, completions in generate_shards(cluster, sampler, jobs, params):
+    for shard_idx, completions in cluster.generate_shards(sampler, jobs, params):
         path, chunk, have = chunks[shard_idx]
         _write_shard(path, have, completions, fmt, tally)
         _finish_shard(path, chunk, have, params)
@@ -298,8 +313,6 @@ def usage(out_dir: str | Path, price: tuple[float, float] | None = None) -> dict
 
 
 def read_completions(out_dir: str | Path) -> list[Completion]:
-    from ekt.records import from_dict
-
     return [
         from_dict(Completion, obj, f"{p}:{i}")
         for p in shard_paths(out_dir)

@@ -54,7 +54,7 @@ import hashlib
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from ekt.data.prompts import STOP_STRINGS
@@ -64,16 +64,26 @@ from ekt.records import Completion
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How programs are sampled. Each field is declared here once: the run config's
+    ``teacher_sampling:`` and ``eval:`` blocks and ``ekt generate``/``ekt evaluate`` extend
+    this class, and their other defaults are set with ``dataclasses.replace``."""
+
     n: int = 1
-    temperature: float = 0.6  # 0 => greedy
+    """samples per question"""
+    temperature: float = 0.6
+    """sampling temperature (0 = greedy)"""
     top_p: float = 1.0
+    """nucleus sampling: keep the smallest token set with this much probability, in (0, 1]"""
     max_new_tokens: int = 256
+    """tokens generated at most per sample"""
     stop: tuple[str, ...] = tuple(STOP_STRINGS)
+    """strings that end a sample (cut before the first one)"""
     seed: int = 0
+    """seed of every sample's own random stream (with the question id and sample index)"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
-            raise EktError(f"--n must be an integer >= 1, got {self.n!r}")
+            raise EktError(f"--n must be >= 1 (an integer), got {self.n!r}")
         if not self.temperature >= 0:  # also rejects NaN
             raise EktError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -88,6 +98,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    def sampling_params(self) -> SamplingParams:
+        """Just the sampling fields (of a config that extends this class)."""
+        return SamplingParams(**{f.name: getattr(self, f.name) for f in fields(SamplingParams)})
 
 
 class Sampler(Protocol):

@@ -1,89 +1,148 @@
-"""Run configuration: nested dataclasses loaded from YAML, one key per CLI flag.
+"""Run configuration: one tree of dataclasses, read from YAML and overridden from flags.
 
-Unknown keys and wrong types stop with a message naming the key, so a typo in
-a config never silently falls back to a default.
+Every setting is a typed field of the dataclass of the part that uses it, declared once:
+``SamplingParams`` (ekt.generation.sampling), ``BackendConfig`` (ekt.generation.backends),
+``SandboxConfig`` (ekt.sandbox.pool), ``TrainConfig`` (``transformers.TrainingArguments``,
+ekt.training.config), ``KDConfig``, ``EvalConfig``, ``ExpertIterationConfig``,
+``RayCluster``. ``RunConfig`` nests them; the YAML reader and every CLI flag are generated
+from the fields by jsonargparse (``config_parser``), so a run config's keys, ``ekt run
+CONFIG --train.learning_rate 2e-5`` overrides and the stage commands' flags are the same
+names.
+
+**Adding a setting.** Add a typed field with a default to the dataclass of the part that
+uses it, and document it with an attribute docstring (a string literal on the line after
+the field) or, failing that, a trailing ``# comment``: that text is the flag's help. Use
+``typing.Literal[...]`` for enumerated values (the parser then checks the choice and lists
+the choices in ``--help``). Nothing else is needed: the field is a YAML key, a flag of
+every command whose options include that dataclass, and is written to the run folder's
+``config.yaml``. Check its value in the class's ``validate``/``__post_init__`` and raise
+``EktError`` naming the key.
+
+Unknown keys and wrong types stop with a message naming the key (YAML) or the flag, so a
+typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import enum
+import functools
+import inspect
+import io
+import re
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonargparse
 import yaml
 
+from ekt.data.prompt_format import load_format
+from ekt.data.tasks import Task, get_task
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import EvalConfig
 from ekt.generation.backends import BackendConfig
+from ekt.generation.sampling import SamplingParams
 from ekt.pipeline.distributed import RayCluster
 from ekt.pipeline.expert_iteration import ExpertIterationConfig
+from ekt.sandbox.pool import SandboxConfig
+from ekt.training.config import TrainConfig
 from ekt.training.kd import KDConfig
-from ekt.training.train import TrainConfig
+
+jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 # ekt: the teacher's verified programs; supervised: GSM8K reference programs;
 # kd: the ekt pairs plus a live teacher's distribution (ekt.training.kd); seq-kd: every teacher
 # sample, unverified; expert-iteration: the student's own programs (ekt.pipeline.expert_iteration)
 METHODS = ("ekt", "supervised", "kd", "seq-kd", "expert-iteration")
+Method = typing.Literal["ekt", "supervised", "kd", "seq-kd", "expert-iteration"]
 
 
-@dataclass
-class TeacherSampling:
+@dataclass(frozen=True)
+class TeacherSampling(SamplingParams):
+    """How the teacher samples: ``SamplingParams`` plus the engine and its batch."""
+
     n: int = 4
-    temperature: float = 0.6
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
+    """samples per question"""
     batch_size: int = 16
-    # which engine samples the teacher (transformers | vllm | openai; see ekt.generation.backends)
+    """sequences decoded together (transformers backend)"""
     backend: BackendConfig = field(default_factory=BackendConfig)
-    # the teacher's prompt layout: function (few-shot completion, the default), chat
-    # (messages; chat/instruct teachers), tinygsm, or a YAML file (ekt.data.prompt_format)
+    """engine that samples the teacher (see ekt.generation.backends)"""
     prompt_format: str = "function"
+    """the teacher's prompt layout: function (few-shot completion, the default), chat
+    (messages; chat/instruct teachers), tinygsm, or a YAML file (ekt.data.prompt_format)"""
 
 
 @dataclass
-class SandboxSettings:
-    workers: int | None = None
-    timeout: float = 5.0
-    memory_mb: int = 1024
-    isolation: str = "standard"
+class TaskConfig:
+    """Which questions: a run config's top-level task keys and every stage command's flags."""
 
-
-@dataclass
-class RunConfig:
-    name: str = "run"
     task: str = "gsm8k"
+    """a built-in task (`ekt tasks`: gsm8k, svamp, asdiv, mawps, gsm-hard, math, math-500) or
+    the path of a task file (YAML: name, data, question, answer, answer_format, id)"""
     data_dir: str | None = None
+    """folder with one file per split (<split>.jsonl/.csv/.parquet; GSM8K: train.jsonl and
+    test.jsonl); None: the task's own data ($EKT_DATA_DIR for gsm8k), else the HF dataset"""
     dev_size: int = 0
+    """training questions held out as the dev split (published: 500)"""
     dev_seed: int = 0
+    """seed choosing the dev questions"""
+
+    def load_task(self, prompt_formats: tuple[str, ...] = ()) -> Task:
+        """The task; questions used as exemplars by ``prompt_formats`` are left out too."""
+        formats = tuple(f for f in prompt_formats if f and f != "function")
+        return get_task(self.task, self.data_dir, self.dev_size, self.dev_seed, formats)
+
+
+@dataclass
+class RunConfig(TaskConfig):
+    """A whole experiment (``ekt run CONFIG``): every key of a run config."""
+
+    name: str = "run"
+    """run name: the run folder is runs/<name> unless --out says otherwise"""
     teacher: str = "gemma3-270m"
+    """teacher model: HF hub id, local HF folder, .gguf file or preset"""
     student: str = "smollm2-135m"
-    # A matrix: every teacher x every student x every method, one data and evaluation budget.
-    # When given, these lists replace ``teacher`` / ``student`` (see ekt.pipeline.matrix).
+    """student model spec"""
     teachers: list[str] = field(default_factory=list)
+    """a matrix: these teachers replace `teacher` (see ekt.pipeline.matrix)"""
     students: list[str] = field(default_factory=list)
-    methods: list[str] = field(default_factory=lambda: ["ekt"])
+    """a matrix: these students replace `student`"""
+    methods: list[Method] = field(default_factory=lambda: ["ekt"])
+    """what the students learn from"""
     train_split: str = "train"
-    train_limit: int | None = None  # first N training questions (None: all)
-    keep: str = "first"  # first | all  (correct programs kept per question)
-    # the layout the student is trained and evaluated in: function (the default) or chat
-    # (an instruct student, on its own chat template), tinygsm, or a YAML file
+    """split the teacher writes programs for"""
+    train_limit: int | None = None
+    """first N training questions (None: all)"""
+    keep: typing.Literal["first", "all"] = "first"
+    """correct programs kept per question: the first, or all unique ones"""
     student_prompt_format: str = "function"
+    """the layout the student is trained and evaluated in: function (the default), chat (an
+    instruct student, on its own chat template), tinygsm, or a YAML file"""
     device: str | None = None
+    """cpu | cuda | cuda:N (None: cuda if present)"""
     teacher_sampling: TeacherSampling = field(default_factory=TeacherSampling)
+    """how the teacher samples"""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """fine-tuning (transformers.TrainingArguments with ekt's defaults)"""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
-    kd: KDConfig = field(default_factory=KDConfig)  # method kd
+    """evaluation budget"""
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    """where programs run (ekt.sandbox.pool.SandboxConfig)"""
+    kd: KDConfig = field(default_factory=KDConfig)
+    """method kd: the distillation term"""
     expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
-    # generation and verification on a Ray cluster (the ``--ray`` flags)
+    """method expert-iteration"""
     ray: RayCluster | None = None
+    """generation and verification on a Ray cluster (None: this machine)"""
     evaluate_teacher: bool = True
+    """also evaluate the teacher (few-shot)"""
     evaluate_base_student: bool = True
-    note: str = ""  # free text printed with the results (what this run is)
+    """also evaluate the student before training"""
+    note: str = ""
+    """free text printed with the results (what this run is)"""
 
     @property
     def is_matrix(self) -> bool:
@@ -110,22 +169,12 @@ class RunConfig:
                 raise EktError(f"methods: unknown method {m!r}; available: {', '.join(METHODS)}")
         if self.keep not in ("first", "all"):
             raise EktError(f"keep: must be first or all, got {self.keep!r}")
-        if self.teacher_sampling.n < 1:
-            raise EktError("teacher_sampling.n must be >= 1")
-        if self.teacher_sampling.temperature < 0:
-            raise EktError("teacher_sampling.temperature must be >= 0")
-        try:
-            self.teacher_sampling.backend.validate()
-        except EktError as e:
-            raise EktError(f"teacher_sampling: {e}") from None
         if self.eval.backend.name == "openai":
             raise EktError(
                 "eval.backend: openai cannot serve the students this run trains; use "
                 "transformers or vllm (the teacher's few-shot evaluation uses "
                 "teacher_sampling.backend)"
             )
-        from ekt.data.prompt_format import load_format
-
         for key, spec in (
             ("teacher_sampling.prompt_format", self.teacher_sampling.prompt_format),
             ("student_prompt_format", self.student_prompt_format),
@@ -134,56 +183,162 @@ class RunConfig:
                 load_format(spec)
             except EktError as e:
                 raise EktError(f"{key}: {e}") from None
-        if self.ray is not None:
-            self.ray.validate()
-        if self.sandbox.isolation not in ("strict", "standard", "none"):
-            raise EktError("sandbox.isolation must be strict, standard or none")
-        for block in ("eval", "train", "kd", "expert_iteration"):  # messages name the block
+        blocks = ("teacher_sampling.backend", "sandbox", "ray", "eval", "train", "kd")
+        for block in (*blocks, "expert_iteration"):  # messages name the block
+            obj: Any = self
+            for part in block.split("."):
+                obj = getattr(obj, part)
+            if obj is None:
+                continue
             try:
-                getattr(self, block).validate()
+                obj.validate()
             except EktError as e:
-                raise EktError(f"{block}: {e}") from None
+                raise EktError(name_key(str(e), type(obj), f"{block}.")) from None
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+# -- the generated parser -------------------------------------------------------------------
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """``field: type = default  # comment`` -> {field: comment}, for fields without docstrings."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    pending: str | None = None  # a comment on the lines above a field
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            m = re.match(r"\s*(\w+)\s*:", tok.line)
+            if m and tok.line.strip() and not tok.line.strip().startswith("#"):
+                out.setdefault(m.group(1), text)
+                pending = None
+            else:
+                pending = f"{pending} {text}" if pending else text
+        elif tok.type == tokenize.NAME and pending and tok.line.strip().startswith(tok.string):
+            if re.match(rf"\s*{tok.string}\s*:", tok.line):
+                out.setdefault(tok.string, pending)
+            pending = None
+    return out
+
+
+def _helps(cls: type, prefix: str = "") -> dict[str, str]:
+    """Help text of every (dotted) key from the fields' comments, walking nested dataclasses."""
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out.update({f"{prefix}{k}": v for k, v in _comments(klass).items()})
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help"):  # TrainingArguments documents its fields so
+            out[f"{prefix}{f.name}"] = " ".join(str(f.metadata["help"]).split())
+        for tp in (hints.get(f.name), *typing.get_args(hints.get(f.name))):
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+                out.update(_helps(tp, f"{prefix}{f.name}."))
+    return out
+
+
+def add_dataclass(parser: jsonargparse.ArgumentParser, cls: type, key: str | None) -> None:
+    """``cls``'s fields as options of ``parser`` (under ``key.`` unless None), with help."""
+    parser.add_class_arguments(cls, key, fail_untyped=True, sub_configs=True)
+    helps = _helps(cls, f"{key}." if key else "")
+    for action in parser._actions:
+        text = action.help or ""
+        if action.dest in helps and (not text or text.startswith(("(type", "---"))):
+            kind = text[text.index("(type") :] if "(type" in text else ""
+            action.help = f"{helps[action.dest]} {kind}".strip()
+
+
+@functools.cache
+def config_parser() -> jsonargparse.ArgumentParser:
+    """RunConfig's keys as options: YAML blocks are read and ``--a.b`` flags parsed by it."""
+    parser = jsonargparse.ArgumentParser(prog="ekt run", exit_on_error=False)
+    add_dataclass(parser, RunConfig, None)
+    return parser
+
+
+def parse_error(e: Exception) -> str:
+    """jsonargparse's message in one line, in ekt's words."""
+    text = " ".join(str(e).split())
+    text = re.sub(r'Parser key "([^"]+)":', r"\1:", text)
+    text = re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, got \2", text)
+    text = re.sub(
+        r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)",
+        lambda m: f"expected one of {m.group(1).replace(chr(39), '')}, got {m.group(2)}",
+        text,
+    )
+    return text
+
+
+def check_keys(cls: type, data: Any, where: str = "") -> None:
+    """Refuse unknown keys of a YAML mapping, naming the keys the block knows."""
     at = f"{where}: " if where else ""
     if not isinstance(data, dict):
         raise EktError(f"{at}expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(inspect.signature(cls).parameters)
     unknown = sorted(map(str, set(data) - names))
     if unknown:
-        raise EktError(
-            f"{at}unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
+        known = ", ".join(sorted(n for n in names if not n.startswith("_")))
+        raise EktError(f"{at}unknown key(s) {', '.join(unknown)}; known: {known}")
     for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
+        tp = hints.get(key)
+        inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
+        if inner and value is not None:
+            check_keys(inner[0], value, f"{where}.{key}" if where else str(key))
+        elif typing.get_origin(tp) is list and isinstance(value, str | int | float):
+            data[key] = [value]  # a single value where a list is expected: a list of one
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value or {}, where)
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            value = [value]
-        return [_coerce(args[0], v, where) for v in value]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and type(value) is not tp:
-        raise EktError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
+def build_config(data: dict, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """The RunConfig of a parsed YAML mapping and ``--key value`` overrides, validated."""
+    parser = config_parser()
+    check_keys(RunConfig, data)
+    try:
+        ns = parser.parse_object(data)
+    except (jsonargparse.ArgumentError, TypeError, ValueError) as e:
+        raise EktError(parse_error(e)) from None
+    if overrides:
+        try:
+            ns = parser.parse_args(list(overrides), namespace=ns)
+        except (jsonargparse.ArgumentError, TypeError, ValueError) as e:
+            raise EktError(f"command line: {parse_error(e)}") from None
+    cfg = instantiate(RunConfig, ns)
+    cfg.validate()
+    return cfg
 
 
-def load_config(path: str | Path) -> RunConfig:
+def instantiate(cls: type, ns: Any, where: str = "") -> Any:
+    """``cls`` built from a parsed namespace, nested dataclasses first; a value a class refuses
+    raises EktError naming its key (``eval: --n must be >= 1``)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in vars(ns).items():
+        if isinstance(value, jsonargparse.Namespace):
+            tp = hints[key]
+            inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            kwargs[key] = instantiate(inner[0] if inner else tp, value, f"{where}{key}.")
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except EktError as e:
+        raise EktError(name_key(str(e), cls, where)) from None
+
+
+def name_key(message: str, cls: type, where: str) -> str:
+    """A class's message about one of its fields, with the field's dotted key:
+    ``--n must be >= 1`` or ``sandbox timeout must ...`` -> ``eval.n must be >= 1``."""
+    m = re.match(r"(?:--|\w+[ .])([\w-]+)(.*)", message, re.S)
+    names = set(inspect.signature(cls).parameters)
+    if m and m.group(1).replace("-", "_") in names:
+        return f"{where}{m.group(1).replace('-', '_')}{m.group(2)}"
+    return f"{where.rstrip('.')}: {message}" if where else message
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """The run config in the YAML file ``path``, with command-line ``overrides`` on top."""
     path = Path(path)
     if not path.is_file():
         raise EktError(f"{path}: config file not found")
@@ -195,12 +350,13 @@ def load_config(path: str | Path) -> RunConfig:
         raise EktError(f"{path}{at}: invalid YAML ({getattr(e, 'problem', e)})") from None
     except UnicodeDecodeError:
         raise EktError(f"{path}: not valid UTF-8") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise EktError(f"{path}: expected a mapping, got {type(data).__name__}")
     try:
-        cfg = _build(RunConfig, data or {}, "")
-        cfg.validate()
+        return build_config(data, overrides)
     except EktError as e:
         raise EktError(f"{path}: {e}") from None
-    return cfg
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -218,5 +374,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def plain(value: Any) -> Any:
+    """A config as plain YAML/JSON values: dataclasses as mappings, enums by value."""
+    if isinstance(value, TrainConfig):
+        return value.settings()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    """The resolved config (every key, overrides included) as written to the run folder."""
+    return yaml.safe_dump(plain(cfg), sort_keys=False, allow_unicode=True)

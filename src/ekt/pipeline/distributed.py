@@ -26,9 +26,9 @@ the same order as the single-process path; Ray only moves the work.
   error. A driver that dies loses only the shards it had not written; rerunning
   the command resumes as usual.
 
-Use ``use_cluster(RayCluster(...))`` (what ``--ray`` does) to make every
-``generate``/``verify`` call in a block, e.g. those of a whole ``ekt run``, go
-through Ray; or pass ``cluster=`` to them directly.
+Pass a ``RayCluster`` as ``cluster=`` to ``generate``/``verify`` (and to ``evaluate``,
+``expert_iteration`` or a ``Runner``, which hand it on); ``--ray`` and a run config's
+``ray:`` block do that. There is no global cluster: what is not given one runs here.
 """
 
 from __future__ import annotations
@@ -45,9 +45,7 @@ from typing import Any
 from ekt.errors import EktError
 from ekt.generation.sampling import SamplingParams
 from ekt.records import Completion, Execution
-from ekt.sandbox.pool import SandboxConfig
-
-_CURRENT: list[RayCluster] = []
+from ekt.sandbox.pool import Sandbox, SandboxConfig
 
 
 @dataclass
@@ -74,6 +72,19 @@ class RayCluster:
             if getattr(self, key) < 1:
                 raise EktError(f"ray.{key} must be >= 1, got {getattr(self, key)}")
 
+    def generate_shards(
+        self,
+        sampler: Any,
+        shards: Sequence[tuple[int, list[tuple[str, str]]]],
+        params: SamplingParams,
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        """Shards sampled by model replicas (``ekt.generation.generate.ShardCluster``)."""
+        return generate_shards(self, sampler, shards, params)
+
+    def sandbox(self, config: SandboxConfig) -> RaySandbox:
+        """Verifier actors (``ekt.verification.verify.SandboxCluster``)."""
+        return RaySandbox(self, config)
+
     def connect(self) -> Any:
         """The ``ray`` module, connected to this cluster (once per process)."""
         ray = import_ray()
@@ -93,25 +104,6 @@ def import_ray() -> Any:
             "--ray needs Ray on this machine and every node: pip install 'ekt[ray]'"
         ) from None
     return ray
-
-
-def current_cluster() -> RayCluster | None:
-    """The cluster set by the innermost ``use_cluster`` block, if any."""
-    return _CURRENT[-1] if _CURRENT else None
-
-
-@contextlib.contextmanager
-def use_cluster(cluster: RayCluster | None) -> Iterator[RayCluster | None]:
-    """Route every ``generate``/``verify`` inside the block through ``cluster`` (None: local)."""
-    if cluster is None:
-        yield None
-        return
-    cluster.validate()
-    _CURRENT.append(cluster)
-    try:
-        yield cluster
-    finally:
-        _CURRENT.pop()
 
 
 # -- the actors ----------------------------------------------------------------------------
@@ -138,8 +130,6 @@ class _Verifier:
     """A warm sandbox pool on the actor's node; returns one Execution per program."""
 
     def __init__(self, config: SandboxConfig):
-        from ekt.sandbox.pool import Sandbox
-
         self._box = Sandbox(config)
 
     def pid(self) -> int:
@@ -336,9 +326,7 @@ class RaySandbox:
 __all__ = [
     "RayCluster",
     "RaySandbox",
-    "current_cluster",
     "generate_shards",
     "import_ray",
     "pool_map",
-    "use_cluster",
 ]

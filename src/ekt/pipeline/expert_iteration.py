@@ -27,6 +27,8 @@ resumes its sampling, verification and training where they stopped.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ from typing import Any
 from ekt.errors import EktError
 from ekt.generation.generate import generate
 from ekt.generation.sampling import SamplingParams
+from ekt.layout import ExpertIterationLayout
 from ekt.records import Problem, TrainPair, read_records, write_json_atomic, write_jsonl_atomic
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.train import TrainConfig, train_student
@@ -53,11 +56,20 @@ class ExpertIterationConfig:
     keep: str = "first"  # first | all: correct programs kept per question
     restart_from_base: bool = True  # published; false: continue from the last round
     later_rounds_prompt: str = "few-shot"  # few-shot | zero-shot
+    # Overrides of ``teacher_sampling`` for the rounds (None: the teacher's setting), applied
+    # with ``dataclasses.replace`` (``sampling``): the values are checked there, once.
     n: int | None = None  # samples per question per round
-    temperature: float | None = None
-    max_new_tokens: int | None = None
-    seed: int | None = None
-    batch_size: int | None = None
+    temperature: float | None = None  # sampling temperature of the rounds
+    max_new_tokens: int | None = None  # tokens per sample at most
+    seed: int | None = None  # seed of the rounds' samples
+    batch_size: int | None = None  # sequences decoded together
+
+    def sampling(self, base: Any) -> Any:
+        """``base`` (the teacher's sampling settings) with this block's overrides."""
+        keys = ("n", "temperature", "max_new_tokens", "seed", "batch_size")
+        return dataclasses.replace(
+            base, **{k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        )
 
     def validate(self) -> None:
         if self.rounds < 1:
@@ -71,7 +83,7 @@ class ExpertIterationConfig:
             )
         if self.n is not None and self.n < 1:
             raise EktError(f"expert_iteration.n must be >= 1, got {self.n}")
-        if self.temperature is not None and self.temperature < 0:
+        if self.temperature is not None and not self.temperature >= 0:
             raise EktError(f"expert_iteration.temperature must be >= 0, got {self.temperature}")
 
 
@@ -109,26 +121,28 @@ def expert_iteration(
     train_config: TrainConfig | None = None,
     sandbox: SandboxConfig | None = None,
     device: str | None = None,
+    cluster: Any = None,
 ) -> ExpertIterationResult:
     """Run the rounds (see the module doc); ``make_sampler(model)`` gives a sampler factory.
 
-    ``params`` are the sampling settings of every round (n, temperature, ...).
+    ``params`` are the sampling settings of every round (n, temperature, ...); ``cluster``
+    (``ekt.pipeline.distributed.RayCluster``) runs sampling and verification on Ray.
     """
     cfg = config or ExpertIterationConfig()
     cfg.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    layout = ExpertIterationLayout(Path(out_dir))
+    layout.dir.mkdir(parents=True, exist_ok=True)
     records: list[RoundRecord] = []
     pairs: list[TrainPair] = []
     solved: set[str] = set()
     previous: str | None = None  # the last round's student
     for r in range(1, cfg.rounds + 1):
-        rdir = out / f"round-{r}"
-        done = rdir / "round.json"
+        rl = layout.round(r)
+        rdir, done = rl.dir, rl.record
         if done.exists():
             rec = _load_record(done)
             records.append(rec)
-            new = read_records(rdir / "new_pairs.jsonl", TrainPair)
+            new = read_records(rl.new_pairs, TrainPair)
             pairs += new
             solved |= {p.problem_id for p in new}
             print(f"expert iteration round {r}: done ({rec.pairs_added} pairs added); skipping")
@@ -154,20 +168,21 @@ def expert_iteration(
             params,
             prompt=PROMPTS[prompt],
             settings={"model": sampler_model, "task": task.name, "round": r},
+            cluster=cluster,
         )
         print(g.line())
-        v = verify(rdir, rdir / "executions.jsonl", task, None, sandbox)
+        v = verify(rdir, rl.executions, task, None, sandbox, cluster=cluster)
         print(v.line())
         f = filter_stage(
-            rdir / "executions.jsonl",
-            rdir / "new_pairs.jsonl",
+            rl.executions,
+            rl.new_pairs,
             task,
             keep=cfg.keep,
             source=f"student-round-{r}",
         )
         new = [
             p
-            for p in read_records(rdir / "new_pairs.jsonl", TrainPair)
+            for p in read_records(rl.new_pairs, TrainPair)
             if p.problem_id not in solved
         ]
         pairs += new
@@ -187,10 +202,10 @@ def expert_iteration(
             seconds=0.0,
         )
         if new:
-            write_jsonl_atomic(rdir / "train_pairs.jsonl", pairs)
+            write_jsonl_atomic(rl.train_pairs, pairs)
             init = student if cfg.restart_from_base or previous is None else previous
             result = train_student(
-                init, rdir / "train_pairs.jsonl", rdir / "model", train_config, device=device
+                init, rl.train_pairs, rl.model, train_config, device=device
             )
             if result is None:  # cannot happen with pairs, but never claim a model
                 raise EktError(f"round {r}: training produced no model")
@@ -209,14 +224,12 @@ def expert_iteration(
         if not new:
             print(f"expert iteration: round {r} added nothing; stopping")
             break
-    write_jsonl_atomic(out / "rounds.jsonl", records)
-    write_jsonl_atomic(out / "train_pairs.jsonl", pairs)
-    return ExpertIterationResult(previous, out / "train_pairs.jsonl", records)
+    write_jsonl_atomic(layout.rounds, records)
+    write_jsonl_atomic(layout.train_pairs, pairs)
+    return ExpertIterationResult(previous, layout.train_pairs, records)
 
 
 def _load_record(path: Path) -> RoundRecord:
-    import json
-
     try:
         return RoundRecord(**json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError) as e:

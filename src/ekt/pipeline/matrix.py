@@ -34,8 +34,12 @@ import time
 from pathlib import Path
 
 from ekt.errors import EktError
-from ekt.pipeline.config import RunConfig, dump_config
+from ekt.generation.backends import make_sampler
+from ekt.layout import RunLayout
+from ekt.pipeline.config import RunConfig, dump_config, plain
+from ekt.pipeline.run import Runner, SamplerFactory
 from ekt.records import write_json_atomic, write_text_atomic
+from ekt.report.build import build_report
 from ekt.report.tables import matrix_markdown
 
 # Stage folders (relative to a pair folder) shared by every pair with the same ...
@@ -77,7 +81,7 @@ def _link(pair_dir: Path, rel: str, target: Path) -> None:
 
 def _linker(root: Path, pair_dir: Path, t_slug: str, s_slug: str):
     def link() -> None:
-        shared = root / "shared"
+        shared = RunLayout(root).shared
         for rel in TEACHER_SHARED:
             _link(pair_dir, rel, shared / f"teacher-{t_slug}" / rel)
         for rel in COMMON_SHARED:
@@ -112,12 +116,16 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     return out
 
 
-def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
-    from ekt.pipeline.run import Runner, run_folder
-
-    root = run_folder(cfg, out_dir)
+def run_matrix(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    sampler_factory: SamplerFactory = make_sampler,
+) -> dict:
+    layout = RunLayout.of(cfg.name, out_dir)
+    root = layout.dir
     root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(root / "config.yaml", dump_config(cfg))
+    write_text_atomic(layout.config, dump_config(cfg))
     cells = cfg.pairs()
     print(
         f"matrix {cfg.name}: {len(cfg.teacher_list())} teacher(s) x "
@@ -132,19 +140,19 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
     for i, (teacher, student) in enumerate(cells, 1):
         t_slug, s_slug = slug(teacher), slug(student)
         name = f"{t_slug}--{s_slug}"
-        pair_dir = root / "pairs" / name
+        pair_dir = layout.pair(name)
         pair_dir.mkdir(parents=True, exist_ok=True)
         link = _linker(root, pair_dir, t_slug, s_slug)
         link()
         print(f"\n==== cell {i}/{len(cells)}: {teacher} -> {student} ({pair_dir})")
         pcfg = pair_config(cfg, teacher, student)
-        runner = Runner(pcfg, pair_dir, force)
+        runner = Runner(pcfg, pair_dir, force, sampler_factory)
         runner.root, runner.redone, runner.link_shared = root, redone, link
         res = runner.run()
         cell_results[name] = res
         pair_dirs.append(pair_dir)
         for r in res.get("rows", []):
-            ev = pair_dir / "eval" / str(r.get("label", ""))
+            ev = RunLayout(pair_dir).eval(str(r.get("label", ""))).dir
             rows.append(
                 {
                     **r,
@@ -161,7 +169,7 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
         "teachers": cfg.teacher_list(),
         "students": cfg.student_list(),
         "methods": cfg.methods,
-        "eval": dataclasses.asdict(cfg.eval),
+        "eval": plain(cfg.eval),
         "rows": rows,
         "cells": {
             k: {"dir": f"pairs/{k}", "statistics": v.get("statistics")}
@@ -169,12 +177,10 @@ def run_matrix(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = 
         },
         "seconds": round(time.time() - t0, 1),
     }
-    write_json_atomic(root / "results.json", results)
-    write_text_atomic(root / "results.md", matrix_markdown(results))
+    write_json_atomic(layout.results, results)
+    write_text_atomic(layout.results_md, matrix_markdown(results))
     try:
-        from ekt.report.build import build_report
-
-        print(f"report: {build_report(pair_dirs, root / 'report.html')}")
+        print(f"report: {build_report(pair_dirs, layout.report)}")
     except Exception as e:  # the figures are on disk; `ekt report` can rebuild the page
         print(f"report: report.html not built ({type(e).__name__}: {e})")
     return results

@@ -24,34 +24,40 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+import torch
+import transformers
 import yaml
 
-from ekt.data.tasks import get_task
+from ekt import __version__
+from ekt.data.prompt_format import load_format
+from ekt.data.supervised import reference_program
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import evaluate, score_line
-from ekt.generation.generate import generate
-from ekt.generation.sampling import SamplingParams
-from ekt.pipeline.config import RunConfig, dump_config
+from ekt.generation.backends import BackendConfig, make_sampler
+from ekt.generation.generate import format_stops, generate, read_completions, usage
+from ekt.layout import RunLayout
+from ekt.models import PRESETS, file_sha256, model_fingerprint, resolve_model
+from ekt.pipeline.config import RunConfig, dump_config, plain
+from ekt.pipeline.expert_iteration import expert_iteration
 from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from ekt.report.tables import results_markdown
-from ekt.sandbox.pool import SandboxConfig
-from ekt.verification.filtering import filter_stage
+from ekt.report.build import finish_run
+from ekt.training.kd import sequence_kd_pairs, train_kd
+from ekt.training.train import train_student
+from ekt.verification.filtering import _norm_question, filter_stage
 from ekt.verification.verify import verify
 
-
-def _sampler_factory(spec: str, device: str | None, batch_size: int, backend=None):
-    """A factory for the sampler of ``spec`` on the configured backend (loads on call)."""
-    from ekt.generation.backends import make_sampler
-
-    return make_sampler(spec, device, batch_size, backend)
+# (model spec, device, batch size, backend) -> a factory that loads the sampler when called
+SamplerFactory = Callable[[str, str | None, int, BackendConfig], Callable[[], Any]]
 
 
 def run_folder(cfg: RunConfig, out_dir: str | Path | None) -> Path:
     """Where a run writes: ``--out``, else ``runs/<name>``."""
-    return Path(out_dir) if out_dir else Path("runs") / cfg.name
+    return RunLayout.of(cfg.name, out_dir).dir
 
 
 # Config keys that do not change any result (speed, placement, labels, what is reported):
@@ -65,6 +71,7 @@ HARMLESS_KEYS = frozenset(
         "evaluate_teacher",
         "evaluate_base_student",
         "sandbox.workers",
+        "sandbox.pin_workers",
         "teacher_sampling.batch_size",
         "eval.batch_size",
         "train.logging_steps",
@@ -164,8 +171,6 @@ def stale_outputs(keys: list[str], run_dir: Path) -> list[Path]:
 
 def input_hashes(task, cfg: RunConfig) -> dict[str, str]:
     """sha256 of the dataset files and fingerprints of the models a run starts from."""
-    from ekt.models import file_sha256, model_fingerprint
-
     out: dict[str, str] = {}
     if task.data_dir:
         for name in ("train.jsonl", "test.jsonl"):
@@ -187,8 +192,6 @@ def _short(value: object) -> str:
 
 
 def _check_model_spec(role: str, spec: str) -> None:
-    from ekt.models import PRESETS, resolve_model
-
     if spec not in PRESETS:  # presets are converted when first loaded; the rest is cheap
         try:
             resolve_model(spec)
@@ -201,24 +204,31 @@ def _count(path: Path) -> int:
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False):
+    """One single-pair run. Its collaborators are passed in: ``sampler_factory`` builds every
+    sampler (default: ``ekt.generation.backends.make_sampler``; tests give scripted ones), and
+    the config's ``sandbox`` and ``ray`` blocks say where programs run and who samples."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | Path | None = None,
+        force: bool = False,
+        sampler_factory: SamplerFactory = make_sampler,
+    ):
         cfg.validate()
         self.cfg = cfg
-        self.dir = run_folder(cfg, out_dir)
+        self.layout = RunLayout.of(cfg.name, out_dir)
+        self.dir = self.layout.dir
+        self.sampler_factory = sampler_factory
+        self.cluster = cfg.ray
         self.root = self.dir  # a matrix run: its top folder (shared stages live under it)
         self.redone: set[Path] = set()  # shared stage folders emptied by this invocation
         self.force = force
-        self.task = get_task(
-            cfg.task, cfg.data_dir, cfg.dev_size, cfg.dev_seed,
-            (cfg.teacher_sampling.prompt_format, cfg.student_prompt_format),
-        )  # fmt: skip
+        self.task = cfg.load_task((cfg.teacher_sampling.prompt_format, cfg.student_prompt_format))
         self.stage_summaries: dict[str, dict] = {}  # into results.json (tokens, cost, failures)
         for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
             _check_model_spec(role, spec)  # a typo stops here, not after hours of sampling
-        s = cfg.sandbox
-        self.sandbox = SandboxConfig(
-            workers=s.workers, timeout=s.timeout, memory_mb=s.memory_mb, isolation=s.isolation
-        )
+        self.sandbox = cfg.sandbox
         self.times: dict[str, float] = {}
 
     def _stage(self, name: str):
@@ -291,15 +301,13 @@ class Runner:
                         "skipped": "no training pairs",
                     }
                 )
-        from ekt.report.build import finish_run  # 95% intervals into results.json/.md, report.html
-
         return finish_run(self.dir, self._write_results(rows))
 
     def _check_config(self) -> None:
         """Refuse to resume a run folder made with a config (or data, or model) that differs in
         a way that would mix incompatible results; with ``--force`` remove what it invalidates.
         """
-        path = self.dir / "config.yaml"
+        path = self.layout.config
         text = dump_config(self.cfg)
         self.inputs = input_hashes(self.task, self.cfg)
         changes: dict[str, tuple] = {}
@@ -310,7 +318,7 @@ class Runner:
                 old = None  # torn by a crash of an older ekt: nothing to compare against
             if isinstance(old, dict):
                 changes = config_changes(old, yaml.safe_load(text))
-            manifest = self.dir / "manifest.json"
+            manifest = self.layout.manifest
             try:
                 old_inputs = json.loads(manifest.read_text()).get("inputs", {})
             except (OSError, ValueError, AttributeError):
@@ -358,33 +366,22 @@ class Runner:
         if getattr(self, "_teacher_sampled", False):
             return
         cfg, ts = self.cfg, self.cfg.teacher_sampling
-        from ekt.data.prompt_format import load_format
-
         fmt = load_format(ts.prompt_format)
-        params = SamplingParams(
-            n=ts.n,
-            temperature=ts.temperature,
-            top_p=ts.top_p,
-            max_new_tokens=ts.max_new_tokens,
-            seed=ts.seed,
-            stop=fmt.stop,
-        )
         with self._stage(
             f"teacher {cfg.teacher}: sample {ts.n} programs x {len(problems)} questions"
         ):
             s = generate(
-                _sampler_factory(cfg.teacher, cfg.device, ts.batch_size, ts.backend),
+                self.sampler_factory(cfg.teacher, cfg.device, ts.batch_size, ts.backend),
                 problems,
-                self.dir / "teacher",
-                params,
+                self.layout.teacher,
+                format_stops(ts.sampling_params(), fmt),
                 prompt="teacher",
                 settings={"model": cfg.teacher, "task": cfg.task},
                 prompt_format=fmt,
                 price=ts.backend.price,
+                cluster=self.cluster,
             )
             print(s.line())
-            from ekt.generation.generate import usage
-
             self.stage_summaries["teacher_generate"] = {
                 **asdict(s), "all_samples": usage(self.dir / "teacher", ts.backend.price)
             }  # fmt: skip
@@ -394,12 +391,13 @@ class Runner:
         self.teacher_samples(problems)
         with self._stage("verify teacher programs"):
             v = verify(
-                self.dir / "teacher",
-                self.dir / "teacher" / "executions.jsonl",
+                self.layout.teacher,
+                self.layout.teacher_executions,
                 self.task,
                 None,
                 self.sandbox,
                 prompt_format=self.cfg.teacher_sampling.prompt_format,
+                cluster=self.cluster,
             )
             print(v.line())
             self.stage_summaries["teacher_verify"] = {
@@ -407,31 +405,32 @@ class Runner:
             }  # fmt: skip
         with self._stage("filter"):
             f = filter_stage(
-                self.dir / "teacher" / "executions.jsonl",
-                self.dir / "train_pairs.jsonl",
+                self.layout.teacher_executions,
+                self.layout.train_pairs,
                 self.task,
                 keep=self.cfg.keep,
             )
             print(f.line())
             self.stage_summaries["filter"] = asdict(f)
-        return self.dir / "train_pairs.jsonl"
+        return self.layout.train_pairs
 
     def supervised_pairs(self, problems) -> Path:
-        from ekt.data.supervised import reference_program
-
-        d = self.dir / "supervised"
+        lay = self.layout
         with self._stage("supervised reference programs from calculator annotations"):
             recs = []
             for p in problems:
                 prog = reference_program(p.solution)
                 if prog is not None:
                     recs.append({"problem_id": p.id, "sample_idx": 0, "program": prog})
-            if not (d / "programs.jsonl").exists():
-                write_jsonl_atomic(d / "programs.jsonl", recs)
-            v = verify(d / "programs.jsonl", d / "executions.jsonl", self.task, None, self.sandbox)
+            if not lay.supervised_programs.exists():
+                write_jsonl_atomic(lay.supervised_programs, recs)
+            v = verify(
+                lay.supervised_programs, lay.supervised_executions, self.task, None,
+                self.sandbox, cluster=self.cluster,
+            )  # fmt: skip
             f = filter_stage(
-                d / "executions.jsonl",
-                d / "train_pairs.jsonl",
+                lay.supervised_executions,
+                lay.supervised_pairs,
                 self.task,
                 keep="first",
                 source="supervised",
@@ -440,18 +439,14 @@ class Runner:
                 f"supervised: {len(recs)}/{len(problems)} questions have annotations that form a "
                 f"program; {v.correct} return the gold answer; {f.pairs} pairs"
             )
-        return d / "train_pairs.jsonl"
+        return lay.supervised_pairs
 
     def seq_kd_pairs(self, problems) -> Path:
         """Every teacher sample as a pair, without the correctness filter (sequence-level KD)."""
-        from ekt.generation.generate import read_completions
-        from ekt.training.kd import sequence_kd_pairs
-        from ekt.verification.filtering import _norm_question
-
         self.teacher_samples(problems)
-        path = self.dir / "seq_kd" / "train_pairs.jsonl"
+        path = self.layout.seq_kd_pairs
         with self._stage("seq-kd pairs: every teacher sample, unverified"):
-            completions = read_completions(self.dir / "teacher")
+            completions = read_completions(self.layout.teacher)
             by_id = self.task.by_id({c.problem_id for c in completions})
             test = frozenset(_norm_question(p.question) for p in self.task.load_file("test"))
             n = write_jsonl_atomic(path, sequence_kd_pairs(completions, by_id, test))
@@ -460,37 +455,27 @@ class Runner:
         return path
 
     def expert_iteration(self, problems) -> tuple[str | None, Path]:
-        from ekt.pipeline.expert_iteration import expert_iteration
-
-        cfg, ei, ts = self.cfg, self.cfg.expert_iteration, self.cfg.teacher_sampling
-        params = SamplingParams(
-            n=ei.n or ts.n,
-            temperature=ts.temperature if ei.temperature is None else ei.temperature,
-            top_p=ts.top_p,
-            max_new_tokens=ei.max_new_tokens or ts.max_new_tokens,
-            seed=ts.seed if ei.seed is None else ei.seed,
-        )
-        batch = ei.batch_size or ts.batch_size
+        cfg = self.cfg
+        sampling = cfg.expert_iteration.sampling(cfg.teacher_sampling)
+        factory, batch = self.sampler_factory, sampling.batch_size
         with self._stage(f"expert iteration: {cfg.student} learns from its own verified programs"):
             result = expert_iteration(
                 cfg.student,
                 problems,
-                self.dir / "students" / "expert-iteration",
+                self.layout.expert_iteration().dir,
                 self.task,
-                lambda spec: _sampler_factory(spec, cfg.device, batch, cfg.eval.backend),
-                params,
-                ei,
+                lambda spec: factory(spec, cfg.device, batch, cfg.eval.backend),
+                sampling.sampling_params(),
+                cfg.expert_iteration,
                 cfg.train,
                 self.sandbox,
                 cfg.device,
+                cluster=self.cluster,
             )
         return result.model, result.pairs_path
 
     def train(self, method: str, pairs: Path) -> str | None:
-        from ekt.training.kd import train_kd
-        from ekt.training.train import train_student
-
-        out = self.dir / "students" / method
+        out = self.layout.student(method)
         with self._stage(f"train {self.cfg.student} on {method} pairs"):
             if (out / "train_summary.json").exists():  # --force removed it if stale
                 print(f"train {method}: already trained ({out}); skipping")
@@ -519,15 +504,16 @@ class Runner:
                 else cfg.student_prompt_format
             )  # fmt: skip
             scores = evaluate(
-                _sampler_factory(spec, cfg.device, cfg.eval.batch_size, backend),
+                self.sampler_factory(spec, cfg.device, cfg.eval.batch_size, backend),
                 problems,
-                self.dir / "eval" / label,
+                self.layout.eval(label).dir,
                 cfg.eval,
                 self.task,
                 prompt=prompt,
                 sandbox=self.sandbox,
                 settings={"model": self._portable(spec)},
                 prompt_format=fmt,
+                cluster=self.cluster,
             )
             print(score_line(label, scores))
         model = cfg.teacher if label == "teacher" else cfg.student
@@ -545,11 +531,6 @@ class Runner:
 
     # -- outputs -------------------------------------------------------------
     def _write_manifest(self) -> None:
-        import torch
-        import transformers
-
-        from ekt import __version__
-
         inputs = getattr(self, "inputs", {})  # data sha256 and model fingerprints
         data = {k.removeprefix("data:"): v for k, v in inputs.items() if k.startswith("data:")}
         manifest = {
@@ -569,7 +550,7 @@ class Runner:
             },
             "stage_seconds": self.times,
         }
-        write_json_atomic(self.dir / "manifest.json", manifest)
+        write_json_atomic(self.layout.manifest, manifest)
 
     def _write_results(self, rows: list[dict]) -> dict:
         self._write_manifest()
@@ -578,41 +559,18 @@ class Runner:
             "note": self.cfg.note,
             "teacher": self.cfg.teacher,
             "student": self.cfg.student,
-            "eval": asdict(self.cfg.eval),
+            "eval": plain(self.cfg.eval),
             "rows": rows,
             "stage_seconds": self.times,
         }
         if self.stage_summaries:  # token usage, cost and extraction failures of the stages
             results["stages"] = self.stage_summaries
-        write_json_atomic(self.dir / "results.json", results)
+        write_json_atomic(self.layout.results, results)
         return results  # results.md is written once, with intervals, by finish_run
-
-
-def run_experiment(cfg: RunConfig, out_dir: str | Path | None = None, force: bool = False) -> dict:
-    if cfg.is_matrix:
-        from ekt.pipeline.matrix import run_matrix
-        from ekt.report.tables import matrix_markdown
-
-        t0 = time.time()
-        results = run_matrix(cfg, out_dir, force)
-        print()
-        print(matrix_markdown(results))
-        where = run_folder(cfg, out_dir)
-        print(f"run {cfg.name}: {time.time() - t0:.0f}s; results in {where}/results.md")
-        return results
-    runner = Runner(cfg, out_dir, force)
-    t0 = time.time()
-    results = runner.run()
-    print()
-    print(results_markdown(results))
-    print(f"run {cfg.name}: {time.time() - t0:.0f}s; results in {runner.dir}/results.md")
-    if cfg.note:
-        print(cfg.note)
-    return results
 
 
 def load_results(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-__all__ = ["Runner", "run_experiment", "EktError"]
+__all__ = ["Runner", "SamplerFactory", "run_folder"]

@@ -54,6 +54,7 @@ from typing import Any
 
 from ekt.data.prompts import PROGRAM_HEADER, extract_program, student_prompt, teacher_prompt
 from ekt.errors import EktError
+from ekt.models import load_model
 from ekt.records import Completion, Problem, TrainPair
 from ekt.training.packing import (
     IGNORE,
@@ -64,7 +65,15 @@ from ekt.training.packing import (
     loss_positions,
     supports_logits_to_keep,
 )
-from ekt.training.train import TrainConfig, TrainResult, encode_pair, train_student
+from ekt.training.train import (
+    TrainConfig,
+    TrainResult,
+    _trainer_class,
+    encode_pair,
+    local_device,
+    train_student,
+)
+from ekt.verification.filtering import _norm_question, _order
 
 KD_LOSSES = ("auto", "kl", "uld")
 TEACHER_PROMPTS = ("student", "few-shot")
@@ -244,8 +253,6 @@ def student_distill_logits(logits: Any, keep: Any, positions: Any) -> Any:
 def _kd_trainer_class() -> Any:
     import torch
 
-    from ekt.training.train import _trainer_class
-
     class KDTrainer(_trainer_class()):  # type: ignore[misc]
         """EktTrainer whose loss adds the distance to a live, frozen teacher (see module doc)."""
 
@@ -314,9 +321,6 @@ class Distiller:
     def load(self) -> None:
         if self.model is not None:
             return
-        from ekt.models import load_model
-        from ekt.training.train import local_device
-
         # Under DDP/FSDP/ZeRO every rank holds a frozen teacher replica on its own GPU, next
         # to the student shard it teaches: its logits never cross devices or processes.
         device = local_device(self.device)
@@ -430,8 +434,6 @@ def sequence_kd_pairs(
     programs. Questions in ``exclude_questions`` (normalised text of the
     evaluation split) are dropped, as for EKT.
     """
-    from ekt.verification.filtering import _norm_question, _order
-
     ordered = sorted(completions, key=lambda c: (_order(c.problem_id), c.sample_idx))
     pairs = []
     for c in ordered:

@@ -52,7 +52,9 @@ from typing import Any
 
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
+from ekt.models import load_model
 from ekt.records import TrainPair, read_records, write_json_atomic, write_text_atomic
+from ekt.training.config import TrainConfig
 from ekt.training.packing import (
     can_pack,
     collate,
@@ -63,82 +65,11 @@ from ekt.training.packing import (
     supports_logits_to_keep,
 )
 
-LOSS_ON = ("program", "all")
 IGNORE = -100  # label of tokens without loss
 CHECKPOINTS = "checkpoints"
 _RUN_FILE = "ekt_run.json"  # fingerprint of the run the checkpoints belong to
 # Settings that do not change the training trajectory (a resume may change them).
 _NOT_FINGERPRINTED = ("logging_steps", "save_steps", "gradient_checkpointing", "packing")
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; each field is a CLI flag (``--learning-rate``) and a YAML key."""
-
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.1  # not on norms and biases
-    warmup_steps: int = 100
-    lr_scheduler_type: str = "linear"
-    batch_size: int = 32  # effective: per_device_batch_size x accumulation (x processes)
-    per_device_batch_size: int = 8
-    max_length: int = 400
-    max_grad_norm: float = 1.0
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    loss_on: str = "program"  # program | all
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 0  # 0: a checkpoint at the end only
-    gradient_checkpointing: bool = False
-    packing: bool = True  # several examples per row, attention kept within each example
-    lora_r: int = 0  # > 0: train rank-r LoRA adapters (needs peft), merged into the saved model
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"  # or comma-separated module names (q_proj,v_proj)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; weights stay fp32)
-
-    def validate(self, world_size: int = 1) -> None:
-        """Raise EktError for settings that cannot work (cheap: imports nothing)."""
-        if self.precision not in PRECISIONS:
-            raise EktError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.loss_on not in LOSS_ON:
-            raise EktError(f"--loss-on must be program or all, got {self.loss_on!r}")
-        if self.per_device_batch_size < 1 or self.batch_size < 1:
-            raise EktError("--batch-size and --per-device-batch-size must be >= 1")
-        per_step = self.per_device_batch_size * world_size
-        if self.batch_size % per_step:
-            procs = f" x {world_size} processes" if world_size > 1 else ""
-            raise EktError(
-                f"--batch-size {self.batch_size} is not a multiple of --per-device-batch-size "
-                f"{self.per_device_batch_size}{procs}"
-            )
-        if self.learning_rate <= 0:
-            raise EktError(f"--learning-rate must be > 0, got {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise EktError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_steps < 0:
-            raise EktError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if self.max_grad_norm < 0:
-            raise EktError(f"--max-grad-norm must be >= 0, got {self.max_grad_norm}")
-        if self.max_length < 16:
-            raise EktError(f"--max-length must be >= 16, got {self.max_length}")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise EktError("set --epochs > 0 or --max-steps > 0")
-        if self.logging_steps < 1:
-            raise EktError(f"--logging-steps must be >= 1, got {self.logging_steps}")
-        if self.save_steps < 0:
-            raise EktError(f"--save-steps must be >= 0, got {self.save_steps}")
-        if self.lora_r < 0:
-            raise EktError(f"--lora-r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise EktError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
-
-    def accumulation_steps(self, world_size: int = 1) -> int:
-        """Gradient accumulation giving an effective batch of ``batch_size``."""
-        self.validate(world_size)
-        return self.batch_size // (self.per_device_batch_size * world_size)
 
 
 @dataclass
@@ -443,28 +374,12 @@ def local_device(device: str | None) -> str | None:
 
 
 def _load_student(model_spec: str, device: str | None) -> tuple[Any, Any]:
-    """(float32 model, tokenizer with a pad token), through ekt.models when available."""
-    try:
-        from ekt.models import load_model
-    except ImportError:
-        load_model = None
-    if load_model is not None:
-        return load_model(model_spec, device=device, dtype="float32")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(model_spec)
-        model = AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32)
-    except OSError as e:
-        raise EktError(f"could not load model {model_spec!r}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    """(float32 model, tokenizer with a pad token)."""
+    return load_model(model_spec, device=device, dtype="float32")
 
 
 def _fingerprint(model_spec: str, pairs_path: Path, cfg: TrainConfig) -> dict:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED}
+    settings = {k: v for k, v in cfg.settings().items() if k not in _NOT_FINGERPRINTED}
     digest = hashlib.sha256(pairs_path.read_bytes()).hexdigest()
     return {"model": model_spec, "pairs_sha256": digest, "config": settings}
 
@@ -517,8 +432,6 @@ def _last_complete_checkpoint(ckpt_dir: Path, main: bool) -> str | None:
             shutil.rmtree(d, ignore_errors=True)
     return None
 
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @functools.lru_cache(maxsize=1)
@@ -591,8 +504,6 @@ def build_trainer(
     wraps it in LoRA adapters when ``cfg.lora_r > 0`` (``trainer.model``).
     ``distill`` is a teacher plug-in such as ``ekt.training.kd.Distiller``.
     """
-    from transformers import TrainingArguments
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = cfg.accumulation_steps(world_size)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -613,31 +524,19 @@ def build_trainer(
         model = _apply_lora(model, cfg)
     model.train()
     use_cpu, bf16, fp16 = _mixed_precision(device, cfg.precision)
-    args = TrainingArguments(
+    args = cfg.training_arguments(
         output_dir=str(Path(out_dir)),
-        per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=accumulation,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        optim="adamw_torch",
-        logging_steps=cfg.logging_steps,
         logging_first_step=True,
         # "steps" also saves at the last step; save_steps=0 means only there.
         save_strategy="steps" if save else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 10**9,
         save_total_limit=1,
-        seed=cfg.seed,
         bf16=bf16,
         fp16=fp16,
         use_cpu=use_cpu,
         remove_unused_columns=False,
         include_num_input_tokens_seen="no",  # counted exactly by EktTrainer.get_batch_samples
-        report_to="none",
         dataloader_num_workers=0,
     )
     if distill is not None:
@@ -691,16 +590,6 @@ def train_student(
             import peft  # noqa: F401
         except ImportError:
             raise EktError("--lora-r needs peft: pip install 'ekt[lora]'") from None
-
-    from transformers.trainer_utils import SchedulerType
-
-    try:
-        SchedulerType(cfg.lr_scheduler_type)
-    except ValueError:
-        choices = ", ".join(s.value for s in SchedulerType)
-        raise EktError(
-            f"--lr-scheduler-type {cfg.lr_scheduler_type!r} is not one of: {choices}"
-        ) from None
 
     t0 = time.time()
     out = Path(out_dir)
@@ -766,12 +655,12 @@ def train_student(
             "pairs_file": str(pairs_path),
             "epochs_done": trainer.state.epoch,
             "train_loss": output.training_loss,
-            "effective_batch": cfg.per_device_batch_size * accumulation * world_size,
+            "effective_batch": cfg.per_device_train_batch_size * accumulation * world_size,
             "gradient_accumulation_steps": accumulation,
             "precision": "bf16" if bf16 else "fp16" if fp16 else "fp32",
             "packed": trainer.ekt_packed,
             "resumed_from": last,
-            "config": asdict(cfg),
+            "config": cfg.settings(),
         }
         if distill is not None:
             summary["distill"] = distill.summary()

@@ -20,17 +20,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ekt.data.extract import extract, runnable
 from ekt.data.prompt_format import PromptFormat, load_format
-from ekt.data.tasks import GSM8K
+from ekt.data.tasks import Task
 from ekt.errors import EktError
-from ekt.records import JsonlWriter, Problem, read_jsonl, to_dict
-from ekt.sandbox.pool import Sandbox, SandboxConfig
+from ekt.records import Execution, JsonlWriter, Problem, read_jsonl, to_dict
+from ekt.sandbox.pool import Sandbox, SandboxConfig, default_deny_read, run_deny_read
 
-if TYPE_CHECKING:
-    from ekt.pipeline.distributed import RayCluster, RaySandbox
+
+class SandboxCluster(Protocol):
+    """Where programs run off this process (``ekt.pipeline.distributed.RayCluster``)."""
+
+    def sandbox(self, config: SandboxConfig) -> Any:
+        """A ``Sandbox``-like pool: a context manager with ``run(programs)``."""
 
 
 @dataclass
@@ -126,11 +130,11 @@ def iter_inputs(
 def verify(
     programs: str | Path,
     out: str | Path,
-    task: GSM8K,
+    task: Task,
     split: str | None = None,
     sandbox: SandboxConfig | None = None,
     progress: bool = True,
-    cluster: RayCluster | None = None,
+    cluster: SandboxCluster | None = None,
     prompt_format: str | PromptFormat | None = None,
 ) -> VerifySummary:
     """Run and grade every program not yet in ``out``; ``cluster``: on Ray.
@@ -170,15 +174,9 @@ def verify(
     todo = [(o, _key(obj, o), obj) for _, o, obj in inputs if _key(obj, o) not in done]
 
     bar = _progress(len(inputs), len(inputs) - len(todo), progress)
-    if cluster is None:
-        from ekt.pipeline.distributed import current_cluster
-
-        cluster = current_cluster()
     box_cfg = _deny_task_data(sandbox or SandboxConfig(), task, programs, out)
     if cluster is not None:  # verifier actors on a Ray cluster; same output, same order
-        from ekt.pipeline.distributed import RaySandbox
-
-        pool: Sandbox | RaySandbox = RaySandbox(cluster, box_cfg)
+        pool: Any = cluster.sandbox(box_cfg)
     else:
         pool = Sandbox(box_cfg)
     with pool as box, JsonlWriter(out) as writer:
@@ -207,21 +205,16 @@ def verify(
     )
 
 
-def _deny_task_data(
-    cfg: SandboxConfig, task: GSM8K, *run_files: str | Path
-) -> SandboxConfig:
-    """The folder the gold answers were loaded from, and the run's own folders (the
+def _deny_task_data(cfg: SandboxConfig, task: Task, *run_files: str | Path) -> SandboxConfig:
+    """The files the gold answers were loaded from, and the run's own folders (the
     programs read, the results written), are added to what programs cannot read."""
-    from ekt.sandbox.pool import default_deny_read, run_deny_read
-
     deny = default_deny_read() if cfg.deny_read is None else list(cfg.deny_read)
     deny += run_deny_read(*run_files)
     deny += task.data_paths()  # local task files or the data folder the golds came from
     return dataclasses.replace(cfg, deny_read=deny)
 
 
-def grade_record(obj: dict, execution: dict, problem: Problem, task: GSM8K) -> dict:
-    from ekt.records import Execution
+def grade_record(obj: dict, execution: dict, problem: Problem, task: Task) -> dict:
 
     ex = Execution(**execution)
     rec = dict(obj)

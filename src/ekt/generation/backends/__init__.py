@@ -16,15 +16,16 @@ flags (``--backend``, ``--base-url``, ...). See ``configs/vllm_example.yaml``.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ekt.errors import EktError
-from ekt.generation.sampling import Sampler
+from ekt.generation.backends import llamacpp_server as ls
+from ekt.generation.backends.openai_compat import OpenAISampler
+from ekt.generation.backends.vllm_offline import VLLMSampler  # imports vllm when used
+from ekt.generation.sampling import Sampler, TransformersSampler
+from ekt.models import load_model, resolve_model
 
 BACKENDS = ("transformers", "openai", "vllm")
 SERVERS = ("auto", "llama.cpp", "generic")
@@ -32,43 +33,61 @@ SERVERS = ("auto", "llama.cpp", "generic")
 
 @dataclass
 class BackendConfig:
-    name: str = "transformers"  # transformers | openai | vllm
-    # openai: the server, and how to talk to it
+    """The engine that samples; in a run config a ``backend:`` block, on the command line
+    ``--backend NAME`` and one flag per other field (``--base-url``, ...)."""
+
+    name: Literal["transformers", "openai", "vllm"] = "transformers"
+    """sampling engine: transformers (this process), openai (a server over HTTP), vllm"""
     base_url: str = "http://127.0.0.1:8000/v1"
-    api: str = "completions"  # completions | chat
-    served_model: str = ""  # model name the server knows ("" = the model spec)
-    # which server: auto asks GET /props (llama.cpp answers: its own endpoint is used,
-    # ekt.generation.backends.llamacpp_server), llama.cpp, or generic (the OpenAI API only)
-    server: str = "auto"
-    concurrency: int = 0  # requests in flight; 0 = the server's slots where it says, else 8
-    n_per_request: int = 1  # samples per request (1: own seed and token counts); 0 = all n
-    # completions: send the prompt without its trailing newline and let the model write it
-    # with the indentation (a server tokenises a bare trailing newline the model never saw)
+    """openai: the server's base URL"""
+    api: Literal["completions", "chat"] = "completions"
+    """openai: the endpoint used (chat: a chat prompt format's messages as they are)"""
+    served_model: str = ""
+    """openai: the model name the server knows ("" = the model spec)"""
+    server: Literal["auto", "llama.cpp", "generic"] = "auto"
+    """openai: which server; auto asks GET /props (llama.cpp answers, and its own /completion
+    endpoint is used: per-sample token counts, seeds, prompt cache), generic: the OpenAI API only"""
+    concurrency: int = 0
+    """openai: requests in flight at once (0 = the server's slots where it says, else 8)"""
+    n_per_request: int = 1
+    """openai: samples per request (1: each sample its own seed and token counts; 0 = all n)"""
     trim_prompt: bool = True
-    cache_prompt: bool = True  # llama.cpp: reuse the slot's cached prompt prefix
-    request_timeout: float = 600.0  # seconds per HTTP request
+    """openai completions: send the prompt without its trailing newline and let the model write
+    it with the indentation (a server tokenises a bare trailing newline the model never saw)"""
+    cache_prompt: bool = True
+    """openai, llama.cpp: reuse the slot's cached prompt prefix"""
+    request_timeout: float = 600.0
+    """openai: seconds per HTTP request"""
     max_retries: int = 8
-    # openai, hosted APIs: the environment variable holding the API key (sent as a Bearer
-    # token; unset: no Authorization header), extra HTTP headers, and keys merged into every
-    # request body (a flag takes JSON: --extra-body '{"top_k": 20}')
+    """openai: retries of a failed request (with backoff)"""
     api_key_env: str = "OPENAI_API_KEY"
+    """openai: the environment variable holding the API key (sent as a Bearer token; unset:
+    no Authorization header)"""
     headers: dict[str, str] = field(default_factory=dict)
+    """openai: extra HTTP headers on every request (a flag takes JSON)"""
     extra_body: dict[str, Any] = field(default_factory=dict)
-    # most stop strings sent per request; the rest are cut on the client
-    # (0: all of them, except 4 for api.openai.com, which refuses more)
+    """openai: keys merged into every request body (a flag takes JSON: '{"top_k": 20}')"""
     max_stop: int = 0
-    requests_per_minute: float = 0.0  # 0: no limit
-    tokens_per_minute: float = 0.0  # prompt + max_tokens per request; 0: no limit
-    # price table, USD per million prompt / completion tokens: the cost in the stage summary
-    # and results.json (both 0: no cost shown)
+    """openai: most stop strings sent per request, the rest cut on the client (0: all of them,
+    except 4 for api.openai.com, which refuses more)"""
+    requests_per_minute: float = 0.0
+    """openai: request rate limit (0: none)"""
+    tokens_per_minute: float = 0.0
+    """openai: token rate limit, prompt + max_tokens per request (0: none)"""
     price_input_per_mtok: float = 0.0
+    """price table: USD per million prompt tokens (the cost in the stage summary, results.json)"""
     price_output_per_mtok: float = 0.0
-    # vllm: the engine
+    """price table: USD per million completion tokens"""
     tensor_parallel_size: int = 1
+    """vllm: GPUs each model replica is split over"""
     data_parallel_size: int = 1
+    """vllm: model replicas"""
     gpu_memory_utilization: float = 0.9
+    """vllm: share of GPU memory the engine may take"""
     enable_prefix_caching: bool = True
-    max_model_len: int = 0  # 0 = the model's own
+    """vllm: reuse the key/value cache of shared prompt prefixes"""
+    max_model_len: int = 0
+    """vllm: context length (0 = the model's own)"""
 
     def validate(self) -> None:
         if self.name not in BACKENDS:
@@ -115,8 +134,6 @@ def make_sampler(
 
     def make() -> Sampler:
         if cfg.name == "openai":
-            from ekt.generation.backends.openai_compat import OpenAISampler
-
             common = dict(
                 api=cfg.api,
                 concurrency=cfg.concurrency,
@@ -132,8 +149,6 @@ def make_sampler(
                 trim_prompt=cfg.trim_prompt,
             )
             if cfg.api == "completions" and cfg.server != "generic":
-                from ekt.generation.backends import llamacpp_server as ls
-
                 if cfg.server == "llama.cpp" or ls.probe(cfg.base_url).kind == "llama.cpp":
                     return ls.LlamaServerSampler(
                         cfg.base_url, cfg.served_model or spec, cache_prompt=cfg.cache_prompt,
@@ -141,9 +156,6 @@ def make_sampler(
                     )  # fmt: skip
             return OpenAISampler(cfg.base_url, cfg.served_model or spec, **common)  # type: ignore[arg-type]
         if cfg.name == "vllm":
-            from ekt.generation.backends.vllm_offline import VLLMSampler
-            from ekt.models import resolve_model
-
             return VLLMSampler(
                 resolve_model(spec),
                 tensor_parallel_size=cfg.tensor_parallel_size,
@@ -152,63 +164,10 @@ def make_sampler(
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 max_model_len=cfg.max_model_len or None,
             )
-        from ekt.generation.sampling import TransformersSampler
-        from ekt.models import load_model
-
         model, tok = load_model(spec, device=device)
         return TransformersSampler(model, tok, batch_size=batch_size)
 
     return make
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def add_backend_args(p: argparse.ArgumentParser) -> None:
-    """``--backend`` and one flag per ``BackendConfig`` key (``--base-url``, ...)."""
-    for f in fields(BackendConfig):
-        flag = "--backend" if f.name == "name" else "--" + f.name.replace("_", "-")
-        if f.default is dataclasses.MISSING:  # a dict field: JSON on the command line
-            p.add_argument(
-                flag, dest=f"backend_{f.name}", type=_json_object, default={},
-                help="a JSON object",
-            )  # fmt: skip
-        elif isinstance(f.default, bool):
-            p.add_argument(
-                flag, dest=f"backend_{f.name}", default=f.default,
-                action=argparse.BooleanOptionalAction,
-            )  # fmt: skip
-        else:
-            p.add_argument(
-                flag,
-                dest=f"backend_{f.name}",
-                type=type(f.default),
-                default=f.default,
-                choices=BACKENDS if f.name == "name" else None,
-                help=f"sampling backend (default: {f.default})" if f.name == "name" else None,
-            )
-
-
-def backend_from_args(args: argparse.Namespace) -> BackendConfig:
-    cfg = BackendConfig(
-        **{f.name: getattr(args, f"backend_{f.name}") for f in fields(BackendConfig)}
-    )
-    cfg.validate()
-    return cfg
-
-
-__all__ = [
-    "BACKENDS",
-    "SERVERS",
-    "BackendConfig",
-    "add_backend_args",
-    "backend_from_args",
-    "make_sampler",
-]
+__all__ = ["BACKENDS", "SERVERS", "BackendConfig", "make_sampler"]
