@@ -17,24 +17,6 @@ from ekt.evaluation.stats import Interval
 from ekt.report.tables import pct_interval, pp_interval
 from ekt.report.templating import render
 
-METHOD_COLORS = {
-    "few-shot": "#555555",
-    "none": "#9a9a9a",
-    "ekt": "#1f5fbf",
-    "supervised": "#2e8b57",
-    "kd": "#e07b00",
-    "seq-kd": "#8e44ad",
-    "expert-iteration": "#c0392b",
-}
-EXTRA_COLORS = ["#17becf", "#bcbd22", "#8c564b", "#e377c2", "#7f7f7f", "#1b9e77"]
-
-
-def color(method: str) -> str:
-    """A method's colour, the same in every chart and table of the report."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    return EXTRA_COLORS[sum(map(ord, method)) % len(EXTRA_COLORS)]
-
 
 @dataclass
 class Series:

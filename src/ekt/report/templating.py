@@ -12,6 +12,24 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+METHOD_COLORS = {
+    "few-shot": "#555555",
+    "none": "#9a9a9a",
+    "ekt": "#1f5fbf",
+    "supervised": "#2e8b57",
+    "kd": "#e07b00",
+    "seq-kd": "#8e44ad",
+    "expert-iteration": "#c0392b",
+}
+EXTRA_COLORS = ["#17becf", "#bcbd22", "#8c564b", "#e377c2", "#7f7f7f", "#1b9e77"]
+
+
+def color(method: str) -> str:
+    """A method's colour, the same in every chart and table of the report."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return EXTRA_COLORS[sum(map(ord, method)) % len(EXTRA_COLORS)]
+
 
 @lru_cache(maxsize=1)
 def environment() -> Environment:
@@ -25,8 +43,6 @@ def environment() -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=False,
     )
-    from ekt.report.charts import color  # charts renders through this module
-
     env.filters["f1"] = lambda v: f"{v:.1f}"
     env.globals.update(color=color, fmt=fmt)
     return env
