@@ -113,8 +113,10 @@ class RunLayout:
     def student(self, method: str) -> Path:
         return self.dir / "students" / method
 
-    def eval(self, label: str) -> EvalLayout:
-        return EvalLayout(self.dir / "eval" / label)
+    def eval(self, label: str, task: str | None = None) -> EvalLayout:
+        """A model's evaluation on the run's task, or on one of ``eval.tasks``."""
+        base = self.dir / "eval" / label
+        return EvalLayout(base / "tasks" / task if task else base)
 
     def expert_iteration(self) -> ExpertIterationLayout:
         return ExpertIterationLayout(self.student("expert-iteration"))

@@ -60,6 +60,12 @@ class EvalConfig(SamplingParams):
     """sequences decoded together (transformers backend)"""
     backend: BackendConfig = field(default_factory=BackendConfig)
     """engine that samples the evaluated models (see ekt.generation.backends)"""
+    tasks: list[str] = field(default_factory=list)
+    """`ekt run`: more tasks every model is evaluated on besides the run's own (names from
+    `ekt tasks` or task files), e.g. [svamp, gsm-hard]: transfer at a glance"""
+    task_data: dict[str, str] = field(default_factory=dict)
+    """local folders for those tasks (task name -> folder of <split>.jsonl/.csv/.parquet);
+    a task not named here is read from its own data (the HF hub)"""
 
     def validate(self) -> None:
         self.backend.validate()

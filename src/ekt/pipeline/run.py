@@ -36,6 +36,7 @@ import yaml
 from ekt import __version__
 from ekt.data.prompt_format import load_format
 from ekt.data.supervised import reference_program
+from ekt.data.tasks import Task, get_task
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
@@ -128,6 +129,11 @@ _STALE: dict[str, tuple[str, ...]] = {
     "eval": ("eval",),
     "eval.k": ("eval/*/scores.json",),  # scored again from the same samples
     "eval.greedy": ("eval/*/scores.json",),
+    # the evaluation tasks decontaminate the training data too
+    "eval.tasks": ("train_pairs.jsonl", "supervised", "seq_kd", "eval/*/tasks")
+    + _students(*_ALL_METHODS),
+    "eval.task_data": ("train_pairs.jsonl", "supervised", "seq_kd", "eval/*/tasks")
+    + _students(*_ALL_METHODS),
 }
 _STALE["train_limit"] = _STALE["train_split"]
 _STALE["model:teacher"] = _STALE["teacher"]
@@ -163,7 +169,9 @@ def stale_outputs(keys: list[str], run_dir: Path) -> list[Path]:
     """Existing paths in ``run_dir`` made invalid by changing ``keys`` (and the results)."""
     globs: set[str] = {"results.json", "results.md", "report.html"}
     for key in keys:
-        globs.update(_STALE.get(key, _STALE.get(key.split(".")[0], _ALL)))
+        parts = key.split(".")
+        known = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        globs.update(next((_STALE[k] for k in known if k in _STALE), _ALL))
     found = {p for g in globs for p in run_dir.glob(g)}
     # a folder's contents go with it: list only the outermost paths
     return sorted(p for p in found if not any(q in found for q in p.parents))
@@ -279,18 +287,30 @@ class Runner:
                 students[method] = ckpt
 
         rows = []
+        evaluated: list[tuple[dict, str, str]] = []  # (row, model spec, prompt) per model
         if cfg.evaluate_teacher:
             rows.append(
                 self.eval_model("teacher", cfg.teacher, "teacher", eval_problems, "few-shot")
             )
+            evaluated.append((rows[-1], cfg.teacher, "teacher"))
         if cfg.evaluate_base_student:
             rows.append(
                 self.eval_model("student-base", cfg.student, "student", eval_problems, "none")
             )
+            evaluated.append((rows[-1], cfg.student, "student"))
         for method, ckpt in students.items():
             row = self.eval_model(f"student-{method}", ckpt, "student", eval_problems, method)
             row["pairs"] = _count(pairs[method])
             rows.append(row)
+            evaluated.append((row, ckpt, "student"))
+        for task, split, problems in self.eval_tasks():  # transfer: the same models elsewhere
+            for row, spec, prompt in evaluated:
+                scores = self.eval_model(
+                    row["label"], spec, prompt, problems, row["method"], task=task, split=split
+                )
+                row.setdefault("tasks", {})[task.name] = {
+                    k: v for k, v in scores.items() if k not in ("label", "model", "prompt")
+                }
         for method in pairs:
             if method not in students:
                 rows.append(
@@ -409,6 +429,7 @@ class Runner:
                 self.layout.train_pairs,
                 self.task,
                 keep=self.cfg.keep,
+                against=self.contamination_sets(),
             )
             print(f.line())
             self.stage_summaries["filter"] = asdict(f)
@@ -434,6 +455,7 @@ class Runner:
                 self.task,
                 keep="first",
                 source="supervised",
+                against=self.contamination_sets(),
             )
             print(
                 f"supervised: {len(recs)}/{len(problems)} questions have annotations that form a "
@@ -493,10 +515,45 @@ class Runner:
                 return None
             return str(out)
 
-    def eval_model(self, label: str, spec: str, prompt: str, problems, method: str) -> dict:
+    def eval_tasks(self) -> list[tuple[Task, str, list]]:
+        """``eval.tasks``: (task, split, problems) each, its test split (else its only one)."""
+        out = []
+        for name in self.cfg.eval.tasks:
+            task = get_task(name, self.cfg.eval.task_data.get(name))
+            split = "test" if "test" in task.splits else task.splits[0]
+            problems = task.load(split)
+            out.append((task, split, problems[: self.cfg.eval.limit or None]))
+        return out
+
+    def contamination_sets(self) -> dict[str, list[str]]:
+        """The questions of every evaluation task (and of the sets they were built from, as
+        GSM-Hard from GSM8K test), which no training question may overlap."""
+        sets: dict[str, list[str]] = {}
+        own = {self.task.spec.name}
+        for task, split, _ in self.eval_tasks():
+            sets[f"{task.name}/{split}"] = [p.question for p in task.load(split)]
+            for parent in task.spec.derived_from:
+                if parent in own:  # the run's own test split is checked already
+                    continue
+                base = get_task(parent, self.cfg.eval.task_data.get(parent))
+                base_split = "test" if "test" in base.splits else base.splits[0]
+                sets[f"{parent}/{base_split}"] = [p.question for p in base.load(base_split)]
+        return sets
+
+    def eval_model(
+        self,
+        label: str,
+        spec: str,
+        prompt: str,
+        problems,
+        method: str,
+        task: Task | None = None,
+        split: str | None = None,
+    ) -> dict:
         cfg = self.cfg
+        where = f"{task.name} {split}" if task is not None else cfg.eval.split
         with self._stage(
-            f"evaluate {label} ({prompt} prompt) on {len(problems)} {cfg.eval.split} questions"
+            f"evaluate {label} ({prompt} prompt) on {len(problems)} {where} questions"
         ):
             backend = cfg.teacher_sampling.backend if label == "teacher" else cfg.eval.backend
             fmt = (
@@ -506,9 +563,9 @@ class Runner:
             scores = evaluate(
                 self.sampler_factory(spec, cfg.device, cfg.eval.batch_size, backend),
                 problems,
-                self.layout.eval(label).dir,
+                self.layout.eval(label, task.name if task is not None else None).dir,
                 cfg.eval,
-                self.task,
+                task if task is not None else self.task,
                 prompt=prompt,
                 sandbox=self.sandbox,
                 settings={"model": self._portable(spec)},
@@ -559,6 +616,7 @@ class Runner:
             "note": self.cfg.note,
             "teacher": self.cfg.teacher,
             "student": self.cfg.student,
+            "task": self.task.name,
             "eval": plain(self.cfg.eval),
             "rows": rows,
             "stage_seconds": self.times,

@@ -15,10 +15,10 @@ from typing import Any
 from markupsafe import Markup
 
 from ekt.evaluation.stats import SMALL_SAMPLE
-from ekt.report.charts import EXTRA_COLORS, Series, bar_chart, color, interval_chart, line_chart
+from ekt.report.charts import Series, bar_chart, interval_chart, line_chart
 from ekt.report.load import SOURCES, EvalData, RunData, load_yields, read_json, records
 from ekt.report.tables import pct_interval
-from ekt.report.templating import fmt, render
+from ekt.report.templating import EXTRA_COLORS, color, fmt, render
 
 DRILL_QUESTIONS = 200  # questions whose programs are embedded (all get a summary line)
 DRILL_SAMPLES = 4  # sampled programs shown per model and question

@@ -61,6 +61,35 @@ def table_lines(ev: Mapping, rows: Sequence[tuple[str, str, Mapping]]) -> list[s
     return _markdown(head, body)
 
 
+def transfer_lines(results: Mapping) -> list[str]:
+    """One column group per task (the run's own first, then ``eval.tasks``): each model's
+    greedy pass@1, pass@k at the largest k and majority vote on every task, side by side."""
+    rows = [r for r in results.get("rows", []) if r.get("tasks")]
+    if not rows:
+        return []
+    ev = results.get("eval") or {}
+    k = max(ev.get("k") or [1])
+    maj = f"maj@{ev.get('n', 'n')}"
+    names = list(dict.fromkeys(t for r in rows for t in r["tasks"]))
+    own = str(results.get("task") or "task")
+    head = ["model", "method"]
+    for name in [own, *names]:
+        head += [f"{name} greedy pass@1", f"{name} pass@{k}", f"{name} {maj}"]
+    body = []
+    for r in rows:
+        cells = [model_label(r), str(r.get("method", ""))]
+        for scores in [r, *(r["tasks"].get(n, {}) for n in names)]:
+            cells += [figure(scores, "greedy_pass@1"), figure(scores, f"pass@{k}"),
+                      figure(scores, maj)]  # fmt: skip
+        body.append(cells)
+    sizes = ", ".join(
+        f"{n} {next((r['tasks'][n].get('problems') for r in rows if n in r['tasks']), '?')}"
+        for n in names
+    )
+    return ["", f"Transfer: the same models, prompts and budget on other tasks (questions: "
+            f"{sizes}).", ""] + _markdown(head, body)  # fmt: skip
+
+
 def model_label(row: Mapping) -> str:
     model = str(row.get("model", ""))
     return f"{model} (teacher)" if row.get("label") == "teacher" else model
@@ -92,6 +121,7 @@ def results_markdown(results: Mapping) -> str:
         f"{ev.get('n', '?')} samples at temperature {ev.get('temperature', '?')} for pass@k "
         f"(unbiased estimator) and majority vote. {how}",
     ]
+    lines += transfer_lines(results)
     lines += _paired_lines(results, ks=list(ev.get("k") or [1]), n=ev.get("n"))
     notes = list((stats or {}).get("notes", [])) + _merged_row_notes(rows)
     if notes:
