@@ -137,8 +137,10 @@ def test_shipped_chat_teacher_config_loads():
     "block, message",
     [
         ("teacher_sampling:\n  backend: {max_stop: -1}\n", "max_stop must be >= 0"),
-        ("teacher_sampling:\n  backend: {headers: {X-A: 1}}\n", "headers must map"),
-        ("teacher_sampling:\n  backend: {extra_body: [1]}\n", "extra_body must be a mapping"),
+        ("teacher_sampling:\n  backend: {headers: {X-A: 1}}\n",
+         r"teacher_sampling\.backend\.headers: expected str, got 1"),
+        ("teacher_sampling:\n  backend: {extra_body: [1]}\n",
+         r"teacher_sampling\.backend\.extra_body: expected dict"),
         ("teacher_sampling:\n  prompt_format: nosuch\n", "teacher_sampling.prompt_format"),
         ("student_prompt_format: chat.yml\n", "no such YAML file"),
     ],
