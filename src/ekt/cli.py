@@ -23,12 +23,10 @@ exit 2; add ``--debug`` for the traceback.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import sys
 import tempfile
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +48,12 @@ from ekt.pipeline.config import (
     TaskConfig,
     TeacherSampling,
     add_dataclass,
+    aliases,
     instantiate,
+    leaf_keys,
     load_config,
     name_key,
+    normalize,
     parse_error,
 )
 from ekt.pipeline.distributed import RayCluster, import_ray
@@ -261,101 +262,6 @@ LEGACY = {"--model": {"train": "--student"}}  # old flag -> the key's flag, per 
 
 
 # -- from the dataclass fields to flags -------------------------------------------------------
-
-
-def leaf_keys(cls: type, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> type of every setting of ``cls`` (an optional block is a key too)."""
-    out: dict[str, Any] = {}
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, key = hints[f.name], f"{prefix}{f.name}"
-        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        if dataclasses.is_dataclass(tp):
-            out.update(leaf_keys(tp, key + "."))
-        elif inner:
-            out[key] = tp
-            out.update(leaf_keys(inner[0], key + "."))
-        else:
-            out[key] = tp
-    for name, init in getattr(cls, "__dataclass_fields__", {}).items():
-        if isinstance(init.type, dataclasses.InitVar) or "InitVar" in str(init.type):
-            out[f"{prefix}{name}"] = typing.Any
-    return out
-
-
-def aliases(keys: dict[str, Any]) -> dict[str, str]:
-    """Every accepted spelling (underscores for dashes) -> its key; ambiguous ones left out."""
-    claims: dict[str, set[str]] = {}
-    for key in keys:
-        parts = key.split(".")
-        names = {key, key.replace(".", "_"), parts[-1]}
-        if parts[-1] == "name" and len(parts) > 1:
-            names.add(parts[-2])
-            names.add(key.rsplit(".", 1)[0])
-        for n in names:
-            claims.setdefault(n, set()).add(key)
-    out = {n: next(iter(ks)) for n, ks in claims.items() if len(ks) == 1}
-    out.update({k: k for k in keys})  # a full key always means itself
-    return out
-
-
-def _is(tp: Any, kind: type) -> bool:
-    return tp is kind or kind in typing.get_args(tp) or typing.get_origin(tp) is kind
-
-
-def normalize(argv: list[str], keys: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """``argv`` in canonical flags (``--a.b=value``), and each key's flag as the user typed it."""
-    names = aliases(keys)
-    out: list[str] = []
-    typed: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        i += 1
-        if not tok.startswith("--") or tok == "--":
-            out.append(tok)
-            continue
-        name, eq, value = tok[2:].partition("=")
-        norm = name.replace("-", "_")
-        negated = norm.startswith("no_") and names.get(norm[3:]) in keys
-        key = names.get(norm[3:] if negated else norm)
-        if key is None or key not in keys:
-            out.append(tok)
-            continue
-        tp = keys[key]
-        typed[key] = f"--{name}"
-        if negated:
-            if not _is(tp, bool):
-                out.append(tok)
-                continue
-            out.append(f"--{key}=false")
-            continue
-        has_value = bool(eq) or (i < len(argv) and not argv[i].startswith("--"))
-        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        if inner:  # an optional block given bare or with one value: its first field
-            first = dataclasses.fields(inner[0])[0].name
-            if not eq and has_value and not argv[i].startswith("-"):
-                value = argv[i]
-                i += 1
-            out.append(f"--{key}.{first}=" + (value if value else "null"))
-            continue
-        if _is(tp, bool):
-            if not eq and i < len(argv) and argv[i].lower() in ("true", "false", "yes", "no"):
-                value = argv[i]
-                i += 1
-            out.append(f"--{key}=" + (value or "true"))
-            continue
-        if _is(tp, list) and not eq:
-            items: list[str] = []
-            while i < len(argv) and not argv[i].startswith("--"):
-                items += [x for x in argv[i].split(",") if x.strip()]
-                i += 1
-            out.append(f"--{key}=" + json.dumps(items))
-            continue
-        if _is(tp, list) and eq and not value.startswith("["):
-            value = json.dumps([x for x in value.split(",") if x.strip()])
-        out.append(f"--{key}" + (f"={value}" if eq else ""))
-    return out, typed
 
 
 def command_parser(command: str) -> jsonargparse.ArgumentParser:
