@@ -86,6 +86,9 @@ def test_transfer_config_on_fixture_tasks(tmp_path, tiny_model_dir):
     md = (run / "results.md").read_text()
     assert "Transfer:" in md and "svamp greedy pass@1" in md and "gsm-hard pass@2" in md
     assert "gsm8k greedy pass@1" in md
+    html = (run / "report.html").read_text()
+    assert "transfer" in html and "<th colspan=\"3\">svamp</th>" in html
+    assert "svamp/test 0" in html  # the contamination counts per evaluation set
     # the filter knew every evaluation set (counts per set in results.json)
     contaminated = results["stages"]["filter"]["contaminated"]
     assert set(contaminated) == {"gsm8k/test", "svamp/test", "gsm-hard/test"}

@@ -434,7 +434,32 @@ def _run_view(run: RunData, i: int) -> dict:
         "stage_rows": [(k, fmt(v)) for k, v in stage.items()],
         "stage_total": sum(v for v in stage.values() if isinstance(v, int | float)),
         "config_text": run.config_text,
+        "transfer": _transfer(run),
+        "contaminated": (run.results.get("stages") or {}).get("filter", {}).get("contaminated"),
     }
+
+
+def _transfer(run: RunData) -> dict | None:
+    """``eval.tasks``: one column group per task (the run's own first), estimates only."""
+    rows = [r for r in run.results.get("rows", []) if r.get("tasks")]
+    if not rows:
+        return None
+    ev = run.results.get("eval") or {}
+    k, maj = max(ev.get("k") or [1]), f"maj@{ev.get('n', 'n')}"
+    tasks = [str(run.results.get("task") or "task")]
+    tasks += list(dict.fromkeys(t for r in rows for t in r["tasks"]))
+    cols = ["greedy_pass@1", f"pass@{k}", maj]
+
+    def cell(scores: dict, c: str) -> str:
+        v = scores.get(c)
+        return f"{100 * v:.1f}" if isinstance(v, int | float) else "—"
+
+    body = []
+    for r in rows:
+        groups = [r, *(r["tasks"].get(t, {}) for t in tasks[1:])]
+        body.append({"model": str(r.get("model", "")), "method": str(r.get("method", "")),
+                     "cells": [cell(g, c) for g in groups for c in cols]})  # fmt: skip
+    return {"tasks": tasks, "cols": ["greedy pass@1", f"pass@{k}", maj], "rows": body}
 
 
 def render_html(
