@@ -140,6 +140,11 @@ _STALE["model:teacher"] = _STALE["teacher"]
 _STALE["model:student"] = _STALE["student"]
 
 
+def _whole_file(summary: dict) -> dict:
+    """A stage summary without what depends on this invocation (its time, its new records)."""
+    return {k: v for k, v in summary.items() if k not in ("seconds", "new")}
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for k, v in d.items():
@@ -402,9 +407,9 @@ class Runner:
                 cluster=self.cluster,
             )
             print(s.line())
-            self.stage_summaries["teacher_generate"] = {
-                **asdict(s), "all_samples": usage(self.dir / "teacher", ts.backend.price)
-            }  # fmt: skip
+            # results.json holds what the files say, never what this invocation did, so a
+            # resumed run writes the results an uninterrupted one writes
+            self.stage_summaries["teacher_generate"] = usage(self.dir / "teacher", ts.backend.price)
         self._teacher_sampled = True
 
     def teacher_pairs(self, problems) -> Path:
@@ -421,7 +426,7 @@ class Runner:
             )
             print(v.line())
             self.stage_summaries["teacher_verify"] = {
-                **asdict(v), "no_program": v.no_program
+                **_whole_file(asdict(v)), "no_program": v.no_program
             }  # fmt: skip
         with self._stage("filter"):
             f = filter_stage(
@@ -432,7 +437,7 @@ class Runner:
                 against=self.contamination_sets(),
             )
             print(f.line())
-            self.stage_summaries["filter"] = asdict(f)
+            self.stage_summaries["filter"] = _whole_file(asdict(f))
         return self.layout.train_pairs
 
     def supervised_pairs(self, problems) -> Path:
