@@ -123,3 +123,20 @@ class RunLayout:
 
     def pair(self, name: str) -> Path:
         return self.pairs / name
+
+    @property
+    def evals(self) -> Path:
+        """The folder of every model's evaluation (``eval/<label>/``)."""
+        return self.dir / "eval"
+
+    @property
+    def students(self) -> Path:
+        return self.dir / "students"
+
+    def method_pairs(self, method: str) -> Path:
+        """The training pairs a method's student was trained on."""
+        return {
+            "seq-kd": self.seq_kd_pairs,
+            "supervised": self.supervised_pairs,
+            "expert-iteration": self.expert_iteration().train_pairs,
+        }.get(method, self.train_pairs)

@@ -27,17 +27,11 @@ from pathlib import Path
 
 from ekt.data.prompts import PROGRAM_HEADER, student_prompt
 from ekt.errors import EktError
+from ekt.layout import RunLayout
 from ekt.records import TrainPair, read_records, write_text_atomic
 
 FORMATS = ("messages", "prompt-completion", "hf")
-# where each method's training pairs live in a run folder
-PAIRS_OF = {
-    "ekt": "train_pairs.jsonl",
-    "kd": "train_pairs.jsonl",
-    "seq-kd": "seq_kd/train_pairs.jsonl",
-    "supervised": "supervised/train_pairs.jsonl",
-    "expert-iteration": "students/expert-iteration/train_pairs.jsonl",
-}
+METHODS = ("ekt", "kd", "seq-kd", "supervised", "expert-iteration")
 
 
 @dataclass
@@ -52,9 +46,9 @@ class ExportSummary:
 
 
 def pairs_path(run_dir: Path, method: str) -> Path:
-    if method not in PAIRS_OF:
-        raise EktError(f"--method must be one of {', '.join(PAIRS_OF)}, got {method!r}")
-    path = run_dir / PAIRS_OF[method]
+    if method not in METHODS:
+        raise EktError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    path = RunLayout(run_dir).method_pairs(method)
     if not path.is_file():
         raise EktError(f"{path}: not found; has the {method} method of this run been run?")
     return path
@@ -114,7 +108,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, method: str = "ekt") 
 
 def student_folder(run_dir: Path, method: str) -> Path:
     """The trained student's HF checkpoint folder of one method (the last round's for EI)."""
-    base = run_dir / "students" / method
+    base = RunLayout(run_dir).student(method)
     if (base / "config.json").is_file():
         return base
     rounds = sorted(base.glob("round-*/model"), key=lambda p: int(p.parent.name.split("-")[1]))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ekt.errors import EktError
 from ekt.evaluation.stats import LEVEL, RESAMPLES, SEED, SMALL_SAMPLE
+from ekt.layout import RunLayout
 from ekt.records import write_json_atomic, write_text_atomic
 from ekt.report.html import DRILL_QUESTIONS, DRILL_SAMPLES, render_html
 from ekt.report.load import REFERENCE, analyse, load_run, read_json
@@ -41,10 +42,11 @@ def add_statistics(
     figure, on the questions both answered).
     """
     d = Path(run_dir)
+    lay = RunLayout(d)
     if results is None:
-        if not (d / "results.json").is_file():
+        if not lay.results.is_file():
             raise EktError(f"{d}: no results.json (has `ekt run` finished?)")
-        results = read_json(d / "results.json")
+        results = read_json(lay.results)
     run = analyse(load_run(d), reference, resamples, seed, curves=False)
     by_label = {e.label: e for e in run.evals}
     for row in results.get("rows", []):
@@ -68,10 +70,10 @@ def add_statistics(
             e.label: {k: v.as_dict() for k, v in e.paired.items()} for e in run.evals if e.paired
         },
     }
-    write_json_atomic(d / "results.json", results)
+    write_json_atomic(lay.results, results)
     ev = results.get("eval") or run.config.get("eval") or {}
     who = {k: results.get(k) or run.config.get(k) for k in ("teacher", "student")}
-    write_text_atomic(d / "results.md", results_markdown({**results, "eval": ev, **who}))
+    write_text_atomic(lay.results_md, results_markdown({**results, "eval": ev, **who}))
     return results
 
 
@@ -88,11 +90,12 @@ def build_report(
     if not run_dirs:
         raise EktError("no run folders given")
     if out is None:
-        out = Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("report.html")
+        out = RunLayout(Path(run_dirs[0])).report if len(run_dirs) == 1 else Path("report.html")
     expanded: list[Path] = []
     for d in map(Path, run_dirs):  # a matrix run (ekt.pipeline.matrix): its cells side by side
-        cells = sorted(p for p in (d / "pairs").glob("*") if p.is_dir())
-        expanded += cells if cells and not (d / "eval").is_dir() else [d]
+        lay = RunLayout(d)
+        cells = sorted(p for p in lay.pairs.glob("*") if p.is_dir())
+        expanded += cells if cells and not lay.evals.is_dir() else [d]
     runs = [analyse(load_run(d), reference, resamples, seed) for d in expanded]
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from typing import Any
 from markupsafe import Markup
 
 from ekt.evaluation.stats import SMALL_SAMPLE
+from ekt.layout import EvalLayout, RunLayout
 from ekt.report.charts import Series, bar_chart, interval_chart, line_chart
 from ekt.report.load import SOURCES, EvalData, RunData, load_yields, read_json, records
 from ekt.report.tables import pct_interval
@@ -248,7 +249,7 @@ def _rounds(run: RunData, i: int) -> list[dict]:
 def _training(run: RunData, i: int) -> tuple[Markup, list[list[str]]]:
     series = []
     for n, log in enumerate(sorted(run.dir.glob("students/**/train_log.jsonl"))):
-        name = str(log.parent.relative_to(run.dir / "students"))
+        name = str(log.parent.relative_to(RunLayout(run.dir).students))
         method = name.split("/")[0]
         pts = [
             (float(r["step"]), float(r["loss"]))
@@ -272,7 +273,7 @@ def _training(run: RunData, i: int) -> tuple[Markup, list[list[str]]]:
         secs = t.get("seconds")
         rows.append(
             [
-                str(s.parent.relative_to(run.dir / "students")),
+                str(s.parent.relative_to(RunLayout(run.dir).students)),
                 str(t.get("pairs", "—")),
                 str(t.get("steps", "—")),
                 fmt(t.get("final_loss", "—")),
@@ -316,7 +317,7 @@ def _drill(run: RunData, index: int, max_questions: int, max_samples: int) -> di
     programs: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for e in run.evals:
         for kind in ("greedy", "sampled"):
-            for r in records(e.dir / kind / "executions.jsonl"):
+            for r in records(EvalLayout(e.dir).executions(kind)):
                 if r.get("problem_id") in chosen_set:
                     programs.setdefault((e.label, r["problem_id"]), {}).setdefault(kind, []).append(
                         r

@@ -28,6 +28,7 @@ from ekt.evaluation.stats import (
     pass_at_k_curve,
     sample_notes,
 )
+from ekt.layout import RunLayout
 from ekt.records import read_jsonl
 
 REFERENCE = "ekt"  # paired differences are taken against this method
@@ -91,9 +92,10 @@ def load_run(run_dir: str | Path) -> RunData:
     d = Path(run_dir)
     if not d.is_dir():
         raise EktError(f"{d}: run folder not found")
-    results = read_json(d / "results.json") if (d / "results.json").is_file() else {}
-    manifest = read_json(d / "manifest.json") if (d / "manifest.json").is_file() else {}
-    config_text = (d / "config.yaml").read_text() if (d / "config.yaml").is_file() else ""
+    lay = RunLayout(d)
+    results = read_json(lay.results) if lay.results.is_file() else {}
+    manifest = read_json(lay.manifest) if lay.manifest.is_file() else {}
+    config_text = lay.config.read_text() if lay.config.is_file() else ""
     import yaml
 
     try:
@@ -104,10 +106,10 @@ def load_run(run_dir: str | Path) -> RunData:
         config = {}
     rows = list(results.get("rows", []))
     labels = {r.get("label") for r in rows}
-    for probs in sorted((d / "eval").glob("*/problems.jsonl")):
+    for probs in sorted(lay.evals.glob("*/problems.jsonl")):
         label = probs.parent.name
         if label not in labels:  # evaluated but not in results.json (a run cut short)
-            scores = probs.parent / "scores.json"
+            scores = lay.eval(label).scores
             s = read_json(scores) if scores.is_file() else {}
             st = s.get("settings", {})
             rows.append(
@@ -122,7 +124,7 @@ def load_run(run_dir: str | Path) -> RunData:
     evals, skipped = [], []
     for r in rows:
         label = r.get("label", "")
-        probs = records(d / "eval" / label / "problems.jsonl") if label else []
+        probs = records(lay.eval(label).problems) if label else []
         if r.get("skipped") or not probs:
             skipped.append({**r, "skipped": r.get("skipped") or "no evaluation records"})
             continue
@@ -134,7 +136,7 @@ def load_run(run_dir: str | Path) -> RunData:
                 prompt=str(r.get("prompt", "")),
                 row=r,
                 problems=probs,
-                dir=d / "eval" / label,
+                dir=lay.eval(label).dir,
             )
         )
     ev = results.get("eval") or config.get("eval") or {}
@@ -228,8 +230,9 @@ def load_yields(run_dir: Path) -> list[Yield]:
                 r.get("correct")
             )
         source = ex.parent.name
+        # the teacher's pairs are the run's; another source keeps its pairs beside them
         pairs_file = (
-            run_dir / "train_pairs.jsonl"
+            RunLayout(run_dir).train_pairs
             if source == "teacher"
             else ex.parent / "train_pairs.jsonl"
         )
