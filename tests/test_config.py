@@ -221,3 +221,14 @@ def test_the_layout_names_every_run_path(tmp_path):
         tmp_path / "students" / "expert-iteration" / "round-2" / "round.json"
     )
     assert RunLayout.of("demo").dir.as_posix() == "runs/demo"
+
+
+def test_train_report_to_passes_through_to_the_trainer_arguments(tmp_path):
+    """Experiment tracking: `train.report_to` reaches transformers.TrainingArguments as set;
+    the default stays off."""
+    p = tmp_path / "track.yaml"
+    p.write_text("name: t\ntrain:\n  report_to: [tensorboard, mlflow]\n")
+    args = load_config(p).train.training_arguments(output_dir=str(tmp_path / "o"))
+    assert args.report_to == ["tensorboard", "mlflow"]
+    default = load_config(REPO / "configs" / "demo.yaml").train
+    assert default.training_arguments(output_dir=str(tmp_path / "d")).report_to == []
