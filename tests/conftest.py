@@ -78,7 +78,19 @@ SLOW_TESTS = {
 }
 
 
+# whole files that start real servers (llama-server, transformers serve), train with TRL or
+# rerun the sandbox suite without CAP_SYS_ADMIN: `make test` runs them, `make test-fast` not
+SLOW_FILES = {
+    "tests/test_llama_server.py",
+    "tests/test_chat_server.py",
+    "tests/test_openai_backend.py",
+    "tests/test_export.py",
+    "tests/test_sandbox_hostile2.py",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.nodeid.split("[", 1)[0] in SLOW_TESTS:
+        node = item.nodeid.split("[", 1)[0]
+        if node in SLOW_TESTS or node.split("::", 1)[0] in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
