@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.evaluation.metrics import score_problems
 from ekt.generation.backends import BackendConfig
-from ekt.generation.generate import generate
+from ekt.generation.generate import format_stops, generate
 from ekt.generation.sampling import Sampler, SamplingParams
 from ekt.layout import EvalLayout
 from ekt.records import Problem, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -160,8 +160,8 @@ def evaluate(
     and says how replies become programs (``ekt.data.prompt_format``).
     """
     fmt = load_format(prompt_format)
-    # a named format brings its own stop strings; else the config's (the function format's)
-    stop = tuple(fmt.stop) if prompt_format else tuple(config.stop)
+    sp = format_stops(config.sampling_params(), fmt)  # the format's stops, unless set by hand
+    stop = sp.stop
     config.validate()
     out = EvalLayout(Path(out_dir))
     t0 = time.time()
@@ -193,7 +193,6 @@ def evaluate(
         )
         run_and_verify(out, "greedy", gp)
         greedy_recs = [o for _, o in read_jsonl(out.executions("greedy"))]
-    sp = replace(config.sampling_params(), stop=stop)
     run_and_verify(out, "sampled", sp)
     sampled_recs = [o for _, o in read_jsonl(out.executions("sampled"))]
 
