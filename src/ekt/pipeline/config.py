@@ -74,6 +74,31 @@ class TeacherSampling(SamplingParams):
     prompt_format: str = "function"
     """the teacher's prompt layout: function (few-shot completion, the default), chat
     (messages; chat/instruct teachers), tinygsm, or a YAML file (ekt.data.prompt_format)"""
+    budget: typing.Literal["full", "adaptive"] = "full"
+    """full: n samples for every question (the published protocol); adaptive: sample indices
+    in rounds of round_size, a question leaving once it has what the filter keeps (keep: first:
+    one correct program, the same pairs as full; keep: all: target distinct correct programs)"""
+    round_size: int = 4
+    """adaptive: sample indices drawn per question per round"""
+    target: int = 4
+    """adaptive with keep: all: distinct correct programs after which a question leaves"""
+    give_up_after: int = 0
+    """adaptive: stop a question with no correct program after this many samples (0: never;
+    changes the pairs, so off by default)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.budget not in ("full", "adaptive"):
+            raise EktError(f"teacher_sampling.budget must be full or adaptive, got {self.budget!r}")
+        for key in ("round_size", "target"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise EktError(f"teacher_sampling.{key} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.give_up_after, int) or self.give_up_after < 0:
+            raise EktError(
+                "teacher_sampling.give_up_after must be an integer >= 0 (0: never), "
+                f"got {self.give_up_after!r}"
+            )
 
 
 @dataclass
