@@ -141,6 +141,37 @@ def test_generate_and_verify_end_to_end(served, data_dir, tmp_path):
     assert len(ran) >= len(rows) // 2
 
 
+def test_token_counts_are_the_tokens_the_model_wrote(served, data_dir, tmp_path):
+    """Every record's ``n_tokens`` is exactly the number of tokens the server generated, and
+    the model's tokenizer decodes those tokens to the record: the held-back newline, the text,
+    then the stop string that ended it (or the EOS token)."""
+    from ekt.generation.generate import generate, read_completions
+
+    preset, srv, tok = served
+    problems = _problems(data_dir, 4)
+    sampler = _sampler(srv, token_ids={})
+    params = SamplingParams(n=2, temperature=0.6, max_new_tokens=96, seed=3)
+    generate(sampler, problems, tmp_path / "gen", params)
+    records = read_completions(tmp_path / "gen")
+    assert len(records) == 8 and len(sampler.token_ids) == 8
+    prompts = {p.id: teacher_prompt(p).rstrip() for p in problems}
+    specials = set(tok.all_special_ids)
+    for c in records:
+        ids = sampler.token_ids[(c.problem_id, c.sample_idx)]
+        assert len(ids) == c.n_tokens, (c.n_tokens, ids)
+        assert c.prompt_tokens == len(tok(prompts[c.problem_id]).input_ids)
+        body = [t for t in ids if t not in specials]
+        wrote = tok.decode(body)
+        held = "\n" if wrote.startswith("\n") and not c.text.startswith("\n") else ""
+        assert wrote.startswith(held + c.text + c.stop), (wrote, c.text, c.stop)
+        if c.stop:
+            # the last token completed the stop string: without it, the stop is not there
+            assert c.stop not in tok.decode(body[:-1])[len(held) + len(c.text) :]
+        elif c.n_tokens < params.max_new_tokens:
+            assert ids[-1] in specials  # ended by EOS
+            assert len(body) == len(ids) - 1
+
+
 def test_prompt_trimming_is_what_keeps_the_programs(served, data_dir):
     """With the prompt ending on its bare newline (the issue's setup) SmolLM2 loses its
     programs; with the newline held back they come back indented."""

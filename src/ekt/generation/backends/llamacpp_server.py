@@ -18,7 +18,13 @@ retries, bounded concurrency, nothing lost or doubled) talks to that one:
 * **Per-sample truth.** ``n_tokens`` is the server's ``tokens_predicted``
   (generated tokens, up to and including the one that completed the stop
   string, as the built-in sampler counts), ``prompt_tokens`` its
-  ``tokens_evaluated``, and ``stop`` its ``stopping_word``.
+  ``tokens_evaluated``, and ``stop`` its ``stopping_word``. With
+  ``keep_token_ids`` the generated ids themselves are kept (``token_ids``), so
+  a check can decode them with the model's tokenizer: they spell the held-back
+  newline, the text and the stop string, and there are ``n_tokens`` of them.
+  (Re-encoding the text instead can come out shorter: a model may write
+  ``"\n"``, ``"\n"``, ``"\n"`` where the tokenizer would write one
+  ``"\n\n\n"`` token.)
 * **Prefix reuse.** ``cache_prompt`` (default on) lets a slot keep the
   few-shot prefix it has already computed, so a request prefills only the
   question; ``prompt_cached`` counts the prompt tokens that came from the
@@ -84,7 +90,15 @@ def probe(base_url: str, timeout: float = 10.0) -> ServerInfo:
 class LlamaServerSampler(OpenAISampler):
     """``OpenAISampler`` on llama-server's own ``/completion`` endpoint (module docstring)."""
 
-    def __init__(self, base_url: str, model: str = "", *, cache_prompt: bool = True, **kw: Any):
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "",
+        *,
+        cache_prompt: bool = True,
+        keep_token_ids: bool = False,
+        **kw: Any,
+    ):
         kw.setdefault("n_per_request", 1)
         if kw.get("api", "completions") != "completions":
             raise EktError("the llama-server backend uses the completions API (backend.api)")
@@ -96,6 +110,9 @@ class LlamaServerSampler(OpenAISampler):
         self.prompt_cached = 0  # prompt tokens taken from the server's cache, over all requests
         self._lock = threading.Lock()
         self._info: ServerInfo | None = None
+        # (problem id, sample index) -> the token ids the server generated, when kept: the
+        # exact check of ``n_tokens`` against the model's tokenizer (tests, benchmarks)
+        self.token_ids: dict[tuple[str, int], list[int]] | None = {} if keep_token_ids else None
 
     @property
     def endpoint(self) -> str:
@@ -122,6 +139,8 @@ class LlamaServerSampler(OpenAISampler):
             "cache_prompt": self.cache_prompt,
             "stream": False,
         }
+        if self.token_ids is not None:
+            body["return_tokens"] = True
         stop = list(params.stop)[: self.max_stop] if self.max_stop else list(params.stop)
         if stop:
             body["stop"] = stop
@@ -130,6 +149,20 @@ class LlamaServerSampler(OpenAISampler):
 
     def _answered(self, out: dict) -> bool:
         return isinstance(out.get("content"), str) and isinstance(out.get("tokens_predicted"), int)
+
+    def _request(
+        self,
+        prompt: Any,
+        problem_id: str,
+        unit: _Unit,
+        params: SamplingParams,
+        abandoned: threading.Event,
+    ) -> dict:
+        out = super()._request(prompt, problem_id, unit, params, abandoned)
+        if self.token_ids is not None and isinstance(out.get("tokens"), list):
+            with self._lock:
+                self.token_ids[(problem_id, unit.start)] = [int(t) for t in out["tokens"]]
+        return out
 
     def _choices(self, out: dict) -> list[_Choice]:
         timings = out.get("timings") or {}
