@@ -183,6 +183,10 @@ def test_previous_run_measures_tokens_and_pass_rates(tiny_model_dir, data_dir, t
         sum(expected_samples(p, 2, 1) for p in (1.0, 0.5, 0.0))
     )
     assert t1.samples_max == 6
+    # a local engine sends a question's prompt once per round it is still sampled in
+    lens = _tokens(tiny_model_dir, [load_format("function").teacher(p) for p in problems])
+    assert t1.prompt_tokens_max == 2 * sum(lens)
+    assert t1.prompt_tokens_expected == pytest.approx(sum(x * e for x, e in zip(lens, (1, 1.5, 2))))
     assert t1.completion_tokens_expected == pytest.approx(10 * 4.5)  # measured 10 a sample
     assert t1.completion_tokens_max == 60
     assert t1.budget["adaptive"] == pytest.approx(4.5)

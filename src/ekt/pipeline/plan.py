@@ -218,6 +218,7 @@ class Stage:
     pairs: int | None = None  # training stages: pairs (exact when a previous run has them)
     steps: int | None = None  # optimizer steps
     exact_pairs: bool = False  # False: pairs (and steps) are an upper bound
+    approx_prompt: bool = False  # prompt tokens estimated (no local tokenizer)
     budget: dict[str, Any] | None = None  # full against adaptive (teacher sampling)
     notes: list[str] = field(default_factory=list)
 
@@ -299,6 +300,7 @@ class _Planner:
             self.transfer.append((t.name, split, t.load(split)[: cfg.eval.limit or None]))
         self.stages: dict[str, Stage] = {}
         self.notes: list[str] = []
+        self.no_tokenizer: list[str] = []  # specs whose prompt tokens are estimated
         self._lengths: dict[tuple, tuple[list[int], bool]] = {}
 
     # -- helpers -------------------------------------------------------------
@@ -356,10 +358,11 @@ class _Planner:
         q = len(problems)
         per_q_max = [float(n)] * q
         per_q_exp = list(expected_per_question) if expected_per_question is not None else per_q_max
-        calls_max = [1.0] * q
-        calls_exp = [e / round_size for e in per_q_exp] if round_size else calls_max
-        if round_size:
-            calls_max = [math.ceil(n / round_size)] * q
+        # calls a question's prompt is sent in: one, or one per round of an adaptive budget
+        calls_max = [float(math.ceil(n / round_size)) if round_size else 1.0] * q
+        calls_exp = calls_max
+        if round_size and expected_per_question is not None:
+            calls_exp = [e / round_size for e in per_q_exp]  # about: the last round is smaller
         extra = 1 if greedy_too else 0
         stage.prompts = q
         stage.samples_max = sum(per_q_max) + extra * q
@@ -374,10 +377,9 @@ class _Planner:
         stage.prompt_tokens_max = sent(per_q_max, calls_max)
         stage.prompt_tokens_expected = sent(per_q_exp, calls_exp)
         if not exact:
-            stage.notes.append(
-                f"prompt tokens estimated at {CHARS_PER_TOKEN} characters a token "
-                f"(no local tokenizer for {spec})"
-            )
+            stage.approx_prompt = True
+            if spec not in self.no_tokenizer:
+                self.no_tokenizer.append(spec)
             if measured is not None and measured.prompt_tokens:
                 stage.prompt_tokens_expected = measured.prompt_per_sample * stage.samples_expected
                 stage.notes.append("expected prompt tokens: the previous run's billed tokens")
@@ -437,7 +439,7 @@ class _Planner:
                 ts.max_new_tokens,
                 measured=measured,
                 expected_per_question=exp,
-                round_size=ts.round_size if exp is not None else None,
+                round_size=ts.round_size if ts.budget == "adaptive" else None,
             )
             stage.budget = budget
             self.add(stage)
@@ -465,7 +467,7 @@ class _Planner:
                     shared,
                     prompts=q,
                     programs=refs,
-                    notes=[f"{refs} of {q} questions have annotations forming a program"],
+                    notes=[f"{_n(refs)} of {_n(q)} questions have annotations forming a program"],
                 )
             )
             pairs_upper["supervised"] = refs
@@ -508,8 +510,6 @@ class _Planner:
                     spec,
                     where,
                 )
-                if lab.startswith("student-") and lab != "student-base":
-                    stage.notes.append("only if the method gets training pairs")
                 evl = layout.eval(lab, sub)
                 why = self.differs(
                     layout, cfg, (*eval_keys, "teacher" if lab == "teacher" else "student")
@@ -603,8 +603,6 @@ class _Planner:
             steps=train_steps(n_pairs, cfg.train),
             exact_pairs=exact,
         )
-        if not exact:
-            stage.notes.append(f"pairs unknown until filtering: at most {n_pairs}; steps at most")
         self.add(stage)
         if method == "kd":
             examples = (
@@ -622,9 +620,9 @@ class _Planner:
                     programs=0,
                     pairs=examples,
                     notes=[
-                        f"{_n(examples)} teacher forward passes (one per training "
-                        f"example seen), at most {cfg.train.max_length} tokens each"
-                        + ("" if exact else "; pairs at most")
+                        f"one teacher forward pass per training example seen, at most "
+                        f"{cfg.train.max_length} tokens each (kd.teacher_prompt "
+                        f"{cfg.kd.teacher_prompt})"
                     ],
                 )
             )
@@ -637,7 +635,7 @@ class _Planner:
             prompt = "teacher" if r == 1 or ei.later_rounds_prompt == "few-shot" else "student"
             stage = Stage(
                 f"ei:{cfg.student}:{r}",
-                f"expert iteration round {r}/{rounds}",
+                f"expert iteration round {r}/{rounds}" + (" (unsolved only)" if r > 1 else ""),
                 cfg.student,
                 "shared" if matrix else "",
             )
@@ -651,12 +649,13 @@ class _Planner:
                 sp.n,
                 sp.max_new_tokens,
             )
-            if r > 1:
-                stage.notes.append("only the questions still unsolved: at most")
-            stage.notes.append(
-                f"then trains on the pairs so far (steps at most "
-                f"{train_steps(len(self.train) * (1 if ei.keep == 'first' else sp.n), cfg.train)})"
-            )
+            if r == 1:
+                most = len(self.train) * (1 if ei.keep == "first" else sp.n)
+                stage.notes.append(
+                    f"{cfg.student} samples few-shot; each round then trains on the pairs so far "
+                    f"(at most {_n(most)} pairs, {_n(train_steps(most, cfg.train))} steps); "
+                    "later rounds sample the questions still unsolved (at most all)"
+                )
             self.add(stage)
 
 
@@ -693,11 +692,24 @@ def plan_experiment(
             name, pcfg, layout = "", cfg, root
         cells.append(name or f"{t} -> {s}")
         planner.cell(pcfg, layout, name, cfg.is_matrix)
-    notes = []
+    notes = [
+        "prompt tokens: sent per request (openai backend) or prefilled once per question and "
+        "call (local engines share a prompt between its samples)",
+        "a method's student is trained and evaluated only if it gets training pairs; "
+        "'<=' pairs are upper bounds until the teacher's programs are filtered",
+    ]
+    if planner.no_tokenizer:
+        notes.append(
+            f"prompt tokens marked ~ are estimated at {CHARS_PER_TOKEN} characters a token: no "
+            f"local tokenizer for {', '.join(planner.no_tokenizer)} (not in the local HF cache, "
+            "or an API model)"
+        )
     if root.config.is_file():
         notes.append(
             f"previous run found in {root.dir}: its measurements are used where its settings match"
         )
+    else:
+        notes.append(f"no previous run in {root.dir}: nothing measured, expected = at most")
     return Plan(cfg.name, str(root.dir), cells, list(planner.stages.values()), notes)
 
 
@@ -733,50 +745,46 @@ def _pair(a: float, b: float) -> str:
 def render(plan: Plan, command: str = "") -> str:
     """The plan as text: a table of stages (expected / at most where they differ), the
     adaptive budget's projection, notes, and a one-line summary at the end."""
-    lines = [f"plan of run {plan.name} ({plan.run_dir}): nothing is loaded but tokenizers"]
+    lines = [f"plan of run {plan.name} ({plan.run_dir}): no model is loaded, only tokenizers"]
     if command:
         lines[0] = f"{command}: {lines[0]}"
-    if len(plan.cells) > 1:
-        lines.append(f"matrix: {len(plan.cells)} cells: {', '.join(plan.cells)}")
-    lines += plan.notes
+    short = {c: f"cell {i}" for i, c in enumerate(plan.cells, 1)} if len(plan.cells) > 1 else {}
+    for cell, label in short.items():
+        lines.append(f"{label}: {cell}")
     lines.append(
-        "numbers: expected / at most, where they differ (at most: every sample of the "
-        "budget, max_new_tokens each)"
+        "numbers: expected / at most where they differ (at most: every sample of the budget, "
+        "max_new_tokens each; expected: what a previous run measured)"
     )
     head = ("stage", "model", "prompts", "samples", "prompt tok", "completion tok", "cost")
     rows = [head]
     details: list[str] = []
     for s in plan.stages:
-        stage = f"{s.name} [{s.cell}]" if s.cell else s.name
+        where = short.get(s.cell, s.cell)
+        stage = f"{s.name} [{where}]" if where else s.name
         if s.programs and not s.samples_max:
             rows.append((stage, "-", _n(s.prompts), f"{_n(s.programs)} programs", "-", "-", "-"))
         elif s.pairs is not None and not s.samples_max:
             what = (
                 f"{_n(s.pairs)} pairs, {_n(s.steps)} steps"
                 if s.steps is not None
-                else f"{_n(s.pairs)} passes"
+                else (f"{_n(s.pairs)} passes")
             )
-            if not s.exact_pairs:
-                what = "<= " + what
-            rows.append((stage, s.model, "-", what, "-", "-", "-"))
+            rows.append(
+                (stage, s.model, "-", ("" if s.exact_pairs else "<= ") + what, "-", "-", "-")
+            )
         else:
             cost = _cost(s.cost_max)
             if s.cost_expected is not None and s.cost_expected != s.cost_max:
                 cost = f"{_cost(s.cost_expected)} / {cost}"
-            rows.append(
-                (
-                    stage,
-                    s.model,
-                    _n(s.prompts),
-                    _pair(s.samples_max, s.samples_expected),
-                    _pair(s.prompt_tokens_max, s.prompt_tokens_expected),
-                    _pair(s.completion_tokens_max, s.completion_tokens_expected),
-                    cost,
-                )
-            )
+            prompt = _pair(s.prompt_tokens_max, s.prompt_tokens_expected)
+            rows.append((
+                stage, s.model, _n(s.prompts), _pair(s.samples_max, s.samples_expected),
+                ("~" if s.approx_prompt else "") + prompt,
+                _pair(s.completion_tokens_max, s.completion_tokens_expected), cost,
+            ))  # fmt: skip
         if s.budget:
-            details.append(f"{s.name}{f' [{s.cell}]' if s.cell else ''}: " + _budget_line(s.budget))
-        details += [f"{s.name}{f' [{s.cell}]' if s.cell else ''}: {n}" for n in s.notes]
+            details.append(f"{stage}: {_budget_line(s.budget)}")
+        details += [f"{stage}: {n}" for n in s.notes]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     for r in rows:
         cells = [
@@ -784,9 +792,8 @@ def render(plan: Plan, command: str = "") -> str:
             for i, (c, w) in enumerate(zip(r, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
-    if details:
-        lines.append("notes:")
-        lines += [f"  {d}" for d in details]
+    lines.append("notes:")
+    lines += [f"  {d}" for d in (*details, *plan.notes)]
     t = plan.totals()
     lines.append(
         f"tokens: {_pair(t['prompt_tokens_max'], t['prompt_tokens_expected'])} prompt + "
