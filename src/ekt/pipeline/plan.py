@@ -765,7 +765,7 @@ def render(plan: Plan, command: str = "") -> str:
             rows.append((stage, "-", _n(s.prompts), f"{_n(s.programs)} programs", "-", "-", "-"))
         elif s.pairs is not None and not s.samples_max:
             what = (
-                f"{_n(s.pairs)} pairs, {_n(s.steps)} steps"
+                f"{_n(s.pairs)} pairs, {_n(s.steps)} step{'' if s.steps == 1 else 's'}"
                 if s.steps is not None
                 else (f"{_n(s.pairs)} passes")
             )
