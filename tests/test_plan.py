@@ -194,6 +194,15 @@ def test_previous_run_measures_tokens_and_pass_rates(tiny_model_dir, data_dir, t
     assert _stage(after, "verify").programs == pytest.approx(4.5)
     assert after.totals()["samples_expected"] < before.totals()["samples_expected"]
 
+    # shards gone, results.json kept: its stages.teacher_generate still measures the tokens
+    shutil.rmtree(tmp_path / "run" / "teacher" / "samples")
+    usage = {"samples": 6, "completion_tokens": 42, "prompt_tokens": 0}
+    (tmp_path / "run" / "results.json").write_text(
+        json.dumps({"stages": {"teacher_generate": usage}})
+    )
+    t3 = _stage(plan_experiment(cfg, tmp_path / "run"), "teacher sampling")
+    assert t3.completion_tokens_expected == pytest.approx(7 * 4.5)  # 42 / 6 a sample
+
     # the same folder under another temperature: its measurements no longer apply
     hotter = build_config(
         _config(

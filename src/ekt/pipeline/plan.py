@@ -163,6 +163,17 @@ def measured_usage(*folders: Path) -> Measured | None:
     return Measured(*total) if total[0] else None
 
 
+def results_usage(results: Path, stage: str = "teacher_generate") -> Measured | None:
+    """A stage's token usage as a previous run's ``results.json`` recorded it (``stages``), for
+    a run folder whose sample shards are gone (None: not recorded)."""
+    try:
+        u = json.loads(results.read_text(encoding="utf-8"))["stages"][stage]
+        m = Measured(int(u["samples"]), int(u["completion_tokens"]), int(u["prompt_tokens"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return m if m.samples > 0 else None
+
+
 def success_counts(executions: Path) -> dict[str, tuple[int, int]]:
     """(correct, verified) samples per question in a verification output (empty: none)."""
     out: dict[str, list[int]] = {}
@@ -423,9 +434,11 @@ class _Planner:
         if {"ekt", "kd", "seq-kd"} & set(methods):
             stage = Stage(f"teacher:{t}", f"teacher sampling ({cfg.train_split})", t, shared)
             why = self.differs(layout, cfg, teacher_keys)
-            measured = None if why else measured_usage(layout.teacher)
+            measured = None
+            if not why:
+                measured = measured_usage(layout.teacher) or results_usage(layout.results)
             counts = {} if why else success_counts(layout.teacher_executions)
-            if why and (layout.teacher / "samples").is_dir():
+            if why:  # a previous run of other settings: its figures would mislead
                 stage.notes.append(f"previous run not used: {why}")
             exp, budget = self.budget(counts, stage)
             self.sampling(
@@ -830,6 +843,7 @@ __all__ = [
     "plan_experiment",
     "prompt_lengths",
     "render",
+    "results_usage",
     "success_counts",
     "train_steps",
 ]
