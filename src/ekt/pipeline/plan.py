@@ -49,6 +49,7 @@ import yaml
 
 from ekt.data.prompt_format import load_format
 from ekt.data.supervised import reference_program
+from ekt.data.tasks import get_task
 from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig
 from ekt.generation.budget import expected_samples
@@ -303,8 +304,6 @@ class _Planner:
         ev = self.task.load(cfg.eval.split)
         self.eval = ev[: cfg.eval.limit] if cfg.eval.limit else ev
         self.transfer = []  # (task name, split, problems) of eval.tasks, as run.py loads them
-        from ekt.data.tasks import get_task
-
         for name in cfg.eval.tasks:
             t = get_task(name, cfg.eval.task_data.get(name))
             split = "test" if "test" in t.splits else t.splits[0]
