@@ -317,3 +317,29 @@ def test_bad_config_fails_as_a_real_run_does(
     planned = capsys.readouterr().err
     assert message in real
     assert planned == real
+
+
+def test_expert_iteration_rounds_from_a_previous_run(tiny_model_dir, data_dir, tmp_path):
+    raw = _config(data_dir, tiny_model_dir, tiny_model_dir, methods=["expert-iteration"])
+    raw["expert_iteration"] = {"rounds": 3}
+    cfg = build_config(raw)
+    fresh = plan_experiment(cfg, tmp_path / "run")
+    rounds = [s for s in fresh.stages if s.name.startswith("expert iteration")]
+    assert [s.samples_max for s in rounds] == [6, 6, 6]  # 3 questions x n=2, at most all
+    assert [s.samples_expected for s in rounds] == [6, 6, 6]
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(dump_config(cfg))
+    ei = out / "students" / "expert-iteration"
+    for r, attempted in ((1, 3), (2, 1)):  # round 2: one question left; then it stopped
+        (ei / f"round-{r}").mkdir(parents=True)
+        (ei / f"round-{r}" / "round.json").write_text(
+            json.dumps({"round": r, "attempted": attempted})
+        )
+    (ei / "rounds.jsonl").write_text("")
+    after = plan_experiment(cfg, out)
+    rounds = [s for s in after.stages if s.name.startswith("expert iteration")]
+    assert [s.samples_expected for s in rounds] == [6, 2, 0]
+    assert [s.samples_max for s in rounds] == [6, 6, 6]
+    assert after.totals()["samples_expected"] < fresh.totals()["samples_expected"]

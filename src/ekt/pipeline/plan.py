@@ -373,6 +373,8 @@ class _Planner:
         calls_exp = calls_max
         if round_size and expected_per_question is not None:
             calls_exp = [e / round_size for e in per_q_exp]  # about: the last round is smaller
+        elif expected_per_question is not None:  # one call, made for this share of questions
+            calls_exp = [e / n for e in per_q_exp]
         extra = 1 if greedy_too else 0
         stage.prompts = q
         stage.samples_max = sum(per_q_max) + extra * q
@@ -640,9 +642,16 @@ class _Planner:
             )
 
     def expert_iteration(self, cfg: RunConfig, layout: RunLayout, label: str, matrix: bool) -> None:
+        """The rounds: the student samples every training question few-shot, then only those
+        still unsolved. A previous run of the same settings says how many each round took."""
         ei = cfg.expert_iteration
         sp = ei.sampling(cfg.teacher_sampling)
-        rounds = ei.rounds
+        rounds, q = ei.rounds, len(self.train)
+        el = layout.expert_iteration()
+        why = self.differs(layout, cfg, ("student", "student_prompt_format", "expert_iteration",
+                                         "teacher_sampling", "train", "train_split", "train_limit",
+                                         "task", "sandbox"))  # fmt: skip
+        finished = not why and el.rounds.is_file()  # a previous run's rounds, all of them
         for r in range(1, rounds + 1):
             prompt = "teacher" if r == 1 or ei.later_rounds_prompt == "few-shot" else "student"
             stage = Stage(
@@ -651,24 +660,35 @@ class _Planner:
                 cfg.student,
                 "shared" if matrix else "",
             )
-            self.sampling(
-                stage,
-                cfg.student,
-                self.train,
-                prompt,
-                "function",
-                cfg.eval.backend,
-                sp.n,
-                sp.max_new_tokens,
-            )
+            rl = el.round(r)
+            attempted = None if why else _attempted(rl.record)
+            expected = None
+            if attempted is not None:
+                expected = [sp.n * attempted / q] * q if q else []
+                stage.notes.append(f"the previous run sampled {_n(attempted)} questions here")
+            elif finished and r > 1:
+                expected = [0.0] * q
+                stage.notes.append("the previous run stopped before this round")
+            measured = None if why else measured_usage(rl.dir)
+            self.sampling(stage, cfg.student, self.train, prompt, "function", cfg.eval.backend,
+                          sp.n, sp.max_new_tokens, measured=measured,
+                          expected_per_question=expected)  # fmt: skip
             if r == 1:
-                most = len(self.train) * (1 if ei.keep == "first" else sp.n)
+                most = q * (1 if ei.keep == "first" else sp.n)
                 stage.notes.append(
                     f"{cfg.student} samples few-shot; each round then trains on the pairs so far "
                     f"(at most {_n(most)} pairs, {_n(train_steps(most, cfg.train))} steps); "
                     "later rounds sample the questions still unsolved (at most all)"
                 )
             self.add(stage)
+
+
+def _attempted(record: Path) -> int | None:
+    """Questions a finished expert-iteration round sampled (its ``round.json``), or None."""
+    try:
+        return int(json.loads(record.read_text(encoding="utf-8"))["attempted"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _requests(samples: float, calls: float, backend: BackendConfig) -> float:
