@@ -59,6 +59,7 @@ from ekt.pipeline.config import (
 from ekt.pipeline.distributed import RayCluster, import_ray
 from ekt.pipeline.experiment import run_experiment
 from ekt.pipeline.export import export, push_to_hub, student_folder
+from ekt.pipeline.plan import plan_experiment, render
 from ekt.report.build import add_statistics, build_report
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.config import TrainConfig
@@ -182,6 +183,11 @@ class RunOptions:
     """run folder (None: runs/<name>)"""
     force: bool = False
     """redo stages whose settings changed"""
+    dry_run: bool = False
+    """print the plan (every stage's prompts, samples, tokens, cost) and exit: loads no model
+    (tokenizers only), writes nothing (see ekt.pipeline.plan)"""
+    json: bool = False
+    """with --dry-run: print the plan as JSON instead of text"""
 
 
 @dataclass
@@ -458,12 +464,29 @@ def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
 
 
 def cmd_run(o: RunOptions, args: Any, overrides: list[str] = ()) -> None:  # type: ignore[assignment]
+    if o.json and not o.dry_run:
+        raise EktError("--json prints the plan: use it with --dry-run")
     cfg = load_config(args.config, list(overrides))
     if cfg.ray is not None:
         cfg = dataclasses.replace(
             cfg, ray=_cluster(cfg.ray, cfg.teacher_sampling.backend, cfg.sandbox.workers)
         )
+    if o.dry_run:
+        plan = plan_experiment(cfg, o.out)
+        print(plan.to_json() if o.json else render(plan, f"ekt run {args.config} --dry-run"))
+        return
     run_experiment(cfg, o.out, force=o.force)
+
+
+def _own_flags(cls: type) -> tuple[set[str], set[str]]:
+    """The flags of a command's own options (every spelling), and those that take a value."""
+    own, valued = {"-h", "--help"}, set()
+    for f in dataclasses.fields(cls):
+        names = {f"--{f.name}", f"--{f.name.replace('_', '-')}"}
+        own |= names
+        if f.type not in ("bool", bool):
+            valued |= names
+    return own, valued
 
 
 def demo_config_path() -> Path:
@@ -587,13 +610,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides: list[str] = []
         if command == "run":  # its own flags here, the rest are run-config keys
-            own = {"--out", "--force", "-h", "--help"}
+            own, valued = _own_flags(RunOptions)
             mine, i = [], 0
             while i < len(rest):
                 tok = rest[i]
                 if tok.split("=")[0] in own or not tok.startswith("-"):
                     mine.append(tok)
-                    if tok == "--out" and i + 1 < len(rest):
+                    if tok in valued and i + 1 < len(rest):
                         mine.append(rest[i + 1])
                         i += 1
                 else:

@@ -1,0 +1,868 @@
+"""The bill before paying it: ``ekt run CONFIG --dry-run`` plans an experiment without a model.
+
+``plan_experiment(cfg, out_dir)`` lists every stage ``ekt run`` would do (teacher
+sampling, verification, supervised reference programs, each method's training, the
+live KD teacher's forward passes, expert-iteration rounds, every evaluation) with
+its prompts, samples, tokens and cost; ``render`` prints it, ``Plan.to_dict`` is its
+JSON form. Nothing is loaded but tokenizers; nothing is written.
+
+* **Prompt tokens** are counted exactly: each question's real prompt (the configured
+  prompt format, teacher or student layout) through the model's own tokenizer, as
+  the sampler encodes it. A model whose tokenizer is not on this machine (a hosted
+  API's model name, a hub id not in the local cache) is estimated at 4 characters a
+  token, and the plan says so. Prompt tokens are what is *sent*: per request for
+  the openai backend (``backend.n_per_request`` samples each), once per question
+  and call for the local engines, which share a prompt's cache between its samples.
+* **Completion tokens** are at most ``max_new_tokens`` per sample (the ``max``
+  columns). Where a previous run in the run folder sampled the same stage, its
+  measured tokens per sample (the records' ``n_tokens``, as
+  ``ekt.generation.generate.usage`` sums them) give the ``expected`` columns.
+* **The adaptive teacher budget** (``teacher_sampling.budget: adaptive``) is
+  projected with ``ekt.generation.budget.expected_samples``: each question's
+  success probability is measured from a previous run's verified records
+  (``teacher/executions.jsonl``) where there are some, else the projection is shown
+  for assumed pass@1 values (``ASSUMED_PASS_AT_1``), labelled as assumptions.
+* **Cost** is ``ekt.generation.generate.cost_of`` with the stage's backend price
+  table (``price_input_per_mtok``, ``price_output_per_mtok``): the teacher's
+  backend for the teacher's sampling and evaluation, ``eval.backend`` for students.
+* **A matrix** (``teachers:``/``students:``) lists every cell; a stage the cells
+  share (a teacher's samples, a student's base evaluation...) is listed once, as
+  ``ekt.pipeline.matrix`` runs it once, and the totals count it once.
+
+A previous run's measurements are used only when its ``config.yaml`` agrees on the
+settings that shape them (model, prompt format, temperature, max_new_tokens...);
+otherwise the plan says which key differs and falls back to the bounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ekt.data.prompt_format import load_format
+from ekt.data.supervised import reference_program
+from ekt.data.tasks import get_task
+from ekt.errors import EktError
+from ekt.generation.backends import BackendConfig
+from ekt.generation.budget import expected_samples
+from ekt.generation.generate import cost_of, prompt_maker, shard_paths, usage
+from ekt.generation.sampling import chat_ids
+from ekt.layout import RunLayout
+from ekt.models import PRESETS, converted_dir, preset_gguf, resolve_model
+from ekt.pipeline.config import RunConfig, dump_config
+from ekt.pipeline.matrix import pair_config, slug
+from ekt.pipeline.run import config_changes
+from ekt.records import Problem, read_jsonl
+
+# pass@1 values the adaptive budget is projected at when no previous run measured any
+ASSUMED_PASS_AT_1 = (0.05, 0.3, 0.6)
+CHARS_PER_TOKEN = 4  # the estimate for a model whose tokenizer is not here (as openai_compat)
+
+# -- tokenizers: the only part of a model a plan loads --------------------------------------
+
+
+@functools.cache
+def load_tokenizer(spec: str) -> Any | None:
+    """The tokenizer of a model spec, read from local files only (None: not on this machine).
+
+    A preset or GGUF file is read from its converted HF folder when one is cached (about a
+    second; the conversion checked that it encodes exactly like the GGUF one), else from
+    the GGUF file itself (exact, but tens of seconds for Gemma's 262k-token vocabulary).
+    Weights are never read.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(spec).expanduser()
+    gguf: Path | None = None
+    label = None
+    if spec in PRESETS:
+        gguf, label = preset_gguf(spec), spec
+    elif path.suffix.lower() == ".gguf" and path.is_file():
+        gguf = path.resolve()
+    if gguf is not None:
+        folder = converted_dir(gguf, label)
+        if (folder / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(str(folder))
+        print(
+            f"plan: reading the tokenizer of {spec} from its GGUF file (slow: up to ~30 s; "
+            f"`ekt models {spec}` converts it once, then it takes a second)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        return AutoTokenizer.from_pretrained(
+            str(path) if path.is_dir() else spec, local_files_only=True
+        )
+    except (OSError, ValueError):
+        return None
+
+
+def prompt_lengths(
+    tokenizer: Any | None, prompts: Sequence[Any], api: bool = False
+) -> tuple[list[int], bool]:
+    """Tokens of each prompt (text or chat messages) as the sampler encodes it, and whether
+    they are exact (False: no tokenizer, or an API chat prompt the local tokenizer cannot
+    render: 4 characters a token)."""
+    if not prompts:
+        return [], True
+    if tokenizer is None:
+        return [_chars(p) // CHARS_PER_TOKEN + 1 for p in prompts], False
+    if isinstance(prompts[0], str):
+        return [len(ids) for ids in tokenizer(list(prompts)).input_ids], True
+    try:
+        return [len(chat_ids(tokenizer, p)) for p in prompts], True
+    except EktError:
+        if not api:  # a local engine renders it with this tokenizer: the run would fail too
+            raise
+        return [_chars(p) // CHARS_PER_TOKEN + 1 for p in prompts], False
+
+
+def _chars(prompt: Any) -> int:
+    return len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
+
+
+# -- what a previous run measured ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Token usage of a previous run's samples of one stage (``generate.usage``)."""
+
+    samples: int
+    completion_tokens: int
+    prompt_tokens: int  # billed prompt tokens (API backends; 0: not reported)
+
+    @property
+    def per_sample(self) -> float:
+        return self.completion_tokens / self.samples
+
+    @property
+    def prompt_per_sample(self) -> float:
+        return self.prompt_tokens / self.samples
+
+
+def measured_usage(*folders: Path) -> Measured | None:
+    """What the sample shards of generate folders add up to (None: no samples there)."""
+    total = [0, 0, 0]
+    for f in folders:
+        if f.is_dir() and shard_paths(f):
+            u = usage(f)
+            total = [
+                total[0] + u["samples"],
+                total[1] + u["completion_tokens"],
+                total[2] + u["prompt_tokens"],
+            ]
+    return Measured(*total) if total[0] else None
+
+
+def results_usage(results: Path, stage: str = "teacher_generate") -> Measured | None:
+    """A stage's token usage as a previous run's ``results.json`` recorded it (``stages``), for
+    a run folder whose sample shards are gone (None: not recorded)."""
+    try:
+        u = json.loads(results.read_text(encoding="utf-8"))["stages"][stage]
+        m = Measured(int(u["samples"]), int(u["completion_tokens"]), int(u["prompt_tokens"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return m if m.samples > 0 else None
+
+
+def success_counts(executions: Path) -> dict[str, tuple[int, int]]:
+    """(correct, verified) samples per question in a verification output (empty: none)."""
+    out: dict[str, list[int]] = {}
+    if not executions.is_file():
+        return {}
+    for _, rec in read_jsonl(executions):
+        c = out.setdefault(str(rec["problem_id"]), [0, 0])
+        c[0] += bool(rec.get("correct"))
+        c[1] += 1
+    return {k: (a, b) for k, (a, b) in out.items()}
+
+
+def _count_records(path: Path) -> int | None:
+    return sum(1 for _ in read_jsonl(path)) if path.is_file() else None
+
+
+def train_steps(pairs: int, cfg: Any) -> int:
+    """Optimizer steps of a training on ``pairs`` examples, as transformers' Trainer counts
+    them: ``max_steps`` when set, else epochs x ceil(micro-batches / accumulation)."""
+    if cfg.max_steps > 0:
+        return int(cfg.max_steps)
+    if pairs <= 0:
+        return 0
+    micro = math.ceil(pairs / cfg.per_device_train_batch_size)
+    accumulation = cfg.batch_size // cfg.per_device_train_batch_size
+    per_epoch = max(math.ceil(micro / accumulation), 1)
+    return math.ceil(cfg.num_train_epochs * per_epoch)
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One stage's bill. ``*_max`` are bounds (the budget's every sample, ``max_new_tokens``
+    each); ``expected_*`` use what a previous run measured, and equal the bounds where
+    nothing was measured."""
+
+    key: str  # its identity: a stage matrix cells share is listed once
+    name: str
+    model: str = ""
+    cell: str = ""  # the matrix cell, "shared", or "" (a single-pair run)
+    prompts: int = 0  # distinct prompts (questions)
+    samples_max: float = 0
+    samples_expected: float = 0
+    prompt_tokens_max: float = 0
+    prompt_tokens_expected: float = 0
+    completion_tokens_max: float = 0
+    completion_tokens_expected: float = 0
+    cost_max: float | None = None
+    cost_expected: float | None = None
+    programs: float = 0  # programs the sandbox runs (verification)
+    pairs: int | None = None  # training stages: pairs (exact when a previous run has them)
+    steps: int | None = None  # optimizer steps
+    exact_pairs: bool = False  # False: pairs (and steps) are an upper bound
+    approx_prompt: bool = False  # prompt tokens estimated (no local tokenizer)
+    budget: dict[str, Any] | None = None  # full against adaptive (teacher sampling)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    name: str
+    run_dir: str
+    cells: list[str]
+    stages: list[Stage]
+    notes: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, Any]:
+        keys = (
+            "samples_max",
+            "samples_expected",
+            "prompt_tokens_max",
+            "prompt_tokens_expected",
+            "completion_tokens_max",
+            "completion_tokens_expected",
+            "programs",
+        )
+        out: dict[str, Any] = {k: round(sum(getattr(s, k) for s in self.stages)) for k in keys}
+        for k in ("cost_max", "cost_expected"):
+            costs = [getattr(s, k) for s in self.stages if getattr(s, k) is not None]
+            out[k] = round(sum(costs), 6) if costs else None
+        return out
+
+    def summary(self) -> str:
+        t = self.totals()
+        tokens = t["prompt_tokens_max"] + t["completion_tokens_max"]
+        exp = t["prompt_tokens_expected"] + t["completion_tokens_expected"]
+        cost = "no price table" if t["cost_max"] is None else f"${t['cost_max']:,.2f} at most"
+        if t["cost_expected"] is not None and t["cost_expected"] != t["cost_max"]:
+            cost += f", ${t['cost_expected']:,.2f} expected"
+        line = f"total: {_n(t['samples_max'])} samples"
+        if t["samples_expected"] != t["samples_max"]:
+            line += f" ({_n(t['samples_expected'])} expected)"
+        line += f", {_n(tokens)} tokens at most"
+        if exp != tokens:
+            line += f" ({_n(exp)} expected)"
+        return f"{line}, cost: {cost}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "run_dir": self.run_dir,
+            "cells": self.cells,
+            "stages": [asdict(s) for s in self.stages],
+            "totals": self.totals(),
+            "notes": self.notes,
+            "summary": self.summary(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+TokenizerLoader = Callable[[str], Any | None]
+
+
+class _Planner:
+    def __init__(self, cfg: RunConfig, out_dir: str | Path | None, tokenizer: TokenizerLoader):
+        self.cfg = cfg
+        self.root = RunLayout.of(cfg.name, out_dir)
+        self.tokenizer = tokenizer
+        fmts = (cfg.teacher_sampling.prompt_format, cfg.student_prompt_format)
+        self.task = cfg.load_task(fmts)
+        train = self.task.load(cfg.train_split)
+        self.train = train[: cfg.train_limit] if cfg.train_limit else train
+        ev = self.task.load(cfg.eval.split)
+        self.eval = ev[: cfg.eval.limit] if cfg.eval.limit else ev
+        self.transfer = []  # (task name, split, problems) of eval.tasks, as run.py loads them
+        for name in cfg.eval.tasks:
+            t = get_task(name, cfg.eval.task_data.get(name))
+            split = "test" if "test" in t.splits else t.splits[0]
+            self.transfer.append((t.name, split, t.load(split)[: cfg.eval.limit or None]))
+        self.stages: dict[str, Stage] = {}
+        self.notes: list[str] = []
+        self.no_tokenizer: list[str] = []  # specs whose prompt tokens are estimated
+        self._lengths: dict[tuple, tuple[list[int], bool]] = {}
+
+    # -- helpers -------------------------------------------------------------
+    def lengths(
+        self, spec: str, problems: Sequence[Problem], prompt: str, fmt: str, backend: BackendConfig
+    ) -> tuple[list[int], bool]:
+        key = (spec, tuple(p.id for p in problems), prompt, fmt, backend.name)
+        if key not in self._lengths:
+            make = prompt_maker(prompt, load_format(fmt))
+            tok = self.tokenizer(spec)
+            lens, exact = prompt_lengths(tok, [make(p) for p in problems], backend.name == "openai")
+            self._lengths[key] = (lens, exact)
+        return self._lengths[key]
+
+    def add(self, stage: Stage) -> None:
+        if stage.key not in self.stages:
+            self.stages[stage.key] = stage
+
+    def previous_config(self, layout: RunLayout) -> dict | None:
+        try:
+            old = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            return None
+        return old if isinstance(old, dict) else None
+
+    def differs(self, layout: RunLayout, pcfg: RunConfig, keys: Sequence[str]) -> str | None:
+        """The first of ``keys`` (dotted prefixes) a previous run's config sets otherwise."""
+        old = self.previous_config(layout)
+        if old is None:
+            return None
+        changes = config_changes(old, yaml.safe_load(dump_config(pcfg)))
+        for k, (a, b) in changes.items():
+            if any(k == p or k.startswith(p + ".") for p in keys):
+                return f"{k}: {a} -> {b}"
+        return None
+
+    def sampling(
+        self,
+        stage: Stage,
+        spec: str,
+        problems: Sequence[Problem],
+        prompt: str,
+        fmt: str,
+        backend: BackendConfig,
+        n: int,
+        max_new_tokens: int,
+        greedy_too: bool = False,
+        measured: Measured | None = None,
+        expected_per_question: Sequence[float] | None = None,
+        round_size: int | None = None,
+    ) -> Stage:
+        """Fill a sampling stage: ``n`` samples per question (plus one greedy per question
+        with ``greedy_too``); ``expected_per_question``: adaptive's expected samples each."""
+        lens, exact = self.lengths(spec, problems, prompt, fmt, backend)
+        q = len(problems)
+        per_q_max = [float(n)] * q
+        per_q_exp = list(expected_per_question) if expected_per_question is not None else per_q_max
+        # calls a question's prompt is sent in: one, or one per round of an adaptive budget
+        calls_max = [float(math.ceil(n / round_size)) if round_size else 1.0] * q
+        calls_exp = calls_max
+        if round_size and expected_per_question is not None:
+            calls_exp = [e / round_size for e in per_q_exp]  # about: the last round is smaller
+        elif expected_per_question is not None:  # one call, made for this share of questions
+            calls_exp = [e / n for e in per_q_exp]
+        extra = 1 if greedy_too else 0
+        stage.prompts = q
+        stage.samples_max = sum(per_q_max) + extra * q
+        stage.samples_expected = sum(per_q_exp) + extra * q
+
+        def sent(per_q: list[float], calls: list[float]) -> float:
+            total = 0.0
+            for length, s, c in zip(lens, per_q, calls, strict=True):
+                total += length * (_requests(s, c, backend) + (1 if greedy_too else 0))
+            return total
+
+        stage.prompt_tokens_max = sent(per_q_max, calls_max)
+        stage.prompt_tokens_expected = sent(per_q_exp, calls_exp)
+        if not exact:
+            stage.approx_prompt = True
+            if spec not in self.no_tokenizer:
+                self.no_tokenizer.append(spec)
+            if measured is not None and measured.prompt_tokens:
+                stage.prompt_tokens_expected = measured.prompt_per_sample * stage.samples_expected
+                stage.notes.append("expected prompt tokens: the previous run's billed tokens")
+        stage.completion_tokens_max = stage.samples_max * max_new_tokens
+        if measured is not None:
+            stage.completion_tokens_expected = measured.per_sample * stage.samples_expected
+            stage.notes.append(
+                f"measured: {measured.per_sample:.1f} completion tokens per sample over "
+                f"{_n(measured.samples)} samples of the previous run"
+            )
+        else:
+            stage.completion_tokens_expected = stage.samples_expected * max_new_tokens
+        price = backend.price
+        stage.cost_max = cost_of(stage.prompt_tokens_max, stage.completion_tokens_max, price)
+        stage.cost_expected = cost_of(
+            stage.prompt_tokens_expected,
+            stage.completion_tokens_expected,
+            price,
+        )
+        return stage
+
+    # -- the stages of one cell ----------------------------------------------
+    def cell(self, pcfg: RunConfig, layout: RunLayout, label: str, matrix: bool) -> None:
+        cfg, ts = pcfg, pcfg.teacher_sampling
+        methods = list(cfg.methods)
+        t, s = cfg.teacher, cfg.student
+        shared = "shared" if matrix else ""
+        q = len(self.train)
+        teacher_keys = (
+            "teacher",
+            "task",
+            "data_dir",
+            "teacher_sampling.temperature",
+            "teacher_sampling.top_p",
+            "teacher_sampling.max_new_tokens",
+            "teacher_sampling.stop",
+            "teacher_sampling.prompt_format",
+            "teacher_sampling.backend.served_model",
+        )
+        counts: dict[str, tuple[int, int]] = {}
+        if {"ekt", "kd", "seq-kd"} & set(methods):
+            stage = Stage(f"teacher:{t}", f"teacher sampling ({cfg.train_split})", t, shared)
+            why = self.differs(layout, cfg, teacher_keys)
+            measured = None
+            if not why:
+                measured = measured_usage(layout.teacher) or results_usage(layout.results)
+            counts = {} if why else success_counts(layout.teacher_executions)
+            if why:  # a previous run of other settings: its figures would mislead
+                stage.notes.append(f"previous run not used: {why}")
+            exp, budget = self.budget(counts, stage)
+            self.sampling(
+                stage,
+                t,
+                self.train,
+                "teacher",
+                ts.prompt_format,
+                ts.backend,
+                ts.n,
+                ts.max_new_tokens,
+                measured=measured,
+                expected_per_question=exp,
+                round_size=ts.round_size if ts.budget == "adaptive" else None,
+            )
+            stage.budget = budget
+            self.add(stage)
+        if {"ekt", "kd"} & set(methods):
+            v = self.stages[f"teacher:{t}"]
+            self.add(
+                Stage(
+                    f"verify:{t}",
+                    "verify teacher programs (sandbox)",
+                    "",
+                    shared,
+                    prompts=q,
+                    programs=v.samples_expected,
+                )
+            )
+        pairs_upper = {"ekt": q if cfg.keep == "first" else q * ts.n, "seq-kd": q * ts.n}
+        pairs_upper["kd"] = pairs_upper["ekt"]
+        if "supervised" in methods:
+            refs = sum(reference_program(p.solution) is not None for p in self.train)
+            self.add(
+                Stage(
+                    "supervised",
+                    "supervised reference programs (sandbox)",
+                    "",
+                    shared,
+                    prompts=q,
+                    programs=refs,
+                    notes=[f"{_n(refs)} of {_n(q)} questions have annotations forming a program"],
+                )
+            )
+            pairs_upper["supervised"] = refs
+        for method in methods:
+            if method == "expert-iteration":
+                self.expert_iteration(cfg, layout, label, matrix)
+                continue
+            self.train_stage(cfg, layout, method, pairs_upper[method], label, matrix)
+        ev, e = cfg.eval, cfg.eval.backend
+        models = []
+        if cfg.evaluate_teacher:
+            models.append(("teacher", t, "teacher", ts.prompt_format, ts.backend, shared, t))
+        if cfg.evaluate_base_student:
+            models.append(("student-base", s, "student", cfg.student_prompt_format, e, shared, s))
+        for method in methods:
+            where = shared if method in ("supervised", "expert-iteration") else label
+            ident = s if where == shared else f"{t}|{s}"
+            models.append(
+                (f"student-{method}", s, "student", cfg.student_prompt_format, e, where, ident)
+            )
+        eval_keys = (
+            "task",
+            "data_dir",
+            "eval.temperature",
+            "eval.top_p",
+            "eval.max_new_tokens",
+            "eval.stop",
+            "eval.greedy",
+            "teacher_sampling.prompt_format",
+            "student_prompt_format",
+        )
+        for lab, spec, prompt, fmt, backend, where, ident in models:
+            sets = [(self.task.name, cfg.eval.split, self.eval, None)]
+            sets += [(n, sp, probs, n) for n, sp, probs in self.transfer]
+            for task_name, split, problems, sub in sets:
+                stage = Stage(
+                    f"eval:{lab}:{ident}:{task_name}",
+                    f"evaluate {lab} ({task_name} {split}, n={ev.n}"
+                    + (" + greedy)" if ev.greedy else ")"),
+                    spec,
+                    where,
+                )
+                evl = layout.eval(lab, sub)
+                why = self.differs(
+                    layout, cfg, (*eval_keys, "teacher" if lab == "teacher" else "student")
+                )
+                measured = (
+                    None if why else measured_usage(evl.samples("sampled"), evl.samples("greedy"))
+                )
+                self.sampling(
+                    stage,
+                    spec,
+                    problems,
+                    prompt,
+                    fmt,
+                    backend,
+                    ev.n,
+                    ev.max_new_tokens,
+                    greedy_too=ev.greedy,
+                    measured=measured,
+                )
+                self.add(stage)
+
+    def budget(
+        self, counts: dict[str, tuple[int, int]], stage: Stage
+    ) -> tuple[list[float] | None, dict[str, Any] | None]:
+        """Adaptive's expected samples per question (None: the configured budget is full),
+        and the full-against-adaptive comparison shown with the teacher's sampling."""
+        cfg, ts = self.cfg, self.cfg.teacher_sampling
+        q, n = len(self.train), ts.n
+        full = q * n
+        args = (n, ts.round_size, cfg.keep, ts.target, ts.give_up_after)
+        known = [counts[p.id] for p in self.train if p.id in counts and counts[p.id][1]]
+        if not known and ts.budget == "full":
+            return None, None
+        out: dict[str, Any] = {"configured": ts.budget, "full": full, "round_size": ts.round_size}
+        if known:
+            mean = sum(c for c, _ in known) / sum(v for _, v in known)
+            ps = [
+                counts[p.id][0] / counts[p.id][1] if p.id in counts and counts[p.id][1] else mean
+                for p in self.train
+            ]
+            per_q = [expected_samples(p, *args) for p in ps]
+            out.update(
+                adaptive=round(sum(per_q), 1),
+                measured_questions=len(known),
+                mean_pass_at_1=round(mean, 4),
+            )
+            if len(known) < q:
+                stage.notes.append(
+                    f"{q - len(known)} of {q} questions unmeasured: projected at "
+                    f"the measured mean pass@1 {mean:.3f}"
+                )
+            return (per_q if ts.budget == "adaptive" else None), out
+        out["assumed"] = {
+            str(p): round(q * expected_samples(p, *args), 1) for p in ASSUMED_PASS_AT_1
+        }
+        stage.notes.append(
+            "adaptive: no previous run measured pass@1; the projections are "
+            "ASSUMPTIONS, the totals count the full budget (its ceiling)"
+        )
+        return None, out
+
+    def train_stage(
+        self, cfg: RunConfig, layout: RunLayout, method: str, upper: int, label: str, matrix: bool
+    ) -> None:
+        own = method in ("ekt", "kd", "seq-kd")  # depends on both models: the cell's own
+        key = f"train:{method}:{cfg.teacher if own else ''}|{cfg.student}"
+        where = label if own or not matrix else "shared"
+        pairs = _count_records(layout.method_pairs(method))
+        if self.differs(
+            layout,
+            cfg,
+            (
+                "teacher",
+                "teacher_sampling",
+                "keep",
+                "train_split",
+                "train_limit",
+                "task",
+                "sandbox",
+            ),
+        ):
+            pairs = None
+        exact = pairs is not None
+        n_pairs = pairs if exact else upper
+        stage = Stage(
+            key,
+            f"train {method}",
+            cfg.student,
+            where,
+            pairs=n_pairs,
+            steps=train_steps(n_pairs, cfg.train),
+            exact_pairs=exact,
+        )
+        self.add(stage)
+        if method == "kd":
+            examples = (
+                cfg.train.max_steps * cfg.train.batch_size
+                if cfg.train.max_steps > 0
+                else math.ceil(n_pairs * cfg.train.num_train_epochs)
+            )
+            self.add(
+                Stage(
+                    f"kd-teacher:{cfg.teacher}|{cfg.student}",
+                    "kd: live teacher forward passes",
+                    cfg.teacher,
+                    where,
+                    samples_max=0,
+                    programs=0,
+                    pairs=examples,
+                    notes=[
+                        f"one teacher forward pass per training example seen, at most "
+                        f"{cfg.train.max_length} tokens each (kd.teacher_prompt "
+                        f"{cfg.kd.teacher_prompt})"
+                    ],
+                )
+            )
+
+    def expert_iteration(self, cfg: RunConfig, layout: RunLayout, label: str, matrix: bool) -> None:
+        """The rounds: the student samples every training question few-shot, then only those
+        still unsolved. A previous run of the same settings says how many each round took."""
+        ei = cfg.expert_iteration
+        sp = ei.sampling(cfg.teacher_sampling)
+        rounds, q = ei.rounds, len(self.train)
+        el = layout.expert_iteration()
+        why = self.differs(layout, cfg, ("student", "student_prompt_format", "expert_iteration",
+                                         "teacher_sampling", "train", "train_split", "train_limit",
+                                         "task", "sandbox"))  # fmt: skip
+        finished = not why and el.rounds.is_file()  # a previous run's rounds, all of them
+        for r in range(1, rounds + 1):
+            prompt = "teacher" if r == 1 or ei.later_rounds_prompt == "few-shot" else "student"
+            stage = Stage(
+                f"ei:{cfg.student}:{r}",
+                f"expert iteration round {r}/{rounds}" + (" (unsolved only)" if r > 1 else ""),
+                cfg.student,
+                "shared" if matrix else "",
+            )
+            rl = el.round(r)
+            attempted = None if why else _attempted(rl.record)
+            expected = None
+            if attempted is not None:
+                expected = [sp.n * attempted / q] * q if q else []
+                stage.notes.append(f"the previous run sampled {_n(attempted)} questions here")
+            elif finished and r > 1:
+                expected = [0.0] * q
+                stage.notes.append("the previous run stopped before this round")
+            measured = None if why else measured_usage(rl.dir)
+            self.sampling(stage, cfg.student, self.train, prompt, "function", cfg.eval.backend,
+                          sp.n, sp.max_new_tokens, measured=measured,
+                          expected_per_question=expected)  # fmt: skip
+            if r == 1:
+                most = q * (1 if ei.keep == "first" else sp.n)
+                stage.notes.append(
+                    f"{cfg.student} samples few-shot; each round then trains on the pairs so far "
+                    f"(at most {_n(most)} pairs, {_n(train_steps(most, cfg.train))} steps); "
+                    "later rounds sample the questions still unsolved (at most all)"
+                )
+            self.add(stage)
+
+
+def _attempted(record: Path) -> int | None:
+    """Questions a finished expert-iteration round sampled (its ``round.json``), or None."""
+    try:
+        return int(json.loads(record.read_text(encoding="utf-8"))["attempted"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _requests(samples: float, calls: float, backend: BackendConfig) -> float:
+    """How often a question's prompt is sent for ``samples`` samples in ``calls`` calls: per
+    request of ``n_per_request`` samples (openai; 0: all of a call's in one), else once per
+    call (local engines prefill a prompt once and share it between its samples)."""
+    if backend.name == "openai" and backend.n_per_request > 0:
+        k = backend.n_per_request
+        return samples / k if k > 1 else samples
+    return calls
+
+
+def plan_experiment(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    tokenizer: TokenizerLoader = load_tokenizer,
+) -> Plan:
+    """Every stage ``ekt run`` would do for ``cfg`` in ``out_dir``, with its bill. Checks the
+    config as a run does (models, data) first; loads tokenizers only, writes nothing."""
+    cfg.validate()
+    for role, spec in (("teacher", t) for t in cfg.teacher_list()):
+        _check_spec(role, spec)
+    for spec in cfg.student_list():
+        _check_spec("student", spec)
+    planner = _Planner(cfg, out_dir, tokenizer)
+    root = planner.root
+    cells = []
+    for t, s in cfg.pairs():
+        if cfg.is_matrix:
+            name = f"{slug(t)}--{slug(s)}"
+            pcfg, layout = pair_config(cfg, t, s), RunLayout(root.pair(name))
+        else:
+            name, pcfg, layout = "", cfg, root
+        cells.append(name or f"{t} -> {s}")
+        planner.cell(pcfg, layout, name, cfg.is_matrix)
+    notes = [
+        "prompt tokens: sent per request (openai backend) or prefilled once per question and "
+        "call (local engines share a prompt between its samples)",
+        "a method's student is trained and evaluated only if it gets training pairs; "
+        "'<=' pairs are upper bounds until the teacher's programs are filtered",
+    ]
+    if planner.no_tokenizer:
+        notes.append(
+            f"prompt tokens marked ~ are estimated at {CHARS_PER_TOKEN} characters a token: no "
+            f"local tokenizer for {', '.join(planner.no_tokenizer)} (not in the local HF cache, "
+            "or an API model)"
+        )
+    if root.config.is_file():
+        notes.append(
+            f"previous run found in {root.dir}: its measurements are used where its settings match"
+        )
+    else:
+        notes.append(f"no previous run in {root.dir}: nothing measured, expected = at most")
+    return Plan(cfg.name, str(root.dir), cells, list(planner.stages.values()), notes)
+
+
+def _check_spec(role: str, spec: str) -> None:
+    """A model spec a run would refuse, refused here (without converting any weights)."""
+    try:
+        if spec in PRESETS:
+            preset_gguf(spec)
+        elif Path(spec).expanduser().suffix.lower() == ".gguf":
+            if not Path(spec).expanduser().is_file():
+                raise EktError(f"--model {spec}: no such .gguf file")
+        else:
+            resolve_model(spec)
+    except EktError as e:
+        raise EktError(f"{role}: {e}") from None
+
+
+# -- the printed plan ----------------------------------------------------------------------
+
+
+def _n(x: float | int | None) -> str:
+    return "-" if x is None else f"{round(x):,}"
+
+
+def _cost(x: float | None) -> str:
+    return "-" if x is None else f"${x:,.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
+
+
+def _pair(a: float, b: float) -> str:
+    return _n(a) if round(a) == round(b) else f"{_n(b)} / {_n(a)}"
+
+
+def render(plan: Plan, command: str = "") -> str:
+    """The plan as text: a table of stages (expected / at most where they differ), the
+    adaptive budget's projection, notes, and a one-line summary at the end."""
+    lines = [f"plan of run {plan.name} ({plan.run_dir}): no model is loaded, only tokenizers"]
+    if command:
+        lines[0] = f"{command}: {lines[0]}"
+    short = {c: f"cell {i}" for i, c in enumerate(plan.cells, 1)} if len(plan.cells) > 1 else {}
+    for cell, label in short.items():
+        lines.append(f"{label}: {cell}")
+    lines.append(
+        "numbers: expected / at most where they differ (at most: every sample of the budget, "
+        "max_new_tokens each; expected: what a previous run measured)"
+    )
+    head = ("stage", "model", "prompts", "samples", "prompt tok", "completion tok", "cost")
+    rows = [head]
+    details: list[str] = []
+    for s in plan.stages:
+        where = short.get(s.cell, s.cell)
+        stage = f"{s.name} [{where}]" if where else s.name
+        if s.programs and not s.samples_max:
+            rows.append((stage, "-", _n(s.prompts), f"{_n(s.programs)} programs", "-", "-", "-"))
+        elif s.pairs is not None and not s.samples_max:
+            what = (
+                f"{_n(s.pairs)} pairs, {_n(s.steps)} step{'' if s.steps == 1 else 's'}"
+                if s.steps is not None
+                else (f"{_n(s.pairs)} passes")
+            )
+            rows.append(
+                (stage, s.model, "-", ("" if s.exact_pairs else "<= ") + what, "-", "-", "-")
+            )
+        else:
+            cost = _cost(s.cost_max)
+            if s.cost_expected is not None and s.cost_expected != s.cost_max:
+                cost = f"{_cost(s.cost_expected)} / {cost}"
+            prompt = _pair(s.prompt_tokens_max, s.prompt_tokens_expected)
+            rows.append((
+                stage, s.model, _n(s.prompts), _pair(s.samples_max, s.samples_expected),
+                ("~" if s.approx_prompt else "") + prompt,
+                _pair(s.completion_tokens_max, s.completion_tokens_expected), cost,
+            ))  # fmt: skip
+        if s.budget:
+            details.append(f"{stage}: {_budget_line(s.budget)}")
+        details += [f"{stage}: {n}" for n in s.notes]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    for r in rows:
+        cells = [
+            str(c).ljust(w) if i < 2 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    lines.append("notes:")
+    lines += [f"  {d}" for d in (*details, *plan.notes)]
+    t = plan.totals()
+    lines.append(
+        f"tokens: {_pair(t['prompt_tokens_max'], t['prompt_tokens_expected'])} prompt + "
+        f"{_pair(t['completion_tokens_max'], t['completion_tokens_expected'])} completion; "
+        f"sandbox: {_n(t['programs'])} programs (besides the evaluations')"
+    )
+    lines.append(plan.summary())
+    return "\n".join(lines)
+
+
+def _budget_line(b: dict[str, Any]) -> str:
+    text = f"budget {b['configured']}: full {_n(b['full'])} samples"
+    if "adaptive" in b:
+        saving = b["full"] / b["adaptive"] if b["adaptive"] else float("inf")
+        text += (
+            f" vs adaptive {_n(b['adaptive'])} expected ({saving:.1f}x fewer; pass@1 "
+            f"measured on {b['measured_questions']} questions, mean "
+            f"{b['mean_pass_at_1']:.3f})"
+        )
+    if "assumed" in b:
+        text += " vs adaptive, ASSUMING pass@1 " + ", ".join(
+            f"p={p}: {_n(v)}" for p, v in b["assumed"].items()
+        )
+    return text + f" (round_size {b['round_size']})"
+
+
+__all__ = [
+    "ASSUMED_PASS_AT_1",
+    "Measured",
+    "Plan",
+    "Stage",
+    "load_tokenizer",
+    "measured_usage",
+    "plan_experiment",
+    "prompt_lengths",
+    "render",
+    "results_usage",
+    "success_counts",
+    "train_steps",
+]
