@@ -106,8 +106,15 @@ class SamplingParams:
 
 class Sampler(Protocol):
     def sample(
-        self, requests: Sequence[tuple[str, Any]], params: SamplingParams
-    ) -> Iterator[Completion]: ...
+        self,
+        requests: Sequence[tuple[str, Any]],
+        params: SamplingParams,
+        start: int | None = None,
+    ) -> Iterator[Completion]:
+        """``params.n`` completions per request: indices ``0 .. n-1``; with ``start``, indices
+        ``start .. start+n-1``, each seeded as that index is in every other call (what an
+        adaptive teacher budget draws, round by round; ``ekt.generation.budget``)."""
+        ...
 
 
 def derive_seed(seed: int, problem_id: str, sample_idx: int) -> int:
@@ -262,12 +269,18 @@ class TransformersSampler:
     # ---- sampling ------------------------------------------------------------------------
 
     def sample(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self,
+        requests: Sequence[tuple[str, str]],
+        params: SamplingParams,
+        start: int | None = None,
     ) -> Iterator[Completion]:
         """Yield ``params.n`` completions per request, each as soon as it is finished.
 
         The same request list always gives the same batches (and bit-identical samples).
+        ``start``: the sample indices are ``start .. start+n-1`` (seeds included), laid out
+        in batches exactly as indices ``0 .. n-1`` would be.
         """
+        first = start or 0
         from tqdm.auto import tqdm
 
         # On a terminal the bar redraws; in a log file (a cluster job, CI) it is a line every
@@ -284,11 +297,11 @@ class TransformersSampler:
             if requests and self._use_shared_prefix():
                 groups = [list(requests)] if self.pack_prompts else [[r] for r in requests]
                 for group in groups:
-                    for c in self._sample_shared(group, params):
+                    for c in self._sample_shared(group, params, first):
                         bar.update(1)
                         yield c
             else:
-                for c in self._sample_padded(requests, params):
+                for c in self._sample_padded(requests, params, first):
                     bar.update(1)
                     yield c
         finally:
@@ -398,7 +411,7 @@ class TransformersSampler:
         return self._run(kv, tokens[:, None], pos)
 
     def _sample_shared(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams, first_idx: int = 0
     ) -> Iterator[Completion]:
         """Decode all samples of ``requests`` with one shared prefix and a refilled batch.
 
@@ -420,7 +433,7 @@ class TransformersSampler:
         per_row = params.n if params.greedy else 1
         rows_per_problem = params.n // per_row
         pending: deque[_Row] = deque(
-            _Row(pid, i * per_row, per_row, pr, problem=j)
+            _Row(pid, first_idx + i * per_row, per_row, pr, problem=j)
             for j, (pid, pr) in enumerate(prompts)
             for i in range(rows_per_problem)
         )
@@ -499,7 +512,7 @@ class TransformersSampler:
     # ---- left-padded batches (models the shared-prefix path does not support) ------------
 
     def _sample_padded(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams, first_idx: int = 0
     ) -> Iterator[Completion]:
         per_row = params.n if params.greedy else 1  # samples one decoded row stands for
         rows_per_problem = 1 if params.greedy else params.n
@@ -514,7 +527,8 @@ class TransformersSampler:
             else:
                 chunks = [range(rows_per_problem)]
             for idxs in chunks:
-                rows = [_Row(pid, i * per_row, per_row, pr) for pid, pr in group for i in idxs]
+                at = first_idx  # the first sample index of this call
+                rows = [_Row(pid, at + i * per_row, per_row, pr) for pid, pr in group for i in idxs]
                 yield from self._decode(group, rows, len(idxs), params)
 
     def _decode(
