@@ -344,3 +344,78 @@ if __name__ == "__main__":
         _child(sys.argv[1], sys.argv[2], "")
     else:
         _child(*sys.argv[1:4])
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+
+
+def _runner(tmp_path: Path, data_dir: Path, problems, budget: str, name: str):
+    from ekt.pipeline.config import RunConfig, TeacherSampling
+    from ekt.pipeline.run import Runner
+
+    samplers: list[SeededSampler] = []
+
+    def factory(spec, device, batch_size, backend):
+        def make():
+            samplers.append(_sampler(problems))
+            return samplers[-1]
+
+        return make
+
+    ts = TeacherSampling(
+        n=8, temperature=0.8, max_new_tokens=16, seed=3, budget=budget, round_size=2
+    )  # fmt: skip
+    cfg = RunConfig(
+        name=name, data_dir=str(data_dir), train_limit=6, teacher_sampling=ts, sandbox=SANDBOX
+    )
+    return Runner(cfg, tmp_path / name, sampler_factory=factory), samplers
+
+
+def test_runner_teacher_pairs_adaptive_equal_full(tmp_path, data_dir, problems):
+    pairs, summaries, drawn = {}, {}, {}
+    for budget in ("full", "adaptive"):
+        runner, samplers = _runner(tmp_path, data_dir, problems, budget, budget)
+        pairs[budget] = runner.teacher_pairs(problems).read_text()
+        summaries[budget] = runner.stage_summaries
+        drawn[budget] = samplers[0].drawn
+    assert pairs["full"] and pairs["adaptive"] == pairs["full"]
+    gen = summaries["adaptive"]["teacher_generate"]
+    assert gen["budget"] == "adaptive" and gen["samples_full_budget"] == 48
+    assert gen["samples"] == drawn["adaptive"] < drawn["full"] == 48
+    assert gen["questions_left_early"] >= 1
+    assert summaries["full"]["teacher_generate"]["samples"] == 48
+    assert "budget" not in summaries["full"]["teacher_generate"]
+    # the verify stage found every program already judged, round by round
+    assert summaries["adaptive"]["teacher_verify"]["programs"] == drawn["adaptive"]
+
+
+@pytest.mark.slow
+def test_expert_iteration_with_an_adaptive_budget(tmp_path, task, problems, tiny_model_dir):
+    """One round (it trains the tiny model): the same new pairs as a full budget, fewer
+    samples."""
+    from ekt.pipeline.expert_iteration import ExpertIterationConfig, expert_iteration
+    from ekt.training.train import TrainConfig
+
+    train = TrainConfig(
+        learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_batch_size=2, max_steps=1
+    )
+    cfg = ExpertIterationConfig(rounds=1)
+    got, drawn = {}, {}
+    for name, budget in (
+        ("full", None),
+        ("adaptive", AdaptiveBudget(round_size=2, keep="first", target=1, give_up_after=0)),
+    ):
+        samplers: list[SeededSampler] = []
+
+        def make(spec, samplers=samplers):
+            return lambda: samplers.append(_sampler(problems)) or samplers[-1]
+
+        result = expert_iteration(
+            str(tiny_model_dir), problems, tmp_path / name, task, make, PARAMS, cfg, train,
+            SANDBOX, "cpu", budget=budget,
+        )  # fmt: skip
+        got[name] = (tmp_path / name / "round-1" / "new_pairs.jsonl").read_text()
+        drawn[name] = samplers[0].drawn
+        assert result.rounds[0].pairs_added >= 1
+    assert got["adaptive"] == got["full"]
+    assert drawn["adaptive"] < drawn["full"]

@@ -228,6 +228,7 @@ class RoundJudge:
         self.entry = load_format(prompt_format).entry_point
         self.done: set[str] = set()
         self.correct: dict[str, set[str]] = {}
+        self._problems: dict[str, Problem] = {}
         if self.out.exists():
             for i, obj in read_jsonl(self.out):
                 self._note(obj, obj.get("_key") or _key(obj, i - 1))
@@ -256,7 +257,10 @@ class RoundJudge:
         todo = [
             to_dict(c) for c in completions if f"{c.problem_id}#{c.sample_idx}" not in self.done
         ]
-        problems = self.task.by_id({c.problem_id for c in completions})
+        missing = {c.problem_id for c in completions} - self._problems.keys()
+        if missing:  # a split's file is read once, not every round
+            self._problems.update(self.task.by_id(missing))
+        problems = self._problems
         with JsonlWriter(self.out) as writer:
             programs = (runnable(o["program"], self.entry) for o in todo if o["program"])
             results = self._box.run(programs)
