@@ -27,6 +27,14 @@ vLLM, an OpenAI-compatible server) fit behind the same protocol.
   when it falls within rounding distance of a probability boundary: rare, but
   not impossible. ``ekt.generation.generate`` resamples a partial shard with the same
   request list, so resumed jobs stay exact either way.
+* **Index ranges.** ``sample(..., start=i)`` draws indices ``i .. i+n-1``, each
+  seeded as that index always is, in the batch layout ``0 .. n-1`` would have: what
+  an adaptive budget's round draws (``ekt.generation.budget``). A round's batch
+  holds only the questions still active, ``round_size`` rows each, so against a
+  full call it is another grouping (the rounding caveat above); with
+  ``batch_size=1`` every sample is decoded alone and the records are the same
+  bit for bit. ``benchmarks/teacher_budget.py`` counts how many of the demo
+  teacher's adaptive samples are byte-identical to full's.
 * **Greedy.** Temperature 0 takes the argmax, token for token what
   ``model.generate(do_sample=False)`` gives for a single prompt (with
   ``heal_prompt=False``, or when healing does not apply); its ``n`` samples
