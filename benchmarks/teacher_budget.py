@@ -1,8 +1,9 @@
 """Teacher budget: full vs adaptive on the embedded teacher, and the projected saving.
 
 One run of the demo's teacher (the ``gemma3-270m`` preset, few-shot ``function``
-prompt, T=0.6, ``max_new_tokens`` 112 as in configs/demo.yaml) on the first
-``--questions`` GSM8K train questions, twice from one loaded model:
+prompt, T=0.6, ``max_new_tokens`` 112 as in configs/demo.yaml) on ``--questions``
+GSM8K train questions from index ``--first`` (default: the first two), twice from
+one loaded model:
 
 * ``full``: ``--n`` samples per question, then verification (``ekt generate`` +
   ``ekt verify``);
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teacher", default="gemma3-270m", help="model spec (a preset)")
     # defaults sized for about 10 minutes on the loaded 2-core development machine, where
     # the 270M teacher ran at ~1.5 tokens/s (two other jobs sharing the cores)
-    ap.add_argument("--questions", type=int, default=2, help="first N GSM8K train questions")
+    ap.add_argument("--questions", type=int, default=2, help="N GSM8K train questions")
+    ap.add_argument("--first", type=int, default=0, help="index of the first one")
     ap.add_argument("--n", type=int, default=4, help="samples per question (full budget)")
     ap.add_argument("--round-size", type=int, default=2, help="of the measured adaptive run")
     ap.add_argument("--temperature", type=float, default=0.6)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     task = get_task("gsm8k", args.data_dir)
-    problems = task.load("train")[: args.questions]
+    problems = task.load("train")[args.first : args.first + args.questions]
     params = format_stops(
         SamplingParams(
             n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     box = SandboxConfig(workers=args.workers, timeout=5.0, isolation="standard")
     budget = AdaptiveBudget(args.round_size, "first", 1, 0)
     print(
-        f"teacher {args.teacher}: {len(problems)} questions, n={args.n}, round_size="
+        f"teacher {args.teacher}: {len(problems)} questions (train {args.first}.."
+        f"{args.first + len(problems) - 1}), n={args.n}, round_size="
         f"{args.round_size}, T={args.temperature}, max_new_tokens={args.max_new_tokens}, "
         f"batch={args.batch_size}, torch threads={torch.get_num_threads()}",
         flush=True,
