@@ -419,3 +419,35 @@ def test_expert_iteration_with_an_adaptive_budget(tmp_path, task, problems, tiny
         assert result.rounds[0].pairs_added >= 1
     assert got["adaptive"] == got["full"]
     assert drawn["adaptive"] < drawn["full"]
+
+
+class InProcessCluster:
+    """``ShardCluster`` without Ray: each shard job goes to the Ray path's own generation
+    actor class (``_Generator``), built here from the factory, as a Ray actor would be."""
+
+    def __init__(self):
+        self.jobs: list[tuple[int, int | None]] = []
+
+    def generate_shards(self, sampler, shards, params, start=None):
+        from ekt.pipeline.distributed import _Generator
+
+        actor = _Generator(sampler)
+        for idx, requests in shards:
+            self.jobs.append((idx, start))
+            yield idx, actor.sample(requests, params, start)
+
+
+def test_adaptive_rounds_through_a_shard_cluster(tmp_path, task, problems):
+    budget = AdaptiveBudget(round_size=2, keep="first", target=1, give_up_after=0)
+    cluster = InProcessCluster()
+    out = {}
+    for name, c in (("local", None), ("cluster", cluster)):
+        d = tmp_path / name
+        with RoundJudge(d, d / "executions.jsonl", task, SANDBOX) as judge:
+            generate(
+                lambda: _sampler(problems), problems, d, PARAMS, shard_size=4, budget=budget,
+                judge=judge, cluster=c,
+            )  # fmt: skip
+        out[name] = _samples(d)
+    assert out["cluster"] == out["local"] and len(out["local"]) < 48
+    assert {start for _, start in cluster.jobs} >= {0, 2}  # rounds, as index ranges
