@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     # defaults sized for about 10 minutes on the loaded 2-core development machine, where
     # the 270M teacher ran at ~1.5 tokens/s (two other jobs sharing the cores)
     ap.add_argument("--questions", type=int, default=2, help="N GSM8K train questions")
-    ap.add_argument("--first", type=int, default=0, help="index of the first one")
+    ap.add_argument(
+        "--first", type=int, default=0, help="position of the first one in the train split"
+    )
     ap.add_argument("--n", type=int, default=4, help="samples per question (full budget)")
     ap.add_argument("--round-size", type=int, default=2, help="of the measured adaptive run")
     ap.add_argument("--temperature", type=float, default=0.6)
@@ -109,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     box = SandboxConfig(workers=args.workers, timeout=5.0, isolation="standard")
     budget = AdaptiveBudget(args.round_size, "first", 1, 0)
     print(
-        f"teacher {args.teacher}: {len(problems)} questions (train {args.first}.."
-        f"{args.first + len(problems) - 1}), n={args.n}, round_size="
+        f"teacher {args.teacher}: {len(problems)} questions ({', '.join(p.id for p in problems)}"
+        f"), n={args.n}, round_size="
         f"{args.round_size}, T={args.temperature}, max_new_tokens={args.max_new_tokens}, "
         f"batch={args.batch_size}, torch threads={torch.get_num_threads()}",
         flush=True,
