@@ -181,3 +181,35 @@ def test_a_chat_format_on_the_completions_api_is_refused_before_any_request(
     assert main(argv) != 0
     assert "only with --api chat" in capsys.readouterr().err
     assert not (tmp_path / "g" / "samples").exists()
+
+
+def test_vllm_index_ranges_are_one_seeded_request_per_index():
+    """``start``: each index is its own n=1 request seeded from (seed, problem, index), so a
+    round draws an index the same way whatever the rounds are (a stand-in engine that
+    writes the seed it was given)."""
+
+    class Engine:
+        def __init__(self, **kw):
+            self.calls = []
+
+        def generate(self, prompts, sps, use_tqdm=False):
+            self.calls.append(sps)
+            return [
+                SimpleNamespace(
+                    outputs=[SimpleNamespace(index=0, text=f"s{sp['seed']}", token_ids=[1])]
+                )
+                for sp in sps
+            ]
+
+    sampler = VLLMSampler("m", llm_factory=Engine, chunk_size=3)
+    sp = SamplingParams(n=2, temperature=0.8, seed=5)
+    got = list(sampler.sample([("a", "p"), ("b", "q")], sp, start=2))
+    assert [(c.problem_id, c.sample_idx) for c in got] == [("a", 2), ("a", 3), ("b", 2), ("b", 3)]
+    for c in got:
+        assert c.text == f"s{derive_seed(5, c.problem_id, c.sample_idx) % 2**31}"
+    assert all(x["n"] == 1 for call in sampler._llm.calls for x in call)
+    greedy = list(sampler.sample([("a", "p")], SamplingParams(n=3, temperature=0), start=4))
+    assert [c.sample_idx for c in greedy] == [4, 5, 6] and len({c.text for c in greedy}) == 1
+    # start=None: one request of n samples, seeded as before
+    whole = list(sampler.sample([("a", "p")], SamplingParams(n=1, temperature=0.8, seed=5)))
+    assert whole[0].text == f"s{derive_seed(5, 'a', 0) % 2**31}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,22 @@ def test_resumed_run_equals_an_uninterrupted_one(served, data_dir, tmp_path):
     assert got == want
     # Seeds differ per sample: the three samples of a question are not all one text.
     assert any(len({want[(p.id, i)]["text"] for i in range(3)}) > 1 for p in problems)
+
+
+def test_index_ranges_draw_the_samples_of_a_full_call(served, data_dir):
+    """``sample(..., start=i)`` (an adaptive budget's round) sends each index with that index's
+    seed: indices 2..3 drawn alone are the full call's indices 2..3 (one request at a time,
+    prompts prefilled whole, as above, so the server's batching changes nothing)."""
+    _, srv, _ = served
+    exact = {"concurrency": 1, "cache_prompt": False}
+    requests = [(p.id, teacher_prompt(p)) for p in _problems(data_dir, 2)]
+    params = SamplingParams(n=4, temperature=0.8, max_new_tokens=24, seed=4)
+    whole = {
+        (c.problem_id, c.sample_idx): c for c in _sampler(srv, **exact).sample(requests, params)
+    }
+    part = list(_sampler(srv, **exact).sample(requests, replace(params, n=2), start=2))
+    assert sorted((c.problem_id, c.sample_idx) for c in part) == [
+        (pid, i) for pid, _ in requests for i in (2, 3)
+    ]
+    assert all(c.text == whole[(c.problem_id, c.sample_idx)].text for c in part)
+    assert len({c.text for c in whole.values()}) > 1

@@ -21,9 +21,39 @@ probabilities (measured, or assumed) into full's samples over adaptive's. With
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from math import comb
 
 from ekt.errors import EktError
+
+
+@dataclass(frozen=True)
+class AdaptiveBudget:
+    """An adaptive budget's rule as ``generate`` applies it. The settings are declared (and
+    documented, with their defaults) once, in the run config's ``teacher_sampling``
+    (``ekt.pipeline.config.TeacherSampling``); this carries their values down."""
+
+    round_size: int
+    keep: str
+    target: int
+    give_up_after: int
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("first", "all"):
+            raise EktError(f"keep must be first or all, got {self.keep!r}")
+        if self.round_size < 1 or self.target < 1 or self.give_up_after < 0:
+            raise EktError(f"invalid adaptive budget {self}")
+
+    def satisfied(self, correct: int, sampled: int, n: int) -> bool:
+        return satisfied(correct, sampled, n, self.keep, self.target, self.give_up_after)
+
+    def settings(self) -> dict:
+        """What ``generate.json`` records of an adaptive job (a change refuses a resume)."""
+        out: dict = {"budget": "adaptive", "round_size": self.round_size, "keep": self.keep}
+        if self.keep == "all":  # keep: first never reads it
+            out["target"] = self.target
+        out["give_up_after"] = self.give_up_after
+        return out
 
 
 def rounds(n: int, round_size: int) -> list[range]:
@@ -105,6 +135,7 @@ def success_rates(correct: Sequence[int], n: int) -> list[float]:
 
 
 __all__ = [
+    "AdaptiveBudget",
     "expected_samples",
     "projected_saving",
     "rounds",

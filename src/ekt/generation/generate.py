@@ -10,14 +10,27 @@ A rerun skips complete shards and samples a partial shard again, writing only
 the sample indices that are missing. Samplers seed every sample from (seed,
 problem id, sample index) and batch a shard's problems the same way every time,
 so a resumed run writes the same records as an uninterrupted one.
+
+With an adaptive budget (``budget=``, ``ekt.generation.budget``) a shard is sampled
+in rounds: round ``k`` draws indices ``[k*r, (k+1)*r)`` for the shard's questions
+still active, then ``judge`` (the caller's verification of the round's programs,
+``ekt.verification.verify.RoundJudge``) says how many distinct correct programs
+each has, and those ``satisfied`` leave. Every round is logged once decided::
+
+    budget.jsonl   {"shard", "round", "start", "stop", "active", "left": {id: correct}}
+
+A rerun replays the log to the first undecided round, draws that round again
+for the same active questions (the same request list: the same samples), writing
+only what is missing, and judges it (the judge skips what it verified before).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +38,7 @@ from typing import Any, Protocol
 from ekt.data.extract import extract
 from ekt.data.prompt_format import DEFAULT_FORMAT, Prompt, PromptFormat, load_format
 from ekt.errors import EktError
+from ekt.generation.budget import AdaptiveBudget, rounds
 from ekt.generation.sampling import Sampler, SamplingParams
 from ekt.records import (
     Completion,
@@ -35,6 +49,12 @@ from ekt.records import (
     write_json_atomic,
 )
 
+BUDGET_LOG = "budget.jsonl"
+
+# An adaptive budget's judgement of a round: distinct correct programs per question of the
+# completions given, over every sample of that question judged so far.
+Judge = Callable[[list[Completion]], Mapping[str, int]]
+
 
 class ShardCluster(Protocol):
     """Where shards are sampled off this process (``ekt.pipeline.distributed.RayCluster``)."""
@@ -44,7 +64,9 @@ class ShardCluster(Protocol):
         sampler: Any,
         shards: Sequence[tuple[int, list[tuple[str, Any]]]],
         params: SamplingParams,
+        start: int | None = None,
     ) -> Iterator[tuple[int, list[Completion]]]: ...
+
 
 PROMPTS = ("teacher", "student")
 
@@ -74,6 +96,9 @@ class GenerateSummary:
     extract_failed: int = 0  # new samples from which no program could be extracted
     prompt_tokens: int = 0  # prompt tokens billed for the new samples (API servers)
     cost: float | None = None  # USD for the new samples, with a price table (BackendConfig)
+    full_samples: int | None = None  # adaptive budget: the samples a full budget draws
+    left_early: int = 0  # adaptive budget: questions that left before n samples
+    gave_up: int = 0  # ... of which without a correct program (give_up_after)
 
     def line(self) -> str:
         rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
@@ -86,6 +111,14 @@ class GenerateSummary:
             msg += f"; {self.prompt_tokens} prompt tokens"
         if self.cost is not None:
             msg += f"; cost ${self.cost:.4f}"
+        if self.full_samples is not None:
+            saved = self.full_samples - self.samples
+            ratio = self.full_samples / self.samples if self.samples else 0.0
+            msg += (
+                f"; adaptive budget: {self.left_early}/{self.problems} questions left early "
+                f"({self.gave_up} gave up), {self.samples} samples drawn of a full "
+                f"{self.full_samples} ({saved} saved, {ratio:.2f}x)"
+            )
         if self.new_samples:
             msg += f"; {self.extract_failed} without a program"
             if 2 * self.extract_failed > self.new_samples:
@@ -136,6 +169,8 @@ def generate(
     cluster: ShardCluster | None = None,
     prompt_format: str | PromptFormat | None = None,
     price: tuple[float, float] | None = None,
+    budget: AdaptiveBudget | None = None,
+    judge: Judge | None = None,
 ) -> GenerateSummary:
     """Sample ``params.n`` completions per problem into shards under ``out_dir``.
 
@@ -146,6 +181,9 @@ def generate(
     ``prompt_format`` (a built-in name, a YAML path; default ``function``) lays the
     prompts out and says how replies become programs; ``price`` (USD per million prompt
     and completion tokens) puts the cost of the new samples in the summary.
+
+    ``budget`` (adaptive) samples in rounds and stops a question once ``judge`` says it
+    has what the filter keeps (module docstring); ``None`` is the full budget.
     """
     make_prompt = prompt_maker(prompt, prompt_format)
     fmt = load_format(prompt_format)
@@ -166,10 +204,27 @@ def generate(
     if fmt.source != load_format(DEFAULT_FORMAT).source:  # older jobs (default) resume as they were
         job["prompt_format"] = fmt.label
     job["sampling"]["stop"] = list(params.stop)
+    if budget is not None:  # a full job's settings stay as they were (old runs resume)
+        if judge is None:
+            raise EktError("an adaptive budget needs a judge (the verification of each round)")
+        job["budget"] = budget.settings()
     check_settings(out / "generate.json", job, force=force)
+    if force:
+        (out / BUDGET_LOG).unlink(missing_ok=True)
 
     t0 = time.time()
     tally = _Tally()
+    if budget is not None:
+        assert judge is not None
+        _generate_adaptive(
+            cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally,
+            budget, judge,
+        )  # fmt: skip
+        s = tally.summary(len(problems), 0, time.time() - t0, price)
+        b = budget_usage(out, len(problems), params.n)
+        s.samples, s.full_samples = b["samples"], b["samples_full_budget"]
+        s.left_early, s.gave_up = b["questions_left_early"], b["questions_gave_up"]
+        return s
     if cluster is not None:
         _generate_ray(cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally)
         total = len(problems) * params.n
@@ -291,6 +346,136 @@ def _generate_ray(
         path, chunk, have = chunks[shard_idx]
         _write_shard(path, have, completions, fmt, tally)
         _finish_shard(path, chunk, have, params)
+
+
+def _sampler_of(sampler: Any) -> Sampler:
+    return sampler() if callable(sampler) and not hasattr(sampler, "sample") else sampler
+
+
+def _draw(
+    sampler: Sampler, requests: list[tuple[str, Any]], params: SamplingParams, start: int
+) -> Iterator[Completion]:
+    """Indices ``start .. start+n-1`` of every request (``Sampler.sample``'s ``start``)."""
+    try:
+        takes = "start" in inspect.signature(sampler.sample).parameters
+    except (TypeError, ValueError):
+        takes = True
+    if not takes:
+        raise EktError(
+            f"{type(sampler).__name__} cannot draw a range of sample indices (no `start` "
+            "argument), which budget: adaptive needs; use budget: full"
+        )
+    return sampler.sample(requests, params, start=start)  # type: ignore[call-arg]
+
+
+def _read_log(path: Path) -> dict[int, list[dict]]:
+    """The decided rounds of every shard, in round order."""
+    log: dict[int, list[dict]] = defaultdict(list)
+    if path.exists():
+        for where, obj in read_jsonl(path):
+            entries = log[int(obj["shard"])]
+            if int(obj["round"]) != len(entries):
+                raise EktError(f"{path}:{where}: round {obj['round']} out of order")
+            entries.append(obj)
+    return log
+
+
+def _generate_adaptive(
+    cluster: ShardCluster | None,
+    sampler: Any,
+    problems: Sequence[Problem],
+    out: Path,
+    params: SamplingParams,
+    make_prompt: Callable[[Problem], Prompt],
+    shard_size: int,
+    fmt: PromptFormat,
+    tally: _Tally,
+    budget: AdaptiveBudget,
+    judge: Judge,
+) -> None:
+    """The shards left to do, round by round (module docstring)."""
+    log_path = out / BUDGET_LOG
+    log = _read_log(log_path)
+    plan = rounds(params.n, budget.round_size)
+    live: Sampler | None = None
+    for shard_idx, first in enumerate(range(0, len(problems), shard_size)):
+        chunk = problems[first : first + shard_size]
+        path = out / "samples" / f"shard-{shard_idx:05d}.jsonl"
+        if path.with_suffix(".done").exists():
+            continue
+        entries = log[shard_idx]
+        active = list(chunk)
+        for e in entries:  # replay the rounds decided before an interruption
+            active = [p for p in active if p.id not in e["left"]]
+        have = _have(path)
+        for k in range(len(entries), len(plan)):
+            if not active:
+                break
+            r = plan[k]
+            # the round's whole active list, also on a resume: the same batches, the same samples
+            requests = [(p.id, make_prompt(p)) for p in active]
+            if any(i not in have[p.id] for p in active for i in r):
+                rp = replace(params, n=len(r))
+                if cluster is not None:
+                    got: Iterable[Completion] = (
+                        c
+                        for _, cs in cluster.generate_shards(
+                            sampler, [(shard_idx, requests)], rp, start=r.start
+                        )
+                        for c in cs
+                    )
+                else:
+                    live = live or _sampler_of(sampler)
+                    got = _draw(live, requests, rp, r.start)
+                _write_shard(path, have, got, fmt, tally)
+            lacking = [p.id for p in active if any(i not in have[p.id] for i in r)]
+            if lacking:
+                raise EktError(
+                    f"sampler returned too few samples for {lacking[0]} in round {k} "
+                    f"(and {len(lacking) - 1} more questions)"
+                )
+            ids = {p.id for p in active}
+            batch = [
+                from_dict(Completion, obj, f"{path}:{line}")
+                for line, obj in read_jsonl(path)
+                if obj["problem_id"] in ids and int(obj["sample_idx"]) in r
+            ]
+            counts = judge(batch)
+            left = {
+                p.id: int(counts.get(p.id, 0))
+                for p in active
+                if budget.satisfied(int(counts.get(p.id, 0)), r.stop, params.n)
+            }
+            entry = {
+                "shard": shard_idx, "round": k, "start": r.start, "stop": r.stop,
+                "active": len(active), "left": left,
+            }  # fmt: skip
+            with JsonlWriter(log_path, fsync=True) as w:
+                w.write(entry)
+            entries.append(entry)
+            active = [p for p in active if p.id not in left]
+        if active:
+            raise EktError(f"{path}: questions still active after the last round")
+        path.with_suffix(".done").write_text("")
+
+
+def budget_usage(out_dir: str | Path, problems: int, n: int) -> dict[str, int]:
+    """An adaptive job's samples from its round log (what the files say, not one invocation):
+    drawn, what a full budget draws, questions that left before ``n`` samples and those of
+    them without a correct program."""
+    drawn = early = gave_up = 0
+    for entries in _read_log(Path(out_dir) / BUDGET_LOG).values():
+        for e in entries:
+            drawn += int(e["active"]) * (int(e["stop"]) - int(e["start"]))
+            if int(e["stop"]) < n:
+                early += len(e["left"])
+                gave_up += sum(1 for c in e["left"].values() if not c)
+    return {
+        "samples": drawn,
+        "samples_full_budget": problems * n,
+        "questions_left_early": early,
+        "questions_gave_up": gave_up,
+    }
 
 
 def usage(out_dir: str | Path, price: tuple[float, float] | None = None) -> dict[str, Any]:

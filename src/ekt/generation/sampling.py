@@ -27,6 +27,14 @@ vLLM, an OpenAI-compatible server) fit behind the same protocol.
   when it falls within rounding distance of a probability boundary: rare, but
   not impossible. ``ekt.generation.generate`` resamples a partial shard with the same
   request list, so resumed jobs stay exact either way.
+* **Index ranges.** ``sample(..., start=i)`` draws indices ``i .. i+n-1``, each
+  seeded as that index always is, in the batch layout ``0 .. n-1`` would have: what
+  an adaptive budget's round draws (``ekt.generation.budget``). A round's batch
+  holds only the questions still active, ``round_size`` rows each, so against a
+  full call it is another grouping (the rounding caveat above); with
+  ``batch_size=1`` every sample is decoded alone and the records are the same
+  bit for bit. ``benchmarks/teacher_budget.py`` counts how many of the demo
+  teacher's adaptive samples are byte-identical to full's.
 * **Greedy.** Temperature 0 takes the argmax, token for token what
   ``model.generate(do_sample=False)`` gives for a single prompt (with
   ``heal_prompt=False``, or when healing does not apply); its ``n`` samples
@@ -106,8 +114,15 @@ class SamplingParams:
 
 class Sampler(Protocol):
     def sample(
-        self, requests: Sequence[tuple[str, Any]], params: SamplingParams
-    ) -> Iterator[Completion]: ...
+        self,
+        requests: Sequence[tuple[str, Any]],
+        params: SamplingParams,
+        start: int | None = None,
+    ) -> Iterator[Completion]:
+        """``params.n`` completions per request: indices ``0 .. n-1``; with ``start``, indices
+        ``start .. start+n-1``, each seeded as that index is in every other call (what an
+        adaptive teacher budget draws, round by round; ``ekt.generation.budget``)."""
+        ...
 
 
 def derive_seed(seed: int, problem_id: str, sample_idx: int) -> int:
@@ -262,12 +277,18 @@ class TransformersSampler:
     # ---- sampling ------------------------------------------------------------------------
 
     def sample(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self,
+        requests: Sequence[tuple[str, str]],
+        params: SamplingParams,
+        start: int | None = None,
     ) -> Iterator[Completion]:
         """Yield ``params.n`` completions per request, each as soon as it is finished.
 
         The same request list always gives the same batches (and bit-identical samples).
+        ``start``: the sample indices are ``start .. start+n-1`` (seeds included), laid out
+        in batches exactly as indices ``0 .. n-1`` would be.
         """
+        first = start or 0
         from tqdm.auto import tqdm
 
         # On a terminal the bar redraws; in a log file (a cluster job, CI) it is a line every
@@ -284,11 +305,11 @@ class TransformersSampler:
             if requests and self._use_shared_prefix():
                 groups = [list(requests)] if self.pack_prompts else [[r] for r in requests]
                 for group in groups:
-                    for c in self._sample_shared(group, params):
+                    for c in self._sample_shared(group, params, first):
                         bar.update(1)
                         yield c
             else:
-                for c in self._sample_padded(requests, params):
+                for c in self._sample_padded(requests, params, first):
                     bar.update(1)
                     yield c
         finally:
@@ -398,7 +419,7 @@ class TransformersSampler:
         return self._run(kv, tokens[:, None], pos)
 
     def _sample_shared(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams, first_idx: int = 0
     ) -> Iterator[Completion]:
         """Decode all samples of ``requests`` with one shared prefix and a refilled batch.
 
@@ -420,7 +441,7 @@ class TransformersSampler:
         per_row = params.n if params.greedy else 1
         rows_per_problem = params.n // per_row
         pending: deque[_Row] = deque(
-            _Row(pid, i * per_row, per_row, pr, problem=j)
+            _Row(pid, first_idx + i * per_row, per_row, pr, problem=j)
             for j, (pid, pr) in enumerate(prompts)
             for i in range(rows_per_problem)
         )
@@ -499,7 +520,7 @@ class TransformersSampler:
     # ---- left-padded batches (models the shared-prefix path does not support) ------------
 
     def _sample_padded(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams, first_idx: int = 0
     ) -> Iterator[Completion]:
         per_row = params.n if params.greedy else 1  # samples one decoded row stands for
         rows_per_problem = 1 if params.greedy else params.n
@@ -514,7 +535,8 @@ class TransformersSampler:
             else:
                 chunks = [range(rows_per_problem)]
             for idxs in chunks:
-                rows = [_Row(pid, i * per_row, per_row, pr) for pid, pr in group for i in idxs]
+                at = first_idx  # the first sample index of this call
+                rows = [_Row(pid, at + i * per_row, per_row, pr) for pid, pr in group for i in idxs]
                 yield from self._decode(group, rows, len(idxs), params)
 
     def _decode(

@@ -77,9 +77,11 @@ class RayCluster:
         sampler: Any,
         shards: Sequence[tuple[int, list[tuple[str, str]]]],
         params: SamplingParams,
+        start: int | None = None,
     ) -> Iterator[tuple[int, list[Completion]]]:
-        """Shards sampled by model replicas (``ekt.generation.generate.ShardCluster``)."""
-        return generate_shards(self, sampler, shards, params)
+        """Shards sampled by model replicas (``ekt.generation.generate.ShardCluster``); with
+        ``start``, sample indices ``start .. start+n-1`` (an adaptive budget's round)."""
+        return generate_shards(self, sampler, shards, params, start)
 
     def sandbox(self, config: SandboxConfig) -> RaySandbox:
         """Verifier actors (``ekt.verification.verify.SandboxCluster``)."""
@@ -119,11 +121,15 @@ class _Generator:
     def pid(self) -> int:
         return os.getpid()
 
-    def sample(self, requests: list[tuple[str, str]], params: SamplingParams) -> list[Completion]:
+    def sample(
+        self, requests: list[tuple[str, str]], params: SamplingParams, start: int | None = None
+    ) -> list[Completion]:
         if self._sampler is None:
             f = self._factory
             self._sampler = f() if callable(f) and not hasattr(f, "sample") else f
-        return list(self._sampler.sample(requests, params))
+        if start is None:  # the full budget: the call every sampler takes
+            return list(self._sampler.sample(requests, params))
+        return list(self._sampler.sample(requests, params, start=start))
 
 
 class _Verifier:
@@ -235,8 +241,10 @@ def generate_shards(
     sampler: Any,
     shards: Sequence[tuple[int, list[tuple[str, str]]]],
     params: SamplingParams,
+    start: int | None = None,
 ) -> Iterator[tuple[int, list[Completion]]]:
-    """(shard index, completions) for every (shard index, requests), as each shard finishes."""
+    """(shard index, completions) for every (shard index, requests), as each shard finishes;
+    ``start``: sample indices ``start .. start+n-1`` of each request (``Sampler.sample``)."""
     ray = cluster.connect()
     total = ray.cluster_resources()
     gpus = cluster.gpus_per_replica
@@ -251,7 +259,7 @@ def generate_shards(
         return actor_cls.options(num_cpus=cluster.cpus_per_replica, num_gpus=gpus).remote(sampler)
 
     def call(actor: Any, shard: tuple[int, list[tuple[str, str]]]) -> Any:
-        return actor.sample.remote(shard[1], params)
+        return actor.sample.remote(shard[1], params, start)
 
     for j, completions in pool_map(
         ray, spawn, max(1, replicas), shards, call, cluster.max_attempts, 1, "generate shard"

@@ -27,6 +27,7 @@ resumes its sampling, verification and training where they stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.generation.budget import AdaptiveBudget
 from ekt.generation.generate import generate
 from ekt.generation.sampling import SamplingParams
 from ekt.layout import ExpertIterationLayout
@@ -43,7 +45,7 @@ from ekt.records import Problem, TrainPair, read_records, write_json_atomic, wri
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.train import TrainConfig, train_student
 from ekt.verification.filtering import KEEP, filter_stage
-from ekt.verification.verify import verify
+from ekt.verification.verify import RoundJudge, verify
 
 PROMPTS = {"few-shot": "teacher", "zero-shot": "student"}
 
@@ -122,11 +124,15 @@ def expert_iteration(
     sandbox: SandboxConfig | None = None,
     device: str | None = None,
     cluster: Any = None,
+    budget: AdaptiveBudget | None = None,
 ) -> ExpertIterationResult:
     """Run the rounds (see the module doc); ``make_sampler(model)`` gives a sampler factory.
 
     ``params`` are the sampling settings of every round (n, temperature, ...); ``cluster``
     (``ekt.pipeline.distributed.RayCluster``) runs sampling and verification on Ray.
+    ``budget`` (adaptive, from ``teacher_sampling``): each round samples its questions in
+    rounds of indices, verified as they come, a question stopping once it has what
+    ``keep`` takes (``ekt.generation.budget``).
     """
     cfg = config or ExpertIterationConfig()
     cfg.validate()
@@ -161,15 +167,23 @@ def expert_iteration(
             f"expert iteration round {r}: {sampler_model} samples {params.n} programs "
             f"({prompt}) for {len(todo)} unsolved questions"
         )
-        g = generate(
-            make_sampler(sampler_model),
-            todo,
-            rdir,
-            params,
-            prompt=PROMPTS[prompt],
-            settings={"model": sampler_model, "task": task.name, "round": r},
-            cluster=cluster,
-        )
+        with contextlib.ExitStack() as stack:
+            judge = None
+            if budget is not None:  # verification interleaved with sampling
+                judge = stack.enter_context(
+                    RoundJudge(rdir, rl.executions, task, sandbox, cluster=cluster)
+                )
+            g = generate(
+                make_sampler(sampler_model),
+                todo,
+                rdir,
+                params,
+                prompt=PROMPTS[prompt],
+                settings={"model": sampler_model, "task": task.name, "round": r},
+                cluster=cluster,
+                budget=budget,
+                judge=judge,
+            )
         print(g.line())
         v = verify(rdir, rl.executions, task, None, sandbox, cluster=cluster)
         print(v.line())

@@ -20,6 +20,7 @@ invalidate (and only that) and redoes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -40,7 +41,14 @@ from ekt.data.tasks import Task, get_task
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
-from ekt.generation.generate import format_stops, generate, read_completions, usage
+from ekt.generation.budget import AdaptiveBudget
+from ekt.generation.generate import (
+    budget_usage,
+    format_stops,
+    generate,
+    read_completions,
+    usage,
+)
 from ekt.layout import RunLayout
 from ekt.models import PRESETS, file_sha256, model_fingerprint, resolve_model
 from ekt.pipeline.config import RunConfig, dump_config, plain
@@ -50,7 +58,7 @@ from ekt.report.build import finish_run
 from ekt.training.kd import sequence_kd_pairs, train_kd
 from ekt.training.train import train_student
 from ekt.verification.filtering import _norm_question, filter_stage
-from ekt.verification.verify import verify
+from ekt.verification.verify import RoundJudge, verify
 
 # (model spec, device, batch size, backend) -> a factory that loads the sampler when called
 SamplerFactory = Callable[[str, str | None, int, BackendConfig], Callable[[], Any]]
@@ -210,6 +218,14 @@ def _check_model_spec(role: str, spec: str) -> None:
             resolve_model(spec)
         except EktError as e:
             raise EktError(f"{role}: {e}") from None
+
+
+def adaptive_budget(sampling: Any, keep: str) -> AdaptiveBudget | None:
+    """The adaptive budget of a ``teacher_sampling`` block (or one derived from it), for a
+    filter that keeps ``keep``; None for ``budget: full``."""
+    if getattr(sampling, "budget", "full") != "adaptive":
+        return None
+    return AdaptiveBudget(sampling.round_size, keep, sampling.target, sampling.give_up_after)
 
 
 def _count(path: Path) -> int:
@@ -392,9 +408,26 @@ class Runner:
             return
         cfg, ts = self.cfg, self.cfg.teacher_sampling
         fmt = load_format(ts.prompt_format)
-        with self._stage(
-            f"teacher {cfg.teacher}: sample {ts.n} programs x {len(problems)} questions"
+        budget = adaptive_budget(ts, cfg.keep)
+        how = f" (adaptive budget, rounds of {ts.round_size})" if budget else ""
+        with (
+            self._stage(
+                f"teacher {cfg.teacher}: sample {ts.n} programs x {len(problems)} questions{how}"
+            ),
+            contextlib.ExitStack() as stack,
         ):
+            judge = None
+            if budget is not None:  # verification interleaved with sampling, round by round
+                judge = stack.enter_context(
+                    RoundJudge(
+                        self.layout.teacher,
+                        self.layout.teacher_executions,
+                        self.task,
+                        self.sandbox,
+                        cluster=self.cluster,
+                        prompt_format=ts.prompt_format,
+                    )
+                )
             s = generate(
                 self.sampler_factory(cfg.teacher, cfg.device, ts.batch_size, ts.backend),
                 problems,
@@ -405,11 +438,18 @@ class Runner:
                 prompt_format=fmt,
                 price=ts.backend.price,
                 cluster=self.cluster,
+                budget=budget,
+                judge=judge,
             )
             print(s.line())
             # results.json holds what the files say, never what this invocation did, so a
             # resumed run writes the results an uninterrupted one writes
-            self.stage_summaries["teacher_generate"] = usage(self.dir / "teacher", ts.backend.price)
+            summary = usage(self.dir / "teacher", ts.backend.price)
+            summary["samples_full_budget"] = len(problems) * ts.n
+            if budget is not None:
+                summary["budget"] = "adaptive"
+                summary.update(budget_usage(self.dir / "teacher", len(problems), ts.n))
+            self.stage_summaries["teacher_generate"] = summary
         self._teacher_sampled = True
 
     def teacher_pairs(self, problems) -> Path:
@@ -498,6 +538,7 @@ class Runner:
                 self.sandbox,
                 cfg.device,
                 cluster=self.cluster,
+                budget=adaptive_budget(sampling, cfg.expert_iteration.keep),
             )
         return result.model, result.pairs_path
 

@@ -26,8 +26,9 @@ from ekt.data.extract import extract, runnable
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.data.tasks import Task
 from ekt.errors import EktError
-from ekt.records import Execution, JsonlWriter, Problem, read_jsonl, to_dict
+from ekt.records import Completion, Execution, JsonlWriter, Problem, read_jsonl, to_dict
 from ekt.sandbox.pool import Sandbox, SandboxConfig, default_deny_read, run_deny_read
+from ekt.verification.filtering import normalise_program
 
 
 class SandboxCluster(Protocol):
@@ -203,6 +204,76 @@ def verify(
         statuses=statuses,
         seconds=time.time() - t0,
     )
+
+
+class RoundJudge:
+    """An adaptive budget's judgement (``ekt.generation.generate.Judge``): runs a round's new
+    programs in one warm sandbox pool, kept open across rounds, appends their graded records
+    to ``out`` (the records ``verify`` writes, so a later ``verify`` of the folder has nothing
+    left to do), and counts each question's distinct correct programs (normalised as the
+    filter deduplicates them). Samples already in ``out`` (a resumed job) are not run again.
+    Use as a context manager."""
+
+    def __init__(
+        self,
+        samples_dir: str | Path,
+        out: str | Path,
+        task: Task,
+        sandbox: SandboxConfig | None = None,
+        cluster: SandboxCluster | None = None,
+        prompt_format: str | PromptFormat | None = None,
+    ):
+        self.out = Path(out)
+        self.task = task
+        self.entry = load_format(prompt_format).entry_point
+        self.done: set[str] = set()
+        self.correct: dict[str, set[str]] = {}
+        self._problems: dict[str, Problem] = {}
+        if self.out.exists():
+            for i, obj in read_jsonl(self.out):
+                self._note(obj, obj.get("_key") or _key(obj, i - 1))
+        box_cfg = _deny_task_data(sandbox or SandboxConfig(), task, samples_dir, self.out)
+        self._pool: Any = cluster.sandbox(box_cfg) if cluster is not None else Sandbox(box_cfg)
+        self._box: Any = None
+        self.ran = 0  # programs run by this judge
+
+    def _note(self, rec: dict, key: str) -> None:
+        self.done.add(key)
+        if rec.get("correct") is True:
+            programs = self.correct.setdefault(rec["problem_id"], set())
+            programs.add(normalise_program(rec["program"]))
+
+    def __enter__(self) -> RoundJudge:
+        self._box = self._pool.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.__exit__(*exc)
+        self._box = None
+
+    def __call__(self, completions: list[Completion]) -> dict[str, int]:
+        if self._box is None:
+            raise EktError("RoundJudge is used inside a `with` block (its sandbox pool)")
+        todo = [
+            to_dict(c) for c in completions if f"{c.problem_id}#{c.sample_idx}" not in self.done
+        ]
+        missing = {c.problem_id for c in completions} - self._problems.keys()
+        if missing:  # a split's file is read once, not every round
+            self._problems.update(self.task.by_id(missing))
+        problems = self._problems
+        with JsonlWriter(self.out) as writer:
+            programs = (runnable(o["program"], self.entry) for o in todo if o["program"])
+            results = self._box.run(programs)
+            for obj in todo:
+                if obj["program"]:
+                    ex = next(results)
+                    rec = grade_record(obj, to_dict(ex), problems[obj["problem_id"]], self.task)
+                    self.ran += 1
+                else:
+                    rec = no_program_record(obj)
+                writer.write(rec)
+                self._note(rec, f"{obj['problem_id']}#{obj['sample_idx']}")
+        return {c.problem_id: len(self.correct.get(c.problem_id, ())) for c in completions}
 
 
 def _deny_task_data(cfg: SandboxConfig, task: Task, *run_files: str | Path) -> SandboxConfig:

@@ -400,22 +400,29 @@ class OpenAISampler:
     # ---- the job -------------------------------------------------------------------------
 
     def sample(
-        self, requests: Sequence[tuple[str, Any]], params: SamplingParams
+        self,
+        requests: Sequence[tuple[str, Any]],
+        params: SamplingParams,
+        start: int | None = None,
     ) -> Iterator[Completion]:
         """Yield ``params.n`` completions per request, in the order they arrive.
 
-        A prompt is text, or (``api="chat"``) a list of chat messages.
+        A prompt is text, or (``api="chat"``) a list of chat messages. ``start``: the
+        sample indices are ``start .. start+n-1``; a request's seed is its first index's,
+        so with ``n_per_request: 1`` (the default) each sample is the one any other call
+        draws for that index.
         """
         from tqdm.auto import tqdm
 
+        first = start or 0
         todo: deque[_Unit] = deque()
         per = params.n if params.greedy else (self.n_per_request or params.n)
         for j in range(len(requests)):
             if params.greedy:
-                todo.append(_Unit(j, 0, 1))
+                todo.append(_Unit(j, first, 1))
                 continue
-            for s in range(0, params.n, per):
-                todo.append(_Unit(j, s, min(per, params.n - s)))
+            for s in range(first, first + params.n, per):
+                todo.append(_Unit(j, s, min(per, first + params.n - s)))
         layouts = [self._layout(prompt) for _, prompt in requests]
         seen: set[tuple[int, int]] = set()
         show = self.progress and sys.stderr.isatty()
@@ -444,7 +451,7 @@ class OpenAISampler:
                     got = self._choices(out)
                     if params.greedy:
                         got = got[:1] * params.n if got else []
-                        unit = _Unit(unit.problem, 0, params.n)
+                        unit = _Unit(unit.problem, first, params.n)
                     got = got[: unit.count]
                     billed = self._prompt_tokens(out, len(got))
                     if unit.count > 1 and not params.greedy:

@@ -17,12 +17,19 @@ model's own chat template (``ekt.generation.sampling.chat_ids``) and sent as tok
 ids. Greedy (temperature 0) asks for one sample and reports it ``n`` times, as the
 other samplers do. ``n_tokens`` is the number of generated token ids vLLM
 reports, which include the token that completed a stop string.
+
+``sample(..., start=i)`` (an adaptive teacher budget's rounds) draws indices
+``i .. i+n-1`` as one single-sample request each, seeded from (seed, problem,
+index), so every round draws each index the same way whatever the rounds are;
+these are not the samples of a ``start=None`` call, whose ``n`` samples share
+one request's seed.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ekt.errors import EktError
@@ -30,15 +37,16 @@ from ekt.generation.sampling import SamplingParams, chat_ids, derive_seed, trunc
 from ekt.records import Completion
 
 
-def vllm_params(params: SamplingParams, problem_id: str) -> dict:
-    """The keyword arguments of ``vllm.SamplingParams`` for one problem's request."""
+def vllm_params(params: SamplingParams, problem_id: str, index: int | None = None) -> dict:
+    """The keyword arguments of ``vllm.SamplingParams`` for one problem's request; with
+    ``index``, the request of that one sample index (n = 1, its own seed)."""
     return {
-        "n": 1 if params.greedy else params.n,
+        "n": 1 if params.greedy or index is not None else params.n,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "max_tokens": params.max_new_tokens,
         "stop": list(params.stop),
-        "seed": derive_seed(params.seed, problem_id, 0) % (2**31),
+        "seed": derive_seed(params.seed, problem_id, index or 0) % (2**31),
     }
 
 
@@ -107,13 +115,20 @@ class VLLMSampler:
             self._llm = factory(**self.engine_kwargs)
         return self._llm
 
-    def _generate(self, llm: Any, chunk: Sequence[tuple[str, str]], params: SamplingParams) -> Any:
+    def _generate(
+        self,
+        llm: Any,
+        chunk: Sequence[tuple[str, str]],
+        params: SamplingParams,
+        indices: Sequence[int | None] | None = None,
+    ) -> Any:
+        idx = list(indices) if indices is not None else [None] * len(chunk)
         if self._factory is None:
             from vllm import SamplingParams as VParams
 
-            sps = [VParams(**vllm_params(params, pid)) for pid, _ in chunk]
+            sps = [VParams(**vllm_params(params, pid, i)) for (pid, _), i in zip(chunk, idx)]
         else:
-            sps = [vllm_params(params, pid) for pid, _ in chunk]
+            sps = [vllm_params(params, pid, i) for (pid, _), i in zip(chunk, idx)]
         prompts: list[Any] = []
         for pid, p in chunk:
             if isinstance(p, str):
@@ -123,21 +138,42 @@ class VLLMSampler:
         return llm.generate(prompts, sps, use_tqdm=False)
 
     def sample(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self,
+        requests: Sequence[tuple[str, str]],
+        params: SamplingParams,
+        start: int | None = None,
     ) -> Iterator[Completion]:
         if self.data_parallel_size > 1:
-            yield from self._sample_replicas(requests, params)
+            yield from self._sample_replicas(requests, params, start)
             return
         llm = self._engine()
+        if start is not None:  # one request per sample index (module docstring)
+            yield from self._sample_indices(llm, requests, params, start)
+            return
         for s in range(0, len(requests), self.chunk_size):
             chunk = requests[s : s + self.chunk_size]
             for (pid, _), out in zip(chunk, self._generate(llm, chunk, params)):
                 yield from to_completions(pid, out.outputs, params)
 
+    def _sample_indices(
+        self, llm: Any, requests: Sequence[tuple[str, str]], params: SamplingParams, start: int
+    ) -> Iterator[Completion]:
+        """Indices ``start .. start+n-1`` of every request, each its own seeded request."""
+        one = replace(params, n=1)
+        per = 1 if params.greedy else params.n  # greedy: one request, reported n times
+        units = [(pid, p, start + k) for pid, p in requests for k in range(per)]
+        for s in range(0, len(units), self.chunk_size):
+            chunk = units[s : s + self.chunk_size]
+            reqs, idx = [(pid, p) for pid, p, _ in chunk], [i for *_, i in chunk]
+            outs = self._generate(llm, reqs, one, idx)
+            for (pid, _, i), out in zip(chunk, outs):
+                for k, c in enumerate(to_completions(pid, out.outputs, one) * (params.n // per)):
+                    yield replace(c, sample_idx=i + k)
+
     # ---- data parallel: one engine process per replica ------------------------------------
 
     def _sample_replicas(
-        self, requests: Sequence[tuple[str, str]], params: SamplingParams
+        self, requests: Sequence[tuple[str, str]], params: SamplingParams, start: int | None
     ) -> Iterator[Completion]:
         import multiprocessing as mp
 
@@ -157,7 +193,7 @@ class VLLMSampler:
         for r in range(self.data_parallel_size):
             share = list(requests[r :: self.data_parallel_size])
             devices = ",".join(gpus[r * tp : (r + 1) * tp])
-            args = (devices, self.engine_kwargs, self.chunk_size, share, params, queue, r)
+            args = (devices, self.engine_kwargs, self.chunk_size, share, params, queue, r, start)
             p = ctx.Process(target=_replica, args=args, daemon=True)
             p.start()
             procs.append(p)
@@ -186,12 +222,13 @@ def _replica(
     params: SamplingParams,
     queue: Any,
     rank: int,
+    start: int | None = None,
 ) -> None:  # pragma: no cover - runs only with vLLM on GPUs
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
     try:
         sampler = VLLMSampler(engine_kwargs.pop("model"), chunk_size=chunk_size)
         sampler.engine_kwargs.update(engine_kwargs)
-        for c in sampler.sample(requests, params):
+        for c in sampler.sample(requests, params, start):
             queue.put(("completion", (c.problem_id, c.sample_idx, c.text, c.n_tokens)))
         queue.put(("done", rank))
     except BaseException as e:  # report, do not hang the parent
