@@ -381,3 +381,19 @@ def test_preset_greedy_equals_generate_with_packing(preset, data_dir):
         )[0, ids.shape[1] :].tolist()
         assert tok.eos_token_id not in gen
         assert got[pid].text == tok.decode(gen, skip_special_tokens=True)
+
+
+def test_importing_ekt_makes_torchs_thread_pool_wait_passively():
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads: importing ekt first sets PASSIVE
+    (a spinning pool is 2-4x slower on a shared CPU); a value the user set wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, ekt, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
