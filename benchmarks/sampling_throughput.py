@@ -37,6 +37,8 @@ import argparse
 import os
 import time
 
+import ekt  # noqa: F401  (before torch: ekt sets torch's thread-pool wait policy, ekt/__init__.py)
+
 
 def tokens_to_stop(tok, gen: list[int], stops, eos_ids) -> int:
     """Generated tokens up to and including the one that ends the sample."""
@@ -124,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--naive-tokens-per-s", type=float, default=None)
     ap.add_argument("--data-dir", default=os.environ.get("EKT_DATA_DIR"))
     ap.add_argument("--vs", choices=["naive", "llama.cpp"], default="naive", help="other side")
+    ap.add_argument(
+        "--ekt-backend",
+        choices=["transformers", "llamacpp"],
+        default="transformers",
+        help="ekt side: its own sampler (default) or backend llamacpp (a llama-server it starts)",
+    )
     args = ap.parse_args(argv)
     if args.vs == "llama.cpp" and not args.threads:
         args.threads = 2
@@ -162,20 +170,30 @@ def main(argv: list[str] | None = None) -> None:
 
     kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
     sampler = TransformersSampler(model, tok, progress=False, heal_prompt=not args.no_heal, **kw)
+    if args.ekt_backend == "llamacpp":
+        from ekt.generation.backends import BackendConfig, make_sampler
+
+        backend = BackendConfig(name="llamacpp", threads=args.threads)
+        sampler = make_sampler(args.model, "cpu", sampler.batch_size, backend)()
+        sampler.progress = False
+        sampler.start()  # the server starts before the clock, as on the llama.cpp side
     t0 = time.perf_counter()
     out = list(sampler.sample(requests, params))
     wall = time.perf_counter() - t0
+    if args.ekt_backend == "llamacpp":
+        sampler.close()
     assert len(out) == len(requests) * args.n
     ekt_tokens = sum(c.n_tokens for c in out)
     ekt_rate = ekt_tokens / wall
     print(
-        f"ekt:   {len(out)} samples, {ekt_tokens} tokens "
+        f"ekt ({args.ekt_backend}): {len(out)} samples, {ekt_tokens} tokens "
         f"({ekt_tokens / len(out):.1f}/sample) in {wall:.1f}s = {ekt_rate:.1f} tokens/s",
         flush=True,
     )
 
     if args.vs == "llama.cpp":
-        rate = run_llamacpp(args, requests, params, batch=args.batch_size or sampler.batch_size)
+        batch = args.batch_size or TransformersSampler(model, tok).batch_size
+        rate = run_llamacpp(args, requests, params, batch=batch)
         print(
             f"tokens_per_s={ekt_rate:.1f} llamacpp_tokens_per_s={rate:.1f} "
             f"vs_llamacpp={ekt_rate / rate:.2f}x"

@@ -181,3 +181,16 @@ def test_a_chat_format_on_the_completions_api_is_refused_before_any_request(
     assert main(argv) != 0
     assert "only with --api chat" in capsys.readouterr().err
     assert not (tmp_path / "g" / "samples").exists()
+
+
+def test_llamacpp_backend_flags_reach_its_sampler(monkeypatch):
+    """backend llamacpp: its settings from flags, and the sampler gets one slot per batch row."""
+    import ekt.generation.backends.llamacpp_server as ls
+
+    monkeypatch.setattr(ls, "find_llama_server", lambda: Path("/bin/true"))
+    cfg = BackendConfig(name="llamacpp", threads=3, ctx_per_slot=1024, gguf_outtype="f16")
+    sampler = make_sampler("smollm2-135m", None, 6, cfg)()
+    assert (sampler.slots, sampler.threads, sampler.ctx_per_slot) == (6, 3, 1024)
+    assert sampler.outtype == "f16" and sampler.server is None  # started on the first sample()
+    with pytest.raises(EktError, match="gguf_outtype"):
+        make_sampler("m", None, 4, BackendConfig(name="llamacpp", gguf_outtype="q4"))
