@@ -29,6 +29,13 @@ per slot); tokens are counted by the server the way ekt counts them. ekt's
 side samples the same GGUF dequantised by transformers. The last line is then::
 
     tokens_per_s=<ekt> llamacpp_tokens_per_s=<llama.cpp> vs_llamacpp=<ratio>x
+
+``--ekt-backend llamacpp`` puts ekt's ``backend: llamacpp`` on ekt's side instead of its own
+sampler (a ``llama-server`` that ekt starts with the same GGUF, slots and threads; the server
+starts before the clock, as on the llama.cpp side).
+
+Import ekt before torch (this script does): ekt sets ``OMP_WAIT_POLICY=PASSIVE`` for torch's
+thread pool, which is what makes its sampler fast on a shared CPU (see ``ekt/__init__.py``).
 """
 
 from __future__ import annotations
