@@ -34,17 +34,19 @@ side samples the same GGUF dequantised by transformers. The last line is then::
 sampler (a ``llama-server`` that ekt starts with the same GGUF, slots and threads; the server
 starts before the clock, as on the llama.cpp side).
 
-Measured (2-core EPYC shared with two other engineers, load 3-6; ``--k 4 --n 16``, 128 tokens,
+Measured (2-core EPYC shared with two other engineers, load ~1.7; ``--k 4 --n 16``, 128 tokens,
 16 slots, 2 threads; each line one run, both sides in it; "llamacpp": ``--ekt-backend llamacpp``)::
 
-    smollm2           tokens_per_s=58.1 llamacpp_tokens_per_s=28.7 vs_llamacpp=2.02x
-    gemma3            tokens_per_s=26.7 llamacpp_tokens_per_s=40.9 vs_llamacpp=0.65x
-    smollm2 llamacpp  tokens_per_s=26.4 llamacpp_tokens_per_s=23.5 vs_llamacpp=1.12x
-    gemma3  llamacpp  tokens_per_s=34.6 llamacpp_tokens_per_s=36.9 vs_llamacpp=0.94x
+    smollm2           tokens_per_s=65.4 llamacpp_tokens_per_s=46.6 vs_llamacpp=1.40x
+    gemma3            tokens_per_s=44.9 llamacpp_tokens_per_s=53.8 vs_llamacpp=0.84x
+    gemma3  llamacpp  tokens_per_s=59.5 llamacpp_tokens_per_s=56.7 vs_llamacpp=1.05x
+    smollm2 llamacpp  tokens_per_s=38.8 llamacpp_tokens_per_s=43.2 vs_llamacpp=0.90x
+
+(an earlier, busier round, load 3-6: 2.02x, 0.65x, 0.94x, 1.12x in the same order).
 
 ekt's own sampler is behind on gemma3-270m because of its output layer (262,144 x 640 float32,
 671 MB read every decode step; llama.cpp reads it as the Q8_0 it ships as); the llamacpp
-backend is llama.cpp itself, so its ratio is 1.0 up to the load drifting between the halves.
+backend is llama.cpp itself, so its ratio is 1.0 up to run-to-run noise (load, sample lengths).
 
 Import ekt before torch (this script does): ekt sets ``OMP_WAIT_POLICY=PASSIVE`` for torch's
 thread pool, which is what makes its sampler fast on a shared CPU (see ``ekt/__init__.py``).
