@@ -29,6 +29,27 @@ per slot); tokens are counted by the server the way ekt counts them. ekt's
 side samples the same GGUF dequantised by transformers. The last line is then::
 
     tokens_per_s=<ekt> llamacpp_tokens_per_s=<llama.cpp> vs_llamacpp=<ratio>x
+
+``--ekt-backend llamacpp`` puts ekt's ``backend: llamacpp`` on ekt's side instead of its own
+sampler (a ``llama-server`` that ekt starts with the same GGUF, slots and threads; the server
+starts before the clock, as on the llama.cpp side).
+
+Measured (2-core EPYC shared with two other engineers, load ~1.7; ``--k 4 --n 16``, 128 tokens,
+16 slots, 2 threads; each line one run, both sides in it; "llamacpp": ``--ekt-backend llamacpp``)::
+
+    smollm2           tokens_per_s=65.4 llamacpp_tokens_per_s=46.6 vs_llamacpp=1.40x
+    gemma3            tokens_per_s=44.9 llamacpp_tokens_per_s=53.8 vs_llamacpp=0.84x
+    gemma3  llamacpp  tokens_per_s=59.5 llamacpp_tokens_per_s=56.7 vs_llamacpp=1.05x
+    smollm2 llamacpp  tokens_per_s=38.8 llamacpp_tokens_per_s=43.2 vs_llamacpp=0.90x
+
+(an earlier, busier round, load 3-6: 2.02x, 0.65x, 0.94x, 1.12x in the same order).
+
+ekt's own sampler is behind on gemma3-270m because of its output layer (262,144 x 640 float32,
+671 MB read every decode step; llama.cpp reads it as the Q8_0 it ships as); the llamacpp
+backend is llama.cpp itself, so its ratio is 1.0 up to run-to-run noise (load, sample lengths).
+
+Import ekt before torch (this script does): ekt sets ``OMP_WAIT_POLICY=PASSIVE`` for torch's
+thread pool, which is what makes its sampler fast on a shared CPU (see ``ekt/__init__.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +57,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+
+import ekt  # noqa: F401  (before torch: ekt sets torch's thread-pool wait policy, ekt/__init__.py)
 
 
 def tokens_to_stop(tok, gen: list[int], stops, eos_ids) -> int:
@@ -124,6 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--naive-tokens-per-s", type=float, default=None)
     ap.add_argument("--data-dir", default=os.environ.get("EKT_DATA_DIR"))
     ap.add_argument("--vs", choices=["naive", "llama.cpp"], default="naive", help="other side")
+    ap.add_argument(
+        "--ekt-backend",
+        choices=["transformers", "llamacpp"],
+        default="transformers",
+        help="ekt side: its own sampler (default) or backend llamacpp (a llama-server it starts)",
+    )
     args = ap.parse_args(argv)
     if args.vs == "llama.cpp" and not args.threads:
         args.threads = 2
@@ -162,20 +191,30 @@ def main(argv: list[str] | None = None) -> None:
 
     kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
     sampler = TransformersSampler(model, tok, progress=False, heal_prompt=not args.no_heal, **kw)
+    if args.ekt_backend == "llamacpp":
+        from ekt.generation.backends import BackendConfig, make_sampler
+
+        backend = BackendConfig(name="llamacpp", threads=args.threads)
+        sampler = make_sampler(args.model, "cpu", sampler.batch_size, backend)()
+        sampler.progress = False
+        sampler.start()  # the server starts before the clock, as on the llama.cpp side
     t0 = time.perf_counter()
     out = list(sampler.sample(requests, params))
     wall = time.perf_counter() - t0
+    if args.ekt_backend == "llamacpp":
+        sampler.close()
     assert len(out) == len(requests) * args.n
     ekt_tokens = sum(c.n_tokens for c in out)
     ekt_rate = ekt_tokens / wall
     print(
-        f"ekt:   {len(out)} samples, {ekt_tokens} tokens "
+        f"ekt ({args.ekt_backend}): {len(out)} samples, {ekt_tokens} tokens "
         f"({ekt_tokens / len(out):.1f}/sample) in {wall:.1f}s = {ekt_rate:.1f} tokens/s",
         flush=True,
     )
 
     if args.vs == "llama.cpp":
-        rate = run_llamacpp(args, requests, params, batch=args.batch_size or sampler.batch_size)
+        batch = args.batch_size or TransformersSampler(model, tok).batch_size
+        rate = run_llamacpp(args, requests, params, batch=batch)
         print(
             f"tokens_per_s={ekt_rate:.1f} llamacpp_tokens_per_s={rate:.1f} "
             f"vs_llamacpp={ekt_rate / rate:.2f}x"

@@ -75,6 +75,9 @@ SLOW_TESTS = {
     "tests/test_packing.py::test_lora_and_gradient_checkpointing_give_a_plain_checkpoint",
     "tests/test_packing.py::test_packed_training_follows_the_unpacked_trajectory",
     "tests/test_sandbox.py::test_oracle_corpus_through_ekt_verify",
+    "tests/test_llamacpp_backend.py::test_llamacpp_backend_samples_a_preset_end_to_end",
+    "tests/test_llamacpp_backend.py::"
+    "test_a_transformers_folder_is_converted_once_by_llama_cpps_converter",
 }
 
 

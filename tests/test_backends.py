@@ -213,3 +213,16 @@ def test_vllm_index_ranges_are_one_seeded_request_per_index():
     # start=None: one request of n samples, seeded as before
     whole = list(sampler.sample([("a", "p")], SamplingParams(n=1, temperature=0.8, seed=5)))
     assert whole[0].text == f"s{derive_seed(5, 'a', 0) % 2**31}"
+
+
+def test_llamacpp_backend_flags_reach_its_sampler(monkeypatch):
+    """backend llamacpp: its settings from flags, and the sampler gets one slot per batch row."""
+    import ekt.generation.backends.llamacpp_server as ls
+
+    monkeypatch.setattr(ls, "find_llama_server", lambda: Path("/bin/true"))
+    cfg = BackendConfig(name="llamacpp", threads=3, ctx_per_slot=1024, gguf_outtype="f16")
+    sampler = make_sampler("smollm2-135m", None, 6, cfg)()
+    assert (sampler.slots, sampler.threads, sampler.ctx_per_slot) == (6, 3, 1024)
+    assert sampler.outtype == "f16" and sampler.server is None  # started on the first sample()
+    with pytest.raises(EktError, match="gguf_outtype"):
+        make_sampler("m", None, 4, BackendConfig(name="llamacpp", gguf_outtype="q4"))

@@ -381,3 +381,48 @@ def test_preset_greedy_equals_generate_with_packing(preset, data_dir):
         )[0, ids.shape[1] :].tolist()
         assert tok.eos_token_id not in gen
         assert got[pid].text == tok.decode(gen, skip_special_tokens=True)
+
+
+def test_importing_ekt_makes_torchs_thread_pool_wait_passively():
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads: importing ekt first sets PASSIVE
+    (a spinning pool is 2-4x slower on a shared CPU); a value the user set wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, ekt, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
+
+
+def test_two_level_draw_equals_one_cumulative_sum_over_the_vocabulary():
+    """The block-wise inverse-CDF draw picks what one float64 cumulative sum over the whole
+    vocabulary picks (random rows, several vocabulary sizes, peaked and flat), never a token of
+    zero probability (top-p masks them), and the argmax for a target at the total."""
+    import torch
+
+    from ekt.generation.sampling import _inverse_cdf
+
+    def reference(probs, u):
+        cdf = probs.to(torch.float64).cumsum(dim=-1)
+        picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+        return torch.where(picks < probs.shape[-1], picks, probs.argmax(dim=-1))
+
+    g = torch.Generator().manual_seed(0)
+    for vocab in (7, 1000, 49152):
+        for scale in (1.0, 8.0, 40.0):
+            probs = torch.softmax(torch.randn(8, vocab, generator=g) * scale, dim=-1)
+            probs[:, ::3] = 0.0  # masked tokens, as top-p leaves them
+            probs[:, 1] = 1e-3  # at least one token left per row
+            for _ in range(10):
+                u = torch.rand(8, dtype=torch.float64, generator=g)
+                got = _inverse_cdf(probs, u, torch.float64)
+                assert torch.equal(got, reference(probs, u))
+                assert bool((probs.gather(1, got[:, None]) > 0).all())
+    probs = torch.softmax(torch.randn(4, 1000, generator=g), dim=-1)
+    assert torch.equal(_inverse_cdf(probs, torch.ones(4, dtype=torch.float64), torch.float64),
+                       probs.argmax(dim=-1))  # fmt: skip

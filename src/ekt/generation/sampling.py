@@ -636,14 +636,47 @@ class TransformersSampler:
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         wide = torch.float32 if probs.device.type == "mps" else torch.float64
-        cdf = probs.to(wide).cumsum(dim=-1)
         u = torch.cat([torch.rand(1, generator=r.generator, dtype=torch.float64) for r in rows])
-        target = (u.to(device=cdf.device, dtype=wide) * cdf[:, -1]).unsqueeze(1)
-        # First token whose cumulative mass exceeds the target: zero-probability tokens
-        # can never be picked (their cdf equals their predecessor's).
-        picks = torch.searchsorted(cdf, target, right=True).squeeze(1)
-        # A target rounded up onto the total mass points past the end: take the argmax.
-        return torch.where(picks < probs.shape[-1], picks, probs.argmax(dim=-1))
+        return _inverse_cdf(probs, u.to(device=probs.device, dtype=wide), wide)
+
+
+_BLOCK = 512  # tokens per block of the two-level inverse-CDF draw
+
+
+def _inverse_cdf(probs: Any, u: Any, wide: Any) -> Any:
+    """Per row, the first token whose cumulative mass (in ``wide``) exceeds ``u`` times the row's
+    total, found in two levels: block masses and their cumulative sum pick the block, a cumulative
+    sum inside that block alone picks the token. The same draw as one cumulative sum over the
+    whole vocabulary up to float rounding of the sums, without writing a [rows, vocab] ``wide``
+    array each step (for a 262k vocabulary that array was most of a step's sampling time).
+    Zero-probability tokens are never picked; a target rounded onto or past a block's end takes
+    that block's last token of nonzero probability, a target past the total the argmax."""
+    import torch
+
+    rows, vocab = probs.shape
+    nb = -(-vocab // _BLOCK)
+    padded = probs
+    if nb * _BLOCK != vocab:
+        padded = torch.nn.functional.pad(probs, (0, nb * _BLOCK - vocab))
+    blocks = padded.view(rows, nb, _BLOCK)
+    bcdf = blocks.sum(dim=-1, dtype=wide).cumsum(dim=-1)  # [rows, nb]
+    target = u * bcdf[:, -1]
+    blk = torch.searchsorted(bcdf, target[:, None], right=True).squeeze(1)  # [rows]
+    past = blk >= nb
+    blk = blk.clamp(max=nb - 1)
+    start = torch.where(blk > 0, bcdf.gather(1, (blk - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    chosen = blocks[torch.arange(rows, device=probs.device), blk]  # [rows, _BLOCK]
+    inner = chosen.cumsum(dim=-1, dtype=wide) + start[:, None]
+    pos = torch.searchsorted(inner, target[:, None], right=True).squeeze(1)
+    # A rounding gap between the block sum and the in-block cumulative sum: the block's last
+    # token of nonzero probability (the block holds one, since its mass is positive).
+    nonzero = torch.arange(_BLOCK, device=probs.device)[None].expand(rows, -1)
+    last_nz = torch.where(chosen > 0, nonzero, -1).amax(dim=-1)
+    pos = torch.minimum(pos, last_nz)
+    picks = blk * _BLOCK + pos
+    if bool(past.any()):  # a target rounded up onto the total mass: take the argmax
+        picks = torch.where(past, probs.argmax(dim=-1), picks)
+    return picks
 
 
 __all__ = [

@@ -7,6 +7,8 @@ transformers   ``ekt.generation.sampling.TransformersSampler``        (default, 
 openai         an OpenAI-compatible server over HTTP       nothing extra (stdlib client)
                (llama.cpp's llama-server: its own endpoint)
 vllm           vLLM's offline engine, TP and DP            ``pip install 'ekt[vllm]'``
+llamacpp       a ``llama-server`` ekt starts on loopback   ``make llama-server`` (cached)
+               (the model's GGUF; slots = batch size)
 =============  ==========================================  ==============================
 
 In a run config the block sits under ``teacher_sampling.backend`` and
@@ -22,12 +24,13 @@ from typing import Any, Literal
 
 from ekt.errors import EktError
 from ekt.generation.backends import llamacpp_server as ls
+from ekt.generation.backends.llamacpp_local import LlamaLocalSampler
 from ekt.generation.backends.openai_compat import OpenAISampler
 from ekt.generation.backends.vllm_offline import VLLMSampler  # imports vllm when used
 from ekt.generation.sampling import Sampler, TransformersSampler
 from ekt.models import load_model, resolve_model
 
-BACKENDS = ("transformers", "openai", "vllm")
+BACKENDS = ("transformers", "llamacpp", "openai", "vllm")
 SERVERS = ("auto", "llama.cpp", "generic")
 
 
@@ -36,8 +39,9 @@ class BackendConfig:
     """The engine that samples; in a run config a ``backend:`` block, on the command line
     ``--backend NAME`` and one flag per other field (``--base-url``, ...)."""
 
-    name: Literal["transformers", "openai", "vllm"] = "transformers"
-    """sampling engine: transformers (this process), openai (a server over HTTP), vllm"""
+    name: Literal["transformers", "llamacpp", "openai", "vllm"] = "transformers"
+    """sampling engine: transformers (this process), openai (a server over HTTP), vllm,
+    llamacpp (a llama-server that ekt starts itself: the model's GGUF, one slot per batch row)"""
     base_url: str = "http://127.0.0.1:8000/v1"
     """openai: the server's base URL"""
     api: Literal["completions", "chat"] = "completions"
@@ -88,6 +92,12 @@ class BackendConfig:
     """vllm: reuse the key/value cache of shared prompt prefixes"""
     max_model_len: int = 0
     """vllm: context length (0 = the model's own)"""
+    threads: int = 0
+    """llamacpp: CPU threads of the server (0 = torch's thread count)"""
+    ctx_per_slot: int = 2048
+    """llamacpp: context tokens per slot (prompt + new tokens)"""
+    gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f32"
+    """llamacpp: weight type of a transformers folder converted to GGUF (f32: as trained)"""
 
     def validate(self) -> None:
         if self.name not in BACKENDS:
@@ -101,7 +111,13 @@ class BackendConfig:
         for key in ("tensor_parallel_size", "data_parallel_size"):
             if getattr(self, key) < 1:
                 raise EktError(f"backend.{key} must be >= 1")
-        for key in ("concurrency", "n_per_request"):
+        if self.gguf_outtype not in ("f32", "f16", "bf16", "q8_0"):
+            raise EktError(
+                f"backend.gguf_outtype must be f32, f16, bf16 or q8_0, got {self.gguf_outtype!r}"
+            )
+        if self.ctx_per_slot < 1:
+            raise EktError("backend.ctx_per_slot must be >= 1")
+        for key in ("concurrency", "n_per_request", "threads"):
             if getattr(self, key) < 0:
                 raise EktError(f"backend.{key} must be >= 0")
         for key in ("max_stop", "requests_per_minute", "tokens_per_minute",
@@ -163,6 +179,18 @@ def make_sampler(
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 max_model_len=cfg.max_model_len or None,
+            )
+        if cfg.name == "llamacpp":
+            return LlamaLocalSampler(
+                spec,
+                slots=batch_size,
+                threads=cfg.threads,
+                ctx_per_slot=cfg.ctx_per_slot,
+                outtype=cfg.gguf_outtype,
+                cache_prompt=cfg.cache_prompt,
+                timeout=cfg.request_timeout,
+                max_retries=cfg.max_retries,
+                trim_prompt=cfg.trim_prompt,
             )
         model, tok = load_model(spec, device=device)
         return TransformersSampler(model, tok, batch_size=batch_size)
