@@ -209,9 +209,14 @@ class LlamaLocalSampler:
         return self.sampler
 
     def sample(
-        self, requests: Sequence[tuple[str, Any]], params: SamplingParams
+        self,
+        requests: Sequence[tuple[str, Any]],
+        params: SamplingParams,
+        start: int | None = None,
     ) -> Iterator[Completion]:
-        yield from self.start().sample(requests, params)
+        """``LlamaServerSampler.sample`` on the server this sampler runs (``start``: the first
+        sample index, as every sampler takes it for an adaptive budget)."""
+        yield from self.start().sample(requests, params, start=start)
 
     def close(self) -> None:
         if self._finalizer is not None:
