@@ -245,9 +245,7 @@ def generate(
         todo = chunk if any(len(have[p.id]) < params.n for p in chunk) else []
         if todo:
             if live is None:
-                live = (
-                    sampler() if callable(sampler) and not hasattr(sampler, "sample") else sampler
-                )
+                live = _sampler_of(sampler)
             requests = [(p.id, make_prompt(p)) for p in todo]
             _write_shard(path, have, live.sample(requests, params), fmt, tally)  # type: ignore[union-attr]
         _finish_shard(path, chunk, have, params)
@@ -286,8 +284,10 @@ def _write_shard(
     completions: Iterable[Completion],
     fmt: PromptFormat,
     tally: _Tally,
+    written: dict[tuple[str, int], Completion] | None = None,
 ) -> None:
-    """Append the completions the shard lacks, each with its extracted program (or why not)."""
+    """Append the completions the shard lacks, each with its extracted program (or why not);
+    ``written`` (when given) gets each record as it is written."""
     with JsonlWriter(path) as writer:
         for c in completions:
             if c.sample_idx in have[c.problem_id]:
@@ -296,6 +296,8 @@ def _write_shard(
             c.program, c.extract_error = got.program, got.error
             writer.write(c)
             have[c.problem_id].add(c.sample_idx)
+            if written is not None:
+                written[(c.problem_id, c.sample_idx)] = c
             tally.new += 1
             tally.tokens += c.n_tokens
             tally.prompt_tokens += c.prompt_tokens
@@ -407,7 +409,17 @@ def _generate_adaptive(
         active = list(chunk)
         for e in entries:  # replay the rounds decided before an interruption
             active = [p for p in active if p.id not in e["left"]]
-        have = _have(path)
+        # the shard's records, read once (a resumed shard's earlier ones) and added to as
+        # rounds are written: each round's batch for the judge comes from here
+        records = {
+            (c.problem_id, c.sample_idx): c
+            for c in (
+                from_dict(Completion, obj, f"{path}:{line}") for line, obj in read_jsonl(path)
+            )
+        } if path.exists() else {}  # fmt: skip
+        have: dict[str, set[int]] = defaultdict(set)
+        for pid, i in records:
+            have[pid].add(i)
         for k in range(len(entries), len(plan)):
             if not active:
                 break
@@ -427,20 +439,14 @@ def _generate_adaptive(
                 else:
                     live = live or _sampler_of(sampler)
                     got = _draw(live, requests, rp, r.start)
-                _write_shard(path, have, got, fmt, tally)
+                _write_shard(path, have, got, fmt, tally, records)
             lacking = [p.id for p in active if any(i not in have[p.id] for i in r)]
             if lacking:
                 raise EktError(
                     f"sampler returned too few samples for {lacking[0]} in round {k} "
                     f"(and {len(lacking) - 1} more questions)"
                 )
-            ids = {p.id for p in active}
-            batch = [
-                from_dict(Completion, obj, f"{path}:{line}")
-                for line, obj in read_jsonl(path)
-                if obj["problem_id"] in ids and int(obj["sample_idx"]) in r
-            ]
-            counts = judge(batch)
+            counts = judge([records[(p.id, i)] for p in active for i in r])
             left = {
                 p.id: int(counts.get(p.id, 0))
                 for p in active
