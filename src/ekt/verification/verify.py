@@ -176,18 +176,9 @@ def verify(
 
     bar = _progress(len(inputs), len(inputs) - len(todo), progress)
     box_cfg = _deny_task_data(sandbox or SandboxConfig(), task, programs, out)
-    if cluster is not None:  # verifier actors on a Ray cluster; same output, same order
-        pool: Any = cluster.sandbox(box_cfg)
-    else:
-        pool = Sandbox(box_cfg)
-    with pool as box, JsonlWriter(out) as writer:
-        results = box.run(runnable(obj["program"], entry) for _, _, obj in todo if obj["program"])
-        for _, key, obj in todo:
-            if obj["program"]:
-                ex = next(results)
-                rec = grade_record(obj, to_dict(ex), problems[obj["problem_id"]], task)
-            else:
-                rec = no_program_record(obj)
+    with _pool(box_cfg, cluster) as box, JsonlWriter(out) as writer:
+        graded = _run_and_grade(box, [obj for _, _, obj in todo], problems, task, entry)
+        for (_, key, obj), rec in zip(todo, graded, strict=True):
             if not key.startswith(f"{obj['problem_id']}#"):
                 rec["_key"] = key
             writer.write(rec)
@@ -204,6 +195,25 @@ def verify(
         statuses=statuses,
         seconds=time.time() - t0,
     )
+
+
+def _pool(cfg: SandboxConfig, cluster: SandboxCluster | None) -> Any:
+    """The sandbox pool programs run in: here, or verifier actors on a Ray cluster (same
+    output, same order)."""
+    return cluster.sandbox(cfg) if cluster is not None else Sandbox(cfg)
+
+
+def _run_and_grade(
+    box: Any, objs: list[dict], problems: dict[str, Problem], task: Task, entry: str
+) -> Iterator[dict]:
+    """The graded record of each input, in order: its program run in ``box`` (one batch,
+    streamed), or the no-program record of a sample without one."""
+    results = box.run(runnable(o["program"], entry) for o in objs if o["program"])
+    for obj in objs:
+        if obj["program"]:
+            yield grade_record(obj, to_dict(next(results)), problems[obj["problem_id"]], task)
+        else:
+            yield no_program_record(obj)
 
 
 class RoundJudge:
@@ -233,7 +243,7 @@ class RoundJudge:
             for i, obj in read_jsonl(self.out):
                 self._note(obj, obj.get("_key") or _key(obj, i - 1))
         box_cfg = _deny_task_data(sandbox or SandboxConfig(), task, samples_dir, self.out)
-        self._pool: Any = cluster.sandbox(box_cfg) if cluster is not None else Sandbox(box_cfg)
+        self._pool: Any = _pool(box_cfg, cluster)
         self._box: Any = None
         self.ran = 0  # programs run by this judge
 
@@ -254,25 +264,16 @@ class RoundJudge:
     def __call__(self, completions: list[Completion]) -> dict[str, int]:
         if self._box is None:
             raise EktError("RoundJudge is used inside a `with` block (its sandbox pool)")
-        todo = [
-            to_dict(c) for c in completions if f"{c.problem_id}#{c.sample_idx}" not in self.done
-        ]
+        todo = [o for o in map(to_dict, completions) if _key(o, 0) not in self.done]
         missing = {c.problem_id for c in completions} - self._problems.keys()
         if missing:  # a split's file is read once, not every round
             self._problems.update(self.task.by_id(missing))
-        problems = self._problems
         with JsonlWriter(self.out) as writer:
-            programs = (runnable(o["program"], self.entry) for o in todo if o["program"])
-            results = self._box.run(programs)
-            for obj in todo:
-                if obj["program"]:
-                    ex = next(results)
-                    rec = grade_record(obj, to_dict(ex), problems[obj["problem_id"]], self.task)
-                    self.ran += 1
-                else:
-                    rec = no_program_record(obj)
+            graded = _run_and_grade(self._box, todo, self._problems, self.task, self.entry)
+            for obj, rec in zip(todo, graded, strict=True):
+                self.ran += bool(obj["program"])
                 writer.write(rec)
-                self._note(rec, f"{obj['problem_id']}#{obj['sample_idx']}")
+                self._note(rec, _key(obj, 0))
         return {c.problem_id: len(self.correct.get(c.problem_id, ())) for c in completions}
 
 
