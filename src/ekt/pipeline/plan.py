@@ -52,6 +52,7 @@ from ekt.data.supervised import reference_program
 from ekt.data.tasks import get_task
 from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig
+from ekt.generation.backends.openai_compat import CHARS_PER_TOKEN
 from ekt.generation.budget import expected_samples
 from ekt.generation.generate import cost_of, prompt_maker, shard_paths, usage
 from ekt.generation.sampling import chat_ids
@@ -64,7 +65,6 @@ from ekt.records import Problem, read_jsonl
 
 # pass@1 values the adaptive budget is projected at when no previous run measured any
 ASSUMED_PASS_AT_1 = (0.05, 0.3, 0.6)
-CHARS_PER_TOKEN = 4  # the estimate for a model whose tokenizer is not here (as openai_compat)
 
 # -- tokenizers: the only part of a model a plan loads --------------------------------------
 

@@ -91,6 +91,7 @@ from ekt.records import Completion
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # Servers that refuse more stop strings than this (the request fails with HTTP 400).
 STOP_LIMITS = {"api.openai.com": 4}
+CHARS_PER_TOKEN = 4  # the estimate of a prompt's tokens where no tokenizer counts them
 
 
 class RateLimiter:
@@ -298,13 +299,14 @@ class OpenAISampler:
         return out
 
     def _estimate(self, body: dict) -> float:
-        """Tokens a request may use: its prompt (4 characters a token) and max_tokens per choice."""
+        """Tokens a request may use: its prompt (``CHARS_PER_TOKEN`` characters a token) and
+        max_tokens per choice."""
         chars = len(body.get("prompt") or "") + sum(
             len(str(m.get("content", ""))) for m in body.get("messages") or []
         )
         # llama.cpp's own endpoint names them n_predict and takes one sample per request
         most = body.get("max_tokens", body.get("n_predict", 0))
-        return chars / 4 + most * body.get("n", 1)
+        return chars / CHARS_PER_TOKEN + most * body.get("n", 1)
 
     def _answered(self, out: dict) -> bool:
         """Whether a parsed response body carries an answer (here: a ``choices`` list)."""
