@@ -170,15 +170,11 @@ class LlamaLocalSampler:
         log: str | Path | None = None,
         **sampler_kw: Any,
     ):
-        from ekt.generation.backends.llamacpp_server import find_llama_server
+        from ekt.generation.backends.llamacpp_server import require_llama_server
 
         if slots < 1:
             raise EktError(f"backend llamacpp: slots must be >= 1, got {slots}")
-        if find_llama_server() is None:
-            raise EktError(
-                "backend llamacpp needs llama.cpp's llama-server: build it once with "
-                "`make llama-server` (scripts/build_llama_server.sh) or set EKT_LLAMA_SERVER"
-            )
+        require_llama_server()  # fail before the first sample() when there is no binary
         self.spec = spec
         self.slots = slots
         self.threads = threads or _default_threads()

@@ -221,12 +221,7 @@ class LlamaServerProcess:
 
         from ekt.generation.backends.openai_compat import wait_for_server
 
-        exe = Path(binary) if binary else find_llama_server()
-        if exe is None:
-            raise EktError(
-                "llama-server not found: build it with `make llama-server` "
-                "(scripts/build_llama_server.sh) or set EKT_LLAMA_SERVER"
-            )
+        exe = Path(binary) if binary else require_llama_server()
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -269,6 +264,17 @@ class LlamaServerProcess:
         self.stop()
 
 
+def require_llama_server() -> Path:
+    """``find_llama_server()``, or an error that says how to get the binary."""
+    exe = find_llama_server()
+    if exe is None:
+        raise EktError(
+            "llama-server not found: build it once with `make llama-server` "
+            "(scripts/build_llama_server.sh) or set EKT_LLAMA_SERVER"
+        )
+    return exe
+
+
 def find_llama_server() -> Path | None:
     """The ``llama-server`` binary: ``$EKT_LLAMA_SERVER``, the cached build, else ``PATH``."""
     from ekt.models import cache_dir
@@ -292,6 +298,7 @@ __all__ = [
     "LlamaServerSampler",
     "ServerInfo",
     "find_llama_server",
+    "require_llama_server",
     "probe",
     "server_root",
 ]
