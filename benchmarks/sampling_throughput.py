@@ -153,6 +153,16 @@ def main(argv: list[str] | None = None) -> None:
         default="transformers",
         help="ekt side: its own sampler (default) or backend llamacpp (a llama-server it starts)",
     )
+    ap.add_argument(
+        "--float32-decode",
+        action="store_true",
+        help="ekt side with backend.gguf_decode off: decode with the dequantised float32 weights",
+    )
+    ap.add_argument(
+        "--compare-float32",
+        action="store_true",
+        help="also sample with float32 decoding and count the samples that come out identical",
+    )
     args = ap.parse_args(argv)
     if args.vs == "llama.cpp" and not args.threads:
         args.threads = 2
@@ -161,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ekt.data.prompts import STOP_STRINGS, teacher_prompt
     from ekt.data.tasks import GSM8K
+    from ekt.generation import qkernel
     from ekt.generation.sampling import SamplingParams, TransformersSampler
     from ekt.models import load_model
 
@@ -189,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
-    kw = {} if args.batch_size is None else {"batch_size": args.batch_size}
-    sampler = TransformersSampler(model, tok, progress=False, heal_prompt=not args.no_heal, **kw)
+    kw: dict = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    kw.update(progress=False, heal_prompt=not args.no_heal)
+    # What backend.gguf_decode (on by default) gives make_sampler: the GGUF's own blocks.
+    quantized = None if args.float32_decode else qkernel.for_spec(model, args.model)
+    sampler = TransformersSampler(model, tok, quantized=quantized, **kw)
     if args.ekt_backend == "llamacpp":
         from ekt.generation.backends import BackendConfig, make_sampler
 
@@ -208,9 +222,22 @@ def main(argv: list[str] | None = None) -> None:
     ekt_rate = ekt_tokens / wall
     print(
         f"ekt ({args.ekt_backend}): {len(out)} samples, {ekt_tokens} tokens "
-        f"({ekt_tokens / len(out):.1f}/sample) in {wall:.1f}s = {ekt_rate:.1f} tokens/s",
+        f"({ekt_tokens / len(out):.1f}/sample) in {wall:.1f}s = {ekt_rate:.1f} tokens/s"
+        f" ({'float32' if quantized is None else 'GGUF blocks'} decode)",
         flush=True,
     )
+    if args.compare_float32 and quantized is not None:
+        t1 = time.perf_counter()
+        plain = list(TransformersSampler(model, tok, **kw).sample(requests, params))
+        plain_wall = time.perf_counter() - t1
+        same = sum(a.text == b.text for a, b in zip(out, plain))
+        plain_tokens = sum(c.n_tokens for c in plain)
+        print(
+            f"float32 decode: {plain_tokens} tokens in {plain_wall:.1f}s = "
+            f"{plain_tokens / plain_wall:.1f} tokens/s; identical samples {same}/{len(out)} "
+            f"(GGUF blocks {ekt_rate / (plain_tokens / plain_wall):.2f}x float32)",
+            flush=True,
+        )
 
     if args.vs == "llama.cpp":
         batch = args.batch_size or TransformersSampler(model, tok).batch_size

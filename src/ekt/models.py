@@ -237,6 +237,17 @@ def convert_gguf(gguf: str | Path, label: str | None = None) -> Path:
     return out
 
 
+def shipped_gguf(spec: str) -> Path | None:
+    """The GGUF file a spec's weights come from as they ship (a preset, a .gguf file), or
+    None (a transformers folder or hub id)."""
+    if spec in PRESETS:
+        return preset_gguf(spec)
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return path
+    return None
+
+
 def _unknown(spec: str) -> EktError:
     names = ", ".join(PRESETS)
     return EktError(

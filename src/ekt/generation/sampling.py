@@ -58,6 +58,7 @@ vLLM, an OpenAI-compatible server) fit behind the same protocol.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 from collections import deque
@@ -194,6 +195,7 @@ class TransformersSampler:
         pack_prompts: bool = True,
         heal_prompt: bool = True,
         shared_prefix: bool | None = None,
+        quantized: Any = None,
     ):
         if batch_size < 1:
             raise EktError(f"--batch-size must be >= 1, got {batch_size}")
@@ -204,6 +206,8 @@ class TransformersSampler:
         self.pack_prompts = pack_prompts
         self.heal_prompt = heal_prompt
         self.shared_prefix = shared_prefix  # None: when the model supports it
+        # ekt.generation.qkernel.QuantizedLinears: decode steps multiply with a GGUF's blocks
+        self.quantized = quantized
         self._shared_ok: bool | None = None
         eos = tokenizer.eos_token_id
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -301,17 +305,19 @@ class TransformersSampler:
             disable=not self.progress,
             mininterval=0.1 if tty else 30.0,
         )
+        quantized = self.quantized.active() if self.quantized else contextlib.nullcontext()
         try:
-            if requests and self._use_shared_prefix():
-                groups = [list(requests)] if self.pack_prompts else [[r] for r in requests]
-                for group in groups:
-                    for c in self._sample_shared(group, params, first):
+            with quantized:
+                if requests and self._use_shared_prefix():
+                    groups = [list(requests)] if self.pack_prompts else [[r] for r in requests]
+                    for group in groups:
+                        for c in self._sample_shared(group, params, first):
+                            bar.update(1)
+                            yield c
+                else:
+                    for c in self._sample_padded(requests, params, first):
                         bar.update(1)
                         yield c
-            else:
-                for c in self._sample_padded(requests, params, first):
-                    bar.update(1)
-                    yield c
         finally:
             bar.close()
 

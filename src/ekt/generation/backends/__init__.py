@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ekt.errors import EktError
+from ekt.generation import qkernel
 from ekt.generation.backends import llamacpp_server as ls
 from ekt.generation.backends.llamacpp_local import LlamaLocalSampler
 from ekt.generation.backends.openai_compat import OpenAISampler
@@ -98,6 +99,10 @@ class BackendConfig:
     """llamacpp: context tokens per slot (prompt + new tokens)"""
     gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] = "f32"
     """llamacpp: weight type of a transformers folder converted to GGUF (f32: as trained)"""
+    gguf_decode: bool = True
+    """transformers on a CPU, a model that ships as GGUF (a preset, a .gguf file): decode steps
+    multiply with its quantised blocks as they ship (the float32 model's product, summed in
+    another order; ekt.generation.qkernel) instead of the dequantised float32 weights"""
 
     def validate(self) -> None:
         if self.name not in BACKENDS:
@@ -193,7 +198,8 @@ def make_sampler(
                 trim_prompt=cfg.trim_prompt,
             )
         model, tok = load_model(spec, device=device)
-        return TransformersSampler(model, tok, batch_size=batch_size)
+        quantized = qkernel.for_spec(model, spec) if cfg.gguf_decode else None
+        return TransformersSampler(model, tok, batch_size=batch_size, quantized=quantized)
 
     return make
 

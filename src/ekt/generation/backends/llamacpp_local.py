@@ -138,10 +138,11 @@ def convert_to_gguf(folder: str | Path, outtype: str = "f32") -> Path:
 
 def model_gguf(spec: str, outtype: str = "f32") -> Path:
     """The GGUF llama-server loads for a model spec (preset, .gguf file, transformers folder)."""
-    from ekt.models import PRESETS, preset_gguf
+    from ekt.models import shipped_gguf
 
-    if spec in PRESETS:
-        return preset_gguf(spec)
+    shipped = shipped_gguf(spec)
+    if shipped is not None:
+        return shipped
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
