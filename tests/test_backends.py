@@ -6,6 +6,7 @@ The vLLM engine itself needs a CUDA GPU; its end-to-end test skips here with the
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -210,9 +211,11 @@ def test_vllm_index_ranges_are_one_seeded_request_per_index():
     assert all(x["n"] == 1 for call in sampler._llm.calls for x in call)
     greedy = list(sampler.sample([("a", "p")], SamplingParams(n=3, temperature=0), start=4))
     assert [c.sample_idx for c in greedy] == [4, 5, 6] and len({c.text for c in greedy}) == 1
-    # start=None: one request of n samples, seeded as before
-    whole = list(sampler.sample([("a", "p")], SamplingParams(n=1, temperature=0.8, seed=5)))
-    assert whole[0].text == f"s{derive_seed(5, 'a', 0) % 2**31}"
+    # start=None: indices 0 .. n-1, each drawn as a round would draw it
+    whole = list(sampler.sample([("a", "p")], SamplingParams(n=4, temperature=0.8, seed=5)))
+    rounds = [c for i in (0, 2) for c in sampler.sample([("a", "p")], replace(sp, n=2), i)]
+    assert [c.text for c in whole] == [c.text for c in rounds]
+    assert [c.sample_idx for c in whole] == [0, 1, 2, 3]
 
 
 def test_llamacpp_backend_flags_reach_its_sampler(monkeypatch):

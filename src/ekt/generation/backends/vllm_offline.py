@@ -2,8 +2,8 @@
 
 ``VLLMSampler(model, ...).sample(requests, params)`` maps ``SamplingParams``
 one to one onto vLLM's: ``n``, ``temperature``, ``top_p``, ``max_tokens``,
-``stop`` and a per-request ``seed = f(seed, problem)``, so a seeded job is
-reproducible on the same hardware and vLLM version. Automatic prefix caching
+``stop``, with one request per sample index seeded from (seed, problem, index),
+so a seeded job is reproducible on the same hardware and vLLM version. Automatic prefix caching
 (on by default) lets every prompt reuse the few-shot prefix's key/value
 blocks. ``tensor_parallel_size`` shards one model over that many GPUs;
 ``data_parallel_size`` > 1 starts that many engine processes, each on its own
@@ -18,11 +18,12 @@ ids. Greedy (temperature 0) asks for one sample and reports it ``n`` times, as t
 other samplers do. ``n_tokens`` is the number of generated token ids vLLM
 reports, which include the token that completed a stop string.
 
-``sample(..., start=i)`` (an adaptive teacher budget's rounds) draws indices
-``i .. i+n-1`` as one single-sample request each, seeded from (seed, problem,
-index), so every round draws each index the same way whatever the rounds are;
-these are not the samples of a ``start=None`` call, whose ``n`` samples share
-one request's seed.
+Every sample index is its own single-sample request, seeded from (seed, problem,
+index), as every other ekt sampler seeds it: ``sample(..., start=i)`` (an adaptive
+teacher budget's rounds) draws indices ``i .. i+n-1`` exactly as a whole call
+(``start=None``, indices ``0 .. n-1``) draws them, whatever the rounds are, so an
+adaptive run keeps a full run's pairs. The prefix cache computes a prompt once for
+all of its indices (vLLM splits an ``n > 1`` request into ``n`` sequences anyway).
 """
 
 from __future__ import annotations
@@ -143,17 +144,12 @@ class VLLMSampler:
         params: SamplingParams,
         start: int | None = None,
     ) -> Iterator[Completion]:
+        start = start or 0
         if self.data_parallel_size > 1:
             yield from self._sample_replicas(requests, params, start)
             return
-        llm = self._engine()
-        if start is not None:  # one request per sample index (module docstring)
-            yield from self._sample_indices(llm, requests, params, start)
-            return
-        for s in range(0, len(requests), self.chunk_size):
-            chunk = requests[s : s + self.chunk_size]
-            for (pid, _), out in zip(chunk, self._generate(llm, chunk, params)):
-                yield from to_completions(pid, out.outputs, params)
+        # one request per sample index (module docstring)
+        yield from self._sample_indices(self._engine(), requests, params, start)
 
     def _sample_indices(
         self, llm: Any, requests: Sequence[tuple[str, str]], params: SamplingParams, start: int

@@ -430,7 +430,8 @@ class QuantizedLinears:
 def _forward(mod: Any, p: Packed, threads: int) -> Any:
     import torch
 
-    plain = type(mod).forward.__get__(mod)
+    # what the module ran before (a hook's wrapper, e.g. accelerate's, or its own forward)
+    plain = mod.__dict__.get("forward") or type(mod).forward.__get__(mod)
 
     def forward(x: Any) -> Any:
         if (
