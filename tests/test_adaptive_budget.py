@@ -451,3 +451,38 @@ def test_adaptive_rounds_through_a_shard_cluster(tmp_path, task, problems):
         out[name] = _samples(d)
     assert out["cluster"] == out["local"] and len(out["local"]) < 48
     assert {start for _, start in cluster.jobs} >= {0, 2}  # rounds, as index ranges
+
+
+def test_ekt_generate_takes_the_adaptive_budget(tiny_model_dir, data_dir, tmp_path, capsys):
+    """`ekt generate --sampling.budget adaptive`: rounds graded in the sandbox as they are
+    drawn; a question the tiny model cannot solve leaves after give_up_after samples."""
+    from ekt.cli import main
+
+    out = tmp_path / "gen"
+    argv = [
+        "generate", "--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--limit", "3",
+        "--n", "8", "--max-new-tokens", "12", "--device", "cpu", "--out", str(out),
+        "--sampling.budget", "adaptive", "--sampling.round_size", "2",
+        "--sampling.give_up_after", "4", "--keep", "first",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    samples = [json.loads(x) for p in sorted((out / "samples").glob("*.jsonl"))
+               for x in p.read_text().splitlines()]  # fmt: skip
+    graded = [json.loads(x) for x in (out / "executions.jsonl").read_text().splitlines()]
+    by_q = {}
+    for s in samples:
+        by_q.setdefault(s["problem_id"], []).append(s["sample_idx"])
+    assert len(by_q) == 3
+    for pid, idx in by_q.items():
+        solved = any(g["correct"] for g in graded if g["problem_id"] == pid)
+        assert sorted(idx) == list(range(len(idx)))
+        assert len(idx) == (len(idx) if solved else 4) and len(idx) < 8
+    assert {(g["problem_id"], g["sample_idx"]) for g in graded} == {
+        (s["problem_id"], s["sample_idx"]) for s in samples
+    }
+    assert (out / "budget.jsonl").is_file() and "executions.jsonl" in said
+    # --force starts over: old grades go with the old samples
+    assert main(argv + ["--force"]) == 0
+    again = (out / "executions.jsonl").read_text().splitlines()
+    assert len(again) == len(graded)

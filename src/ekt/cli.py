@@ -22,6 +22,7 @@ exit 2; add ``--debug`` for the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -60,13 +61,14 @@ from ekt.pipeline.distributed import RayCluster, import_ray
 from ekt.pipeline.experiment import run_experiment
 from ekt.pipeline.export import export, push_to_hub, student_folder
 from ekt.pipeline.plan import plan_experiment, render
+from ekt.pipeline.run import adaptive_budget
 from ekt.report.build import add_statistics, build_report
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.config import TrainConfig
 from ekt.training.kd import KDConfig, train_kd
 from ekt.training.train import train_student
 from ekt.verification.filtering import filter_stage
-from ekt.verification.verify import iter_inputs, verify
+from ekt.verification.verify import RoundJudge, iter_inputs, verify
 
 # -- each subcommand's options ------------------------------------------------------------
 
@@ -93,6 +95,14 @@ class GenerateOptions(TaskConfig):
     """cpu | cuda | cuda:N (None: cuda if present)"""
     sampling: TeacherSampling = field(default_factory=TeacherSampling)
     """how to sample"""
+    keep: Literal["first", "all"] = RunConfig.keep
+    """--sampling.budget adaptive: what `ekt filter --keep` will keep (first: a question leaves
+    with one correct program; all: with --sampling.target distinct ones)"""
+    executions: str = ""
+    """--sampling.budget adaptive: the graded rounds, as `ekt verify` writes them ('': OUT/
+    executions.jsonl; `ekt filter` reads it)"""
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    """--sampling.budget adaptive: where each round's programs run"""
     ray: RayCluster | None = None
     """on a Ray cluster (--ray [ADDRESS]; pip install 'ekt[ray]')"""
 
@@ -123,7 +133,7 @@ class FilterOptions(TaskConfig):
     """`ekt verify` output file(s) (required)"""
     out: str = "train_pairs.jsonl"
     """the training pairs"""
-    keep: Literal["first", "all"] = "first"
+    keep: Literal["first", "all"] = RunConfig.keep
     """first correct program per question (published) or all unique ones"""
     decontaminate: str = "test"
     """drop questions that also appear in this split's file ('' to disable)"""
@@ -361,27 +371,44 @@ def cmd_generate(o: GenerateOptions, _: Any) -> None:
     backend.validate()
     fmt = load_format(o.sampling.prompt_format)
     _check_format_and_api(fmt, backend)
-    problems = _limited(o.load_task((o.sampling.prompt_format,)).load(o.split), o.limit)
+    task = o.load_task((o.sampling.prompt_format,))
+    problems = _limited(task.load(o.split), o.limit)
     if backend.name == "openai":  # the weights are the server's: name them by where they live
         fingerprint = f"openai:{backend.base_url}:{backend.served_model or o.model}"
     else:
         fingerprint = model_fingerprint(o.model)
     settings = {"model": o.model, "model_fingerprint": fingerprint, "task": o.task,
                 "split": o.split, "dev_size": o.dev_size}  # fmt: skip
-    summary = generate(
-        make_sampler(o.model, o.device, o.sampling.batch_size, backend),
-        problems,
-        o.out,
-        format_stops(o.sampling.sampling_params(), fmt),
-        prompt=o.prompt,
-        shard_size=o.shard_size,
-        settings=settings,
-        force=o.force,
-        cluster=_cluster(o.ray, backend, None),
-        prompt_format=fmt,
-        price=backend.price,
-    )
+    budget = adaptive_budget(o.sampling, o.keep)
+    cluster = _cluster(o.ray, backend, o.sandbox.workers if budget else None)
+    with contextlib.ExitStack() as stack:
+        judge = None
+        if budget is not None:  # each round verified before the next is drawn
+            executions = Path(o.executions or Path(o.out) / "executions.jsonl")
+            if o.force:  # the grades of the samples --force discards
+                executions.unlink(missing_ok=True)
+            judge = stack.enter_context(
+                RoundJudge(o.out, executions, task, o.sandbox, cluster=cluster,
+                           prompt_format=o.sampling.prompt_format)  # fmt: skip
+            )
+        summary = generate(
+            make_sampler(o.model, o.device, o.sampling.batch_size, backend),
+            problems,
+            o.out,
+            format_stops(o.sampling.sampling_params(), fmt),
+            prompt=o.prompt,
+            shard_size=o.shard_size,
+            settings=settings,
+            force=o.force,
+            cluster=cluster,
+            prompt_format=fmt,
+            price=backend.price,
+            budget=budget,
+            judge=judge,
+        )
     print(summary.line())
+    if budget is not None:
+        print(f"graded rounds: {executions} (ekt filter --executions {executions})")
 
 
 def _check_format_and_api(fmt: PromptFormat, backend: BackendConfig) -> None:
