@@ -32,16 +32,17 @@ JSON form. Nothing is loaded but tokenizers; nothing is written.
 A previous run's measurements are used only when its ``config.yaml`` agrees on the
 settings that shape them (model, prompt format, temperature, max_new_tokens...);
 otherwise the plan says which key differs and falls back to the bounds.
+
+This module is the planner (``plan_experiment``: the stages of each cell and their
+bill). What it measures with (tokenizers, a previous run's files, training steps) is
+in ``ekt.pipeline.plan_measure``; the ``Stage``/``Plan`` records and the printed table
+are in ``ekt.pipeline.plan_render``. Both are re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,240 +55,30 @@ from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig
 from ekt.generation.backends.openai_compat import CHARS_PER_TOKEN
 from ekt.generation.budget import expected_samples
-from ekt.generation.generate import cost_of, prompt_maker, shard_paths, usage
-from ekt.generation.sampling import chat_ids
+from ekt.generation.generate import cost_of, prompt_maker
 from ekt.layout import RunLayout
-from ekt.models import PRESETS, converted_dir, preset_gguf, resolve_model
+from ekt.models import PRESETS, preset_gguf, resolve_model
 from ekt.pipeline.config import RunConfig, dump_config
 from ekt.pipeline.matrix import pair_config, slug
+from ekt.pipeline.plan_measure import (
+    Measured,
+    count_records,
+    load_tokenizer,
+    measured_usage,
+    prompt_lengths,
+    results_usage,
+    round_attempted,
+    success_counts,
+    train_steps,
+)
+from ekt.pipeline.plan_render import Plan, Stage, num, render
 from ekt.pipeline.run import config_changes
-from ekt.records import Problem, read_jsonl
+from ekt.records import Problem
 
 # pass@1 values the adaptive budget is projected at when no previous run measured any
 ASSUMED_PASS_AT_1 = (0.05, 0.3, 0.6)
 
-# -- tokenizers: the only part of a model a plan loads --------------------------------------
-
-
-@functools.cache
-def load_tokenizer(spec: str) -> Any | None:
-    """The tokenizer of a model spec, read from local files only (None: not on this machine).
-
-    A preset or GGUF file is read from its converted HF folder when one is cached (about a
-    second; the conversion checked that it encodes exactly like the GGUF one), else from
-    the GGUF file itself (exact, but tens of seconds for Gemma's 262k-token vocabulary).
-    Weights are never read.
-    """
-    from transformers import AutoTokenizer
-
-    path = Path(spec).expanduser()
-    gguf: Path | None = None
-    label = None
-    if spec in PRESETS:
-        gguf, label = preset_gguf(spec), spec
-    elif path.suffix.lower() == ".gguf" and path.is_file():
-        gguf = path.resolve()
-    if gguf is not None:
-        folder = converted_dir(gguf, label)
-        if (folder / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(str(folder))
-        print(
-            f"plan: reading the tokenizer of {spec} from its GGUF file (slow: up to ~30 s; "
-            f"`ekt models {spec}` converts it once, then it takes a second)",
-            file=sys.stderr,
-            flush=True,
-        )
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    try:
-        return AutoTokenizer.from_pretrained(
-            str(path) if path.is_dir() else spec, local_files_only=True
-        )
-    except (OSError, ValueError):
-        return None
-
-
-def prompt_lengths(
-    tokenizer: Any | None, prompts: Sequence[Any], api: bool = False
-) -> tuple[list[int], bool]:
-    """Tokens of each prompt (text or chat messages) as the sampler encodes it, and whether
-    they are exact (False: no tokenizer, or an API chat prompt the local tokenizer cannot
-    render: 4 characters a token)."""
-    if not prompts:
-        return [], True
-    if tokenizer is None:
-        return [_chars(p) // CHARS_PER_TOKEN + 1 for p in prompts], False
-    if isinstance(prompts[0], str):
-        return [len(ids) for ids in tokenizer(list(prompts)).input_ids], True
-    try:
-        return [len(chat_ids(tokenizer, p)) for p in prompts], True
-    except EktError:
-        if not api:  # a local engine renders it with this tokenizer: the run would fail too
-            raise
-        return [_chars(p) // CHARS_PER_TOKEN + 1 for p in prompts], False
-
-
-def _chars(prompt: Any) -> int:
-    return len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
-
-
-# -- what a previous run measured ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Measured:
-    """Token usage of a previous run's samples of one stage (``generate.usage``)."""
-
-    samples: int
-    completion_tokens: int
-    prompt_tokens: int  # billed prompt tokens (API backends; 0: not reported)
-
-    @property
-    def per_sample(self) -> float:
-        return self.completion_tokens / self.samples
-
-    @property
-    def prompt_per_sample(self) -> float:
-        return self.prompt_tokens / self.samples
-
-
-def measured_usage(*folders: Path) -> Measured | None:
-    """What the sample shards of generate folders add up to (None: no samples there)."""
-    total = [0, 0, 0]
-    for f in folders:
-        if f.is_dir() and shard_paths(f):
-            u = usage(f)
-            total = [
-                total[0] + u["samples"],
-                total[1] + u["completion_tokens"],
-                total[2] + u["prompt_tokens"],
-            ]
-    return Measured(*total) if total[0] else None
-
-
-def results_usage(results: Path, stage: str = "teacher_generate") -> Measured | None:
-    """A stage's token usage as a previous run's ``results.json`` recorded it (``stages``), for
-    a run folder whose sample shards are gone (None: not recorded)."""
-    try:
-        u = json.loads(results.read_text(encoding="utf-8"))["stages"][stage]
-        m = Measured(int(u["samples"]), int(u["completion_tokens"]), int(u["prompt_tokens"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return m if m.samples > 0 else None
-
-
-def success_counts(executions: Path) -> dict[str, tuple[int, int]]:
-    """(correct, verified) samples per question in a verification output (empty: none)."""
-    out: dict[str, list[int]] = {}
-    if not executions.is_file():
-        return {}
-    for _, rec in read_jsonl(executions):
-        c = out.setdefault(str(rec["problem_id"]), [0, 0])
-        c[0] += bool(rec.get("correct"))
-        c[1] += 1
-    return {k: (a, b) for k, (a, b) in out.items()}
-
-
-def _count_records(path: Path) -> int | None:
-    return sum(1 for _ in read_jsonl(path)) if path.is_file() else None
-
-
-def train_steps(pairs: int, cfg: Any) -> int:
-    """Optimizer steps of a training on ``pairs`` examples, as transformers' Trainer counts
-    them: ``max_steps`` when set, else epochs x ceil(micro-batches / accumulation)."""
-    if cfg.max_steps > 0:
-        return int(cfg.max_steps)
-    if pairs <= 0:
-        return 0
-    micro = math.ceil(pairs / cfg.per_device_train_batch_size)
-    accumulation = cfg.batch_size // cfg.per_device_train_batch_size
-    per_epoch = max(math.ceil(micro / accumulation), 1)
-    return math.ceil(cfg.num_train_epochs * per_epoch)
-
-
-# -- the plan ------------------------------------------------------------------------------
-
-
-@dataclass
-class Stage:
-    """One stage's bill. ``*_max`` are bounds (the budget's every sample, ``max_new_tokens``
-    each); ``expected_*`` use what a previous run measured, and equal the bounds where
-    nothing was measured."""
-
-    key: str  # its identity: a stage matrix cells share is listed once
-    name: str
-    model: str = ""
-    cell: str = ""  # the matrix cell, "shared", or "" (a single-pair run)
-    prompts: int = 0  # distinct prompts (questions)
-    samples_max: float = 0
-    samples_expected: float = 0
-    prompt_tokens_max: float = 0
-    prompt_tokens_expected: float = 0
-    completion_tokens_max: float = 0
-    completion_tokens_expected: float = 0
-    cost_max: float | None = None
-    cost_expected: float | None = None
-    programs: float = 0  # programs the sandbox runs (verification)
-    pairs: int | None = None  # training stages: pairs (exact when a previous run has them)
-    steps: int | None = None  # optimizer steps
-    exact_pairs: bool = False  # False: pairs (and steps) are an upper bound
-    approx_prompt: bool = False  # prompt tokens estimated (no local tokenizer)
-    budget: dict[str, Any] | None = None  # full against adaptive (teacher sampling)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Plan:
-    name: str
-    run_dir: str
-    cells: list[str]
-    stages: list[Stage]
-    notes: list[str] = field(default_factory=list)
-
-    def totals(self) -> dict[str, Any]:
-        keys = (
-            "samples_max",
-            "samples_expected",
-            "prompt_tokens_max",
-            "prompt_tokens_expected",
-            "completion_tokens_max",
-            "completion_tokens_expected",
-            "programs",
-        )
-        out: dict[str, Any] = {k: round(sum(getattr(s, k) for s in self.stages)) for k in keys}
-        for k in ("cost_max", "cost_expected"):
-            costs = [getattr(s, k) for s in self.stages if getattr(s, k) is not None]
-            out[k] = round(sum(costs), 6) if costs else None
-        return out
-
-    def summary(self) -> str:
-        t = self.totals()
-        tokens = t["prompt_tokens_max"] + t["completion_tokens_max"]
-        exp = t["prompt_tokens_expected"] + t["completion_tokens_expected"]
-        cost = "no price table" if t["cost_max"] is None else f"${t['cost_max']:,.2f} at most"
-        if t["cost_expected"] is not None and t["cost_expected"] != t["cost_max"]:
-            cost += f", ${t['cost_expected']:,.2f} expected"
-        line = f"total: {_n(t['samples_max'])} samples"
-        if t["samples_expected"] != t["samples_max"]:
-            line += f" ({_n(t['samples_expected'])} expected)"
-        line += f", {_n(tokens)} tokens at most"
-        if exp != tokens:
-            line += f" ({_n(exp)} expected)"
-        return f"{line}, cost: {cost}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "run_dir": self.run_dir,
-            "cells": self.cells,
-            "stages": [asdict(s) for s in self.stages],
-            "totals": self.totals(),
-            "notes": self.notes,
-            "summary": self.summary(),
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
+# -- the planner ---------------------------------------------------------------------------
 
 TokenizerLoader = Callable[[str], Any | None]
 
@@ -400,7 +191,7 @@ class _Planner:
             stage.completion_tokens_expected = measured.per_sample * stage.samples_expected
             stage.notes.append(
                 f"measured: {measured.per_sample:.1f} completion tokens per sample over "
-                f"{_n(measured.samples)} samples of the previous run"
+                f"{num(measured.samples)} samples of the previous run"
             )
         else:
             stage.completion_tokens_expected = stage.samples_expected * max_new_tokens
@@ -481,7 +272,7 @@ class _Planner:
                     shared,
                     prompts=q,
                     programs=refs,
-                    notes=[f"{_n(refs)} of {_n(q)} questions have annotations forming a program"],
+                    notes=[f"{num(refs)} of {num(q)} questions have annotations forming a program"],
                 )
             )
             pairs_upper["supervised"] = refs
@@ -591,7 +382,7 @@ class _Planner:
         own = method in ("ekt", "kd", "seq-kd")  # depends on both models: the cell's own
         key = f"train:{method}:{cfg.teacher if own else ''}|{cfg.student}"
         where = label if own or not matrix else "shared"
-        pairs = _count_records(layout.method_pairs(method))
+        pairs = count_records(layout.method_pairs(method))
         if self.differs(
             layout,
             cfg,
@@ -661,11 +452,11 @@ class _Planner:
                 "shared" if matrix else "",
             )
             rl = el.round(r)
-            attempted = None if why else _attempted(rl.record)
+            attempted = None if why else round_attempted(rl.record)
             expected = None
             if attempted is not None:
                 expected = [sp.n * attempted / q] * q if q else []
-                stage.notes.append(f"the previous run sampled {_n(attempted)} questions here")
+                stage.notes.append(f"the previous run sampled {num(attempted)} questions here")
             elif finished and r > 1:
                 expected = [0.0] * q
                 stage.notes.append("the previous run stopped before this round")
@@ -677,18 +468,10 @@ class _Planner:
                 most = q * (1 if ei.keep == "first" else sp.n)
                 stage.notes.append(
                     f"{cfg.student} samples few-shot; each round then trains on the pairs so far "
-                    f"(at most {_n(most)} pairs, {_n(train_steps(most, cfg.train))} steps); "
+                    f"(at most {num(most)} pairs, {num(train_steps(most, cfg.train))} steps); "
                     "later rounds sample the questions still unsolved (at most all)"
                 )
             self.add(stage)
-
-
-def _attempted(record: Path) -> int | None:
-    """Questions a finished expert-iteration round sampled (its ``round.json``), or None."""
-    try:
-        return int(json.loads(record.read_text(encoding="utf-8"))["attempted"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _requests(samples: float, calls: float, backend: BackendConfig) -> float:
@@ -757,99 +540,6 @@ def _check_spec(role: str, spec: str) -> None:
             resolve_model(spec)
     except EktError as e:
         raise EktError(f"{role}: {e}") from None
-
-
-# -- the printed plan ----------------------------------------------------------------------
-
-
-def _n(x: float | int | None) -> str:
-    return "-" if x is None else f"{round(x):,}"
-
-
-def _cost(x: float | None) -> str:
-    return "-" if x is None else f"${x:,.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
-
-
-def _pair(a: float, b: float) -> str:
-    return _n(a) if round(a) == round(b) else f"{_n(b)} / {_n(a)}"
-
-
-def render(plan: Plan, command: str = "") -> str:
-    """The plan as text: a table of stages (expected / at most where they differ), the
-    adaptive budget's projection, notes, and a one-line summary at the end."""
-    lines = [f"plan of run {plan.name} ({plan.run_dir}): no model is loaded, only tokenizers"]
-    if command:
-        lines[0] = f"{command}: {lines[0]}"
-    short = {c: f"cell {i}" for i, c in enumerate(plan.cells, 1)} if len(plan.cells) > 1 else {}
-    for cell, label in short.items():
-        lines.append(f"{label}: {cell}")
-    lines.append(
-        "numbers: expected / at most where they differ (at most: every sample of the budget, "
-        "max_new_tokens each; expected: what a previous run measured)"
-    )
-    head = ("stage", "model", "prompts", "samples", "prompt tok", "completion tok", "cost")
-    rows = [head]
-    details: list[str] = []
-    for s in plan.stages:
-        where = short.get(s.cell, s.cell)
-        stage = f"{s.name} [{where}]" if where else s.name
-        if s.programs and not s.samples_max:
-            rows.append((stage, "-", _n(s.prompts), f"{_n(s.programs)} programs", "-", "-", "-"))
-        elif s.pairs is not None and not s.samples_max:
-            what = (
-                f"{_n(s.pairs)} pairs, {_n(s.steps)} step{'' if s.steps == 1 else 's'}"
-                if s.steps is not None
-                else (f"{_n(s.pairs)} passes")
-            )
-            rows.append(
-                (stage, s.model, "-", ("" if s.exact_pairs else "<= ") + what, "-", "-", "-")
-            )
-        else:
-            cost = _cost(s.cost_max)
-            if s.cost_expected is not None and s.cost_expected != s.cost_max:
-                cost = f"{_cost(s.cost_expected)} / {cost}"
-            prompt = _pair(s.prompt_tokens_max, s.prompt_tokens_expected)
-            rows.append((
-                stage, s.model, _n(s.prompts), _pair(s.samples_max, s.samples_expected),
-                ("~" if s.approx_prompt else "") + prompt,
-                _pair(s.completion_tokens_max, s.completion_tokens_expected), cost,
-            ))  # fmt: skip
-        if s.budget:
-            details.append(f"{stage}: {_budget_line(s.budget)}")
-        details += [f"{stage}: {n}" for n in s.notes]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
-    for r in rows:
-        cells = [
-            str(c).ljust(w) if i < 2 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    lines.append("notes:")
-    lines += [f"  {d}" for d in (*details, *plan.notes)]
-    t = plan.totals()
-    lines.append(
-        f"tokens: {_pair(t['prompt_tokens_max'], t['prompt_tokens_expected'])} prompt + "
-        f"{_pair(t['completion_tokens_max'], t['completion_tokens_expected'])} completion; "
-        f"sandbox: {_n(t['programs'])} programs (besides the evaluations')"
-    )
-    lines.append(plan.summary())
-    return "\n".join(lines)
-
-
-def _budget_line(b: dict[str, Any]) -> str:
-    text = f"budget {b['configured']}: full {_n(b['full'])} samples"
-    if "adaptive" in b:
-        saving = b["full"] / b["adaptive"] if b["adaptive"] else float("inf")
-        text += (
-            f" vs adaptive {_n(b['adaptive'])} expected ({saving:.1f}x fewer; pass@1 "
-            f"measured on {b['measured_questions']} questions, mean "
-            f"{b['mean_pass_at_1']:.3f})"
-        )
-    if "assumed" in b:
-        text += " vs adaptive, ASSUMING pass@1 " + ", ".join(
-            f"p={p}: {_n(v)}" for p, v in b["assumed"].items()
-        )
-    return text + f" (round_size {b['round_size']})"
 
 
 __all__ = [
