@@ -436,6 +436,18 @@ class InProcessCluster:
             self.jobs.append((idx, start))
             yield idx, actor.sample(requests, params, start)
 
+    def generate_rounds(self, sampler, jobs, then):
+        """Round-robin over the shards, as replicas would interleave them."""
+        from ekt.pipeline.distributed import _Generator
+
+        actor, queue = _Generator(sampler), list(jobs)
+        while queue:
+            idx, (requests, params, start) = queue.pop(0)
+            self.jobs.append((idx, start))
+            nxt = then(idx, actor.sample(requests, params, start))
+            if nxt is not None:
+                queue.append((idx, nxt))
+
 
 def test_adaptive_rounds_through_a_shard_cluster(tmp_path, task, problems):
     budget = AdaptiveBudget(round_size=2, keep="first", target=1, give_up_after=0)
@@ -451,6 +463,9 @@ def test_adaptive_rounds_through_a_shard_cluster(tmp_path, task, problems):
         out[name] = _samples(d)
     assert out["cluster"] == out["local"] and len(out["local"]) < 48
     assert {start for _, start in cluster.jobs} >= {0, 2}  # rounds, as index ranges
+    # interleaved: shard 1's first round goes out before shard 0's second
+    order = [(idx, start) for idx, start in cluster.jobs]
+    assert order.index((1, 0)) < order.index((0, 2))
 
 
 def test_ekt_generate_takes_the_adaptive_budget(tiny_model_dir, data_dir, tmp_path, capsys):

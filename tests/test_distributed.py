@@ -209,6 +209,38 @@ def test_ray_generate_survives_a_killed_actor(
 
 
 @pytest.mark.slow
+def test_ray_adaptive_rounds_match_local(ray_cluster, tiny_model_dir, data_dir, generate_case):
+    """budget: adaptive on Ray: every shard's next round goes out as soon as its last one is
+    judged, on two replicas kept for the whole stage; the same shards, line for line, and
+    the same round log as one process drawing the shards one after another."""
+    from ekt.data.tasks import get_task
+    from ekt.generation.backends import make_sampler
+    from ekt.generation.budget import AdaptiveBudget
+    from ekt.generation.generate import generate
+    from ekt.generation.sampling import SamplingParams
+    from ekt.pipeline.distributed import RayCluster
+    from ekt.sandbox.pool import SandboxConfig
+    from ekt.verification.verify import RoundJudge
+
+    problems, d, _ = generate_case
+    task = get_task("gsm8k", str(data_dir))
+    params = SamplingParams(n=6, temperature=1.0, max_new_tokens=16, seed=7)
+    budget = AdaptiveBudget(round_size=2, keep="first", target=1, give_up_after=4)
+    logs = {}
+    for name, cluster in (("adaptive-local", None), ("adaptive-ray", RayCluster(replicas=2))):
+        out = d / name
+        with RoundJudge(out, out / "executions.jsonl", task, SandboxConfig(workers=1)) as judge:
+            s = generate(
+                make_sampler(str(tiny_model_dir), "cpu", 6), problems, out, params,
+                shard_size=2, cluster=cluster, budget=budget, judge=judge,
+            )  # fmt: skip
+        logs[name] = sorted((out / "budget.jsonl").read_text().splitlines())
+        assert s.samples == 40  # the tiny model solves nothing: 4 samples each, then given up
+    assert _lines(d / "adaptive-ray") == _lines(d / "adaptive-local")
+    assert logs["adaptive-ray"] == logs["adaptive-local"] and len(logs["adaptive-ray"]) == 10
+
+
+@pytest.mark.slow
 def test_a_cluster_reaches_verify_only_when_passed(ray_cluster, verify_case):
     """No global cluster: verify(cluster=...) runs on Ray, a plain verify() runs here."""
     from ekt.pipeline.distributed import RayCluster

@@ -22,6 +22,9 @@ each has, and those ``satisfied`` leave. Every round is logged once decided::
 A rerun replays the log to the first undecided round, draws that round again
 for the same active questions (the same request list: the same samples), writing
 only what is missing, and judges it (the judge skips what it verified before).
+On a cluster (``ShardCluster.generate_rounds``) every shard's next round is in flight
+at once on replicas kept for the whole stage; a shard's rounds stay in order, so the
+files are the ones a single process writes.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ BUDGET_LOG = "budget.jsonl"
 Judge = Callable[[list[Completion]], Mapping[str, int]]
 
 
+# One round of one shard for a cluster: (requests, params with n = the round's size, start).
+RoundJob = tuple[list[tuple[str, Any]], SamplingParams, int]
+
+
 class ShardCluster(Protocol):
     """Where shards are sampled off this process (``ekt.pipeline.distributed.RayCluster``)."""
 
@@ -66,6 +73,16 @@ class ShardCluster(Protocol):
         params: SamplingParams,
         start: int | None = None,
     ) -> Iterator[tuple[int, list[Completion]]]: ...
+
+    def generate_rounds(
+        self,
+        sampler: Any,
+        jobs: Sequence[tuple[int, RoundJob]],
+        then: Callable[[int, list[Completion]], RoundJob | None],
+    ) -> None:
+        """Draw every ``(shard, (requests, params, start))`` job; as each one's completions
+        come back, ``then(shard, completions)`` gives that shard's next job (or None)."""
+        ...
 
 
 PROMPTS = ("teacher", "student")
@@ -382,6 +399,91 @@ def _read_log(path: Path) -> dict[int, list[dict]]:
     return log
 
 
+class _ShardRounds:
+    """One shard of an adaptive job: its rounds, drawn and judged in order (module docstring).
+
+    ``next_job()`` is the next round that needs samples, as ``(requests, params, start)``,
+    judging on the way any round whose samples are all written already (a resumed shard);
+    None once the shard is decided (``.done`` written). ``absorb(completions)`` writes that
+    round's samples, judges it and logs the decision. The local and the cluster paths drive
+    the same object, so both write the same files."""
+
+    def __init__(self, shard_idx: int, chunk: Sequence[Problem], path: Path, entries: list[dict],
+                 ctx: _AdaptiveJob):  # fmt: skip
+        self.idx, self.path, self.entries, self.ctx = shard_idx, path, entries, ctx
+        self.active = list(chunk)
+        for e in entries:  # replay the rounds decided before an interruption
+            self.active = [p for p in self.active if p.id not in e["left"]]
+        # the shard's records, read once (a resumed shard's earlier ones) and added to as
+        # rounds are written: each round's batch for the judge comes from here
+        self.records = {
+            (c.problem_id, c.sample_idx): c
+            for c in (
+                from_dict(Completion, obj, f"{path}:{line}") for line, obj in read_jsonl(path)
+            )
+        } if path.exists() else {}  # fmt: skip
+        self.have: dict[str, set[int]] = defaultdict(set)
+        for pid, i in self.records:
+            self.have[pid].add(i)
+
+    def _round(self) -> Any:
+        return self.ctx.plan[len(self.entries)]
+
+    def next_job(self) -> tuple[list[tuple[str, Any]], SamplingParams, int] | None:
+        ctx = self.ctx
+        while self.active and len(self.entries) < len(ctx.plan):
+            r = self._round()
+            if any(i not in self.have[p.id] for p in self.active for i in r):
+                # the round's whole active list, also on a resume: the same batches and samples
+                requests = [(p.id, ctx.make_prompt(p)) for p in self.active]
+                return requests, replace(ctx.params, n=len(r)), r.start
+            self._judge()
+        if self.active:
+            raise EktError(f"{self.path}: questions still active after the last round")
+        self.path.with_suffix(".done").write_text("")
+        return None
+
+    def absorb(self, completions: Iterable[Completion]) -> None:
+        ctx = self.ctx
+        _write_shard(self.path, self.have, completions, ctx.fmt, ctx.tally, self.records)
+        self._judge()
+
+    def _judge(self) -> None:
+        ctx, k, r = self.ctx, len(self.entries), self._round()
+        lacking = [p.id for p in self.active if any(i not in self.have[p.id] for i in r)]
+        if lacking:
+            raise EktError(
+                f"sampler returned too few samples for {lacking[0]} in round {k} "
+                f"(and {len(lacking) - 1} more questions)"
+            )
+        counts = ctx.judge([self.records[(p.id, i)] for p in self.active for i in r])
+        left = {
+            p.id: int(counts.get(p.id, 0))
+            for p in self.active
+            if ctx.budget.satisfied(int(counts.get(p.id, 0)), r.stop, ctx.params.n)
+        }
+        entry = {
+            "shard": self.idx, "round": k, "start": r.start, "stop": r.stop,
+            "active": len(self.active), "left": left,
+        }  # fmt: skip
+        with JsonlWriter(ctx.out / BUDGET_LOG, fsync=True) as w:
+            w.write(entry)
+        self.entries.append(entry)
+        self.active = [p for p in self.active if p.id not in left]
+
+
+@dataclass
+class _AdaptiveJob:
+    out: Path
+    params: SamplingParams
+    make_prompt: Callable[[Problem], Prompt]
+    fmt: PromptFormat
+    tally: _Tally
+    budget: AdaptiveBudget
+    judge: Judge
+    plan: list[Any]
+
+
 def _generate_adaptive(
     cluster: ShardCluster | None,
     sampler: Any,
@@ -395,74 +497,33 @@ def _generate_adaptive(
     budget: AdaptiveBudget,
     judge: Judge,
 ) -> None:
-    """The shards left to do, round by round (module docstring)."""
-    log_path = out / BUDGET_LOG
-    log = _read_log(log_path)
-    plan = rounds(params.n, budget.round_size)
-    live: Sampler | None = None
+    """The shards left to do, round by round (module docstring). Locally one shard after
+    another; on a cluster every shard's next round is in flight at once, each drawn by
+    whichever replica is free (the replicas live for the whole stage), and judged here."""
+    log = _read_log(out / BUDGET_LOG)
+    ctx = _AdaptiveJob(out, params, make_prompt, fmt, tally, budget, judge,
+                       rounds(params.n, budget.round_size))  # fmt: skip
+    shards = []
     for shard_idx, first in enumerate(range(0, len(problems), shard_size)):
-        chunk = problems[first : first + shard_size]
         path = out / "samples" / f"shard-{shard_idx:05d}.jsonl"
-        if path.with_suffix(".done").exists():
-            continue
-        entries = log[shard_idx]
-        active = list(chunk)
-        for e in entries:  # replay the rounds decided before an interruption
-            active = [p for p in active if p.id not in e["left"]]
-        # the shard's records, read once (a resumed shard's earlier ones) and added to as
-        # rounds are written: each round's batch for the judge comes from here
-        records = {
-            (c.problem_id, c.sample_idx): c
-            for c in (
-                from_dict(Completion, obj, f"{path}:{line}") for line, obj in read_jsonl(path)
-            )
-        } if path.exists() else {}  # fmt: skip
-        have: dict[str, set[int]] = defaultdict(set)
-        for pid, i in records:
-            have[pid].add(i)
-        for k in range(len(entries), len(plan)):
-            if not active:
-                break
-            r = plan[k]
-            # the round's whole active list, also on a resume: the same batches, the same samples
-            requests = [(p.id, make_prompt(p)) for p in active]
-            if any(i not in have[p.id] for p in active for i in r):
-                rp = replace(params, n=len(r))
-                if cluster is not None:
-                    got: Iterable[Completion] = (
-                        c
-                        for _, cs in cluster.generate_shards(
-                            sampler, [(shard_idx, requests)], rp, start=r.start
-                        )
-                        for c in cs
-                    )
-                else:
-                    live = live or _sampler_of(sampler)
-                    got = _draw(live, requests, rp, r.start)
-                _write_shard(path, have, got, fmt, tally, records)
-            lacking = [p.id for p in active if any(i not in have[p.id] for i in r)]
-            if lacking:
-                raise EktError(
-                    f"sampler returned too few samples for {lacking[0]} in round {k} "
-                    f"(and {len(lacking) - 1} more questions)"
-                )
-            counts = judge([records[(p.id, i)] for p in active for i in r])
-            left = {
-                p.id: int(counts.get(p.id, 0))
-                for p in active
-                if budget.satisfied(int(counts.get(p.id, 0)), r.stop, params.n)
-            }
-            entry = {
-                "shard": shard_idx, "round": k, "start": r.start, "stop": r.stop,
-                "active": len(active), "left": left,
-            }  # fmt: skip
-            with JsonlWriter(log_path, fsync=True) as w:
-                w.write(entry)
-            entries.append(entry)
-            active = [p for p in active if p.id not in left]
-        if active:
-            raise EktError(f"{path}: questions still active after the last round")
-        path.with_suffix(".done").write_text("")
+        if not path.with_suffix(".done").exists():
+            chunk = problems[first : first + shard_size]
+            shards.append(_ShardRounds(shard_idx, chunk, path, log[shard_idx], ctx))
+    if cluster is not None:
+        by_idx = {s.idx: s for s in shards}
+
+        def then(idx: int, completions: list[Completion]) -> Any:
+            by_idx[idx].absorb(completions)
+            return by_idx[idx].next_job()
+
+        first_jobs = [(s.idx, job) for s in shards if (job := s.next_job()) is not None]
+        cluster.generate_rounds(sampler, first_jobs, then)
+        return
+    live: Sampler | None = None
+    for shard in shards:
+        while (job := shard.next_job()) is not None:
+            live = live or _sampler_of(sampler)
+            shard.absorb(_draw(live, job[0], job[1], job[2]))
 
 
 def budget_usage(out_dir: str | Path, problems: int, n: int) -> dict[str, int]:

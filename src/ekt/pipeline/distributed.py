@@ -83,6 +83,11 @@ class RayCluster:
         ``start``, sample indices ``start .. start+n-1`` (an adaptive budget's round)."""
         return generate_shards(self, sampler, shards, params, start)
 
+    def generate_rounds(self, sampler: Any, jobs: Sequence[tuple[int, Any]], then: Any) -> None:
+        """An adaptive budget's rounds (``ekt.generation.generate.ShardCluster``): every
+        shard's next round in flight at once on replicas that live for the whole stage."""
+        generate_rounds(self, sampler, jobs, then)
+
     def sandbox(self, config: SandboxConfig) -> RaySandbox:
         """Verifier actors (``ekt.verification.verify.SandboxCluster``)."""
         return RaySandbox(self, config)
@@ -173,15 +178,19 @@ def pool_map(
     max_attempts: int = 3,
     depth: int = 2,
     what: str = "shard",
+    then: Callable[[Any, Any], Sequence[Any]] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Run ``call(actor, job)`` for every job on ``n_actors`` actors; yield (index, result).
 
     Results come as they finish. An actor that dies is replaced (``spawn(slot)``)
     and the jobs it held go out again, lowest index first; an exception raised by
-    the job's own code is re-raised here unchanged.
+    the job's own code is re-raised here unchanged. ``then(job, result)``, called as
+    each result arrives, gives follow-up jobs, which go out on the same actors (indices
+    after the jobs given so far).
     """
     if not jobs:
         return
+    jobs = list(jobs)
     n_actors = max(1, min(n_actors, len(jobs)))
     actors = {slot: spawn(slot) for slot in range(n_actors)}
     gen = dict.fromkeys(actors, 0)  # bumped when the slot's actor is replaced
@@ -226,6 +235,11 @@ def pool_map(
                         load[slot] = 0
                         actors[slot] = spawn(slot)
                     continue
+                if then is not None:
+                    for more in then(jobs[j], result):
+                        jobs.append(more)
+                        attempts.append(0)
+                        heapq.heappush(pending, len(jobs) - 1)
                 yield j, result
     finally:
         for a in actors.values():
@@ -246,6 +260,19 @@ def generate_shards(
     """(shard index, completions) for every (shard index, requests), as each shard finishes;
     ``start``: sample indices ``start .. start+n-1`` of each request (``Sampler.sample``)."""
     ray = cluster.connect()
+    spawn, replicas = _generation_replicas(ray, cluster, sampler)
+
+    def call(actor: Any, shard: tuple[int, list[tuple[str, str]]]) -> Any:
+        return actor.sample.remote(shard[1], params, start)
+
+    for j, completions in pool_map(
+        ray, spawn, replicas, shards, call, cluster.max_attempts, 1, "generate shard"
+    ):
+        yield shards[j][0], completions
+
+
+def _generation_replicas(ray: Any, cluster: RayCluster, sampler: Any) -> tuple[Any, int]:
+    """(spawn(slot) -> a new model replica actor, how many replicas) for ``cluster``."""
     total = ray.cluster_resources()
     gpus = cluster.gpus_per_replica
     if gpus < 0:
@@ -258,13 +285,29 @@ def generate_shards(
     def spawn(slot: int) -> Any:
         return actor_cls.options(num_cpus=cluster.cpus_per_replica, num_gpus=gpus).remote(sampler)
 
-    def call(actor: Any, shard: tuple[int, list[tuple[str, str]]]) -> Any:
-        return actor.sample.remote(shard[1], params, start)
+    return spawn, max(1, replicas)
 
-    for j, completions in pool_map(
-        ray, spawn, max(1, replicas), shards, call, cluster.max_attempts, 1, "generate shard"
+
+def generate_rounds(
+    cluster: RayCluster, sampler: Any, jobs: Sequence[tuple[int, Any]], then: Any
+) -> None:
+    """``(shard, (requests, params, start))`` jobs and the follow-ups ``then(shard,
+    completions)`` gives, on one set of replicas (``generate_shards``'s), until none is left."""
+    ray = cluster.connect()
+    spawn, replicas = _generation_replicas(ray, cluster, sampler)
+
+    def call(actor: Any, job: tuple[int, Any]) -> Any:
+        requests, params, start = job[1]
+        return actor.sample.remote(requests, params, start)
+
+    def follow(job: tuple[int, Any], completions: list[Completion]) -> list[tuple[int, Any]]:
+        nxt = then(job[0], completions)
+        return [] if nxt is None else [(job[0], nxt)]
+
+    for _ in pool_map(
+        ray, spawn, replicas, jobs, call, cluster.max_attempts, 1, "generate round", follow
     ):
-        yield shards[j][0], completions
+        pass
 
 
 # -- verification --------------------------------------------------------------------------
