@@ -34,19 +34,22 @@ side samples the same GGUF dequantised by transformers. The last line is then::
 sampler (a ``llama-server`` that ekt starts with the same GGUF, slots and threads; the server
 starts before the clock, as on the llama.cpp side).
 
-Measured (2-core EPYC shared with two other engineers, load ~1.7; ``--k 4 --n 16``, 128 tokens,
-16 slots, 2 threads; each line one run, both sides in it; "llamacpp": ``--ekt-backend llamacpp``)::
+ekt's side decodes as ``make_sampler`` does by default: with the GGUF's own quantised blocks
+(``backend.gguf_decode``, ``ekt.generation.qkernel``); ``--float32-decode`` turns that off, and
+``--compare-float32`` also samples the same workload with float32 decoding and counts the
+samples that come out byte-identical.
 
-    smollm2           tokens_per_s=65.4 llamacpp_tokens_per_s=46.6 vs_llamacpp=1.40x
-    gemma3            tokens_per_s=44.9 llamacpp_tokens_per_s=53.8 vs_llamacpp=0.84x
-    gemma3  llamacpp  tokens_per_s=59.5 llamacpp_tokens_per_s=56.7 vs_llamacpp=1.05x
-    smollm2 llamacpp  tokens_per_s=38.8 llamacpp_tokens_per_s=43.2 vs_llamacpp=0.90x
+Measured (2-core AMD EPYC with AVX-512, quiet, load ~1; ``--k 4 --n 16 --compare-float32``,
+128 tokens, 16 slots, 2 threads; each line one run, both sides in it)::
 
-(an earlier, busier round, load 3-6: 2.02x, 0.65x, 0.94x, 1.12x in the same order).
+    smollm2  tokens_per_s=125.2 llamacpp_tokens_per_s=45.3 vs_llamacpp=2.77x
+             (float32 decoding 82.3 tokens/s; identical samples 64/64)
+    gemma3   tokens_per_s=119.0 llamacpp_tokens_per_s=57.0 vs_llamacpp=2.09x
+             (float32 decoding 50.8 tokens/s; identical samples 64/64)
 
-ekt's own sampler is behind on gemma3-270m because of its output layer (262,144 x 640 float32,
-671 MB read every decode step; llama.cpp reads it as the Q8_0 it ships as); the llamacpp
-backend is llama.cpp itself, so its ratio is 1.0 up to run-to-run noise (load, sample lengths).
+and, the same day before the kernel, gemma3 ``tokens_per_s=43.8 llamacpp_tokens_per_s=60.8
+vs_llamacpp=0.72x``. The float32 output layer of gemma3-270m (262,144 x 640, 671 MB read every
+step) took about half of a decode step; its Q8_0 blocks are 178 MB.
 
 Import ekt before torch (this script does): ekt sets ``OMP_WAIT_POLICY=PASSIVE`` for torch's
 thread pool, which is what makes its sampler fast on a shared CPU (see ``ekt/__init__.py``).
