@@ -264,3 +264,22 @@ def test_presets_pack_every_linear_and_decode_as_float32_does(preset):
     assert bool((got.argmax(-1) == want.argmax(-1)).all())
     off = make_sampler(preset, "cpu", 4, BackendConfig(gguf_decode=False))()
     assert off.quantized is None
+
+
+@needs_kernel
+def test_a_weight_changed_after_packing_goes_back_to_float32(quantised_tiny):
+    model, _, path, _ = quantised_tiny
+    q = qkernel.attach(model, path)
+    mod = next(iter(q.packed))
+    before = mod.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            mod.weight.mul_(2.0)  # an optimizer step, in place
+        x = torch.randn(3, mod.in_features)
+        with q.active(), torch.inference_mode():
+            got = mod(x)
+        torch.testing.assert_close(got, x @ mod.weight.T)
+        assert mod not in q.packed and "its weight changed after packing" in q.skipped.values()
+    finally:
+        with torch.no_grad():
+            mod.weight.copy_(before)

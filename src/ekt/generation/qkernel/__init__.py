@@ -345,6 +345,7 @@ class Packed:
     q: Any  # torch int8 [N/16, K, 16]
     s: Any  # torch float32 [N/16, K/16, 16]
     m: Any  # torch float32 [N/16, K/16, 16] or None
+    stamp: tuple[int, int] = (0, 0)  # (data_ptr, _version) of the weight it was checked against
 
     @classmethod
     def of(cls, q: np.ndarray, s: np.ndarray, m: np.ndarray | None) -> Packed:
@@ -414,6 +415,15 @@ class QuantizedLinears:
 
         threads = torch.get_num_threads()
         saved = []
+        stale = [mod for mod, p in self.packed.items() if _stamp(mod.weight) != p.stamp]
+        for mod in stale:  # trained or replaced since it was packed: its blocks are out of date
+            del self.packed[mod]
+            self.skipped[f"layer {type(mod).__name__} {tuple(mod.weight.shape)}"] = (
+                "its weight changed after packing"
+            )
+        if stale:
+            print(f"ekt: {len(stale)} layers changed since they were packed: float32 for them",
+                  file=sys.stderr)  # fmt: skip
         for mod, p in self.packed.items():
             saved.append((mod, mod.__dict__.get("forward")))
             mod.forward = _forward(mod, p, threads)
@@ -425,6 +435,10 @@ class QuantizedLinears:
                     del mod.forward
                 else:
                     mod.forward = before
+
+
+def _stamp(weight: Any) -> tuple[int, int]:
+    return weight.data_ptr(), weight._version
 
 
 def _forward(mod: Any, p: Packed, threads: int) -> Any:
@@ -500,6 +514,7 @@ def attach(model: Any, gguf: str | Path) -> QuantizedLinears:
             q, s = q[perm], s[perm]
             m = None if m is None else m[perm]
         p = Packed.of(q, s, m)
+        p.stamp = _stamp(weights[hit][1][0].weight)
         left.discard(hit)
         for mod in weights[hit][1]:
             packed[mod] = p
