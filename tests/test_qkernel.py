@@ -21,7 +21,8 @@ needs_kernel = pytest.mark.skipif(
 
 # Where each format keeps its float16 fields (random bytes there could be NaN or inf).
 _F16_AT = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2],
-           "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}  # fmt: skip
+           "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "Q2_K": [80, 82], "Q3_K": [108],
+           "IQ4_NL": [0], "IQ4_XS": [0]}  # fmt: skip
 
 
 def _random_blocks(kind: str, rows: int, cols: int, seed: int) -> np.ndarray:
@@ -61,7 +62,7 @@ def _packed(kind: str, n: int, k: int, seed: int) -> tuple[Packed, np.ndarray]:
 
 
 @needs_kernel
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1", "Q4_K", "Q6_K", "Q2_K", "IQ4_XS"])
 @pytest.mark.parametrize("rows", [1, 3, 8, 13, 16, 64])
 def test_kernel_is_the_float32_product_up_to_rounding(kind, rows):
     n, k = 48, 512

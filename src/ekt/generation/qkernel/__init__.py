@@ -216,6 +216,59 @@ def _q6_k(b: np.ndarray):
     return q.reshape(nb, 256), d[:, None] * sc, None
 
 
+def _crumbs(qs: np.ndarray) -> np.ndarray:
+    """Q2_K/Q3_K: 64 bytes -> 256 two-bit values: in each half of 32 bytes, bits 2k..2k+1 of
+    byte j are element 32 k + j of that half's 128."""
+    nb = qs.shape[0]
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    return ((qs.reshape(nb, 2, 1, 32) >> shifts) & 3).reshape(nb, 256)
+
+
+def _q2_k(b: np.ndarray):
+    sc = b[:, 0:16]  # per 16 elements: the scale in the low nibble, the min in the high
+    d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+    s = d[:, None] * (sc & 15).astype(np.float32)
+    m = -(dmin[:, None] * (sc >> 4).astype(np.float32))
+    return _crumbs(b[:, 16:80]).astype(np.int8), s, m
+
+
+def _q3_k(b: np.ndarray):
+    nb = b.shape[0]
+    # 32 bytes: bit i of byte j set means element 32 i + j has no -4 offset
+    bits = np.unpackbits(b[:, 0:32], axis=1, bitorder="little")
+    high = bits.reshape(nb, 32, 8).transpose(0, 2, 1).reshape(nb, 256)
+    q = _crumbs(b[:, 32:96]).astype(np.int8) - 4 * (1 - high).astype(np.int8)
+    raw = b[:, 96:108]  # 16 six-bit scales: low nibbles from bytes 0..7, high crumbs from 8..11
+    low = np.concatenate([raw[:, 0:8] & 15, raw[:, 0:8] >> 4], axis=1)
+    top = np.concatenate([(raw[:, 8:12] >> k) & 3 for k in (0, 2, 4, 6)], axis=1)
+    sc = (low | (top << 4)).astype(np.int8) - 32
+    return q, _f16(b[:, 108:110])[:, None] * sc.astype(np.float32), None
+
+
+# IQ4_NL / IQ4_XS: a 4-bit index into this table of non-uniform levels (llama.cpp's values)
+_IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                       dtype=np.int8)  # fmt: skip
+
+
+def _iq4_nl(b: np.ndarray):
+    d = _f16(b[:, 0:2])
+    return _IQ4_LEVELS[_nibbles(b[:, 2:18])], _per16(d, 32), None
+
+
+def _iq4_xs(b: np.ndarray):
+    nb = b.shape[0]
+    d = _f16(b[:, 0:2])
+    high = np.ascontiguousarray(b[:, 2:4]).view(np.uint16)[:, 0]  # 2 bits per sub-block of 32
+    low = b[:, 4:8]  # 4 bits per sub-block, two per byte (low nibble first)
+    lo = np.stack([low & 15, low >> 4], axis=2).reshape(nb, 8)
+    hi = ((high[:, None] >> (2 * np.arange(8, dtype=np.uint16))[None]) & 3).astype(np.uint8)
+    sc = (lo | (hi << 4)).astype(np.int8) - 32
+    qs = b[:, 8:136].reshape(nb, 8, 16)  # per sub-block: 16 bytes, low nibbles then high
+    idx = np.concatenate([qs & 15, qs >> 4], axis=2).reshape(nb, 256)
+    s = d[:, None] * sc.astype(np.float32)
+    return _IQ4_LEVELS[idx], np.repeat(s, 2, axis=1), None
+
+
 FORMATS = {
     "Q8_0": (32, 34, _q8_0),
     "Q4_0": (32, 18, _q4_0),
@@ -225,6 +278,10 @@ FORMATS = {
     "Q4_K": (256, 144, _q4_k),
     "Q5_K": (256, 176, _q5_k),
     "Q6_K": (256, 210, _q6_k),
+    "Q2_K": (256, 84, _q2_k),
+    "Q3_K": (256, 110, _q3_k),
+    "IQ4_NL": (32, 18, _iq4_nl),
+    "IQ4_XS": (256, 136, _iq4_xs),
 }
 """GGUF type name -> (elements per block, bytes per block, decoder to (q, S per 16, M per 16))."""
 

@@ -3,8 +3,8 @@
  * out[r][n] = sum_b ( S[n][b] * sum_{j in b} q[n][j] * x[r][j]  +  M[n][b] * sum_{j in b} x[r][j] )
  *
  * for weights w[n][j] = S[n][b] * q[n][j] + M[n][b] (q an 8-bit integer, b the block of
- * 16 inputs j belongs to): every GGUF block format of the kinds ekt packs (Q8_0, Q4_0,
- * Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) is exactly that, so this is the same product as
+ * 16 inputs j belongs to): every GGUF block format ekt packs (Q8_0, Q4_0, Q4_1, Q5_0,
+ * Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) is exactly that, so this is the same product as
  * with the dequantised float32 weights, summed in another order. It reads 1 byte (plus
  * 4 or 8 bytes per 16 weights) where a float32 product reads 4.
  *
