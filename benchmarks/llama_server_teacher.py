@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ekt.data.prompts import teacher_prompt
     from ekt.data.tasks import GSM8K
+    from ekt.generation import qkernel
     from ekt.generation.backends import BackendConfig, make_sampler
     from ekt.generation.backends.llamacpp_server import LlamaServerProcess
     from ekt.generation.sampling import SamplingParams, TransformersSampler
@@ -180,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_builtin:
         model, htok = load_model(args.model, device="cpu")
         builtin = side(
-            "built-in", TransformersSampler(model, htok, progress=False), problems, params,
-            task, work / "builtin",
+            "built-in",
+            TransformersSampler(
+                model, htok, progress=False, quantized=qkernel.for_spec(model, args.model)
+            ),
+            problems, params, task, work / "builtin",
         )  # fmt: skip
         line += f" builtin_runs={builtin['ran'] / builtin['samples']:.3f}"
         line += f" server_tokens_per_s={server['tokens'] / server['seconds']:.1f}"

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ekt.data.prompt_format import load_format
     from ekt.data.tasks import get_task
+    from ekt.generation import qkernel
     from ekt.generation.budget import AdaptiveBudget, projected_saving, success_rates
     from ekt.generation.generate import budget_usage, format_stops, generate
     from ekt.generation.sampling import SamplingParams, TransformersSampler
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     t0 = time.perf_counter()
     model, tok = load_model(args.teacher, device="cpu")
-    sampler = TransformersSampler(model, tok, batch_size=args.batch_size, progress=False)
+    quantized = qkernel.for_spec(model, args.teacher)  # the default decode (backend.gguf_decode)
+    sampler = TransformersSampler(
+        model, tok, batch_size=args.batch_size, progress=False, quantized=quantized
+    )
     print(f"model loaded in {time.perf_counter() - t0:.1f}s", flush=True)
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ekt-budget-"))

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ekt.data.prompts import teacher_prompt
     from ekt.data.tasks import GSM8K
+    from ekt.generation import qkernel
     from ekt.generation.sampling import SamplingParams, TransformersSampler
     from ekt.models import load_model
 
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         model, tok = load_model(name, device=args.device)
         load_s = time.perf_counter() - t0
-        sampler = TransformersSampler(model, tok, batch_size=args.batch_size, progress=False)
+        quantized = qkernel.for_spec(model, name)  # the default decode (backend.gguf_decode)
+        sampler = TransformersSampler(
+            model, tok, batch_size=args.batch_size, progress=False, quantized=quantized
+        )
         t0 = time.perf_counter()
         out = list(sampler.sample(requests, params))
         wall = time.perf_counter() - t0
