@@ -91,28 +91,37 @@ def _load() -> Any:
     if not cc:
         raise RuntimeError("no C compiler (cc) on PATH")
     source = _SOURCE.read_bytes()
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-    key = hashlib.sha256(
-        source + repr(flags).encode() + cc.encode() + _cpu_key().encode()
-    ).hexdigest()[:16]
-    out = cache_dir() / "qkernel" / key / "libekt_qmm.so"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        done = subprocess.run(
-            [cc, *flags, "-o", str(tmp), str(_SOURCE)], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-500:]}")
-        os.replace(tmp, out)
-    lib = ctypes.CDLL(str(out))
-    lib.ekt_qmm.restype = ctypes.c_int
-    lib.ekt_qmm.argtypes = [
-        ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_int,
-    ]  # fmt: skip
-    return lib
+    base = ["-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11"]
+    errors = []
+    # threads through OpenMP (the runtime torch has loaded); a compiler without it builds a
+    # one-thread kernel rather than none
+    for flags in (base + ["-fopenmp"], base):
+        key = hashlib.sha256(
+            source + repr(flags).encode() + cc.encode() + _cpu_key().encode()
+        ).hexdigest()[:16]
+        out = cache_dir() / "qkernel" / key / "libekt_qmm.so"
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            try:
+                done = subprocess.run(
+                    [cc, *flags, "-o", str(tmp), str(_SOURCE)], capture_output=True, text=True
+                )
+            except OSError as e:
+                raise RuntimeError(f"{cc}: {e}") from None
+            if done.returncode != 0:
+                tmp.unlink(missing_ok=True)
+                errors.append(f"{cc} failed: {done.stderr.strip()[-300:]}")
+                continue
+            os.replace(tmp, out)
+        lib = ctypes.CDLL(str(out))
+        lib.ekt_qmm.restype = ctypes.c_int
+        lib.ekt_qmm.argtypes = [
+            ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_int,
+        ]  # fmt: skip
+        return lib
+    raise RuntimeError("; ".join(errors))
 
 
 # ---- GGUF blocks -> (q, S, M) ----------------------------------------------------------
