@@ -563,16 +563,15 @@ def attach(model: Any, gguf: str | Path) -> QuantizedLinears:
             skipped[name] = f"format {kind} is not packed"
             continue
         q, s, m = decode_blocks(kind, raw, n, k)
-        w = dequantize(q, s, m)
-        bits = w.view(np.uint32)
         hit, perm = None, None
-        for key in by_row.get((n, k, w[0].tobytes()), []):
-            if key in left and np.array_equal(bits, weights[key][0].view(np.uint32)):
+        first = dequantize(q[:1], s[:1], None if m is None else m[:1])[0].tobytes()
+        for key in by_row.get((n, k, first), []):
+            if key in left and _equal(q, s, m, weights[key][0]):
                 hit = key
                 break
         if hit is None:  # rows reordered by the converter (llama's q and k projections)
             same = [key for key in left if weights[key][0].shape == (n, k)]
-            hit, perm = _permuted_match(w, same, weights)
+            hit, perm = _permuted_match(q, s, m, same, weights)
         if hit is None:
             skipped[name] = "reproduces no layer of the model bit for bit"
             continue
@@ -591,21 +590,48 @@ def attach(model: Any, gguf: str | Path) -> QuantizedLinears:
     return QuantizedLinears(packed, skipped)
 
 
-def _permuted_match(w: np.ndarray, keys: list[int], weights: dict) -> tuple[Any, Any]:
-    """The weight among ``keys`` that is ``w`` with its rows reordered, and the order."""
+_CHUNK = 4096
+"""Rows dequantised at a time while matching: memory stays small next to the weights."""
+
+
+def _chunks(q: np.ndarray, s: np.ndarray, m: np.ndarray | None, order: Any = None):
+    """(first row, float32 rows) of the blocks' weights, ``_CHUNK`` rows at a time, rows
+    taken in ``order`` (default: as stored)."""
+    for lo in range(0, q.shape[0], _CHUNK):
+        idx = slice(lo, lo + _CHUNK) if order is None else order[lo : lo + _CHUNK]
+        yield lo, dequantize(q[idx], s[idx], None if m is None else m[idx])
+
+
+def _equal(q: np.ndarray, s: np.ndarray, m: np.ndarray | None, target: np.ndarray,
+           order: Any = None) -> bool:  # fmt: skip
+    """Whether the blocks' weights (rows in ``order``) are ``target``, bit for bit."""
+    return all(
+        np.array_equal(w.view(np.uint32), target[lo : lo + len(w)].view(np.uint32))
+        for lo, w in _chunks(q, s, m, order)
+    )
+
+
+def _hashes(rows: Iterator[np.ndarray]) -> np.ndarray:
+    return np.concatenate([_row_hash(w) for w in rows])
+
+
+def _permuted_match(q: np.ndarray, s: np.ndarray, m: np.ndarray | None, keys: list[int],
+                    weights: dict) -> tuple[Any, Any]:  # fmt: skip
+    """The weight among ``keys`` that is the blocks' with its rows reordered, and the order."""
     if not keys:
         return None, None
-    hw = _row_hash(w)
+    hw = _hashes(w for _, w in _chunks(q, s, m))
     index = {h: i for i, h in enumerate(hw.tolist())}
     if len(index) != len(hw):
         return None, None  # repeated rows: no unique order
     for key in keys:
         wm = weights[key][0]
+        hm = _hashes(wm[lo : lo + _CHUNK] for lo in range(0, wm.shape[0], _CHUNK))
         try:
-            perm = np.array([index[h] for h in _row_hash(wm).tolist()])
+            perm = np.array([index[h] for h in hm.tolist()])
         except KeyError:
             continue
-        if np.array_equal(w[perm].view(np.uint32), wm.view(np.uint32)):
+        if _equal(q, s, m, wm, perm):
             return key, perm
     return None, None
 
