@@ -270,6 +270,37 @@ def test_shared_prefix_computed_once_and_matches_padded_path(tiny, monkeypatch):
         assert got == want
 
 
+def test_a_later_call_with_the_same_prefix_reuses_its_keys_and_values(tiny, monkeypatch):
+    """An adaptive budget's rounds: the few-shot prefix is prefilled by the first call only,
+    and a round gives the records a fresh sampler gives; a changed weight prefills again."""
+    import torch
+
+    model, tok = tiny
+    requests = [(pid, teacher_prompt(q)) for pid, q in zip((p for p, _ in REQUESTS), QUESTIONS)]
+    sampler = TransformersSampler(model, tok, progress=False, batch_size=4)
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, stop=(), seed=4)
+    widths: list[int] = []
+    real = sampler._run
+    monkeypatch.setattr(
+        sampler, "_run", lambda kv, ids, pos: (widths.append(ids.shape[1]), real(kv, ids, pos))[1]
+    )
+    list(sampler.sample(requests, params))
+    prefills = [w for w in widths if w > 100]
+    assert len(prefills) == 1
+    widths.clear()
+    second = list(sampler.sample(requests, params, start=2))
+    assert not [w for w in widths if w > 100]  # the prefix came from the first call
+    fresh = list(TransformersSampler(model, tok, progress=False, batch_size=4).sample(
+        requests, params, start=2))  # fmt: skip
+    assert second == fresh
+    with torch.no_grad():
+        w = model.model.layers[0].mlp.down_proj.weight
+        w.add_(0.0)  # in place: the weights' version moves on
+    widths.clear()
+    list(sampler.sample(requests, params, start=2))
+    assert len([w for w in widths if w > 100]) == 1
+
+
 def test_continuous_batching_keeps_the_batch_full(tiny, monkeypatch):
     model, tok = tiny
     sampler = TransformersSampler(model, tok, progress=False, batch_size=3)

@@ -134,6 +134,11 @@ class SharedPrefixKV:
         self._qpos = torch.arange(length, device=device)[None]
         return self._qpos
 
+    def reuse_prefix(self, length: int, keys: list[Any], values: list[Any]) -> None:
+        """The prefix phase done already: another job's prefix keys/values, per layer."""
+        self.mode, self.prefix_len, self._masks = "prefix", length, {}
+        self.pk, self.pv = list(keys), list(values)
+
     def begin_suffix(self, length: int, device: Any) -> Any:
         import torch
 

@@ -209,6 +209,9 @@ class TransformersSampler:
         # ekt.generation.qkernel.QuantizedLinears: decode steps multiply with a GGUF's blocks
         self.quantized = quantized
         self._shared_ok: bool | None = None
+        # the last shared prefix's keys/values: (ids, weights stamp, keys, values); a later
+        # call with the same prefix (an adaptive budget's next round) does not prefill it again
+        self._prefix_memo: tuple | None = None
         eos = tokenizer.eos_token_id
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = {eos} if isinstance(eos, int) else set(eos or [])
@@ -407,12 +410,22 @@ class TransformersSampler:
             )
         return out.logits[:, -1, :].float()
 
+    def _weights_stamp(self) -> tuple:
+        """Changes when any parameter is replaced or changed in place (an optimizer step)."""
+        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+
     def _prefill_prefix(self, kv: Any, ids: list[int]) -> None:
         import torch
 
         if ids:
+            stamp = self._weights_stamp()
+            memo = self._prefix_memo
+            if memo is not None and memo[0] == tuple(ids) and memo[1] == stamp:
+                kv.reuse_prefix(len(ids), memo[2], memo[3])  # the same tensors: same results
+                return
             pos = kv.begin_prefix(len(ids), self.device)
             self._run(kv, torch.tensor([ids], device=self.device), pos)
+            self._prefix_memo = (tuple(ids), stamp, list(kv.pk), list(kv.pv))
 
     def _prefill_suffix(self, kv: Any, ids: list[int]) -> Any:
         import torch
