@@ -284,3 +284,12 @@ def test_a_weight_changed_after_packing_goes_back_to_float32(quantised_tiny):
     finally:
         with torch.no_grad():
             mod.weight.copy_(before)
+
+
+@needs_kernel
+def test_a_truncated_gguf_keeps_float32_with_a_note(quantised_tiny, tmp_path, capsys):
+    model, _, path, _ = quantised_tiny
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:600])
+    assert qkernel.for_spec(model, str(cut)) is None
+    assert "decoding with float32 weights (could not read the blocks" in capsys.readouterr().err

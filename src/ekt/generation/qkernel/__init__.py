@@ -32,6 +32,7 @@ import hashlib
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -333,7 +334,6 @@ def gguf_tensors(path: str | Path) -> Iterator[tuple[str, list[int], str, np.nda
     262,144-token vocabulary takes it 18 s), where only the tensor table is needed here.
     """
     import mmap
-    import struct
 
     from gguf import GGMLQuantizationType
 
@@ -649,7 +649,10 @@ def for_spec(model: Any, spec: str, say: bool = True) -> QuantizedLinears | None
     gguf = shipped_gguf(spec)
     if gguf is None:
         return None
-    found = attach(model, gguf)
+    try:
+        found = attach(model, gguf)
+    except (ValueError, OSError, struct.error) as e:  # a file transformers read, but not we
+        found = QuantizedLinears({}, {"*": f"could not read the blocks of {gguf}: {e}"})
     if say:
         note(found)
     return found if len(found) else None
