@@ -51,8 +51,10 @@ and, the same day before the kernel, gemma3 ``tokens_per_s=43.8 llamacpp_tokens_
 vs_llamacpp=0.72x``. The float32 output layer of gemma3-270m (262,144 x 640, 671 MB read every
 step) took about half of a decode step; its Q8_0 blocks are 178 MB.
 
-Import ekt before torch (this script does): ekt sets ``OMP_WAIT_POLICY=PASSIVE`` for torch's
-thread pool, which is what makes its sampler fast on a shared CPU (see ``ekt/__init__.py``).
+Import ekt before torch (this script does): ekt bounds how long torch's thread pool spins
+(``GOMP_SPINCOUNT=5000`` unless the environment sets it or ``OMP_WAIT_POLICY``; see
+``ekt/__init__.py``). The figures above were measured with ``OMP_WAIT_POLICY=PASSIVE``, ekt's
+earlier default; llama-server inherits the same variables.
 """
 
 from __future__ import annotations

@@ -414,20 +414,30 @@ def test_preset_greedy_equals_generate_with_packing(preset, data_dir):
         assert got[pid].text == tok.decode(gen, skip_special_tokens=True)
 
 
-def test_importing_ekt_makes_torchs_thread_pool_wait_passively():
-    """libgomp reads OMP_WAIT_POLICY once, when torch loads: importing ekt first sets PASSIVE
-    (a spinning pool is 2-4x slower on a shared CPU); a value the user set wins."""
+def test_importing_ekt_bounds_how_long_torchs_thread_pool_spins():
+    """libgomp reads its wait settings once, when torch loads: importing ekt first sets a short
+    spin (a pool spinning 300,000 turns is 2-4x slower on a shared CPU); a value the user set
+    wins, OMP_WAIT_POLICY or GOMP_SPINCOUNT."""
     import os
     import subprocess
     import sys
 
-    code = "import os, ekt, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "PASSIVE", out.stderr
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "ACTIVE", out.stderr
+    code = (
+        "import os, ekt, torch; "
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def run(**extra: str) -> str:
+        env = {**base, **extra}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run() == "None 5000"
+    assert run(OMP_WAIT_POLICY="PASSIVE") == "PASSIVE None"
+    assert run(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE None"
+    assert run(GOMP_SPINCOUNT="300000") == "None 300000"
 
 
 def test_two_level_draw_equals_one_cumulative_sum_over_the_vocabulary():
