@@ -40,12 +40,19 @@ ekt's side decodes as ``make_sampler`` does by default: with the GGUF's own quan
 samples that come out byte-identical.
 
 Measured (2-core AMD EPYC with AVX-512, quiet, load ~1; ``--k 4 --n 16 --compare-float32``,
-128 tokens, 16 slots, 2 threads; each line one run, both sides in it)::
+128 tokens, 16 slots, 2 threads; each line one run, both sides in it; passive thread pool)::
 
     smollm2  tokens_per_s=125.2 llamacpp_tokens_per_s=45.3 vs_llamacpp=2.77x
              (float32 decoding 82.3 tokens/s; identical samples 64/64)
     gemma3   tokens_per_s=119.0 llamacpp_tokens_per_s=57.0 vs_llamacpp=2.09x
              (float32 decoding 50.8 tokens/s; identical samples 64/64)
+
+and with the default short spin (GOMP_SPINCOUNT=5000, below), the same day::
+
+    gemma3   tokens_per_s=143.8 llamacpp_tokens_per_s=57.8 vs_llamacpp=2.49x
+             (float32 decoding 46.0 tokens/s; identical samples 64/64)
+    smollm2  tokens_per_s=160.0 llamacpp_tokens_per_s=47.9 vs_llamacpp=3.34x
+             (float32 decoding 74.1 tokens/s; identical samples 64/64)
 
 and, the same day before the kernel, gemma3 ``tokens_per_s=43.8 llamacpp_tokens_per_s=60.8
 vs_llamacpp=0.72x``. The float32 output layer of gemma3-270m (262,144 x 640, 671 MB read every
