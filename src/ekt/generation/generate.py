@@ -429,7 +429,7 @@ class _ShardRounds:
     def _round(self) -> Any:
         return self.ctx.plan[len(self.entries)]
 
-    def next_job(self) -> tuple[list[tuple[str, Any]], SamplingParams, int] | None:
+    def next_job(self) -> RoundJob | None:
         ctx = self.ctx
         while self.active and len(self.entries) < len(ctx.plan):
             r = self._round()

@@ -143,9 +143,14 @@ def _high_bits(qh: np.ndarray) -> np.ndarray:
 
 
 def _per16(v: np.ndarray, per_block: int) -> np.ndarray:
-    """A per-block value [nb] (or [nb, sub]) repeated for each 16 elements of the block."""
-    v = v.reshape(v.shape[0], -1)
-    return np.repeat(v, per_block // 16 // v.shape[1] if v.shape[1] else 1, axis=1)
+    """A value per block [nb] repeated for each 16 elements of the block: [nb, per_block/16]."""
+    return np.repeat(v[:, None], per_block // 16, axis=1)
+
+
+def _bit_planes(qh: np.ndarray) -> np.ndarray:
+    """Q3_K/Q5_K: 32 bytes -> 256 bits, bit i of byte j being element 32 i + j."""
+    bits = np.unpackbits(np.ascontiguousarray(qh), axis=1, bitorder="little")  # index 8 j + i
+    return bits.reshape(-1, 32, 8).transpose(0, 2, 1).reshape(-1, 256)
 
 
 def _k_scales(sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +159,14 @@ def _k_scales(sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.concatenate([a & 63, (c & 15) | ((a >> 6) << 4)], axis=1)
     mins = np.concatenate([b & 63, (c >> 4) | ((b >> 6) << 4)], axis=1)
     return scale.astype(np.float32), mins.astype(np.float32)
+
+
+def _k_scale_min(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: S and M per 16 elements from the super-block's d, dmin and 6-bit pairs
+    (S = d * scale and dmin * min are exact in float32)."""
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = _k_scales(b[:, 4:16])
+    return np.repeat(d[:, None] * sc, 2, axis=1), np.repeat(-(dmin[:, None] * mn), 2, axis=1)
 
 
 def _q8_0(b: np.ndarray):
@@ -191,24 +204,12 @@ def _k_low(qs: np.ndarray) -> np.ndarray:
 
 
 def _q4_k(b: np.ndarray):
-    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
-    sc, mn = _k_scales(b[:, 4:16])
-    q = _k_low(b[:, 16:144])
-    s = d[:, None] * sc  # [nb, 8], exact in float32
-    m = -(dmin[:, None] * mn)
-    return q.astype(np.int8), np.repeat(s, 2, axis=1), np.repeat(m, 2, axis=1)
+    return (_k_low(b[:, 16:144]).astype(np.int8), *_k_scale_min(b))
 
 
 def _q5_k(b: np.ndarray):
-    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
-    sc, mn = _k_scales(b[:, 4:16])
-    # 32 bytes: bit i of byte j is the high bit of element 32 i + j
-    bits = np.unpackbits(b[:, 16:48], axis=1, bitorder="little")  # [nb, 256], index 8 j + i
-    high = bits.reshape(-1, 32, 8).transpose(0, 2, 1).reshape(-1, 256)
-    q = _k_low(b[:, 48:176]) | (high << 4)
-    s = d[:, None] * sc
-    m = -(dmin[:, None] * mn)
-    return q.astype(np.int8), np.repeat(s, 2, axis=1), np.repeat(m, 2, axis=1)
+    q = _k_low(b[:, 48:176]) | (_bit_planes(b[:, 16:48]) << 4)  # the high bit of each
+    return (q.astype(np.int8), *_k_scale_min(b))
 
 
 def _q6_k(b: np.ndarray):
@@ -243,10 +244,7 @@ def _q2_k(b: np.ndarray):
 
 
 def _q3_k(b: np.ndarray):
-    nb = b.shape[0]
-    # 32 bytes: bit i of byte j set means element 32 i + j has no -4 offset
-    bits = np.unpackbits(b[:, 0:32], axis=1, bitorder="little")
-    high = bits.reshape(nb, 32, 8).transpose(0, 2, 1).reshape(nb, 256)
+    high = _bit_planes(b[:, 0:32])  # a set bit: the element has no -4 offset
     q = _crumbs(b[:, 32:96]).astype(np.int8) - 4 * (1 - high).astype(np.int8)
     raw = b[:, 96:108]  # 16 six-bit scales: low nibbles from bytes 0..7, high crumbs from 8..11
     low = np.concatenate([raw[:, 0:8] & 15, raw[:, 0:8] >> 4], axis=1)
