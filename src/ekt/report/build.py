@@ -6,6 +6,8 @@ Everything is rebuilt from the records a run leaves on disk, so
 - ``ekt.report.load`` reads a run folder into the report's model and fills in
   bootstrap intervals (``ekt.evaluation.stats``), paired differences against
   the reference method (EKT) and pass@k curves;
+- ``ekt.report.claims`` checks the paper's claims (EKT vs KD, ...) on the same
+  per-question records;
 - ``ekt.report.tables`` renders results.md (the one results-table renderer);
 - ``ekt.report.html`` renders report.html from Jinja2 templates
   (``ekt/report/templates``), with SVG charts from ``ekt.report.charts``.
@@ -22,6 +24,7 @@ from ekt.errors import EktError
 from ekt.evaluation.stats import LEVEL, RESAMPLES, SEED, SMALL_SAMPLE
 from ekt.layout import RunLayout
 from ekt.records import write_json_atomic, write_text_atomic
+from ekt.report.claims import run_claims
 from ekt.report.html import DRILL_QUESTIONS, DRILL_SAMPLES, render_html
 from ekt.report.load import REFERENCE, analyse, load_run, read_json
 from ekt.report.tables import results_markdown
@@ -39,7 +42,8 @@ def add_statistics(
     Each evaluated row gains ``intervals`` ({figure: {estimate, low, high,
     questions, level}}) and ``notes``; the top level gains ``statistics`` (how
     the intervals were made) and ``paired_differences`` (row - reference, per
-    figure, on the questions both answered).
+    figure, on the questions both answered) and ``claims`` (the paper's claims checked
+    on the per-question records, ``ekt.report.claims.run_claims``).
     """
     d = Path(run_dir)
     lay = RunLayout(d)
@@ -70,6 +74,7 @@ def add_statistics(
             e.label: {k: v.as_dict() for k, v in e.paired.items()} for e in run.evals if e.paired
         },
     }
+    results["claims"] = run_claims(run)
     write_json_atomic(lay.results, results)
     ev = results.get("eval") or run.config.get("eval") or {}
     who = {k: results.get(k) or run.config.get(k) for k in ("teacher", "student")}

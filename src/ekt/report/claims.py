@@ -34,7 +34,7 @@ part of the result.
 
 Public: ``Claim``, ``CLAIMS``, ``ClaimResult``, ``BestStudent``,
 ``best_student``, ``check_claim``, ``check_claims``, ``verdict_of``,
-``verdict_text``, ``run_claims`` (a loaded run -> the results.json section).
+``run_claims`` (a loaded run -> the results.json section).
 """
 
 from __future__ import annotations
@@ -175,15 +175,6 @@ def verdict_of(diff: Interval | Mapping) -> str:
     if high < 0:
         return CONTRADICTED
     return NOT_DISTINGUISHABLE
-
-
-def verdict_text(claim: Mapping) -> str:
-    """The verdict in words, from a claim's results.json dict: "supported at this scale", ..."""
-    v = str(claim.get("verdict", ""))
-    if v in (SUPPORTED, CONTRADICTED, NOT_DISTINGUISHABLE):
-        return f"{v} at this scale"
-    reason = claim.get("reason")
-    return f"{v} ({reason})" if reason else v
 
 
 def best_student(models: Sequence[Evaluated]) -> BestStudent | None:

@@ -123,6 +123,8 @@ def results_markdown(results: Mapping) -> str:
     ]
     lines += transfer_lines(results)
     lines += _paired_lines(results, ks=list(ev.get("k") or [1]), n=ev.get("n"))
+    if results.get("claims"):
+        lines += claims_lines([("", results["claims"])])
     notes = list((stats or {}).get("notes", [])) + _merged_row_notes(rows)
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
@@ -151,6 +153,80 @@ def _paired_lines(results: Mapping, ks: Sequence[int], n: object) -> list[str]:
         "",
         *_markdown(["model", "method", *keys], body),
     ]
+
+
+# -- the paper's claims (computed by ekt.report.claims, read here from results.json) ------
+
+
+def claim_columns(sections: Sequence[Mapping]) -> list[str]:
+    """The difference figures any claim of ``sections`` has: pass@k by k, then greedy."""
+    keys = {k for s in sections for c in (s.get("rows") or {}).values() for k in c["differences"]}
+    ks = sorted(int(k.removeprefix("pass@")) for k in keys if k.startswith("pass@"))
+    return [f"pass@{k}" for k in ks] + sorted(k for k in keys if not k.startswith("pass@"))
+
+
+def claim_sides(claim: Mapping) -> str:
+    """``left − right`` as the section names them; the best student says which model it was."""
+
+    def side(name: str, declared: str, method: object) -> str:
+        return f"{name} ({method})" if declared == "best student" and method else name
+
+    left = side(claim["left_name"], claim["left"], claim.get("left_method"))
+    right = side(claim["right_name"], claim["right"], claim.get("right_method"))
+    return f"{left} − {right}"
+
+
+def claim_verdict(claim: Mapping) -> str:
+    """The verdict in words: "supported at this scale" (decided on the claim's primary
+    metric, named when it is not pass@1), or "not run (why)"."""
+    verdict = str(claim["verdict"])
+    if not claim.get("differences"):
+        return f"{verdict} ({claim['reason']})" if claim.get("reason") else verdict
+    metric = claim.get("metric")
+    return f"{verdict} at this scale" + (f" (on {metric})" if metric != "pass@1" else "")
+
+
+def best_student_line(section: Mapping) -> str:
+    best = section.get("best_student")
+    if not best:
+        return "Best student: none (no trained student was evaluated)."
+    return (
+        f"Best student: {best['method']} ({best['label']}), the trained student with the "
+        f"highest {best['metric']} ({pct(float(best['estimate']))}%)."
+    )
+
+
+def claims_lines(sections: Sequence[tuple[str, Mapping]]) -> list[str]:
+    """The claims table of results.md: a row per claim, a row group per run (a ``run``
+    column when there are several), each figure ``left − right`` with its interval."""
+    if not sections:
+        return []
+    several = len(sections) > 1
+    cols = claim_columns([s for _, s in sections])
+    first = sections[0][1]
+    primary = first.get("primary_metric", "pass@1")
+    head = ["run"] * several + ["claim", "difference", "verdict", "questions", *cols]
+    body = []
+    for name, section in sections:
+        for claim in (section.get("rows") or {}).values():
+            diffs = claim["differences"]
+            cells = [name] * several + [claim["claim"], claim_sides(claim), claim_verdict(claim)]
+            cells += [str(claim["questions"]) if diffs else NA]
+            body.append(cells + [pp_interval(diffs.get(k)) for k in cols])
+    lines = [
+        "",
+        "Claims (computed from the per-question records): each difference is left − right in "
+        "percentage points on the questions both models answered, with a "
+        f"{first.get('level', 0.95):.0%} paired bootstrap interval ({first.get('resamples')} "
+        f"resamples, seed {first.get('seed')}; * = interval excludes 0). The verdict is on "
+        f"{primary}: supported when the interval is entirely above 0, contradicted when "
+        "entirely below, not distinguishable when it contains 0; all at this scale (these "
+        "models, this many questions).",
+        "",
+        *_markdown(head, body),
+        "",
+    ]
+    return lines + [(f"{name}: " if several else "") + best_student_line(s) for name, s in sections]
 
 
 def _merged_row_notes(rows: Sequence[Mapping]) -> list[str]:
