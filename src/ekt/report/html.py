@@ -17,8 +17,15 @@ from markupsafe import Markup
 from ekt.evaluation.stats import SMALL_SAMPLE
 from ekt.layout import EvalLayout, RunLayout
 from ekt.report.charts import Series, bar_chart, interval_chart, line_chart
+from ekt.report.claims import run_claims
 from ekt.report.load import SOURCES, EvalData, RunData, load_yields, read_json, records
-from ekt.report.tables import pct_interval
+from ekt.report.tables import (
+    best_student_line,
+    claim_columns,
+    claim_sides,
+    claim_verdict,
+    pct_interval,
+)
 from ekt.report.templating import EXTRA_COLORS, color, fmt, render
 
 DRILL_QUESTIONS = 200  # questions whose programs are embedded (all get a summary line)
@@ -26,6 +33,7 @@ DRILL_SAMPLES = 4  # sampled programs shown per model and question
 
 NAV = [
     ("summary", "Summary"),
+    ("claims", "Claims"),
     ("results", "Results"),
     ("curves", "pass@k"),
     ("yields", "Yields"),
@@ -419,6 +427,7 @@ def _run_view(run: RunData, i: int) -> dict:
         "chain": chain(run),
         "arrow_chain": chain(run).replace("->", "→"),
         "summary": _summary(run),
+        "claims": run_claims(run),
         "all_notes": run.notes + model_notes(run),
         "evals": evals,
         "skipped": run.skipped,
@@ -487,6 +496,10 @@ def render_html(
                 "cols": ["greedy_pass@1"] + [f"pass@{k}" for k in ks],
                 "several_majs": len(majs) > 1,
             },
+            claim_cols=claim_columns([v["claims"] for v in views]),
+            claim_sides=claim_sides,
+            claim_verdict=claim_verdict,
+            best_student_line=best_student_line,
             drills=[
                 _drill(r, i, max_questions, max_samples) for i, r in enumerate(runs) if r.evals
             ],
