@@ -32,6 +32,11 @@ questions (sampled pass@1 when every candidate has samples, else greedy
 pass@1); a tie goes to the model listed first in the run. Which one it was is
 part of the result.
 
+``run_claims`` gives results.json its ``claims`` section (``ekt.report.build``);
+``ekt.report.tables.claims_lines`` renders it in results.md and
+``templates/claims.html.j2`` in report.html (a row group per run), both
+wording each decided verdict "... at this scale".
+
 Public: ``Claim``, ``CLAIMS``, ``ClaimResult``, ``BestStudent``,
 ``best_student``, ``check_claim``, ``check_claims``, ``verdict_of``,
 ``run_claims`` (a loaded run -> the results.json section).
@@ -233,10 +238,12 @@ def check_claim(
 
     ``ks``: the run's pass@k values (pass@1 is always included; those above the
     paired questions' smallest n are left out). ``skipped``: method -> why it
-    was not evaluated, for the NOT_RUN reason. ``best``: the BEST_STUDENT (see
-    ``best_student``), when the claim names one.
+    was not evaluated, for the NOT_RUN reason. ``best``: the BEST_STUDENT when the
+    claim names one (None: ``best_student(models)``).
     """
     skipped = skipped or {}
+    if best is None and BEST_STUDENT in (claim.left, claim.right):
+        best = best_student(models)
     left, why_left = _side(claim.left, models, best, skipped)
     right, why_right = _side(claim.right, models, best, skipped)
     if left is None or right is None:

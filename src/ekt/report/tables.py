@@ -4,7 +4,8 @@ Every markdown table of results goes through ``table_lines``: the published
 layout (teacher -> student, model, method, greedy pass@1, pass@k for each k,
 maj@n, pairs), a cell per figure. A figure with an interval (``row["intervals"]``,
 written by ``ekt.report.build.add_statistics``) prints as ``estimate [low, high]``,
-one without as its estimate; both in percent with one decimal.
+one without as its estimate; both in percent with one decimal. The paper's claims
+(``results["claims"]``, computed by ``ekt.report.claims``) render through ``claims_lines``.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def results_markdown(results: Mapping) -> str:
     """results.md of one run, from its results.json content.
 
     With ``statistics`` (after ``add_statistics``) the figures carry their 95%
-    intervals and the paired differences against the reference follow.
+    intervals and the paired differences against the reference follow; with
+    ``claims`` the paper's claims and their verdicts close the tables.
     """
     ev = results.get("eval") or {}
     chain = f"{results.get('teacher') or '?'} -> {results.get('student') or '?'}"
