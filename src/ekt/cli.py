@@ -369,9 +369,9 @@ def _limited(problems: list, limit: int | None) -> list:
 def cmd_generate(o: GenerateOptions, _: Any) -> None:
     backend = o.sampling.backend
     backend.validate()
-    fmt = load_format(o.sampling.prompt_format)
-    _check_format_and_api(fmt, backend)
     task = o.load_task((o.sampling.prompt_format,))
+    fmt = load_format(task.prompt_format(o.sampling.prompt_format))
+    _check_format_and_api(fmt, backend)
     problems = _limited(task.load(o.split), o.limit)
     if backend.name == "openai":  # the weights are the server's: name them by where they live
         fingerprint = f"openai:{backend.base_url}:{backend.served_model or o.model}"
@@ -484,7 +484,9 @@ def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
         prompt=o.prompt,
         sandbox=o.sandbox,
         settings={"model": o.model},
-        prompt_format=o.prompt_format,
+        prompt_format=task.prompt_format(o.prompt_format)
+        if o.prompt == "teacher"
+        else o.prompt_format,
         cluster=_cluster(o.ray, cfg.backend, o.sandbox.workers),
     )
     print(score_line(o.model, scores))

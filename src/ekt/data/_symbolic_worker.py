@@ -7,17 +7,10 @@ own address space first, so a huge expression ends it instead of the machine's m
 from __future__ import annotations
 
 import json
-import os
 import re
-import resource
 import sys
 
-
-def _limit_memory() -> None:
-    mb = int(os.environ.get("EKT_SYMBOLIC_MEMORY_MB", "1024"))
-    resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
+from ekt.data.helper import limit_memory
 
 _PYTHON_NAMES = [
     (re.compile(r"\*\*"), "^"),
@@ -41,7 +34,7 @@ def _python_spelling(text: str) -> str:
 
 
 def main() -> None:
-    _limit_memory()
+    limit_memory()
     sys.setrecursionlimit(4000)
     from math_verify import parse, verify
     from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig

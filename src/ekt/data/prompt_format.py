@@ -36,6 +36,7 @@ config or ``--prompt-format`` names one of these or a path to a YAML file.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ import yaml
 from ekt.errors import EktError
 
 FORMATS_DIR = Path(__file__).parent / "formats"
+EXEMPLAR_SEP = "@"  # "function@/path/task_exemplars.jsonl": a format with a task's exemplars
 BUILTIN = ("function", "chat", "tinygsm")
 DEFAULT_FORMAT = "function"
 STYLES = ("completion", "chat")
@@ -90,6 +92,7 @@ class PromptFormat:
     templates: dict[str, Any] = field(repr=False, compare=False)
     n_exemplars: int
     source: str  # the YAML file
+    exemplar_file: str = ""  # a task's exemplars, shown instead of the format's own ("": none)
 
     @property
     def is_chat(self) -> bool:
@@ -97,8 +100,20 @@ class PromptFormat:
 
     @property
     def label(self) -> str:
-        """How settings files name it: a built-in's name, else the YAML file's path."""
-        return self.name if Path(self.source).parent == FORMATS_DIR.resolve() else self.source
+        """How settings files name it: a built-in's name, else the YAML file's path; with a
+        task's exemplars, ``@`` and their file (:func:`with_task_exemplars`)."""
+        base = self.name if Path(self.source).parent == FORMATS_DIR.resolve() else self.source
+        return f"{base}{EXEMPLAR_SEP}{self.exemplar_file}" if self.exemplar_file else base
+
+    def with_exemplars(self, path: str | Path) -> PromptFormat:
+        """This layout showing the exemplars of a JSONL file (a task's) instead of its own."""
+        p = Path(path).expanduser().resolve()
+        if not p.is_file():
+            raise EktError(f"exemplars: no such file {p}")
+        shots = read_exemplars(p, self.entry_point)
+        return dataclasses.replace(
+            self, exemplars=shots, n_exemplars=len(shots), exemplar_file=str(p)
+        )
 
     def _render(self, key: str, **values: Any) -> str:
         try:
@@ -306,10 +321,28 @@ def _load(path: Path) -> PromptFormat:
 
 
 def load_format(spec: str | PromptFormat | None = None) -> PromptFormat:
-    """A prompt format by built-in name or YAML path (None: the default, ``function``)."""
+    """A prompt format by built-in name or YAML path (None: the default, ``function``);
+    ``NAME@EXEMPLARS.jsonl`` is that format showing the file's exemplars instead."""
     if isinstance(spec, PromptFormat):
         return spec
+    base, sep, exemplars = (spec or DEFAULT_FORMAT).rpartition(EXEMPLAR_SEP)
+    if sep and exemplars.endswith(".jsonl"):
+        return _with_exemplars(base or DEFAULT_FORMAT, exemplars)
     return _load(_resolve(spec or DEFAULT_FORMAT))
+
+
+@functools.lru_cache(maxsize=32)
+def _with_exemplars(base: str, exemplars: str) -> PromptFormat:
+    return load_format(base).with_exemplars(exemplars)
+
+
+def with_task_exemplars(spec: str | None, exemplars: str | None) -> str:
+    """The format spec a task's prompts use: ``spec`` showing the task's exemplars (a task
+    file's ``exemplars``), unless ``spec`` already names exemplars of its own."""
+    spec = spec or DEFAULT_FORMAT
+    if not exemplars or EXEMPLAR_SEP in spec and spec.endswith(".jsonl"):
+        return spec
+    return f"{spec}{EXEMPLAR_SEP}{exemplars}"
 
 
 __all__ = [
@@ -322,4 +355,5 @@ __all__ = [
     "load_format",
     "read_exemplars",
     "squash",
+    "with_task_exemplars",
 ]

@@ -20,19 +20,14 @@ Gold answers of MATH-style tasks are LaTeX (``\\frac{1}{2}``, ``2\\sqrt{3}``, ``
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import json
-import os
 import re
-import select
-import subprocess
-import sys
-import threading
 from fractions import Fraction
 from typing import Any
 
 from ekt.data.grading import grade_value
+from ekt.data.helper import HelperProcess
 from ekt.errors import EktError
 
 MAX_CHARS = 512  # longer returned text is wrong unparsed (no MATH answer comes close)
@@ -140,72 +135,14 @@ def grade_symbolic(value: Any, type_name: str, gold: str) -> bool:
     return _judge().equal(gold, text)
 
 
-class _Judge:
+class _Judge(HelperProcess):
     """The helper process that parses and compares with math-verify, one pair at a time."""
 
     def __init__(self, timeout: float = TIMEOUT_S):
-        self.timeout = timeout
-        self.proc: subprocess.Popen | None = None
-        self.cache: dict[tuple[str, str], bool] = {}
-        self.lock = threading.Lock()
-
-    def _start(self) -> subprocess.Popen:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OPENAI"))}
-        env["EKT_SYMBOLIC_MEMORY_MB"] = str(MEMORY_MB)
-        return subprocess.Popen(
-            [sys.executable, "-P", "-m", "ekt.data._symbolic_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-
-    def close(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        super().__init__("ekt.data._symbolic_worker", timeout, MEMORY_MB)
 
     def equal(self, gold: str, value: str) -> bool:
-        key = (gold, value)
-        with self.lock:
-            if key in self.cache:
-                return self.cache[key]
-            answer = self._ask(gold, value)
-            if len(self.cache) > 100_000:
-                self.cache.clear()
-            self.cache[key] = answer
-            return answer
-
-    def _ask(self, gold: str, value: str) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = self._start()
-            # the first request also waits for math-verify's import
-            ready = self._readline(max(30.0, self.timeout))
-            if ready != "ready":
-                self.close()
-                return False
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write((json.dumps([gold, value]) + "\n").encode())
-            self.proc.stdin.flush()
-        except OSError:
-            self.close()
-            return False
-        line = self._readline(self.timeout)
-        if line is None:  # too slow, or the helper died (memory limit): wrong, and a new helper
-            self.close()
-            return False
-        return line == "1"
-
-    def _readline(self, timeout: float) -> str | None:
-        assert self.proc is not None and self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        return line.decode().strip() if line else None
+        return self.ask(json.dumps([gold, value])) == "1"
 
 
 _JUDGE: _Judge | None = None
@@ -219,5 +156,4 @@ def _judge() -> _Judge:
                 "symbolic answers (answer_format: math) need math-verify: pip install 'ekt[math]'"
             )
         _JUDGE = _Judge()
-        atexit.register(_JUDGE.close)
     return _JUDGE

@@ -21,6 +21,8 @@ from every split.
 from __future__ import annotations
 
 import csv
+import functools
+import importlib.util
 import json
 import os
 import random
@@ -35,12 +37,14 @@ import jinja2
 import yaml
 
 from ekt.data.grading import grade_value
+from ekt.data.procedural import SOURCE, Generator, ProceduralSource
+from ekt.data.prompt_format import squash, with_task_exemplars
 from ekt.data.prompts import is_exemplar
 from ekt.data.symbolic import boxed_answer, grade_symbolic
 from ekt.errors import EktError
-from ekt.records import Execution, Problem, iter_lines
+from ekt.records import Execution, Problem, iter_lines, read_jsonl
 
-ANSWER_FORMATS = ("number", "gsm8k", "math")
+ANSWER_FORMATS = ("number", "gsm8k", "math", "procedural")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
@@ -120,10 +124,10 @@ class TaskSpec:
     name: str
     # an HF dataset id ("openai/gsm8k"), or local files: a path with a {split} placeholder
     # (JSONL, CSV or Parquet), relative to the task file
-    data: str
-    question: str  # a field name, or a Jinja template over the fields: "{{ Body }} {{ Question }}"
-    answer: str  # the field holding the gold answer
-    answer_format: str = "number"  # number | gsm8k | math
+    data: str = ""
+    question: str = ""  # a field name, or a Jinja template over the fields: "{{ Body }} {{ Q }}"
+    answer: str = ""  # the field holding the gold answer
+    answer_format: str = "number"  # number | gsm8k | math | procedural (set by source)
     id: str | None = None  # the field holding a row's id; else the 0-based row index
     # ekt split -> the dataset's split name (e.g. {test: validation}); train/test by default
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
@@ -132,10 +136,20 @@ class TaskSpec:
     # tasks whose questions this one was built from (GSM-Hard from GSM8K test): a training set
     # is decontaminated against them too when this task is evaluated
     derived_from: tuple[str, ...] = ()
-    source: str = ""  # where the spec was read from (filled in by the loader)
+    # worked question -> program examples (JSONL: question, program[, source_id]) the teacher's
+    # prompt shows for this task instead of its prompt format's own; relative to the task file
+    exemplars: str | None = None
+    # procedural tasks (ekt.data.procedural): problems from a seeded generator, no data file
+    source: str = ""  # "" (data files or the hub) | reasoning-gym
+    generator: str | None = None  # one generator's name, with its `config`
+    config: dict[str, Any] = field(default_factory=dict)
+    generators: tuple[Generator, ...] = ()  # or several: [{name, config, weight}, ...]
+    seed: int = 0
+    size: dict[str, int] = field(default_factory=dict)  # problems per split: {train: N, test: M}
+    path: str = ""  # where the spec was read from (filled in by the loader)
 
     def __post_init__(self) -> None:
-        where = self.source or self.name
+        where = self.path or self.name
         if self.answer_format not in ANSWER_FORMATS:
             raise EktError(
                 f"{where}: answer_format {self.answer_format!r} is not one of "
@@ -147,6 +161,13 @@ class TaskSpec:
             raise EktError(f"{where}: 'splits' must map ekt split names to dataset split names")
         if "dev" in self.splits:
             raise EktError(f"{where}: 'dev' is held out of train by dev_size; do not list it")
+        if self.is_procedural and self.answer_format != "procedural":
+            raise EktError(f"{where}: a procedural task's answers are graded by its generator; "
+                           "leave answer_format out")  # fmt: skip
+
+    @property
+    def is_procedural(self) -> bool:
+        return self.source == SOURCE
 
     @property
     def is_local(self) -> bool:
@@ -160,8 +181,9 @@ class TaskSpec:
         return env.from_string(self.question)
 
 
-_SPEC_KEYS = {f.name for f in fields(TaskSpec)} - {"source"}
+_SPEC_KEYS = {f.name for f in fields(TaskSpec)} - {"path"}
 _REQUIRED = ("name", "data", "question", "answer")
+_PROCEDURAL_KEYS = {"generator", "config", "generators", "seed", "size"}
 
 
 def read_spec(path: str | Path) -> TaskSpec:
@@ -183,6 +205,13 @@ def read_spec(path: str | Path) -> TaskSpec:
             f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"a task file has {', '.join(sorted(_SPEC_KEYS))}"
         )
+    if "source" in raw:
+        if raw["source"] != SOURCE:
+            raise EktError(f"{path}: key 'source' must be {SOURCE!r} (or left out for data files)")
+        return _read_procedural(path, raw)
+    used = sorted(set(raw) & _PROCEDURAL_KEYS)
+    if used:
+        raise EktError(f"{path}: key(s) {', '.join(map(repr, used))} need 'source: {SOURCE}'")
     for key in _REQUIRED:
         if key not in raw:
             raise EktError(f"{path}: missing key {key!r}")
@@ -196,14 +225,89 @@ def read_spec(path: str | Path) -> TaskSpec:
     if isinstance(raw.get("derived_from"), str):
         raw["derived_from"] = [raw["derived_from"]]
     raw["derived_from"] = tuple(raw.get("derived_from") or ())
-    spec = TaskSpec(**raw, source=str(path))
+    raw["exemplars"] = _exemplars_path(path, raw.get("exemplars"))
+    spec = TaskSpec(**raw, path=str(path))
     if spec.is_local and not Path(spec.data).is_absolute():  # relative to the task file
-        spec = TaskSpec(**{**raw, "data": str(path.parent / spec.data)}, source=str(path))
+        spec = TaskSpec(**{**raw, "data": str(path.parent / spec.data)}, path=str(path))
     try:
         spec.template  # noqa: B018 - compiles the question template once, to report errors here
     except jinja2.TemplateSyntaxError as e:
         raise EktError(f"{path}: key 'question': bad Jinja template ({e.message})") from None
     return spec
+
+
+def _exemplars_path(path: Path, value: Any) -> str | None:
+    """A task file's ``exemplars`` key as an absolute path (it is relative to the file)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise EktError(f"{path}: key 'exemplars' must be the path of a JSONL file")
+    full = (path.parent / value).resolve()
+    if not full.is_file():
+        raise EktError(f"{path}: exemplars: no such file {full}")
+    return str(full)
+
+
+def _read_procedural(path: Path, raw: dict[str, Any]) -> TaskSpec:
+    """A ``source: reasoning-gym`` task file (see :mod:`ekt.data.procedural`)."""
+    for key in ("data", "question", "answer", "id", "splits", "subset", "answer_format"):
+        if key in raw:
+            raise EktError(f"{path}: key {key!r} does not apply to a procedural task")
+    if not isinstance(raw.get("name"), str) or not raw["name"].strip():
+        raise EktError(f"{path}: missing key 'name'")
+    if ("generator" in raw) == ("generators" in raw):
+        raise EktError(f"{path}: a procedural task names 'generator' (with 'config') or "
+                       "'generators' (a list of {name, config, weight})")  # fmt: skip
+    if "generator" in raw:
+        items = [{"name": raw["generator"], "config": raw.get("config") or {}}]
+    else:
+        if "config" in raw:
+            raise EktError(f"{path}: with 'generators', each item has its own 'config'")
+        items = raw["generators"]
+        if not isinstance(items, list) or not items:
+            raise EktError(f"{path}: key 'generators' must be a non-empty list")
+    gens = []
+    for i, g in enumerate(items):
+        at = f"{path}: generators[{i}]" if "generators" in raw else f"{path}: generator"
+        if not isinstance(g, dict) or set(g) - {"name", "config", "weight"}:
+            raise EktError(f"{at}: expected a mapping of name, config and weight")
+        if not isinstance(g.get("name"), str) or not g["name"].strip():
+            raise EktError(f"{at}: 'name' must be a generator's name (a string)")
+        config = g.get("config") or {}
+        if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+            raise EktError(f"{at}: 'config' must map setting names to values")
+        if "seed" in config or "size" in config:
+            raise EktError(f"{at}: 'seed' and 'size' are the task's keys, not the generator's")
+        weight = g.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise EktError(f"{at}: 'weight' must be a positive number")
+        gens.append(Generator(g["name"].strip(), config, float(weight)))
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise EktError(f"{path}: key 'seed' must be a non-negative integer")
+    size = raw.get("size")
+    if not isinstance(size, dict) or not size or not all(
+        isinstance(k, str) and type(v) is int and v > 0 for k, v in size.items()
+    ):
+        raise EktError(f"{path}: key 'size' must map splits to problem counts, e.g. "
+                       "{train: 1000, test: 200}")  # fmt: skip
+    if "dev" in size:
+        raise EktError(f"{path}: 'dev' is held out of train by dev_size; do not list it")
+    for key in ("description",):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise EktError(f"{path}: key {key!r} must be a string")
+    return TaskSpec(
+        name=raw["name"].strip(),
+        answer_format="procedural",
+        splits={k: k for k in size},
+        description=raw.get("description") or "",
+        exemplars=_exemplars_path(path, raw.get("exemplars")),
+        source=SOURCE,
+        generators=tuple(gens),
+        seed=seed,
+        size=dict(size),
+        path=str(path),
+    )
 
 
 def _builtin_files() -> dict[str, Any]:
@@ -265,14 +369,31 @@ class Task:
 
     @property
     def source(self) -> str:
-        """Where problems come from, for manifests: a folder, local files or ``hf:<id>``."""
+        """Where problems come from, for manifests: a folder, local files, ``hf:<id>`` or
+        ``reasoning-gym:<generators>@<seed>``."""
+        if self.spec.is_procedural:
+            names = "+".join(g.name for g in self.spec.generators)
+            return f"{SOURCE}:{names}@{self.spec.seed}"
         if self.data_dir:
             return self.data_dir
         return self.spec.data if self.spec.is_local else f"hf:{self.spec.data}"
 
+    @functools.cached_property
+    def procedural(self) -> ProceduralSource | None:
+        """The generator source of a procedural task (None for data files)."""
+        spec = self.spec
+        if not spec.is_procedural:
+            return None
+        return ProceduralSource(spec.name, spec.generators, spec.seed, spec.size, spec.path)
+
     def data_paths(self) -> list[str]:
         """Local files or folders the problems (and gold answers) are read from: the sandbox
-        denies programs all of them."""
+        denies programs all of them. A procedural task's answers can be generated again from
+        its file's seed by the generator's package, so both are denied."""
+        if self.spec.is_procedural:
+            out = [str(Path(self.spec.path).parent)] if self.spec.path else []
+            found = importlib.util.find_spec("reasoning_gym")
+            return out + list(found.submodule_search_locations or []) if found else out
         if self.data_dir:
             return [self.data_dir]
         if self.spec.is_local:
@@ -300,12 +421,32 @@ class Task:
             problems = [
                 Problem(p.id, p.question, p.answer, split, p.solution) for p in problems if keep(p)
             ]
-        return [p for p in problems if not is_exemplar(p, self.exemplar_formats)]
+        return [p for p in problems if not self.is_exemplar(p)]
+
+    def prompt_format(self, spec: str | None) -> str:
+        """The prompt format ``spec`` as this task's teacher prompts use it: showing the task
+        file's ``exemplars`` when it names some (``ekt.data.prompt_format.load_format``)."""
+        return with_task_exemplars(spec, self.spec.exemplars)
+
+    def is_exemplar(self, problem: Problem) -> bool:
+        """True for a question some prompt of this task shows as a worked example."""
+        if self.exemplar_questions and squash(problem.question).lower() in self.exemplar_questions:
+            return True
+        return is_exemplar(problem, self.exemplar_formats)
+
+    @functools.cached_property
+    def exemplar_questions(self) -> frozenset[str]:
+        if not self.spec.exemplars:
+            return frozenset()
+        rows = read_jsonl(self.spec.exemplars, allow_torn_tail=False)
+        return frozenset(squash(str(r.get("question", ""))).lower() for _, r in rows)
 
     def load_file(self, file_split: str) -> list[Problem]:
         """Every problem of one split's file (``train``, ``test``, ...), no exclusions."""
         if file_split not in self.spec.splits:
             raise EktError(f"task {self.name} has no split {file_split!r}")
+        if self.procedural is not None:
+            return self.procedural.load(file_split)
         spec = self.spec
         template = spec.template
         problems: list[Problem] = []
@@ -388,6 +529,8 @@ class Task:
             return False
         if self.answer_format == "math":
             return grade_symbolic(execution.value, execution.type, str(problem.answer))
+        if self.procedural is not None:
+            return self.procedural.grade(execution.value, execution.type, problem)
         return grade_value(execution.value, execution.type, problem.answer)
 
 
@@ -538,7 +681,7 @@ def describe_tasks() -> list[dict[str, str]]:
     return [
         {
             "name": s.name,
-            "source": s.data if not s.is_local else "local files",
+            "source": SOURCE if s.is_procedural else s.data if not s.is_local else "local files",
             "splits": ", ".join(f"{k}={v}" if k != v else k for k, v in s.splits.items()),
             "answer_format": s.answer_format,
             "description": s.description,

@@ -238,7 +238,7 @@ class _Planner:
                 t,
                 self.train,
                 "teacher",
-                ts.prompt_format,
+                self.task.prompt_format(ts.prompt_format),
                 ts.backend,
                 ts.n,
                 ts.max_new_tokens,
@@ -284,7 +284,8 @@ class _Planner:
         ev, e = cfg.eval, cfg.eval.backend
         models = []
         if cfg.evaluate_teacher:
-            models.append(("teacher", t, "teacher", ts.prompt_format, ts.backend, shared, t))
+            fmt = self.task.prompt_format(ts.prompt_format)
+            models.append(("teacher", t, "teacher", fmt, ts.backend, shared, t))
         if cfg.evaluate_base_student:
             models.append(("student-base", s, "student", cfg.student_prompt_format, e, shared, s))
         for method in methods:

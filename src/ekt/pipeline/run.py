@@ -407,7 +407,7 @@ class Runner:
         if getattr(self, "_teacher_sampled", False):
             return
         cfg, ts = self.cfg, self.cfg.teacher_sampling
-        fmt = load_format(ts.prompt_format)
+        fmt = load_format(self.task.prompt_format(ts.prompt_format))
         budget = adaptive_budget(ts, cfg.keep)
         how = f" (adaptive budget, rounds of {ts.round_size})" if budget else ""
         with (
@@ -603,8 +603,8 @@ class Runner:
         ):
             backend = cfg.teacher_sampling.backend if label == "teacher" else cfg.eval.backend
             fmt = (
-                cfg.teacher_sampling.prompt_format if label == "teacher"
-                else cfg.student_prompt_format
+                (task or self.task).prompt_format(cfg.teacher_sampling.prompt_format)
+                if label == "teacher" else cfg.student_prompt_format
             )  # fmt: skip
             scores = evaluate(
                 self.sampler_factory(spec, cfg.device, cfg.eval.batch_size, backend),
