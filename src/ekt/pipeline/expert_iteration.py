@@ -36,9 +36,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ekt.data.prompt_format import load_format
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget
-from ekt.generation.generate import generate
+from ekt.generation.generate import format_stops, generate
 from ekt.generation.sampling import SamplingParams
 from ekt.layout import ExpertIterationLayout
 from ekt.records import Problem, TrainPair, read_records, write_json_atomic, write_jsonl_atomic
@@ -125,6 +126,7 @@ def expert_iteration(
     device: str | None = None,
     cluster: Any = None,
     budget: AdaptiveBudget | None = None,
+    prompt_format: str | None = None,
 ) -> ExpertIterationResult:
     """Run the rounds (see the module doc); ``make_sampler(model)`` gives a sampler factory.
 
@@ -163,6 +165,8 @@ def expert_iteration(
             break
         sampler_model = previous or student
         prompt = "few-shot" if r == 1 else cfg.later_rounds_prompt
+        # the student's layout; a few-shot round shows the task's exemplars in it
+        fmt = task.prompt_format(prompt_format) if prompt == "few-shot" else prompt_format
         print(
             f"expert iteration round {r}: {sampler_model} samples {params.n} programs "
             f"({prompt}) for {len(todo)} unsolved questions"
@@ -171,21 +175,23 @@ def expert_iteration(
             judge = None
             if budget is not None:  # verification interleaved with sampling
                 judge = stack.enter_context(
-                    RoundJudge(rdir, rl.executions, task, sandbox, cluster=cluster)
+                    RoundJudge(rdir, rl.executions, task, sandbox, cluster=cluster,
+                               prompt_format=fmt)  # fmt: skip
                 )
             g = generate(
                 make_sampler(sampler_model),
                 todo,
                 rdir,
-                params,
+                format_stops(params, load_format(fmt)),
                 prompt=PROMPTS[prompt],
+                prompt_format=fmt,
                 settings={"model": sampler_model, "task": task.name, "round": r},
                 cluster=cluster,
                 budget=budget,
                 judge=judge,
             )
         print(g.line())
-        v = verify(rdir, rl.executions, task, None, sandbox, cluster=cluster)
+        v = verify(rdir, rl.executions, task, None, sandbox, cluster=cluster, prompt_format=fmt)
         print(v.line())
         f = filter_stage(
             rl.executions,
@@ -219,8 +225,9 @@ def expert_iteration(
             write_jsonl_atomic(rl.train_pairs, pairs)
             init = student if cfg.restart_from_base or previous is None else previous
             result = train_student(
-                init, rl.train_pairs, rl.model, train_config, device=device
-            )
+                init, rl.train_pairs, rl.model, train_config, device=device,
+                prompt_format=prompt_format,
+            )  # fmt: skip
             if result is None:  # cannot happen with pairs, but never claim a model
                 raise EktError(f"round {r}: training produced no model")
             rec.trained_from = init

@@ -539,6 +539,7 @@ class Runner:
                 cfg.device,
                 cluster=self.cluster,
                 budget=adaptive_budget(sampling, cfg.expert_iteration.keep),
+                prompt_format=cfg.student_prompt_format,
             )
         return result.model, result.pairs_path
 
@@ -550,7 +551,10 @@ class Runner:
                 return str(out)
             c = self.cfg
             if method == "kd":
-                result = train_kd(c.student, c.teacher, pairs, out, c.train, c.kd, device=c.device)
+                result = train_kd(
+                    c.student, c.teacher, pairs, out, c.train, c.kd, device=c.device,
+                    prompt_format=self.task.prompt_format(c.student_prompt_format),
+                )  # fmt: skip
             else:
                 result = train_student(
                     c.student, pairs, out, c.train, device=c.device,

@@ -52,7 +52,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ekt.data.prompts import PROGRAM_HEADER, extract_program, student_prompt, teacher_prompt
+from ekt.data.prompt_format import PromptFormat, load_format
+from ekt.data.prompts import extract_program
 from ekt.errors import EktError
 from ekt.models import load_model
 from ekt.records import Completion, Problem, TrainPair
@@ -71,6 +72,7 @@ from ekt.training.train import (
     _trainer_class,
     encode_pair,
     local_device,
+    pair_ids,
     train_student,
 )
 from ekt.verification.filtering import _norm_question, _order
@@ -179,15 +181,19 @@ def kd_objective(
 
 
 def _teacher_ids(
-    t_tok: Any, question: str, program: str, prompt_kind: str, n_program: int
+    t_tok: Any,
+    question: str,
+    program: str,
+    prompt_kind: str,
+    n_program: int,
+    fmt: PromptFormat | None = None,
 ) -> tuple[list[int], int]:
-    """Teacher tokens for the same text (its own tokenizer), program cut to ``n_program``."""
+    """Teacher tokens for the same pair in the same layout (its own tokenizer; a chat layout
+    with its own chat template), program cut to ``n_program``."""
     if t_tok.eos_token_id is None:
         raise EktError("the teacher's tokenizer has no EOS token")
-    prompt = student_prompt(question) if prompt_kind == "student" else teacher_prompt(question)
-    body = program[len(PROGRAM_HEADER) :] if program.startswith(PROGRAM_HEADER) else program
-    p_ids = list(t_tok(prompt, add_special_tokens=True).input_ids)
-    b_ids = list(t_tok(body, add_special_tokens=False).input_ids) + [t_tok.eos_token_id]
+    view = "student" if prompt_kind == "student" else "teacher"
+    p_ids, b_ids = pair_ids(t_tok, fmt or load_format(), question, program, view)
     return p_ids + b_ids[: max(n_program, 1)], len(p_ids)
 
 
@@ -346,19 +352,27 @@ class Distiller:
         return {"teacher": self.spec, **settings}
 
     def build_examples(
-        self, tok: Any, pairs: Sequence[TrainPair], max_length: int, loss_on: str
+        self,
+        tok: Any,
+        pairs: Sequence[TrainPair],
+        max_length: int,
+        loss_on: str,
+        prompt_format: PromptFormat | None = None,
     ) -> tuple[list[dict], int]:
+        """The student's examples in its layout (``prompt_format``; a chat layout in its chat
+        template), each with the teacher's tokens of the same pair in the same layout."""
         self.load()
         self.kind = self.resolve_kind(tok)
+        fmt = prompt_format or load_format()
         examples = []
         for p in pairs:
-            ex = encode_pair(tok, p.question, p.program, max_length, loss_on)
+            ex = encode_pair(tok, p.question, p.program, max_length, loss_on, fmt)
             if all(x == IGNORE for x in ex["labels"]):
                 continue
-            n_prompt = len(tok(student_prompt(p.question), add_special_tokens=True).input_ids)
+            n_prompt = min(len(pair_ids(tok, fmt, p.question, p.program)[0]), len(ex["input_ids"]))
             n_program = len(ex["input_ids"]) - n_prompt
             t_ids, t_n_prompt = _teacher_ids(
-                self.tok, p.question, p.program, self.cfg.teacher_prompt, n_program
+                self.tok, p.question, p.program, self.cfg.teacher_prompt, n_program, fmt
             )
             ex.update(n_prompt=n_prompt, t_input_ids=t_ids, t_n_prompt=t_n_prompt)
             examples.append(ex)
@@ -414,10 +428,14 @@ def train_kd(
     kd: KDConfig | None = None,
     resume: bool = True,
     device: str | None = None,
+    prompt_format: str | PromptFormat | None = None,
 ) -> TrainResult | None:
-    """Distil ``teacher_spec`` into ``student_spec`` on the pairs (``method: kd``)."""
+    """Distil ``teacher_spec`` into ``student_spec`` on the pairs (``method: kd``), both reading
+    each pair in the student's layout ``prompt_format``."""
     distill = Distiller(teacher_spec, kd, device)
-    return train_student(student_spec, pairs_path, out_dir, config, resume, device, distill)
+    return train_student(
+        student_spec, pairs_path, out_dir, config, resume, device, distill, prompt_format
+    )
 
 
 # -- sequence-level KD ------------------------------------------------------

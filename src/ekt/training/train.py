@@ -114,15 +114,7 @@ def encode_pair(
     """
     if tok.eos_token_id is None:
         raise EktError("the student's tokenizer has no EOS token; cannot mark the program end")
-    fmt = load_format(prompt_format)
-    if fmt.is_chat:
-        p_ids, b_ids = _chat_pair(tok, fmt, question, program)
-    else:
-        prompt = fmt.student(question)
-        header = fmt.header
-        body = program[len(header) :] if program.startswith(header) else program
-        p_ids = list(tok(prompt, add_special_tokens=True).input_ids)
-        b_ids = list(tok(body, add_special_tokens=False).input_ids) + [tok.eos_token_id]
+    p_ids, b_ids = pair_ids(tok, load_format(prompt_format), question, program)
     ids = (p_ids + b_ids)[:max_length]
     if loss_on == "all":
         labels = list(ids)
@@ -131,13 +123,29 @@ def encode_pair(
     return {"input_ids": ids, "labels": labels}
 
 
+def pair_ids(
+    tok: Any, fmt: PromptFormat, question: str, program: str, view: str = "student"
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, reply ids ending in EOS) of one question/program pair in a format's
+    layout, as ``tok`` tokenises it: the student's zero-shot prompt, or with ``view``
+    ``"teacher"`` the few-shot one (a live KD teacher reading the same pair)."""
+    if fmt.is_chat:
+        return _chat_pair(tok, fmt, question, program, view)
+    prompt = fmt.student(question) if view == "student" else fmt.teacher(question)
+    header = fmt.header
+    body = program[len(header) :] if program.startswith(header) else program
+    p_ids = list(tok(prompt, add_special_tokens=True).input_ids)
+    b_ids = list(tok(body, add_special_tokens=False).input_ids) + [tok.eos_token_id]
+    return p_ids, b_ids
+
+
 def _chat_pair(
-    tok: Any, fmt: PromptFormat, question: str, program: str
+    tok: Any, fmt: PromptFormat, question: str, program: str, view: str = "student"
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, assistant-turn ids) of one pair in a chat format's layout."""
     from ekt.generation.sampling import chat_ids
 
-    messages = fmt.student(question)
+    messages = fmt.student(question) if view == "student" else fmt.teacher(question)
     assert isinstance(messages, list)
     p_ids = chat_ids(tok, messages)  # exactly what the sampler feeds at evaluation
     prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -611,7 +619,7 @@ def train_student(
 
     model, tok = _load_student(model_spec, local_device(device))
     if distill is not None:
-        data, dropped = distill.build_examples(tok, pairs, cfg.max_length, cfg.loss_on)
+        data, dropped = distill.build_examples(tok, pairs, cfg.max_length, cfg.loss_on, fmt)
     else:
         data, dropped = build_examples(tok, pairs, cfg.max_length, cfg.loss_on, prompt_format)
     if dropped:
