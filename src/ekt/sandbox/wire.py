@@ -120,14 +120,14 @@ def _plain_list(x: list | tuple, t: type) -> tuple[list | None, str, str]:
     """An exact list or tuple as a JSON list, or None and why not.
 
     Its items are plain values as :func:`plain_value` makes them, with two changes, as a
-    JSON list keeps no item's type: a Fraction is the text ``"num/den"`` (a pair would
-    read as a nested list; ``symbolic.plain_number`` reads the text back exactly), and a
-    float (Decimal, numpy float) must be finite. Nested exact lists and tuples become
-    JSON lists, at most ``MAX_LIST_DEPTH`` levels in all. Walked without recursion;
-    each list is copied by one C-level slice before it is read, so another thread of
-    the program changing it meanwhile changes nothing here; ``len`` is read before the
-    copy, so a huge list is refused without copying it. Bounded: ``MAX_LIST_ITEMS``
-    items in all, ``MAX_LIST_CHARS`` characters of JSON text."""
+    JSON list keeps no item's type: a Fraction is its int when whole, else the text
+    ``"num/den"`` (a pair would read as a nested list; ``symbolic.plain_number`` reads
+    the text back exactly), and a float (Decimal, numpy float) must be finite. Nested
+    exact lists and tuples become JSON lists, at most ``MAX_LIST_DEPTH`` levels in all.
+    Walked without recursion; each list is copied by one C-level slice before it is
+    read, so another thread of the program changing it meanwhile changes nothing here;
+    ``len`` is read before the copy, so a huge list is refused without copying it.
+    Bounded: ``MAX_LIST_ITEMS`` items in all, ``MAX_LIST_CHARS`` characters of JSON."""
     tname = "list" if t is list else "tuple"
     n = len(x)  # C-level for an exact list or tuple
     if n > MAX_LIST_ITEMS:
@@ -175,8 +175,8 @@ def _plain_list(x: list | tuple, t: type) -> tuple[list | None, str, str]:
                 if note:
                     return None, tname, f"{note} in {tname}"
                 if name == "Fraction":
-                    v = f"{v[0]}/{v[1]}"
-                    if len(v) > MAX_STR_CHARS:
+                    v = v[0] if v[1] == 1 else f"{v[0]}/{v[1]}"
+                    if type(v) is str and len(v) > MAX_STR_CHARS:
                         return None, tname, f"Fraction too large in {tname}"
                 elif type(v) is str:  # "nan", "inf", "-inf"
                     return None, tname, f"non-finite float in {tname}"
