@@ -11,8 +11,10 @@ import decimal
 import fractions
 import math
 import os
+import re
 import struct
 import sys
+from itertools import accumulate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs every worker 0.6 MB, which every fork copies
@@ -24,6 +26,9 @@ MAX_INT_DIGITS = len(str(-(1 << MAX_INT_BITS)))  # the longest text of an int wi
 MAX_STR_CHARS = 1000  # returned strings are cut to this many characters
 MAX_ERROR_CHARS = 300
 MAX_TYPE_CHARS = 80
+MAX_LIST_ITEMS = 256  # items of a returned list or tuple in all, nested lists' included
+MAX_LIST_DEPTH = 4  # levels of lists: [[[[1]]]] is the deepest returned
+MAX_LIST_CHARS = 8000  # characters of a returned list's JSON text
 
 # -- what a program returns ---------------------------------------------------------------
 
@@ -62,7 +67,8 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
     types are reported by class name with value None. Fraction and Decimal are the
     classes imported before any program ran; a numpy scalar is converted only when its
     class is a static C type (no class a program defines is), so a module a program
-    swaps into ``sys.modules`` cannot get one of its methods called.
+    swaps into ``sys.modules`` cannot get one of its methods called. An exact list or
+    tuple of such values becomes a JSON list (:func:`_plain_list`).
     """
     t = type(x)
     if t is bool:
@@ -89,6 +95,8 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
         return x[:MAX_STR_CHARS], "str", ""
     if x is None:
         return None, "NoneType", ""
+    if t is list or t is tuple:
+        return _plain_list(x, t)
     if not _NUMPY_TYPES and "numpy" in sys.modules:  # imported by the program itself
         init_numpy_types()
     try:
@@ -106,6 +114,115 @@ def plain_value(x: Any) -> tuple[Any, str, str]:
             return v, name, ""
         return _float_value(float(x)), name, ""
     return None, type_name(t), "unsupported return type"
+
+
+def _plain_list(x: list | tuple, t: type) -> tuple[list | None, str, str]:
+    """An exact list or tuple as a JSON list, or None and why not.
+
+    Its items are plain values as :func:`plain_value` makes them, with two changes, as a
+    JSON list keeps no item's type: a Fraction is its int when whole, else the text
+    ``"num/den"`` (a pair would read as a nested list; ``symbolic.plain_number`` reads
+    the text back exactly), and a float (Decimal, numpy float) must be finite. Nested
+    exact lists and tuples become JSON lists, at most ``MAX_LIST_DEPTH`` levels in all.
+    Walked without recursion; each list is copied by one C-level slice before it is
+    read, so another thread of the program changing it meanwhile changes nothing here;
+    ``len`` is read before the copy, so a huge list is refused without copying it.
+    Bounded: ``MAX_LIST_ITEMS`` items in all, ``MAX_LIST_CHARS`` characters of JSON."""
+    tname = "list" if t is list else "tuple"
+    n = len(x)  # C-level for an exact list or tuple
+    if n > MAX_LIST_ITEMS:
+        return None, tname, f"{tname} too long ({n} items)"
+    items = x[:]  # a list: a private copy; a tuple: itself (it cannot change)
+    total = len(items)
+    if total > MAX_LIST_ITEMS:
+        return None, tname, f"{tname} too long ({total} items)"
+    root: list = []
+    stack = [(iter(items), root)]
+    path = [id(x)]  # the lists being walked, outermost first: a list met again is a cycle
+    while stack:
+        it, out = stack[-1]
+        for v in it:
+            vt = type(v)
+            if vt is list or vt is tuple:
+                if id(v) in path:
+                    return None, tname, f"{tname} contains itself"
+                if len(stack) >= MAX_LIST_DEPTH:
+                    return None, tname, (f"{tname} nested too deep "
+                                         f"(more than {MAX_LIST_DEPTH} levels)")
+                if total + len(v) > MAX_LIST_ITEMS:
+                    return None, tname, f"{tname} too long ({total + len(v)} items)"
+                sub = v[:]
+                total += len(sub)
+                if total > MAX_LIST_ITEMS:  # grown by another thread since len(v)
+                    return None, tname, f"{tname} too long ({total} items)"
+                inner: list = []
+                out.append(inner)
+                stack.append((iter(sub), inner))
+                path.append(id(v))
+                break
+            if vt is int:
+                if v.bit_length() > MAX_INT_BITS:
+                    return None, tname, f"int too large ({v.bit_length()} bits) in {tname}"
+            elif vt is str:
+                v = v[:MAX_STR_CHARS]
+            elif vt is float:
+                if v - v != 0.0:
+                    return None, tname, f"non-finite float in {tname}"
+            elif not (vt is bool or v is None):
+                v, name, note = plain_value(v)  # Fraction, Decimal, numpy scalars
+                if note == "unsupported return type":
+                    return None, tname, f"unsupported {tname} item ({name})"
+                if note:
+                    return None, tname, f"{note} in {tname}"
+                if name == "Fraction":
+                    v = v[0] if v[1] == 1 else f"{v[0]}/{v[1]}"
+                    if type(v) is str and len(v) > MAX_STR_CHARS:
+                        return None, tname, f"Fraction too large in {tname}"
+                elif type(v) is str:  # "nan", "inf", "-inf"
+                    return None, tname, f"non-finite float in {tname}"
+            out.append(v)
+        else:
+            stack.pop()
+            path.pop()
+    size = len(list_text(root))
+    if size > MAX_LIST_CHARS:
+        return None, tname, f"{tname} too large ({size} characters as JSON)"
+    return root, tname, ""
+
+
+_qu = _json.encode_basestring  # JSON string literal, non-ASCII characters as they are
+
+
+def list_text(value: list) -> str:
+    """The JSON text of a plain list (ints, finite floats, str, bool, None, such lists),
+    written without recursion."""
+    out = ["["]
+    stack = [iter(value)]
+    first = True
+    while stack:
+        for v in stack[-1]:
+            if not first:
+                out.append(",")
+            first = False
+            t = type(v)
+            if t is list:
+                out.append("[")
+                stack.append(iter(v))
+                first = True
+                break
+            if t is str:
+                out.append(_qu(v))
+            elif t is bool:
+                out.append("true" if v else "false")
+            elif v is None:
+                out.append("null")
+            else:  # int, float
+                out.append(str(v) if t is int else repr(v))
+        else:
+            out.append("]")
+            stack.pop()
+            first = False
+    return "".join(out)
 
 
 def init_numpy_types() -> None:
@@ -146,8 +263,10 @@ def result_bytes(status: str, value: Any, tname: str, error: str, tail: str) -> 
         kind, text = "b", "1" if value else "0"
     elif t is str:
         kind, text = "s", value
-    else:  # [numerator, denominator]
+    elif tname == "Fraction":  # [numerator, denominator]
         kind, text = "q", f"{value[0]}/{value[1]}"
+    else:  # a list or tuple: its JSON text, at most MAX_LIST_CHARS (plain_value checked)
+        kind, text = "l", list_text(value)
     return (
         f"{len(status)} {len(text)} {len(tname)} {len(error)} {len(tail)}\n"
         f"{status}{kind}{text}{tname}{error}{tail}"
@@ -159,8 +278,9 @@ def result_bytes(status: str, value: Any, tname: str, error: str, tail: str) -> 
 def parse_result(raw: bytes, max_output: int) -> dict | None:
     """The child's message, re-validated into plain bounded fields; None if malformed.
 
-    The child is untrusted: only lengths, UTF-8 and ``int``/``float`` parsing of
-    bounded text are applied to what it sent."""
+    The child is untrusted: only lengths, UTF-8, ``int``/``float`` parsing of bounded
+    text and, for a list, ``json`` on text whose size and nesting were checked first
+    (:func:`parse_list`) are applied to what it sent."""
     end = raw.find(b"\n", 0, _MAX_HEAD)
     if end < 0:
         return None
@@ -202,6 +322,10 @@ def parse_result(raw: bytes, max_output: int) -> dict | None:
             value = [int(x) for x in text.split("/")]
             if max(v.bit_length() for v in value) > MAX_INT_BITS:
                 return None
+        elif kind == "l":
+            value = parse_list(text, tname)
+            if value is None:
+                return None
         elif kind != "n":
             return None
     except ValueError:
@@ -213,6 +337,69 @@ def parse_result(raw: bytes, max_output: int) -> dict | None:
         "error": error[:MAX_ERROR_CHARS],
         "stdout_tail": tail[-max_output:] if max_output > 0 else "",
     }
+
+
+_JSON_STRING = r'"(?:[^"\\]|\\.)*+"'  # a JSON string literal, as JSON reads one
+# A JSON text of lists, numbers, true, false, null and strings. Possessive: a text that
+# does not fit fails in one pass, never by backtracking.
+_LIST_TOKENS = r'(?:' + _JSON_STRING + r'|[\[\],0-9eE.+\-truefalsn \t\n\r]++)*+'
+_DEPTH_STEP = {"[": 1, "]": -1}
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a plain value")
+
+
+def parse_list(text: str, tname: str) -> list | None:
+    """A list's JSON text from the child (kind ``l``), re-validated; None if malformed.
+
+    Its length is checked before anything reads it, and its shape before ``json``
+    decodes it: it must be string literals and brackets, commas, numbers, whitespace,
+    true/false/null (one possessive regex: no backtracking), and outside the string
+    literals its brackets may nest at most ``MAX_LIST_DEPTH`` deep (counted by
+    ``accumulate``, no recursion), so ``json`` never meets deep nesting. The decoded list is
+    then walked without recursion: every item an int within ``MAX_INT_BITS``, a finite
+    float, a str (cut to ``MAX_STR_CHARS`` and made valid Unicode), a bool, None or a
+    list, ``MAX_LIST_ITEMS`` in all."""
+    if tname not in ("list", "tuple") or len(text) > MAX_LIST_CHARS:
+        return None
+    if not re.fullmatch(_LIST_TOKENS, text):
+        return None
+    brackets = re.sub(r"[^\[\]]", "", re.sub(_JSON_STRING, "", text))
+    if max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > MAX_LIST_DEPTH:
+        return None
+    import json  # the ekt process has it; the worker needs it only without seccomp
+
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    if type(value) is not list:
+        return None
+    total = 0
+    stack = [(value, 1)]
+    while stack:
+        items, depth = stack.pop()
+        total += len(items)
+        if total > MAX_LIST_ITEMS:
+            return None
+        for i, v in enumerate(items):
+            t = type(v)
+            if t is str:
+                items[i] = valid_text(v[:MAX_STR_CHARS])
+            elif t is int:
+                if v.bit_length() > MAX_INT_BITS:
+                    return None
+            elif t is float:
+                if not math.isfinite(v):
+                    return None
+            elif t is list:
+                if depth >= MAX_LIST_DEPTH:
+                    return None
+                stack.append((v, depth + 1))
+            elif not (t is bool or v is None):
+                return None
+    return value
 
 
 RAW_RESULT = b"\x01"  # worker -> ekt frame: this byte, the time in ms, the child's message
