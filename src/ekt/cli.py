@@ -529,22 +529,24 @@ def demo_config_path() -> Path:
 
 DEMO_BANNER = """\
 ekt demo: a SMALL REAL run of explicit knowledge transfer on this machine ({path}).
-  teacher gemma3-270m (few-shot) writes programs for a few dozen GSM8K training questions,
-  the sandbox keeps those that return the gold answer, student smollm2-135m is fine-tuned
-  on them (and, as the supervised upper bound, on reference programs from GSM8K's
-  calculator annotations), and every model is scored by pass@k on held-out test questions.
-  Models this small are weak at math: expect a teacher yield of a few percent and students
-  near zero. The figures show the machinery working, not what the method reaches.
-  Full scale: `ekt run configs/paper.yaml` on GPUs (GPT-J-6B teacher, 100 samples per
-  question at temperature 0.6, GPT-Neo-125M/1.3B students, all 1,319 test questions;
-  published: EKT pass@100 12.4% vs distillation 3.7%).
+  Task {task}: procedural program-aided problems at the embedded models' scale (chosen by
+  scripts/calibrate_procedural.py on training questions). Teacher {teacher}, few-shot, writes
+  programs for {train} training questions; the sandbox keeps those that return the answer;
+  student {student} is fine-tuned on them (ekt) and, on the same budget, by live distillation
+  (kd), on every teacher sample (seq-kd) and on its own verified programs (expert-iteration).
+  Every model is scored on {test} held-out questions; results.md ends with the paper's claims
+  (EKT vs KD, EKT vs expert iteration, best student vs teacher) checked on those records.
+  The GSM8K version, where these models solve almost nothing: ekt run configs/demo_gsm8k.yaml
+  Full scale: `ekt run configs/paper.yaml` on GPUs.
 """
 
 
 def cmd_demo(o: DemoOptions, _: Any) -> None:
     path = demo_config_path()
-    print(DEMO_BANNER.format(path=path))
-    run_experiment(load_config(path), o.out)
+    cfg = load_config(path)
+    print(DEMO_BANNER.format(path=path, task=cfg.task, teacher=cfg.teacher, student=cfg.student,
+                             train=cfg.train_limit or "all", test=cfg.eval.limit or "all"))
+    run_experiment(cfg, o.out)
 
 
 def cmd_report(o: ReportOptions, args: Any) -> None:

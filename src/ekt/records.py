@@ -48,7 +48,7 @@ class Execution:
 
     status: str  # ok | error | timeout | killed
     value: Any = (
-        None  # plain typed value: int, float, str, bool, None, or [num, den] for a fraction
+        None  # plain typed value: int, float, str, bool, None, [num, den] for a fraction, or a list
     )
     type: str = ""  # python type name of the returned value, or the exception type for errors
     stdout_tail: str = ""

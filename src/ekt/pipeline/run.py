@@ -21,6 +21,7 @@ invalidate (and only that) and redoes it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import platform
 import shutil
@@ -198,6 +199,11 @@ def input_hashes(task, cfg: RunConfig) -> dict[str, str]:
             p = Path(task.data_dir) / name
             if p.is_file():
                 out[f"data:{name}"] = file_sha256(p)
+    if task.procedural is not None:  # generated problems: the hash of what was generated
+        for split in task.spec.size:
+            rows = [[p.id, p.question, p.answer] for p in task.load_file(split)]
+            digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+            out[f"data:{task.name}/{split}"] = digest
 
     for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
         try:
@@ -280,6 +286,12 @@ class Runner:
         self._check_config()
         self.link_shared()  # (a matrix cell: links to shared stages that --force removed)
         train_problems = self.task.load(cfg.train_split)
+        if self.task.procedural is not None:
+            dropped = self.task.procedural.overlaps.get(cfg.train_split, 0)
+            print(f"task {self.task.name}: {self.task.source}; {dropped} training questions "
+                  "dropped as they appear in another split")  # fmt: skip
+            self.stage_summaries["task"] = {"source": self.task.source,
+                                            "overlaps_dropped": dropped}  # fmt: skip
         if cfg.train_limit:
             train_problems = train_problems[: cfg.train_limit]
         eval_problems = self.task.load(cfg.eval.split)
@@ -646,7 +658,7 @@ class Runner:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "platform": platform.platform(),
-            "data": {"source": self.task.data_dir or "hf:openai/gsm8k", "sha256": data},
+            "data": {"source": self.task.source, "sha256": data},
             "models": {"teacher": self.cfg.teacher, "student": self.cfg.student},
             "inputs": inputs,
             "seeds": {
