@@ -316,3 +316,20 @@ def test_checker_runs_outside_the_ekt_process(poly):
     task.grade(ok(p.answer), p)
     helper = procedural.checker().proc
     assert helper is not None and helper.pid != os.getpid() and helper.poll() is None
+
+
+def test_majority_vote_on_text_answers_uses_the_verdicts():
+    from ekt.evaluation.evaluate import per_problem, text_vote
+    from ekt.records import Problem
+
+    def rec(i, value, correct, status="ok"):
+        return {"problem_id": "t/test/0", "sample_idx": i, "status": status, "value": value,
+                "type": "str", "correct": correct}  # fmt: skip
+
+    recs = [rec(0, "01:00", False), rec(1, "00:35", True), rec(2, "00:35", True),
+            rec(3, None, False, "error"), rec(4, "01:00", False)]  # fmt: skip
+    assert text_vote(recs[:3]) == ("00:35", True)
+    assert text_vote([recs[0], recs[1]]) == ("01:00", False)  # a tie: the first group
+    assert text_vote([recs[3]]) == (None, False)
+    row = per_problem([Problem("t/test/0", "q", "00:35", "test")], recs[:3], None)[0]
+    assert (row["c"], row["majority_answer"], row["majority_correct"]) == (2, "00:35", True)

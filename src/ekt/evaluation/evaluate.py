@@ -15,6 +15,7 @@ Generation and verification resume like their stages do.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -102,7 +103,14 @@ def per_problem(
             (r.get("value"), str(r.get("type", ""))) if r.get("status") == "ok" else None
             for r in recs
         ]
-        maj = majority_vote(answers, p.answer)
+        if isinstance(p.answer, str):  # a text answer (a procedural task): vote on the value
+            maj_answer, maj_correct = text_vote(recs)
+        else:
+            maj = majority_vote(answers, p.answer)
+            maj_answer, maj_correct = (
+                answer_float(maj),
+                maj is not None and grade_value(*maj, p.answer),
+            )
         rows.append(
             {
                 "problem_id": p.id,
@@ -111,11 +119,26 @@ def per_problem(
                 "n": len(recs),
                 "c": sum(bool(r["correct"]) for r in recs),
                 "greedy_correct": greedy_ok.get(p.id) if greedy is not None else None,
-                "majority_answer": answer_float(maj),
-                "majority_correct": maj is not None and grade_value(*maj, p.answer),
+                "majority_answer": maj_answer,
+                "majority_correct": maj_correct,
             }
         )
     return rows
+
+
+def text_vote(records: Sequence[dict]) -> tuple[Any, bool]:
+    """Majority vote for a question whose gold answer is text: samples that returned the same
+    value (and type) are one vote; the largest group wins, a tie goes to the group seen first.
+    Its verdict is the one verification gave that value (the task's own grader). Pure."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("status") == "ok" and r.get("value") is not None:
+            key = json.dumps([r.get("value"), r.get("type")], sort_keys=True)
+            groups.setdefault(key, []).append(r)
+    if not groups:
+        return None, False
+    winner = max(groups.values(), key=len)  # max keeps the first of equal sizes
+    return winner[0]["value"], bool(winner[0].get("correct"))
 
 
 def check_complete(problems: Sequence[Problem], records: list[dict], n: int, where: Path) -> None:
