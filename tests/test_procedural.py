@@ -333,3 +333,22 @@ def test_majority_vote_on_text_answers_uses_the_verdicts():
     assert text_vote([recs[3]]) == (None, False)
     row = per_problem([Problem("t/test/0", "q", "00:35", "test")], recs[:3], None)[0]
     assert (row["c"], row["majority_answer"], row["majority_correct"]) == (2, "00:35", True)
+
+
+def test_decontamination_of_a_procedural_task_compares_whole_questions(tmp_path):
+    """Every leg_counting question shares its template's first 18 words: a 13-word window
+    would drop them all. Only a question equal to a test question is dropped."""
+    from ekt.verification.filtering import filter_stage
+
+    task = get_task("leg_counting")
+    train = task.load("train")[:5]
+    test_q = task.load("test")[0].question
+    recs = [{"problem_id": p.id, "sample_idx": 0, "program": "def solution():\n    return 1\n",
+             "status": "ok", "value": p.answer, "type": "int", "correct": True}
+            for p in train]  # fmt: skip
+    ex = tmp_path / "ex.jsonl"
+    ex.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    summary = filter_stage(ex, tmp_path / "pairs.jsonl", task, against={"x": [test_q]})
+    assert summary.pairs == 5 and summary.dropped_contaminated == 0
+    summary = filter_stage(ex, tmp_path / "p2.jsonl", task, against={"x": [train[2].question]})
+    assert summary.pairs == 4 and summary.dropped_contaminated == 1

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_NGRAM = 13
+WHOLE_QUESTION = 1 << 30  # a window no question reaches: only whole questions are compared
 _WORD = re.compile(r"[^\W_]+")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.records import Problem, TrainPair, read_jsonl, write_jsonl_atomic
-from ekt.verification.decontaminate import DEFAULT_NGRAM, Decontaminator
+from ekt.verification.decontaminate import DEFAULT_NGRAM, WHOLE_QUESTION, Decontaminator
 
 KEEP = ("first", "all")
 
@@ -144,7 +144,9 @@ def filter_stage(
 
     Decontamination drops every training question that shares an ``ngram``-word run with the
     task's own ``decontaminate`` split or with any question set in ``against`` (name ->
-    questions: the run's evaluation tasks); see :mod:`ekt.verification.decontaminate`.
+    questions: the run's evaluation tasks); see :mod:`ekt.verification.decontaminate`. A
+    procedural task's questions share their template's words, so there only a whole question
+    counts as an overlap.
 
     ``require_records``: an input without any record is an error (the CLI), not
     an empty result (a run whose method found nothing to verify).
@@ -180,6 +182,8 @@ def filter_stage(
     if decontaminate:
         sets[f"{task.name}/{decontaminate}"] = [p.question for p in task.load_file(decontaminate)]
     sets.update(against or {})
+    if task.spec.is_procedural:  # one template for every question: only a whole question counts
+        ngram = WHOLE_QUESTION
     index = Decontaminator(sets, ngram)
     pairs = select_pairs(records, problems, keep, index, source)
     clean = select_pairs(records, problems, keep, frozenset(), source)
