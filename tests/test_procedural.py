@@ -352,3 +352,24 @@ def test_decontamination_of_a_procedural_task_compares_whole_questions(tmp_path)
     assert summary.pairs == 5 and summary.dropped_contaminated == 0
     summary = filter_stage(ex, tmp_path / "p2.jsonl", task, against={"x": [train[2].question]})
     assert summary.pairs == 4 and summary.dropped_contaminated == 1
+
+
+def test_a_data_task_file_can_select_exemplars_too(tmp_path):
+    (tmp_path / "train.jsonl").write_text(
+        json.dumps({"q": "Ann has 2 cats and 3 dogs. How many pets?", "a": 5}) + "\n"
+        + json.dumps({"q": "Bo has 4 pens and loses 1. How many pens?", "a": 3}) + "\n"
+    )  # fmt: skip
+    (tmp_path / "shots.jsonl").write_text(json.dumps({
+        "question": "Bo has 4 pens and loses 1. How many pens?",
+        "program": "def solution():\n    pens = 4 - 1\n    return pens\n",
+    }) + "\n")  # fmt: skip
+    spec = _task_file(tmp_path, "name: pets\ndata: '{split}.jsonl'\nquestion: q\nanswer: a\n"
+                                "splits: {train: train}\nexemplars: shots.jsonl\n")  # fmt: skip
+    task = get_task(str(spec))
+    assert [p.id for p in task.load("train")] == ["pets/train/0"]  # the exemplar is left out
+    prompt = load_format(task.prompt_format("function")).teacher("Q?")
+    assert "pens = 4 - 1" in prompt and "Julie" not in prompt
+    bad = _task_file(tmp_path, "name: pets\ndata: x.jsonl\nquestion: q\nanswer: a\n"
+                               "exemplars: nowhere.jsonl\n")  # fmt: skip
+    with pytest.raises(EktError, match="exemplars: no such file"):
+        read_spec(bad)
