@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Build llama.cpp's `llama-server` once from the llama.cpp vendored in the llama-cpp-python sdist
-# and cache it outside the clone, keyed by version:
+# Build llama.cpp's `llama-server` (and `llama-batched-bench`, the engine's own batched-decode
+# benchmark, for benchmarks/sampling_throughput.py --vs llama.cpp) once from the llama.cpp
+# vendored in the llama-cpp-python sdist and cache them outside the clone, keyed by version:
 #   $EKT_CACHE_DIR/llama.cpp/<version>/bin/llama-server
-# A second run finds the binary and returns at once. Prints the binary's path on its last line.
+#   $EKT_CACHE_DIR/llama.cpp/<version>/bin/llama-batched-bench
+# A second run finds the binaries and returns at once; a cache that has only llama-server (an
+# older build) gets llama-batched-bench added. Prints llama-server's path on its last line.
 # Needs cmake and a C++ compiler; the sdist comes from PyPI through pip.
 set -euo pipefail
 
@@ -16,7 +19,12 @@ BIN="$CACHE/bin/llama-server"
 PIP="${PIP:-pip}"
 JOBS="${JOBS:-$(nproc)}"
 
-if [ -x "$BIN" ]; then
+TARGETS=(llama-server llama-batched-bench)
+MISSING=()
+for t in "${TARGETS[@]}"; do
+  [ -x "$CACHE/bin/$t" ] || MISSING+=("$t")
+done
+if [ "${#MISSING[@]}" -eq 0 ]; then
   echo "$BIN"
   exit 0
 fi
@@ -25,7 +33,7 @@ mkdir -p "$(dirname "$CACHE")"
 WORK="$(mktemp -d "$(dirname "$CACHE")/build-$VERSION.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
-echo "building llama-server from llama-cpp-python==$VERSION in $WORK (one time)" >&2
+echo "building ${MISSING[*]} from llama-cpp-python==$VERSION in $WORK (one time)" >&2
 "$PIP" download -q --no-binary llama-cpp-python --no-deps --dest "$WORK" "llama-cpp-python==$VERSION"
 tar -xzf "$WORK"/llama_cpp_python-"$VERSION".tar.gz -C "$WORK"
 SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
@@ -37,13 +45,22 @@ cmake -S "$SRC" -B "$WORK/build" "${GEN[@]}" \
   -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_CURL=OFF -DGGML_NATIVE=ON >&2
-cmake --build "$WORK/build" --target llama-server llama-batched-bench -j "$JOBS" >&2
+cmake --build "$WORK/build" --target "${MISSING[@]}" -j "$JOBS" >&2
 
-mkdir -p "$WORK/out/bin"
-cp "$WORK/build/bin/llama-server" "$WORK/out/bin/"
-cp "$WORK/build/bin/llama-batched-bench" "$WORK/out/bin/" 2>/dev/null || true
-echo "llama.cpp vendored in llama-cpp-python $VERSION (sdist from PyPI)" \
-  > "$WORK/out/SOURCE"
-# Publish atomically: a concurrent build either finds the finished folder or makes its own.
-mv -T "$WORK/out" "$CACHE" 2>/dev/null || true
+if [ -d "$CACHE/bin" ]; then
+  # Add what an older cache lacks, each file atomically (a rename within the cache's folder).
+  for t in "${MISSING[@]}"; do
+    cp "$WORK/build/bin/$t" "$CACHE/bin/.$t.tmp$$"
+    mv -f "$CACHE/bin/.$t.tmp$$" "$CACHE/bin/$t"
+  done
+else
+  mkdir -p "$WORK/out/bin"
+  for t in "${MISSING[@]}"; do
+    cp "$WORK/build/bin/$t" "$WORK/out/bin/"
+  done
+  echo "llama.cpp vendored in llama-cpp-python $VERSION (sdist from PyPI)" \
+    > "$WORK/out/SOURCE"
+  # Publish atomically: a concurrent build either finds the finished folder or makes its own.
+  mv -T "$WORK/out" "$CACHE" 2>/dev/null || true
+fi
 echo "$BIN"
