@@ -97,3 +97,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         node = item.nodeid.split("[", 1)[0]
         if node in SLOW_TESTS or node.split("::", 1)[0] in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_helper_processes():
+    """The procedural helper (generation and checking) lives for the process, like ekt's; a
+    test module leaves none behind, so the sandbox tests' "nothing outlived it" holds."""
+    yield
+    from ekt.data import procedural
+
+    if procedural._CHECKER is not None:
+        procedural._CHECKER.close()

@@ -352,6 +352,15 @@ def test_decontamination_of_a_procedural_task_compares_whole_questions(tmp_path)
     assert summary.pairs == 5 and summary.dropped_contaminated == 0
     summary = filter_stage(ex, tmp_path / "p2.jsonl", task, against={"x": [train[2].question]})
     assert summary.pairs == 4 and summary.dropped_contaminated == 1
+    # symbols count: "5 - 3" and "5 * 3" share every word, but are other questions
+    arith = get_task("basic_arithmetic")
+    p = next(q for q in arith.load("train") if " - " in q.question)
+    rec = {**recs[0], "problem_id": p.id, "value": p.answer}
+    (tmp_path / "a.jsonl").write_text(json.dumps(rec) + "\n")
+    other = p.question.replace(" - ", " * ", 1)
+    summary = filter_stage(tmp_path / "a.jsonl", tmp_path / "p3.jsonl", arith,
+                           against={"x": [other]})  # fmt: skip
+    assert summary.pairs == 1 and summary.dropped_contaminated == 0
 
 
 def test_a_data_task_file_can_select_exemplars_too(tmp_path):

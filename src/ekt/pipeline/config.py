@@ -106,8 +106,11 @@ class TaskConfig:
     """Which questions: a run config's top-level task keys and every stage command's flags."""
 
     task: str = "gsm8k"
-    """a built-in task (`ekt tasks`: gsm8k, svamp, asdiv, mawps, gsm-hard, math, math-500) or
-    the path of a task file (YAML: name, data, question, answer, answer_format, id)"""
+    """a built-in task (`ekt tasks`: gsm8k, svamp, asdiv, mawps, gsm-hard, math, math-500; the
+    procedural leg_counting, letter_counting, basic_arithmetic, time_intervals, gsm_symbolic,
+    procedural_mix) or the path of a task file (YAML: name, data, question, answer,
+    answer_format, id, splits, exemplars; or source: reasoning-gym, generator, config, seed,
+    size)"""
     data_dir: str | None = None
     """folder with one file per split (<split>.jsonl/.csv/.parquet; GSM8K: train.jsonl and
     test.jsonl); None: the task's own data ($EKT_DATA_DIR for gsm8k), else the HF dataset"""

@@ -15,8 +15,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_NGRAM = 13
-WHOLE_QUESTION = 1 << 30  # a window no question reaches: only whole questions are compared
 _WORD = re.compile(r"[^\W_]+")
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split()).lower()
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -33,6 +36,9 @@ class Decontaminator:
 
     sets: Mapping[str, Iterable[str]]
     n: int = DEFAULT_NGRAM
+    # only a question equal to one of the sets (whitespace and case folded, every symbol kept)
+    # counts: for templated questions, whose words and n-grams all questions share
+    exact: bool = False
     _grams: dict[tuple[str, ...], set[str]] = field(default_factory=dict, init=False)
     _whole: dict[tuple[str, ...], set[str]] = field(default_factory=dict, init=False)
 
@@ -41,12 +47,17 @@ class Decontaminator:
             raise ValueError(f"decontamination n-gram size must be >= 1, got {self.n}")
         for name, questions in self.sets.items():
             for q in questions:
+                if self.exact:
+                    self._whole.setdefault((_folded(q),), set()).add(name)
+                    continue
                 ws = words(q)
                 self._whole.setdefault(ws, set()).add(name)
                 for g in ngrams(ws, self.n):
                     self._grams.setdefault(g, set()).add(name)
 
     def hits(self, question: str) -> set[str]:
+        if self.exact:
+            return set(self._whole.get((_folded(question),), ()))
         ws = words(question)
         found = set(self._whole.get(ws, ()))
         if len(ws) >= self.n:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.records import Problem, TrainPair, read_jsonl, write_jsonl_atomic
-from ekt.verification.decontaminate import DEFAULT_NGRAM, WHOLE_QUESTION, Decontaminator
+from ekt.verification.decontaminate import DEFAULT_NGRAM, Decontaminator
 
 KEEP = ("first", "all")
 
@@ -182,9 +182,8 @@ def filter_stage(
     if decontaminate:
         sets[f"{task.name}/{decontaminate}"] = [p.question for p in task.load_file(decontaminate)]
     sets.update(against or {})
-    if task.spec.is_procedural:  # one template for every question: only a whole question counts
-        ngram = WHOLE_QUESTION
-    index = Decontaminator(sets, ngram)
+    # a procedural task's questions share their template's words: only an equal question counts
+    index = Decontaminator(sets, ngram, exact=task.spec.is_procedural)
     pairs = select_pairs(records, problems, keep, index, source)
     clean = select_pairs(records, problems, keep, frozenset(), source)
     write_jsonl_atomic(out, pairs)
