@@ -1,9 +1,11 @@
 """Teacher sampling throughput: ekt's ``TransformersSampler`` against a plain ``generate`` loop.
 
-Workload (the same for both sides): the ``smollm2-135m`` preset, the first ``--k``
-GSM8K train questions (default 8) with the real few-shot teacher prompt, ``--n``
-samples each (default 16), temperature 0.6, top-p 1.0, at most 128 new tokens,
-stop at ``ekt.data.prompts.STOP_STRINGS``, seed 0, the same dtype and torch threads.
+Workload (the same for both sides): the ``smollm2-135m`` preset (``--model``), the first
+``--k`` train questions (default 8) of ``--task`` (default gsm8k; a procedural task such as
+``procedural_mix`` needs no data folder) with the task's real few-shot teacher prompt
+(``--prompt student``: the zero-shot student prompt), ``--n`` samples each (default 16),
+temperature 0.6, top-p 1.0, at most 128 new tokens, stop at the prompt format's stop strings
+(``ekt.data.prompts.STOP_STRINGS`` for GSM8K), seed 0, the same dtype and torch threads.
 
 * **naive**: what a user would write: for each question, ``model.generate(ids,
   do_sample=True, num_return_sequences=n, stop_strings=STOP_STRINGS, tokenizer=tok)``.
@@ -28,7 +30,30 @@ limit, driven by ``LlamaServerSampler`` (one request per sample, one in flight
 per slot); tokens are counted by the server the way ekt counts them. ekt's
 side samples the same GGUF dequantised by transformers. The last line is then::
 
-    tokens_per_s=<ekt> llamacpp_tokens_per_s=<llama.cpp> vs_llamacpp=<ratio>x
+    tokens_per_s=<ekt> llamacpp_tokens_per_s=<llama.cpp> vs_llamacpp=<ratio>x \
+        batched_bench_tg_tokens_per_s=<engine> vs_engine=<ratio>x
+
+Two llama.cpp figures, two bars:
+
+* ``vs_llamacpp``: against ``llama-server`` on the very same requests, end to end, as ekt's
+  sampler is measured: it includes llama.cpp's sampling, HTTP, stop strings, prompt processing
+  (of what the prompt cache does not hold) and samples that end early.
+* ``vs_engine``: against llama.cpp's engine alone, ``llama-batched-bench`` (also built by
+  ``make llama-server``) on the same GGUF: ``-npl`` = ekt's batch (the server's slots), ``-npp``
+  = the mean prompt length of the requests in tokens (shared by the sequences, ``-pps``),
+  ``-ntg`` = ``--max-new-tokens``, ``-t``/``-tb`` = ``--threads``, ``--poll 0`` as the server.
+  Its ``S_TG`` column is the pure batched decode speed (tokens/s over all sequences, every
+  sequence decoding all ``-ntg`` tokens): no sampling at all (it feeds random tokens), no
+  HTTP, no stop strings, the prompt outside the clock. It is the stricter bar: what any
+  sampler driving llama.cpp could at best reach on this batch.
+
+``--model`` may be a local HF folder, e.g. a fine-tuned float32 student as ``ekt train``
+writes it. ekt's side samples the folder itself (float32 decoding, as students decode today);
+llama.cpp gets the same weights at the same precision: the folder converted once to an F32
+GGUF by the ``convert_hf_to_gguf.py`` that the llama-cpp-python sdist of
+``LLAMA_CPP_VERSION`` vendors (fetched with pip into
+``$EKT_CACHE_DIR/llama.cpp/converter-<version>/``), cached as
+``$EKT_CACHE_DIR/llama.cpp/converted/<sha256 of the folder's files>.f32.gguf``.
 
 ``--ekt-backend llamacpp`` puts ekt's ``backend: llamacpp`` on ekt's side instead of its own
 sampler (a ``llama-server`` that ekt starts with the same GGUF, slots and threads; the server
@@ -117,18 +142,15 @@ def run_naive(model, tok, prompts: list[str], n: int, args, stops) -> tuple[int,
     return tokens, time.perf_counter() - t0 - counted
 
 
-def run_llamacpp(args, requests, params, batch: int) -> float:
+def run_llamacpp(args, gguf, requests, params, batch: int) -> float:
     """Tokens/s of llama-server on the same workload (``batch`` slots, ``args.threads``)."""
     import tempfile
     from pathlib import Path
 
     from ekt.generation.backends.llamacpp_server import LlamaServerProcess, LlamaServerSampler
-    from ekt.models import preset_gguf
 
     log = Path(tempfile.mkdtemp(prefix="ekt-llamacpp-")) / "server.log"
-    with LlamaServerProcess(
-        preset_gguf(args.model), slots=batch, threads=args.threads, log=log
-    ) as srv:
+    with LlamaServerProcess(gguf, slots=batch, threads=args.threads, log=log) as srv:
         sampler = LlamaServerSampler(srv.base_url, args.model, progress=False)
         t0 = time.perf_counter()
         out = list(sampler.sample(requests, params))
@@ -143,10 +165,227 @@ def run_llamacpp(args, requests, params, batch: int) -> float:
     return tokens / wall
 
 
+BATCHED_BENCH_TG = "S_TG t/s"  # the column of pure batched decode speed
+
+
+def parse_batched_bench(text: str) -> list[dict[str, float]]:
+    """The rows of ``llama-batched-bench``'s markdown table, each keyed by the table's own
+    column names (``PP``, ``TG``, ``B``, ``N_KV``, ``T_PP s``, ``S_PP t/s``, ``T_TG s``,
+    ``S_TG t/s``, ``T s``, ``S t/s``). Log lines around the table are skipped."""
+    header: list[str] | None = None
+    rows: list[dict[str, float]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not (line.startswith("|") and line.endswith("|")):
+            continue
+        cells = [c.strip() for c in line[1:-1].split("|")]
+        if header is None:
+            if BATCHED_BENCH_TG in cells:
+                header = cells
+            continue
+        if len(cells) != len(header) or all(set(c) <= set("-:") for c in cells):
+            continue  # the separator line, or a table of another shape
+        try:
+            rows.append(dict(zip(header, map(float, cells))))
+        except ValueError:
+            continue
+    return rows
+
+
+def find_batched_bench() -> str:
+    """``llama-batched-bench``: ``$EKT_LLAMA_BATCHED_BENCH``, next to the ``llama-server`` ekt
+    uses (``scripts/build_llama_server.sh`` caches both), else ``PATH``."""
+    import shutil
+
+    from ekt.generation.backends.llamacpp_server import find_llama_server
+
+    env = os.environ.get("EKT_LLAMA_BATCHED_BENCH")
+    if env:
+        return env
+    server = find_llama_server()
+    if server is not None and (server.parent / "llama-batched-bench").is_file():
+        return str(server.parent / "llama-batched-bench")
+    found = shutil.which("llama-batched-bench")
+    if found:
+        return found
+    raise SystemExit(
+        "llama-batched-bench not found: `make llama-server` (scripts/build_llama_server.sh) "
+        "builds it next to llama-server, or set EKT_LLAMA_BATCHED_BENCH"
+    )
+
+
+def run_batched_bench(args, gguf, batch: int, prompt_len: float) -> float:
+    """Tokens/s of llama.cpp's engine decoding ``batch`` sequences at once (S_TG of
+    ``llama-batched-bench``): the same GGUF, threads, prompt length and new tokens."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    npp, ntg = max(1, round(prompt_len)), args.max_new_tokens
+    cmd = [find_batched_bench(), "-m", str(gguf)]
+    cmd += ["-npp", str(npp), "-ntg", str(ntg), "-npl", str(batch)]
+    # -pps: the n samples of a question share its prompt (as on both other sides); the
+    # context holds every sequence whole (a row that does not fit is skipped silently).
+    cmd += ["-pps", "-c", str(batch * (npp + ntg))]
+    # The server's threads and thread-pool polling (LlamaServerProcess: -t, --poll 0).
+    cmd += ["-t", str(args.threads), "-tb", str(args.threads), "--poll", "0"]
+    log = Path(tempfile.mkdtemp(prefix="ekt-batched-bench-")) / "batched_bench.log"
+    print(f"llama-batched-bench: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    log.write_text(f"$ {' '.join(cmd)}\n{done.stdout}\n--- stderr ---\n{done.stderr}")
+    want = {"PP": npp, "TG": ntg, "B": batch}
+    rows = [
+        r
+        for r in parse_batched_bench(done.stdout) or parse_batched_bench(done.stderr)
+        if all(r.get(k) == v for k, v in want.items())
+    ]
+    if done.returncode != 0 or not rows:
+        raise SystemExit(
+            f"llama-batched-bench gave no row for PP={npp} TG={ntg} B={batch} "
+            f"(exit {done.returncode}); its output: {log}"
+        )
+    row = rows[0]
+    print(
+        f"llama.cpp engine (batched-bench): PP={npp} TG={ntg} B={batch}: decode "
+        f"{row['T_TG s']:.2f}s = {row[BATCHED_BENCH_TG]:.1f} tokens/s, prompt "
+        f"{row['S_PP t/s']:.1f} tokens/s, all {row['S t/s']:.1f} tokens/s "
+        f"({args.threads} threads, {wall:.0f}s with loading; log {log})",
+        flush=True,
+    )
+    return row[BATCHED_BENCH_TG]
+
+
+def folder_digest(folder) -> str:
+    """16 hex of the sha256 of a model folder's own files (names and bytes; not subfolders
+    such as checkpoints, nor ``ekt train``'s logs): two students of the same shape that
+    differ in their weights differ here."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).iterdir()):
+        if not f.is_file() or f.name.startswith(("train_", "training_")):
+            continue
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()[:16]
+
+
+def gguf_converter():
+    """llama.cpp's ``convert_hf_to_gguf.py`` (with its ``conversion`` package and its own
+    ``gguf-py``) from the llama-cpp-python sdist whose llama.cpp ekt builds, extracted once
+    to ``$EKT_CACHE_DIR/llama.cpp/converter-<version>/``."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    from ekt.generation.backends.llamacpp_server import LLAMA_CPP_VERSION as version
+    from ekt.models import cache_dir
+
+    root = cache_dir() / "llama.cpp"
+    home = root / f"converter-{version}"
+    script = home / "convert_hf_to_gguf.py"
+    if script.is_file():
+        return script
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"converter-{version}.", dir=root))
+    print(f"fetching convert_hf_to_gguf.py from llama-cpp-python=={version} (one time)")
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--dest", str(work)]
+    pip += ["--no-binary", "llama-cpp-python", f"llama-cpp-python=={version}"]
+    subprocess.run(pip, check=True)
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    keep = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/templates/")
+    out = work / "converter"
+    with tarfile.open(work / f"llama_cpp_python-{version}.tar.gz") as tar:
+        members = []
+        for m in tar.getmembers():
+            rel = m.name[len(prefix) :] if m.name.startswith(prefix) else ""
+            if rel.startswith(keep) and (m.isfile() or m.isdir()):
+                m.name = rel
+                members.append(m)
+        tar.extractall(out, members=members, filter="data")
+    if not (out / "convert_hf_to_gguf.py").is_file():
+        raise SystemExit(f"no {prefix}convert_hf_to_gguf.py in the sdist ({work})")
+    try:
+        out.rename(home)  # atomic: a concurrent run either finds it or keeps its own
+    except OSError:
+        pass
+    shutil.rmtree(work, ignore_errors=True)
+    return script
+
+
+def converted_gguf(folder):
+    """A HF model folder as an F32 GGUF (the precision a student decodes at), converted once
+    with llama.cpp's own converter: ``$EKT_CACHE_DIR/llama.cpp/converted/<digest>.f32.gguf``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ekt.models import cache_dir
+
+    folder = Path(folder).expanduser().resolve()
+    target = cache_dir() / "llama.cpp" / "converted" / f"{folder_digest(folder)}.f32.gguf"
+    if target.is_file():
+        print(f"GGUF of {folder}: {target} (converted before)", flush=True)
+        return target
+    script = gguf_converter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(script), str(folder), "--outtype", "f32", "--outfile", str(tmp)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise SystemExit(
+            f"convert_hf_to_gguf.py failed on {folder} (exit {done.returncode}):\n"
+            + (done.stderr or done.stdout)[-3000:]
+        )
+    tmp.replace(target)
+    print(f"GGUF of {folder}: {target} (F32, converted in {time.perf_counter() - t0:.0f}s)")
+    return target
+
+
+def llamacpp_gguf(spec: str):
+    """The GGUF llama.cpp runs for ``--model``: a preset's or a .gguf file as it ships, a HF
+    folder converted at F32."""
+    from pathlib import Path
+
+    from ekt.models import shipped_gguf
+
+    shipped = shipped_gguf(spec)
+    if shipped is not None:
+        return shipped
+    if Path(spec).expanduser().is_dir():
+        return converted_gguf(spec)
+    raise SystemExit(f"--vs llama.cpp needs a preset, a .gguf file or a local HF folder: {spec}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--k", type=int, default=8, help="number of GSM8K train questions (>= 8)")
+    ap.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="a preset, a .gguf file, or a local HF folder (a student `ekt train` wrote)",
+    )
+    ap.add_argument(
+        "--task", default="gsm8k", help="whose train questions (gsm8k needs EKT_DATA_DIR)"
+    )
+    ap.add_argument(
+        "--prompt",
+        choices=["teacher", "student"],
+        default="teacher",
+        help="the task's few-shot teacher prompt (default) or the zero-shot student prompt",
+    )
+    ap.add_argument("--k", type=int, default=8, help="number of train questions")
     ap.add_argument("--n", type=int, default=16, help="samples per question")
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -157,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-heal", action="store_true", help="ekt without token healing")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--naive-tokens-per-s", type=float, default=None)
-    ap.add_argument("--data-dir", default=os.environ.get("EKT_DATA_DIR"))
+    ap.add_argument("--data-dir", default=None, help="the task's data folder (GSM8K: EKT_DATA_DIR)")
     ap.add_argument("--vs", choices=["naive", "llama.cpp"], default="naive", help="other side")
     ap.add_argument(
         "--ekt-backend",
@@ -181,19 +420,26 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from ekt.data.prompts import STOP_STRINGS, teacher_prompt
-    from ekt.data.tasks import GSM8K
+    from ekt.data.prompt_format import load_format
+    from ekt.data.tasks import get_task
     from ekt.generation import qkernel
     from ekt.generation.sampling import SamplingParams, TransformersSampler
     from ekt.models import load_model
 
-    if not args.data_dir:
+    task = get_task(args.task, data_dir=args.data_dir)
+    if task.name == "gsm8k" and not task.data_dir:
         raise SystemExit("set EKT_DATA_DIR or pass --data-dir (the GSM8K folder)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    problems = GSM8K(data_dir=args.data_dir).load("train")[: args.k]
-    requests = [(p.id, teacher_prompt(p)) for p in problems]
-    stops = tuple(STOP_STRINGS)
+    if args.vs == "llama.cpp":
+        find_batched_bench()  # fail before the measurements, not after them
+    problems = task.load("train")[: args.k]
+    fmt = load_format(task.prompt_format(None))
+    build = fmt.teacher if args.prompt == "teacher" else fmt.student
+    requests = [(p.id, build(p)) for p in problems]
+    if not all(isinstance(prompt, str) for _, prompt in requests):
+        raise SystemExit(f"task {task.name}: its prompt format is a chat format, not text")
+    stops = tuple(fmt.stop)
     params = SamplingParams(
         n=args.n,
         temperature=args.temperature,
@@ -206,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     prompt_len = sum(len(tok(p).input_ids) for _, p in requests) / len(requests)
     print(
         f"torch {torch.__version__}, threads={torch.get_num_threads()}, model={args.model} "
-        f"({next(model.parameters()).dtype}), k={len(requests)} questions, n={args.n}, "
+        f"({next(model.parameters()).dtype}), task={task.name} ({args.prompt} prompt), "
+        f"k={len(requests)} questions, n={args.n}, "
         f"T={args.temperature}, max_new_tokens={args.max_new_tokens}, "
         f"mean prompt {prompt_len:.0f} tokens",
         flush=True,
@@ -253,10 +500,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.vs == "llama.cpp":
         batch = args.batch_size or TransformersSampler(model, tok).batch_size
-        rate = run_llamacpp(args, requests, params, batch=batch)
+        gguf = llamacpp_gguf(args.model)
+        rate = run_llamacpp(args, gguf, requests, params, batch=batch)
+        engine = run_batched_bench(args, gguf, batch, prompt_len)
         print(
             f"tokens_per_s={ekt_rate:.1f} llamacpp_tokens_per_s={rate:.1f} "
-            f"vs_llamacpp={ekt_rate / rate:.2f}x"
+            f"vs_llamacpp={ekt_rate / rate:.2f}x "
+            f"batched_bench_tg_tokens_per_s={engine:.1f} vs_engine={ekt_rate / engine:.2f}x"
         )
         return
     if args.skip_naive:

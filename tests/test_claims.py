@@ -85,6 +85,7 @@ def test_the_declared_claims():
         ("ekt_vs_kd", "ekt", "kd"),
         ("ekt_vs_expert_iteration", "ekt", "expert-iteration"),
         ("best_student_vs_teacher", BEST_STUDENT, TEACHER),
+        ("ekt_vs_base", "ekt", "none"),
     ]
     assert len({c.name for c in CLAIMS}) == len(CLAIMS)
 
@@ -242,7 +243,7 @@ def test_results_json_and_md_carry_the_claims(tmp_path):
         "metric": "pass@1",
         "estimate": pytest.approx(0.8),
     }
-    kd, ei, bt = (claims["rows"][c.name] for c in CLAIMS)
+    kd, ei, bt = (claims["rows"][c.name] for c in CLAIMS[:3])
     assert kd["verdict"] == SUPPORTED and ei["verdict"] == NOT_DISTINGUISHABLE
     assert bt["verdict"] == CONTRADICTED and bt["left_label"] == "student-supervised"
     assert set(kd["differences"]) == {"pass@1", "pass@10", "greedy_pass@1"}
@@ -287,13 +288,14 @@ def test_report_html_shows_the_claims_of_each_run_side_by_side(tmp_path):
     section = page[page.index('<section id="claims">') :]
     section = section[: section.index("</section>")]
     assert section.count('<tbody class="claims-run">') == 2
-    assert '<td rowspan="3"><b>run-a</b></td>' in section
-    assert '<td rowspan="3"><b>run-b</b></td>' in section
-    assert section.count('class="claim v-supported"') == 1  # run-a only: run-b has no kd
+    assert f'<td rowspan="{len(CLAIMS)}"><b>run-a</b></td>' in section
+    assert f'<td rowspan="{len(CLAIMS)}"><b>run-b</b></td>' in section
+    # ekt vs kd in run-a only (run-b has no kd), ekt vs its base in both
+    assert section.count('class="claim v-supported"') == 3
     assert section.count('class="claim v-not-run"') == 1
     assert section.count('class="claim v-not-distinguishable"') == 2
     assert section.count('class="claim v-contradicted"') == 2
-    assert section.count("supported at this scale") == 1 and "at this scale" in section
+    assert section.count("supported at this scale") == 3 and "at this scale" in section
     assert "not run (kd: skipped: no evaluation records)" in section
     assert section.count("best student (supervised) − teacher") == 2
     assert "run-b: Best student: supervised (student-supervised)" in section
@@ -308,7 +310,8 @@ def test_claims_markdown_puts_several_runs_in_row_groups(tmp_path):
     head = next(x for x in lines if x.startswith("| run |"))
     assert head.split(" | ")[1:5] == ["claim", "difference", "verdict", "questions"]
     body = [x for x in lines if x.startswith("| run-")]
-    assert [x.split(" | ")[0] for x in body] == ["| run-a"] * 3 + ["| run-b"] * 3
-    assert "not run (ekt: skipped: no evaluation records)" in body[3]
+    n = len(CLAIMS)
+    assert [x.split(" | ")[0] for x in body] == ["| run-a"] * n + ["| run-b"] * n
+    assert "not run (ekt: skipped: no evaluation records)" in body[n]
     assert lines[-1].startswith("run-b: Best student: supervised")
     assert claims_lines([]) == []

@@ -106,6 +106,14 @@ CLAIMS: tuple[Claim, ...] = (
         TEACHER,
         "the best student outperforms its few-shot teacher",
     ),
+    Claim(
+        "ekt_vs_base",
+        "ekt",
+        "none",
+        "EKT makes the student better than it was (the check every run must pass)",
+        "EKT",
+        "base student",
+    ),
 )
 
 
