@@ -382,3 +382,8 @@ def test_a_data_task_file_can_select_exemplars_too(tmp_path):
                                "exemplars: nowhere.jsonl\n")  # fmt: skip
     with pytest.raises(EktError, match="exemplars: no such file"):
         read_spec(bad)
+
+
+def test_a_generated_task_takes_no_data_folder(tmp_path):
+    with pytest.raises(EktError, match="reads no data folder"):
+        get_task("leg_counting", str(tmp_path))

@@ -353,6 +353,9 @@ class Task:
     def __post_init__(self) -> None:
         if self.dev_size < 0:
             raise EktError(f"--dev-size must be >= 0, got {self.dev_size}")
+        if self.spec.is_procedural and self.data_dir:
+            raise EktError(f"task {self.spec.name} is generated (source: reasoning-gym): it "
+                           f"reads no data folder (--data-dir {self.data_dir})")  # fmt: skip
 
     @property
     def name(self) -> str:
