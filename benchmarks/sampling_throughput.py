@@ -42,6 +42,7 @@ Two llama.cpp figures, two bars:
   ``make llama-server``) on the same GGUF: ``-npl`` = ekt's batch (the server's slots), ``-npp``
   = the mean prompt length of the requests in tokens (shared by the sequences, ``-pps``),
   ``-ntg`` = ``--max-new-tokens``, ``-t``/``-tb`` = ``--threads``, ``--poll 0`` as the server.
+  (``-npl`` is the number of samples where a small workload has fewer than a batch.)
   Its ``S_TG`` column is the pure batched decode speed (tokens/s over all sequences, every
   sequence decoding all ``-ntg`` tokens): no sampling at all (it feeds random tokens), no
   HTTP, no stop strings, the prompt outside the clock. It is the stricter bar: what any
@@ -502,7 +503,8 @@ def main(argv: list[str] | None = None) -> None:
         batch = args.batch_size or TransformersSampler(model, tok).batch_size
         gguf = llamacpp_gguf(args.model)
         rate = run_llamacpp(args, gguf, requests, params, batch=batch)
-        engine = run_batched_bench(args, gguf, batch, prompt_len)
+        # The engine decodes as many sequences at once as ekt can have in flight.
+        engine = run_batched_bench(args, gguf, min(batch, len(out)), prompt_len)
         print(
             f"tokens_per_s={ekt_rate:.1f} llamacpp_tokens_per_s={rate:.1f} "
             f"vs_llamacpp={ekt_rate / rate:.2f}x "

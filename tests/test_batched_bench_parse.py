@@ -8,18 +8,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The shape llama-batched-bench prints (log lines, then a markdown table, then timings).
+# What llama-batched-bench 0.3.36 printed for -npp 693 -ntg 32 -npl 16 -pps (a second row
+# added): a settings line, the markdown table, and (here appended) its stderr log.
 OUTPUT = """\
-llama_context: n_ctx_seq (752) < n_ctx_train (8192) -- the full capacity of the model will not be
-main: n_kv_max = 12032, n_batch = 2048, n_ubatch = 512, flash_attn = -1, is_pp_shared = 1, \
-is_tg_separate = 0, n_gpu_layers = -1, n_threads = 2, n_threads_batch = 2
+llama_batched_bench: n_kv_max = 12288, n_batch = 2048, n_ubatch = 512, flash_attn = -1, \
+is_pp_shared = 1, is_tg_separate = 0, n_gpu_layers = -1, n_threads = 2, n_threads_batch = 2
 
 |    PP |     TG |    B |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |      T s |    S t/s |
 |-------|--------|------|--------|----------|----------|----------|----------|----------|----------|
-|   624 |    128 |   16 |  12032 |    1.912 |   326.36 |   30.441 |    67.28 |   32.353 |    82.59 |
-|   624 |    128 |   32 |  24064 |    1.905 |   327.56 |   55.010 |    74.46 |   56.915 |    82.93 |
+|   693 |     32 |   16 |  11600 |    3.559 |   194.72 |    6.652 |    76.97 |   10.211 |   118.01 |
+|   693 |     32 |   32 |  23200 |    3.561 |   194.61 |   11.020 |    92.92 |   14.581 |   117.74 |
 
-llama_perf_context_print:        load time =     231.52 ms
+
+--- stderr ---
+0.00.222.348 W llama_context: n_ctx is not divisible by n_seq_max - rounding down to 12288
 """
 
 
@@ -37,16 +39,16 @@ def test_parse_batched_bench_reads_every_row_by_column_name():
     rows = _bench().parse_batched_bench(OUTPUT)
     assert len(rows) == 2
     first = rows[0]
-    assert (first["PP"], first["TG"], first["B"], first["N_KV"]) == (624, 128, 16, 12032)
-    assert first["S_TG t/s"] == 67.28 and first["T_TG s"] == 30.441
-    assert first["S_PP t/s"] == 326.36 and first["S t/s"] == 82.59
-    assert rows[1]["B"] == 32 and rows[1]["S_TG t/s"] == 74.46
+    assert (first["PP"], first["TG"], first["B"], first["N_KV"]) == (693, 32, 16, 11600)
+    assert first["S_TG t/s"] == 76.97 and first["T_TG s"] == 6.652
+    assert first["S_PP t/s"] == 194.72 and first["S t/s"] == 118.01
+    assert rows[1]["B"] == 32 and rows[1]["S_TG t/s"] == 92.92
 
 
 def test_parse_batched_bench_without_a_table_is_empty():
     bench = _bench()
     assert bench.parse_batched_bench("main: error: unable to load model\n") == []
-    header_only = "\n".join(OUTPUT.splitlines()[:5])
+    header_only = "\n".join(OUTPUT.splitlines()[:4])  # the header and separator, no row
     assert bench.parse_batched_bench(header_only) == []
 
 
