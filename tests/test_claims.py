@@ -315,3 +315,18 @@ def test_claims_markdown_puts_several_runs_in_row_groups(tmp_path):
     assert "not run (ekt: skipped: no evaluation records)" in body[n]
     assert lines[-1].startswith("run-b: Best student: supervised")
     assert claims_lines([]) == []
+
+
+def test_ekt_report_prints_the_claims_of_several_runs_side_by_side(tmp_path, capsys):
+    from ekt.cli import main
+
+    a, b = claims_run(tmp_path, "run-a"), claims_run(tmp_path, "run-b")
+    shutil.rmtree(b / "eval" / "student-kd")
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    rows = [x for x in out.splitlines() if x.startswith("| run-")]
+    assert len(rows) == 2 * len(CLAIMS)
+    kd_a = next(x for x in rows if x.startswith("| run-a") and "EKT − KD" in x)
+    kd_b = next(x for x in rows if x.startswith("| run-b") and "EKT − KD" in x)
+    assert "supported at this scale" in kd_a and "+45.0" in kd_a
+    assert "not run (kd: skipped: no evaluation records)" in kd_b

@@ -63,6 +63,9 @@ from ekt.pipeline.export import export, push_to_hub, student_folder
 from ekt.pipeline.plan import plan_experiment, render
 from ekt.pipeline.run import adaptive_budget
 from ekt.report.build import add_statistics, build_report
+from ekt.report.claims import run_claims
+from ekt.report.load import analyse, load_run
+from ekt.report.tables import claims_lines
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.config import TrainConfig
 from ekt.training.kd import KDConfig, train_kd
@@ -559,6 +562,11 @@ def cmd_report(o: ReportOptions, args: Any) -> None:
             print(f"report: intervals written to {d}/results.json and results.md")
     path = build_report(args.runs, o.out, reference=o.reference, resamples=o.resamples,
                         seed=o.seed, max_questions=o.questions, max_samples=o.samples)  # fmt: skip
+    if len(args.runs) > 1:  # the claims of the runs side by side, from their records
+        sections = [(Path(d).name, run_claims(analyse(load_run(d), o.reference, o.resamples,
+                                                      o.seed, curves=False)))
+                    for d in args.runs]  # fmt: skip
+        print("\n".join(claims_lines(sections)).strip())
     print(f"report: {path}")
 
 
