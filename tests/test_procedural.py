@@ -387,3 +387,25 @@ def test_a_data_task_file_can_select_exemplars_too(tmp_path):
 def test_a_generated_task_takes_no_data_folder(tmp_path):
     with pytest.raises(EktError, match="reads no data folder"):
         get_task("leg_counting", str(tmp_path))
+
+
+def test_a_carve_out_that_holds_is_said_once_per_process():
+    """Procedural tasks deny programs the reasoning-gym package inside site-packages: the
+    note that it was carved out comes with the first sandbox, not with every one."""
+    import email
+    import warnings
+
+    from ekt.sandbox.config import detect_protections
+    from ekt.sandbox.pool import Sandbox, SandboxConfig
+
+    if not detect_protections().get("landlock"):
+        pytest.skip("needs Landlock")
+    denied = str(Path(email.__file__).resolve().parent)
+    said = []
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Sandbox(SandboxConfig(workers=1, timeout=5, deny_read=[denied])):
+                pass
+        said.append(sum("granted entry by entry" in str(w.message) for w in caught))
+    assert said == [1, 0]

@@ -61,6 +61,9 @@ STRICT_NEEDS = (
 )
 
 
+_SAID: set[str] = set()  # informational filesystem notes already warned about in this process
+
+
 class Sandbox:
     """A pool of warm workers; ``run`` streams Executions in input order.
 
@@ -200,7 +203,9 @@ class Sandbox:
         if self.config.isolation == "none":
             return
         p = self._protections
-        lines = [f"sandbox: {n}" for n in fs.get("notes", [])]
+        lines = [f"sandbox: {n}" for n in fs.get("notes", []) if n not in _SAID]
+        # a carve-out that holds is news once per process, not at every pool start
+        _SAID.update(n for n in fs.get("notes", []) if "granted entry by entry" in n)
         if not p.get("fs_read_allowlist"):
             lines.append(
                 "sandbox: Landlock is unavailable, so programs can READ any file the ekt user "
