@@ -409,3 +409,26 @@ def test_a_carve_out_that_holds_is_said_once_per_process():
                 pass
         said.append(sum("granted entry by entry" in str(w.message) for w in caught))
     assert said == [1, 0]
+
+
+def test_programs_cannot_read_a_generated_tasks_file_or_generator():
+    """The task file (its seed) and reasoning-gym are denied; the file's folder is not, since a
+    user's task file may sit beside the project's source and virtual environment."""
+    from ekt.sandbox.config import detect_protections
+    from ekt.sandbox.pool import Sandbox, SandboxConfig
+
+    if not detect_protections().get("landlock"):
+        pytest.skip("needs Landlock")
+    task = get_task("leg_counting")
+    paths = task.data_paths()
+    assert paths[0] == task.spec.path and len(paths) == 2 and paths[1].endswith("reasoning_gym")
+    sibling = str(Path(task.spec.path).parent / "gsm8k.yaml")
+    cfg = SandboxConfig(workers=1, timeout=5, deny_read=paths)
+    with Sandbox(cfg) as box:
+        progs = [f"def solution():\n    return len(open({p!r}).read()) > 0\n"
+                 for p in (task.spec.path, sibling)]  # fmt: skip
+        progs.append("def solution():\n    import reasoning_gym\n    return 1\n")
+        denied, sibling_ok, imported = list(box.run(progs))
+    assert (denied.status, denied.type) == ("error", "PermissionError")
+    assert (sibling_ok.status, sibling_ok.value) == ("ok", True)
+    assert imported.status == "error"

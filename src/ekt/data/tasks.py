@@ -392,9 +392,10 @@ class Task:
     def data_paths(self) -> list[str]:
         """Local files or folders the problems (and gold answers) are read from: the sandbox
         denies programs all of them. A procedural task's answers can be generated again from
-        its file's seed by the generator's package, so both are denied."""
+        its file's seed by the generator's package, so both are denied: the file itself, not
+        its folder, which may hold the project's own source and virtual environment."""
         if self.spec.is_procedural:
-            out = [str(Path(self.spec.path).parent)] if self.spec.path else []
+            out = [self.spec.path] if self.spec.path else []
             found = importlib.util.find_spec("reasoning_gym")
             return out + list(found.submodule_search_locations or []) if found else out
         if self.data_dir:
