@@ -18,7 +18,8 @@ DEFAULT_NGRAM = 13
 _WORD = re.compile(r"[^\W_]+")
 
 
-def _folded(text: str) -> str:
+def fold_question(text: str) -> str:
+    """A question with whitespace runs as single spaces and lower-cased; every symbol kept."""
     return " ".join(text.split()).lower()
 
 
@@ -48,7 +49,7 @@ class Decontaminator:
         for name, questions in self.sets.items():
             for q in questions:
                 if self.exact:
-                    self._whole.setdefault((_folded(q),), set()).add(name)
+                    self._whole.setdefault((fold_question(q),), set()).add(name)
                     continue
                 ws = words(q)
                 self._whole.setdefault(ws, set()).add(name)
@@ -57,7 +58,7 @@ class Decontaminator:
 
     def hits(self, question: str) -> set[str]:
         if self.exact:
-            return set(self._whole.get((_folded(question),), ()))
+            return set(self._whole.get((fold_question(question),), ()))
         ws = words(question)
         found = set(self._whole.get(ws, ()))
         if len(ws) >= self.n:

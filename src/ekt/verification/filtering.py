@@ -19,6 +19,7 @@ from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.records import Problem, TrainPair, read_jsonl, write_jsonl_atomic
 from ekt.verification.decontaminate import DEFAULT_NGRAM, Decontaminator
+from ekt.verification.decontaminate import fold_question as _norm_question
 
 KEEP = ("first", "all")
 
@@ -29,10 +30,6 @@ def normalise_program(program: str) -> str:
         return ast.unparse(ast.parse(program))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return "\n".join(line.rstrip() for line in program.strip().splitlines())
-
-
-def _norm_question(q: str) -> str:
-    return " ".join(q.split()).lower()
 
 
 def select_pairs(
