@@ -13,6 +13,7 @@ from ekt.training.kd import (
     Distiller,
     KDCollator,
     KDConfig,
+    SeqKDConfig,
     kd_objective,
     kl_per_position,
     sequence_kd_pairs,
@@ -221,6 +222,31 @@ def test_sequence_kd_pairs_keep_every_sample():
         ("gsm8k/train/10", prog),
     ]
     assert {p.source for p in pairs} == {"teacher-unfiltered"}
+
+
+def test_sequence_kd_pairs_first_samples_per_question():
+    """per_question=k takes each question's samples 0..k-1 whatever order they arrive in; one
+    without a program still uses up its place (the teacher's first output was no program)."""
+    ids = ("t/train/1", "t/train/2")
+    problems = {i: Problem(i, f"Q {i}", 1.0, "train") for i in ids}
+
+    def prog(v: int) -> str:
+        return f"def solution():\n    return {v}\n"
+
+    comps = [
+        Completion("t/train/1", 2, "", 3, prog(12)),
+        Completion("t/train/1", 0, "", 3, prog(10)),
+        Completion("t/train/1", 1, "", 3, prog(11)),
+        Completion("t/train/2", 1, "", 3, prog(21)),
+        Completion("t/train/2", 0, "no code here", 3, "", extract_error="no program"),
+    ]
+    got = {k: [p.program for p in sequence_kd_pairs(comps, problems, per_question=k)]
+           for k in (0, 1, 2)}  # fmt: skip
+    assert got[1] == [prog(10)]
+    assert got[2] == [prog(10), prog(11), prog(21)]
+    assert got[0] == [prog(10), prog(11), prog(12), prog(21)]
+    with pytest.raises(EktError, match="seq_kd.per_question"):
+        SeqKDConfig(per_question=-1).validate()
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ from ekt.pipeline.distributed import RayCluster
 from ekt.pipeline.expert_iteration import ExpertIterationConfig
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.config import TrainConfig
-from ekt.training.kd import KDConfig
+from ekt.training.kd import KDConfig, SeqKDConfig
 
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -162,6 +162,8 @@ class RunConfig(TaskConfig):
     """where programs run (ekt.sandbox.pool.SandboxConfig)"""
     kd: KDConfig = field(default_factory=KDConfig)
     """method kd: the distillation term"""
+    seq_kd: SeqKDConfig = field(default_factory=SeqKDConfig)
+    """method seq-kd: which teacher samples it learns from"""
     expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
     """method expert-iteration"""
     ray: RayCluster | None = None
@@ -212,7 +214,7 @@ class RunConfig(TaskConfig):
                 load_format(spec)
             except EktError as e:
                 raise EktError(f"{key}: {e}") from None
-        blocks = ("teacher_sampling.backend", "sandbox", "ray", "eval", "train", "kd")
+        blocks = ("teacher_sampling.backend", "sandbox", "ray", "eval", "train", "kd", "seq_kd")
         for block in (*blocks, "expert_iteration"):  # messages name the block
             obj: Any = self
             for part in block.split("."):

@@ -260,7 +260,8 @@ class _Planner:
                     programs=v.samples_expected,
                 )
             )
-        pairs_upper = {"ekt": q if cfg.keep == "first" else q * ts.n, "seq-kd": q * ts.n}
+        seq_kd_n = min(ts.n, cfg.seq_kd.per_question or ts.n)
+        pairs_upper = {"ekt": q if cfg.keep == "first" else q * ts.n, "seq-kd": q * seq_kd_n}
         pairs_upper["kd"] = pairs_upper["ekt"]
         if "supervised" in methods:
             refs = sum(reference_program(p.solution) is not None for p in self.train)

@@ -134,6 +134,7 @@ _STALE: dict[str, tuple[str, ...]] = {
     "student_prompt_format": ("students", "eval/student-*"),
     "train": _students(*_ALL_METHODS),
     "kd": _students("kd"),
+    "seq_kd": ("seq_kd",) + _students("seq-kd"),
     "expert_iteration": _students("expert-iteration"),
     "eval": ("eval",),
     "eval.k": ("eval/*/scores.json",),  # scored again from the same samples
@@ -524,11 +525,14 @@ class Runner:
         """Every teacher sample as a pair, without the correctness filter (sequence-level KD)."""
         self.teacher_samples(problems)
         path = self.layout.seq_kd_pairs
-        with self._stage("seq-kd pairs: every teacher sample, unverified"):
+        per_q = self.cfg.seq_kd.per_question
+        which = f"the first {per_q} teacher samples a question" if per_q else "every teacher sample"
+        with self._stage(f"seq-kd pairs: {which}, unverified"):
             completions = read_completions(self.layout.teacher)
             by_id = self.task.by_id({c.problem_id for c in completions})
             test = frozenset(_norm_question(p.question) for p in self.task.load_file("test"))
-            n = write_jsonl_atomic(path, sequence_kd_pairs(completions, by_id, test))
+            pairs = sequence_kd_pairs(completions, by_id, test, per_q)
+            n = write_jsonl_atomic(path, pairs)
             n_q = len({c.problem_id for c in completions})
             print(f"seq-kd: {n} pairs from {n_q} questions (no correctness filter)")
         return path

@@ -441,23 +441,49 @@ def train_kd(
 # -- sequence-level KD ------------------------------------------------------
 
 
+@dataclass
+class SeqKDConfig:
+    """``seq_kd:`` block of a run config (``method: seq-kd``)."""
+
+    per_question: int = 0
+    """teacher samples taken per question, in sample order, verified or not (0: every sample).
+    1 is sequence-level KD as first defined (one teacher output per input), and the closest
+    contrast to ekt with ``keep: first``: the same teacher, one program per question, only
+    the correctness filter differs"""
+
+    def validate(self) -> None:
+        if not isinstance(self.per_question, int) or self.per_question < 0:
+            raise EktError(
+                f"seq_kd.per_question must be an integer >= 0 (0: every sample), "
+                f"got {self.per_question!r}"
+            )
+
+
 def sequence_kd_pairs(
     completions: Iterable[Completion],
     problems: dict[str, Problem],
     exclude_questions: frozenset[str] = frozenset(),
+    per_question: int = 0,
 ) -> list[TrainPair]:
-    """Every teacher sample as a training pair, unverified (``method: seq-kd``). Pure.
+    """Teacher samples as training pairs, unverified (``method: seq-kd``). Pure.
 
     Duplicates are kept: the samples stand for the teacher's distribution over
-    programs. Questions in ``exclude_questions`` (normalised text of the
-    evaluation split) are dropped, as for EKT.
+    programs. ``per_question`` > 0 takes only each question's first samples (by
+    sample index; a sample without a program still counts as taken). Questions in
+    ``exclude_questions`` (normalised text of the evaluation split) are dropped,
+    as for EKT.
     """
     ordered = sorted(completions, key=lambda c: (_order(c.problem_id), c.sample_idx))
     pairs = []
+    taken: dict[str, int] = {}
     for c in ordered:
         problem = problems[c.problem_id]
         if _norm_question(problem.question) in exclude_questions:
             continue
+        if per_question:
+            taken[c.problem_id] = taken.get(c.problem_id, 0) + 1
+            if taken[c.problem_id] > per_question:
+                continue
         if c.extract_error:  # the reply held no program: nothing to imitate
             continue
         program = c.program or extract_program(c.text)
