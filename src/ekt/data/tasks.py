@@ -393,15 +393,17 @@ class Task:
         """Local files or folders the problems (and gold answers) are read from: the sandbox
         denies programs all of them. A procedural task's answers can be generated again from
         its file's seed by the generator's package, so both are denied: the file itself, not
-        its folder, which may hold the project's own source and virtual environment."""
+        its folder, which may hold the project's own source and virtual environment. A task
+        file's local data is denied file by file for the same reason."""
         if self.spec.is_procedural:
             out = [self.spec.path] if self.spec.path else []
             found = importlib.util.find_spec("reasoning_gym")
             return out + list(found.submodule_search_locations or []) if found else out
         if self.data_dir:
             return [self.data_dir]
-        if self.spec.is_local:
-            return [str(Path(self.spec.data.split("{split}")[0] or ".").parent)]
+        if self.spec.is_local:  # the split files themselves: their folder may be the project's
+            files = {self.spec.data.replace("{split}", s) for s in self.spec.splits.values()}
+            return sorted(str(Path(f).resolve()) for f in files)
         return []
 
     # -- loading ---------------------------------------------------------
