@@ -282,7 +282,9 @@ def test_a_later_call_with_the_same_prefix_reuses_its_keys_and_values(tiny, monk
     widths: list[int] = []
     real = sampler._run
     monkeypatch.setattr(
-        sampler, "_run", lambda kv, ids, pos: (widths.append(ids.shape[1]), real(kv, ids, pos))[1]
+        sampler,
+        "_run",
+        lambda kv, ids, pos, **kw: (widths.append(ids.shape[1]), real(kv, ids, pos, **kw))[1],
     )
     list(sampler.sample(requests, params))
     prefills = [w for w in widths if w > 100]
@@ -467,3 +469,63 @@ def test_two_level_draw_equals_one_cumulative_sum_over_the_vocabulary():
     probs = torch.softmax(torch.randn(4, 1000, generator=g), dim=-1)
     assert torch.equal(_inverse_cdf(probs, torch.ones(4, dtype=torch.float64), torch.float64),
                        probs.argmax(dim=-1))  # fmt: skip
+
+
+def test_packed_prompt_prefill_matches_prefilling_each_prompt_alone(tiny, monkeypatch):
+    """The prompts admitted in one step are prefilled in one forward pass (packed): fewer
+    passes, and the same samples as prefilling each prompt alone, greedy and sampled."""
+    import ekt.generation.sampling as sampling
+
+    model, tok = tiny
+    passes: list[int] = []
+    real = TransformersSampler._run
+
+    def counting(self, kv, ids, pos, **kw):
+        if kv.mode == "suffix":
+            passes.append(len(kv._spans))
+        return real(self, kv, ids, pos, **kw)
+
+    monkeypatch.setattr(TransformersSampler, "_run", counting)
+    requests = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(TOY_QUESTIONS)]
+    sampler = TransformersSampler(model, tok, progress=False, batch_size=4)
+    assert sampler._use_shared_prefix()  # its self-check done before counting
+
+    def run(params):
+        passes.clear()
+        return {(c.problem_id, c.sample_idx): c.text for c in sampler.sample(requests, params)}
+
+    for params in (
+        SamplingParams(n=1, temperature=0.0, max_new_tokens=10, stop=()),
+        SamplingParams(n=2, temperature=1.0, max_new_tokens=10, stop=(), seed=3),
+    ):
+        packed = run(params)
+        assert max(passes) > 1 and sum(passes) == len(requests)  # several prompts in one pass
+        monkeypatch.setattr(sampling, "PREFILL_TOKENS", 1)  # every prompt alone
+        alone = run(params)
+        monkeypatch.setattr(sampling, "PREFILL_TOKENS", 512)
+        assert passes == [1] * len(requests)
+        assert packed == alone and len(packed) == len(requests) * params.n
+
+
+def test_packed_prefill_keys_and_logits_match_alone(tiny):
+    """``SharedPrefixKV.begin_suffix`` with several problems: each problem's keys, values and
+    last logits are those of its prefill alone, to float rounding."""
+    import torch
+
+    model, tok = tiny
+    sampler = TransformersSampler(model, tok, progress=False)
+    assert sampler._use_shared_prefix()
+    prefix = tok("# Question: how many?\n").input_ids
+    owns = [tok(q).input_ids[:n] for q, n in zip(TOY_QUESTIONS[:3], (5, 1, 9))]
+    with torch.inference_mode():
+        kv = sampler._new_kv(1, 16)
+        sampler._prefill_prefix(kv, prefix)
+        logits = sampler._prefill_suffixes(kv, owns)
+        got = [kv.take_suffix(i) for i in range(len(owns))]
+        for i, own in enumerate(owns):
+            want = sampler._prefill_suffix(kv, own)
+            keys, values = kv.take_suffix()
+            torch.testing.assert_close(logits[i], want, atol=1e-4, rtol=1e-4)
+            for a, b in zip(got[i][0] + got[i][1], keys + values):
+                assert a.shape == b.shape and a.shape[1] == len(own)
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

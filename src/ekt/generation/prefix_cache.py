@@ -124,6 +124,8 @@ class SharedPrefixKV:
         self._qpos: Any = None  # absolute query positions [B, Q]
         self._masks: dict[tuple, Any] = {}
         self._at: Any = None  # decode: flat write index of the new keys (``_write_index``)
+        self._spans: list[tuple[int, int]] = []  # suffix: each problem's tokens [a, b)
+        self._seg: Any = None  # suffix of several problems: the problem of each token [Q]
 
     # ---- phases -------------------------------------------------------------------------
 
@@ -139,11 +141,29 @@ class SharedPrefixKV:
         self.mode, self.prefix_len, self._masks = "prefix", length, {}
         self.pk, self.pv = list(keys), list(values)
 
-    def begin_suffix(self, length: int, device: Any) -> Any:
+    def begin_suffix(self, lengths: int | list[int], device: Any) -> Any:
+        """One problem's own prompt tokens (``lengths`` an int), or several problems' packed
+        into one sequence one after another (a list of their lengths): each attends to the
+        prefix and to its own earlier tokens only, at the positions it would have alone."""
         import torch
 
+        sizes = [lengths] if isinstance(lengths, int) else list(lengths)
         self.mode, self._masks = "suffix", {}
-        self._qpos = self.prefix_len + torch.arange(length, device=device)[None]
+        self._spans = []
+        at = 0
+        for n in sizes:
+            self._spans.append((at, at + n))
+            at += n
+        self._qpos = self.prefix_len + torch.cat(
+            [torch.arange(n, device=device) for n in sizes]
+        )[None]
+        self._seg = (
+            None
+            if len(sizes) == 1
+            else torch.repeat_interleave(
+                torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)
+            )
+        )
         return self._qpos
 
     def begin_decode(self, lens: Any) -> Any:
@@ -152,8 +172,10 @@ class SharedPrefixKV:
         self._qpos = (self.prefix_len + lens - 1)[:, None]
         return self._qpos
 
-    def take_suffix(self) -> tuple[list[Any], list[Any]]:
-        return list(self.sk), list(self.sv)
+    def take_suffix(self, i: int = 0) -> tuple[list[Any], list[Any]]:
+        """The keys/values of the ``i``-th problem of the last suffix prefill, per layer."""
+        a, b = self._spans[i]
+        return [k[:, a:b] for k in self.sk], [v[:, a:b] for v in self.sv]
 
     def place(self, slot: int, kv: tuple[list[Any], list[Any]]) -> None:
         """Copy one problem's prompt keys/values into a row slot."""
@@ -205,8 +227,13 @@ class SharedPrefixKV:
 
         qpos = self._qpos  # [B, Q]
         prefix = 0 if self.mode == "prefix" else self.prefix_len
-        own_pos = prefix + torch.arange(own_len, device=device)  # absolute positions of own keys
+        if self.mode == "suffix":
+            own_pos = qpos[0]  # the keys are the queries' own tokens
+        else:
+            own_pos = prefix + torch.arange(own_len, device=device)  # absolute positions
         allowed = own_pos[None, None, :] <= qpos[:, :, None]  # causal, [B, Q, L]
+        if self.mode == "suffix" and self._seg is not None:  # packed problems: each its own
+            allowed = allowed & (self._seg[None, :, None] == self._seg[None, None, :])
         if self.mode == "decode":
             allowed = allowed & (
                 torch.arange(own_len, device=device)[None, None] < self._lens[:, None, None]

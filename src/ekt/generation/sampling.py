@@ -15,7 +15,10 @@ vLLM, an OpenAI-compatible server) fit behind the same protocol.
   is prefilled once and its key/value cache is repeated for its ``n`` samples.
   With ``n >= batch_size`` a problem's samples fill batches on their own.
   A sample leaves the batch as soon as it stops (stop string, EOS or length);
-  the batch ends when its last row does.
+  the batch ends when its last row does. (The shared-prefix path, taken by every
+  model it supports, keeps one batch of ``batch_size`` rows refilled as rows
+  finish; the prompts of the rows admitted in one step are prefilled packed
+  together: see ``_sample_shared``.)
 * **Reproducibility.** Every sample draws its randomness from its own
   ``torch.Generator`` seeded with ``sha256(seed, problem_id, sample_idx)``, so
   which other problems or samples share its batch changes no random number.
@@ -69,6 +72,11 @@ from typing import Any, Protocol
 from ekt.data.prompts import STOP_STRINGS
 from ekt.errors import EktError
 from ekt.records import Completion
+
+PREFILL_TOKENS = 512
+"""Shared-prefix sampling prefills the prompts of the rows it admits in one step together, in
+packs of at most this many tokens (a larger product runs nearer the CPU's peak; attention
+over a pack grows with its square)."""
 
 
 @dataclass(frozen=True)
@@ -381,13 +389,14 @@ class TransformersSampler:
                 ref = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0]
                 kv = self._new_kv(1, len(ids))
                 self._prefill_prefix(kv, ids[:-3])
-                first = self._prefill_suffix(kv, ids[-3:-1])
-                kv.place(0, kv.take_suffix())
+                # two problems packed into one prefill: ids[-3:-2] and ids[-3:-1]
+                packed = self._prefill_suffixes(kv, [ids[-3:-2], ids[-3:-1]])
+                kv.place(0, kv.take_suffix(1))
                 lens = torch.tensor([3], device=self.device)
                 nxt = self._forward_decode(kv, torch.tensor([ids[-1]], device=self.device), lens)
         except Exception as e:  # an architecture this path does not handle
             return f"self-check failed: {type(e).__name__}: {e}"
-        for got, want in ((first, ref[-2]), (nxt[0], ref[-1])):
+        for got, want in ((packed[0], ref[-3]), (packed[1], ref[-2]), (nxt[0], ref[-1])):
             want = want.float()
             tol = 1e-3 + 2e-2 * float(want.abs().max())
             if not torch.allclose(got.float(), want, atol=tol, rtol=0):
@@ -399,16 +408,22 @@ class TransformersSampler:
 
         return SharedPrefixKV(self.model.config.num_hidden_layers, slots, capacity)
 
-    def _run(self, kv: Any, ids: Any, pos: Any) -> Any:
-        """One forward pass through the shared-prefix attention; logits of the last position."""
+    def _run(self, kv: Any, ids: Any, pos: Any, keep: Any = None) -> Any:
+        """One forward pass through the shared-prefix attention: the logits of each row's last
+        position, or (``keep``, a LongTensor of positions of the one row) of those positions."""
         from ekt.generation.prefix_cache import prefix_attention
 
-        extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        extra: dict[str, Any] = {}
+        if self._logits_to_keep:
+            extra["logits_to_keep"] = 1 if keep is None else keep
         with prefix_attention(self.model):
             out = self.model(
                 input_ids=ids, position_ids=pos, use_cache=False, ekt_prefix=kv, **extra
             )
-        return out.logits[:, -1, :].float()
+        if keep is None:
+            return out.logits[:, -1, :].float()
+        logits = out.logits[0]
+        return (logits if self._logits_to_keep else logits[keep]).float()
 
     def _weights_stamp(self) -> tuple:
         """Changes when any parameter is replaced or changed in place (an optimizer step)."""
@@ -433,6 +448,20 @@ class TransformersSampler:
         pos = kv.begin_suffix(len(ids), self.device)
         return self._run(kv, torch.tensor([ids], device=self.device), pos)[0]
 
+    def _prefill_suffixes(self, kv: Any, own: list[list[int]]) -> Any:
+        """Several problems' own prompt tokens in one forward pass, packed one after another
+        (``SharedPrefixKV.begin_suffix``): the logits after each, [len(own), vocab]. Each
+        problem's keys/values (``kv.take_suffix(i)``) are those of its prefill alone up to
+        the order of summation: one product over all their rows instead of one per problem."""
+        import torch
+
+        if len(own) == 1:
+            return self._prefill_suffix(kv, own[0])[None]
+        pos = kv.begin_suffix([len(x) for x in own], self.device)
+        ids = torch.tensor([[t for x in own for t in x]], device=self.device)
+        ends = torch.tensor([len(x) for x in own], device=self.device).cumsum(0) - 1
+        return self._run(kv, ids, pos, keep=ends)
+
     def _forward_decode(self, kv: Any, tokens: Any, lens: Any) -> Any:
         pos = kv.begin_decode(lens)
         return self._run(kv, tokens[:, None], pos)
@@ -444,9 +473,11 @@ class TransformersSampler:
 
         The prefix is the longest token prefix common to all prompts (leaving each
         prompt at least one token of its own); it is computed once. Each problem's
-        own tokens are prefilled once (alone, so its keys/values never depend on
-        other problems) and copied into a slot per sample. A finished row's slot
-        is refilled at once by the next sample in request order.
+        own tokens are prefilled once, packed with the other problems admitted in the
+        same step (each attends only to the prefix and to itself, so its keys/values
+        depend on the others only through the order of summation), and copied into a
+        slot per sample. A finished row's slot is refilled at once by the next sample
+        in request order.
         """
         import torch
 
@@ -479,15 +510,13 @@ class TransformersSampler:
                 if active:
                     lens = torch.tensor([r.length for r in active], device=dev)
                     logits.append(self._forward_decode(kv, last, lens))
-                # 2. refill free slots, in request order
+                # 2. refill free slots, in request order; the new problems' own prompt tokens
+                # are prefilled together (in packs of at most PREFILL_TOKENS tokens)
+                admit = [pending.popleft() for _ in range(min(slots - len(active), len(pending)))]
+                self._stage(kv, admit, plen, staged)
                 fresh: list[Any] = []
-                while pending and len(active) < slots:
-                    row = pending.popleft()
+                for row in admit:
                     j = row.problem
-                    if j not in staged:
-                        own = row.prompt.ids[plen:]
-                        out = self._prefill_suffix(kv, own)
-                        staged[j] = (kv.take_suffix(), self._constrain(out, row.prompt))
                     own_kv, out = staged[j]
                     left[j] -= 1
                     if not left[j]:
@@ -523,6 +552,27 @@ class TransformersSampler:
                     last = nxt[torch.tensor(order, dtype=torch.long, device=nxt.device)]
                 else:
                     last = nxt
+
+    def _stage(self, kv: Any, rows: list[_Row], plen: int, staged: dict) -> None:
+        """Prefill the own prompt tokens of the problems of ``rows`` not staged yet, into
+        ``staged`` (problem -> (its keys/values, its first logits))."""
+        todo: dict[int, _Prompt] = {}
+        for row in rows:
+            if row.problem not in staged:
+                todo.setdefault(row.problem, row.prompt)
+        packs: list[list[int]] = []
+        size = 0
+        for j, prompt in todo.items():
+            n = len(prompt.ids) - plen
+            if not packs or size + n > PREFILL_TOKENS:
+                packs.append([])
+                size = 0
+            packs[-1].append(j)
+            size += n
+        for pack in packs:
+            outs = self._prefill_suffixes(kv, [todo[j].ids[plen:] for j in pack])
+            for i, j in enumerate(pack):
+                staged[j] = (kv.take_suffix(i), self._constrain(outs[i], todo[j]))
 
     @staticmethod
     def _constrain(logits: Any, prompt: _Prompt) -> Any:
