@@ -54,51 +54,6 @@ def amplified_model(src: Path, out: Path, scale: float, chat_template: str | Non
     return out
 
 
-# Tests in other engineers' files that take several seconds each here (pytest --durations on
-# the 2-core machine): `make test-fast` (-m "not slow") skips them, `make test` runs them.
-# Tests in the files that mark their own use @pytest.mark.slow in place.
-SLOW_TESTS = {
-    "tests/test_sampling.py::test_preset_greedy_equals_generate_with_packing",
-    "tests/test_sampling.py::test_preset_writes_a_program",
-    "tests/test_sampling.py::test_order_and_subset_do_not_change_a_problem",
-    "tests/test_sampling.py::test_n_records_per_problem",
-    "tests/test_sampling.py::test_same_seed_same_records_other_seed_differs",
-    "tests/test_sampling.py::test_greedy_equals_model_generate",
-    "tests/test_sampling.py::test_token_healing",
-    "tests/test_sampling.py::test_shared_prefix_computed_once_and_matches_padded_path",
-    "tests/test_models.py::test_preset_conversion_matches_the_gguf",
-    "tests/test_models.py::test_preset_tokenizers_special_tokens",
-    "tests/test_models.py::test_bogus_hub_id_fails_fast_with_ekt_error",
-    "tests/test_openai_backend.py::test_server_killed_mid_job_output_complete",
-    "tests/test_report.py::test_ekt_run_ends_with_intervals_and_report",
-    "tests/test_report.py::test_report_renders_in_headless_chromium",
-    "tests/test_packing.py::test_lora_and_gradient_checkpointing_give_a_plain_checkpoint",
-    "tests/test_packing.py::test_packed_training_follows_the_unpacked_trajectory",
-    "tests/test_sandbox.py::test_oracle_corpus_through_ekt_verify",
-    "tests/test_llamacpp_backend.py::test_llamacpp_backend_samples_a_preset_end_to_end",
-    "tests/test_llamacpp_backend.py::"
-    "test_a_transformers_folder_is_converted_once_by_llama_cpps_converter",
-}
-
-
-# whole files that start real servers (llama-server, transformers serve), train with TRL or
-# rerun the sandbox suite without CAP_SYS_ADMIN: `make test` runs them, `make test-fast` not
-SLOW_FILES = {
-    "tests/test_llama_server.py",
-    "tests/test_chat_server.py",
-    "tests/test_openai_backend.py",
-    "tests/test_export.py",
-    "tests/test_sandbox_hostile2.py",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        node = item.nodeid.split("[", 1)[0]
-        if node in SLOW_TESTS or node.split("::", 1)[0] in SLOW_FILES:
-            item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _close_helper_processes():
     """The procedural helper (generation and checking) lives for the process, like ekt's; a

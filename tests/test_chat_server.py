@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 from test_openai_backend import SERVE_MISSING, Server
 
-pytestmark = pytest.mark.skipif(
-    bool(SERVE_MISSING),
-    reason=f"`transformers serve` needs {', '.join(SERVE_MISSING)}: "
-    "pip install 'ekt[serve]' (make test installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,  # starts real servers: `make test` only
+    pytest.mark.skipif(
+        bool(SERVE_MISSING),
+        reason=f"`transformers serve` needs {', '.join(SERVE_MISSING)}: "
+        "pip install 'ekt[serve]' (make test installs it)",
+    ),
+]
 
 # A prompt format of the user's own, in a folder of its own, with one exemplar written here.
 FORMAT = """\

@@ -17,6 +17,9 @@ import pytest
 from ekt.data.prompts import PROGRAM_HEADER, student_prompt
 from ekt.records import TrainPair, write_jsonl_atomic
 
+# trains with TRL: `make test` only
+pytestmark = pytest.mark.slow
+
 PAIRS = [
     TrainPair(
         "gsm8k/train/0",

@@ -23,6 +23,9 @@ import pytest
 from ekt.data.prompts import PROGRAM_HEADER, extract_program, teacher_prompt
 from ekt.generation.sampling import SamplingParams
 
+# starts a real llama-server: `make test` only
+pytestmark = pytest.mark.slow
+
 SLOTS = 4
 EMPTY = extract_program("")  # what a reply without a body extracts to
 NO_PROGRAM = ("", EMPTY)  # records: "" when extraction failed (extract_error says why)

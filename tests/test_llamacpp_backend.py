@@ -34,6 +34,7 @@ def _requests(data_dir, k: int = 2) -> list[tuple[str, str]]:
 PARAMS = SamplingParams(n=3, temperature=0.6, max_new_tokens=24, seed=7)
 
 
+@pytest.mark.slow
 def test_llamacpp_backend_samples_a_preset_end_to_end(data_dir):
     from ekt.generation.backends import BackendConfig, make_sampler
 
@@ -61,6 +62,7 @@ def test_llamacpp_backend_samples_a_preset_end_to_end(data_dir):
     assert sum(len(c.text) for c in first) > 0
 
 
+@pytest.mark.slow
 def test_a_transformers_folder_is_converted_once_by_llama_cpps_converter(
     data_dir, tmp_path, monkeypatch
 ):

@@ -44,6 +44,7 @@ def test_hub_id_passes_through_unresolved():
     assert resolve_model("EleutherAI/gpt-j-6b") == "EleutherAI/gpt-j-6b"
 
 
+@pytest.mark.slow
 def test_bogus_hub_id_fails_fast_with_ekt_error():
     code = (
         "from ekt.errors import EktError\n"
@@ -189,6 +190,7 @@ def test_unconvertible_gguf_is_an_ekt_error(tmp_path, monkeypatch):
 # ---- the real presets --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_preset_conversion_matches_the_gguf():
     """smollm2-135m: the cached folder's tokenizer and greedy output equal the GGUF's."""
     import torch
@@ -214,6 +216,7 @@ def test_preset_conversion_matches_the_gguf():
     assert len(model_fingerprint("smollm2-135m")) == 12
 
 
+@pytest.mark.slow
 def test_preset_tokenizers_special_tokens():
     """Base Gemma gets its BOS from the tokenizer's defaults; SmolLM2 adds nothing."""
     from transformers import AutoTokenizer

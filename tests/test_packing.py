@@ -181,6 +181,7 @@ FAST = dict(
 )
 
 
+@pytest.mark.slow
 def test_packed_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_dir):
     pairs_path = tmp_path / "pairs.jsonl"
     write_jsonl_atomic(pairs_path, PAIRS)
@@ -204,6 +205,7 @@ def test_packed_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_di
     assert s["tokens_trained"] == 2 * per_epoch  # 4 steps x 4 examples = 2 epochs of 8
 
 
+@pytest.mark.slow
 def test_lora_and_gradient_checkpointing_give_a_plain_checkpoint(tmp_path, tiny_model_dir):
     pytest.importorskip("peft")
     pairs_path = tmp_path / "pairs.jsonl"

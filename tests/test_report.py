@@ -287,6 +287,7 @@ def test_cli_report_puts_runs_side_by_side(tmp_path, capsys):
     assert "run folder not found" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_ekt_run_ends_with_intervals_and_report(tmp_path, tiny_model_dir, data_dir, capsys):
     """The Runner hook on a real (tiny, random) model: all three outputs, rebuilt identically."""
     from ekt.evaluation.evaluate import EvalConfig
@@ -517,6 +518,7 @@ def render_in_chromium(page: Path, screenshot: Path, width: int = 1400) -> dict:
         dt.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     _chromium() is None,
     reason="no Chromium on PATH: install Debian's `chromium` (make test tries apt-get) "

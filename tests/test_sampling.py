@@ -89,6 +89,7 @@ def test_truncate_at_stop_and_derive_seed():
 # ---- tiny model --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 def test_n_records_per_problem(tiny, shared):
     for batch_size in (2, 4, 8, 16):  # n > batch, one problem per batch, and packed problems
@@ -153,6 +154,7 @@ def test_stop_n_tokens_counts_the_completing_token(tiny):
     assert c.n_tokens == k + 1
 
 
+@pytest.mark.slow
 def test_same_seed_same_records_other_seed_differs(tiny):
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=16, stop=(), seed=7)
     a, _ = _run(tiny, REQUESTS, params, batch_size=8)
@@ -163,6 +165,7 @@ def test_same_seed_same_records_other_seed_differs(tiny):
     assert len({a[("toy/0", i)].text for i in range(4)}) > 1  # samples of one problem differ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("pack", [False, True])
 def test_order_and_subset_do_not_change_a_problem(tiny, pack, shared):
@@ -183,6 +186,7 @@ def test_order_and_subset_do_not_change_a_problem(tiny, pack, shared):
     assert other == whole
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 def test_greedy_equals_model_generate(tiny, shared):
     import torch
@@ -210,6 +214,7 @@ def test_greedy_equals_model_generate(tiny, shared):
                 assert got[(pid, i)].n_tokens == n
 
 
+@pytest.mark.slow
 def test_token_healing(tiny):
     """A prompt ending in a token that longer tokens extend is healed (tiny BPE merges '\\n   ')."""
     model, tok = tiny
@@ -246,6 +251,7 @@ def test_top_p_tiny_keeps_greedy_token(tiny):
 # ---- shared prefix and continuous batching ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shared_prefix_computed_once_and_matches_padded_path(tiny, monkeypatch):
     """Teacher prompts share the few-shot block: it is prefilled once, for every problem."""
     model, tok = tiny
@@ -378,6 +384,7 @@ def preset(request):
     return request.param, model, tok
 
 
+@pytest.mark.slow
 def test_preset_writes_a_program(preset, gsm8k_problem):
     _name, model, tok = preset
     sampler = TransformersSampler(model, tok, progress=False)
@@ -390,6 +397,7 @@ def test_preset_writes_a_program(preset, gsm8k_problem):
     assert 1 <= c.n_tokens <= 48
 
 
+@pytest.mark.slow
 def test_preset_greedy_equals_generate_with_packing(preset, data_dir):
     """Long few-shot prompts (> Gemma's 512-token sliding window), left-padded together."""
     import torch

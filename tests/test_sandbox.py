@@ -845,6 +845,7 @@ def _benchmark_module():
     return mod
 
 
+@pytest.mark.slow
 def test_oracle_corpus_through_ekt_verify(data_dir, tmp_path):
     corpus = _benchmark_module().build_corpus(str(data_dir), 150)
     kinds = {k: sum(r["kind"] == k for r in corpus) for k in ("oracle", "wrong", "raises")}

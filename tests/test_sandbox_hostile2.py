@@ -24,7 +24,10 @@ from ekt.records import JsonlWriter, read_jsonl
 from ekt.sandbox.pool import Sandbox, SandboxConfig, default_deny_read, detect_protections
 from ekt.sandbox.scratch import remove_tree
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+pytestmark = [  # slow: reruns the sandbox suite without CAP_SYS_ADMIN (`make test` only)
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only"),
+]
 
 SUPPORT = detect_protections() if sys.platform.startswith("linux") else {}
 FULL = all(SUPPORT.get(k) for k in ("seccomp", "landlock", "scratch_tmpfs"))
