@@ -693,8 +693,4 @@ class Runner:
         return results  # results.md is written once, with intervals, by finish_run
 
 
-def load_results(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 __all__ = ["Runner", "SamplerFactory", "run_folder"]
