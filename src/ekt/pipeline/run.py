@@ -526,7 +526,11 @@ class Runner:
         self.teacher_samples(problems)
         path = self.layout.seq_kd_pairs
         per_q = self.cfg.seq_kd.per_question
-        which = f"the first {per_q} teacher samples a question" if per_q else "every teacher sample"
+        which = (
+            "every teacher sample" if not per_q
+            else "each question's first teacher sample" if per_q == 1
+            else f"each question's first {per_q} teacher samples"
+        )  # fmt: skip
         with self._stage(f"seq-kd pairs: {which}, unverified"):
             completions = read_completions(self.layout.teacher)
             by_id = self.task.by_id({c.problem_id for c in completions})
