@@ -1,0 +1,84 @@
+"""One writer per output: an advisory ``flock`` on a lock file beside the output.
+
+``output_lock(path)`` holds ``.<name>.lock`` in the output's folder for as long as a
+stage writes ``path`` (a file or a folder). The kernel releases the lock when the
+holder's file descriptor closes, so also when the process dies however it dies: a
+lock file left on disk by a killed run never blocks the next one (the file stays;
+only the lock on it counts). A second process asking for the same output fails at
+once with one line naming the holder's pid and the path. Within one process the lock
+is re-entrant (a pipeline stage nested in a command that holds the same output).
+
+The descriptor is opened close-on-exec, so the sandbox's worker processes (spawned
+with ``exec``) never inherit it and cannot keep a dead run's lock alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from ekt.errors import EktError
+
+_held: dict[str, list[int]] = {}  # lock file (absolute) -> [fd, holders in this process]
+_mutex = threading.Lock()
+
+
+def lock_path(output: str | Path) -> Path:
+    """The lock file of an output: ``.<name>.lock`` beside it (hidden; never a .jsonl)."""
+    out = Path(output).absolute()
+    return out.parent / f".{out.name}.lock"
+
+
+def holder(lock: Path) -> str:
+    """The pid written in a lock file ('unknown' while the holder is still writing it)."""
+    try:
+        text = lock.read_text(errors="replace").split()
+    except OSError:
+        return "unknown"
+    return text[0] if text and text[0].isdigit() else "unknown"
+
+
+@contextlib.contextmanager
+def output_lock(output: str | Path) -> Iterator[Path]:
+    """Hold the one-writer lock of ``output`` (a file or folder) for the ``with`` block.
+
+    Raises EktError at once, naming the other process's pid and the path, when another
+    process holds it."""
+    lock = lock_path(output)
+    key = str(lock)
+    with _mutex:
+        if key in _held:
+            _held[key][1] += 1
+        else:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise EktError(
+                    f"{Path(output)} is being written by another ekt process (pid "
+                    f"{holder(lock)}, lock {lock}); wait for it to finish or use another --out"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _held[key] = [fd, 1]
+    try:
+        yield lock
+    finally:
+        with _mutex:
+            entry = _held[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[key]
+                os.close(entry[0])  # releases the flock
+
+
+__all__ = ["output_lock", "lock_path", "holder"]
