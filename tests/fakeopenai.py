@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 MAX_STALL = 20.0  # the longest a hang or a trickle lasts, whatever the client does
@@ -208,7 +208,7 @@ class FakeOpenAI:
     that is down is a port nobody listens on."""
 
     def __init__(self, faults: Iterable[str] = (), api: str = "completions",
-                 lifetime: float = 60.0, model: str = "fake"):  # fmt: skip
+                 lifetime: float = 60.0, model: str = "fake", delay: float = 0.0):  # fmt: skip
         self.faults = deque(faults)
         self.posts = 0
         self.faults_sent: list[str] = []
@@ -235,6 +235,8 @@ class FakeOpenAI:
                     if fault:
                         me.faults_sent.append(fault)
                 good = good_reply(body, api)
+                if delay:
+                    self.server.stopping.wait(delay)  # type: ignore[attr-defined]
                 if fault is None:
                     _send(self, 200, json.dumps(good).encode())
                 else:
@@ -264,8 +266,8 @@ class FakeOpenAI:
         self.close()
 
 
-if __name__ == "__main__":  # python fakeopenai.py LIFETIME [FAULT ...]: prints its URL
-    srv = FakeOpenAI(sys.argv[2:], lifetime=float(sys.argv[1]))
+if __name__ == "__main__":  # python fakeopenai.py LIFETIME DELAY [FAULT ...]: prints its URL
+    srv = FakeOpenAI(sys.argv[3:], lifetime=float(sys.argv[1]), delay=float(sys.argv[2]))
     print(srv.url, flush=True)
     srv.httpd.stopping.wait(float(sys.argv[1]) + 1)  # type: ignore[attr-defined]
 
@@ -274,6 +276,7 @@ if __name__ == "__main__":  # python fakeopenai.py LIFETIME [FAULT ...]: prints 
 
 CASE_LIMIT_S = 30.0
 DURATIONS: dict[str, float] = {}
+FIGURES: Counter = Counter()  # records compared, cut points, kills: the closing line's
 
 
 def _pytest_fixtures():  # defined lazily: this module also runs as a plain script
@@ -296,6 +299,9 @@ def _pytest_fixtures():  # defined lazily: this module also runs as a plain scri
             return
         name, took = max(DURATIONS.items(), key=lambda kv: kv[1])
         line = f"fault cases run: {len(DURATIONS)}; longest {took:.1f}s: {name}"
+        if FIGURES:
+            line += "; " + ", ".join(f"{k} {v}" for k, v in sorted(FIGURES.items()))
+            line += "; none lost, none duplicated (each case asserts it)"
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         capture = request.config.pluginmanager.get_plugin("capturemanager")
         if reporter is None or capture is None:

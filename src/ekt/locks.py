@@ -67,8 +67,10 @@ def output_lock(output: str | Path) -> Iterator[Path]:
                     f"{Path(output)} is being written by another ekt process (pid "
                     f"{holder(lock)}, lock {lock}); wait for it to finish or use another --out"
                 ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            with contextlib.suppress(OSError):  # a full disk: the lock holds all the same
+                line = f"{os.getpid():<12}\n".encode()  # one size: the page is never freed
+                os.pwrite(fd, line, 0)
+                os.ftruncate(fd, len(line))
             _held[key] = [fd, 1]
     try:
         yield lock

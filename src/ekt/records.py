@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import filecmp
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -350,19 +351,44 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
+_SMALL = 1 << 20  # files up to this size are compared before they are written again
+
+
+def _small_file(path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size <= _SMALL
+    except OSError:
+        return False
+
+
 def write_bytes_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
     """Write ``path`` through a temporary file in the same folder, fsync it, then rename.
 
     A crash (or a full disk) at any point leaves either the old file or the new
     one, never a mix; the temporary file is removed when writing fails. A file that
-    already holds exactly these bytes is left untouched (a rerun changes no mtime).
+    already holds exactly these bytes is left untouched (a rerun changes no mtime, and a
+    small file such as a job's settings is not even written again: a rerun on a full
+    disk gets as far as the records).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = iter(chunks)
+    head: list[bytes] = []
+    if _small_file(path):  # a rerun's settings or manifest: no write at all when unchanged
+        size = 0
+        for chunk in chunks:
+            head.append(chunk)
+            size += len(chunk)
+            if size > _SMALL:
+                break
+        else:
+            with contextlib.suppress(OSError):
+                if path.read_bytes() == b"".join(head):
+                    return
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as fh:
-            for chunk in chunks:
+            for chunk in itertools.chain(head, chunks):
                 fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
