@@ -384,6 +384,7 @@ def write_bytes_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
         else:
             with contextlib.suppress(OSError):
                 if path.read_bytes() == b"".join(head):
+                    _sweep_tmp(path)
                     return
     tmp = _tmp_path(path)
     try:
