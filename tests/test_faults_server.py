@@ -281,3 +281,62 @@ def test_chat_replies_are_checked_too(tmp_path):
     with FakeOpenAI(api="chat") as srv:  # content null: a reply without a program, kept
         got = list(_sampler(srv.url, api="chat").sample(chat, SamplingParams(n=1)))
     assert json.loads(json.dumps(got[0].text)) == got[0].text and got[0].text.strip()
+
+
+@pytest.fixture(scope="module")
+def cli_main():
+    """``ekt.cli.main``, imported before the cases' clocks start (torch and all, ~10 s here)."""
+    from ekt.cli import main
+
+    return main
+
+
+def test_cli_down_server_is_one_line_within_5s(tmp_path, capsys, cli_main):
+    """`ekt generate --backend openai` against a port nobody listens on: exit 2 and one line
+    naming the URL, within 5 s of the command starting its work."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    (data / "test.jsonl").write_text('{"question": "2+2?", "answer": "#### 4"}\n')
+    url = f"http://127.0.0.1:{_dead_port()}/v1"
+    argv = ["generate", "--model", "fake", "--out", str(tmp_path / "gen"), "--data-dir",
+            str(data), "--n", "2", "--backend", "openai", "--base-url", url]  # fmt: skip
+    capsys.readouterr()
+    t0 = time.monotonic()
+    code = cli_main(argv)
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    print(f"ekt generate: down server reported in {took:.2f}s")
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("ekt generate: error: ") and url in err[0], err
+    assert took < 5.0, took
+
+
+def test_cli_second_writer_is_one_line_naming_the_holder(tmp_path, capsys, cli_main):
+    """Another process holds the output's lock: `ekt verify` on the same --out exits 2 at
+    once with one line naming that pid and the path; once it is gone, nothing blocks."""
+    out = tmp_path / "executions.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    hold = ("import sys, time\nfrom ekt.locks import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(20)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        programs = tmp_path / "p.jsonl"
+        programs.write_text('{"problem_id": "gsm8k/train/0", "program": "def solution():\\n'
+                            '    return 1\\n"}\n')  # fmt: skip
+        capsys.readouterr()
+        t0 = time.monotonic()
+        code = cli_main(["verify", "--programs", str(programs), "--out", str(out)])
+        took = time.monotonic() - t0
+        err = capsys.readouterr().err.strip().splitlines()
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    assert code == 2 and took < 2.0, (code, took)
+    assert len(err) == 1 and f"(pid {holder.pid}" in err[0] and str(out) in err[0], err
+    from ekt.locks import output_lock
+
+    with output_lock(out):  # the dead holder's lock file is still there; it blocks nothing
+        pass
