@@ -134,6 +134,15 @@ def _truncated(h, body, good):  # promises more than it sends, then closes
     h.close_connection = True
 
 
+def _raw(data: bytes) -> Callable:  # bytes on the wire as they are, then close
+    def fault(h, body, good):
+        h.wfile.write(data)
+        h.wfile.flush()
+        h.close_connection = True
+
+    return fault
+
+
 def _drop(h, body, good):  # closes without a word
     h.close_connection = True
 
@@ -192,6 +201,13 @@ FAULTS: dict[str, Callable] = {
     "retry_after_date_far": _status(503, _http_date(86400 * 365)),
     "retry_after_1e400": _status(429, "1e400"),
     "truncated_body": _truncated,
+    "bad_status_line": _raw(b"HTTP/1.1 two hundred OK\r\n\r\n{}"),
+    "not_http": _raw(b"SSH-2.0-OpenSSH_9.6\r\n"),
+    "bad_content_length": _raw(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n{}"),
+    "header_flood": _raw(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n{}"),
+    "gzip_body": lambda h, body, good: _send(
+        h, 200, __import__("gzip").compress(json.dumps(good).encode()),
+        [("Content-Encoding", "gzip")]),
     "dropped_connection": _drop,
     "hang": _hang,
     "trickle": _trickle,

@@ -56,11 +56,13 @@ from typing import Any
 
 from ekt.errors import EktError
 from ekt.generation.backends.openai_compat import (
+    HEALTH_TIMEOUT,
     OpenAISampler,
     _Choice,
     _count,
     _Malformed,
     _Unit,
+    fetch,
     quote,
 )
 from ekt.generation.sampling import SamplingParams, derive_seed
@@ -82,12 +84,12 @@ class ServerInfo:
     model_path: str = ""  # the GGUF the server loaded, where it says
 
 
-def probe(base_url: str, timeout: float = 10.0) -> ServerInfo:
-    """Ask ``GET /props``: llama.cpp answers with its slot count; others do not."""
+def probe(base_url: str, timeout: float = HEALTH_TIMEOUT) -> ServerInfo:
+    """Ask ``GET /props`` (the whole request within ``timeout`` s): llama.cpp answers with
+    its slot count; others do not."""
     try:
-        with urllib.request.urlopen(server_root(base_url) + "/props", timeout=timeout) as resp:
-            props = json.loads(resp.read())
-    except (OSError, http.client.HTTPException, ValueError):
+        props = json.loads(fetch(urllib.request.Request(server_root(base_url) + "/props"), timeout))
+    except (OSError, http.client.HTTPException, ValueError, RecursionError, _Malformed):
         return ServerInfo("")
     if not isinstance(props, dict) or not isinstance(props.get("total_slots"), int):
         return ServerInfo("")

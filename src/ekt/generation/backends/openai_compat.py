@@ -204,6 +204,12 @@ def quote(raw: bytes | str, limit: int = 120) -> str:
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` with its whitespace runs (newlines too) as single spaces, at most ``limit``."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), or None when it
     is absent or not a finite, non-negative time (the ordinary backoff then applies)."""
@@ -355,13 +361,21 @@ def fetch(req: urllib.request.Request, timeout: float, abandoned: Any = None) ->
         try:
             with opener.open(req, timeout=timeout) as resp:
                 raw = resp.read(MAX_BODY + 1)
-        except urllib.error.HTTPError:
+        except urllib.error.HTTPError as e:
+            if watch.why:
+                raise TimeoutError(watch.why) from None
+            try:  # the error's body, read while the deadline still holds
+                e.detail = e.read(500).decode("utf-8", "replace").strip()  # type: ignore[attr-defined]
+            except (OSError, http.client.HTTPException, ValueError):
+                e.detail = ""  # type: ignore[attr-defined]
             if watch.why:
                 raise TimeoutError(watch.why) from None
             raise
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException, ValueError) as e:
             if watch.why:
                 raise TimeoutError(watch.why) from None
+            if isinstance(e, ValueError):  # a header or status line http.client refuses
+                raise http.client.HTTPException(f"unreadable reply ({e})") from None
             raise
         if watch.why:  # a body cut short by the deadline may still parse: never use it
             raise TimeoutError(watch.why)
@@ -539,10 +553,7 @@ class OpenAISampler:
         try:
             raw = fetch(req, self.timeout, abandoned)
         except urllib.error.HTTPError as e:
-            try:
-                detail = e.read(500).decode("utf-8", "replace").strip()
-            except (OSError, http.client.HTTPException):
-                detail = ""
+            detail = getattr(e, "detail", "")
             if e.code in RETRY_STATUS:
                 after = e.headers.get("Retry-After") if e.headers else None
                 raise _Retryable(f"HTTP {e.code}: {quote(detail)}", retry_after(after)) from None
@@ -550,7 +561,7 @@ class OpenAISampler:
                 f"{self.endpoint}: HTTP {e.code}: {quote(detail, 300)}{self._key_hint(e.code)}"
             ) from None
         except (OSError, http.client.HTTPException) as e:  # refused, reset, deadline, torn body
-            raise _Retryable(f"{type(e).__name__}: {e}") from None
+            raise _Retryable(f"{type(e).__name__}: {one_line(str(e))}") from None
         try:
             out = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -604,7 +615,7 @@ class OpenAISampler:
                 if attempt == self.max_retries or abandoned.is_set():
                     raise EktError(
                         f"{self.endpoint}: giving up on {problem_id} after "
-                        f"{attempt + 1} attempts: {e}"
+                        f"{attempt + 1} attempts: {one_line(str(e), 400)}"
                     ) from None
                 self.retries += 1
                 delay = min(self.max_backoff, self.backoff * 2**attempt)
@@ -614,7 +625,7 @@ class OpenAISampler:
                 if self._progress is not None:
                     self._progress.note(
                         f"retry {attempt + 1}/{self.max_retries} of {problem_id} in "
-                        f"{delay:.1f}s: {e}"
+                        f"{delay:.1f}s: {one_line(str(e))}"
                     )
                 abandoned.wait(delay)
         raise AssertionError("unreachable")
@@ -692,7 +703,7 @@ class OpenAISampler:
             self.checked = True  # it answers; not every server lists its models
             return
         except (OSError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", None) or e
+            reason = one_line(str(getattr(e, "reason", None) or e), 200)
             raise EktError(
                 f"{url}: the teacher server does not answer ({reason}, after "
                 f"{time.monotonic() - t0:.1f}s); is it running at {self.base_url}? "
