@@ -391,6 +391,29 @@ def _tally(rec: dict, statuses: dict[str, int], solved: set[str], seen: set[str]
 
 
 def _progress(total: int, initial: int, enabled: bool):
+    """A bar on a terminal; elsewhere (a log file) a line every ``LINE_EVERY`` seconds
+    instead of carriage-return frames."""
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(total, initial)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="verify", unit="prog", disable=not enabled)
+
+
+LINE_EVERY = 10.0
+
+
+class _LineProgress:
+    def __init__(self, total: int, initial: int):
+        self.total, self.done = total, initial
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self.last >= LINE_EVERY:
+            self.last = time.monotonic()
+            print(f"verify: {self.done}/{self.total} programs, "
+                  f"{time.monotonic() - self.t0:.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        pass
