@@ -29,8 +29,9 @@ _mutex = threading.Lock()
 
 
 def lock_path(output: str | Path) -> Path:
-    """The lock file of an output: ``.<name>.lock`` beside it (hidden; never a .jsonl)."""
-    out = Path(output).absolute()
+    """The lock file of an output: ``.<name>.lock`` beside it (hidden; never a .jsonl). Links
+    are followed, so two paths to one folder (a matrix run's shared stage) share one lock."""
+    out = Path(output).resolve()
     return out.parent / f".{out.name}.lock"
 
 
