@@ -467,3 +467,23 @@ def test_verify_progress_off_a_terminal_is_lines(data_dir, uninterrupted, tmp_pa
     assert s.new == 12 and "\r" not in err and "\x1b" not in err, err
     lines = [x for x in err.splitlines() if x.startswith("verify: ")]
     assert len(lines) == 12 and lines[-1].startswith("verify: 12/12 programs"), err
+
+
+def test_a_lock_file_is_removed_when_released_and_never_shared(tmp_path):
+    """The holder removes its lock file; a process that opened the old file just before
+    cannot hold a lock on it while another holds the new one (the inode check)."""
+    import fcntl
+
+    from ekt.locks import output_lock
+
+    out = tmp_path / "o.jsonl"
+    with output_lock(out) as lock:
+        stale = os.open(lock, os.O_RDWR)  # a second process's open, before the release
+        assert lock.read_text().split() == [str(os.getpid())]
+    assert not lock.exists()
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it wins the old, unlinked file...
+    try:
+        with output_lock(out):  # ...which does not stop the new holder, rightly
+            assert lock.exists()
+    finally:
+        os.close(stale)
