@@ -370,9 +370,10 @@ def test_two_processes_on_one_output(data_dir, uninterrupted, tmp_path):
     _same(_verdicts(execs), _verdicts(uninterrupted / "executions.jsonl"))
 
 
+# 3 pairs in the quick loop; 14 more in `make test`, four cases (each well under 30 s)
 @pytest.mark.parametrize("pairs", [pytest.param(3, id="3"),
-                                   pytest.param(7, id="7a", marks=pytest.mark.slow),
-                                   pytest.param(7, id="7b", marks=pytest.mark.slow)])
+                                   *(pytest.param(n, id=f"{n}{x}", marks=pytest.mark.slow)
+                                     for n, x in ((4, "a"), (4, "b"), (3, "c"), (3, "d")))])
 def test_simultaneous_starts_never_crash(pairs, data_dir, uninterrupted, tmp_path):
     """Two generate processes started together on a fresh --out (the issue saw a
     generate.json.tmp rename traceback in 1 start of 14): one works, the other stops with
