@@ -424,7 +424,8 @@ def _cases() -> list[Case]:
         _filter(ex)[:-1] + ["{tmp}/full.jsonl"],
         r"full\.jsonl: No space left on device; free some space, then rerun",
         {"ex.jsonl": [EXEC]},
-        lambda tmp: os.symlink("/dev/full", tmp / "full.jsonl.tmp"),
+        # the writer's temporary is named by its pid (main runs in this process)
+        lambda tmp: os.symlink("/dev/full", tmp / f"full.jsonl.tmp.{os.getpid()}"),
     )
     add("report-missing-run", ["report", "{tmp}/norun"], r"run folder not found")
     return c

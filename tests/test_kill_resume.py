@@ -368,7 +368,7 @@ def test_kill_at_exact_points(config, uninterrupted):
     final = _records(run_dir)
     _assert_kept(seen, final)
     _assert_same_results(uninterrupted, run_dir)
-    assert not list(run_dir.rglob("*.tmp")), "temporary files left behind"
+    assert not list(run_dir.rglob("*.tmp*")), "temporary files left behind"
 
 
 WATCH = [  # kill as soon as this path exists (and, for files, holds something)

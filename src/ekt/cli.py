@@ -43,6 +43,7 @@ from ekt.errors import EktError, user_message
 from ekt.evaluation.evaluate import EvalConfig, evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
 from ekt.generation.generate import format_stops, generate
+from ekt.locks import output_lock
 from ekt.models import PRESETS, model_fingerprint, resolve_model
 from ekt.pipeline.config import (
     RunConfig,
@@ -369,6 +370,15 @@ def _limited(problems: list, limit: int | None) -> list:
     return problems[:limit] if limit else problems
 
 
+# Commands whose --out is a stage's output: one process at a time writes it (ekt.locks).
+_WRITERS = ("generate", "verify", "filter", "train", "evaluate")
+
+
+def _one_writer(command: str, options: Any) -> contextlib.AbstractContextManager:
+    out = getattr(options, "out", None)
+    return output_lock(out) if out and command in _WRITERS else contextlib.nullcontext()
+
+
 def cmd_generate(o: GenerateOptions, _: Any) -> None:
     backend = o.sampling.backend
     backend.validate()
@@ -670,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             cmd_run(options, positional, overrides)
         else:
-            COMMANDS[command](options, positional)
+            with _one_writer(command, options):
+                COMMANDS[command](options, positional)
     except UsageError as e:
         print(f"ekt {command}: error: {e} (see `ekt {command} --help`)", file=sys.stderr)
         return 2

@@ -2,8 +2,12 @@
 
 Every arrow in the data flow is a file of these records. Writers append one
 JSON object per line and flush, so a killed stage loses at most the line it
-was writing; readers ignore a torn last line and report any other bad line
-with its file and line number.
+was writing. Reader and writer share one rule (``docs/reliability.md``): **a
+last line without its newline is incomplete**, whatever its bytes (a disk that
+filled up between a record's JSON and its newline leaves one that parses). The
+reader of a stage's output skips it, the writer cuts it when it reopens the
+file, and the stage redoes that record. Any other bad line is reported with its
+file and line number.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import filecmp
+import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,13 +146,19 @@ def iter_lines(path: Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[in
             yield i, raw[:-1] if ends else raw, ends
 
 
-def read_jsonl(path: str | Path, allow_torn_tail: bool = True) -> Iterator[tuple[int, dict]]:
+def read_jsonl(
+    path: str | Path,
+    allow_torn_tail: bool = True,
+    on_torn: Callable[[int, bytes], None] | None = None,
+) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, object), reading the file line by line. Blank lines are skipped.
 
-    A last line without a trailing newline that fails to parse is the mark of a
-    killed writer and is ignored when ``allow_torn_tail``; any other bad line
-    (malformed JSON, not UTF-8, not an object, over ``MAX_LINE_BYTES``) raises
-    EktError naming file and line.
+    With ``allow_torn_tail`` (files ekt writes) a last line without its newline is an
+    incomplete record, never read, even when it parses: ``JsonlWriter`` cuts the same
+    line, so a resumed stage redoes it (``on_torn(line, raw)`` is told of it). Without
+    (files people write, such as task files) such a line is read when it parses. Any
+    other bad line (malformed JSON, not UTF-8, not an object, over ``MAX_LINE_BYTES``)
+    raises EktError naming file and line.
     """
     path = Path(path)
     if not path.exists():
@@ -158,17 +169,17 @@ def read_jsonl(path: str | Path, allow_torn_tail: bool = True) -> Iterator[tuple
         if not raw.strip():
             continue
         is_tail = not ends
+        if is_tail and allow_torn_tail:
+            if on_torn is not None:
+                on_torn(i, raw)
+            return
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            if is_tail and allow_torn_tail:
-                return
             raise EktError(f"{path}:{i}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            if is_tail and allow_torn_tail:
-                return
             raise EktError(f"{path}:{i}: malformed JSON ({e.msg}, column {e.colno})") from None
         except RecursionError:
             raise EktError(f"{path}:{i}: malformed JSON (nested too deeply)") from None
@@ -185,9 +196,10 @@ def read_records(path: str | Path, cls: type[T], strict: bool = True) -> list[T]
 class JsonlWriter:
     """Append-only JSON-lines writer; each record is one ``write`` + flush.
 
-    Opening truncates a torn last line left by a killed writer so that appended
+    Opening cuts a last line without its newline (a killed writer's, or one a full
+    disk stopped at any byte: the rule ``read_jsonl`` reads by) so that appended
     records start on a fresh line. A write that fails (a full disk) leaves at most
-    a torn last line, which readers skip and the next writer removes.
+    such a torn last line, which readers skip and the next writer removes.
     """
 
     def __init__(self, path: str | Path, fsync: bool = False):
@@ -258,9 +270,65 @@ def _repair_torn_tail(path: Path) -> None:
 
 
 def _tmp_path(path: Path) -> Path:
-    # One fixed name: a temporary file left by a killed writer is replaced when the
-    # resumed stage writes the file again (one writer per file at a time).
-    return path.with_name(f"{path.name}.tmp")
+    # Named by the writing process: two processes writing one file (each stage holds its
+    # output's lock, but e.g. two commands may write one manifest) never rename each
+    # other's temporary away. A killed writer's is removed by the next write (_sweep_tmp).
+    return path.with_name(f"{path.name}.tmp.{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, someone else's
+    return True
+
+
+def _sweep_tmp(path: Path) -> None:
+    """Remove temporaries of ``path`` whose writer is gone (killed mid-write), and the
+    unnumbered ``.tmp`` older versions left."""
+    try:
+        siblings = list(path.parent.glob(f"{path.name}.tmp*"))
+    except OSError:
+        return
+    for p in siblings:
+        rest = p.name[len(path.name) + len(".tmp") :]
+        if rest == "" or (rest[:1] == "." and rest[1:].isdigit() and not _pid_alive(int(rest[1:]))):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def dedupe_jsonl(path: str | Path, key: Callable[[int, dict], Any]) -> list[tuple[int, int]]:
+    """Repair a JSONL output that holds a record twice: keep each key's first line.
+
+    Returns ``(line, first line)`` for every line removed (none: the file is left
+    untouched). The file is rewritten atomically (a torn last line is dropped with it,
+    as any writer would). ``key(line, obj)`` names a record."""
+    path = Path(path)
+    first: dict[Any, int] = {}
+    dups: list[tuple[int, int]] = []
+    for i, obj in read_jsonl(path):
+        k = key(i, obj)
+        if k in first:
+            dups.append((i, first[k]))
+        else:
+            first[k] = i
+    if dups:
+        drop = {i for i, _ in dups}
+        write_jsonl_atomic(path, (obj for i, obj in read_jsonl(path) if i not in drop))
+    return dups
+
+
+def duplicates_note(path: str | Path, dups: list[tuple[int, int]]) -> str:
+    """One line saying which duplicate lines a repair removed."""
+    shown = ", ".join(f"{i} (of {j})" for i, j in dups[:5])
+    more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
+    return (
+        f"note: {path} held {len(dups)} duplicate record(s), lines {shown}{more}; "
+        "repaired: the first of each kept"
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -283,19 +351,45 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
+_SMALL = 1 << 20  # files up to this size are compared before they are written again
+
+
+def _small_file(path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size <= _SMALL
+    except OSError:
+        return False
+
+
 def write_bytes_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
     """Write ``path`` through a temporary file in the same folder, fsync it, then rename.
 
     A crash (or a full disk) at any point leaves either the old file or the new
     one, never a mix; the temporary file is removed when writing fails. A file that
-    already holds exactly these bytes is left untouched (a rerun changes no mtime).
+    already holds exactly these bytes is left untouched (a rerun changes no mtime, and a
+    small file such as a job's settings is not even written again: a rerun on a full
+    disk gets as far as the records).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = iter(chunks)
+    head: list[bytes] = []
+    if _small_file(path):  # a rerun's settings or manifest: no write at all when unchanged
+        size = 0
+        for chunk in chunks:
+            head.append(chunk)
+            size += len(chunk)
+            if size > _SMALL:
+                break
+        else:
+            with contextlib.suppress(OSError):
+                if path.read_bytes() == b"".join(head):
+                    _sweep_tmp(path)
+                    return
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as fh:
-            for chunk in chunks:
+            for chunk in itertools.chain(head, chunks):
                 fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
@@ -303,6 +397,7 @@ def write_bytes_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
             tmp.unlink()
             return
         os.replace(tmp, path)
+        _sweep_tmp(path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -349,6 +444,8 @@ __all__ = [
     "write_bytes_atomic",
     "iter_lines",
     "MAX_LINE_BYTES",
+    "dedupe_jsonl",
+    "duplicates_note",
     "to_dict",
     "from_dict",
     "field",

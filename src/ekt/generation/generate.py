@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,10 +44,13 @@ from ekt.data.prompt_format import DEFAULT_FORMAT, Prompt, PromptFormat, load_fo
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget, rounds
 from ekt.generation.sampling import Sampler, SamplingParams
+from ekt.locks import output_lock
 from ekt.records import (
     Completion,
     JsonlWriter,
     Problem,
+    dedupe_jsonl,
+    duplicates_note,
     from_dict,
     read_jsonl,
     write_json_atomic,
@@ -201,7 +205,33 @@ def generate(
 
     ``budget`` (adaptive) samples in rounds and stops a question once ``judge`` says it
     has what the filter keeps (module docstring); ``None`` is the full budget.
+
+    The job holds ``out_dir``'s one-writer lock (``ekt.locks``): a second job on the same
+    folder stops at once. Shards that hold a sample twice (an older version's, a copied
+    folder) are repaired first, keeping each sample's first record, and said so.
     """
+    with output_lock(out_dir):
+        return _generate_locked(
+            sampler, problems, out_dir, params, prompt, shard_size, settings, force, cluster,
+            prompt_format, price, budget, judge,
+        )  # fmt: skip
+
+
+def _generate_locked(
+    sampler: Sampler | Callable[[], Sampler],
+    problems: Sequence[Problem],
+    out_dir: str | Path,
+    params: SamplingParams,
+    prompt: str,
+    shard_size: int,
+    settings: dict | None,
+    force: bool,
+    cluster: ShardCluster | None,
+    prompt_format: str | PromptFormat | None,
+    price: tuple[float, float] | None,
+    budget: AdaptiveBudget | None,
+    judge: Judge | None,
+) -> GenerateSummary:
     make_prompt = prompt_maker(prompt, prompt_format)
     fmt = load_format(prompt_format)
     if shard_size < 1:
@@ -228,6 +258,7 @@ def generate(
     check_settings(out / "generate.json", job, force=force)
     if force:
         (out / BUDGET_LOG).unlink(missing_ok=True)
+    repair_duplicates(out)
 
     t0 = time.time()
     tally = _Tally()
@@ -284,6 +315,22 @@ class _Tally:
             problems, total, self.new, self.tokens, seconds, self.extract_failed,
             self.prompt_tokens, cost_of(self.prompt_tokens, self.tokens, price),
         )  # fmt: skip
+
+
+def _sample_key(_: int, obj: dict) -> tuple[Any, Any]:
+    return obj.get("problem_id"), obj.get("sample_idx")
+
+
+def repair_duplicates(out_dir: str | Path) -> int:
+    """Keep the first record of every (problem, sample) in each shard; a note on stderr
+    names the lines removed. Returns how many were."""
+    removed = 0
+    for p in shard_paths(out_dir):
+        dups = dedupe_jsonl(p, _sample_key)
+        if dups:
+            print(duplicates_note(p, dups), file=sys.stderr)
+            removed += len(dups)
+    return removed
 
 
 def _have(path: Path) -> dict[str, set[int]]:

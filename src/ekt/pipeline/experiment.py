@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ekt.generation.backends import make_sampler
 from ekt.layout import RunLayout
+from ekt.locks import output_lock
 from ekt.pipeline.config import RunConfig
 from ekt.pipeline.matrix import run_matrix
 from ekt.pipeline.run import Runner, SamplerFactory
@@ -21,7 +22,17 @@ def run_experiment(
     force: bool = False,
     sampler_factory: SamplerFactory = make_sampler,
 ) -> dict:
-    """Run every stage of ``cfg`` in ``out_dir`` (default ``runs/<name>``); the results."""
+    """Run every stage of ``cfg`` in ``out_dir`` (default ``runs/<name>``); the results.
+
+    The run folder's one-writer lock (``ekt.locks``) is held throughout: a second ``ekt
+    run`` on the same folder stops at once, naming this one's pid."""
+    with output_lock(RunLayout.of(cfg.name, out_dir).dir):
+        return _run_experiment(cfg, out_dir, force, sampler_factory)
+
+
+def _run_experiment(
+    cfg: RunConfig, out_dir: str | Path | None, force: bool, sampler_factory: SamplerFactory
+) -> dict:
     t0 = time.time()
     where = RunLayout.of(cfg.name, out_dir).dir
     if cfg.is_matrix:

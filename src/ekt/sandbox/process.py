@@ -21,11 +21,12 @@ from typing import Any
 
 from ekt.records import Execution
 from ekt.sandbox.confine import make_pids_cgroup, remove_cgroup
-from ekt.sandbox.scratch import remove_tree
+from ekt.sandbox.scratch import remove_tree, scratch_prefix, sweep_dead_scratch
 from ekt.sandbox.wire import RAW_RESULT, parse_raw_result, valid_text
 
 _STATUSES = ("ok", "error", "timeout", "killed")
 _SERIAL = itertools.count()
+_SWEPT = False  # dead runs' scratch roots removed (the first worker of the process does it)
 _START_RETRY_S = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)  # pauses between tries to start a worker
 # The first estimate of a worker's time per program is pessimistic, so a new pool hands
 # out its first programs a few at a time until it has seen how long they take.
@@ -57,7 +58,11 @@ class WorkerProcess:
 
     def __init__(self, slot: int, wire: dict):
         self.slot = slot
-        self.scratch_root = tempfile.mkdtemp(prefix=f"ekt-sandbox-{slot}-")
+        global _SWEPT
+        if not _SWEPT:  # once per process: the folders of killed runs
+            _SWEPT = True
+            sweep_dead_scratch()
+        self.scratch_root = tempfile.mkdtemp(prefix=scratch_prefix(slot))
         self.cgroup = ""
         if wire["isolation"] != "none" and "cgroup" not in wire["disable"]:
             self.cgroup = make_pids_cgroup(

@@ -1,13 +1,84 @@
 """A worker's scratch directory: emptying any tree a program leaves, without recursion,
-and the scratch quota where no tmpfs can be mounted. See docs/sandbox.md.
+the scratch quota where no tmpfs can be mounted, and the scratch roots' names. See
+docs/sandbox.md.
 
 Used by the worker (``ekt.sandbox.child``) after every program and by the ekt process
-when it removes a worker's scratch root.
+when it creates and removes a worker's scratch root.
+
+A scratch root is named ``ekt-sandbox-<pid>-<start>-<slot>-<random>``: the ekt process's
+pid and its start time (clock ticks since boot, from ``/proc``), so a later run can tell
+a folder whose owner is gone (no such pid, or a pid reused by a process started at
+another time) from one in use, and removes it (``sweep_dead_scratch``): a run killed
+with SIGKILL, which cannot clean up, leaves nothing behind after the next run.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tempfile
+
+SCRATCH_PREFIX = "ekt-sandbox-"
+_OWNED = re.compile(r"ekt-sandbox-(\d+)-(\d+)-\d+-")
+
+
+def start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or
+    None when it does not exist (or there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: split after it
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def scratch_prefix(slot: int) -> str:
+    """The ``mkdtemp`` prefix of this process's scratch root for worker ``slot``."""
+    pid = os.getpid()
+    return f"{SCRATCH_PREFIX}{pid}-{start_time(pid) or 0}-{slot}-"
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the ekt process that made scratch root ``name`` still runs (True for a
+    name that does not say: an older version's, or not ekt's)."""
+    m = _OWNED.match(name)
+    if m is None:
+        return True
+    pid, started = int(m.group(1)), int(m.group(2))
+    now = start_time(pid)
+    if now is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return started == 0  # alive, but no /proc to say since when: keep it
+    return started == 0 or now == started
+
+
+def sweep_dead_scratch(tmpdir: str | None = None) -> list[str]:
+    """Remove the scratch roots in ``tmpdir`` (default: the temp folder) whose ekt process
+    is gone; returns the paths removed."""
+    root = tmpdir or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = [e for e in os.scandir(root) if e.name.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        return removed
+    for e in entries:
+        try:
+            st = e.stat(follow_symlinks=False)
+            mine = e.is_dir(follow_symlinks=False) and st.st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and not owner_alive(e.name) and remove_tree(e.path):
+            removed.append(e.path)
+    return removed
 
 
 class ScratchWatch:

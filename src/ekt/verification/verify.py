@@ -11,13 +11,18 @@ gold answer.
 
 The output is appended as results arrive; a rerun skips inputs whose key
 (problem id and sample index, or the input position) is already in the output.
+The stage holds the output's one-writer lock (``ekt.locks``); an output that holds
+a key twice (an older version's, a copied folder) is repaired first, keeping the
+first record of each, with a note naming the lines removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +31,17 @@ from ekt.data.extract import extract, runnable
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.data.tasks import Task
 from ekt.errors import EktError
-from ekt.records import Completion, Execution, JsonlWriter, Problem, read_jsonl, to_dict
+from ekt.locks import output_lock
+from ekt.records import (
+    Completion,
+    Execution,
+    JsonlWriter,
+    Problem,
+    dedupe_jsonl,
+    duplicates_note,
+    read_jsonl,
+    to_dict,
+)
 from ekt.sandbox.pool import Sandbox, SandboxConfig, default_deny_read, run_deny_read
 from ekt.verification.filtering import normalise_program
 
@@ -106,7 +121,7 @@ def iter_inputs(
     fmt = load_format(prompt_format)
     ordinal = 0
     for f in input_files(path):
-        for line, obj in read_jsonl(f):
+        for line, obj in read_jsonl(f, on_torn=_torn_note(f)):
             where = f"{f}:{line}"
             if not isinstance(obj.get("problem_id"), str):
                 raise EktError(f"{where}: missing field 'problem_id'")
@@ -128,6 +143,29 @@ def iter_inputs(
             ordinal += 1
 
 
+def _torn_note(path: Path) -> Callable[[int, bytes], None]:
+    def note(line: int, _: bytes) -> None:
+        print(
+            f"note: {path}:{line}: the last line has no newline: an incomplete record (its "
+            "writer was stopped), skipped; rerun the stage that writes it",
+            file=sys.stderr,
+        )
+
+    return note
+
+
+def _out_key(line: int, obj: dict) -> str:
+    return obj.get("_key") or _key(obj, line - 1)
+
+
+def _repair(out: Path) -> None:
+    """Keep the first record of every key of a verify output (module docstring)."""
+    if out.exists():
+        dups = dedupe_jsonl(out, _out_key)
+        if dups:
+            print(duplicates_note(out, dups), file=sys.stderr)
+
+
 def verify(
     programs: str | Path,
     out: str | Path,
@@ -143,8 +181,23 @@ def verify(
     ``prompt_format`` names the entry point the programs define (and how raw ``text``
     is read); the sandbox calls ``solution()``, so another entry point is aliased.
     """
+    with output_lock(out):
+        return _verify_locked(programs, Path(out), task, split, sandbox, progress, cluster,
+                              prompt_format)  # fmt: skip
+
+
+def _verify_locked(
+    programs: str | Path,
+    out: Path,
+    task: Task,
+    split: str | None,
+    sandbox: SandboxConfig | None,
+    progress: bool,
+    cluster: SandboxCluster | None,
+    prompt_format: str | PromptFormat | None,
+) -> VerifySummary:
     entry = load_format(prompt_format).entry_point
-    out = Path(out)
+    _repair(out)
     t0 = time.time()
     done: set[str] = set()
     statuses: dict[str, int] = {}
@@ -153,7 +206,7 @@ def verify(
     correct = 0
     if out.exists():
         for i, obj in read_jsonl(out):
-            done.add(obj.get("_key") or _key(obj, i - 1))
+            done.add(_out_key(i, obj))
             _tally(obj, statuses, solved, seen)
             correct += bool(obj.get("correct"))
 
@@ -234,6 +287,16 @@ class RoundJudge:
         prompt_format: str | PromptFormat | None = None,
     ):
         self.out = Path(out)
+        self._lock = contextlib.ExitStack()  # the output's one-writer lock, until __exit__
+        self._lock.enter_context(output_lock(self.out))
+        try:
+            self._setup(samples_dir, task, sandbox, cluster, prompt_format)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _setup(self, samples_dir, task, sandbox, cluster, prompt_format) -> None:  # noqa: ANN001
+        _repair(self.out)
         self.task = task
         self.entry = load_format(prompt_format).entry_point
         self.done: set[str] = set()
@@ -241,7 +304,7 @@ class RoundJudge:
         self._problems: dict[str, Problem] = {}
         if self.out.exists():
             for i, obj in read_jsonl(self.out):
-                self._note(obj, obj.get("_key") or _key(obj, i - 1))
+                self._note(obj, _out_key(i, obj))
         box_cfg = _deny_task_data(sandbox or SandboxConfig(), task, samples_dir, self.out)
         self._pool: Any = _pool(box_cfg, cluster)
         self._box: Any = None
@@ -258,8 +321,11 @@ class RoundJudge:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.__exit__(*exc)
-        self._box = None
+        try:
+            self._pool.__exit__(*exc)
+        finally:
+            self._box = None
+            self._lock.close()
 
     def __call__(self, completions: list[Completion]) -> dict[str, int]:
         if self._box is None:
@@ -325,6 +391,29 @@ def _tally(rec: dict, statuses: dict[str, int], solved: set[str], seen: set[str]
 
 
 def _progress(total: int, initial: int, enabled: bool):
+    """A bar on a terminal; elsewhere (a log file) a line every ``LINE_EVERY`` seconds
+    instead of carriage-return frames."""
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(total, initial)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="verify", unit="prog", disable=not enabled)
+
+
+LINE_EVERY = 10.0
+
+
+class _LineProgress:
+    def __init__(self, total: int, initial: int):
+        self.total, self.done = total, initial
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self.last >= LINE_EVERY:
+            self.last = time.monotonic()
+            print(f"verify: {self.done}/{self.total} programs, "
+                  f"{time.monotonic() - self.t0:.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        pass

@@ -62,7 +62,7 @@ class BackendConfig:
     cache_prompt: bool = True
     """openai, llama.cpp: reuse the slot's cached prompt prefix"""
     request_timeout: float = 600.0
-    """openai: seconds per HTTP request"""
+    """openai: seconds for a whole HTTP request (connect, headers and body together)"""
     max_retries: int = 8
     """openai: retries of a failed request (with backoff)"""
     api_key_env: str = "OPENAI_API_KEY"

@@ -55,7 +55,16 @@ from pathlib import Path
 from typing import Any
 
 from ekt.errors import EktError
-from ekt.generation.backends.openai_compat import OpenAISampler, _Choice, _Unit
+from ekt.generation.backends.openai_compat import (
+    HEALTH_TIMEOUT,
+    OpenAISampler,
+    _Choice,
+    _count,
+    _Malformed,
+    _Unit,
+    fetch,
+    quote,
+)
 from ekt.generation.sampling import SamplingParams, derive_seed
 
 # The llama-cpp-python release whose vendored llama.cpp scripts/build_llama_server.sh builds.
@@ -75,12 +84,12 @@ class ServerInfo:
     model_path: str = ""  # the GGUF the server loaded, where it says
 
 
-def probe(base_url: str, timeout: float = 10.0) -> ServerInfo:
-    """Ask ``GET /props``: llama.cpp answers with its slot count; others do not."""
+def probe(base_url: str, timeout: float = HEALTH_TIMEOUT) -> ServerInfo:
+    """Ask ``GET /props`` (the whole request within ``timeout`` s): llama.cpp answers with
+    its slot count; others do not."""
     try:
-        with urllib.request.urlopen(server_root(base_url) + "/props", timeout=timeout) as resp:
-            props = json.loads(resp.read())
-    except (OSError, http.client.HTTPException, ValueError):
+        props = json.loads(fetch(urllib.request.Request(server_root(base_url) + "/props"), timeout))
+    except (OSError, http.client.HTTPException, ValueError, RecursionError, _Malformed):
         return ServerInfo("")
     if not isinstance(props, dict) or not isinstance(props.get("total_slots"), int):
         return ServerInfo("")
@@ -148,7 +157,8 @@ class LlamaServerSampler(OpenAISampler):
         return body
 
     def _answered(self, out: dict) -> bool:
-        return isinstance(out.get("content"), str) and isinstance(out.get("tokens_predicted"), int)
+        counted = _count(out.get("tokens_predicted")) is not None
+        return isinstance(out.get("content"), str) and counted
 
     def _request(
         self,
@@ -157,27 +167,42 @@ class LlamaServerSampler(OpenAISampler):
         unit: _Unit,
         params: SamplingParams,
         abandoned: threading.Event,
-    ) -> dict:
-        out = super()._request(prompt, problem_id, unit, params, abandoned)
+    ) -> tuple[dict, list[_Choice]]:
+        out, choices = super()._request(prompt, problem_id, unit, params, abandoned)
         if self.token_ids is not None and isinstance(out.get("tokens"), list):
             with self._lock:
-                self.token_ids[(problem_id, unit.start)] = [int(t) for t in out["tokens"]]
-        return out
+                self.token_ids[(problem_id, unit.start)] = list(out["tokens"])
+        return out, choices
 
     def _choices(self, out: dict) -> list[_Choice]:
-        timings = out.get("timings") or {}
-        cached = timings.get("cache_n")
-        if isinstance(cached, int):
+        """The one sample of a ``/completion`` reply; every field used is checked first."""
+        timings = out.get("timings")
+        if timings is not None and not isinstance(timings, dict):
+            raise _Malformed(f"'timings' is not an object: {quote(json.dumps(timings)[:200])}")
+        tokens = out.get("tokens")
+        if tokens is not None and not (
+            isinstance(tokens, list) and all(_count(t) is not None for t in tokens)
+        ):
+            raise _Malformed(f"'tokens' is not a list of ids: {quote(json.dumps(tokens)[:200])}")
+        counts = {}
+        for k in ("tokens_predicted", "tokens_evaluated"):
+            if out.get(k) is not None:
+                counts[k] = _count(out[k])
+                if counts[k] is None:
+                    raise _Malformed(f"{k} is not a token count: {quote(json.dumps(out[k])[:200])}")
+        stop = out.get("stopping_word") if out.get("stop_type") == "word" else ""
+        if stop is not None and not isinstance(stop, str):
+            raise _Malformed(f"'stopping_word' is not a string: {quote(json.dumps(stop)[:200])}")
+        cached = _count((timings or {}).get("cache_n"))
+        if cached is not None:
             with self._lock:
                 self.prompt_cached += cached
-        stop = out.get("stopping_word") if out.get("stop_type") == "word" else ""
-        evaluated = out.get("tokens_evaluated")
         return [
             _Choice(
                 out["content"],
-                out["tokens_predicted"],
-                evaluated if isinstance(evaluated, int) else 0,
-                stop if isinstance(stop, str) else "",
+                counts["tokens_predicted"],
+                counts.get("tokens_evaluated") or 0,
+                stop or "",
             )
         ]
 

@@ -42,11 +42,28 @@ sampler. It needs nothing beyond the standard library.
   line to ``extract_program``.)
 * **Bounded concurrency.** At most ``concurrency`` requests are in flight
   (0: the server's slot count where it reports one, as llama.cpp does, else 8).
+* **The server first.** Before the first request ``GET /models`` must answer
+  within ``HEALTH_TIMEOUT`` seconds: a server that is down is one line naming
+  the URL, not minutes of retries; a model the list does not name is a note.
 * **Retries.** HTTP 408, 409, 429 and 5xx, timeouts, refused or dropped
-  connections and truncated bodies are retried with exponential backoff
-  (``backoff * 2**attempt`` seconds, at most ``max_backoff``, with jitter, or
-  the server's ``Retry-After``), up to ``max_retries`` times in a row for a
-  unit; other 4xx errors stop at once with the server's message.
+  connections, truncated bodies and malformed replies are retried with
+  exponential backoff (``backoff * 2**attempt`` seconds, at most
+  ``max_backoff``, with jitter), up to ``max_retries`` times in a row for a
+  unit, each retry said on stderr as it happens; other 4xx errors stop at once
+  with the server's message. The server's ``Retry-After`` (seconds or an HTTP
+  date) replaces the backoff, capped at ``max_backoff``; a value that is not a
+  finite, non-negative number means the ordinary backoff.
+* **A reply is checked before use.** Every field ekt reads (``choices``, each
+  choice's ``index`` and ``text`` or ``message.content``, ``usage``) must have
+  its type; anything else (no choices, a choice that is a string, JSON nested
+  too deeply to parse, a body over ``MAX_BODY`` bytes) is one retryable error
+  that quotes the start of the reply, never a traceback.
+* **Nothing hangs.** ``timeout`` bounds a whole request: connecting, the headers
+  and the body together (a body trickled a byte at a time is cut at the
+  deadline). A fatal error (a 4xx, retries spent) shuts the sockets of the
+  other requests in flight, so the job ends within moments.
+* **Progress.** A bar over the samples with tokens/s on a terminal; elsewhere
+  (a log file) one line every ``PROGRESS_EVERY`` seconds.
 * **Nothing lost or doubled.** A sample is recorded only when its response
   has arrived whole, once per (problem, index); a request lost with a dying
   server is simply sent again. ``sample`` checks at the end that every
@@ -68,10 +85,13 @@ stop string that ended a sample, prompt-cache reuse, the server's slots).
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
+import math
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -92,6 +112,9 @@ RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # Servers that refuse more stop strings than this (the request fails with HTTP 400).
 STOP_LIMITS = {"api.openai.com": 4}
 CHARS_PER_TOKEN = 4  # the estimate of a prompt's tokens where no tokenizer counts them
+MAX_BODY = 64 << 20  # a reply longer than this is not an answer to a sampling request
+HEALTH_TIMEOUT = 5.0  # seconds the server has to answer GET /models before the first request
+PROGRESS_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
 
 
 class RateLimiter:
@@ -170,6 +193,251 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+class _Malformed(_Retryable):
+    """A reply whose fields are not what the API promises (retried like any bad reply)."""
+
+
+def quote(raw: bytes | str, limit: int = 120) -> str:
+    """The start of a reply, on one line, for a message."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = " ".join(text[: limit + 1].split())
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` with its whitespace runs (newlines too) as single spaces, at most ``limit``."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), or None when it
+    is absent or not a finite, non-negative time (the ordinary backoff then applies)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _count(value: Any) -> int | None:
+    """A token count as a server reports it: a non-negative integer (12.0 too), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def usage_of(out: dict) -> dict[str, int]:
+    """A reply's ``usage`` counts that are there; a malformed one is a _Malformed."""
+    usage = out.get("usage")
+    if usage is None:
+        return {}
+    if not isinstance(usage, dict):
+        raise _Malformed(f"'usage' is not an object: {quote(json.dumps(usage))}")
+    got = {}
+    for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        if usage.get(k) is None:
+            continue
+        n = _count(usage[k])
+        if n is None:
+            raise _Malformed(f"usage.{k} is not a token count: {quote(json.dumps(usage[k]))}")
+        got[k] = n
+    return got
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _Watch:
+    """The sockets of one request: shut down at its deadline, or when the job stops, so
+    that no read (connect, headers, a trickled body) outlives either."""
+
+    def __init__(self) -> None:
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.why = ""
+
+    def add(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._socks.append(sock)
+            if self.why:
+                _shut(sock)
+        return sock
+
+    def fire(self, why: str) -> None:
+        with self._lock:
+            self.why = self.why or why
+            for sock in self._socks:
+                _shut(sock)
+
+
+class _Abandon(threading.Event):
+    """Set when a job stops (done, or a fatal error): no more retries, and every request
+    still in flight has its sockets shut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watches: set[_Watch] = set()
+        self._lock = threading.Lock()
+
+    def watch(self, w: _Watch) -> None:
+        with self._lock:
+            self._watches.add(w)
+        if self.is_set():
+            w.fire("the job was stopped")
+
+    def unwatch(self, w: _Watch) -> None:
+        with self._lock:
+            self._watches.discard(w)
+
+    def set(self) -> None:
+        super().set()
+        with self._lock:
+            watches = list(self._watches)
+        for w in watches:
+            w.fire("the job was stopped")
+
+
+def _tracked(http_class: Any, watch: _Watch) -> Any:
+    """``http_class`` whose sockets ``watch`` can shut (registered as soon as connected)."""
+
+    def make(host: str, **kw: Any) -> Any:
+        conn = http_class(host, **kw)
+        connect = conn._create_connection
+        conn._create_connection = lambda *a, **k: watch.add(connect(*a, **k))
+        return conn
+
+    return make
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    def __init__(self, watch: _Watch):
+        super().__init__()
+        self.watch = watch
+
+    def do_open(self, http_class, req, **kw):  # type: ignore[no-untyped-def,override]
+        return super().do_open(_tracked(http_class, self.watch), req, **kw)
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, watch: _Watch):
+        super().__init__()
+        self.watch = watch
+
+    def do_open(self, http_class, req, **kw):  # type: ignore[no-untyped-def,override]
+        return super().do_open(_tracked(http_class, self.watch), req, **kw)
+
+
+def fetch(req: urllib.request.Request, timeout: float, abandoned: Any = None) -> bytes:
+    """The body of ``req``, all of it within ``timeout`` seconds (connect, headers, body),
+    at most ``MAX_BODY`` bytes. Raises urllib's HTTPError for an HTTP error status, and
+    TimeoutError at the deadline (or when ``abandoned``, an ``_Abandon``, is set)."""
+    watch = _Watch()
+    timer = threading.Timer(timeout, watch.fire, (f"no whole reply within {timeout:g}s",))
+    timer.daemon = True
+    if isinstance(abandoned, _Abandon):
+        abandoned.watch(watch)
+    timer.start()
+    try:
+        opener = urllib.request.build_opener(_HTTP(watch), _HTTPS(watch))
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                raw = resp.read(MAX_BODY + 1)
+        except urllib.error.HTTPError as e:
+            if watch.why:
+                raise TimeoutError(watch.why) from None
+            try:  # the error's body, read while the deadline still holds
+                e.detail = e.read(500).decode("utf-8", "replace").strip()  # type: ignore[attr-defined]
+            except (OSError, http.client.HTTPException, ValueError):
+                e.detail = ""  # type: ignore[attr-defined]
+            if watch.why:
+                raise TimeoutError(watch.why) from None
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            if watch.why:
+                raise TimeoutError(watch.why) from None
+            if isinstance(e, ValueError):  # a header or status line http.client refuses
+                raise http.client.HTTPException(f"unreadable reply ({e})") from None
+            raise
+        if watch.why:  # a body cut short by the deadline may still parse: never use it
+            raise TimeoutError(watch.why)
+        if len(raw) > MAX_BODY:
+            raise _Malformed(f"a reply over {MAX_BODY >> 20} MiB")
+        return raw
+    finally:
+        timer.cancel()
+        if isinstance(abandoned, _Abandon):
+            abandoned.unwatch(watch)
+
+
+class _Progress:
+    """Samples done and tokens/s: a bar on a terminal, else a line every PROGRESS_EVERY s;
+    ``note`` prints a line (a retry) without breaking the bar. Silent when not ``enabled``."""
+
+    def __init__(self, total: int, enabled: bool, label: str):
+        from tqdm.auto import tqdm
+
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.total, self.label = total, label
+        self.done = self.tokens = 0
+        self.t0 = self.last = time.monotonic()
+        self._lock = threading.Lock()
+        self.bar = tqdm(total=total, desc="sample", unit="seq", disable=not self.tty)
+
+    def rate(self) -> float:
+        dt = time.monotonic() - self.t0
+        return self.tokens / dt if dt > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"sample: {self.done}/{self.total} samples, {self.tokens} tokens, "
+            f"{self.rate():.1f} tok/s, {time.monotonic() - self.t0:.0f}s ({self.label})"
+        )
+
+    def update(self, tokens: int) -> None:
+        self.done += 1
+        self.tokens += tokens
+        if self.tty:
+            self.bar.set_postfix_str(f"{self.rate():.1f} tok/s", refresh=False)
+            self.bar.update(1)
+        elif self.enabled and time.monotonic() - self.last >= PROGRESS_EVERY:
+            self.last = time.monotonic()
+            self.note(self.line())
+
+    def note(self, message: str) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if self.tty:
+                self.bar.write(message, file=sys.stderr)
+            else:
+                print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.enabled and not self.tty and self.done:
+            self.note(self.line())
+
+
 class OpenAISampler:
     """Sampler over an OpenAI-compatible server (see the module docstring)."""
 
@@ -226,6 +494,8 @@ class OpenAISampler:
         self.trim_prompt = trim_prompt and api == "completions"
         self.n_supported: bool | None = None  # learnt from the first multi-choice response
         self.retries = 0  # requests sent again, over the sampler's life (for logs and tests)
+        self.checked = False  # the server answered GET /models (check_server)
+        self._progress: _Progress | None = None  # the running job's, for retry notes
 
     # ---- one request ---------------------------------------------------------------------
 
@@ -260,42 +530,48 @@ class OpenAISampler:
         body.update(self.extra_body)
         return body
 
-    def _post(self, body: dict) -> dict:
-        """POST once; the parsed response, or _Retryable / EktError."""
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", **self.headers}
+    def _auth_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _key_hint(self, code: int) -> str:
+        if code not in (401, 403):
+            return ""
+        return (
+            f" (the API key is read from ${self.api_key_env}, which is "
+            f"{'set' if self.api_key else 'not set'}; backend.api_key_env names another)"
+        )
+
+    def _post(self, body: dict, abandoned: Any = None) -> dict:
+        """POST once, within the whole-request deadline; the parsed response (a dict that
+        ``_answered``), or _Retryable / EktError."""
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **self._auth_headers()}
         req = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
+            raw = fetch(req, self.timeout, abandoned)
         except urllib.error.HTTPError as e:
-            detail = e.read()[:500].decode("utf-8", "replace").strip()
+            detail = getattr(e, "detail", "")
             if e.code in RETRY_STATUS:
                 after = e.headers.get("Retry-After") if e.headers else None
-                try:
-                    wait_s = float(after) if after else None
-                except ValueError:
-                    wait_s = None
-                raise _Retryable(f"HTTP {e.code}: {detail}", wait_s) from None
-            hint = ""
-            if e.code in (401, 403):
-                hint = (
-                    f" (the API key is read from ${self.api_key_env}, which is "
-                    f"{'set' if self.api_key else 'not set'}; backend.api_key_env names another)"
-                )
-            raise EktError(f"{self.endpoint}: HTTP {e.code}: {detail}{hint}") from None
-        except (OSError, http.client.HTTPException) as e:  # refused, reset, timeout, torn body
-            raise _Retryable(f"{type(e).__name__}: {e}") from None
+                raise _Retryable(f"HTTP {e.code}: {quote(detail)}", retry_after(after)) from None
+            raise EktError(
+                f"{self.endpoint}: HTTP {e.code}: {quote(detail, 300)}{self._key_hint(e.code)}"
+            ) from None
+        except (OSError, http.client.HTTPException) as e:  # refused, reset, deadline, torn body
+            raise _Retryable(f"{type(e).__name__}: {one_line(str(e))}") from None
         try:
             out = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _Retryable(f"unparsable response ({len(raw)} bytes)") from None
+            raise _Malformed(f"unparsable reply ({len(raw)} bytes): {quote(raw)}") from None
+        except RecursionError:
+            raise _Malformed(f"reply nested too deeply to parse: {quote(raw)}") from None
+        if isinstance(out, dict) and "error" in out:
+            raise _Retryable(f"server error: {quote(json.dumps(out['error']), 300)}")
         if not isinstance(out, dict) or not self._answered(out):
-            if isinstance(out, dict) and "error" in out:
-                raise _Retryable(f"server error: {str(out['error'])[:300]}")
-            raise EktError(f"{self.endpoint}: response without choices: {str(out)[:300]}")
+            raise _Malformed(f"reply without the fields of an answer: {quote(raw)}")
         return out
 
     def _estimate(self, body: dict) -> float:
@@ -319,58 +595,86 @@ class OpenAISampler:
         unit: _Unit,
         params: SamplingParams,
         abandoned: threading.Event,
-    ) -> dict:
-        """POST with retries and exponential backoff, within the rate limits."""
+    ) -> tuple[dict, list[_Choice]]:
+        """POST with retries and exponential backoff, within the rate limits: the response
+        and its checked choices (a malformed reply is retried like a failed request)."""
         body = self._body(prompt, problem_id, unit, params)
         for attempt in range(self.max_retries + 1):
             entry = self.limiter.acquire(self._estimate(body), abandoned)
             try:
-                out = self._post(body)
-                usage = out.get("usage") or {}
+                out = self._post(body, abandoned)
+                choices = self._choices(out)
+                usage = usage_of(out)
                 total = usage.get("total_tokens")
-                if not isinstance(total, int):
-                    total = sum(
-                        v for v in (usage.get("prompt_tokens"), usage.get("completion_tokens"))
-                        if isinstance(v, int)
-                    ) or entry[1]  # fmt: skip
+                if total is None:
+                    total = (usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+                             or entry[1])  # fmt: skip
                 self.limiter.settle(entry, total)
-                return out
+                return out, choices
             except _Retryable as e:
                 if attempt == self.max_retries or abandoned.is_set():
                     raise EktError(
                         f"{self.endpoint}: giving up on {problem_id} after "
-                        f"{self.max_retries + 1} attempts: {e}"
+                        f"{attempt + 1} attempts: {one_line(str(e), 400)}"
                     ) from None
                 self.retries += 1
                 delay = min(self.max_backoff, self.backoff * 2**attempt)
-                delay = e.retry_after if e.retry_after is not None else delay
-                abandoned.wait(delay * (0.5 + random.random() / 2))
+                if e.retry_after is not None:  # the server's wish, within the maximum backoff
+                    delay = min(self.max_backoff, e.retry_after)
+                delay *= 0.5 + random.random() / 2
+                if self._progress is not None:
+                    self._progress.note(
+                        f"retry {attempt + 1}/{self.max_retries} of {problem_id} in "
+                        f"{delay:.1f}s: {one_line(str(e))}"
+                    )
+                abandoned.wait(delay)
         raise AssertionError("unreachable")
 
     @staticmethod
     def _prompt_tokens(out: dict, count: int) -> list[int]:
         """The response's prompt tokens shared out over ``count`` samples (sum = billed)."""
-        total = (out.get("usage") or {}).get("prompt_tokens")
-        if not isinstance(total, int) or total < 0 or count < 1:
+        total = usage_of(out).get("prompt_tokens")
+        if total is None or count < 1:
             return [0] * max(count, 0)
         share, rest = divmod(total, count)
         return [share + (i < rest) for i in range(count)]
 
     def _choices(self, out: dict) -> list[_Choice]:
-        """One ``_Choice`` per choice of a response, in choice-index order."""
-        choices = sorted(out["choices"], key=lambda c: c.get("index", 0))
-        texts = []
-        for c in choices:
+        """One ``_Choice`` per choice of a response, in choice-index order; a reply whose
+        fields are not what the API promises is a _Malformed (retried)."""
+        choices = out.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _Malformed(f"no choices in the reply: {quote(json.dumps(out)[:400])}")
+        by_index: dict[int, str] = {}
+        for pos, c in enumerate(choices):
+            if not isinstance(c, dict):
+                raise _Malformed(f"choice {pos} is not an object: {quote(json.dumps(c)[:400])}")
+            index = c.get("index", pos)
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise _Malformed(f"choice {pos} has index {quote(json.dumps(index)[:200])}")
+            if index in by_index:
+                raise _Malformed(f"two choices with index {index}")
             if self.api == "chat":
-                text = (c.get("message") or {}).get("content") or ""
+                message = c.get("message")
+                if not isinstance(message, dict):
+                    raise _Malformed(
+                        f"choice {pos} has no message object: {quote(json.dumps(c)[:400])}"
+                    )
+                text = message.get("content")
+                text = "" if text is None else text  # a reply without text: no program
             else:
-                text = c.get("text") or ""
-            texts.append(text)
-        usage = out.get("usage") or {}
-        total, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
-        prompt = prompt if isinstance(prompt, int) else 0
+                text = c.get("text")
+            if not isinstance(text, str):
+                what = "message.content" if self.api == "chat" else "text"
+                raise _Malformed(
+                    f"choice {pos}'s {what} is not a string: {quote(json.dumps(text)[:200])}"
+                )
+            by_index[index] = text
+        texts = [by_index[i] for i in sorted(by_index)]
+        usage = usage_of(out)
+        total, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens", 0)
         if len(texts) == 1:
-            return [_Choice(texts[0], total if isinstance(total, int) else None, prompt)]
+            return [_Choice(texts[0], total, prompt)]
         if self.tokenizer is None:
             raise EktError(
                 f"{self.endpoint}: a response with {len(texts)} choices reports only the "
@@ -381,6 +685,47 @@ class OpenAISampler:
             _Choice(t, len(self.tokenizer(t, add_special_tokens=False).input_ids), prompt)
             for t in texts
         ]
+
+    # ---- the server ----------------------------------------------------------------------
+
+    def check_server(self) -> None:
+        """``GET /models`` before the first request: a server that does not answer within
+        ``HEALTH_TIMEOUT`` seconds is one EktError naming the URL; a model list that does not
+        name ``model`` is a note (servers differ on the names they accept)."""
+        url = f"{self.base_url}/models"
+        req = urllib.request.Request(url, headers=self._auth_headers(), method="GET")
+        t0 = time.monotonic()
+        try:
+            raw = fetch(req, min(HEALTH_TIMEOUT, self.timeout))
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise EktError(f"{url}: HTTP {e.code}{self._key_hint(e.code)}") from None
+            self.checked = True  # it answers; not every server lists its models
+            return
+        except (OSError, http.client.HTTPException) as e:
+            reason = one_line(str(getattr(e, "reason", None) or e), 200)
+            raise EktError(
+                f"{url}: the teacher server does not answer ({reason}, after "
+                f"{time.monotonic() - t0:.1f}s); is it running at {self.base_url}? "
+                "(backend.base_url)"
+            ) from None
+        except _Malformed:
+            raw = b""
+        self.checked = True
+        try:
+            listed = json.loads(raw).get("data") if raw else None
+        except (ValueError, AttributeError, RecursionError):
+            listed = None
+        if not isinstance(listed, list):
+            return
+        ids = [m.get("id") for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if ids and self.model and self.model not in ids:
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            print(
+                f"note: {url} lists {shown}, not {self.model!r}; requests name {self.model!r} "
+                "(backend.served_model names another)",
+                file=sys.stderr,
+            )
 
     def _layout(self, prompt: str) -> tuple[str, str]:
         """The prompt as sent, and the trailing whitespace held back from it (see trim_prompt)."""
@@ -414,8 +759,6 @@ class OpenAISampler:
         so with ``n_per_request: 1`` (the default) each sample is the one any other call
         draws for that index.
         """
-        from tqdm.auto import tqdm
-
         first = start or 0
         todo: deque[_Unit] = deque()
         per = params.n if params.greedy else (self.n_per_request or params.n)
@@ -427,12 +770,14 @@ class OpenAISampler:
                 todo.append(_Unit(j, s, min(per, first + params.n - s)))
         layouts = [self._layout(prompt) for _, prompt in requests]
         seen: set[tuple[int, int]] = set()
-        show = self.progress and sys.stderr.isatty()
-        bar = tqdm(total=len(requests) * params.n, desc="sample", unit="seq", disable=not show)
+        if requests and not self.checked:
+            self.check_server()
+        bar = _Progress(len(requests) * params.n, self.progress, self.endpoint)
+        self._progress = bar
         concurrency = self._resolve_concurrency() if requests else 1
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ekt-http")
         flying: dict[Future, _Unit] = {}
-        abandoned = threading.Event()  # set when the caller stops early: no more retries
+        abandoned = _Abandon()  # set when the job stops: no more retries, sockets shut
         try:
             while todo or flying:
                 while todo and len(flying) < concurrency:
@@ -449,8 +794,7 @@ class OpenAISampler:
                 finished, _ = wait(list(flying), return_when=FIRST_COMPLETED)
                 for fut in finished:
                     unit = flying.pop(fut)
-                    out = fut.result()  # EktError propagates: a fatal server answer
-                    got = self._choices(out)
+                    out, got = fut.result()  # EktError propagates: a fatal server answer
                     if params.greedy:
                         got = got[:1] * params.n if got else []
                         unit = _Unit(unit.problem, first, params.n)
@@ -472,7 +816,7 @@ class OpenAISampler:
                         if held and text.startswith(held):
                             text = text[len(held) :]
                         cut = truncate_at_stop(text, params.stop)[0]
-                        bar.update(1)
+                        bar.update(int(choice.n_tokens or 0))
                         yield Completion(
                             pid,
                             unit.start + k,
@@ -482,11 +826,12 @@ class OpenAISampler:
                             stop=choice.stop,
                         )
         finally:
-            abandoned.set()
+            abandoned.set()  # shuts the sockets of the requests still in flight
             for fut in flying:
                 fut.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
+            self._progress = None
         missing = len(requests) * params.n - len(seen)
         if missing:
             raise EktError(f"{self.endpoint}: {missing} samples missing at the end of the job")
