@@ -121,7 +121,10 @@ def iter_inputs(
     fmt = load_format(prompt_format)
     ordinal = 0
     for f in input_files(path):
-        for line, obj in read_jsonl(f, on_torn=_torn_note(f)):
+        # ekt's own samples follow the torn-record rule (generate redoes an unterminated last
+        # line); a file someone wrote is read to its end, its last line without a newline too
+        ours = any((d / "generate.json").is_file() for d in (f.parent, f.parent.parent))
+        for line, obj in read_jsonl(f, allow_torn_tail=ours, on_torn=_torn_note(f)):
             where = f"{f}:{line}"
             if not isinstance(obj.get("problem_id"), str):
                 raise EktError(f"{where}: missing field 'problem_id'")
