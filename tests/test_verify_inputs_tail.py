@@ -42,3 +42,19 @@ def test_a_generate_shard_without_its_last_newline_is_incomplete(tmp_path, capsy
     assert _ids(tmp_path / "gen") == ["t/train/0", "t/train/1"]
     assert _ids(samples / "shard-00000.jsonl") == ["t/train/0", "t/train/1"]
     assert "shard-00000.jsonl:3: the last line has no newline" in capsys.readouterr().err
+
+
+def test_train_reads_a_pairs_file_without_its_final_newline(tmp_path, tiny_model_dir, capsys):
+    """``ekt train --pairs`` takes a whole file someone wrote: all of its pairs count."""
+    from ekt.training.train import TrainConfig, train_student
+
+    rows = [
+        {"problem_id": f"t/train/{i}", "question": f"What is {i} + 1?",
+         "program": f"def solution():\n    return {i} + 1\n", "source": "hand"}
+        for i in range(3)
+    ]  # fmt: skip
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = TrainConfig(max_steps=1, batch_size=3, per_device_train_batch_size=3, warmup_steps=0)
+    result = train_student(str(tiny_model_dir), pairs, tmp_path / "s", cfg, device="cpu")
+    assert result is not None and result.pairs == 3

@@ -188,9 +188,14 @@ def read_jsonl(
         yield i, obj
 
 
-def read_records(path: str | Path, cls: type[T], strict: bool = True) -> list[T]:
-    """Every record of ``cls`` in a JSONL file; with ``strict`` unknown fields are an error."""
-    return [from_dict(cls, obj, f"{path}:{i}", strict) for i, obj in read_jsonl(path)]
+def read_records(
+    path: str | Path, cls: type[T], strict: bool = True, allow_torn_tail: bool = True
+) -> list[T]:
+    """Every record of ``cls`` in a JSONL file; with ``strict`` unknown fields are an error.
+    ``allow_torn_tail=False`` for a file written whole (atomically, or by a person): its
+    last line counts with or without a newline (``read_jsonl``)."""
+    rows = read_jsonl(path, allow_torn_tail=allow_torn_tail)
+    return [from_dict(cls, obj, f"{path}:{i}", strict) for i, obj in rows]
 
 
 class JsonlWriter:

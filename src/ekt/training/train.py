@@ -589,7 +589,7 @@ def train_student(
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = cfg.accumulation_steps(world_size)
     pairs_path = Path(pairs_path)
-    pairs = read_records(pairs_path, TrainPair)
+    pairs = read_records(pairs_path, TrainPair, allow_torn_tail=False)  # a whole file: --pairs
     if not pairs:
         print(f"train: no training pairs in {pairs_path}: nothing to train")
         return None
