@@ -40,6 +40,7 @@ from ekt.data.grading import grade_value
 from ekt.data.procedural import SOURCE, Generator, ProceduralSource
 from ekt.data.prompt_format import squash, with_task_exemplars
 from ekt.data.prompts import is_exemplar
+from ekt.data.provenance import gold_sha
 from ekt.data.symbolic import boxed_answer, grade_symbolic
 from ekt.errors import EktError
 from ekt.records import Execution, Problem, iter_lines, read_jsonl
@@ -528,6 +529,10 @@ class Task:
         return _read_hub(self.spec, source_split)
 
     # -- grading -----------------------------------------------------------
+    def gold_sha(self, problem: Problem) -> str:
+        """The hash of the gold answer a verdict on ``problem`` is graded with."""
+        return gold_sha(problem.answer, self.answer_format)
+
     def grade(self, execution: Execution, problem: Problem) -> bool:
         if execution.status != "ok":
             return False
