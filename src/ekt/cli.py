@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -37,6 +38,7 @@ import jsonargparse
 import torch.distributed as dist
 
 from ekt import __version__
+from ekt.data.discover import find_task
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.data.tasks import task_table
 from ekt.errors import EktError, user_message
@@ -62,6 +64,7 @@ from ekt.pipeline.experiment import run_experiment
 from ekt.pipeline.export import export, push_to_hub, student_folder
 from ekt.pipeline.plan import plan_experiment, render
 from ekt.pipeline.run import adaptive_budget
+from ekt.records import read_jsonl
 from ekt.report.build import add_statistics, build_report
 from ekt.report.claims import run_claims
 from ekt.report.load import analyse, load_run
@@ -114,6 +117,11 @@ class GenerateOptions(TaskConfig):
 class VerifyOptions(TaskConfig):
     """`ekt verify` options."""
 
+    task: str | None = None
+    """the task the programs answer: a built-in task (`ekt tasks`) or a task file (YAML: name,
+    data, question, answer, answer_format, id, splits: {train: FILE-SPLIT, test: ...},
+    exemplars); None: the task the problem ids (<task>/<split>/<id>) name, its file found
+    from the generate.json beside the programs"""
     programs: str = ""
     """JSONL file, shard folder or `ekt generate --out` (required)"""
     out: str = ""
@@ -132,6 +140,11 @@ class VerifyOptions(TaskConfig):
 class FilterOptions(TaskConfig):
     """`ekt filter` options."""
 
+    task: str | None = None
+    """the task the verdicts belong to: a built-in task (`ekt tasks`) or a task file (YAML:
+    name, data, question, answer, answer_format, id, splits: {train: FILE-SPLIT, test: ...},
+    exemplars); None: the task the problem ids (<task>/<split>/<id>) name, its file found from
+    the generate.json or config.yaml near the records"""
     executions: list[str] = field(default_factory=list)
     """`ekt verify` output file(s) (required)"""
     out: str = "train_pairs.jsonl"
@@ -170,6 +183,11 @@ class TrainOptions:
 class EvaluateOptions(TaskConfig):
     """`ekt evaluate` options."""
 
+    task: str | None = None
+    """the task evaluated: a built-in task (`ekt tasks`) or a task file (YAML: name, data,
+    question, answer, answer_format, id, splits: {train: FILE-SPLIT, test: ...}, exemplars);
+    None: the task of --out's earlier records or of the pairs --model was trained on, else
+    gsm8k"""
     model: str = ""
     """model spec (required)"""
     out: str = ""
@@ -381,7 +399,8 @@ def cmd_generate(o: GenerateOptions, _: Any) -> None:
     else:
         fingerprint = model_fingerprint(o.model)
     settings = {"model": o.model, "model_fingerprint": fingerprint, "task": o.task,
-                "split": o.split, "dev_size": o.dev_size}  # fmt: skip
+                "split": o.split, "dev_size": o.dev_size,
+                **_where_task(task, o.data_dir)}  # fmt: skip
     budget = adaptive_budget(o.sampling, o.keep)
     cluster = _cluster(o.ray, backend, o.sandbox.workers if budget else None)
     with contextlib.ExitStack() as stack:
@@ -414,6 +433,12 @@ def cmd_generate(o: GenerateOptions, _: Any) -> None:
         print(f"graded rounds: {executions} (ekt filter --executions {executions})")
 
 
+def _where_task(task: Any, data_dir: str | None) -> dict[str, str | None]:
+    """Where later stages find the task without --task (``ekt.data.discover``)."""
+    return {"task_file": str(Path(task.spec.path).resolve()) if task.spec.path else None,
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None}  # fmt: skip
+
+
 def _check_format_and_api(fmt: PromptFormat, backend: BackendConfig) -> None:
     """A chat format needs the chat API; a completion format on the chat API gets a note."""
     if backend.name != "openai":
@@ -431,10 +456,23 @@ def _check_format_and_api(fmt: PromptFormat, backend: BackendConfig) -> None:
         )
 
 
+def _task_from_records(o: Any, ids: Any, near: list[Any], what: str) -> None:
+    """``--task`` (and ``--data-dir``) from the records' problem ids when not given."""
+    if o.task is not None:
+        return
+    found = find_task(ids, near, what)
+    o.task = found.task
+    if o.data_dir is None and found.data_dir:
+        o.data_dir = found.data_dir
+
+
 def cmd_verify(o: VerifyOptions, _: Any) -> None:
     o.sandbox.validate()
     if next(iter_inputs(o.programs, o.prompt_format), None) is None:
         raise EktError(f"{o.programs}: no programs to verify (empty input)")
+    if o.task is None:
+        ids = (obj["problem_id"] for _, _, obj in iter_inputs(o.programs, o.prompt_format))
+        _task_from_records(o, ids, [o.programs, o.out], f"--programs {o.programs}")
     cluster = _cluster(o.ray, None, o.sandbox.workers)
     summary = verify(o.programs, o.out, o.load_task((o.prompt_format,)), o.split, o.sandbox,
                      cluster=cluster, prompt_format=o.prompt_format)  # fmt: skip
@@ -442,6 +480,9 @@ def cmd_verify(o: VerifyOptions, _: Any) -> None:
 
 
 def cmd_filter(o: FilterOptions, _: Any) -> None:
+    if o.task is None:
+        ids = (obj.get("problem_id") for path in o.executions for _, obj in read_jsonl(path))
+        _task_from_records(o, ids, list(o.executions), f"--executions {' '.join(o.executions)}")
     summary = filter_stage(o.executions, o.out, o.load_task(), keep=o.keep,
                            decontaminate=o.decontaminate or None, require_records=True)  # fmt: skip
     print(summary.line())
@@ -473,10 +514,32 @@ def _end_process_group() -> None:
             dist.destroy_process_group()
 
 
+def _evaluated_ids(o: EvaluateOptions) -> list[str]:
+    """Problem ids an evaluation can take its task from: --out's earlier samples, else the
+    training pairs of the student --model names (its train_summary.json)."""
+    samples = sorted(Path(o.out).glob("*/samples/*.jsonl")) if o.out else []
+    for path in samples:
+        for _, obj in read_jsonl(path):
+            return [obj.get("problem_id", "")]
+    try:
+        summary = json.loads((Path(o.model) / "train_summary.json").read_text())
+        for _, obj in read_jsonl(summary["pairs_file"]):
+            return [obj.get("problem_id", "")]
+    except (OSError, ValueError, KeyError, TypeError, EktError):
+        pass
+    return []
+
+
 def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
     cfg = o.eval
     cfg.validate()
     o.sandbox.validate()
+    if o.task is None:
+        ids = _evaluated_ids(o)
+        if ids:
+            _task_from_records(o, ids, [o.out, o.model], f"the records of {o.out or o.model}")
+        else:  # nothing recorded yet: the default task
+            o.task = "gsm8k"
     task = o.load_task((o.prompt_format,))
     scores = evaluate(
         make_sampler(o.model, o.device, cfg.batch_size, cfg.backend),
@@ -486,7 +549,7 @@ def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
         task,
         prompt=o.prompt,
         sandbox=o.sandbox,
-        settings={"model": o.model},
+        settings={"model": o.model, **_where_task(task, o.data_dir)},
         prompt_format=task.prompt_format(o.prompt_format)
         if o.prompt == "teacher"
         else o.prompt_format,

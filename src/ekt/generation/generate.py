@@ -161,6 +161,8 @@ def shard_paths(out_dir: str | Path) -> list[Path]:
 
 # keys a newer ekt adds to generate.json: a job written before them resumes
 _ADDED_KEYS = frozenset({"questions_sha256"})
+# keys that say where things are, not what was sampled (a moved folder resumes)
+_WHERE_KEYS = frozenset({"task_file", "data_dir"})
 
 
 def check_questions(out: str | Path, problems: Sequence[Problem]) -> None:
@@ -183,10 +185,14 @@ def check_settings(path: Path, settings: dict, force: bool = False) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = None
+        if old is not None and not isinstance(old, dict):
+            old = {}  # not settings at all: every key differs
         if isinstance(old, dict):
             old = {**{k: settings[k] for k in _ADDED_KEYS & settings.keys()}, **old}
-        if old is not None and old != settings:
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        was = old or {}
+        changed = sorted(k for k in set(was) | set(settings)
+                         if k not in _WHERE_KEYS and was.get(k) != settings.get(k))  # fmt: skip
+        if old is not None and changed:
             raise EktError(
                 f"{path.parent} holds results made with other settings ({', '.join(changed)} "
                 "changed); use another --out, or --force to start over"
