@@ -273,6 +273,9 @@ class ExportOptions:
     """also upload the dataset (or, with --checkpoint, the student) to this hub repo"""
     checkpoint: bool = False
     """push the method's trained student instead of the pairs"""
+    prompt_format: str | None = None
+    """the layout of the exported pairs: function, chat, tinygsm or a YAML file (None: the one
+    the student was trained in, as the run recorded it)"""
 
 
 # (options, help, positional arguments: (name, argparse keywords))
@@ -657,7 +660,7 @@ def cmd_export(o: ExportOptions, args: Any) -> None:
     if not o.out and not o.push_to_hub:
         raise EktError("--out PATH is required (or --format hf with --push-to-hub REPO)")
     out = o.out or tempfile.mkdtemp(prefix="ekt-export-")
-    print(export(args.run_dir, o.format, out, o.method).line())
+    print(export(args.run_dir, o.format, out, o.method, o.prompt_format).line())
     if o.push_to_hub:
         print(f"export: pushed {out} -> {push_to_hub(out, o.push_to_hub, 'dataset')}")
 

@@ -131,9 +131,9 @@ def pair_ids(
     ``"teacher"`` the few-shot one (a live KD teacher reading the same pair)."""
     if fmt.is_chat:
         return _chat_pair(tok, fmt, question, program, view)
-    prompt = fmt.student(question) if view == "student" else fmt.teacher(question)
-    header = fmt.header
-    body = program[len(header) :] if program.startswith(header) else program
+    prompt, body = fmt.training_pair(question, program)  # what `ekt export` writes, too
+    if view != "student":
+        prompt = fmt.teacher(question)
     p_ids = list(tok(prompt, add_special_tokens=True).input_ids)
     b_ids = list(tok(body, add_special_tokens=False).input_ids) + [tok.eos_token_id]
     return p_ids, b_ids
@@ -145,11 +145,13 @@ def _chat_pair(
     """(prompt ids, assistant-turn ids) of one pair in a chat format's layout."""
     from ekt.generation.sampling import chat_ids
 
-    messages = fmt.student(question) if view == "student" else fmt.teacher(question)
+    messages, reply = fmt.training_pair(question, program)  # what `ekt export` writes, too
+    if view != "student":
+        messages = fmt.teacher(question)
     assert isinstance(messages, list)
     p_ids = chat_ids(tok, messages)  # exactly what the sampler feeds at evaluation
     prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    turn = {"role": "assistant", "content": fmt.assistant(program)}
+    turn = {"role": "assistant", "content": reply}
     full = tok.apply_chat_template([*messages, turn], tokenize=False)
     if full.startswith(prompt_text):
         reply = full[len(prompt_text) :]
@@ -669,6 +671,7 @@ def train_student(
             "packed": trainer.ekt_packed,
             "resumed_from": last,
             "config": cfg.settings(),
+            "prompt_format": fmt.label,  # the layout it learnt (``ekt export`` writes it)
         }
         if distill is not None:
             summary["distill"] = distill.summary()
