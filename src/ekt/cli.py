@@ -35,44 +35,32 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonargparse
-import torch.distributed as dist
 
-from ekt import __version__
+from ekt import __version__, helpcache
 from ekt.data.discover import find_task
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.data.tasks import task_table
 from ekt.errors import EktError, user_message
 from ekt.evaluation.evaluate import EvalConfig, evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
+from ekt.generation.budget import adaptive_budget
 from ekt.generation.generate import format_stops, generate
 from ekt.models import PRESETS, model_fingerprint, resolve_model
-from ekt.pipeline.config import (
-    RunConfig,
+from ekt.pipeline.distributed import RayCluster, import_ray
+from ekt.pipeline.export import export, push_to_hub, student_folder
+from ekt.pipeline.flags import (
     TaskConfig,
     TeacherSampling,
     add_dataclass,
     aliases,
     instantiate,
     leaf_keys,
-    load_config,
     name_key,
     normalize,
     parse_error,
 )
-from ekt.pipeline.distributed import RayCluster, import_ray
-from ekt.pipeline.experiment import run_experiment
-from ekt.pipeline.export import export, push_to_hub, student_folder
-from ekt.pipeline.plan import plan_experiment, render
-from ekt.pipeline.run import adaptive_budget
 from ekt.records import read_jsonl
-from ekt.report.build import add_statistics, build_report
-from ekt.report.claims import run_claims
-from ekt.report.load import analyse, load_run
-from ekt.report.tables import claims_lines
 from ekt.sandbox.pool import SandboxConfig
-from ekt.training.config import TrainConfig
-from ekt.training.kd import KDConfig, train_kd
-from ekt.training.train import train_student
 from ekt.verification.filtering import filter_stage
 from ekt.verification.verify import RoundJudge, iter_inputs, verify
 
@@ -101,7 +89,7 @@ class GenerateOptions(TaskConfig):
     """cpu | cuda | cuda:N (None: cuda if present)"""
     sampling: TeacherSampling = field(default_factory=TeacherSampling)
     """how to sample"""
-    keep: Literal["first", "all"] = RunConfig.keep
+    keep: Literal["first", "all"] = "first"
     """--sampling.budget adaptive: what `ekt filter --keep` will keep (first: a question leaves
     with one correct program; all: with --sampling.target distinct ones)"""
     executions: str = ""
@@ -149,34 +137,10 @@ class FilterOptions(TaskConfig):
     """`ekt verify` output file(s) (required)"""
     out: str = "train_pairs.jsonl"
     """the training pairs"""
-    keep: Literal["first", "all"] = RunConfig.keep
+    keep: Literal["first", "all"] = "first"
     """first correct program per question (published) or all unique ones"""
     decontaminate: str = "test"
     """drop questions that also appear in this split's file ('' to disable)"""
-
-
-@dataclass
-class TrainOptions:
-    """`ekt train` options."""
-
-    student: str = ""
-    """student model spec (required; also --model)"""
-    pairs: str = ""
-    """train_pairs.jsonl from `ekt filter` (required)"""
-    out: str = ""
-    """output folder: an HF checkpoint (required)"""
-    method: Literal["sft", "kd"] = "sft"
-    """sft: fine-tune on the pairs; kd: also distil --teacher's distribution"""
-    teacher: str | None = None
-    """model spec of the live teacher (--method kd)"""
-    device: str | None = None
-    """cpu | cuda | cuda:N (None: cuda if present)"""
-    prompt_format: str = "function"
-    """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """fine-tuning (transformers.TrainingArguments with ekt's defaults)"""
-    kd: KDConfig = field(default_factory=KDConfig)
-    """--method kd: the distillation term"""
 
 
 @dataclass
@@ -278,12 +242,14 @@ class ExportOptions:
     the student was trained in, as the run recorded it)"""
 
 
-# (options, help, positional arguments: (name, argparse keywords))
-COMMAND_OPTIONS: dict[str, tuple[type, str, tuple[tuple[str, dict], ...]]] = {
+# (options, help, positional arguments: (name, argparse keywords)); options named by
+# "module:Class" are imported when that command is parsed (torch and transformers stay out of
+# every other command's start-up)
+COMMAND_OPTIONS: dict[str, tuple[type | str, str, tuple[tuple[str, dict], ...]]] = {
     "generate": (GenerateOptions, "sample programs for each question into resumable shards", ()),
     "verify": (VerifyOptions, "run programs in the sandbox and grade them", ()),
     "filter": (FilterOptions, "keep correct, unique, uncontaminated programs as train pairs", ()),
-    "train": (TrainOptions, "fine-tune a student on train_pairs.jsonl", ()),
+    "train": ("ekt.training.options:TrainOptions", "fine-tune a student on train_pairs.jsonl", ()),
     "evaluate": (EvaluateOptions, "greedy pass@1, pass@k and majority vote on held-out questions", ()),  # noqa: E501
     "run": (RunOptions, "a whole experiment from a YAML config (any key: --a.b VALUE)",
             (("config", {"help": "YAML file (see configs/)"}),)),  # fmt: skip
@@ -304,8 +270,20 @@ LEGACY = {"--model": {"train": "--student"}}  # old flag -> the key's flag, per 
 # -- from the dataclass fields to flags -------------------------------------------------------
 
 
+def options_class(command: str) -> type:
+    """The options dataclass of ``command`` (imported now when named by path)."""
+    cls = COMMAND_OPTIONS[command][0]
+    if isinstance(cls, str):
+        import importlib
+
+        module, _, name = cls.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+    return cls
+
+
 def command_parser(command: str) -> jsonargparse.ArgumentParser:
-    cls, text, positional = COMMAND_OPTIONS[command]
+    _, text, positional = COMMAND_OPTIONS[command]
+    cls = options_class(command)
     parser = jsonargparse.ArgumentParser(
         prog=f"ekt {command}", description=text, exit_on_error=False
     )
@@ -325,7 +303,7 @@ def command_parser(command: str) -> jsonargparse.ArgumentParser:
 
 def parse(command: str, argv: list[str]) -> tuple[Any, jsonargparse.Namespace]:
     """The options of ``command`` (a dataclass) and the positional arguments."""
-    cls = COMMAND_OPTIONS[command][0]
+    cls = options_class(command)
     for old, by_command in LEGACY.items():
         if command in by_command:
             argv = [by_command[command] if t == old else t for t in argv]
@@ -463,6 +441,10 @@ def _task_from_records(o: Any, ids: Any, near: list[Any], what: str) -> None:
     """``--task`` (and ``--data-dir``) from the records' problem ids when not given."""
     if o.task is not None:
         return
+    ids = [i for i in ids if isinstance(i, str)]
+    if not ids:  # no records: the stage itself says what is wrong with its input
+        o.task = "gsm8k"
+        return
     found = find_task(ids, near, what)
     o.task = found.task
     if o.data_dir is None and found.data_dir:
@@ -491,7 +473,10 @@ def cmd_filter(o: FilterOptions, _: Any) -> None:
     print(summary.line())
 
 
-def cmd_train(o: TrainOptions, _: Any) -> None:
+def cmd_train(o: Any, _: Any) -> None:
+    from ekt.training.kd import train_kd
+    from ekt.training.train import train_student
+
     try:
         if o.method == "kd":
             if not o.teacher:
@@ -510,6 +495,12 @@ def cmd_train(o: TrainOptions, _: Any) -> None:
 def _end_process_group() -> None:
     """Under ``accelerate launch``: wait for every rank, then tear the process group down.
     Left to interpreter exit, gloo's threads can abort a rank after its work is done."""
+    import sys as _sys
+
+    if "torch" not in _sys.modules:  # nothing was trained in this process
+        return
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()
@@ -564,6 +555,10 @@ def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
 def cmd_run(o: RunOptions, args: Any, overrides: list[str] = ()) -> None:  # type: ignore[assignment]
     if o.json and not o.dry_run:
         raise EktError("--json prints the plan: use it with --dry-run")
+    from ekt.pipeline.config import load_config
+    from ekt.pipeline.experiment import run_experiment
+    from ekt.pipeline.plan import plan_experiment, render
+
     cfg = load_config(args.config, list(overrides))
     if cfg.ray is not None:
         cfg = dataclasses.replace(
@@ -611,6 +606,9 @@ ekt demo: a SMALL REAL run of explicit knowledge transfer on this machine ({path
 
 
 def cmd_demo(o: DemoOptions, _: Any) -> None:
+    from ekt.pipeline.config import load_config
+    from ekt.pipeline.experiment import run_experiment
+
     path = demo_config_path()
     cfg = load_config(path)
     print(DEMO_BANNER.format(path=path, task=cfg.task, teacher=cfg.teacher, student=cfg.student,
@@ -619,6 +617,11 @@ def cmd_demo(o: DemoOptions, _: Any) -> None:
 
 
 def cmd_report(o: ReportOptions, args: Any) -> None:
+    from ekt.report.build import add_statistics, build_report
+    from ekt.report.claims import run_claims
+    from ekt.report.load import analyse, load_run
+    from ekt.report.tables import claims_lines
+
     for key in ("questions", "samples", "resamples"):
         if getattr(o, key) < 1:
             raise EktError(f"--{key} must be >= 1, got {getattr(o, key)}")
@@ -700,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         elif flag in ("-h", "--help"):
             print(usage(), end="")
+            helpcache.store("ekt", usage())
             return 0
         else:
             print(f"ekt: error: unrecognized arguments: {flag} (see `ekt --help`)", file=sys.stderr)
@@ -710,6 +714,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     command, rest = argv[0], argv[1:]
+    if helpcache.help_topic([command, *rest]) == command:  # rendered once, then kept
+        text = command_parser(command).format_help()
+        helpcache.store(command, text)
+        print(text, end="")
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     options: Any = None
     try:
@@ -731,7 +740,10 @@ def main(argv: list[str] | None = None) -> int:
                         i += 1
                 i += 1
             rest = mine
-            overrides, _ = normalize(overrides, leaf_keys(RunConfig))
+            if overrides:  # run-config keys: the whole RunConfig (transformers with it)
+                from ekt.pipeline.config import RunConfig
+
+                overrides, _ = normalize(overrides, leaf_keys(RunConfig))
         options, positional = parse(command, rest)
         if command == "run":
             cmd_run(options, positional, overrides)

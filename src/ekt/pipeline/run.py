@@ -42,7 +42,7 @@ from ekt.data.tasks import Task, get_task
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
-from ekt.generation.budget import AdaptiveBudget
+from ekt.generation.budget import adaptive_budget
 from ekt.generation.generate import (
     budget_usage,
     format_stops,
@@ -245,14 +245,6 @@ def _check_model_spec(role: str, spec: str) -> None:
             resolve_model(spec)
         except EktError as e:
             raise EktError(f"{role}: {e}") from None
-
-
-def adaptive_budget(sampling: Any, keep: str) -> AdaptiveBudget | None:
-    """The adaptive budget of a ``teacher_sampling`` block (or one derived from it), for a
-    filter that keeps ``keep``; None for ``budget: full``."""
-    if getattr(sampling, "budget", "full") != "adaptive":
-        return None
-    return AdaptiveBudget(sampling.round_size, keep, sampling.target, sampling.give_up_after)
 
 
 def _count(path: Path) -> int:
