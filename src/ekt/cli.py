@@ -58,6 +58,7 @@ from ekt.pipeline.flags import (
     name_key,
     normalize,
     parse_error,
+    suggest_flags,
 )
 from ekt.records import read_jsonl
 from ekt.sandbox.pool import SandboxConfig
@@ -183,6 +184,9 @@ class RunOptions:
     (tokenizers only), writes nothing (see ekt.pipeline.plan)"""
     json: bool = False
     """with --dry-run: print the plan as JSON instead of text"""
+    show: bool = False
+    """print the resolved config (every key: the file, the defaults and the overrides, as
+    config.yaml will hold it) and exit; also --print_config"""
 
 
 @dataclass
@@ -220,7 +224,12 @@ class ModelsOptions:
 
 @dataclass
 class TasksOptions:
-    """`ekt tasks` takes no options."""
+    """`ekt tasks [TASK]` options."""
+
+    data_dir: str | None = None
+    """with TASK: its folder of <split>.jsonl/.csv/.parquet files (as --data-dir elsewhere)"""
+    prompt_format: str = "function"
+    """with TASK: the prompt layout shown (function, chat, tinygsm or a YAML file)"""
 
 
 @dataclass
@@ -258,7 +267,9 @@ COMMAND_OPTIONS: dict[str, tuple[type | str, str, tuple[tuple[str, dict], ...]]]
                (("runs", {"nargs": "+", "metavar": "RUN_DIR", "help": "run folders"}),)),
     "models": (ModelsOptions, "list embedded presets, or convert one to a cached HF folder",
                (("spec", {"nargs": "?", "help": "model spec to resolve"}),)),
-    "tasks": (TasksOptions, "list the built-in tasks (name, source, splits, answer format)", ()),
+    "tasks": (TasksOptions, "list the built-in tasks; with TASK (a task file or name), check "
+              "it and show one teacher and one student prompt (loads no model)",
+              (("task", {"nargs": "?", "help": "a task file (YAML) or a built-in name"}),)),
     "export": (ExportOptions, "a run's training pairs for other trainers (TRL, datasets, hub)",
                (("run_dir", {"help": "the run folder"}),)),
 }
@@ -281,7 +292,9 @@ def options_class(command: str) -> type:
     return cls
 
 
-def command_parser(command: str) -> jsonargparse.ArgumentParser:
+def command_parser(command: str, helps: bool = True) -> jsonargparse.ArgumentParser:
+    """The parser of ``command``; ``helps=False``: for parsing only (no help text read from
+    the sources' comments, which costs start-up time)."""
     _, text, positional = COMMAND_OPTIONS[command]
     cls = options_class(command)
     parser = jsonargparse.ArgumentParser(
@@ -289,7 +302,7 @@ def command_parser(command: str) -> jsonargparse.ArgumentParser:
     )
     for name, kwargs in positional:
         parser.add_argument(name, **kwargs)
-    add_dataclass(parser, cls, None)
+    add_dataclass(parser, cls, None, helps)
     names = aliases(leaf_keys(cls))
     short: dict[str, list[str]] = {}
     for n, key in names.items():
@@ -309,11 +322,11 @@ def parse(command: str, argv: list[str]) -> tuple[Any, jsonargparse.Namespace]:
             argv = [by_command[command] if t == old else t for t in argv]
     keys = leaf_keys(cls)
     canonical, typed = normalize(argv, keys)
-    parser = command_parser(command)
+    parser = command_parser(command, helps=False)
     try:
         ns = parser.parse_args(canonical)
     except (jsonargparse.ArgumentError, TypeError, ValueError) as e:
-        message = parse_error(e)
+        message = suggest_flags(parse_error(e), keys)
         for key, flag in sorted(typed.items(), key=lambda kv: -len(kv[0])):
             message = re.sub(rf"(?<![\w.-])(--)?{re.escape(key)}(?![\w.])", flag, message)
         raise UsageError(command, message) from None
@@ -560,6 +573,11 @@ def cmd_run(o: RunOptions, args: Any, overrides: list[str] = ()) -> None:  # typ
     from ekt.pipeline.plan import plan_experiment, render
 
     cfg = load_config(args.config, list(overrides))
+    if o.show:
+        from ekt.pipeline.config import dump_config
+
+        print(dump_config(cfg), end="")
+        return
     if cfg.ray is not None:
         cfg = dataclasses.replace(
             cfg, ray=_cluster(cfg.ray, cfg.teacher_sampling.backend, cfg.sandbox.workers)
@@ -647,8 +665,41 @@ def cmd_models(o: ModelsOptions, args: Any) -> None:
         print(f"{name}\t{info}")
 
 
-def cmd_tasks(o: TasksOptions, _: Any) -> None:
-    print(task_table())
+def cmd_tasks(o: TasksOptions, args: Any) -> None:
+    if not args.task:
+        print(task_table())
+        return
+    print(check_task(args.task, o.data_dir, o.prompt_format))
+
+
+def check_task(spec: str, data_dir: str | None, prompt_format: str) -> str:
+    """`ekt tasks TASK`: every split loaded (each row's question and gold answer checked),
+    then the teacher's and the student's prompt for the first training question."""
+    task = TaskConfig(task=spec, data_dir=data_dir).load_task((prompt_format,))
+    lines = [f"task {task.name}: source {task.source}; answer format {task.answer_format}"]
+    first = None
+    for split in task.spec.splits:
+        problems = task.load_file(split)
+        lines.append(f"  {split}: {len(problems)} problems (ids {problems[0].id} .. "
+                     f"{problems[-1].id})" if problems else f"  {split}: no problems")  # fmt: skip
+        if first is None and problems and split == "train":
+            first = problems[0]
+    if first is None:
+        return "\n".join([*lines, "  (no training split: no prompt to show)"])
+    teacher = load_format(task.prompt_format(prompt_format))
+    student = load_format(prompt_format)
+
+    def show(prompt: Any) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return "\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt)
+
+    rule = "-" * 72
+    lines += [f"teacher prompt ({teacher.label}) for {first.id}, gold answer {first.answer!r}:",
+              rule, show(teacher.teacher(first)).rstrip("\n"), rule,
+              f"student prompt ({student.label}) for {first.id}:", rule,
+              show(student.student(first)).rstrip("\n"), rule]  # fmt: skip
+    return "\n".join(lines)
 
 
 def cmd_export(o: ExportOptions, args: Any) -> None:
@@ -724,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides: list[str] = []
         if command == "run":  # its own flags here, the rest are run-config keys
+            rest = ["--show" if t in ("--print_config", "--print-config") else t for t in rest]
             own, valued = _own_flags(RunOptions)
             mine, i = [], 0
             while i < len(rest):

@@ -52,6 +52,7 @@ from ekt.pipeline.flags import (  # noqa: F401 - re-exported: the settings' one 
     name_key,
     normalize,
     parse_error,
+    suggest_flags,
 )
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.config import TrainConfig
@@ -189,7 +190,8 @@ def build_config(data: dict, overrides: list[str] = ()) -> RunConfig:  # type: i
         try:
             ns = parser.parse_args(list(overrides), namespace=ns)
         except (jsonargparse.ArgumentError, TypeError, ValueError) as e:
-            raise EktError(f"command line: {parse_error(e)}") from None
+            message = suggest_flags(parse_error(e), leaf_keys(RunConfig))
+            raise EktError(f"command line: {message}") from None
     cfg = instantiate(RunConfig, ns)
     cfg.validate()
     return cfg

@@ -10,6 +10,7 @@ helpers (``add_dataclass``, ``normalize``, ``leaf_keys``, ...) live here;
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import io
 import json
@@ -76,9 +77,10 @@ class TaskConfig:
     task: str = "gsm8k"
     """a built-in task (`ekt tasks`: gsm8k, svamp, asdiv, mawps, gsm-hard, math, math-500; the
     procedural leg_counting, letter_counting, basic_arithmetic, time_intervals, gsm_symbolic,
-    procedural_mix) or the path of a task file (YAML: name, data, question, answer,
-    answer_format, id, splits, exemplars; or source: reasoning-gym, generator, config, seed,
-    size)"""
+    procedural_mix) or the path of a task file (YAML: name, data: 'DIR/{split}.jsonl',
+    question, answer, answer_format, id, splits: {train: FILE-SPLIT, test: FILE-SPLIT} (the
+    file names {split} stands for), exemplars; or source: reasoning-gym, generator, config,
+    seed, size); `ekt tasks FILE` checks one"""
     data_dir: str | None = None
     """folder with one file per split (<split>.jsonl/.csv/.parquet; GSM8K: train.jsonl and
     test.jsonl); None: the task's own data ($EKT_DATA_DIR for gsm8k), else the HF dataset"""
@@ -137,15 +139,21 @@ def _helps(cls: type, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def add_dataclass(parser: jsonargparse.ArgumentParser, cls: type, key: str | None) -> None:
-    """``cls``'s fields as options of ``parser`` (under ``key.`` unless None), with help."""
+def add_dataclass(
+    parser: jsonargparse.ArgumentParser, cls: type, key: str | None, helps: bool = True
+) -> None:
+    """``cls``'s fields as options of ``parser`` (under ``key.`` unless None), with help
+    (``helps=False``: without the help of fields documented by comments, read from the source:
+    a parser that only parses)."""
     parser.add_class_arguments(cls, key, fail_untyped=True, sub_configs=True)
-    helps = _helps(cls, f"{key}." if key else "")
+    if not helps:
+        return
+    texts = _helps(cls, f"{key}." if key else "")
     for action in parser._actions:
         text = action.help or ""
-        if action.dest in helps and (not text or text.startswith(("(type", "---"))):
+        if action.dest in texts and (not text or text.startswith(("(type", "---"))):
             kind = text[text.index("(type") :] if "(type" in text else ""
-            action.help = f"{helps[action.dest]} {kind}".strip()
+            action.help = f"{texts[action.dest]} {kind}".strip()
 
 
 def parse_error(e: Exception) -> str:
@@ -170,8 +178,9 @@ def check_keys(cls: type, data: Any, where: str = "") -> None:
     names = set(inspect.signature(cls).parameters)
     unknown = sorted(map(str, set(data) - names))
     if unknown:
-        known = ", ".join(sorted(n for n in names if not n.startswith("_")))
-        raise EktError(f"{at}unknown key(s) {', '.join(unknown)}; known: {known}")
+        known = sorted(n for n in names if not n.startswith("_"))
+        hints = "".join(did_you_mean(u, known) for u in unknown)
+        raise EktError(f"{at}unknown key(s) {', '.join(unknown)}{hints}; known: {', '.join(known)}")
     for key, value in data.items():
         tp = hints.get(key)
         inner = [a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)]
@@ -305,3 +314,25 @@ def normalize(argv: list[str], keys: dict[str, Any]) -> tuple[list[str], dict[st
             value = json.dumps([x for x in value.split(",") if x.strip()])
         out.append(f"--{key}" + (f"={value}" if eq else ""))
     return out, typed
+
+
+def did_you_mean(word: str, known: typing.Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean X?)`` for the known names closest to a mistyped one, else ``""``."""
+    names = {k.replace("-", "_"): k for k in known}
+    close = difflib.get_close_matches(word.replace("-", "_"), list(names), n=2, cutoff=0.75)
+    if not close:  # a right last part under a wrong block, or the reverse
+        tail = word.replace("-", "_").rsplit(".", 1)[-1]
+        close = [k for k in names if k.rsplit(".", 1)[-1] == tail][:3]
+    return f" (did you mean {' or '.join(prefix + names[c] for c in close)}?)" if close else ""
+
+
+def suggest_flags(message: str, keys: dict[str, Any]) -> str:
+    """A parser's "unrecognized arguments" message with a "did you mean" for each unknown
+    flag, from ``keys`` (dotted keys and their accepted spellings)."""
+    head, sep, rest = message.partition("nrecognized arguments:")
+    if not sep:
+        return message
+    hints = ""
+    for flag in re.findall(r"--([\w.-]+)", rest):  # the canonical keys, else a short spelling
+        hints += did_you_mean(flag, keys, "--") or did_you_mean(flag, set(aliases(keys)), "--")
+    return message + hints
