@@ -401,6 +401,6 @@ def _tally(rec: dict, statuses: dict[str, int], solved: set[str], seen: set[str]
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from ekt.progress import progress
 
-    return tqdm(total=total, initial=initial, desc="verify", unit="prog", disable=not enabled)
+    return progress(total, "verify", "prog", initial, enabled)
