@@ -83,7 +83,11 @@ def test_hf_folder_loads_with_load_from_disk(run_dir, tmp_path):
     ds = datasets.load_from_disk(str(out))
     assert len(ds) == 1 and ds[0]["problem_id"] == "gsm8k/train/2"
     assert ds[0]["source"] == "supervised" and ds[0]["program"] == PAIRS[2].program
-    assert ds[0]["messages"][1] == {"role": "assistant", "content": PAIRS[2].program}
+    # the reply the student learnt: the body after the prompt's `def solution():` line
+    body = PAIRS[2].program[len(PROGRAM_HEADER) :]
+    assert ds[0]["messages"][1] == {"role": "assistant", "content": body}
+    assert ds[0]["messages"][0]["content"].endswith(PROGRAM_HEADER)
+    assert (out / "README.md").is_file()  # its dataset card
 
 
 def test_messages_file_trains_a_tiny_model_with_trl(run_dir, tmp_path, tiny_model_dir):

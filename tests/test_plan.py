@@ -242,6 +242,7 @@ def test_dry_run_loads_no_model_and_writes_nothing(
 
     import ekt.cli
     import ekt.models
+    import ekt.pipeline.experiment
 
     def refuse(*a, **k):
         raise AssertionError("--dry-run reached a model load")
@@ -250,7 +251,7 @@ def test_dry_run_loads_no_model_and_writes_nothing(
         (transformers.AutoModelForCausalLM, "from_pretrained"),
         (ekt.models, "load_model"),
         (ekt.models, "convert_gguf"),
-        (ekt.cli, "run_experiment"),
+        (ekt.pipeline.experiment, "run_experiment"),  # imported by `ekt run` when it runs
         (ekt.cli, "make_sampler"),
     ):
         monkeypatch.setattr(obj, name, refuse)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -34,43 +35,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonargparse
-import torch.distributed as dist
 
-from ekt import __version__
+from ekt import __version__, helpcache
+from ekt.data.discover import find_task
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.data.tasks import task_table
 from ekt.errors import EktError, user_message
 from ekt.evaluation.evaluate import EvalConfig, evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
+from ekt.generation.budget import adaptive_budget
 from ekt.generation.generate import format_stops, generate
 from ekt.locks import output_lock
 from ekt.models import PRESETS, model_fingerprint, resolve_model
-from ekt.pipeline.config import (
-    RunConfig,
+from ekt.pipeline.distributed import RayCluster, import_ray
+from ekt.pipeline.export import export, push_to_hub, student_folder
+from ekt.pipeline.flags import (
     TaskConfig,
     TeacherSampling,
     add_dataclass,
     aliases,
     instantiate,
     leaf_keys,
-    load_config,
     name_key,
     normalize,
     parse_error,
+    suggest_flags,
 )
-from ekt.pipeline.distributed import RayCluster, import_ray
-from ekt.pipeline.experiment import run_experiment
-from ekt.pipeline.export import export, push_to_hub, student_folder
-from ekt.pipeline.plan import plan_experiment, render
-from ekt.pipeline.run import adaptive_budget
-from ekt.report.build import add_statistics, build_report
-from ekt.report.claims import run_claims
-from ekt.report.load import analyse, load_run
-from ekt.report.tables import claims_lines
+from ekt.records import read_jsonl
 from ekt.sandbox.pool import SandboxConfig
-from ekt.training.config import TrainConfig
-from ekt.training.kd import KDConfig, train_kd
-from ekt.training.train import train_student
 from ekt.verification.filtering import filter_stage
 from ekt.verification.verify import RoundJudge, iter_inputs, verify
 
@@ -99,7 +91,7 @@ class GenerateOptions(TaskConfig):
     """cpu | cuda | cuda:N (None: cuda if present)"""
     sampling: TeacherSampling = field(default_factory=TeacherSampling)
     """how to sample"""
-    keep: Literal["first", "all"] = RunConfig.keep
+    keep: Literal["first", "all"] = "first"
     """--sampling.budget adaptive: what `ekt filter --keep` will keep (first: a question leaves
     with one correct program; all: with --sampling.target distinct ones)"""
     executions: str = ""
@@ -115,6 +107,11 @@ class GenerateOptions(TaskConfig):
 class VerifyOptions(TaskConfig):
     """`ekt verify` options."""
 
+    task: str | None = None
+    """the task the programs answer: a built-in task (`ekt tasks`) or a task file (YAML: name,
+    data, question, answer, answer_format, id, splits: {train: FILE-SPLIT, test: ...},
+    exemplars); None: the task the problem ids (<task>/<split>/<id>) name, its file found
+    from the generate.json beside the programs"""
     programs: str = ""
     """JSONL file, shard folder or `ekt generate --out` (required)"""
     out: str = ""
@@ -133,44 +130,30 @@ class VerifyOptions(TaskConfig):
 class FilterOptions(TaskConfig):
     """`ekt filter` options."""
 
+    task: str | None = None
+    """the task the verdicts belong to: a built-in task (`ekt tasks`) or a task file (YAML:
+    name, data, question, answer, answer_format, id, splits: {train: FILE-SPLIT, test: ...},
+    exemplars); None: the task the problem ids (<task>/<split>/<id>) name, its file found from
+    the generate.json or config.yaml near the records"""
     executions: list[str] = field(default_factory=list)
     """`ekt verify` output file(s) (required)"""
     out: str = "train_pairs.jsonl"
     """the training pairs"""
-    keep: Literal["first", "all"] = RunConfig.keep
+    keep: Literal["first", "all"] = "first"
     """first correct program per question (published) or all unique ones"""
     decontaminate: str = "test"
     """drop questions that also appear in this split's file ('' to disable)"""
 
 
 @dataclass
-class TrainOptions:
-    """`ekt train` options."""
-
-    student: str = ""
-    """student model spec (required; also --model)"""
-    pairs: str = ""
-    """train_pairs.jsonl from `ekt filter` (required)"""
-    out: str = ""
-    """output folder: an HF checkpoint (required)"""
-    method: Literal["sft", "kd"] = "sft"
-    """sft: fine-tune on the pairs; kd: also distil --teacher's distribution"""
-    teacher: str | None = None
-    """model spec of the live teacher (--method kd)"""
-    device: str | None = None
-    """cpu | cuda | cuda:N (None: cuda if present)"""
-    prompt_format: str = "function"
-    """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """fine-tuning (transformers.TrainingArguments with ekt's defaults)"""
-    kd: KDConfig = field(default_factory=KDConfig)
-    """--method kd: the distillation term"""
-
-
-@dataclass
 class EvaluateOptions(TaskConfig):
     """`ekt evaluate` options."""
 
+    task: str | None = None
+    """the task evaluated: a built-in task (`ekt tasks`) or a task file (YAML: name, data,
+    question, answer, answer_format, id, splits: {train: FILE-SPLIT, test: ...}, exemplars);
+    None: the task of --out's earlier records or of the pairs --model was trained on, else
+    gsm8k"""
     model: str = ""
     """model spec (required)"""
     out: str = ""
@@ -202,6 +185,9 @@ class RunOptions:
     (tokenizers only), writes nothing (see ekt.pipeline.plan)"""
     json: bool = False
     """with --dry-run: print the plan as JSON instead of text"""
+    show: bool = False
+    """print the resolved config (every key: the file, the defaults and the overrides, as
+    config.yaml will hold it) and exit; also --print_config"""
 
 
 @dataclass
@@ -239,7 +225,12 @@ class ModelsOptions:
 
 @dataclass
 class TasksOptions:
-    """`ekt tasks` takes no options."""
+    """`ekt tasks [TASK]` options."""
+
+    data_dir: str | None = None
+    """with TASK: its folder of <split>.jsonl/.csv/.parquet files (as --data-dir elsewhere)"""
+    prompt_format: str = "function"
+    """with TASK: the prompt layout shown (function, chat, tinygsm or a YAML file)"""
 
 
 @dataclass
@@ -256,14 +247,19 @@ class ExportOptions:
     """also upload the dataset (or, with --checkpoint, the student) to this hub repo"""
     checkpoint: bool = False
     """push the method's trained student instead of the pairs"""
+    prompt_format: str | None = None
+    """the layout of the exported pairs: function, chat, tinygsm or a YAML file (None: the one
+    the student was trained in, as the run recorded it)"""
 
 
-# (options, help, positional arguments: (name, argparse keywords))
-COMMAND_OPTIONS: dict[str, tuple[type, str, tuple[tuple[str, dict], ...]]] = {
+# (options, help, positional arguments: (name, argparse keywords)); options named by
+# "module:Class" are imported when that command is parsed (torch and transformers stay out of
+# every other command's start-up)
+COMMAND_OPTIONS: dict[str, tuple[type | str, str, tuple[tuple[str, dict], ...]]] = {
     "generate": (GenerateOptions, "sample programs for each question into resumable shards", ()),
     "verify": (VerifyOptions, "run programs in the sandbox and grade them", ()),
     "filter": (FilterOptions, "keep correct, unique, uncontaminated programs as train pairs", ()),
-    "train": (TrainOptions, "fine-tune a student on train_pairs.jsonl", ()),
+    "train": ("ekt.training.options:TrainOptions", "fine-tune a student on train_pairs.jsonl", ()),
     "evaluate": (EvaluateOptions, "greedy pass@1, pass@k and majority vote on held-out questions", ()),  # noqa: E501
     "run": (RunOptions, "a whole experiment from a YAML config (any key: --a.b VALUE)",
             (("config", {"help": "YAML file (see configs/)"}),)),  # fmt: skip
@@ -272,7 +268,9 @@ COMMAND_OPTIONS: dict[str, tuple[type, str, tuple[tuple[str, dict], ...]]] = {
                (("runs", {"nargs": "+", "metavar": "RUN_DIR", "help": "run folders"}),)),
     "models": (ModelsOptions, "list embedded presets, or convert one to a cached HF folder",
                (("spec", {"nargs": "?", "help": "model spec to resolve"}),)),
-    "tasks": (TasksOptions, "list the built-in tasks (name, source, splits, answer format)", ()),
+    "tasks": (TasksOptions, "list the built-in tasks; with TASK (a task file or name), check "
+              "it and show one teacher and one student prompt (loads no model)",
+              (("task", {"nargs": "?", "help": "a task file (YAML) or a built-in name"}),)),
     "export": (ExportOptions, "a run's training pairs for other trainers (TRL, datasets, hub)",
                (("run_dir", {"help": "the run folder"}),)),
 }
@@ -284,14 +282,28 @@ LEGACY = {"--model": {"train": "--student"}}  # old flag -> the key's flag, per 
 # -- from the dataclass fields to flags -------------------------------------------------------
 
 
-def command_parser(command: str) -> jsonargparse.ArgumentParser:
-    cls, text, positional = COMMAND_OPTIONS[command]
+def options_class(command: str) -> type:
+    """The options dataclass of ``command`` (imported now when named by path)."""
+    cls = COMMAND_OPTIONS[command][0]
+    if isinstance(cls, str):
+        import importlib
+
+        module, _, name = cls.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def command_parser(command: str, helps: bool = True) -> jsonargparse.ArgumentParser:
+    """The parser of ``command``; ``helps=False``: for parsing only (no help text read from
+    the sources' comments, which costs start-up time)."""
+    _, text, positional = COMMAND_OPTIONS[command]
+    cls = options_class(command)
     parser = jsonargparse.ArgumentParser(
         prog=f"ekt {command}", description=text, exit_on_error=False
     )
     for name, kwargs in positional:
         parser.add_argument(name, **kwargs)
-    add_dataclass(parser, cls, None)
+    add_dataclass(parser, cls, None, helps)
     names = aliases(leaf_keys(cls))
     short: dict[str, list[str]] = {}
     for n, key in names.items():
@@ -305,17 +317,17 @@ def command_parser(command: str) -> jsonargparse.ArgumentParser:
 
 def parse(command: str, argv: list[str]) -> tuple[Any, jsonargparse.Namespace]:
     """The options of ``command`` (a dataclass) and the positional arguments."""
-    cls = COMMAND_OPTIONS[command][0]
+    cls = options_class(command)
     for old, by_command in LEGACY.items():
         if command in by_command:
             argv = [by_command[command] if t == old else t for t in argv]
     keys = leaf_keys(cls)
     canonical, typed = normalize(argv, keys)
-    parser = command_parser(command)
+    parser = command_parser(command, helps=False)
     try:
         ns = parser.parse_args(canonical)
     except (jsonargparse.ArgumentError, TypeError, ValueError) as e:
-        message = parse_error(e)
+        message = suggest_flags(parse_error(e), keys)
         for key, flag in sorted(typed.items(), key=lambda kv: -len(kv[0])):
             message = re.sub(rf"(?<![\w.-])(--)?{re.escape(key)}(?![\w.])", flag, message)
         raise UsageError(command, message) from None
@@ -391,7 +403,8 @@ def cmd_generate(o: GenerateOptions, _: Any) -> None:
     else:
         fingerprint = model_fingerprint(o.model)
     settings = {"model": o.model, "model_fingerprint": fingerprint, "task": o.task,
-                "split": o.split, "dev_size": o.dev_size}  # fmt: skip
+                "split": o.split, "dev_size": o.dev_size,
+                **_where_task(task, o.data_dir)}  # fmt: skip
     budget = adaptive_budget(o.sampling, o.keep)
     cluster = _cluster(o.ray, backend, o.sandbox.workers if budget else None)
     with contextlib.ExitStack() as stack:
@@ -424,6 +437,12 @@ def cmd_generate(o: GenerateOptions, _: Any) -> None:
         print(f"graded rounds: {executions} (ekt filter --executions {executions})")
 
 
+def _where_task(task: Any, data_dir: str | None) -> dict[str, str | None]:
+    """Where later stages find the task without --task (``ekt.data.discover``)."""
+    return {"task_file": str(Path(task.spec.path).resolve()) if task.spec.path else None,
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None}  # fmt: skip
+
+
 def _check_format_and_api(fmt: PromptFormat, backend: BackendConfig) -> None:
     """A chat format needs the chat API; a completion format on the chat API gets a note."""
     if backend.name != "openai":
@@ -441,10 +460,27 @@ def _check_format_and_api(fmt: PromptFormat, backend: BackendConfig) -> None:
         )
 
 
+def _task_from_records(o: Any, ids: Any, near: list[Any], what: str) -> None:
+    """``--task`` (and ``--data-dir``) from the records' problem ids when not given."""
+    if o.task is not None:
+        return
+    ids = [i for i in ids if isinstance(i, str)]
+    if not ids:  # no records: the stage itself says what is wrong with its input
+        o.task = "gsm8k"
+        return
+    found = find_task(ids, near, what)
+    o.task = found.task
+    if o.data_dir is None and found.data_dir:
+        o.data_dir = found.data_dir
+
+
 def cmd_verify(o: VerifyOptions, _: Any) -> None:
     o.sandbox.validate()
     if next(iter_inputs(o.programs, o.prompt_format), None) is None:
         raise EktError(f"{o.programs}: no programs to verify (empty input)")
+    if o.task is None:
+        ids = (obj["problem_id"] for _, _, obj in iter_inputs(o.programs, o.prompt_format))
+        _task_from_records(o, ids, [o.programs, o.out], f"--programs {o.programs}")
     cluster = _cluster(o.ray, None, o.sandbox.workers)
     summary = verify(o.programs, o.out, o.load_task((o.prompt_format,)), o.split, o.sandbox,
                      cluster=cluster, prompt_format=o.prompt_format)  # fmt: skip
@@ -452,12 +488,18 @@ def cmd_verify(o: VerifyOptions, _: Any) -> None:
 
 
 def cmd_filter(o: FilterOptions, _: Any) -> None:
+    if o.task is None:
+        ids = (obj.get("problem_id") for path in o.executions for _, obj in read_jsonl(path))
+        _task_from_records(o, ids, list(o.executions), f"--executions {' '.join(o.executions)}")
     summary = filter_stage(o.executions, o.out, o.load_task(), keep=o.keep,
                            decontaminate=o.decontaminate or None, require_records=True)  # fmt: skip
     print(summary.line())
 
 
-def cmd_train(o: TrainOptions, _: Any) -> None:
+def cmd_train(o: Any, _: Any) -> None:
+    from ekt.training.kd import train_kd
+    from ekt.training.train import train_student
+
     try:
         if o.method == "kd":
             if not o.teacher:
@@ -476,6 +518,12 @@ def cmd_train(o: TrainOptions, _: Any) -> None:
 def _end_process_group() -> None:
     """Under ``accelerate launch``: wait for every rank, then tear the process group down.
     Left to interpreter exit, gloo's threads can abort a rank after its work is done."""
+    import sys as _sys
+
+    if "torch" not in _sys.modules:  # nothing was trained in this process
+        return
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()
@@ -483,10 +531,32 @@ def _end_process_group() -> None:
             dist.destroy_process_group()
 
 
+def _evaluated_ids(o: EvaluateOptions) -> list[str]:
+    """Problem ids an evaluation can take its task from: --out's earlier samples, else the
+    training pairs of the student --model names (its train_summary.json)."""
+    samples = sorted(Path(o.out).glob("*/samples/*.jsonl")) if o.out else []
+    for path in samples:
+        for _, obj in read_jsonl(path):
+            return [obj.get("problem_id", "")]
+    try:
+        summary = json.loads((Path(o.model) / "train_summary.json").read_text())
+        for _, obj in read_jsonl(summary["pairs_file"]):
+            return [obj.get("problem_id", "")]
+    except (OSError, ValueError, KeyError, TypeError, EktError):
+        pass
+    return []
+
+
 def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
     cfg = o.eval
     cfg.validate()
     o.sandbox.validate()
+    if o.task is None:
+        ids = _evaluated_ids(o)
+        if ids:
+            _task_from_records(o, ids, [o.out, o.model], f"the records of {o.out or o.model}")
+        else:  # nothing recorded yet: the default task
+            o.task = "gsm8k"
     task = o.load_task((o.prompt_format,))
     scores = evaluate(
         make_sampler(o.model, o.device, cfg.batch_size, cfg.backend),
@@ -496,7 +566,7 @@ def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
         task,
         prompt=o.prompt,
         sandbox=o.sandbox,
-        settings={"model": o.model},
+        settings={"model": o.model, **_where_task(task, o.data_dir)},
         prompt_format=task.prompt_format(o.prompt_format)
         if o.prompt == "teacher"
         else o.prompt_format,
@@ -508,7 +578,16 @@ def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
 def cmd_run(o: RunOptions, args: Any, overrides: list[str] = ()) -> None:  # type: ignore[assignment]
     if o.json and not o.dry_run:
         raise EktError("--json prints the plan: use it with --dry-run")
+    from ekt.pipeline.config import load_config
+    from ekt.pipeline.experiment import run_experiment
+    from ekt.pipeline.plan import plan_experiment, render
+
     cfg = load_config(args.config, list(overrides))
+    if o.show:
+        from ekt.pipeline.config import dump_config
+
+        print(dump_config(cfg), end="")
+        return
     if cfg.ray is not None:
         cfg = dataclasses.replace(
             cfg, ray=_cluster(cfg.ray, cfg.teacher_sampling.backend, cfg.sandbox.workers)
@@ -555,6 +634,9 @@ ekt demo: a SMALL REAL run of explicit knowledge transfer on this machine ({path
 
 
 def cmd_demo(o: DemoOptions, _: Any) -> None:
+    from ekt.pipeline.config import load_config
+    from ekt.pipeline.experiment import run_experiment
+
     path = demo_config_path()
     cfg = load_config(path)
     print(DEMO_BANNER.format(path=path, task=cfg.task, teacher=cfg.teacher, student=cfg.student,
@@ -563,6 +645,11 @@ def cmd_demo(o: DemoOptions, _: Any) -> None:
 
 
 def cmd_report(o: ReportOptions, args: Any) -> None:
+    from ekt.report.build import add_statistics, build_report
+    from ekt.report.claims import run_claims
+    from ekt.report.load import analyse, load_run
+    from ekt.report.tables import claims_lines
+
     for key in ("questions", "samples", "resamples"):
         if getattr(o, key) < 1:
             raise EktError(f"--{key} must be >= 1, got {getattr(o, key)}")
@@ -588,8 +675,41 @@ def cmd_models(o: ModelsOptions, args: Any) -> None:
         print(f"{name}\t{info}")
 
 
-def cmd_tasks(o: TasksOptions, _: Any) -> None:
-    print(task_table())
+def cmd_tasks(o: TasksOptions, args: Any) -> None:
+    if not args.task:
+        print(task_table())
+        return
+    print(check_task(args.task, o.data_dir, o.prompt_format))
+
+
+def check_task(spec: str, data_dir: str | None, prompt_format: str) -> str:
+    """`ekt tasks TASK`: every split loaded (each row's question and gold answer checked),
+    then the teacher's and the student's prompt for the first training question."""
+    task = TaskConfig(task=spec, data_dir=data_dir).load_task((prompt_format,))
+    lines = [f"task {task.name}: source {task.source}; answer format {task.answer_format}"]
+    first = None
+    for split in task.spec.splits:
+        problems = task.load_file(split)
+        lines.append(f"  {split}: {len(problems)} problems (ids {problems[0].id} .. "
+                     f"{problems[-1].id})" if problems else f"  {split}: no problems")  # fmt: skip
+        if first is None and problems and split == "train":
+            first = problems[0]
+    if first is None:
+        return "\n".join([*lines, "  (no training split: no prompt to show)"])
+    teacher = load_format(task.prompt_format(prompt_format))
+    student = load_format(prompt_format)
+
+    def show(prompt: Any) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return "\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt)
+
+    rule = "-" * 72
+    lines += [f"teacher prompt ({teacher.label}) for {first.id}, gold answer {first.answer!r}:",
+              rule, show(teacher.teacher(first)).rstrip("\n"), rule,
+              f"student prompt ({student.label}) for {first.id}:", rule,
+              show(student.student(first)).rstrip("\n"), rule]  # fmt: skip
+    return "\n".join(lines)
 
 
 def cmd_export(o: ExportOptions, args: Any) -> None:
@@ -604,7 +724,7 @@ def cmd_export(o: ExportOptions, args: Any) -> None:
     if not o.out and not o.push_to_hub:
         raise EktError("--out PATH is required (or --format hf with --push-to-hub REPO)")
     out = o.out or tempfile.mkdtemp(prefix="ekt-export-")
-    print(export(args.run_dir, o.format, out, o.method).line())
+    print(export(args.run_dir, o.format, out, o.method, o.prompt_format).line())
     if o.push_to_hub:
         print(f"export: pushed {out} -> {push_to_hub(out, o.push_to_hub, 'dataset')}")
 
@@ -644,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         elif flag in ("-h", "--help"):
             print(usage(), end="")
+            helpcache.store("ekt", usage())
             return 0
         else:
             print(f"ekt: error: unrecognized arguments: {flag} (see `ekt --help`)", file=sys.stderr)
@@ -654,11 +775,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     command, rest = argv[0], argv[1:]
+    if helpcache.help_topic([command, *rest]) == command:  # rendered once, then kept
+        text = command_parser(command).format_help()
+        helpcache.store(command, text)
+        print(text, end="")
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     options: Any = None
     try:
         overrides: list[str] = []
         if command == "run":  # its own flags here, the rest are run-config keys
+            rest = ["--show" if t in ("--print_config", "--print-config") else t for t in rest]
             own, valued = _own_flags(RunOptions)
             mine, i = [], 0
             while i < len(rest):
@@ -675,7 +802,10 @@ def main(argv: list[str] | None = None) -> int:
                         i += 1
                 i += 1
             rest = mine
-            overrides, _ = normalize(overrides, leaf_keys(RunConfig))
+            if overrides:  # run-config keys: the whole RunConfig (transformers with it)
+                from ekt.pipeline.config import RunConfig
+
+                overrides, _ = normalize(overrides, leaf_keys(RunConfig))
         options, positional = parse(command, rest)
         if command == "run":
             cmd_run(options, positional, overrides)

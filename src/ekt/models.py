@@ -48,6 +48,9 @@ class Preset:
     install: str  # the command that installs the package
 
     def __str__(self) -> str:
+        if _package_dir(self.module) is not None:
+            version = _package_version(self.package)
+            return f"{self.description}; installed ({self.package} {version})"
         return f"{self.description}; needs `{self.install}`"
 
 

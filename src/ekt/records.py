@@ -45,6 +45,7 @@ class Completion:
     extract_error: str = ""  # why no program could be extracted ("" when there is one)
     prompt_tokens: int = 0  # prompt tokens billed for this sample (API usage; 0 if unknown)
     stop: str = ""  # the stop string that ended the sample ("" also for EOS or the length limit)
+    question_sha: str = ""  # hash of the question the prompt showed (ekt.data.provenance)
 
 
 @dataclass

@@ -171,6 +171,24 @@ class PromptFormat:
     def _user(self, question: Any) -> str:
         return self._render("user", exemplars=[], **self._q(question))
 
+    def training_pair(self, question: Any, program: str) -> tuple[Prompt, str]:
+        """What the student is trained on for one question/program pair: its zero-shot prompt
+        and the reply it learns. A completion layout's reply is the program after the prompt's
+        header (the prompt ends with it); a chat layout's is the assistant turn."""
+        prompt = self.student(question)
+        if self.is_chat:
+            return prompt, self.assistant(program)
+        return prompt, program[len(self.header) :] if program.startswith(self.header) else program
+
+    def conversation(self, question: Any, program: str) -> Messages:
+        """:meth:`training_pair` as one conversation (a chat layout's system message
+        included): a completion layout's prompt is the user turn and the reply, without the
+        header the prompt ends with, the assistant turn, so the turns' texts joined are the
+        trained text."""
+        prompt, reply = self.training_pair(question, program)
+        turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return [*turns, {"role": "assistant", "content": reply}]
+
     def assistant(self, program: str) -> str:
         """An assistant turn holding ``program`` (the chat layout's training target)."""
         text = program.rstrip("\n")

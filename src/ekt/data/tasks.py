@@ -40,6 +40,7 @@ from ekt.data.grading import grade_value
 from ekt.data.procedural import SOURCE, Generator, ProceduralSource
 from ekt.data.prompt_format import squash, with_task_exemplars
 from ekt.data.prompts import is_exemplar
+from ekt.data.provenance import gold_sha
 from ekt.data.symbolic import boxed_answer, grade_symbolic
 from ekt.errors import EktError
 from ekt.records import Execution, Problem, iter_lines, read_jsonl
@@ -228,7 +229,7 @@ def read_spec(path: str | Path) -> TaskSpec:
     raw["exemplars"] = _exemplars_path(path, raw.get("exemplars"))
     spec = TaskSpec(**raw, path=str(path))
     if spec.is_local and not Path(spec.data).is_absolute():  # relative to the task file
-        spec = TaskSpec(**{**raw, "data": str(path.parent / spec.data)}, path=str(path))
+        spec = TaskSpec(**{**raw, "data": str(path.resolve().parent / spec.data)}, path=str(path))
     try:
         spec.template  # noqa: B018 - compiles the question template once, to report errors here
     except jinja2.TemplateSyntaxError as e:
@@ -526,10 +527,17 @@ class Task:
         if self.data_dir:
             return read_rows(_find_in_dir(Path(self.data_dir), source_split, file_split))
         if self.spec.is_local:
-            return read_rows(Path(self.spec.data.replace("{split}", source_split)))
+            path = Path(self.spec.data.replace("{split}", source_split))
+            if not path.is_file():
+                raise EktError(_missing_split(path, self.spec, file_split))
+            return read_rows(path)
         return _read_hub(self.spec, source_split)
 
     # -- grading -----------------------------------------------------------
+    def gold_sha(self, problem: Problem) -> str:
+        """The hash of the gold answer a verdict on ``problem`` is graded with."""
+        return gold_sha(problem.answer, self.answer_format)
+
     def grade(self, execution: Execution, problem: Problem) -> bool:
         if execution.status != "ok":
             return False
@@ -551,6 +559,19 @@ def GSM8K(  # noqa: N802 - the name users and older code know
     return get_task(name, data_dir, dev_size, dev_seed, exemplar_formats)
 
 
+def _missing_split(path: Path, spec: TaskSpec, file_split: str) -> str:
+    """One line: a split's file is missing; the task file's `splits:` mapping, and the files
+    that are there."""
+    folder = path.parent
+    there = sorted(p.name for p in folder.iterdir() if p.suffix in LOCAL_SUFFIXES)[:12] \
+        if folder.is_dir() else []  # fmt: skip
+    mapping = ", ".join(f"{k}: {v}" for k, v in spec.splits.items())
+    where = f"{folder} holds {', '.join(there)}" if there else f"{folder} holds no data files"
+    return (f"{path}: not found (split {file_split!r} of task {spec.name}); {where}; the task "
+            f"file's `splits:` maps each split to the name its `data:` {{split}} stands for "
+            f"(now {{{mapping}}})")  # fmt: skip
+
+
 def _find_in_dir(data_dir: Path, source_split: str, file_split: str) -> Path:
     if not data_dir.is_dir():
         what = "is not a folder" if data_dir.exists() else "does not exist"
@@ -559,9 +580,11 @@ def _find_in_dir(data_dir: Path, source_split: str, file_split: str) -> Path:
         for suffix in LOCAL_SUFFIXES:
             if (data_dir / f"{stem}{suffix}").is_file():
                 return data_dir / f"{stem}{suffix}"
+    there = sorted(p.name for p in data_dir.iterdir() if p.suffix in LOCAL_SUFFIXES)[:12]
     raise EktError(
         f"{data_dir / (file_split + '.jsonl')}: not found; the data folder holds one file per "
-        f"split ({file_split}.jsonl, .csv or .parquet)"
+        f"split ({file_split}.jsonl, .csv or .parquet, or the name a task file's `splits:` "
+        f"gives it); it holds {', '.join(there) if there else 'no data files'}"
     )
 
 

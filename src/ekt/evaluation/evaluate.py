@@ -10,7 +10,9 @@ Layout of ``out_dir``::
 
 Every figure in ``scores.json`` is recomputed from ``problems.jsonl``, which is
 recomputed from the execution records, so each number traces back to files.
-Generation and verification resume like their stages do.
+Generation and verification resume like their stages do: a changed gold answer is graded
+again by verification, a changed question stops the stage with the problems named
+(``ekt.data.provenance``); ``scores.json`` records the content hash of the problems scored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from ekt.data.grading import answer_float, grade_value, majority_vote
 from ekt.data.prompt_format import load_format
+from ekt.data.provenance import data_sha
 from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.evaluation.metrics import score_problems
@@ -228,7 +231,8 @@ def evaluate(
     # sampled replies from which no program could be extracted (not wrong answers)
     scores["no_program"] = sum(r.get("status") == "no_program" for r in sampled_recs)
     eval_settings = {**asdict(config), "stop": list(config.stop)}  # as JSON reads it back
-    scores["settings"] = {"eval": eval_settings, "prompt": prompt, **extra}
+    scores["settings"] = {"eval": eval_settings, "prompt": prompt, **extra,
+                          "data_sha256": data_sha(problems)}  # what was graded against  # fmt: skip
     scores["seconds"] = round(time.time() - t0, 1)
     write_json_atomic(out.scores, scores)
     return scores

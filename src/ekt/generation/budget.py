@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from math import comb
+from typing import Any
 
 from ekt.errors import EktError
 
@@ -136,9 +137,18 @@ def success_rates(correct: Sequence[int], n: int) -> list[float]:
 
 __all__ = [
     "AdaptiveBudget",
+    "adaptive_budget",
     "expected_samples",
     "projected_saving",
     "rounds",
     "satisfied",
     "success_rates",
 ]
+
+
+def adaptive_budget(sampling: Any, keep: str) -> AdaptiveBudget | None:
+    """The adaptive budget of a ``teacher_sampling`` block (or one derived from it), for a
+    filter that keeps ``keep``; None for ``budget: full``."""
+    if getattr(sampling, "budget", "full") != "adaptive":
+        return None
+    return AdaptiveBudget(sampling.round_size, keep, sampling.target, sampling.give_up_after)

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from ekt.data.extract import extract
 from ekt.data.prompt_format import DEFAULT_FORMAT, Prompt, PromptFormat, load_format
+from ekt.data.provenance import changed_problems, data_sha, question_sha, stale_line
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget, rounds
 from ekt.generation.sampling import Sampler, SamplingParams
@@ -162,6 +163,25 @@ def shard_paths(out_dir: str | Path) -> list[Path]:
     return sorted((Path(out_dir) / "samples").glob("shard-*.jsonl"))
 
 
+# keys a newer ekt adds to generate.json: a job written before them resumes
+_ADDED_KEYS = frozenset({"questions_sha256"})
+# keys that say where things are, not what was sampled (a moved folder resumes)
+_WHERE_KEYS = frozenset({"task_file", "data_dir"})
+
+
+def check_questions(out: str | Path, problems: Sequence[Problem]) -> None:
+    """Refuse samples (in ``out``'s shards) whose question has changed since they were drawn,
+    naming the problems and the way out."""
+    by_id = {p.id: p for p in problems}
+    records = (obj for path in shard_paths(out) for _, obj in read_jsonl(path))
+    changed = changed_problems(
+        (r for r in records if r.get("problem_id") in by_id), by_id, answer_format=""
+    )
+    if changed:
+        way_out = "use --force to sample them again, or another --out"
+        raise EktError(stale_line(changed, f"{out} was sampled", way_out))
+
+
 def check_settings(path: Path, settings: dict, force: bool = False) -> None:
     """Write ``settings`` to ``path``, or refuse when a previous job there used other settings."""
     if path.exists() and not force:
@@ -169,8 +189,14 @@ def check_settings(path: Path, settings: dict, force: bool = False) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = None
-        if old is not None and old != settings:
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if old is not None and not isinstance(old, dict):
+            old = {}  # not settings at all: every key differs
+        if isinstance(old, dict):
+            old = {**{k: settings[k] for k in _ADDED_KEYS & settings.keys()}, **old}
+        was = old or {}
+        changed = sorted(k for k in set(was) | set(settings)
+                         if k not in _WHERE_KEYS and was.get(k) != settings.get(k))  # fmt: skip
+        if old is not None and changed:
             raise EktError(
                 f"{path.parent} holds results made with other settings ({', '.join(changed)} "
                 "changed); use another --out, or --force to start over"
@@ -255,6 +281,10 @@ def _generate_locked(
         if judge is None:
             raise EktError("an adaptive budget needs a judge (the verification of each round)")
         job["budget"] = budget.settings()
+    job["questions_sha256"] = data_sha(problems, gold=False)  # what the prompts showed
+    questions = {p.id: question_sha(p.question) for p in problems}
+    if not force:  # samples of a question that has changed since are stale: name them
+        check_questions(out, problems)
     check_settings(out / "generate.json", job, force=force)
     if force:
         (out / BUDGET_LOG).unlink(missing_ok=True)
@@ -266,7 +296,7 @@ def _generate_locked(
         assert judge is not None
         _generate_adaptive(
             cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally,
-            budget, judge,
+            budget, judge, questions,
         )  # fmt: skip
         s = tally.summary(len(problems), 0, time.time() - t0, price)
         b = budget_usage(out, len(problems), params.n)
@@ -274,7 +304,8 @@ def _generate_locked(
         s.left_early, s.gave_up = b["questions_left_early"], b["questions_gave_up"]
         return s
     if cluster is not None:
-        _generate_ray(cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally)
+        _generate_ray(cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally,
+                      questions)  # fmt: skip
         total = len(problems) * params.n
         return tally.summary(len(problems), total, time.time() - t0, price)
     total = 0
@@ -295,7 +326,7 @@ def _generate_locked(
             if live is None:
                 live = _sampler_of(sampler)
             requests = [(p.id, make_prompt(p)) for p in todo]
-            _write_shard(path, have, live.sample(requests, params), fmt, tally)  # type: ignore[union-attr]
+            _write_shard(path, have, live.sample(requests, params), fmt, tally, questions)  # type: ignore[union-attr]
         _finish_shard(path, chunk, have, params)
         total += len(chunk) * params.n
     return tally.summary(len(problems), total, time.time() - t0, price)
@@ -348,16 +379,19 @@ def _write_shard(
     completions: Iterable[Completion],
     fmt: PromptFormat,
     tally: _Tally,
+    questions: Mapping[str, str],
     written: dict[tuple[str, int], Completion] | None = None,
 ) -> None:
-    """Append the completions the shard lacks, each with its extracted program (or why not);
-    ``written`` (when given) gets each record as it is written."""
+    """Append the completions the shard lacks, each with its extracted program (or why not)
+    and the hash of its question (``questions``: id -> ``question_sha``); ``written`` (when
+    given) gets each record as it is written."""
     with JsonlWriter(path) as writer:
         for c in completions:
             if c.sample_idx in have[c.problem_id]:
                 continue  # written before the interruption
             got = extract(c.text, fmt.entry_point, fmt.header)
             c.program, c.extract_error = got.program, got.error
+            c.question_sha = questions.get(c.problem_id, "")
             writer.write(c)
             have[c.problem_id].add(c.sample_idx)
             if written is not None:
@@ -389,6 +423,7 @@ def _generate_ray(
     shard_size: int,
     fmt: PromptFormat,
     tally: _Tally,
+    questions: Mapping[str, str],
 ) -> None:
     """The shards left to do, on a Ray cluster's generation replicas (``ekt.pipeline.distributed``).
 
@@ -410,7 +445,7 @@ def _generate_ray(
             _finish_shard(path, chunk, have, params)
     for shard_idx, completions in cluster.generate_shards(sampler, jobs, params):
         path, chunk, have = chunks[shard_idx]
-        _write_shard(path, have, completions, fmt, tally)
+        _write_shard(path, have, completions, fmt, tally, questions)
         _finish_shard(path, chunk, have, params)
 
 
@@ -492,7 +527,8 @@ class _ShardRounds:
 
     def absorb(self, completions: Iterable[Completion]) -> None:
         ctx = self.ctx
-        _write_shard(self.path, self.have, completions, ctx.fmt, ctx.tally, self.records)
+        _write_shard(self.path, self.have, completions, ctx.fmt, ctx.tally, ctx.questions,
+                     self.records)  # fmt: skip
         self._judge()
 
     def _judge(self) -> None:
@@ -529,6 +565,7 @@ class _AdaptiveJob:
     budget: AdaptiveBudget
     judge: Judge
     plan: list[Any]
+    questions: Mapping[str, str]
 
 
 def _generate_adaptive(
@@ -543,13 +580,14 @@ def _generate_adaptive(
     tally: _Tally,
     budget: AdaptiveBudget,
     judge: Judge,
+    questions: Mapping[str, str],
 ) -> None:
     """The shards left to do, round by round (module docstring). Locally one shard after
     another; on a cluster every shard's next round is in flight at once, each drawn by
     whichever replica is free (the replicas live for the whole stage), and judged here."""
     log = _read_log(out / BUDGET_LOG)
     ctx = _AdaptiveJob(out, params, make_prompt, fmt, tally, budget, judge,
-                       rounds(params.n, budget.round_size))  # fmt: skip
+                       rounds(params.n, budget.round_size), questions)  # fmt: skip
     shards = []
     for shard_idx, first in enumerate(range(0, len(problems), shard_size)):
         path = out / "samples" / f"shard-{shard_idx:05d}.jsonl"

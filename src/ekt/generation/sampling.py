@@ -304,18 +304,11 @@ class TransformersSampler:
         in batches exactly as indices ``0 .. n-1`` would be.
         """
         first = start or 0
-        from tqdm.auto import tqdm
+        from ekt.progress import progress
 
-        # On a terminal the bar redraws; in a log file (a cluster job, CI) it is a line every
-        # 30 seconds, so a long sampling step is never silent.
-        tty = sys.stderr.isatty()
-        bar = tqdm(
-            total=len(requests) * params.n,
-            desc="sample",
-            unit="seq",
-            disable=not self.progress,
-            mininterval=0.1 if tty else 30.0,
-        )
+        # On a terminal the bar redraws; in a log file (a cluster job, CI) it is a plain line
+        # every few seconds (ekt.progress), so a long sampling step is never silent.
+        bar = progress(len(requests) * params.n, "sample", "seq", enabled=self.progress)
         quantized = self.quantized.active() if self.quantized else contextlib.nullcontext()
         try:
             with quantized:

@@ -1,31 +1,45 @@
 """``ekt export``: a run's training pairs for other trainers, and pushes to the HF hub.
 
+Every layout is exactly what the student was trained on, in the prompt format it was trained
+in (``PromptFormat.training_pair``, the function ekt's trainer builds its examples from): the
+format recorded by the run (the student's ``train_summary.json``, else the run config's
+``student_prompt_format``), or ``--prompt-format`` to override it.
+
 Formats (each line of the JSONL formats is one kept question->program pair):
 
 ``prompt-completion``
-    ``{"prompt": ..., "completion": ...}``: exactly what ekt trains a student on (the
-    student's zero-shot prompt, ending in ``def solution():`` and a newline, and the
-    function body); TRL's ``SFTTrainer`` reads it and puts the loss on the completion.
+    ``{"prompt": ..., "completion": ...}``: for a completion format (the default
+    ``function``) the student's zero-shot prompt, ending in ``def solution():`` and a newline,
+    and the function body; for a chat format TRL's conversational prompt-completion (the
+    prompt messages, system message included, and the assistant turn). TRL's ``SFTTrainer``
+    reads either and puts the loss on the completion.
 ``messages``
-    ``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``: the same prompt as
-    the user turn and the whole program as the assistant turn (TRL's conversational format,
-    rendered with the student tokenizer's chat template).
+    ``{"messages": [...]}``: the same as one conversation. A chat format's system message and
+    user turn, then its assistant turn; a completion format's prompt as the user turn and the
+    function body (not the header again) as the assistant turn, so the texts joined are the
+    trained text.
 ``hf``
     an HF ``datasets`` folder (``Dataset.save_to_disk``) with the ids, questions, programs and
     both layouts above as columns; ``datasets.load_from_disk`` reads it.
 
 Every row also keeps ``problem_id`` and ``source`` (teacher, supervised, ...), so an exported
-pair can be traced back to the run's records. ``push_to_hub`` uploads the ``hf`` dataset or a
-student checkpoint folder with ``huggingface_hub``.
+pair can be traced back to the run's records. Each export carries a dataset card
+(``README.md`` in an ``hf`` folder, ``<out>.card.md`` beside a JSONL file): the teacher, its
+sampling settings, the task and its data hashes, the pairs file's hash, the prompt format and
+the counts. ``push_to_hub`` uploads the ``hf`` dataset or a student checkpoint folder with
+``huggingface_hub``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ekt.data.prompts import PROGRAM_HEADER, student_prompt
+from ekt import __version__
+from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.layout import RunLayout
 from ekt.records import TrainPair, read_records, write_text_atomic
@@ -40,9 +54,13 @@ class ExportSummary:
     format: str
     rows: int
     out: Path
+    prompt_format: str = "function"
+    card: Path | None = None
 
     def line(self) -> str:
-        return f"export: {self.rows} {self.method} pairs -> {self.out} ({self.format})"
+        card = f"; dataset card {self.card}" if self.card else ""
+        return (f"export: {self.rows} {self.method} pairs -> {self.out} ({self.format}, "
+                f"prompt format {self.prompt_format}){card}")  # fmt: skip
 
 
 def pairs_path(run_dir: Path, method: str) -> Path:
@@ -54,13 +72,16 @@ def pairs_path(run_dir: Path, method: str) -> Path:
     return path
 
 
-def rows_of(pairs: list[TrainPair]) -> list[dict]:
-    """One row per pair in every layout (the student's prompt, its completion, the messages)."""
+def rows_of(pairs: list[TrainPair], prompt_format: str | PromptFormat | None = None) -> list[dict]:
+    """One row per pair in every layout, as the student is trained on it in ``prompt_format``
+    (the student's prompt and the reply it learns, and the same as a conversation)."""
+    fmt = load_format(prompt_format)
     rows = []
     for p in pairs:
-        prompt = student_prompt(p.question)
-        body = p.program[len(PROGRAM_HEADER) :] if p.program.startswith(PROGRAM_HEADER) else None
-        program = p.program if body is not None else PROGRAM_HEADER + p.program
+        prompt, reply = fmt.training_pair(p.question, p.program)
+        header = fmt.header
+        program = p.program if p.program.startswith(header) or fmt.is_chat else header + p.program
+        completion: Any = [{"role": "assistant", "content": reply}] if fmt.is_chat else reply
         rows.append(
             {
                 "problem_id": p.problem_id,
@@ -68,31 +89,126 @@ def rows_of(pairs: list[TrainPair]) -> list[dict]:
                 "question": p.question,
                 "program": program,
                 "prompt": prompt,
-                "completion": body if body is not None else p.program,
-                "messages": [
-                    {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": program},
-                ],
+                "completion": completion,
+                "messages": fmt.conversation(p.question, p.program),
             }
         )
     return rows
 
 
-def export(run_dir: str | Path, fmt: str, out: str | Path, method: str = "ekt") -> ExportSummary:
-    """Write one method's pairs of ``run_dir`` to ``out`` in ``fmt`` (see the module docstring)."""
+def trained_format(run_dir: Path, method: str) -> str:
+    """The prompt format the method's student was trained in: its ``train_summary.json``,
+    else the run config's ``student_prompt_format``, else the default."""
+    folder = RunLayout(run_dir).student(method)
+    rounds = sorted(folder.glob("round-*/model/train_summary.json"))  # expert iteration's
+    for summary in (folder / "train_summary.json", *rounds[-1:]):
+        try:
+            label = json.loads(summary.read_text()).get("prompt_format")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(label, str) and label:
+            return label
+    config = _config(run_dir)
+    label = config.get("student_prompt_format")
+    return label if isinstance(label, str) and label else "function"
+
+
+def _config(run_dir: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(RunLayout(run_dir).config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def dataset_card(run_dir: Path, method: str, fmt: PromptFormat, pairs_file: Path,
+                 rows: list[dict], export_format: str) -> str:  # fmt: skip
+    """The export's provenance as a dataset card (YAML front matter, then Markdown)."""
+    config, manifest = _config(run_dir), _json(RunLayout(run_dir).manifest)
+    data = manifest.get("data") or {}
+    sources: dict[str, int] = {}
+    for r in rows:
+        sources[r["source"]] = sources.get(r["source"], 0) + 1
+    facts = {
+        "method": method,
+        "teacher": config.get("teacher") or (manifest.get("models") or {}).get("teacher"),
+        "student": config.get("student") or (manifest.get("models") or {}).get("student"),
+        "teacher_sampling": config.get("teacher_sampling"),
+        "keep": config.get("keep"),
+        "task": config.get("task"),
+        "train_split": config.get("train_split"),
+        "data_source": data.get("source"),
+        "data_sha256": data.get("sha256"),
+        "pairs_file": str(pairs_file),
+        "pairs_sha256": hashlib.sha256(pairs_file.read_bytes()).hexdigest(),
+        "prompt_format": fmt.label,
+        "export_format": export_format,
+        "pairs": len(rows),
+        "questions": len({r["problem_id"] for r in rows}),
+        "sources": sources,
+        "ekt": manifest.get("ekt") or __version__,
+    }
+    import yaml
+
+    front = yaml.safe_dump({"ekt": facts}, sort_keys=False, allow_unicode=True)
+    sampling = facts["teacher_sampling"] or {}
+    how = ", ".join(f"{k} {sampling[k]}" for k in ("n", "temperature", "top_p", "max_new_tokens",
+                                                    "seed") if k in sampling)  # fmt: skip
+    lines = [
+        "---", front.rstrip(), "---", "",
+        f"# {config.get('name') or run_dir.name}: {method} training pairs", "",
+        f"Question -> Python program pairs kept by ekt ({method}): programs the teacher "
+        f"`{facts['teacher']}` wrote, run in ekt's sandbox and kept when they returned the "
+        "gold answer.", "",
+        f"- teacher: `{facts['teacher']}`; sampling: {how or 'unknown'}",
+        f"- task: `{facts['task']}` ({facts['data_source']}), split {facts['train_split']}",
+        f"- data sha256: {json.dumps(facts['data_sha256'])}",
+        f"- pairs: {facts['pairs']} for {facts['questions']} questions "
+        f"({', '.join(f'{k} {v}' for k, v in sources.items())}); keep: {facts['keep']}",
+        f"- prompt format: `{fmt.label}` (the layout the student was trained in; "
+        f"{'chat messages' if fmt.is_chat else 'a completion: prompt, then the function body'})",
+        f"- pairs file: {pairs_file} (sha256 {facts['pairs_sha256']})",
+        f"- made by ekt {facts['ekt']}",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def export(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path,
+    method: str = "ekt",
+    prompt_format: str | None = None,
+) -> ExportSummary:
+    """Write one method's pairs of ``run_dir`` to ``out`` in ``fmt`` (see the module docstring),
+    in ``prompt_format`` (None: the one the run recorded), with its dataset card."""
     run_dir, out = Path(run_dir), Path(out)
     if fmt not in FORMATS:
         raise EktError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not run_dir.is_dir():
         raise EktError(f"run folder {run_dir} not found")
-    pairs = read_records(pairs_path(run_dir, method), TrainPair)
+    path = pairs_path(run_dir, method)
+    pairs = read_records(path, TrainPair)
     if not pairs:
-        raise EktError(f"{pairs_path(run_dir, method)}: no pairs to export (the filter kept none)")
-    rows = rows_of(pairs)
+        raise EktError(f"{path}: no pairs to export (the filter kept none)")
+    layout = load_format(prompt_format or trained_format(run_dir, method))
+    rows = rows_of(pairs, layout)
+    card_text = dataset_card(run_dir, method, layout, path, rows, fmt)
     if fmt == "hf":
         import datasets
 
         datasets.Dataset.from_list(rows).save_to_disk(str(out))
+        card = out / "README.md"
     else:
         keys = ("messages",) if fmt == "messages" else ("prompt", "completion")
         lines = [
@@ -103,7 +219,9 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, method: str = "ekt") 
             for r in rows
         ]
         write_text_atomic(out, "\n".join(lines) + "\n")
-    return ExportSummary(method, fmt, len(rows), out)
+        card = out.with_name(out.name + ".card.md")
+    write_text_atomic(card, card_text)
+    return ExportSummary(method, fmt, len(rows), out, layout.label, card)
 
 
 def student_folder(run_dir: Path, method: str) -> Path:

@@ -21,7 +21,6 @@ invalidate (and only that) and redoes it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import platform
 import shutil
@@ -37,12 +36,13 @@ import yaml
 
 from ekt import __version__
 from ekt.data.prompt_format import load_format
+from ekt.data.provenance import changed_problems, data_sha, stale_line
 from ekt.data.supervised import reference_program
 from ekt.data.tasks import Task, get_task
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
-from ekt.generation.budget import AdaptiveBudget
+from ekt.generation.budget import adaptive_budget
 from ekt.generation.generate import (
     budget_usage,
     format_stops,
@@ -51,7 +51,7 @@ from ekt.generation.generate import (
     usage,
 )
 from ekt.layout import RunLayout
-from ekt.models import PRESETS, file_sha256, model_fingerprint, resolve_model
+from ekt.models import PRESETS, model_fingerprint, resolve_model
 from ekt.pipeline.config import RunConfig, dump_config, plain
 from ekt.pipeline.expert_iteration import expert_iteration
 from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
@@ -192,19 +192,23 @@ def stale_outputs(keys: list[str], run_dir: Path) -> list[Path]:
     return sorted(p for p in found if not any(q in found for q in p.parents))
 
 
-def input_hashes(task, cfg: RunConfig) -> dict[str, str]:
-    """sha256 of the dataset files and fingerprints of the models a run starts from."""
+def data_splits(task: Task, cfg: RunConfig) -> list[str]:
+    """The task's files a run reads: its training and evaluation splits, and test (the
+    decontamination set)."""
+    wanted = {"train" if s == "dev" else s for s in (cfg.train_split, cfg.eval.split)}
+    if task.procedural is not None:
+        wanted |= set(task.spec.size)
+    wanted |= {"test"} & set(task.spec.splits)
+    return sorted(s for s in wanted if s in task.spec.splits)
+
+
+def input_hashes(task: Task, cfg: RunConfig) -> dict[str, str]:
+    """The content hash (ids, questions, gold answers) of every split file the run reads,
+    whatever the source (a task file's local files, a data folder, a generator's seed, the
+    hub), and fingerprints of the models a run starts from."""
     out: dict[str, str] = {}
-    if task.data_dir:
-        for name in ("train.jsonl", "test.jsonl"):
-            p = Path(task.data_dir) / name
-            if p.is_file():
-                out[f"data:{name}"] = file_sha256(p)
-    if task.procedural is not None:  # generated problems: the hash of what was generated
-        for split in task.spec.size:
-            rows = [[p.id, p.question, p.answer] for p in task.load_file(split)]
-            digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-            out[f"data:{task.name}/{split}"] = digest
+    for split in data_splits(task, cfg):
+        out[f"data:{task.name}/{split}"] = data_sha(task.load_file(split))
 
     for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
         try:
@@ -212,6 +216,23 @@ def input_hashes(task, cfg: RunConfig) -> dict[str, str]:
         except (EktError, OSError):
             pass  # not available here; loading it will say why
     return out
+
+
+def changed_in_folder(run_dir: Path, task: Task) -> dict[str, str]:
+    """The problems of ``task`` whose question or gold answer differ from those the run
+    folder's samples and verdicts were made with (``ekt.data.provenance``)."""
+    files = [*run_dir.glob("teacher/samples/*.jsonl"), *run_dir.glob("teacher/*.jsonl"),
+             *run_dir.glob("supervised/*.jsonl"), *run_dir.glob("eval/*/*/executions.jsonl"),
+             *run_dir.glob("eval/*/*/samples/*.jsonl")]  # fmt: skip
+    prefix = f"{task.name}/"
+    records = [obj for f in files if f.is_file() for _, obj in read_jsonl(f)
+               if str(obj.get("problem_id", "")).startswith(prefix)]  # fmt: skip
+    if not records:
+        return {}
+    ids = {r["problem_id"] for r in records}
+    splits = {i.split("/")[1] for i in ids if i.count("/") >= 2} & set(task.spec.splits)
+    problems = {p.id: p for s in sorted(splits) for p in task.load_file(s)}
+    return changed_problems(records, problems, task.answer_format)
 
 
 def _short(value: object) -> str:
@@ -225,14 +246,6 @@ def _check_model_spec(role: str, spec: str) -> None:
             resolve_model(spec)
         except EktError as e:
             raise EktError(f"{role}: {e}") from None
-
-
-def adaptive_budget(sampling: Any, keep: str) -> AdaptiveBudget | None:
-    """The adaptive budget of a ``teacher_sampling`` block (or one derived from it), for a
-    filter that keeps ``keep``; None for ``budget: full``."""
-    if getattr(sampling, "budget", "full") != "adaptive":
-        return None
-    return AdaptiveBudget(sampling.round_size, keep, sampling.target, sampling.give_up_after)
 
 
 def _count(path: Path) -> int:
@@ -380,6 +393,13 @@ class Runner:
             for key, value in self.inputs.items():
                 if key in old_inputs and old_inputs[key] != value:
                     changes[key] = (old_inputs[key], value)
+        data_changed = any(k.startswith("data:") for k in changes)
+        named = changed_in_folder(self.dir, self.task) if data_changed else {}
+        if named and not self.force:  # name the problems whose records are stale
+            raise EktError(f"{self.dir}: " + stale_line(
+                named, "this run folder was made",
+                "use --force to redo what depends on it, or another --out",
+            ))  # fmt: skip
         if changes:
             stale = stale_outputs(list(changes), self.dir)
             what = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in changes.items())

@@ -7,6 +7,12 @@ Everything comes from the records a run leaves on disk (no dataset is read):
   differences against the reference method and the pass@k curves;
 - ``results.json``, ``manifest.json``, ``config.yaml``: rows, provenance;
 - ``*/executions.jsonl`` and the train-pair files: yields.
+
+A folder built stage by stage with the README's commands (``ekt generate --out DIR/teacher``,
+``ekt verify --out DIR/executions.jsonl``, ``ekt filter``, ``ekt train``, ``ekt evaluate
+--out DIR/ANY``) is read too: its evaluations are found wherever ``scores.json`` and
+``problems.jsonl`` lie, its yield from ``executions.jsonl`` at its root, and the teacher and
+student from ``generate.json`` and ``train_summary.json``.
 """
 
 from __future__ import annotations
@@ -87,6 +93,55 @@ def _method_of(label: str) -> str:
     return label.removeprefix("student-")
 
 
+def _stage_evals(d: Path, depth: int = 3) -> list[Path]:
+    """Evaluation folders (``scores.json`` beside ``problems.jsonl``) anywhere under ``d`` but
+    ``eval/`` (read already) and a matrix's cells, at most ``depth`` folders down."""
+    out = []
+    for n in range(1, depth + 1):
+        for scores in sorted(d.glob("/".join(["*"] * n) + "/scores.json")):
+            folder = scores.parent
+            top = folder.relative_to(d).parts[0]
+            if top not in ("eval", "pairs", "shared") and (folder / "problems.jsonl").is_file():
+                out.append(folder)
+    return out
+
+
+def _method_by(settings: dict) -> str:
+    """The method of an evaluation made by ``ekt evaluate``: few-shot for the teacher prompt,
+    the training method of a student folder (its train_summary.json), else none."""
+    if settings.get("prompt") == "teacher":
+        return "few-shot"
+    summary = Path(str(settings.get("model", ""))) / "train_summary.json"
+    if summary.is_file():
+        try:
+            return "kd" if "distill" in read_json(summary) else "ekt"
+        except EktError:
+            return "ekt"
+    return "none"
+
+
+def _stage_models(d: Path) -> dict[str, str]:
+    """``teacher``/``student`` of a folder built stage by stage: the model ``ekt generate``
+    sampled with the teacher prompt, and the base model ``ekt train`` fine-tuned."""
+    found: dict[str, str] = {}
+    for path in sorted(d.glob("*/generate.json")) + sorted(d.glob("*/*/generate.json")):
+        try:
+            job = read_json(path)
+        except EktError:
+            continue
+        if isinstance(job, dict) and job.get("prompt") == "teacher" and job.get("model"):
+            if path.parent.relative_to(d).parts[0] not in ("eval", "pairs", "shared"):
+                found.setdefault("teacher", str(job["model"]))
+    for path in sorted(d.glob("*/train_summary.json")) + sorted(d.glob("*/*/train_summary.json")):
+        try:
+            summary = read_json(path)
+        except EktError:
+            continue
+        if isinstance(summary, dict) and summary.get("model"):
+            found.setdefault("student", str(summary["model"]))
+    return found
+
+
 def load_run(run_dir: str | Path) -> RunData:
     """Read what a run folder holds; missing parts (a partial run) are simply absent."""
     d = Path(run_dir)
@@ -106,25 +161,32 @@ def load_run(run_dir: str | Path) -> RunData:
         config = {}
     rows = list(results.get("rows", []))
     labels = {r.get("label") for r in rows}
-    for probs in sorted(lay.evals.glob("*/problems.jsonl")):
-        label = probs.parent.name
+    folders = {str(r.get("label")): lay.eval(str(r.get("label"))).dir for r in rows}
+    found = [(p.parent.name, p.parent) for p in sorted(lay.evals.glob("*/problems.jsonl"))]
+    if not results:  # built stage by stage: evaluations wherever `ekt evaluate --out` put them
+        found += [(str(f.relative_to(d)), f) for f in _stage_evals(d)]
+    for label, folder in found:
         if label not in labels:  # evaluated but not in results.json (a run cut short)
-            scores = lay.eval(label).scores
+            scores = folder / "scores.json"
             s = read_json(scores) if scores.is_file() else {}
             st = s.get("settings", {})
             rows.append(
                 {
                     "label": label,
                     "model": st.get("model", ""),
-                    "method": _method_of(label),
+                    "method": _method_of(label) if folder.parent == lay.evals else _method_by(st),
                     "prompt": st.get("prompt", ""),
                     **s,
                 }
             )
+            labels.add(label)
+            folders[label] = folder
+    if not results and not config.get("teacher"):  # who taught whom, from the stages' files
+        results = {**results, **_stage_models(d)}
     evals, skipped = [], []
     for r in rows:
         label = r.get("label", "")
-        probs = records(lay.eval(label).problems) if label else []
+        probs = records(folders[label] / "problems.jsonl") if label else []
         if r.get("skipped") or not probs:
             skipped.append({**r, "skipped": r.get("skipped") or "no evaluation records"})
             continue
@@ -136,7 +198,7 @@ def load_run(run_dir: str | Path) -> RunData:
                 prompt=str(r.get("prompt", "")),
                 row=r,
                 problems=probs,
-                dir=lay.eval(label).dir,
+                dir=folders[label],
             )
         )
     ev = results.get("eval") or config.get("eval") or {}
@@ -222,14 +284,18 @@ SOURCES = {
 
 def load_yields(run_dir: Path) -> list[Yield]:
     out = []
-    for ex in sorted(run_dir.glob("*/executions.jsonl")):
+    root = run_dir / "executions.jsonl"  # a folder built stage by stage: the teacher's verdicts
+    found = sorted(run_dir.glob("*/executions.jsonl"))
+    if root.is_file() and not (run_dir / "teacher" / "executions.jsonl").is_file():
+        found.insert(0, root)
+    for ex in found:
         recs = records(ex)
         by_q: dict[str, int] = {}
         for r in recs:
             by_q[r.get("problem_id", "?")] = by_q.get(r.get("problem_id", "?"), 0) + bool(
                 r.get("correct")
             )
-        source = ex.parent.name
+        source = "teacher" if ex == root else ex.parent.name
         # the teacher's pairs are the run's; another source keeps its pairs beside them
         pairs_file = (
             RunLayout(run_dir).train_pairs

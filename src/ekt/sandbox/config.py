@@ -35,8 +35,9 @@ class SandboxConfig:
     # by a pids cgroup per worker where cgroups are writable; elsewhere threads are
     # refused outright by the seccomp filter.
     max_tasks: int = 64
-    # Protection layers to switch off (any of LAYERS), to run the fallbacks (tests) or
-    # to work around a machine where one misbehaves; 'strict' still insists on its list.
+    # Protection layers to switch off: landlock, seccomp, tmpfs, user_namespace,
+    # ipc_namespace, cgroup (any of them), to run the fallbacks (tests) or to work around a
+    # machine where one misbehaves; 'strict' still insists on its list.
     disable: list[str] = field(default_factory=list)
     # Paths programs must never read. None: the task data ($EKT_DATA_DIR) and the HF
     # datasets cache; verify/evaluate add the --data-dir they load gold answers from.

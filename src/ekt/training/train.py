@@ -44,6 +44,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -53,6 +54,7 @@ from typing import Any
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.models import load_model
+from ekt.progress import is_terminal
 from ekt.records import TrainPair, read_records, write_json_atomic, write_text_atomic
 from ekt.training.config import TrainConfig
 from ekt.training.packing import (
@@ -131,9 +133,9 @@ def pair_ids(
     ``"teacher"`` the few-shot one (a live KD teacher reading the same pair)."""
     if fmt.is_chat:
         return _chat_pair(tok, fmt, question, program, view)
-    prompt = fmt.student(question) if view == "student" else fmt.teacher(question)
-    header = fmt.header
-    body = program[len(header) :] if program.startswith(header) else program
+    prompt, body = fmt.training_pair(question, program)  # what `ekt export` writes, too
+    if view != "student":
+        prompt = fmt.teacher(question)
     p_ids = list(tok(prompt, add_special_tokens=True).input_ids)
     b_ids = list(tok(body, add_special_tokens=False).input_ids) + [tok.eos_token_id]
     return p_ids, b_ids
@@ -145,11 +147,13 @@ def _chat_pair(
     """(prompt ids, assistant-turn ids) of one pair in a chat format's layout."""
     from ekt.generation.sampling import chat_ids
 
-    messages = fmt.student(question) if view == "student" else fmt.teacher(question)
+    messages, reply = fmt.training_pair(question, program)  # what `ekt export` writes, too
+    if view != "student":
+        messages = fmt.teacher(question)
     assert isinstance(messages, list)
     p_ids = chat_ids(tok, messages)  # exactly what the sampler feeds at evaluation
     prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    turn = {"role": "assistant", "content": fmt.assistant(program)}
+    turn = {"role": "assistant", "content": reply}
     full = tok.apply_chat_template([*messages, turn], tokenize=False)
     if full.startswith(prompt_text):
         reply = full[len(prompt_text) :]
@@ -301,6 +305,63 @@ def _trainer_class() -> Any:
 
 
 # -- logging ----------------------------------------------------------------
+
+
+def log_line(step: int, max_steps: int, epoch: float | None, logs: dict) -> str:
+    """One readable line for a Trainer log entry (pure): ``train: step 10/100 (epoch 0.53):
+    loss 1.916, learning_rate 9.0e-05, grad_norm 0.52``. Values that are numbers (or the
+    strings of numbers some transformers versions log) are formatted; others kept as text."""
+    parts = []
+    for key, value in logs.items():
+        if key == "epoch" and epoch is not None:
+            continue  # in the line's head
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            parts.append(f"{key} {value}")
+            continue
+        if key in ("learning_rate", "lr") or (number and abs(number) < 1e-3):
+            parts.append(f"{key} {number:.1e}")
+        elif float(number).is_integer() and abs(number) >= 1:
+            parts.append(f"{key} {int(number)}")
+        else:
+            parts.append(f"{key} {number:.4g}")
+    at = f"step {step}/{max_steps}" if max_steps else f"step {step}"
+    if epoch is not None:
+        at += f" (epoch {epoch:.2f})"
+    return f"train: {at}: {', '.join(parts)}"
+
+
+def _console_callback() -> Any:
+    """The Trainer's console output, in place of its own (a tqdm bar whose log lines are raw
+    dicts, or printed dicts without one): one readable line per logging step, and a step bar
+    on a terminal or a progress line every few seconds in a log file (ekt.progress)."""
+    from transformers import TrainerCallback
+
+    from ekt.progress import progress
+
+    class ConsoleLog(TrainerCallback):
+        bar: Any = None
+
+        def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if state.is_world_process_zero:
+                self.bar = progress(state.max_steps, "train", "step", initial=state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
+            if logs and state.is_world_process_zero:
+                line = log_line(state.global_step, state.max_steps, state.epoch, logs)
+                (self.bar.write if self.bar is not None else print)(line)
+
+        def on_train_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return ConsoleLog()
 
 
 def _log_callback(path: Path) -> Any:
@@ -559,6 +620,15 @@ def build_trainer(
         processing_class=tok,
         callbacks=list(callbacks),
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for raw in (PrinterCallback, ProgressCallback):  # raw dicts: ekt prints readable lines
+        trainer.remove_callback(raw)
+    trainer.add_callback(_console_callback())
+    if not is_terminal(sys.stderr):  # transformers' own bars (saving shards) in a log file
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     trainer.ekt_logits_to_keep = supports_logits_to_keep(model)
     trainer.ekt_packed = packed
     trainer.ekt_restore_attention = restore
@@ -669,6 +739,7 @@ def train_student(
             "packed": trainer.ekt_packed,
             "resumed_from": last,
             "config": cfg.settings(),
+            "prompt_format": fmt.label,  # the layout it learnt (``ekt export`` writes it)
         }
         if distill is not None:
             summary["distill"] = distill.summary()

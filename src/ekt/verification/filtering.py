@@ -1,7 +1,9 @@
 """Stage: turn verified samples into training pairs.
 
-Only correct programs are kept; duplicates (same program once comments and
-formatting are normalised away) are removed; questions that also appear in an
+Every record is checked against the task's data loaded now: a verdict graded with another
+gold answer, or a program sampled for another question (``ekt.data.provenance``), stops the
+stage with the problems named. Only correct programs are kept; duplicates (same program
+once comments and formatting are normalised away) are removed; questions that also appear in an
 evaluation split are dropped (decontamination). ``keep="first"`` keeps the
 first correct program per problem (lowest sample index), as the published
 method did; ``keep="all"`` keeps every unique correct program.
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ekt.data.provenance import changed_problems, stale_line
 from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.records import Problem, TrainPair, read_jsonl, write_jsonl_atomic
@@ -175,6 +178,13 @@ def filter_stage(
             raise EktError(
                 f"{where_of[id(r)]}: unknown problem id {r['problem_id']!r} for task {task.name}"
             )
+    changed = changed_problems(records, problems, task.answer_format)
+    if changed:  # a verdict graded with another gold answer (or a program for another question)
+        raise EktError(stale_line(
+            changed, f"{', '.join(map(str, paths))} was graded",
+            "rerun `ekt verify` with the same --programs and --out (it grades them again; a "
+            "changed question needs new samples: `ekt generate --force`), or use a new folder",
+        ))  # fmt: skip
     sets: dict[str, Iterable[str]] = {}
     if decontaminate:
         sets[f"{task.name}/{decontaminate}"] = [p.question for p in task.load_file(decontaminate)]

@@ -14,6 +14,13 @@ The output is appended as results arrive; a rerun skips inputs whose key
 The stage holds the output's one-writer lock (``ekt.locks``); an output that holds
 a key twice (an older version's, a copied folder) is repaired first, keeping the
 first record of each, with a note naming the lines removed.
+
+Every graded record carries ``gold_sha``, the hash of the gold answer it was graded with
+(``ekt.data.provenance``). A rerun grades again, from the value the program returned, every
+earlier record whose gold answer has changed since (or that has no ``gold_sha``, written by an
+older ekt) and rewrites the output with the new verdicts; it names the problems. Programs
+sampled for a question that has changed since (their ``question_sha`` differs) are refused:
+they must be sampled again.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any, Protocol
 
 from ekt.data.extract import extract, runnable
 from ekt.data.prompt_format import PromptFormat, load_format
+from ekt.data.provenance import changed_problems, stale_line
 from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.locks import output_lock
@@ -41,6 +49,7 @@ from ekt.records import (
     duplicates_note,
     read_jsonl,
     to_dict,
+    write_jsonl_atomic,
 )
 from ekt.sandbox.pool import Sandbox, SandboxConfig, default_deny_read, run_deny_read
 from ekt.verification.filtering import normalise_program
@@ -62,6 +71,7 @@ class VerifySummary:
     solved: int
     statuses: dict[str, int]
     seconds: float
+    regraded: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> what changed
 
     @property
     def no_program(self) -> int:
@@ -76,6 +86,11 @@ class VerifySummary:
             f"{self.correct} correct; "
             f"{self.solved}/{self.problems} problems solved; statuses: {st}; {self.seconds:.1f}s"
         )
+        if self.regraded:
+            ids = sorted(self.regraded)
+            more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+            msg += (f"; re-graded the earlier verdicts of {len(ids)} problems whose gold answer "
+                    f"changed: {', '.join(ids[:5])}{more}")  # fmt: skip
         if self.no_program:
             msg += f"; {self.no_program} samples without a program (extraction failed)"
             if 2 * self.no_program > self.programs:
@@ -207,15 +222,20 @@ def _verify_locked(
     solved: set[str] = set()
     seen: set[str] = set()
     correct = 0
-    if out.exists():
-        for i, obj in read_jsonl(out):
-            done.add(_out_key(i, obj))
-            _tally(obj, statuses, solved, seen)
-            correct += bool(obj.get("correct"))
-
     inputs = list(iter_inputs(programs, prompt_format))
     ids = {obj["problem_id"] for _, _, obj in inputs}
-    problems = task.by_id(ids)
+    earlier = [obj for _, obj in read_jsonl(out)] if out.exists() else []
+    problems = task.by_id(ids | {o["problem_id"] for o in earlier if "problem_id" in o})
+    stale = changed_problems((o for _, _, o in inputs), problems, "")  # questions only
+    if stale:
+        raise EktError(stale_line(stale, f"the programs in {programs} were sampled",
+                                  "sample them again (`ekt generate --force`, or another "
+                                  "--out), then verify into a new --out"))  # fmt: skip
+    earlier, regraded = regrade_stale(earlier, problems, task, out)
+    for i, obj in enumerate(earlier):
+        done.add(obj.get("_key") or _key(obj, i))
+        _tally(obj, statuses, solved, seen)
+        correct += bool(obj.get("correct"))
     file_split = None if split is None else ("test" if split == "test" else "train")
     first: dict[str, str] = {}
     for where, o, obj in inputs:
@@ -250,7 +270,51 @@ def _verify_locked(
         solved=len(solved),
         statuses=statuses,
         seconds=time.time() - t0,
+        regraded=regraded,
     )
+
+
+def regrade_stale(
+    records: list[dict], problems: dict[str, Problem], task: Task, out: Path
+) -> tuple[list[dict], dict[str, str]]:
+    """``records`` (a verify output, read) with every verdict whose gold answer has changed
+    since (or that has no ``gold_sha``) graded again against the problems loaded now; when
+    any was, ``out`` is rewritten with them (atomically). Returns the records and
+    ``problem id -> what changed`` for the verdicts that had another gold answer.
+
+    Grading is a pure function of the returned value, which the program computed without
+    seeing the gold answer, so grading the stored value again is what running it again gives.
+    Records of problems the task no longer has are refused (their verdict means nothing)."""
+    gone = sorted({r["problem_id"] for r in records if r.get("problem_id") not in problems})
+    if gone:
+        raise EktError(stale_line({pid: "removed" for pid in gone}, f"{out} was graded",
+                                  "verify into another --out"))  # fmt: skip
+    changed = changed_problems(records, problems, task.answer_format)
+    touched = False
+    fresh = []
+    for r in records:
+        problem = problems[r["problem_id"]]
+        if r.get("gold_sha") != task.gold_sha(problem):
+            r = regrade(r, problem, task)
+            touched = True
+        fresh.append(r)
+    if touched:
+        write_jsonl_atomic(out, fresh)
+    return fresh, {pid: what for pid, what in changed.items() if what == "gold answer"}
+
+
+def regrade(record: dict, problem: Problem, task: Task) -> dict:
+    """A graded record graded again against ``problem``'s gold answer, from the status and
+    value it holds (a sample without a program stays not correct)."""
+    rec = dict(record)
+    if rec.get("status", NO_PROGRAM) == NO_PROGRAM:
+        rec["correct"] = False
+    else:
+        names = {f.name for f in dataclasses.fields(Execution)}
+        ex = Execution(**{k: v for k, v in rec.items() if k in names})
+        rec["correct"] = task.grade(ex, problem)
+    rec["gold_sha"] = task.gold_sha(problem)
+    return rec
 
 
 def _pool(cfg: SandboxConfig, cluster: SandboxCluster | None) -> Any:
@@ -266,10 +330,11 @@ def _run_and_grade(
     streamed), or the no-program record of a sample without one."""
     results = box.run(runnable(o["program"], entry) for o in objs if o["program"])
     for obj in objs:
+        problem = problems[obj["problem_id"]]
         if obj["program"]:
-            yield grade_record(obj, to_dict(next(results)), problems[obj["problem_id"]], task)
+            yield grade_record(obj, to_dict(next(results)), problem, task)
         else:
-            yield no_program_record(obj)
+            yield {**no_program_record(obj), "gold_sha": task.gold_sha(problem)}
 
 
 class RoundJudge:
@@ -305,9 +370,12 @@ class RoundJudge:
         self.done: set[str] = set()
         self.correct: dict[str, set[str]] = {}
         self._problems: dict[str, Problem] = {}
-        if self.out.exists():
-            for i, obj in read_jsonl(self.out):
-                self._note(obj, _out_key(i, obj))
+        if self.out.exists():  # verdicts graded with another gold answer are graded again
+            earlier = [obj for _, obj in read_jsonl(self.out)]
+            self._problems.update(task.by_id({o["problem_id"] for o in earlier}))
+            earlier, _ = regrade_stale(earlier, self._problems, task, self.out)
+            for i, obj in enumerate(earlier):
+                self._note(obj, obj.get("_key") or _key(obj, i))
         box_cfg = _deny_task_data(sandbox or SandboxConfig(), task, samples_dir, self.out)
         self._pool: Any = _pool(box_cfg, cluster)
         self._box: Any = None
@@ -367,6 +435,7 @@ def grade_record(obj: dict, execution: dict, problem: Problem, task: Task) -> di
         stdout_tail=ex.stdout_tail,
         ms=round(ex.ms, 3),
         correct=task.grade(ex, problem),
+        gold_sha=task.gold_sha(problem),
     )
     return rec
 
@@ -394,29 +463,6 @@ def _tally(rec: dict, statuses: dict[str, int], solved: set[str], seen: set[str]
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    """A bar on a terminal; elsewhere (a log file) a line every ``LINE_EVERY`` seconds
-    instead of carriage-return frames."""
-    if enabled and not sys.stderr.isatty():
-        return _LineProgress(total, initial)
-    from tqdm.auto import tqdm
+    from ekt.progress import progress
 
-    return tqdm(total=total, initial=initial, desc="verify", unit="prog", disable=not enabled)
-
-
-LINE_EVERY = 10.0
-
-
-class _LineProgress:
-    def __init__(self, total: int, initial: int):
-        self.total, self.done = total, initial
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if time.monotonic() - self.last >= LINE_EVERY:
-            self.last = time.monotonic()
-            print(f"verify: {self.done}/{self.total} programs, "
-                  f"{time.monotonic() - self.t0:.0f}s", file=sys.stderr, flush=True)  # fmt: skip
-
-    def close(self) -> None:
-        pass
+    return progress(total, "verify", "prog", initial, enabled)

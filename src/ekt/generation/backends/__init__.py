@@ -20,16 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ekt.errors import EktError
-from ekt.generation import qkernel
-from ekt.generation.backends import llamacpp_server as ls
-from ekt.generation.backends.llamacpp_local import LlamaLocalSampler
-from ekt.generation.backends.openai_compat import OpenAISampler
-from ekt.generation.backends.vllm_offline import VLLMSampler  # imports vllm when used
-from ekt.generation.sampling import Sampler, TransformersSampler
-from ekt.models import load_model, resolve_model
+
+if TYPE_CHECKING:
+    from ekt.generation.sampling import Sampler
 
 BACKENDS = ("transformers", "llamacpp", "openai", "vllm")
 SERVERS = ("auto", "llama.cpp", "generic")
@@ -154,7 +150,12 @@ def make_sampler(
     cfg.validate()
 
     def make() -> Sampler:
+        # each engine's module is imported when a sampler is made, not with the config
+        # (`ekt --help` and `ekt verify` read BackendConfig and never sample)
         if cfg.name == "openai":
+            from ekt.generation.backends import llamacpp_server as ls
+            from ekt.generation.backends.openai_compat import OpenAISampler
+
             common = dict(
                 api=cfg.api,
                 concurrency=cfg.concurrency,
@@ -177,6 +178,9 @@ def make_sampler(
                     )  # fmt: skip
             return OpenAISampler(cfg.base_url, cfg.served_model or spec, **common)  # type: ignore[arg-type]
         if cfg.name == "vllm":
+            from ekt.generation.backends.vllm_offline import VLLMSampler
+            from ekt.models import resolve_model
+
             return VLLMSampler(
                 resolve_model(spec),
                 tensor_parallel_size=cfg.tensor_parallel_size,
@@ -186,6 +190,8 @@ def make_sampler(
                 max_model_len=cfg.max_model_len or None,
             )
         if cfg.name == "llamacpp":
+            from ekt.generation.backends.llamacpp_local import LlamaLocalSampler
+
             return LlamaLocalSampler(
                 spec,
                 slots=batch_size,
@@ -197,6 +203,10 @@ def make_sampler(
                 max_retries=cfg.max_retries,
                 trim_prompt=cfg.trim_prompt,
             )
+        from ekt.generation import qkernel
+        from ekt.generation.sampling import TransformersSampler
+        from ekt.models import load_model
+
         model, tok = load_model(spec, device=device)
         quantized = qkernel.for_spec(model, spec) if cfg.gguf_decode else None
         return TransformersSampler(model, tok, batch_size=batch_size, quantized=quantized)
