@@ -14,16 +14,9 @@ import re
 from pathlib import Path
 
 import pytest
-from test_openai_backend import SERVE_MISSING, Server
+from test_openai_backend import SERVE_SKIP, Server
 
-pytestmark = [
-    pytest.mark.slow,  # starts real servers: `make test` only
-    pytest.mark.skipif(
-        bool(SERVE_MISSING),
-        reason=f"`transformers serve` needs {', '.join(SERVE_MISSING)}: "
-        "pip install 'ekt[serve]' (make test installs it)",
-    ),
-]
+pytestmark = [pytest.mark.slow, SERVE_SKIP]  # starts real servers: `make test` only
 
 # A prompt format of the user's own, in a folder of its own, with one exemplar written here.
 FORMAT = """\

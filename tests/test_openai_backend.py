@@ -31,14 +31,12 @@ from ekt.data.prompts import STOP_STRINGS, student_prompt
 from ekt.generation.sampling import SamplingParams
 
 SERVE_MISSING = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
-pytestmark = [
-    pytest.mark.slow,  # starts real servers: `make test` only
-    pytest.mark.skipif(
-        bool(SERVE_MISSING),
-        reason=f"`transformers serve` needs {', '.join(SERVE_MISSING)}: "
-        "pip install 'ekt[serve]' (make test installs it)",
-    ),
-]
+SERVE_SKIP = pytest.mark.skipif(
+    bool(SERVE_MISSING),
+    reason=f"`transformers serve` needs {', '.join(SERVE_MISSING)}: "
+    "pip install 'ekt[serve]' (make test installs it)",
+)
+pytestmark = [pytest.mark.slow, SERVE_SKIP]  # starts real servers: `make test` only
 
 QUESTIONS = TOY_QUESTIONS
 REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]
