@@ -17,6 +17,14 @@ Every rollout and its execution is appended to ``rollouts.jsonl``
 reward), so every reward can be traced; TRL's own log lines (``reward``, ``reward_std``,
 ``kl``...) go to ``train_log.jsonl``.
 
+Rollouts (:class:`GRPOOptions`): by default ekt's ``TransformersSampler`` samples them
+through TRL's ``rollout_func`` (:class:`EktRollouts`): it stops a completion at the
+format's stop strings, heals the prompt and prefills each question once for its group.
+TRL's own ``generate`` (``rollouts: trl``) has no stop strings on its transformers path:
+every completion runs to EOS or ``max_completion_length``, and the tokens after the
+program are trained with its advantage; the reward reads it cut at the first stop string
+either way. ``benchmarks/grpo_rollouts.py`` measures the two.
+
 Settings are TRL's ``GRPOConfig`` (group size ``num_generations``, KL coefficient
 ``beta``, ``max_steps``, ``max_completion_length``, ...); :func:`grpo_config` only sets
 defaults that fit a CPU (:data:`EKT_DEFAULTS`).
@@ -50,6 +58,7 @@ from typing import Any
 from ekt.data.extract import extract, runnable
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
+from ekt.generation.sampling import SamplingParams, TransformersSampler, truncate_at_stop
 from ekt.models import load_model
 from ekt.records import (
     Execution,
@@ -137,13 +146,99 @@ def student_prompts(fmt: PromptFormat, problems: Sequence[Problem]) -> tuple[lis
 
 def completion_program(text: str, fmt: PromptFormat, healed: bool) -> tuple[str, str]:
     """(program, why none) of one completion: what the generate stage would extract from
-    the same reply (a healed prompt's newline is the completion's first character)."""
+    the same reply: cut before the format's first stop string, as the sampler cuts it (a
+    healed prompt's newline is the completion's first character)."""
     if healed:
         if not text.startswith("\n"):
             return "", "the completion does not continue the def line on a new line"
         text = text[1:]
+    text, _ = truncate_at_stop(text, fmt.stop)
     got = extract(text, fmt.entry_point, fmt.header)
     return got.program, got.error
+
+
+@dataclass
+class GRPOOptions:
+    """ekt's settings of a GRPO run beyond TRL's ``GRPOConfig``."""
+
+    rollouts: str = (
+        "ekt"  # ekt: ekt's TransformersSampler samples the rollouts | trl: TRL's generate
+    )
+    sampler_batch_size: int = 64  # rows ekt's sampler decodes together
+
+    def validate(self) -> None:
+        if self.rollouts not in ("ekt", "trl"):
+            raise EktError(f"grpo rollouts must be ekt or trl, got {self.rollouts!r}")
+        if self.sampler_batch_size < 1:
+            raise EktError(f"grpo sampler_batch_size must be >= 1, got {self.sampler_batch_size}")
+
+
+class EktRollouts:
+    """TRL ``rollout_func``: the batch's completions sampled by ekt's ``TransformersSampler``
+    from the model being trained (stop strings, token healing, one prefill per question).
+
+    TRL's batch holds each question ``num_generations`` times in a row; each run of equal
+    prompts is one request of that many samples, seeded by the step and the run's position
+    (``derive_seed``), so a resumed step draws what it drew before. A completion's ids are
+    its text re-tokenised, with the stop string that ended it (or EOS) kept, so the policy
+    is trained on what it sampled up to where sampling stopped, and not beyond.
+    """
+
+    def __init__(self, tok: Any, fmt: PromptFormat, healed: bool, cfg: Any, batch_size: int):
+        self.tok, self.fmt, self.healed, self.cfg = tok, fmt, healed, cfg
+        self.batch_size = batch_size
+        self.sampler: TransformersSampler | None = None
+
+    def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
+        import torch
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if self.sampler is None or self.sampler.model is not model:
+            self.sampler = TransformersSampler(model, self.tok, self.batch_size, progress=False)
+        runs: list[tuple[Any, int]] = []  # (prompt, repeats), in batch order
+        for p in prompts:
+            if runs and runs[-1][0] == p:
+                runs[-1] = (p, runs[-1][1] + 1)
+            else:
+                runs.append((p, 1))
+        step = trainer.state.global_step
+        got: dict[tuple[str, int], Any] = {}
+        for n in sorted({k for _, k in runs}):
+            requests = [(f"{step}/{i}", p + "\n" if self.healed else p)
+                        for i, (p, k) in enumerate(runs) if k == n]  # fmt: skip
+            params = SamplingParams(
+                n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                max_new_tokens=self.cfg.max_completion_length, stop=self.fmt.stop,
+                seed=self.cfg.seed,
+            )  # fmt: skip
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                for c in self.sampler.sample(requests, params):
+                    got[(c.problem_id, c.sample_idx)] = c
+            model.train(was_training)
+        prompt_ids, completion_ids = [], []
+        for i, (p, k) in enumerate(runs):
+            ids = self._prompt_ids(p)
+            for j in range(k):
+                prompt_ids.append(ids)
+                completion_ids.append(self._completion_ids(got[(f"{step}/{i}", j)]))
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+    def _prompt_ids(self, prompt: Any) -> list[int]:
+        if isinstance(prompt, str):
+            return list(self.tok(prompt).input_ids)
+        from ekt.generation.sampling import chat_ids
+
+        return chat_ids(self.tok, prompt)
+
+    def _completion_ids(self, c: Any) -> list[int]:
+        text = ("\n" if self.healed else "") + c.text + c.stop
+        ids = list(self.tok(text, add_special_tokens=False).input_ids)
+        eos = self.tok.eos_token_id
+        if not c.stop and c.n_tokens < self.cfg.max_completion_length and eos is not None:
+            ids.append(eos)  # ended by EOS
+        return ids[: self.cfg.max_completion_length]
 
 
 class SandboxReward:
@@ -226,7 +321,7 @@ def epoch_order(rows: Sequence[dict], cfg: Any) -> list[dict]:
     import random
 
     per_step = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-                * max(cfg.world_size, 1)) // max(cfg.num_generations, 1)  # fmt: skip
+                * max(cfg.world_size, 1)) // max(getattr(cfg, "num_generations", 1), 1)  # fmt: skip
     if cfg.max_steps > 0:
         epochs = math.ceil(cfg.max_steps * max(per_step, 1) / len(rows)) + 1
     else:
@@ -280,6 +375,7 @@ def train_grpo(
     device: str | None = None,
     resume: bool = True,
     callbacks: Sequence[Any] = (),
+    options: GRPOOptions | None = None,
 ) -> GRPOResult:
     """GRPO-train ``student`` on ``problems`` (see the module doc); ``config``: a TRL
     ``GRPOConfig`` (default :func:`grpo_config`), whose ``output_dir`` is replaced by
@@ -295,13 +391,16 @@ def train_grpo(
         got = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
         print(f"grpo: {out} is done ({got['steps']} steps); skipping")
         return GRPOResult(**got)
+    opts = options or GRPOOptions()
+    opts.validate()
     cfg = copy.deepcopy(config) if config is not None else grpo_config(out, device)
     cfg.output_dir = str(out / CHECKPOINTS)
     fmt = load_format(prompt_format)
     prompts, healed = student_prompts(fmt, problems)
 
     ckpt_dir = out / CHECKPOINTS
-    last = _prepare_checkpoints(ckpt_dir, _fingerprint(student, problems, fmt, cfg), resume)
+    run = {**_fingerprint(student, problems, fmt, cfg), "options": asdict(opts)}
+    last = _prepare_checkpoints(ckpt_dir, run, resume)
     if last is not None:
         last = _last_complete_checkpoint(ckpt_dir, True)
     rollouts_path, log_path = out / ROLLOUTS, out / TRAIN_LOG
@@ -330,6 +429,11 @@ def train_grpo(
             train_dataset=data,
             processing_class=tok,
             callbacks=[_log_callback(log_path), *callbacks],
+            rollout_func=(
+                EktRollouts(tok, fmt, healed, cfg, opts.sampler_batch_size)
+                if opts.rollouts == "ekt"
+                else None
+            ),
         )
         trainer.train(resume_from_checkpoint=last)
         trainer.save_model(str(out / MODEL))
