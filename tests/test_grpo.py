@@ -33,6 +33,9 @@ def test_prompt_is_healed_and_completion_read_after_the_newline():
     assert healed and prompts[0].endswith("def solution():")
     program, why = completion_program("\n    return 5\n", fmt, healed)
     assert program == "def solution():\n    return 5\n" and not why
+    # cut at the first stop string, as the sampler cuts (here the fence after the body)
+    program, _ = completion_program("\n    return 5\n```\nThe code returns 5.", fmt, healed)
+    assert program == "def solution():\n    return 5\n"
     program, why = completion_program(" return 5", fmt, healed)
     assert program == "" and why
 
@@ -114,3 +117,17 @@ def test_tiny_grpo_writes_traceable_rollouts_and_resumes_exactly(tiny_model_dir,
     assert (cut / "rollouts.jsonl").read_bytes() == (full / "rollouts.jsonl").read_bytes()
     # a finished folder is not trained again
     assert train_grpo(str(tiny_model_dir), problems, task, cut).steps == 4
+
+
+@pytest.mark.slow
+def test_trl_generate_rollouts_are_rewarded_too(tiny_model_dir, task, tmp_path):
+    from ekt.methods.grpo import GRPOOptions
+
+    problems = task.load("train")[:2]
+    cfg = grpo_config(tmp_path, max_steps=1, max_completion_length=8,
+                      per_device_train_batch_size=4, num_generations=2)  # fmt: skip
+    res = train_grpo(str(tiny_model_dir), problems, task, tmp_path, cfg, SANDBOX,
+                     options=GRPOOptions(rollouts="trl"))  # fmt: skip
+    recs = [o for _, o in read_jsonl(tmp_path / "rollouts.jsonl")]
+    assert res.steps == 1 and len(recs) == 4
+    assert all(0 < r["n_tokens"] <= 8 for r in recs)
