@@ -95,6 +95,7 @@ EKT_DEFAULTS: dict[str, Any] = {
     "lr_scheduler_type": "constant",
     "beta": 0.0,  # TRL's default: no KL term, so no reference model to run
     "temperature": 0.8,
+    "gradient_checkpointing": False,  # TRL's default True trades CPU time for memory
     "logging_steps": 1,
     "save_steps": 5,
     "save_total_limit": 2,
@@ -107,6 +108,7 @@ _NOT_FINGERPRINTED = {
     "output_dir", "logging_dir", "logging_steps", "save_steps", "save_total_limit",
     "report_to", "disable_tqdm", "log_completions", "num_completions_to_print",
     "logging_first_step", "logging_strategy", "save_strategy", "dataloader_num_workers",
+    "gradient_checkpointing",
 }  # fmt: skip
 
 
