@@ -70,6 +70,24 @@ class TrainPair:
     source: str = "teacher"  # teacher | supervised | student-round-N ...
 
 
+@dataclass
+class Rollout:
+    """One of an RL method's samples and what it earned (``ekt.methods.grpo``): the program
+    its completion holds, how that ran in the sandbox, and the reward it was given."""
+
+    step: int  # the optimizer step (1-based) this rollout's batch trained
+    problem_id: str
+    completion: str  # the sampled text, as decoded
+    program: str  # the program extracted from it ("" if none)
+    status: str  # the sandbox's status, or "no_program" (not run)
+    value: Any = None  # what the program returned (the sandbox's plain value)
+    correct: bool = False  # the task's grader on value
+    reward: float = 0.0
+    error: str = ""  # the sandbox's error, or why no program could be extracted
+    index: int = 0  # position in the step's batch (a group's samples are consecutive)
+    n_tokens: int = 0  # completion tokens
+
+
 T = TypeVar("T")
 
 

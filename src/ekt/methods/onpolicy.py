@@ -1,0 +1,174 @@
+"""On-policy distillation: the student samples, and the teacher's per-token distribution on
+those samples is the target (reverse KL, the student's own mistakes are what it is corrected
+on).
+
+Same tokenizer (teacher and student share a vocabulary): TRL's ``DistillationTrainer``
+(TRL 1.16; always on-policy: every step generates completions from the current student
+and scores each of their tokens with the teacher). ``beta`` of its ``DistillationConfig``
+selects the divergence of the generalised Jensen-Shannon family: 1.0, ekt's default and
+TRL's, is the reverse KL.
+
+Different tokenizers (the embedded pair: a Gemma-3 teacher, a SmolLM2 student): the
+teacher's distribution is over another vocabulary, so no per-token KL exists; see
+:func:`train_onpolicy`'s refusal and ``/work/notes/issue28.md`` for what was measured.
+
+Prompts are the student's zero-shot prompts in its prompt format, healed as GRPO's
+(``ekt.methods.grpo.student_prompts``). Layout under ``out_dir``: ``checkpoints/``,
+``train_log.jsonl`` (TRL's log lines), ``model/`` (the student), ``summary.json``
+(written last; a folder with it is done). A rerun with the same settings resumes from the
+last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ekt.data.prompt_format import PromptFormat, load_format
+from ekt.errors import EktError
+from ekt.methods.grpo import epoch_order, student_prompts
+from ekt.models import load_model
+from ekt.records import Problem, write_json_atomic
+from ekt.training.train import _log_callback, _mixed_precision, _prepare_checkpoints, _trim_log
+
+TRAIN_LOG = "train_log.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+
+# DistillationConfig defaults ekt changes (a CPU run of minutes); every other setting is TRL's.
+EKT_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 8,
+    "max_completion_length": 96,
+    "max_steps": 20,
+    "learning_rate": 5e-6,
+    "lr_scheduler_type": "constant",
+    "beta": 1.0,  # reverse KL
+    "temperature": 0.8,
+    "gradient_checkpointing": False,  # TRL's default True trades CPU time for memory
+    "logging_steps": 1,
+    "save_steps": 5,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "seed": 0,
+    "disable_tqdm": True,
+}
+_NOT_FINGERPRINTED = {
+    "output_dir", "logging_dir", "logging_steps", "save_steps", "save_total_limit",
+    "report_to", "disable_tqdm", "log_completions", "num_completions_to_print",
+    "logging_first_step", "logging_strategy", "save_strategy", "dataloader_num_workers",
+    "gradient_checkpointing",
+}  # fmt: skip
+
+
+def onpolicy_config(out_dir: str | Path, device: str | None = None, **overrides: Any) -> Any:
+    """TRL's ``DistillationConfig`` with ekt's defaults (:data:`EKT_DEFAULTS`), checkpoints
+    under ``out_dir/checkpoints``; ``overrides`` are DistillationConfig fields."""
+    from trl import DistillationConfig
+
+    use_cpu, bf16, fp16 = _mixed_precision(device)
+    kw = {**EKT_DEFAULTS, "use_cpu": use_cpu, "bf16": bf16, "fp16": fp16, **overrides}
+    kw["output_dir"] = str(Path(out_dir) / CHECKPOINTS)
+    return DistillationConfig(**kw)
+
+
+@dataclass
+class OnPolicyResult:
+    model: str
+    steps: int
+    tokens_seen: int  # prompt and completion tokens trained on (TRL's count)
+    final_loss: float | None
+    seconds: float
+    resumed_from: str | None = None
+
+
+def same_vocabulary(student_tok: Any, teacher_tok: Any) -> bool:
+    """Whether the two tokenizers map every token to the same id (a per-token KL is defined)."""
+    return student_tok.get_vocab() == teacher_tok.get_vocab()
+
+
+def train_onpolicy(
+    student: str,
+    teacher: str,
+    problems: Sequence[Problem],
+    out_dir: str | Path,
+    config: Any = None,
+    prompt_format: str | PromptFormat | None = None,
+    device: str | None = None,
+    resume: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> OnPolicyResult:
+    """Distil ``teacher`` into ``student`` on the student's own samples of ``problems``."""
+    from datasets import Dataset
+    from trl import DistillationTrainer
+
+    if not problems:
+        raise EktError("on-policy distillation needs at least one training question")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / SUMMARY).exists():
+        got = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+        print(f"on-policy distillation: {out} is done ({got['steps']} steps); skipping")
+        return OnPolicyResult(**got)
+    cfg = copy.deepcopy(config) if config is not None else onpolicy_config(out, device)
+    cfg.output_dir = str(out / CHECKPOINTS)
+    fmt = load_format(prompt_format)
+    model, tok = load_model(student, device=device, dtype="float32")
+    t_model, t_tok = load_model(teacher, device=device, dtype="float32")
+    if not same_vocabulary(tok, t_tok):
+        raise EktError(
+            f"on-policy distillation: {teacher} and {student} have different tokenizers; "
+            "the teacher's per-token distribution is over another vocabulary (see "
+            "ekt.methods.onpolicy: the cross-tokenizer route is not built)"
+        )
+    tok.padding_side = "left"
+    prompts, _ = student_prompts(fmt, problems)
+
+    digest = hashlib.sha256()
+    for p in problems:
+        digest.update(f"{p.id}\x00{p.question}\x00".encode())
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    run = json.loads(json.dumps({"student": student, "teacher": teacher, "problems":
+                                 digest.hexdigest(), "prompt_format": fmt.label,
+                                 "config": settings}, default=str))  # fmt: skip
+    ckpt_dir = out / CHECKPOINTS
+    last = _prepare_checkpoints(ckpt_dir, run, resume)
+    log_path = out / TRAIN_LOG
+    if last is None:
+        log_path.unlink(missing_ok=True)
+    else:
+        print(f"on-policy distillation: resuming from {last}")
+        _trim_log(log_path, int(Path(last).name.rsplit("-", 1)[-1]))
+
+    rows = [{"prompt": pr, "problem_id": p.id} for pr, p in zip(prompts, problems, strict=True)]
+    data = Dataset.from_list(epoch_order(rows, cfg))  # exact on resume (see grpo)
+    cfg.shuffle_dataset = False
+    t0 = time.time()
+    trainer = DistillationTrainer(
+        model=model,
+        teacher_model=t_model,
+        args=cfg,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[_log_callback(log_path), *callbacks],
+    )
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out / MODEL))
+    tok.save_pretrained(str(out / MODEL))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = OnPolicyResult(
+        model=str(out / MODEL),
+        steps=int(trainer.state.global_step),
+        tokens_seen=int(trainer.state.num_input_tokens_seen),
+        final_loss=float(losses[-1]) if losses else None,
+        seconds=round(time.time() - t0, 1),
+        resumed_from=last,
+    )
+    write_json_atomic(out / SUMMARY, asdict(result))
+    return result
