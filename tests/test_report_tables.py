@@ -106,3 +106,17 @@ def test_templates_escape_everything_from_records():
 
     forest = interval_chart([(evil, Interval(0.2, 0.1, 0.3, 40), "#000")], evil, diff=True)
     assert "<script>" not in forest and "+20.0 [+10.0, +30.0]" in forest
+
+
+def test_a_step_axis_ends_at_the_last_step():
+    """The x ticks of a training-loss chart are steps that happened: a log of one step has
+    the one tick, centred; a longer log ends at its last step."""
+    import re
+
+    def ticks(xs):
+        s = Series("ekt", xs, [1.0 + 0.1 * i for i in range(len(xs))], "#000000")
+        svg = line_chart([s], "loss", "optimizer step", "loss", y_zero=False)
+        return [m for m in re.findall(r'class="tk" text-anchor="middle">([^<]+)<', svg)]
+
+    assert ticks([2]) == ["2"]
+    assert ticks([2, 4, 6, 8])[-1] == "8"

@@ -82,8 +82,9 @@ def line_chart(
     x0, x1 = min(xs), max(xs)
     if log_x:
         x0, x1 = max(x0, 1e-9), max(x1, 1e-9)
-    if x1 == x0:
-        x1 = x0 + 1
+    if x1 == x0:  # one x: centred, the axis not running past it (a 1-step training log)
+        half = x0 * 0.5 if log_x else 0.5
+        x0, x1 = x0 - half, x1 + half
     y0 = 0.0 if y_zero else min(ys)
     y1 = max(ys)
     if pct:
