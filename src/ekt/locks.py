@@ -72,13 +72,27 @@ def _acquire(lock: Path, output: str | Path) -> int:
     raise EktError(f"{lock}: could not take the lock (the file keeps being replaced)")
 
 
+def _other_rank() -> bool:
+    """A process of a distributed launch other than its rank 0 (the launcher sets RANK and
+    WORLD_SIZE for every process it starts)."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+    return world > 1 and rank > 0
+
+
 @contextlib.contextmanager
 def output_lock(output: str | Path) -> Iterator[Path]:
     """Hold the one-writer lock of ``output`` (a file or folder) for the ``with`` block.
 
     Raises EktError at once, naming the other process's pid and the path, when another
-    process holds it."""
+    process holds it. The ranks of one distributed launch (torchrun, ``accelerate launch``)
+    are one writer: rank 0 holds the lock for the job, the other ranks take none."""
     lock = lock_path(output)
+    if _other_rank():
+        yield lock
+        return
     key = str(lock)
     with _mutex:
         if key in _held:

@@ -85,15 +85,14 @@ SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 
-# GRPOConfig defaults ekt changes (a CPU run of minutes); every other setting is TRL's.
-EKT_DEFAULTS: dict[str, Any] = {
-    "num_generations": 4,  # group size
-    "per_device_train_batch_size": 8,  # completions per step: 2 questions x 4
+# Trainer settings ekt changes for a CPU run of minutes, for GRPO and on-policy distillation
+# alike (ekt.methods.onpolicy); every other setting is TRL's.
+CPU_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 8,  # completions per step (GRPO: 2 questions x 4)
     "max_completion_length": 96,  # a procedural task's program is 30-80 tokens
     "max_steps": 20,
     "learning_rate": 5e-6,
     "lr_scheduler_type": "constant",
-    "beta": 0.0,  # TRL's default: no KL term, so no reference model to run
     "temperature": 0.8,
     "gradient_checkpointing": False,  # TRL's default True trades CPU time for memory
     "logging_steps": 1,
@@ -103,13 +102,29 @@ EKT_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "disable_tqdm": True,
 }
-# GRPOConfig fields that do not change the training trajectory (a resume may change them)
-_NOT_FINGERPRINTED = {
+# GRPOConfig defaults ekt changes
+EKT_DEFAULTS: dict[str, Any] = {
+    **CPU_DEFAULTS,
+    "num_generations": 4,  # group size
+    "beta": 0.0,  # TRL's default: no KL term, so no reference model to run
+}
+# trainer fields that do not change the training trajectory (a resume may change them)
+NOT_FINGERPRINTED = {
     "output_dir", "logging_dir", "logging_steps", "save_steps", "save_total_limit",
     "report_to", "disable_tqdm", "log_completions", "num_completions_to_print",
     "logging_first_step", "logging_strategy", "save_strategy", "dataloader_num_workers",
     "gradient_checkpointing",
 }  # fmt: skip
+
+
+def trl_config(cls: Any, defaults: dict[str, Any], out_dir: str | Path, device: str | None,
+               overrides: dict[str, Any]) -> Any:  # fmt: skip
+    """A TRL config ``cls`` with ``defaults``, checkpoints under ``out_dir/checkpoints`` and
+    the precision ekt picks for the device; ``overrides`` are its fields."""
+    use_cpu, bf16, fp16 = _mixed_precision(device)
+    kw = {**defaults, "use_cpu": use_cpu, "bf16": bf16, "fp16": fp16, **overrides}
+    kw["output_dir"] = str(Path(out_dir) / CHECKPOINTS)
+    return cls(**kw)
 
 
 def grpo_config(out_dir: str | Path, device: str | None = None, **overrides: Any) -> Any:
@@ -118,10 +133,7 @@ def grpo_config(out_dir: str | Path, device: str | None = None, **overrides: Any
     GRPOConfig fields."""
     from trl import GRPOConfig
 
-    use_cpu, bf16, fp16 = _mixed_precision(device)
-    kw = {**EKT_DEFAULTS, "use_cpu": use_cpu, "bf16": bf16, "fp16": fp16, **overrides}
-    kw["output_dir"] = str(Path(out_dir) / CHECKPOINTS)
-    return GRPOConfig(**kw)
+    return trl_config(GRPOConfig, EKT_DEFAULTS, out_dir, device, overrides)
 
 
 @dataclass
@@ -342,7 +354,7 @@ def _fingerprint(student: str, problems: Sequence[Problem], fmt: PromptFormat, c
     digest = hashlib.sha256()
     for p in problems:
         digest.update(f"{p.id}\x00{p.question}\x00{p.answer}\x00".encode())
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED}
     return json.loads(json.dumps({
         "model": student, "problems_sha256": digest.hexdigest(), "prompt_format": fmt.label,
         "config": settings,

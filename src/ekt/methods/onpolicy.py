@@ -32,39 +32,23 @@ from typing import Any
 
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
-from ekt.methods.grpo import epoch_order, student_prompts
+from ekt.methods.grpo import (
+    CHECKPOINTS,
+    CPU_DEFAULTS,
+    MODEL,
+    NOT_FINGERPRINTED,
+    SUMMARY,
+    TRAIN_LOG,
+    epoch_order,
+    student_prompts,
+    trl_config,
+)
 from ekt.models import load_model
 from ekt.records import Problem, write_json_atomic
-from ekt.training.train import _log_callback, _mixed_precision, _prepare_checkpoints, _trim_log
-
-TRAIN_LOG = "train_log.jsonl"
-SUMMARY = "summary.json"
-CHECKPOINTS = "checkpoints"
-MODEL = "model"
+from ekt.training.train import _log_callback, _prepare_checkpoints, _trim_log
 
 # DistillationConfig defaults ekt changes (a CPU run of minutes); every other setting is TRL's.
-EKT_DEFAULTS: dict[str, Any] = {
-    "per_device_train_batch_size": 8,
-    "max_completion_length": 96,
-    "max_steps": 20,
-    "learning_rate": 5e-6,
-    "lr_scheduler_type": "constant",
-    "beta": 1.0,  # reverse KL
-    "temperature": 0.8,
-    "gradient_checkpointing": False,  # TRL's default True trades CPU time for memory
-    "logging_steps": 1,
-    "save_steps": 5,
-    "save_total_limit": 2,
-    "report_to": "none",
-    "seed": 0,
-    "disable_tqdm": True,
-}
-_NOT_FINGERPRINTED = {
-    "output_dir", "logging_dir", "logging_steps", "save_steps", "save_total_limit",
-    "report_to", "disable_tqdm", "log_completions", "num_completions_to_print",
-    "logging_first_step", "logging_strategy", "save_strategy", "dataloader_num_workers",
-    "gradient_checkpointing",
-}  # fmt: skip
+EKT_DEFAULTS: dict[str, Any] = {**CPU_DEFAULTS, "beta": 1.0}  # beta 1: reverse KL
 
 
 def onpolicy_config(out_dir: str | Path, device: str | None = None, **overrides: Any) -> Any:
@@ -72,10 +56,7 @@ def onpolicy_config(out_dir: str | Path, device: str | None = None, **overrides:
     under ``out_dir/checkpoints``; ``overrides`` are DistillationConfig fields."""
     from trl import DistillationConfig
 
-    use_cpu, bf16, fp16 = _mixed_precision(device)
-    kw = {**EKT_DEFAULTS, "use_cpu": use_cpu, "bf16": bf16, "fp16": fp16, **overrides}
-    kw["output_dir"] = str(Path(out_dir) / CHECKPOINTS)
-    return DistillationConfig(**kw)
+    return trl_config(DistillationConfig, EKT_DEFAULTS, out_dir, device, overrides)
 
 
 @dataclass
@@ -133,7 +114,7 @@ def train_onpolicy(
     digest = hashlib.sha256()
     for p in problems:
         digest.update(f"{p.id}\x00{p.question}\x00".encode())
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED}
     run = json.loads(json.dumps({"student": student, "teacher": teacher, "problems":
                                  digest.hexdigest(), "prompt_format": fmt.label,
                                  "config": settings}, default=str))  # fmt: skip
