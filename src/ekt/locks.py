@@ -50,7 +50,10 @@ def _acquire(lock: Path, output: str | Path) -> int:
     it lets go (no lock files are left behind), so a lock won on a file that is no longer at
     ``lock`` is worthless: try again on the one there now."""
     for _ in range(100):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:  # a read-only or full folder: say so of the output asked for
+            raise EktError(f"{Path(output)}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -98,7 +101,10 @@ def output_lock(output: str | Path) -> Iterator[Path]:
         if key in _held:
             _held[key][1] += 1
         else:
-            lock.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EktError(f"{Path(output)}: {e.strerror or e}") from None
             fd = _acquire(lock, output)
             with contextlib.suppress(OSError):  # a full disk: the lock holds all the same
                 line = f"{os.getpid():<12}\n".encode()  # one size: the page is never freed
