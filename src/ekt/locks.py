@@ -101,10 +101,7 @@ def output_lock(output: str | Path) -> Iterator[Path]:
         if key in _held:
             _held[key][1] += 1
         else:
-            try:
-                lock.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise EktError(f"{Path(output)}: {e.strerror or e}") from None
+            lock.parent.mkdir(parents=True, exist_ok=True)
             fd = _acquire(lock, output)
             with contextlib.suppress(OSError):  # a full disk: the lock holds all the same
                 line = f"{os.getpid():<12}\n".encode()  # one size: the page is never freed
