@@ -127,6 +127,15 @@ def trl_config(cls: Any, defaults: dict[str, Any], out_dir: str | Path, device: 
     return cls(**kw)
 
 
+def finished(out: Path, what: str) -> dict | None:
+    """The summary of a run already finished in ``out`` (said in one line), else None."""
+    if not (out / SUMMARY).exists():
+        return None
+    got = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+    print(f"{what}: {out} is done ({got['steps']} steps); skipping")
+    return got
+
+
 def grpo_config(out_dir: str | Path, device: str | None = None, **overrides: Any) -> Any:
     """TRL's ``GRPOConfig`` with ekt's defaults (:data:`EKT_DEFAULTS`), checkpoints under
     ``out_dir/checkpoints`` and the precision ekt picks for the device; ``overrides`` are
@@ -401,10 +410,9 @@ def train_grpo(
         raise EktError("GRPO needs at least one training question")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / SUMMARY).exists():
-        got = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
-        print(f"grpo: {out} is done ({got['steps']} steps); skipping")
-        return GRPOResult(**got)
+    done = finished(out, "grpo")
+    if done is not None:
+        return GRPOResult(**done)
     opts = options or GRPOOptions()
     opts.validate()
     cfg = copy.deepcopy(config) if config is not None else grpo_config(out, device)

@@ -40,6 +40,7 @@ from ekt.methods.grpo import (
     SUMMARY,
     TRAIN_LOG,
     epoch_order,
+    finished,
     student_prompts,
     trl_config,
 )
@@ -93,10 +94,9 @@ def train_onpolicy(
         raise EktError("on-policy distillation needs at least one training question")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / SUMMARY).exists():
-        got = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
-        print(f"on-policy distillation: {out} is done ({got['steps']} steps); skipping")
-        return OnPolicyResult(**got)
+    done = finished(out, "on-policy distillation")
+    if done is not None:
+        return OnPolicyResult(**done)
     cfg = copy.deepcopy(config) if config is not None else onpolicy_config(out, device)
     cfg.output_dir = str(out / CHECKPOINTS)
     fmt = load_format(prompt_format)
