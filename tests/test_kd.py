@@ -81,6 +81,33 @@ def test_kd_loss_by_hand():
     assert uld_per_position(s, s[:, [1, 0, 2]]).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def _uld_by_definition(s_logits, t_logits, tau):
+    """ULD as the paper defines it: both whole rows sorted, the shorter zero-padded, L1."""
+    ps = torch.softmax(s_logits.float() / tau, -1).sort(-1, descending=True).values
+    pt = torch.softmax(t_logits.float() / tau, -1).sort(-1, descending=True).values
+    width = max(ps.shape[-1], pt.shape[-1])
+    ps = torch.nn.functional.pad(ps, (0, width - ps.shape[-1]))
+    pt = torch.nn.functional.pad(pt, (0, width - pt.shape[-1]))
+    return (ps - pt).abs().sum(-1)
+
+
+@pytest.mark.parametrize("v_s,v_t", [(300, 2000), (2000, 300), (500, 500)])
+def test_uld_from_the_top_m_equals_sorting_whole_rows(v_s, v_t):
+    """Only the smaller vocabulary's worth of each side is sorted; the value and the student's
+    gradient equal those of sorting both whole rows (up to the order of summation), whichever
+    side is longer, at chunk edges included."""
+    g = torch.Generator().manual_seed(v_s + v_t)
+    s = (torch.randn(70, v_s, generator=g) * 4).requires_grad_(True)
+    t = torch.randn(70, v_t, generator=g) * 4
+    got = uld_per_position(s, t, 1.5, chunk=32)
+    (grad_got,) = torch.autograd.grad(got.sum(), s)
+    want = _uld_by_definition(s, t, 1.5)
+    (grad_want,) = torch.autograd.grad(want.sum(), s)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-6)
+    assert got.min() > 0.05  # random rows are far apart: the comparison is not of zeros
+
+
 def _unpacked_reference(student, teacher, s_tok, t_tok, pairs, alpha, tau):
     """alpha * CE + (1 - alpha) * tau^2 * KL, from one plain forward per example."""
     ce_sum, kl_sum, n = 0.0, 0.0, 0
