@@ -44,6 +44,13 @@ def test_ekt_run_grpo(tmp_path, tiny_model_dir):
     assert cost["sandbox_executions"] == sum(r["status"] != "no_program" for r in rollouts)
     assert cost["teacher_tokens_sampled"] == 0 and cost["training_tokens"] > 0
     assert (tmp_path / "run" / "eval" / "student-grpo").is_dir()
+    # the score beside its cost in results.md, and the reward chart in the report
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| method | greedy pass@1 | teacher tokens sampled |" in md
+    line = next(x for x in md.splitlines() if x.startswith("| grpo |"))
+    assert f"| {cost['student_tokens_generated']:,} |" in line
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "GRPO mean reward per step" in html
 
 
 def test_ekt_run_onpolicy(tmp_path, tiny_model_dir):
