@@ -59,3 +59,16 @@ def test_unknown_trl_field_and_misordered_teacher_are_refused():
         build_config({"methods": ["grpo"], "grpo": {"trl": {"num_generatons": 4}}})
     with pytest.raises(EktError, match="on_policy.teacher: ekt must be listed before"):
         build_config({"methods": ["on-policy", "ekt"], "on_policy": {"teacher": "ekt"}})
+
+
+def test_methods_config_compares_the_new_methods_on_the_demo_task():
+    from ekt.pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(root / "methods.yaml")
+    demo = load_config(root / "demo.yaml")
+    assert cfg.methods == ["ekt", "kd", "expert-iteration", "grpo", "on-policy"]
+    assert cfg.evaluate_base_student and cfg.task == demo.task == "procedural_mix"
+    assert (cfg.teacher, cfg.student, cfg.eval) == (demo.teacher, demo.student, demo.eval)
+    assert cfg.on_policy.teacher == "ekt"  # the same-tokenizer path (see the config)
+    assert cfg.grpo.trl["num_generations"] == 4
