@@ -42,7 +42,6 @@ from ekt import __version__
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.layout import RunLayout
-from ekt.methods.registry import REGISTRY
 from ekt.records import TrainPair, read_records, write_text_atomic
 
 FORMATS = ("messages", "prompt-completion", "hf")
@@ -64,6 +63,8 @@ class ExportSummary:
 
 
 def pairs_path(run_dir: Path, method: str) -> Path:
+    from ekt.methods.registry import REGISTRY  # its methods import torch: only when needed
+
     pairs = {n: m.pairs for n, m in REGISTRY.items() if m.pairs is not None}
     if method not in pairs:
         raise EktError(f"--method must be one of {', '.join(pairs)}, got {method!r}")
