@@ -182,6 +182,16 @@ def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_d
     even = sum(_index(p.id) % 2 == 0 for p in train)
     assert [r["pairs_added"] for r in ei] == [even, 6 - even]
     assert (run / "results.md").exists()
+    # each method's cost, from its records
+    cost = {m: rows[f"student-{m}"]["cost"] for m in ["supervised", "ekt", "kd", "seq-kd"]}
+    teacher = results["stages"]["teacher_generate"]["completion_tokens"]
+    assert cost["ekt"]["teacher_tokens_sampled"] == cost["seq-kd"]["teacher_tokens_sampled"]
+    assert cost["ekt"]["teacher_tokens_sampled"] == teacher > 0
+    assert cost["ekt"]["sandbox_executions"] == 12 and cost["seq-kd"]["sandbox_executions"] == 0
+    assert cost["kd"]["teacher_tokens_scored"] == cost["kd"]["training_tokens"] > 0
+    assert cost["supervised"]["teacher_tokens_sampled"] == 0
+    ei_cost = rows["student-expert-iteration"]["cost"]
+    assert ei_cost["student_tokens_generated"] > 0 and ei_cost["teacher_tokens_sampled"] == 0
 
 
 def test_method_settings_load_from_yaml(tmp_path):
