@@ -315,6 +315,7 @@ class Runner:
             if pairs[method] is not None:
                 row["pairs"] = _count(pairs[method])
             row["cost"] = costs[method]
+            row["uses_teacher"] = registry.get(method).uses_teacher
             rows.append(row)
             evaluated.append((row, ckpt, "student"))
         for task, split, problems in self.eval_tasks():  # transfer: the same models elsewhere

@@ -286,7 +286,8 @@ def matrix_markdown(results: Mapping) -> str:
         r = {k: v for k, v in full.items() if k != "intervals"}
         if r.get("label") == "teacher":
             rows.append((f"{r['teacher']} (few-shot)", f"{r['teacher']} (teacher)", r))
-        elif r.get("method") in ("ekt", "kd", "seq-kd"):
+        # uses_teacher: from the method registry (a results.json written before it: by name)
+        elif r.get("uses_teacher", r.get("method") in ("ekt", "kd", "seq-kd")):
             rows.append((f"{r['teacher']} -> {r['student']}", r["student"], r))
         else:  # no teacher involved: base, supervised, expert iteration
             rows.append((f"— -> {r['student']}", r["student"], r))
