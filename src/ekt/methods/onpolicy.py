@@ -198,7 +198,7 @@ def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted
         )  # fmt: skip
     log = out / TRAIN_LOG
     per_step = [obj for _, obj in read_jsonl(log) if "completions/mean_length" in obj]
-    rows = res_rows(onpolicy_config(out, cfg.device, **cfg.on_policy.trl))
+    rows = rows_per_step(onpolicy_config(out, cfg.device, **cfg.on_policy.trl))
     generated = round(sum(o["completions/mean_length"] * rows for o in per_step))
     tokens = summary_tokens(log) or res.tokens_seen
     cost = Cost(student_tokens_generated=generated, training_tokens=tokens,
@@ -206,7 +206,7 @@ def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted
     return Fitted(res.model, None, cost)
 
 
-def res_rows(trl_cfg: Any) -> int:
+def rows_per_step(trl_cfg: Any) -> int:
     """Completions per logged step: one per row of the effective batch."""
     return int(trl_cfg.per_device_train_batch_size * trl_cfg.gradient_accumulation_steps)
 

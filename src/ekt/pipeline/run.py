@@ -348,29 +348,26 @@ class Runner:
         costs: dict[str, Cost] = {}
         for name in self.cfg.methods:
             method = registry.get(name)
+            pairs[name], costs[name] = None, Cost()
             if method.prepare is not None:
-                pairs[name], costs[name] = self._timed(method.prepare, problems)
-            else:
-                pairs[name], costs[name] = None, Cost()
+                (pairs[name], cost), own = self._timed(method.prepare, problems)
+                costs[name] = cost.add(Cost(seconds=own))
         students: dict[str, str] = {}
         for name in self.cfg.methods:
-            fitted, cost = self._timed(registry.get(name).fit, problems, pairs[name])
-            costs[name] = costs[name].add(fitted.cost).add(cost)
+            fitted, own = self._timed(registry.get(name).fit, problems, pairs[name])
+            costs[name] = costs[name].add(fitted.cost).add(Cost(seconds=own))
             pairs[name] = fitted.pairs if fitted.pairs is not None else pairs[name]
             if fitted.model:
                 students[name] = fitted.model
         rounded = {n: {**asdict(c), "seconds": round(c.seconds, 1)} for n, c in costs.items()}
         return pairs, students, rounded
 
-    def _timed(self, step: Callable, *args: Any) -> tuple[Any, Cost]:
-        """``step(self, *args)`` and its wall time (less the shared stages it ran: those
-        are in the costs of every method that uses them), as ``(result, Cost)``."""
+    def _timed(self, step: Callable, *args: Any) -> tuple[Any, float]:
+        """``step(self, *args)`` and its own wall seconds: less the shared stages it ran,
+        which are in the cost of every method that uses them."""
         t0, shared0 = time.time(), self._shared_spent
         out = step(self, *args)
-        own = Cost(seconds=time.time() - t0 - (self._shared_spent - shared0))
-        if isinstance(out, tuple):  # prepare: (pairs, cost)
-            return out[0], out[1].add(own)
-        return out, own
+        return out, time.time() - t0 - (self._shared_spent - shared0)
 
     def _check_config(self) -> None:
         """Refuse to resume a run folder made with a config (or data, or model) that differs in
