@@ -375,7 +375,7 @@ def test_runner_teacher_pairs_adaptive_equal_full(tmp_path, data_dir, problems):
     pairs, summaries, drawn = {}, {}, {}
     for budget in ("full", "adaptive"):
         runner, samplers = _runner(tmp_path, data_dir, problems, budget, budget)
-        pairs[budget] = runner.teacher_pairs(problems).read_text()
+        pairs[budget] = runner.teacher_pairs(problems)[0].read_text()
         summaries[budget] = runner.stage_summaries
         drawn[budget] = samplers[0].drawn
     assert pairs["full"] and pairs["adaptive"] == pairs["full"]
@@ -393,7 +393,7 @@ def test_runner_teacher_pairs_adaptive_equal_full(tmp_path, data_dir, problems):
 def test_expert_iteration_with_an_adaptive_budget(tmp_path, task, problems, tiny_model_dir):
     """One round (it trains the tiny model): the same new pairs as a full budget, fewer
     samples."""
-    from ekt.pipeline.expert_iteration import ExpertIterationConfig, expert_iteration
+    from ekt.methods.expert_iteration import ExpertIterationConfig, Rounds, expert_iteration
     from ekt.training.train import TrainConfig
 
     train = TrainConfig(
@@ -410,10 +410,9 @@ def test_expert_iteration_with_an_adaptive_budget(tmp_path, task, problems, tiny
         def make(spec, samplers=samplers):
             return lambda: samplers.append(_sampler(problems)) or samplers[-1]
 
-        result = expert_iteration(
-            str(tiny_model_dir), problems, tmp_path / name, task, make, PARAMS, cfg, train,
-            SANDBOX, "cpu", budget=budget,
-        )  # fmt: skip
+        result = expert_iteration(problems, tmp_path / name, Rounds(
+            str(tiny_model_dir), task, make, PARAMS, cfg, train, SANDBOX, "cpu", budget=budget,
+        ))  # fmt: skip
         got[name] = (tmp_path / name / "round-1" / "new_pairs.jsonl").read_text()
         drawn[name] = samplers[0].drawn
         assert result.rounds[0].pairs_added >= 1

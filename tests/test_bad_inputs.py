@@ -380,7 +380,8 @@ def _cases() -> list[Case]:
         (
             "config-unknown-method",
             RUN_OK + "methods: [ekt, magic]\n",
-            r"methods: expected one of ekt, supervised, kd, seq-kd, expert-iteration, got magic",
+            r"methods: expected one of ekt, supervised, kd, seq-kd, expert-iteration, grpo, "
+            r"on-policy, got magic",
         ),
         (
             "config-unknown-model",

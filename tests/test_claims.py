@@ -75,6 +75,7 @@ def model(method: str, problems: list[dict]) -> Model:
     return Model(label, method, problems)
 
 
+BASE_CLAIMS = [c for c in CLAIMS if not c.optional]  # what a run without grpo/on-policy has
 EKT_VS_KD = CLAIMS[0]
 EKT_VS_EI = CLAIMS[1]
 BEST_VS_TEACHER = CLAIMS[2]
@@ -86,6 +87,8 @@ def test_the_declared_claims():
         ("ekt_vs_expert_iteration", "ekt", "expert-iteration"),
         ("best_student_vs_teacher", BEST_STUDENT, TEACHER),
         ("ekt_vs_base", "ekt", "none"),
+        ("ekt_vs_grpo", "ekt", "grpo"),
+        ("ekt_vs_on_policy", "ekt", "on-policy"),
     ]
     assert len({c.name for c in CLAIMS}) == len(CLAIMS)
 
@@ -184,7 +187,7 @@ def test_best_student_is_the_trained_student_with_the_highest_pass_at_1():
     assert best is not None and (best.label, best.method) == ("student-supervised", "supervised")
     assert best.metric == "pass@1" and best.estimate == pytest.approx((150 * 0.9 + 50 * 0.5) / 200)
     found, results = check_claims(models, ks=[1, 10])
-    assert found == best and [r.claim for r in results] == list(CLAIMS)
+    assert found == best and [r.claim for r in results] == BASE_CLAIMS
     vs_teacher = results[2]
     assert (vs_teacher.left_label, vs_teacher.right_label) == ("student-supervised", "teacher")
     assert vs_teacher.verdict == CONTRADICTED
@@ -235,7 +238,7 @@ def test_results_json_and_md_carry_the_claims(tmp_path):
     res = add_statistics(d)
     assert res == json.loads((d / "results.json").read_text())
     claims = res["claims"]
-    assert list(claims["rows"]) == [c.name for c in CLAIMS]
+    assert list(claims["rows"]) == [c.name for c in BASE_CLAIMS]
     assert claims["resamples"] == 2000 and claims["seed"] == 0 and claims["level"] == 0.95
     assert claims["best_student"] == {
         "label": "student-supervised",
@@ -288,8 +291,8 @@ def test_report_html_shows_the_claims_of_each_run_side_by_side(tmp_path):
     section = page[page.index('<section id="claims">') :]
     section = section[: section.index("</section>")]
     assert section.count('<tbody class="claims-run">') == 2
-    assert f'<td rowspan="{len(CLAIMS)}"><b>run-a</b></td>' in section
-    assert f'<td rowspan="{len(CLAIMS)}"><b>run-b</b></td>' in section
+    assert f'<td rowspan="{len(BASE_CLAIMS)}"><b>run-a</b></td>' in section
+    assert f'<td rowspan="{len(BASE_CLAIMS)}"><b>run-b</b></td>' in section
     # ekt vs kd in run-a only (run-b has no kd), ekt vs its base in both
     assert section.count('class="claim v-supported"') == 3
     assert section.count('class="claim v-not-run"') == 1
@@ -310,7 +313,7 @@ def test_claims_markdown_puts_several_runs_in_row_groups(tmp_path):
     head = next(x for x in lines if x.startswith("| run |"))
     assert head.split(" | ")[1:5] == ["claim", "difference", "verdict", "questions"]
     body = [x for x in lines if x.startswith("| run-")]
-    n = len(CLAIMS)
+    n = len(BASE_CLAIMS)
     assert [x.split(" | ")[0] for x in body] == ["| run-a"] * n + ["| run-b"] * n
     assert "not run (ekt: skipped: no evaluation records)" in body[n]
     assert lines[-1].startswith("run-b: Best student: supervised")
@@ -325,8 +328,18 @@ def test_ekt_report_prints_the_claims_of_several_runs_side_by_side(tmp_path, cap
     assert main(["report", str(a), str(b), "--out", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
     rows = [x for x in out.splitlines() if x.startswith("| run-")]
-    assert len(rows) == 2 * len(CLAIMS)
+    assert len(rows) == 2 * len(BASE_CLAIMS)
     kd_a = next(x for x in rows if x.startswith("| run-a") and "EKT − KD" in x)
     kd_b = next(x for x in rows if x.startswith("| run-b") and "EKT − KD" in x)
     assert "supported at this scale" in kd_a and "+45.0" in kd_a
     assert "not run (kd: skipped: no evaluation records)" in kd_b
+
+
+def test_new_methods_are_paired_against_ekt_where_the_run_has_them():
+    models = [model("ekt", rows(8)), model("grpo", rows(2)), model("on-policy", rows(8))]
+    _, results = check_claims(models, ks=[1])
+    got = {r.claim.name: r for r in results}
+    assert got["ekt_vs_grpo"].verdict == SUPPORTED and got["ekt_vs_grpo"].questions == QUESTIONS
+    assert got["ekt_vs_on_policy"].differences["pass@1"].estimate == 0
+    _, without = check_claims(models[:1], ks=[1])
+    assert "ekt_vs_grpo" not in {r.claim.name for r in without}

@@ -110,8 +110,8 @@ def test_sampling_defaults_are_declared_once():
 
 
 def test_expert_iteration_overrides_apply_by_replace():
+    from ekt.methods.expert_iteration import ExpertIterationConfig
     from ekt.pipeline.config import TeacherSampling
-    from ekt.pipeline.expert_iteration import ExpertIterationConfig
 
     base = TeacherSampling(temperature=0.7, max_new_tokens=64)
     got = ExpertIterationConfig(n=6, seed=9).sampling(base)

@@ -12,8 +12,8 @@ import pytest
 from ekt.data.tasks import get_task
 from ekt.evaluation.evaluate import EvalConfig
 from ekt.generation.sampling import SamplingParams
+from ekt.methods.expert_iteration import ExpertIterationConfig, Rounds, expert_iteration
 from ekt.pipeline.config import RunConfig, TeacherSampling
-from ekt.pipeline.expert_iteration import ExpertIterationConfig, expert_iteration
 from ekt.pipeline.run import Runner
 from ekt.records import Completion, read_jsonl
 from ekt.sandbox.pool import SandboxConfig
@@ -75,8 +75,8 @@ def test_two_rounds_with_records(tmp_path, tiny_model_dir, task, restart, capsys
     out = tmp_path / "ei"
     cfg = ExpertIterationConfig(rounds=2, restart_from_base=restart)
     params = SamplingParams(n=2, temperature=0.8, max_new_tokens=32)
-    args = (str(tiny_model_dir), problems, out, task, make_sampler, params, cfg, TRAIN, SANDBOX)
-    result = expert_iteration(*args, device="cpu")
+    setup = Rounds(str(tiny_model_dir), task, make_sampler, params, cfg, TRAIN, SANDBOX, "cpu")
+    result = expert_iteration(problems, out, setup)
 
     even = [p.id for p in problems if _index(p.id) % 2 == 0]
     assert [s for s, _ in samplers] == [str(tiny_model_dir), str(out / "round-1" / "model")]
@@ -117,7 +117,7 @@ def test_two_rounds_with_records(tmp_path, tiny_model_dir, task, restart, capsys
     # a rerun finds both rounds done: no sampling, no training
     capsys.readouterr()
     samplers.clear()
-    again = expert_iteration(*args, device="cpu")
+    again = expert_iteration(problems, out, setup)
     assert samplers == [] and again.model == result.model
     assert capsys.readouterr().out.count(" pairs added); skipping") == 2
 
@@ -131,18 +131,11 @@ def test_a_round_that_adds_nothing_stops(tmp_path, tiny_model_dir, task):
         return lambda: ScriptedSampler(answers, lambda pid: False)
 
     out = tmp_path / "ei"
-    res = expert_iteration(
-        str(tiny_model_dir),
-        problems,
-        out,
-        task,
-        make_sampler,
+    res = expert_iteration(problems, out, Rounds(
+        str(tiny_model_dir), task, make_sampler,
         SamplingParams(n=1, temperature=0.8, max_new_tokens=32),
-        ExpertIterationConfig(rounds=3),
-        TRAIN,
-        SANDBOX,
-        "cpu",
-    )
+        ExpertIterationConfig(rounds=3), TRAIN, SANDBOX, "cpu",
+    ))  # fmt: skip
     assert res.model is None
     recs = [obj for _, obj in read_jsonl(out / "rounds.jsonl")]
     assert len(recs) == 1 and recs[0]["pairs_added"] == 0 and recs[0]["model"] is None
@@ -189,6 +182,16 @@ def test_run_with_every_method_end_to_end(tmp_path, tiny_model_dir, task, data_d
     even = sum(_index(p.id) % 2 == 0 for p in train)
     assert [r["pairs_added"] for r in ei] == [even, 6 - even]
     assert (run / "results.md").exists()
+    # each method's cost, from its records
+    cost = {m: rows[f"student-{m}"]["cost"] for m in ["supervised", "ekt", "kd", "seq-kd"]}
+    teacher = results["stages"]["teacher_generate"]["completion_tokens"]
+    assert cost["ekt"]["teacher_tokens_sampled"] == cost["seq-kd"]["teacher_tokens_sampled"]
+    assert cost["ekt"]["teacher_tokens_sampled"] == teacher > 0
+    assert cost["ekt"]["sandbox_executions"] == 12 and cost["seq-kd"]["sandbox_executions"] == 0
+    assert cost["kd"]["teacher_tokens_scored"] == cost["kd"]["training_tokens"] > 0
+    assert cost["supervised"]["teacher_tokens_sampled"] == 0
+    ei_cost = rows["student-expert-iteration"]["cost"]
+    assert ei_cost["student_tokens_generated"] > 0 and ei_cost["teacher_tokens_sampled"] == 0
 
 
 def test_method_settings_load_from_yaml(tmp_path):
@@ -221,8 +224,8 @@ def test_method_settings_load_from_yaml(tmp_path):
 def test_shipped_comparison_config_lists_every_method():
     from pathlib import Path
 
-    from ekt.pipeline.config import METHODS, load_config
+    from ekt.pipeline.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "compare.yaml")
-    assert sorted(cfg.methods) == sorted(METHODS)
+    assert sorted(cfg.methods) == sorted(["ekt", "supervised", "kd", "seq-kd", "expert-iteration"])
     assert cfg.kd.alpha == 0.5 and cfg.expert_iteration.restart_from_base

@@ -7,17 +7,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ekt.data.prompts import student_prompt
 from ekt.errors import EktError
+from ekt.methods.kd import train_kd
+from ekt.methods.seqkd import SeqKDConfig, sequence_kd_pairs
 from ekt.records import Completion, Problem, TrainPair, write_jsonl_atomic
 from ekt.tiny import make_tiny_model
 from ekt.training.kd import (
     Distiller,
     KDCollator,
     KDConfig,
-    SeqKDConfig,
     kd_objective,
     kl_per_position,
-    sequence_kd_pairs,
-    train_kd,
     uld_per_position,
 )
 from ekt.training.train import TrainConfig, build_trainer, train_student

@@ -11,7 +11,7 @@ from conftest import amplified_model
 from ekt.data.prompt_format import load_format
 from ekt.data.tasks import get_task
 from ekt.generation.sampling import SamplingParams
-from ekt.pipeline.expert_iteration import ExpertIterationConfig, expert_iteration
+from ekt.methods.expert_iteration import ExpertIterationConfig, Rounds, expert_iteration
 from ekt.records import Completion, TrainPair
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.kd import Distiller, KDConfig
@@ -64,12 +64,12 @@ def test_expert_iteration_in_the_chat_layout_with_task_exemplars(tmp_path, chat_
         return make
 
     out = tmp_path / "ei"
-    result = expert_iteration(
-        str(chat_student), problems, out, task, make_sampler,
+    result = expert_iteration(problems, out, Rounds(
+        str(chat_student), task, make_sampler,
         SamplingParams(n=1, temperature=0.8, max_new_tokens=32),
         ExpertIterationConfig(rounds=1), TRAIN, SandboxConfig(workers=1, timeout=3),
         device="cpu", prompt_format="chat",
-    )  # fmt: skip
+    ))  # fmt: skip
     prompt = samplers[0].seen[0]
     assert isinstance(prompt, list) and prompt[0]["role"] == "system"
     shown = " ".join(m["content"] for m in prompt)

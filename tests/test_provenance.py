@@ -241,7 +241,7 @@ def _teacher_stages(runner: Runner) -> Path:
     runner.dir.mkdir(parents=True, exist_ok=True)
     runner._check_config()
     runner._write_manifest()
-    return runner.teacher_pairs(runner.task.load("train"))
+    return runner.teacher_pairs(runner.task.load("train"))[0]
 
 
 def test_run_refuses_a_folder_made_with_other_data(tmp_path):

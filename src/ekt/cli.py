@@ -241,8 +241,8 @@ class ExportOptions:
     """messages (TRL chat JSONL), prompt-completion (JSONL), hf (a datasets folder)"""
     out: str | None = None
     """the JSONL file or dataset folder to write (required but with --push-to-hub)"""
-    method: Literal["ekt", "kd", "seq-kd", "supervised", "expert-iteration"] = "ekt"
-    """whose training pairs"""
+    method: str = "ekt"
+    """whose training pairs: a method that trains on pairs (ekt.methods.registry)"""
     push_to_hub: str | None = None
     """also upload the dataset (or, with --checkpoint, the student) to this hub repo"""
     checkpoint: bool = False
@@ -497,7 +497,7 @@ def cmd_filter(o: FilterOptions, _: Any) -> None:
 
 
 def cmd_train(o: Any, _: Any) -> None:
-    from ekt.training.kd import train_kd
+    from ekt.methods.kd import train_kd
     from ekt.training.train import train_student
 
     try:

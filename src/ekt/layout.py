@@ -42,7 +42,7 @@ class EvalLayout:
 
 @dataclass(frozen=True)
 class RoundLayout:
-    """One round of expert iteration (ekt.pipeline.expert_iteration)."""
+    """One round of expert iteration (ekt.methods.expert_iteration)."""
 
     dir: Path
 
@@ -133,10 +133,3 @@ class RunLayout:
     def students(self) -> Path:
         return self.dir / "students"
 
-    def method_pairs(self, method: str) -> Path:
-        """The training pairs a method's student was trained on."""
-        return {
-            "seq-kd": self.seq_kd_pairs,
-            "supervised": self.supervised_pairs,
-            "expert-iteration": self.expert_iteration().train_pairs,
-        }.get(method, self.train_pairs)

@@ -51,7 +51,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from ekt.data.extract import extract, runnable
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.generation.sampling import SamplingParams, TransformersSampler, truncate_at_stop
+from ekt.methods.base import EVERY_STUDENT, OWN_ROLLOUTS, Context, Cost, Fitted, Method
 from ekt.models import load_model
 from ekt.records import (
     Execution,
@@ -478,3 +479,69 @@ def train_grpo(
     )
     write_json_atomic(out / SUMMARY, asdict(result))
     return result
+
+
+# -- the method -----------------------------------------------------------------------------
+
+
+def check_trl_keys(cls_path: str, block: str, keys: dict[str, Any]) -> None:
+    """Refuse a key of ``block.trl`` that is no field of TRL's config ``cls_path``."""
+    if not keys:
+        return  # nothing to check: TRL stays unimported
+    import dataclasses
+    import importlib
+
+    module, name = cls_path.rsplit(".", 1)
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    unknown = sorted(set(keys) - fields)
+    if unknown:
+        raise EktError(f"{block}.trl: {', '.join(unknown)}: not a field of {cls_path}")
+    if "output_dir" in keys:
+        raise EktError(f"{block}.trl.output_dir: set by ekt (<student folder>/checkpoints)")
+
+
+@dataclass
+class GRPOSettings(GRPOOptions):
+    """``grpo:`` block of a run config."""
+
+    trl: dict[str, Any] = field(default_factory=dict)
+    """TRL GRPOConfig fields over ekt's CPU defaults (ekt.methods.grpo.EKT_DEFAULTS), e.g.
+    {num_generations: 8, beta: 0.04, max_steps: 40, max_completion_length: 96}"""
+
+    def validate(self) -> None:
+        super().validate()
+        check_trl_keys("trl.GRPOConfig", "grpo", self.trl)
+
+
+def summary_tokens(log: Path) -> int:
+    """Tokens the trainer processed (TRL's cumulative ``num_tokens`` in its log)."""
+    return max((int(obj.get("num_tokens", 0)) for _, obj in read_jsonl(log)), default=0)
+
+
+def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted:
+    cfg, out = ctx.cfg, ctx.layout.student("grpo")
+    with ctx.stage(f"grpo: {cfg.student} learns from the sandbox's reward on its rollouts"):
+        res = train_grpo(
+            cfg.student, problems, ctx.task, out,
+            config=grpo_config(out, cfg.device, **cfg.grpo.trl),
+            sandbox_config=ctx.sandbox, prompt_format=cfg.student_prompt_format,
+            device=cfg.device, options=cfg.grpo,
+        )  # fmt: skip
+        print(f"grpo: {res.steps} steps, {res.rollouts} rollouts, mean reward per step "
+              f"{res.mean_reward}")  # fmt: skip
+    cost = Cost(student_tokens_generated=res.completion_tokens,
+                training_tokens=summary_tokens(out / TRAIN_LOG),
+                sandbox_executions=res.executions)  # fmt: skip
+    return Fitted(res.model, None, cost)
+
+
+METHOD = Method(
+    name="grpo",
+    summary="RL from the sandbox's verdict on its own rollouts (TRL's GRPOTrainer)",
+    consumes=(OWN_ROLLOUTS,),
+    fit=fit,
+    settings_key="grpo",
+    settings=GRPOSettings,
+    invalidated_by=(*EVERY_STUDENT, "grpo"),
+    harmless=tuple(f"grpo.trl.{k}" for k in sorted(NOT_FINGERPRINTED)),
+)

@@ -26,12 +26,22 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
+from ekt.methods.base import (
+    EVERY_STUDENT,
+    LIVE_TEACHER,
+    OWN_ROLLOUTS,
+    TEACHER_SAMPLING,
+    Context,
+    Cost,
+    Fitted,
+    Method,
+)
 from ekt.methods.grpo import (
     CHECKPOINTS,
     CPU_DEFAULTS,
@@ -39,13 +49,15 @@ from ekt.methods.grpo import (
     NOT_FINGERPRINTED,
     SUMMARY,
     TRAIN_LOG,
+    check_trl_keys,
     epoch_order,
     finished,
     student_prompts,
+    summary_tokens,
     trl_config,
 )
 from ekt.models import load_model
-from ekt.records import Problem, write_json_atomic
+from ekt.records import Problem, read_jsonl, write_json_atomic
 from ekt.training.train import _log_callback, _prepare_checkpoints, _trim_log
 
 # DistillationConfig defaults ekt changes (a CPU run of minutes); every other setting is TRL's.
@@ -153,3 +165,60 @@ def train_onpolicy(
     )
     write_json_atomic(out / SUMMARY, asdict(result))
     return result
+
+
+# -- the method -----------------------------------------------------------------------------
+
+
+@dataclass
+class OnPolicySettings:
+    """``on_policy:`` block of a run config."""
+
+    teacher: str | None = None
+    """the teacher that grades the student's samples: None: the run's teacher; a method
+    listed before on-policy (e.g. ekt): that method's trained student; else a model spec.
+    It must share the student's tokenizer (the cross-tokenizer route is not built)"""
+    trl: dict[str, Any] = field(default_factory=dict)
+    """TRL DistillationConfig fields over ekt's CPU defaults (ekt.methods.onpolicy.EKT_DEFAULTS)"""
+
+    def validate(self) -> None:
+        check_trl_keys("trl.DistillationConfig", "on_policy", self.trl)
+
+
+def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted:
+    cfg, out = ctx.cfg, ctx.layout.student("on-policy")
+    named = cfg.on_policy.teacher
+    teacher = (cfg.teacher if named is None
+               else str(ctx.layout.student(named)) if named in cfg.methods else named)  # fmt: skip
+    with ctx.stage(f"on-policy distillation: {cfg.student} samples, {teacher} grades"):
+        res = train_onpolicy(
+            cfg.student, teacher, problems, out,
+            config=onpolicy_config(out, cfg.device, **cfg.on_policy.trl),
+            prompt_format=cfg.student_prompt_format, device=cfg.device,
+        )  # fmt: skip
+    log = out / TRAIN_LOG
+    per_step = [obj for _, obj in read_jsonl(log) if "completions/mean_length" in obj]
+    rows = rows_per_step(onpolicy_config(out, cfg.device, **cfg.on_policy.trl))
+    generated = round(sum(o["completions/mean_length"] * rows for o in per_step))
+    tokens = summary_tokens(log) or res.tokens_seen
+    cost = Cost(student_tokens_generated=generated, training_tokens=tokens,
+                teacher_tokens_scored=tokens)  # the teacher reads every trained sequence
+    return Fitted(res.model, None, cost)
+
+
+def rows_per_step(trl_cfg: Any) -> int:
+    """Completions per logged step: one per row of the effective batch."""
+    return int(trl_cfg.per_device_train_batch_size * trl_cfg.gradient_accumulation_steps)
+
+
+METHOD = Method(
+    name="on-policy",
+    summary="the student samples, the teacher scores every token (reverse KL; TRL)",
+    consumes=(OWN_ROLLOUTS, LIVE_TEACHER),
+    fit=fit,
+    settings_key="on_policy",
+    settings=OnPolicySettings,
+    # the teacher may be another method's student: what makes that stale makes this stale
+    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep", "on_policy"),
+    harmless=tuple(f"on_policy.trl.{k}" for k in sorted(NOT_FINGERPRINTED)),
+)

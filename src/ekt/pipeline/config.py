@@ -3,11 +3,11 @@
 Every setting is a typed field of the dataclass of the part that uses it, declared once:
 ``SamplingParams`` (ekt.generation.sampling), ``BackendConfig`` (ekt.generation.backends),
 ``SandboxConfig`` (ekt.sandbox.pool), ``TrainConfig`` (``transformers.TrainingArguments``,
-ekt.training.config), ``KDConfig``, ``EvalConfig``, ``ExpertIterationConfig``,
-``RayCluster``. ``RunConfig`` nests them; the YAML reader and every CLI flag are generated
-from the fields by jsonargparse (``config_parser``), so a run config's keys, ``ekt run
-CONFIG --train.learning_rate 2e-5`` overrides and the stage commands' flags are the same
-names.
+ekt.training.config), ``EvalConfig``, ``RayCluster``, and each method's own block (its
+``settings`` in ``ekt.methods.registry``). ``RunConfig`` nests them; the YAML reader and
+every CLI flag are generated from the fields by jsonargparse (``config_parser``), so a run
+config's keys, ``ekt run CONFIG --train.learning_rate 2e-5`` overrides and the stage
+commands' flags are the same names.
 
 **Adding a setting.** Add a typed field with a default to the dataclass of the part that
 uses it, and document it with an attribute docstring (a string literal on the line after
@@ -38,8 +38,12 @@ import yaml
 from ekt.data.prompt_format import load_format
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import EvalConfig
+from ekt.methods.expert_iteration import ExpertIterationConfig
+from ekt.methods.grpo import GRPOSettings
+from ekt.methods.onpolicy import OnPolicySettings
+from ekt.methods.registry import NAMES, REGISTRY
+from ekt.methods.seqkd import SeqKDConfig
 from ekt.pipeline.distributed import RayCluster
-from ekt.pipeline.expert_iteration import ExpertIterationConfig
 from ekt.pipeline.flags import (  # noqa: F401 - re-exported: the settings' one home
     TaskConfig,
     TeacherSampling,
@@ -56,15 +60,12 @@ from ekt.pipeline.flags import (  # noqa: F401 - re-exported: the settings' one 
 )
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.config import TrainConfig
-from ekt.training.kd import KDConfig, SeqKDConfig
+from ekt.training.kd import KDConfig
 
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
-# ekt: the teacher's verified programs; supervised: GSM8K reference programs;
-# kd: the ekt pairs plus a live teacher's distribution (ekt.training.kd); seq-kd: every teacher
-# sample, unverified; expert-iteration: the student's own programs (ekt.pipeline.expert_iteration)
-METHODS = ("ekt", "supervised", "kd", "seq-kd", "expert-iteration")
-Method = typing.Literal["ekt", "supervised", "kd", "seq-kd", "expert-iteration"]
+# the methods' names, from their registry (ekt.methods.registry)
+Method = typing.Literal[NAMES]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -108,6 +109,10 @@ class RunConfig(TaskConfig):
     """method seq-kd: which teacher samples it learns from"""
     expert_iteration: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)
     """method expert-iteration"""
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    """method grpo: TRL's GRPOConfig (its trl block) and ekt's rollouts"""
+    on_policy: OnPolicySettings = field(default_factory=OnPolicySettings)
+    """method on-policy: its teacher and TRL's DistillationConfig (its trl block)"""
     ray: RayCluster | None = None
     """generation and verification on a Ray cluster (None: this machine)"""
     evaluate_teacher: bool = True
@@ -138,8 +143,16 @@ class RunConfig(TaskConfig):
             if any(not x for x in specs):
                 raise EktError(f"{role}: empty model spec")
         for m in self.methods:
-            if m not in METHODS:
-                raise EktError(f"methods: unknown method {m!r}; available: {', '.join(METHODS)}")
+            if m not in REGISTRY:
+                raise EktError(f"methods: unknown method {m!r}; available: {', '.join(NAMES)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise EktError("methods: a method is listed twice")
+        named = self.on_policy.teacher
+        if "on-policy" in self.methods and named in REGISTRY and (
+            named not in self.methods
+            or self.methods.index(named) > self.methods.index("on-policy")
+        ):
+            raise EktError(f"on_policy.teacher: {named} must be listed before on-policy in methods")
         if self.keep not in ("first", "all"):
             raise EktError(f"keep: must be first or all, got {self.keep!r}")
         if self.eval.backend.name == "openai":
@@ -156,8 +169,9 @@ class RunConfig(TaskConfig):
                 load_format(spec)
             except EktError as e:
                 raise EktError(f"{key}: {e}") from None
-        blocks = ("teacher_sampling.backend", "sandbox", "ray", "eval", "train", "kd", "seq_kd")
-        for block in (*blocks, "expert_iteration"):  # messages name the block
+        blocks = ("teacher_sampling.backend", "sandbox", "ray", "eval", "train")
+        own = tuple(m.settings_key for m in REGISTRY.values() if m.settings_key)
+        for block in (*blocks, *own):  # messages name the block
             obj: Any = self
             for part in block.split("."):
                 obj = getattr(obj, part)

@@ -45,7 +45,6 @@ from ekt.layout import RunLayout
 from ekt.records import TrainPair, read_records, write_text_atomic
 
 FORMATS = ("messages", "prompt-completion", "hf")
-METHODS = ("ekt", "kd", "seq-kd", "supervised", "expert-iteration")
 
 
 @dataclass
@@ -64,9 +63,12 @@ class ExportSummary:
 
 
 def pairs_path(run_dir: Path, method: str) -> Path:
-    if method not in METHODS:
-        raise EktError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    path = RunLayout(run_dir).method_pairs(method)
+    from ekt.methods.registry import REGISTRY  # its methods import torch: only when needed
+
+    pairs = {n: m.pairs for n, m in REGISTRY.items() if m.pairs is not None}
+    if method not in pairs:
+        raise EktError(f"--method must be one of {', '.join(pairs)}, got {method!r}")
+    path = pairs[method](RunLayout(run_dir))
     if not path.is_file():
         raise EktError(f"{path}: not found; has the {method} method of this run been run?")
     return path

@@ -36,6 +36,7 @@ from pathlib import Path
 from ekt.errors import EktError
 from ekt.generation.backends import make_sampler
 from ekt.layout import RunLayout
+from ekt.methods.registry import REGISTRY
 from ekt.pipeline.config import RunConfig, dump_config, plain
 from ekt.pipeline.run import Runner, SamplerFactory
 from ekt.records import write_json_atomic, write_text_atomic
@@ -45,12 +46,9 @@ from ekt.report.tables import matrix_markdown
 # Stage folders (relative to a pair folder) shared by every pair with the same ...
 TEACHER_SHARED = ("teacher", "eval/teacher")  # ... teacher
 COMMON_SHARED = ("supervised",)  # ... data (all pairs)
-STUDENT_SHARED = (  # ... student
-    "students/supervised",
-    "students/expert-iteration",
+STUDENT_SHARED = (  # ... student: the base, and the methods that use no teacher
     "eval/student-base",
-    "eval/student-supervised",
-    "eval/student-expert-iteration",
+    *(g for m in REGISTRY.values() if not m.uses_teacher for g in m.outputs()[len(m.writes):]),
 )
 
 

@@ -57,6 +57,9 @@ from ekt.generation.backends.openai_compat import CHARS_PER_TOKEN
 from ekt.generation.budget import expected_samples
 from ekt.generation.generate import cost_of, prompt_maker
 from ekt.layout import RunLayout
+from ekt.methods import registry
+from ekt.methods.base import TEACHER_PAIRS, TEACHER_SAMPLES
+from ekt.methods.grpo import CPU_DEFAULTS
 from ekt.models import PRESETS, preset_gguf, resolve_model
 from ekt.pipeline.config import RunConfig, dump_config
 from ekt.pipeline.matrix import pair_config, slug
@@ -223,7 +226,8 @@ class _Planner:
             "teacher_sampling.backend.served_model",
         )
         counts: dict[str, tuple[int, int]] = {}
-        if {"ekt", "kd", "seq-kd"} & set(methods):
+        consumed = {c for m in methods for c in registry.get(m).consumes}
+        if {TEACHER_PAIRS, TEACHER_SAMPLES} & consumed:
             stage = Stage(f"teacher:{t}", f"teacher sampling ({cfg.train_split})", t, shared)
             why = self.differs(layout, cfg, teacher_keys)
             measured = None
@@ -248,7 +252,7 @@ class _Planner:
             )
             stage.budget = budget
             self.add(stage)
-        if {"ekt", "kd"} & set(methods):
+        if TEACHER_PAIRS in consumed:
             v = self.stages[f"teacher:{t}"]
             self.add(
                 Stage(
@@ -281,6 +285,9 @@ class _Planner:
             if method == "expert-iteration":
                 self.expert_iteration(cfg, layout, label, matrix)
                 continue
+            if method not in pairs_upper:  # trains on its own rollouts: its steps are set
+                self.rollout_stage(cfg, method, label)
+                continue
             self.train_stage(cfg, layout, method, pairs_upper[method], label, matrix)
         ev, e = cfg.eval, cfg.eval.backend
         models = []
@@ -290,7 +297,7 @@ class _Planner:
         if cfg.evaluate_base_student:
             models.append(("student-base", s, "student", cfg.student_prompt_format, e, shared, s))
         for method in methods:
-            where = shared if method in ("supervised", "expert-iteration") else label
+            where = label if registry.get(method).uses_teacher else shared
             ident = s if where == shared else f"{t}|{s}"
             models.append(
                 (f"student-{method}", s, "student", cfg.student_prompt_format, e, where, ident)
@@ -378,13 +385,28 @@ class _Planner:
         )
         return None, out
 
+    def rollout_stage(self, cfg: RunConfig, method: str, label: str) -> None:
+        """A method learning from its own rollouts (grpo, on-policy): its TRL settings say
+        its steps and the completions it samples (one per row of each step's batch)."""
+        trl = getattr(cfg, registry.get(method).settings_key or "", None)
+        trl = {**CPU_DEFAULTS, **getattr(trl, "trl", {})}
+        steps = int(trl["max_steps"])
+        rows = steps * int(trl["per_device_train_batch_size"])
+        self.add(Stage(
+            f"train:{method}:{cfg.student}", f"train {method} (its own rollouts)", cfg.student,
+            label, prompts=len(self.train), samples_max=rows, samples_expected=rows,
+            completion_tokens_max=rows * int(trl["max_completion_length"]),
+            completion_tokens_expected=rows * int(trl["max_completion_length"]),
+            programs=rows if method == "grpo" else 0, steps=steps,
+        ))  # fmt: skip
+
     def train_stage(
         self, cfg: RunConfig, layout: RunLayout, method: str, upper: int, label: str, matrix: bool
     ) -> None:
-        own = method in ("ekt", "kd", "seq-kd")  # depends on both models: the cell's own
+        own = registry.get(method).uses_teacher  # depends on both models: the cell's own
         key = f"train:{method}:{cfg.teacher if own else ''}|{cfg.student}"
         where = label if own or not matrix else "shared"
-        pairs = count_records(layout.method_pairs(method))
+        pairs = count_records(registry.get(method).pairs(layout))  # type: ignore[misc]
         if self.differs(
             layout,
             cfg,

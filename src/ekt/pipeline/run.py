@@ -37,28 +37,21 @@ import yaml
 from ekt import __version__
 from ekt.data.prompt_format import load_format
 from ekt.data.provenance import changed_problems, data_sha, stale_line
-from ekt.data.supervised import reference_program
 from ekt.data.tasks import Task, get_task
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
 from ekt.generation.budget import adaptive_budget
-from ekt.generation.generate import (
-    budget_usage,
-    format_stops,
-    generate,
-    read_completions,
-    usage,
-)
+from ekt.generation.generate import budget_usage, format_stops, generate, usage
 from ekt.layout import RunLayout
+from ekt.methods import registry
+from ekt.methods.base import Cost, count_lines
 from ekt.models import PRESETS, model_fingerprint, resolve_model
 from ekt.pipeline.config import RunConfig, dump_config, plain
-from ekt.pipeline.expert_iteration import expert_iteration
-from ekt.records import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ekt.records import read_jsonl, write_json_atomic, write_text_atomic
 from ekt.report.build import finish_run
-from ekt.training.kd import sequence_kd_pairs, train_kd
-from ekt.training.train import train_student
-from ekt.verification.filtering import _norm_question, filter_stage
+from ekt.training.train import _NOT_FINGERPRINTED
+from ekt.verification.filtering import filter_stage
 from ekt.verification.verify import RoundJudge, verify
 
 # (model spec, device, batch size, backend) -> a factory that loads the sampler when called
@@ -84,10 +77,6 @@ HARMLESS_KEYS = frozenset(
         "sandbox.pin_workers",
         "teacher_sampling.batch_size",
         "eval.batch_size",
-        "train.logging_steps",
-        "train.save_steps",
-        "train.gradient_checkpointing",
-        "train.packing",
         "teacher_sampling.backend.concurrency",
         "teacher_sampling.backend.request_timeout",
         "teacher_sampling.backend.max_retries",
@@ -99,55 +88,43 @@ HARMLESS_KEYS = frozenset(
         "teacher_sampling.backend.tokens_per_minute",
         "teacher_sampling.backend.price_input_per_mtok",
         "teacher_sampling.backend.price_output_per_mtok",
+        *(f"train.{k}" for k in _NOT_FINGERPRINTED),  # what the training's resume ignores
     }
-)
+) | registry.harmless_keys()
 _ALL = ("teacher", "train_pairs.jsonl", "seq_kd", "supervised", "students", "eval")
 _EXECUTIONS = (
     "teacher/executions.jsonl",
-    "supervised/executions.jsonl",
-    "supervised/train_pairs.jsonl",
     "train_pairs.jsonl",
-    "seq_kd",
     "eval/*/*/executions.jsonl",
     "eval/*/problems.jsonl",
     "eval/*/scores.json",
 )
-
-
-def _students(*methods: str) -> tuple[str, ...]:
-    """A method's student and its evaluation."""
-    return tuple(x for m in methods for x in (f"students/{m}", f"eval/student-{m}"))
-
-
-_ALL_METHODS = ("ekt", "supervised", "kd", "seq-kd", "expert-iteration")
-# What a changed key invalidates (globs in the run folder); keys not listed invalidate all.
-_STALE: dict[str, tuple[str, ...]] = {
-    "train_split": ("teacher", "train_pairs.jsonl", "seq_kd", "supervised", "students")
-    + _students(*_ALL_METHODS),
-    "teacher": ("teacher", "train_pairs.jsonl", "seq_kd", "eval/teacher")
-    + _students("ekt", "kd", "seq-kd"),
-    "teacher_sampling": ("teacher", "train_pairs.jsonl", "seq_kd")
-    + _students("ekt", "kd", "seq-kd", "expert-iteration"),  # its defaults for expert iteration
-    "keep": ("train_pairs.jsonl",) + _students("ekt", "kd"),
-    "sandbox": _EXECUTIONS + _students(*_ALL_METHODS),
-    "student": ("students", "eval/student-*"),
-    "student_prompt_format": ("students", "eval/student-*"),
-    "train": _students(*_ALL_METHODS),
-    "kd": _students("kd"),
-    "seq_kd": ("seq_kd",) + _students("seq-kd"),
-    "expert_iteration": _students("expert-iteration"),
+_TEACHER = ("teacher", "train_pairs.jsonl")
+# What a changed key invalidates of the stages the methods share (globs in the run folder);
+# each method's own outputs come from its registration (ekt.methods.registry). Keys listed
+# in neither invalidate all.
+_SHARED: dict[str, tuple[str, ...]] = {
+    "train_split": _TEACHER,
+    "train_limit": _TEACHER,
+    "teacher": (*_TEACHER, "eval/teacher"),
+    "model:teacher": (*_TEACHER, "eval/teacher"),
+    "teacher_sampling": _TEACHER,
+    "keep": ("train_pairs.jsonl",),
+    "sandbox": _EXECUTIONS,
+    "student": ("eval/student-base",),
+    "model:student": ("eval/student-base",),
+    "student_prompt_format": ("eval/student-base",),
     "eval": ("eval",),
     "eval.k": ("eval/*/scores.json",),  # scored again from the same samples
     "eval.greedy": ("eval/*/scores.json",),
     # the evaluation tasks decontaminate the training data too
-    "eval.tasks": ("train_pairs.jsonl", "supervised", "seq_kd", "eval/*/tasks")
-    + _students(*_ALL_METHODS),
-    "eval.task_data": ("train_pairs.jsonl", "supervised", "seq_kd", "eval/*/tasks")
-    + _students(*_ALL_METHODS),
+    "eval.tasks": ("train_pairs.jsonl", "eval/*/tasks"),
+    "eval.task_data": ("train_pairs.jsonl", "eval/*/tasks"),
 }
-_STALE["train_limit"] = _STALE["train_split"]
-_STALE["model:teacher"] = _STALE["teacher"]
-_STALE["model:student"] = _STALE["student"]
+_STALE: dict[str, tuple[str, ...]] = {
+    k: _SHARED.get(k, ()) + registry.stale_globs(k)
+    for k in sorted(set(_SHARED) | registry.invalidating_keys())
+}
 
 
 def _whole_file(summary: dict) -> dict:
@@ -279,6 +256,12 @@ class Runner:
             _check_model_spec(role, spec)  # a typo stops here, not after hours of sampling
         self.sandbox = cfg.sandbox
         self.times: dict[str, float] = {}
+        self._shared_spent = 0.0  # seconds spent in the stages the methods share
+        self._shared: dict[str, Any] = {}  # their outcomes, once per run
+
+    def stage(self, name: str):
+        """A named, timed stage (printed as a heading; its seconds go to the manifest)."""
+        return self._stage(name)
 
     def _stage(self, name: str):
         runner = self
@@ -313,25 +296,7 @@ class Runner:
             eval_problems = eval_problems[: cfg.eval.limit]
         self._write_manifest()
 
-        pairs: dict[str, Path] = {}
-        if {"ekt", "kd"} & set(cfg.methods):  # kd trains on the same filtered pairs as ekt
-            ekt_pairs = self.teacher_pairs(train_problems)
-        for method in cfg.methods:
-            if method in ("ekt", "kd"):
-                pairs[method] = ekt_pairs
-            elif method == "supervised":
-                pairs[method] = self.supervised_pairs(train_problems)
-            elif method == "seq-kd":
-                pairs[method] = self.seq_kd_pairs(train_problems)
-
-        students: dict[str, str] = {}
-        for method in cfg.methods:
-            if method == "expert-iteration":  # makes its own pairs, round by round
-                ckpt, pairs[method] = self.expert_iteration(train_problems)
-            else:
-                ckpt = self.train(method, pairs[method])
-            if ckpt:
-                students[method] = ckpt
+        pairs, students, costs = self.train_methods(train_problems)
 
         rows = []
         evaluated: list[tuple[dict, str, str]] = []  # (row, model spec, prompt) per model
@@ -347,7 +312,10 @@ class Runner:
             evaluated.append((rows[-1], cfg.student, "student"))
         for method, ckpt in students.items():
             row = self.eval_model(f"student-{method}", ckpt, "student", eval_problems, method)
-            row["pairs"] = _count(pairs[method])
+            if pairs[method] is not None:
+                row["pairs"] = _count(pairs[method])
+            row["cost"] = costs[method]
+            row["uses_teacher"] = registry.get(method).uses_teacher
             rows.append(row)
             evaluated.append((row, ckpt, "student"))
         for task, split, problems in self.eval_tasks():  # transfer: the same models elsewhere
@@ -366,9 +334,40 @@ class Runner:
                         "method": method,
                         "pairs": 0,
                         "skipped": "no training pairs",
+                        "cost": costs[method],
                     }
                 )
         return finish_run(self.dir, self._write_results(rows))
+
+    def train_methods(
+        self, problems: list
+    ) -> tuple[dict[str, Path | None], dict[str, str], dict[str, dict]]:
+        """Each method's data (all prepared before any trains), then its student; the pairs,
+        checkpoints and costs by method (``ekt.methods.registry``)."""
+        pairs: dict[str, Path | None] = {}
+        costs: dict[str, Cost] = {}
+        for name in self.cfg.methods:
+            method = registry.get(name)
+            pairs[name], costs[name] = None, Cost()
+            if method.prepare is not None:
+                (pairs[name], cost), own = self._timed(method.prepare, problems)
+                costs[name] = cost.add(Cost(seconds=own))
+        students: dict[str, str] = {}
+        for name in self.cfg.methods:
+            fitted, own = self._timed(registry.get(name).fit, problems, pairs[name])
+            costs[name] = costs[name].add(fitted.cost).add(Cost(seconds=own))
+            pairs[name] = fitted.pairs if fitted.pairs is not None else pairs[name]
+            if fitted.model:
+                students[name] = fitted.model
+        rounded = {n: {**asdict(c), "seconds": round(c.seconds, 1)} for n, c in costs.items()}
+        return pairs, students, rounded
+
+    def _timed(self, step: Callable, *args: Any) -> tuple[Any, float]:
+        """``step(self, *args)`` and its own wall seconds: less the shared stages it ran,
+        which are in the cost of every method that uses them."""
+        t0, shared0 = time.time(), self._shared_spent
+        out = step(self, *args)
+        return out, time.time() - t0 - (self._shared_spent - shared0)
 
     def _check_config(self) -> None:
         """Refuse to resume a run folder made with a config (or data, or model) that differs in
@@ -435,10 +434,19 @@ class Runner:
         else:
             p.unlink(missing_ok=True)
 
-    def teacher_samples(self, problems) -> None:
-        """The teacher's programs for ``problems`` (once per run; ekt, kd and seq-kd share them)."""
-        if getattr(self, "_teacher_sampled", False):
-            return
+    def teacher_samples(self, problems) -> Cost:
+        """The teacher's programs for ``problems`` (once per run; the methods that consume
+        them share them), and what they cost."""
+        if "samples" not in self._shared:
+            t0 = time.time()
+            self._sample_teacher(problems)
+            seconds = time.time() - t0
+            self._shared_spent += seconds
+            tokens = self.stage_summaries["teacher_generate"]["completion_tokens"]
+            self._shared["samples"] = Cost(teacher_tokens_sampled=tokens, seconds=seconds)
+        return self._shared["samples"]
+
+    def _sample_teacher(self, problems) -> None:
         cfg, ts = self.cfg, self.cfg.teacher_sampling
         fmt = load_format(self.task.prompt_format(ts.prompt_format))
         budget = adaptive_budget(ts, cfg.keep)
@@ -483,10 +491,20 @@ class Runner:
                 summary["budget"] = "adaptive"
                 summary.update(budget_usage(self.dir / "teacher", len(problems), ts.n))
             self.stage_summaries["teacher_generate"] = summary
-        self._teacher_sampled = True
 
-    def teacher_pairs(self, problems) -> Path:
-        self.teacher_samples(problems)
+    def teacher_pairs(self, problems) -> tuple[Path, Cost]:
+        """The teacher's verified, filtered programs (once per run), and what they cost."""
+        sampled = self.teacher_samples(problems)
+        if "pairs" not in self._shared:
+            t0 = time.time()
+            self._verify_teacher()
+            seconds = time.time() - t0
+            self._shared_spent += seconds
+            ran = count_lines(self.layout.teacher_executions)
+            self._shared["pairs"] = Cost(sandbox_executions=ran, seconds=seconds)
+        return self.layout.train_pairs, sampled.add(self._shared["pairs"])
+
+    def _verify_teacher(self) -> None:
         with self._stage("verify teacher programs"):
             v = verify(
                 self.layout.teacher,
@@ -511,99 +529,6 @@ class Runner:
             )
             print(f.line())
             self.stage_summaries["filter"] = _whole_file(asdict(f))
-        return self.layout.train_pairs
-
-    def supervised_pairs(self, problems) -> Path:
-        lay = self.layout
-        with self._stage("supervised reference programs from calculator annotations"):
-            recs = []
-            for p in problems:
-                prog = reference_program(p.solution)
-                if prog is not None:
-                    recs.append({"problem_id": p.id, "sample_idx": 0, "program": prog})
-            if not lay.supervised_programs.exists():
-                write_jsonl_atomic(lay.supervised_programs, recs)
-            v = verify(
-                lay.supervised_programs, lay.supervised_executions, self.task, None,
-                self.sandbox, cluster=self.cluster,
-            )  # fmt: skip
-            f = filter_stage(
-                lay.supervised_executions,
-                lay.supervised_pairs,
-                self.task,
-                keep="first",
-                source="supervised",
-                against=self.contamination_sets(),
-            )
-            print(
-                f"supervised: {len(recs)}/{len(problems)} questions have annotations that form a "
-                f"program; {v.correct} return the gold answer; {f.pairs} pairs"
-            )
-        return lay.supervised_pairs
-
-    def seq_kd_pairs(self, problems) -> Path:
-        """Every teacher sample as a pair, without the correctness filter (sequence-level KD)."""
-        self.teacher_samples(problems)
-        path = self.layout.seq_kd_pairs
-        per_q = self.cfg.seq_kd.per_question
-        which = (
-            "every teacher sample" if not per_q
-            else "each question's first teacher sample" if per_q == 1
-            else f"each question's first {per_q} teacher samples"
-        )  # fmt: skip
-        with self._stage(f"seq-kd pairs: {which}, unverified"):
-            completions = read_completions(self.layout.teacher)
-            by_id = self.task.by_id({c.problem_id for c in completions})
-            test = frozenset(_norm_question(p.question) for p in self.task.load_file("test"))
-            pairs = sequence_kd_pairs(completions, by_id, test, per_q)
-            n = write_jsonl_atomic(path, pairs)
-            n_q = len({c.problem_id for c in completions})
-            print(f"seq-kd: {n} pairs from {n_q} questions (no correctness filter)")
-        return path
-
-    def expert_iteration(self, problems) -> tuple[str | None, Path]:
-        cfg = self.cfg
-        sampling = cfg.expert_iteration.sampling(cfg.teacher_sampling)
-        factory, batch = self.sampler_factory, sampling.batch_size
-        with self._stage(f"expert iteration: {cfg.student} learns from its own verified programs"):
-            result = expert_iteration(
-                cfg.student,
-                problems,
-                self.layout.expert_iteration().dir,
-                self.task,
-                lambda spec: factory(spec, cfg.device, batch, cfg.eval.backend),
-                sampling.sampling_params(),
-                cfg.expert_iteration,
-                cfg.train,
-                self.sandbox,
-                cfg.device,
-                cluster=self.cluster,
-                budget=adaptive_budget(sampling, cfg.expert_iteration.keep),
-                prompt_format=cfg.student_prompt_format,
-            )
-        return result.model, result.pairs_path
-
-    def train(self, method: str, pairs: Path) -> str | None:
-        out = self.layout.student(method)
-        with self._stage(f"train {self.cfg.student} on {method} pairs"):
-            if (out / "train_summary.json").exists():  # --force removed it if stale
-                print(f"train {method}: already trained ({out}); skipping")
-                return str(out)
-            c = self.cfg
-            if method == "kd":
-                result = train_kd(
-                    c.student, c.teacher, pairs, out, c.train, c.kd, device=c.device,
-                    prompt_format=self.task.prompt_format(c.student_prompt_format),
-                )  # fmt: skip
-            else:
-                result = train_student(
-                    c.student, pairs, out, c.train, device=c.device,
-                    prompt_format=c.student_prompt_format,
-                )  # fmt: skip
-            if result is None:
-                print(f"train {method}: no training pairs in {pairs}; this method is skipped")
-                return None
-            return str(out)
 
     def eval_tasks(self) -> list[tuple[Task, str, list]]:
         """``eval.tasks``: (task, split, problems) each, its test split (else its only one)."""

@@ -78,6 +78,7 @@ class Claim:
     text: str  # the claim in words, as the paper makes it
     left_name: str = ""  # how the rendered section names each side ("" -> the side itself)
     right_name: str = ""
+    optional: bool = False  # left out of a run that neither evaluated nor skipped its right side
 
     def side_names(self) -> tuple[str, str]:
         return self.left_name or self.left, self.right_name or self.right
@@ -114,7 +115,15 @@ CLAIMS: tuple[Claim, ...] = (
         "EKT",
         "base student",
     ),
-)
+    # the methods compared against today (issue 28), as paired differences against EKT on
+    # the same questions; shown only for runs that trained that method
+    Claim("ekt_vs_grpo", "ekt", "grpo",
+          "EKT gives the student more than GRPO with the sandbox as reward", "EKT", "GRPO",
+          optional=True),
+    Claim("ekt_vs_on_policy", "ekt", "on-policy",
+          "EKT gives the student more than on-policy distillation", "EKT",
+          "on-policy distillation", optional=True),
+)  # fmt: skip
 
 
 class Evaluated(Protocol):
@@ -314,6 +323,8 @@ def check_claims(
 ) -> tuple[BestStudent | None, list[ClaimResult]]:
     """Every claim on one run: the best student (if any) and one result per claim, in order."""
     best = best_student(models)
+    present = {m.method for m in models} | set(skipped or {})
+    claims = [c for c in claims if not c.optional or c.right in present]
     return best, [check_claim(c, models, ks, skipped, best, resamples, seed, level) for c in claims]
 
 

@@ -24,6 +24,7 @@ from ekt.report.tables import (
     claim_columns,
     claim_sides,
     claim_verdict,
+    cost_rows,
     pct_interval,
 )
 from ekt.report.templating import EXTRA_COLORS, color, fmt, render
@@ -254,6 +255,21 @@ def _rounds(run: RunData, i: int) -> list[dict]:
     return cards
 
 
+def _rewards(run: RunData, i: int) -> Markup:
+    """GRPO's mean reward per step, from its training log (TRL's ``reward``), or nothing."""
+    series = []
+    for n, log in enumerate(sorted(run.dir.glob("students/grpo/train_log.jsonl"))):
+        pts = [(float(r["step"]), float(r["reward"])) for r in records(log)
+               if isinstance(r.get("reward"), int | float) and "step" in r]  # fmt: skip
+        if pts:
+            series.append(Series("grpo", [p[0] for p in pts], [p[1] for p in pts],
+                                 color("grpo") if n == 0 else EXTRA_COLORS[n % 6]))  # fmt: skip
+    if not series:
+        return Markup("")
+    return line_chart(series, f"{run.name}: GRPO mean reward per step", "step",
+                      "mean reward", chart_id=f"reward-{i}")  # fmt: skip
+
+
 def _training(run: RunData, i: int) -> tuple[Markup, list[list[str]]]:
     series = []
     for n, log in enumerate(sorted(run.dir.glob("students/**/train_log.jsonl"))):
@@ -440,6 +456,8 @@ def _run_view(run: RunData, i: int) -> dict:
         "rounds": _rounds(run, i),
         "loss_chart": loss_chart,
         "train_rows": train_rows,
+        "reward_chart": _rewards(run, i),
+        "cost_table": cost_rows(run.results),
         "manifest_rows": [(k, fmt(v)) for k, v in _flatten(m)],
         "stage_rows": [(k, fmt(v)) for k, v in stage.items()],
         "stage_total": sum(v for v in stage.values() if isinstance(v, int | float)),

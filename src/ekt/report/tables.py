@@ -62,6 +62,41 @@ def table_lines(ev: Mapping, rows: Sequence[tuple[str, str, Mapping]]) -> list[s
     return _markdown(head, body)
 
 
+COST_COLUMNS = (  # a method row's "cost" (ekt.methods.base.Cost): key, column
+    ("teacher_tokens_sampled", "teacher tokens sampled"),
+    ("teacher_tokens_scored", "teacher tokens scored"),
+    ("student_tokens_generated", "student tokens generated"),
+    ("training_tokens", "training tokens"),
+    ("sandbox_executions", "sandbox executions"),
+    ("seconds", "wall s"),
+)
+
+
+def cost_rows(results: Mapping) -> tuple[list[str], list[list[str]]]:
+    """(head, body): each trained method's score beside what it spent."""
+    rows = [r for r in results.get("rows", []) if isinstance(r.get("cost"), Mapping)]
+    score = "greedy_pass@1" if any("greedy_pass@1" in r for r in rows) else "pass@1"
+    head = ["method", score.replace("_", " "), *(c for _, c in COST_COLUMNS)]
+    body = []
+    for r in rows:
+        cost = r["cost"]
+        cells = [str(r.get("method", "")), NA if r.get("skipped") else figure(r, score)]
+        cells += [f"{cost.get(k, 0):,.0f}" if k != "seconds" else f"{cost.get(k, 0):.0f}"
+                  for k, _ in COST_COLUMNS]  # fmt: skip
+        body.append(cells)
+    return head, body
+
+
+def cost_lines(results: Mapping) -> list[str]:
+    """The cost table of results.md (nothing for a run without method costs)."""
+    head, body = cost_rows(results)
+    if not body:
+        return []
+    return ["", "Cost of each method (from its records; a stage the methods share, as the "
+            "teacher's sampling, counts in full for each method that uses it):", "",
+            *_markdown(head, body)]  # fmt: skip
+
+
 def transfer_lines(results: Mapping) -> list[str]:
     """One column group per task (the run's own first, then ``eval.tasks``): each model's
     greedy pass@1, pass@k at the largest k and majority vote on every task, side by side."""
@@ -123,6 +158,7 @@ def results_markdown(results: Mapping) -> str:
         f"{ev.get('n', '?')} samples at temperature {ev.get('temperature', '?')} for pass@k "
         f"(unbiased estimator) and majority vote. {how}",
     ]
+    lines += cost_lines(results)
     lines += transfer_lines(results)
     lines += _paired_lines(results, ks=list(ev.get("k") or [1]), n=ev.get("n"))
     if results.get("claims"):
@@ -250,7 +286,8 @@ def matrix_markdown(results: Mapping) -> str:
         r = {k: v for k, v in full.items() if k != "intervals"}
         if r.get("label") == "teacher":
             rows.append((f"{r['teacher']} (few-shot)", f"{r['teacher']} (teacher)", r))
-        elif r.get("method") in ("ekt", "kd", "seq-kd"):
+        # uses_teacher: from the method registry (a results.json written before it: by name)
+        elif r.get("uses_teacher", r.get("method") in ("ekt", "kd", "seq-kd")):
             rows.append((f"{r['teacher']} -> {r['student']}", r["student"], r))
         else:  # no teacher involved: base, supervised, expert iteration
             rows.append((f"— -> {r['student']}", r["student"], r))

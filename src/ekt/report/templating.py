@@ -20,6 +20,8 @@ METHOD_COLORS = {
     "kd": "#e07b00",
     "seq-kd": "#8e44ad",
     "expert-iteration": "#c0392b",
+    "grpo": "#16a085",
+    "on-policy": "#d4a017",
 }
 EXTRA_COLORS = ["#17becf", "#bcbd22", "#8c564b", "#e377c2", "#7f7f7f", "#1b9e77"]
 

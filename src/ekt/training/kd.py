@@ -38,27 +38,23 @@ program. ``teacher_prompt: few-shot`` gives it its few-shot prompt instead
 (closer to how it wrote the programs, ~4x the teacher compute); the program
 tokens, and so the pairing, are the same either way.
 
-``method: seq-kd`` is sequence-level distillation (Kim & Rush 2016): the
-student is fine-tuned on every program the teacher sampled, correct or not
-(``sequence_kd_pairs``): the other common meaning of "distillation", and the
-same data as EKT before the sandbox filter.
+The methods that use it, ``kd`` and ``seq-kd``, are ``ekt.methods.kd`` and
+``ekt.methods.seqkd``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ekt.data.prompt_format import PromptFormat, load_format
-from ekt.data.prompts import extract_program
 from ekt.errors import EktError
 from ekt.models import load_model
-from ekt.records import Completion, Problem, TrainPair
+from ekt.records import TrainPair
 from ekt.training.packing import (
     IGNORE,
     can_pack,
@@ -69,15 +65,11 @@ from ekt.training.packing import (
     supports_logits_to_keep,
 )
 from ekt.training.train import (
-    TrainConfig,
-    TrainResult,
     _trainer_class,
     encode_pair,
     local_device,
     pair_ids,
-    train_student,
 )
-from ekt.verification.filtering import _norm_question, _order
 
 KD_LOSSES = ("auto", "kl", "uld")
 TEACHER_PROMPTS = ("student", "few-shot")
@@ -456,75 +448,3 @@ class Distiller:
             d = distance(self.kind or "kl", s, t, self.cfg.temperature)
         student.train(was_training)
         return float(d.mean())
-
-
-def train_kd(
-    student_spec: str,
-    teacher_spec: str,
-    pairs_path: str | Path,
-    out_dir: str | Path,
-    config: TrainConfig | None = None,
-    kd: KDConfig | None = None,
-    resume: bool = True,
-    device: str | None = None,
-    prompt_format: str | PromptFormat | None = None,
-) -> TrainResult | None:
-    """Distil ``teacher_spec`` into ``student_spec`` on the pairs (``method: kd``), both reading
-    each pair in the student's layout ``prompt_format``."""
-    distill = Distiller(teacher_spec, kd, device)
-    return train_student(
-        student_spec, pairs_path, out_dir, config, resume, device, distill, prompt_format
-    )
-
-
-# -- sequence-level KD ------------------------------------------------------
-
-
-@dataclass
-class SeqKDConfig:
-    """``seq_kd:`` block of a run config (``method: seq-kd``)."""
-
-    per_question: int = 0
-    """teacher samples taken per question, in sample order, verified or not (0: every sample).
-    1 is sequence-level KD as first defined (one teacher output per input), and the closest
-    contrast to ekt with ``keep: first``: the same teacher, one program per question, only
-    the correctness filter differs"""
-
-    def validate(self) -> None:
-        if not isinstance(self.per_question, int) or self.per_question < 0:
-            raise EktError(
-                f"seq_kd.per_question must be an integer >= 0 (0: every sample), "
-                f"got {self.per_question!r}"
-            )
-
-
-def sequence_kd_pairs(
-    completions: Iterable[Completion],
-    problems: dict[str, Problem],
-    exclude_questions: frozenset[str] = frozenset(),
-    per_question: int = 0,
-) -> list[TrainPair]:
-    """Teacher samples as training pairs, unverified (``method: seq-kd``). Pure.
-
-    Duplicates are kept: the samples stand for the teacher's distribution over
-    programs. ``per_question`` > 0 takes only each question's first samples (by
-    sample index; a sample without a program still counts as taken). Questions in
-    ``exclude_questions`` (normalised text of the evaluation split) are dropped,
-    as for EKT.
-    """
-    ordered = sorted(completions, key=lambda c: (_order(c.problem_id), c.sample_idx))
-    pairs = []
-    taken: dict[str, int] = {}
-    for c in ordered:
-        problem = problems[c.problem_id]
-        if _norm_question(problem.question) in exclude_questions:
-            continue
-        if per_question:
-            taken[c.problem_id] = taken.get(c.problem_id, 0) + 1
-            if taken[c.problem_id] > per_question:
-                continue
-        if c.extract_error:  # the reply held no program: nothing to imitate
-            continue
-        program = c.program or extract_program(c.text)
-        pairs.append(TrainPair(c.problem_id, problem.question, program, "teacher-unfiltered"))
-    return pairs

@@ -33,7 +33,7 @@ still a plain HF checkpoint) and gradient checkpointing.
 
 ``train_student`` is the one training flow for every method: knowledge
 distillation (``ekt.training.kd``) plugs a teacher into it, expert iteration
-(``ekt.pipeline.expert_iteration``) calls it once per round.
+(``ekt.methods.expert_iteration``) calls it once per round.
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""KD: the EKT pairs, with a live teacher's token distribution as a second target.
+
+The loss (KL on a shared vocabulary, ULD across two) is ``ekt.training.kd``; this is the
+method: what it trains on and which settings it reads (the ``kd:`` block, ``KDConfig``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ekt.data.prompt_format import PromptFormat
+from ekt.methods.base import (
+    EVERY_STUDENT,
+    LIVE_TEACHER,
+    TEACHER_PAIRS,
+    TEACHER_SAMPLING,
+    Context,
+    Cost,
+    Fitted,
+    Method,
+    train_on_pairs,
+)
+from ekt.records import Problem
+from ekt.training.kd import Distiller, KDConfig
+from ekt.training.train import TrainConfig, TrainResult, train_student
+
+
+def train_kd(
+    student_spec: str,
+    teacher_spec: str,
+    pairs_path: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    kd: KDConfig | None = None,
+    resume: bool = True,
+    device: str | None = None,
+    prompt_format: str | PromptFormat | None = None,
+) -> TrainResult | None:
+    """Distil ``teacher_spec`` into ``student_spec`` on the pairs (``method: kd``), both reading
+    each pair in the student's layout ``prompt_format``."""
+    distill = Distiller(teacher_spec, kd, device)
+    return train_student(
+        student_spec, pairs_path, out_dir, config, resume, device, distill, prompt_format
+    )
+
+
+def prepare(ctx: Context, problems: Sequence[Problem]) -> tuple[Path | None, Cost]:
+    return ctx.teacher_pairs(problems)  # the same filtered pairs as ekt
+
+
+def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted:
+    c = ctx.cfg
+    got = train_on_pairs(ctx, "kd", pairs, lambda out: train_kd(
+        c.student, c.teacher, pairs, out, c.train, c.kd, device=c.device,
+        prompt_format=ctx.task.prompt_format(c.student_prompt_format),
+    ))  # fmt: skip
+    # the teacher reads every token the student trains on (one forward pass each)
+    got.cost.teacher_tokens_scored = got.cost.training_tokens
+    return got
+
+
+METHOD = Method(
+    name="kd",
+    summary="the ekt pairs plus a live teacher's distribution (KL or ULD)",
+    consumes=(TEACHER_PAIRS, LIVE_TEACHER),
+    prepare=prepare,
+    fit=fit,
+    settings_key="kd",
+    settings=KDConfig,
+    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep", "kd"),
+    pairs=lambda lay: lay.train_pairs,
+)
