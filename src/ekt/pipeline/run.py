@@ -21,6 +21,7 @@ invalidate (and only that) and redoes it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import platform
 import shutil
@@ -257,6 +258,9 @@ class Runner:
         self.sandbox = cfg.sandbox
         self.times: dict[str, float] = {}
         self._shared_spent = 0.0  # seconds spent in the stages the methods share
+        # the teacher's loaded sampler, kept from its evaluation to its sampling (``_sampler``)
+        self._held: tuple[tuple, Any] | None = None
+        self._hold: tuple | None = None
         self._shared: dict[str, Any] = {}  # their outcomes, once per run
 
     def stage(self, name: str):
@@ -296,15 +300,17 @@ class Runner:
             eval_problems = eval_problems[: cfg.eval.limit]
         self._write_manifest()
 
-        pairs, students, costs = self.train_methods(train_problems)
-
         rows = []
         evaluated: list[tuple[dict, str, str]] = []  # (row, model spec, prompt) per model
-        if cfg.evaluate_teacher:
+        if cfg.evaluate_teacher:  # first: its sampling reuses the loaded model (``_sampler``)
+            self._hold = (cfg.teacher, repr(cfg.teacher_sampling.backend))
             rows.append(
                 self.eval_model("teacher", cfg.teacher, "teacher", eval_problems, "few-shot")
             )
             evaluated.append((rows[-1], cfg.teacher, "teacher"))
+
+        pairs, students, costs = self.train_methods(train_problems)
+
         if cfg.evaluate_base_student:
             rows.append(
                 self.eval_model("student-base", cfg.student, "student", eval_problems, "none")
@@ -352,6 +358,7 @@ class Runner:
             if method.prepare is not None:
                 (pairs[name], cost), own = self._timed(method.prepare, problems)
                 costs[name] = cost.add(Cost(seconds=own))
+        self._release()  # the teacher's sampler is not kept while students train
         students: dict[str, str] = {}
         for name in self.cfg.methods:
             fitted, own = self._timed(registry.get(name).fit, problems, pairs[name])
@@ -361,6 +368,33 @@ class Runner:
                 students[name] = fitted.model
         rounded = {n: {**asdict(c), "seconds": round(c.seconds, 1)} for n, c in costs.items()}
         return pairs, students, rounded
+
+    def _sampler(self, spec: str, batch_size: int, backend: Any) -> Callable[[], Any]:
+        """A factory of ``spec``'s sampler. The model named by ``_hold`` (the teacher, from its
+        evaluation to its sampling) is loaded once and kept until ``_release``: the same
+        weights, prompts and seeds give the same samples, without a second load of the model
+        and its tokenizer (for the embedded GGUF teacher, most of a short stage's time)."""
+        key = (spec, repr(backend))
+
+        def make() -> Any:
+            if self._held is not None and self._held[0] == key:
+                sampler = self._held[1]
+            else:
+                sampler = self.sampler_factory(spec, self.cfg.device, batch_size, backend)()
+                if key == self._hold:
+                    self._held = (key, sampler)
+            if hasattr(sampler, "batch_size"):
+                sampler.batch_size = batch_size
+            return sampler
+
+        return make
+
+    def _release(self) -> None:
+        """Let go of a kept sampler (its model's memory returns before students train)."""
+        if self._held is not None:
+            self._held = None
+            gc.collect()
+        self._hold = None
 
     def _timed(self, step: Callable, *args: Any) -> tuple[Any, float]:
         """``step(self, *args)`` and its own wall seconds: less the shared stages it ran,
@@ -470,7 +504,7 @@ class Runner:
                     )
                 )
             s = generate(
-                self.sampler_factory(cfg.teacher, cfg.device, ts.batch_size, ts.backend),
+                self._sampler(cfg.teacher, ts.batch_size, ts.backend),
                 problems,
                 self.layout.teacher,
                 format_stops(ts.sampling_params(), fmt),
@@ -576,7 +610,7 @@ class Runner:
                 if label == "teacher" else cfg.student_prompt_format
             )  # fmt: skip
             scores = evaluate(
-                self.sampler_factory(spec, cfg.device, cfg.eval.batch_size, backend),
+                self._sampler(spec, cfg.eval.batch_size, backend),
                 problems,
                 self.layout.eval(label, task.name if task is not None else None).dir,
                 cfg.eval,
