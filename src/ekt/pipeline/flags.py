@@ -22,7 +22,6 @@ from typing import Any
 
 import jsonargparse
 
-from ekt.data.tasks import Task, get_task
 from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig
 from ekt.generation.sampling import SamplingParams
@@ -89,8 +88,12 @@ class TaskConfig:
     dev_seed: int = 0
     """seed choosing the dev questions"""
 
-    def load_task(self, prompt_formats: tuple[str, ...] = ()) -> Task:
-        """The task; questions used as exemplars by ``prompt_formats`` are left out too."""
+    def load_task(self, prompt_formats: tuple[str, ...] = ()) -> Any:
+        """The task (an ``ekt.data.tasks.Task``: imported here, not where a parser is built;
+        jsonargparse runs a module's ``TYPE_CHECKING`` imports); questions used as exemplars by
+        ``prompt_formats`` are left out too."""
+        from ekt.data.tasks import get_task  # the data stack, only when a task is loaded
+
         formats = tuple(f for f in prompt_formats if f and f != "function")
         return get_task(self.task, self.data_dir, self.dev_size, self.dev_seed, formats)
 
