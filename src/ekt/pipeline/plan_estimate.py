@@ -89,7 +89,7 @@ def device_of(cfg: Any) -> str:
 
 
 def _gb(n_bytes: float) -> float:
-    return round(n_bytes / 1e9, 2)
+    return round(n_bytes / 1e9, 6)
 
 
 def estimate_stage(stage: Stage, device: str, cfg: Any) -> None:
@@ -112,7 +112,7 @@ def estimate_stage(stage: Stage, device: str, cfg: Any) -> None:
         stage.memory_gb = _gb(params * (TRAIN_BYTES if kind == "train" else BYTES[device]))
         stage.estimate = (
             f"assumed {TRAIN_FLOPS[device]:.0e} FLOP/s ({device}), {passes} x "
-            f"{params / 1e6:.0f}M parameters x {examples:,} examples x {cfg.train.max_length} "
+            f"{params / 1e6:.3g}M parameters x {examples:,} examples x {cfg.train.max_length} "
             "tokens"
         )
         return
@@ -138,7 +138,7 @@ def estimate_stage(stage: Stage, device: str, cfg: Any) -> None:
     )
     stage.estimate = (
         f"assumed {decode:.0f} tokens/s ({device}: {DECODE_RATE[device]:.1e} / "
-        f"{params / 1e6:.0f}M parameters)"
+        f"{params / 1e6:.3g}M parameters)"
     )
 
 
@@ -174,14 +174,4 @@ def previous_seconds(path: Path, stage_prefix: str | None = None) -> float | Non
     return None
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-__all__ = ["DECODE_RATE", "TRAIN_FLOPS", "duration", "estimate", "parameters", "previous_seconds"]
+__all__ = ["DECODE_RATE", "TRAIN_FLOPS", "estimate", "parameters", "previous_seconds"]
