@@ -22,6 +22,7 @@ exit 2; add ``--debug`` for the traceback.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -285,9 +286,36 @@ def options_class(command: str) -> type:
     return cls
 
 
-def command_parser(command: str, helps: bool = True) -> jsonargparse.ArgumentParser:
+# `ekt COMMAND --help` lists the common options; `--help-all` lists every one (all are accepted
+# either way). Hidden from --help: the keys of these blocks but those in HELP_COMMON, the keys
+# in HELP_MORE, and a block's own loader flags (--sampling CONFIG, --ray.help).
+HELP_MORE_BLOCKS = ("backend", "sandbox", "ray")
+HELP_COMMON = {"sampling.backend.name", "sampling.backend.base_url", "sampling.backend.api",
+               "sampling.backend.served_model", "eval.backend.name", "eval.backend.base_url",
+               "sandbox.workers", "sandbox.timeout", "ray"}  # fmt: skip
+HELP_MORE = {"dev_size", "dev_seed", "shard_size", "keep", "executions", "sampling.stop",
+             "sampling.round_size", "sampling.target", "sampling.give_up_after", "eval.stop",
+             "eval.task_data", "train.output_dir", "train.adam_beta1", "train.adam_beta2",
+             "train.adam_epsilon", "train.gradient_accumulation_steps", "train.data_seed",
+             "train.torch_compile", "train.report_to", "train.lora_alpha", "train.lora_dropout",
+             "train.lora_target_modules", "train.epochs", "train.per_device_batch_size",
+             "kd.teacher_device", "kd.teacher_dtype"}  # fmt: skip
+
+
+def _rarely_used(dest: str, keys: dict[str, Any]) -> bool:
+    if dest not in keys:  # a block's loader (--sandbox CONFIG) or class help (--ray.help)
+        return "." in dest or any(k.startswith(dest + ".") for k in keys)
+    if dest in HELP_COMMON:
+        return False
+    return dest in HELP_MORE or any(b in HELP_MORE_BLOCKS for b in dest.split("."))
+
+
+def command_parser(
+    command: str, helps: bool = True, full: bool = True
+) -> jsonargparse.ArgumentParser:
     """The parser of ``command``; ``helps=False``: for parsing only (no help text read from
-    the sources' comments, which costs start-up time)."""
+    the sources' comments, which costs start-up time); ``full=False``: its --help page lists
+    the common options only (``_rarely_used``), and says how to see the rest."""
     _, text, positional = COMMAND_OPTIONS[command]
     cls = options_class(command)
     parser = jsonargparse.ArgumentParser(
@@ -304,6 +332,17 @@ def command_parser(command: str, helps: bool = True) -> jsonargparse.ArgumentPar
     for action in parser._actions:
         if action.dest in short:
             action.help = f"{action.help or ''} [also {', '.join(sorted(short[action.dest]))}]"
+    if not full:
+        keys, hidden = leaf_keys(cls), 0
+        for action in parser._actions:
+            if action.option_strings and _rarely_used(action.dest, keys):
+                hidden += action.dest in keys
+                action.help = argparse.SUPPRESS
+        if hidden:
+            parser.epilog = (
+                f"{hidden} more options (the engine's, the sandbox's, Ray's and rarely changed "
+                f"settings), all accepted here: ekt {command} --help-all"
+            )
     return parser
 
 
@@ -789,9 +828,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     command, rest = argv[0], argv[1:]
-    if helpcache.help_topic([command, *rest]) == command:  # rendered once, then kept
-        text = command_parser(command).format_help()
-        helpcache.store(command, text)
+    topic = helpcache.help_topic([command, *rest])
+    if topic in (command, f"{command}{helpcache.ALL}"):  # rendered once, then kept
+        text = command_parser(command, full=topic != command).format_help()
+        helpcache.store(topic, text)
         print(text, end="")
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -20,12 +20,14 @@ import shutil
 import sys
 from pathlib import Path
 
-HELP_FLAGS = ("-h", "--help")
+HELP_FLAGS = ("-h", "--help", "--help-all")
+ALL = "-all"  # the topic of ``ekt COMMAND --help-all``: COMMAND-all
 _PACKAGES = ("jsonargparse",)
 
 
 def help_topic(argv: list[str]) -> str | None:
-    """``"ekt"`` for ``ekt --help``, the command for ``ekt COMMAND ... --help``, else None."""
+    """``"ekt"`` for ``ekt --help``, the command for ``ekt COMMAND ... --help`` (``COMMAND-all``
+    for ``--help-all``: every option), else None."""
     args = [a for a in argv if a != "--debug"]
     if not args:
         return None
@@ -33,7 +35,9 @@ def help_topic(argv: list[str]) -> str | None:
         return "ekt"
     if args[0].startswith("-") or not any(a in HELP_FLAGS for a in args[1:]):
         return None
-    return args[0] if args[0].isidentifier() else None
+    if not args[0].isidentifier():
+        return None
+    return args[0] + ALL if "--help-all" in args[1:] else args[0]
 
 
 @functools.lru_cache(maxsize=1)
