@@ -15,10 +15,14 @@ assumed, not measured:
     demo on the 2-core development machine: gemma3-270m wrote 7,322 completion tokens in
     116 s, 63 tokens/s, times 2.7e8 parameters;
   - training takes ``6 x parameters x tokens`` FLOPs at ``TRAIN_FLOPS[device]`` per second,
-    every example counted at ``train.max_length`` tokens (a bound: packing fills rows);
+    every example counted at ``train.max_length`` tokens: an upper bound, as most pairs are
+    shorter (the demo's were 68 tokens each). The CPU figure is the demo's seq-kd training:
+    26,160 tokens through smollm2-135m (6 x 1.35e8 FLOPs each) in 254.5 s, 8.3e10 FLOP/s;
   - the sandbox runs ``SANDBOX_PROGRAMS_PER_S`` programs a second per worker (the demo:
     192 programs in 1.2 s on 2 workers);
-  - an openai-backend stage (a server's or a provider's time) is not estimated.
+  - an openai-backend stage (a server's or a provider's time) is not estimated, nor the
+    training between expert-iteration rounds; the GPU figures are round assumptions, not
+    measured on any machine.
 * **Memory** is the weights held: parameters x 4 bytes on CPU (ekt samples and trains in
   float32 there), x 2 on a GPU (bfloat16); training adds gradients and AdamW's two moments
   (16 bytes a parameter in all, activations not counted); a kd stage holds the teacher too.
@@ -42,7 +46,7 @@ from ekt.pipeline.plan_render import Stage
 
 DECODE_RATE = {"cpu": 1.7e10, "cuda": 5e12}  # tokens/s x parameters, batched decoding
 PREFILL_SPEEDUP = 10.0  # prompt tokens are this much faster than generated ones
-TRAIN_FLOPS = {"cpu": 2e10, "cuda": 1e14}  # sustained FLOP/s of a training step
+TRAIN_FLOPS = {"cpu": 8e10, "cuda": 1e14}  # sustained FLOP/s of a training step
 SANDBOX_PROGRAMS_PER_S = 80.0  # per sandbox worker
 BYTES = {"cpu": 4, "cuda": 2}  # bytes a weight while sampling
 TRAIN_BYTES = 16  # float32 weights, gradients and AdamW's two moments
