@@ -176,8 +176,8 @@ class RunOptions:
     force: bool = False
     """redo stages whose settings changed"""
     dry_run: bool = False
-    """print the plan (every stage's prompts, samples, tokens, cost) and exit: loads no model
-    (tokenizers only), writes nothing (see ekt.pipeline.plan)"""
+    """print the plan (every stage's prompts, samples, tokens, cost, time and memory) and exit:
+    loads no model (tokenizers only), writes nothing (see ekt.pipeline.plan)"""
     json: bool = False
     """with --dry-run: print the plan as JSON instead of text"""
     show: bool = False
