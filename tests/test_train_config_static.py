@@ -89,3 +89,18 @@ def test_training_arguments_built_from_the_declaration():
     assert args.gradient_accumulation_steps == 2 and args.per_device_train_batch_size == 4
     with pytest.raises(EktError, match="^train: "):  # transformers' own checks, one line
         TrainConfig(optim="no_such_optimizer").training_arguments(output_dir="x", use_cpu=True)
+
+
+def test_a_run_folder_made_before_the_static_declaration_resumes():
+    """Run folders written while TrainConfig was a TrainingArguments hold its post-init values
+    (and ~80 more keys): none of them reads as a changed setting."""
+    from ekt.pipeline.config import RunConfig, plain
+    from ekt.pipeline.run import config_changes
+
+    old = {**TrainConfig().settings(), "output_dir": "trainer_output", "report_to": [],
+           "gradient_checkpointing": False, "lr_scheduler_kwargs": None, "bf16": False}  # fmt: skip
+    new = plain(RunConfig())
+    assert config_changes({**new, "train": old}, new) == {}
+    assert "train.learning_rate" in config_changes(
+        {**new, "train": {**old, "learning_rate": 3e-4}}, new
+    )

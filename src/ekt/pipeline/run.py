@@ -88,6 +88,9 @@ HARMLESS_KEYS = frozenset(
         "train.save_steps",
         "train.gradient_checkpointing",
         "train.packing",
+        "train.output_dir",  # set by ekt for every training (the student's checkpoints folder)
+        "train.report_to",  # loggers only ([] and "none" in configs written before ekt declared
+        # the TrainingArguments fields it exposes: TrainingArguments' own value after its init)
         "teacher_sampling.backend.concurrency",
         "teacher_sampling.backend.request_timeout",
         "teacher_sampling.backend.max_retries",
