@@ -120,13 +120,12 @@ def test_expert_iteration_overrides_apply_by_replace():
         ExpertIterationConfig(temperature=-1.0).sampling(base)
 
 
-def test_train_config_is_training_arguments_with_ekt_defaults():
+def test_train_config_has_ekt_defaults_and_builds_training_arguments():
     from transformers import TrainingArguments
 
     from ekt.training.config import TrainConfig
 
     cfg = TrainConfig(epochs=2, per_device_batch_size=4, batch_size=8)  # ekt's earlier names
-    assert isinstance(cfg, TrainingArguments)
     assert (cfg.num_train_epochs, cfg.per_device_train_batch_size) == (2, 4)
     assert cfg.accumulation_steps() == 2 and cfg.learning_rate == 1e-4
     args = cfg.training_arguments(output_dir="x", gradient_accumulation_steps=2)
@@ -136,7 +135,7 @@ def test_train_config_is_training_arguments_with_ekt_defaults():
 
 
 @pytest.mark.parametrize("command", ["generate", "verify", "filter", "train", "evaluate", "run",
-                                     "report", "demo", "models"])  # fmt: skip
+                                     "report", "demo", "models", "tasks", "export"])  # fmt: skip
 def test_every_flag_has_help_text(command):
     from ekt.cli import command_parser
 

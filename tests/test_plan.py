@@ -240,7 +240,7 @@ def test_dry_run_loads_no_model_and_writes_nothing(
 ):
     import transformers
 
-    import ekt.cli
+    import ekt.generation.backends
     import ekt.models
     import ekt.pipeline.experiment
 
@@ -252,7 +252,7 @@ def test_dry_run_loads_no_model_and_writes_nothing(
         (ekt.models, "load_model"),
         (ekt.models, "convert_gguf"),
         (ekt.pipeline.experiment, "run_experiment"),  # imported by `ekt run` when it runs
-        (ekt.cli, "make_sampler"),
+        (ekt.generation.backends, "make_sampler"),  # imported by the commands that sample
     ):
         monkeypatch.setattr(obj, name, refuse)
     path = tmp_path / "c.yaml"

@@ -24,7 +24,7 @@ import yaml
 from ekt.cli import main
 from ekt.evaluation.metrics import score_problems
 from ekt.report.build import add_statistics, build_report, finish_run
-from ekt.report.load import load_run
+from ekt.report.load import load_run, load_yields
 
 INJECT = (
     "</code></pre></details><script>window.__pwned = 1; console.error('pwned')</script>"
@@ -243,7 +243,10 @@ def test_report_html_is_self_contained_escaped_and_complete(tmp_path, fake_data)
     for section in ("summary", "results", "curves", "yields", "rounds", "training", "drill"):
         assert f'<section id="{section}">' in page
     assert page.count('<svg class="chart') >= 7
-    assert page.count('<details class="q"') == 120
+    tests, train = page.split('<h3 class="sub">Training questions')
+    assert tests.count('<details class="q"') == 120
+    # the training questions' drill-down: every question the teacher's verdicts cover
+    assert train.count('<details class="q"') == sum(y.questions for y in load_yields(d)) > 0
     assert "rounds.jsonl" in page and "ekt − kd" not in page
     assert "pass@10" in page and "greedy_pass@1" in page
     assert "abababab" in page  # the manifest's data hash
@@ -280,8 +283,11 @@ def test_cli_report_puts_runs_side_by_side(tmp_path, capsys):
     assert main(["report", str(a), str(b), "--out", str(out), "--questions", "5"]) == 0
     page = out.read_text()
     assert "run-a" in page and "run-b" in page and str(out) in capsys.readouterr().out
-    assert page.count('<details class="q"') == 100
-    assert page.count('<div class="model">') == 2 * 5 * len(MODELS)
+    tests, train = page.split('<h3 class="sub">Training questions')
+    assert tests.count('<details class="q"') == 100
+    assert tests.count('<div class="model">') == 2 * 5 * len(MODELS)
+    sources = [len(load_yields(r)) for r in (a, b)]
+    assert train.count('<div class="model">') == 5 * sum(sources) > 0  # --questions 5 each
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert "run folder not found" in err and len(err.splitlines()) == 1

@@ -61,3 +61,13 @@ def test_report_of_a_stage_by_stage_folder(tmp_path, capsys):
     assert "eval-student" in page and "eval-teacher" in page
     assert "report: " in capsys.readouterr().out
     assert json.loads((d / "eval-student" / "scores.json").read_text())["problems"] == 2
+
+    # the drill-down shows the training questions too: the teacher's programs and verdicts
+    train = page[page.index("Training questions") :]
+    for pid in ("homework/train/0", "homework/train/1", "homework/train/2"):
+        assert f"<code>{pid}</code>" in train
+    wrong = train[train.index("<code>homework/train/1</code>") :].split("</details>")[0]
+    assert "0/2 samples correct" in wrong and "✗ returned -1" in wrong and "def solution" in wrong
+    right = train[train.index("<code>homework/train/0</code>") :].split("</details>")[0]
+    assert "2/2 samples correct" in right and "✓ correct" in right
+    assert TRAIN[0][0] in right  # its question, from the training pairs

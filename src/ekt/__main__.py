@@ -1,12 +1,18 @@
 """``python -m ekt`` and the ``ekt`` command. A help page rendered before is printed from
-``ekt.helpcache`` without importing the CLI; everything else goes to ``ekt.cli.main``."""
+``ekt.helpcache`` (``ekt --help`` from ``ekt.commands``) without importing the CLI; everything
+else goes to ``ekt.cli.main``."""
 
 import sys
 
 
 def run() -> int:
-    from ekt.helpcache import cached
+    from ekt.helpcache import cached, help_topic
 
+    if help_topic(sys.argv[1:]) == "ekt":  # the command list: no parser to build
+        from ekt.commands import usage
+
+        sys.stdout.write(usage())
+        return 0
     text = cached(sys.argv[1:])
     if text is not None:
         sys.stdout.write(text)

@@ -22,6 +22,7 @@ exit 2; add ``--debug`` for the traceback.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -37,18 +38,11 @@ from typing import Any, Literal
 import jsonargparse
 
 from ekt import __version__, helpcache
-from ekt.data.discover import find_task
-from ekt.data.prompt_format import PromptFormat, load_format
-from ekt.data.tasks import task_table
+from ekt.commands import COMMAND_HELP, usage
 from ekt.errors import EktError, user_message
-from ekt.evaluation.evaluate import EvalConfig, evaluate, score_line
-from ekt.generation.backends import BackendConfig, make_sampler
-from ekt.generation.budget import adaptive_budget
-from ekt.generation.generate import format_stops, generate
-from ekt.locks import output_lock
-from ekt.models import PRESETS, model_fingerprint, resolve_model
-from ekt.pipeline.distributed import RayCluster, import_ray
-from ekt.pipeline.export import export, push_to_hub, student_folder
+from ekt.evaluation.config import EvalConfig
+from ekt.generation.backends import BackendConfig
+from ekt.pipeline.distributed import RayCluster
 from ekt.pipeline.flags import (
     TaskConfig,
     TeacherSampling,
@@ -61,10 +55,11 @@ from ekt.pipeline.flags import (
     parse_error,
     suggest_flags,
 )
-from ekt.records import read_jsonl
-from ekt.sandbox.pool import SandboxConfig
-from ekt.verification.filtering import filter_stage
-from ekt.verification.verify import RoundJudge, iter_inputs, verify
+from ekt.sandbox.config import SandboxConfig
+
+# Only the options' classes above are imported here: each command imports its own work (the
+# stages, models, data) when it runs, so building any parser (``ekt COMMAND --help``) loads
+# no torch, transformers, datasets, ray or trl and none of the stages' modules.
 
 # -- each subcommand's options ------------------------------------------------------------
 
@@ -181,8 +176,8 @@ class RunOptions:
     force: bool = False
     """redo stages whose settings changed"""
     dry_run: bool = False
-    """print the plan (every stage's prompts, samples, tokens, cost) and exit: loads no model
-    (tokenizers only), writes nothing (see ekt.pipeline.plan)"""
+    """print the plan (every stage's prompts, samples, tokens, cost, time and memory) and exit:
+    loads no model (tokenizers only), writes nothing (see ekt.pipeline.plan)"""
     json: bool = False
     """with --dry-run: print the plan as JSON instead of text"""
     show: bool = False
@@ -256,24 +251,22 @@ class ExportOptions:
 # "module:Class" are imported when that command is parsed (torch and transformers stay out of
 # every other command's start-up)
 COMMAND_OPTIONS: dict[str, tuple[type | str, str, tuple[tuple[str, dict], ...]]] = {
-    "generate": (GenerateOptions, "sample programs for each question into resumable shards", ()),
-    "verify": (VerifyOptions, "run programs in the sandbox and grade them", ()),
-    "filter": (FilterOptions, "keep correct, unique, uncontaminated programs as train pairs", ()),
-    "train": ("ekt.training.options:TrainOptions", "fine-tune a student on train_pairs.jsonl", ()),
-    "evaluate": (EvaluateOptions, "greedy pass@1, pass@k and majority vote on held-out questions", ()),  # noqa: E501
-    "run": (RunOptions, "a whole experiment from a YAML config (any key: --a.b VALUE)",
-            (("config", {"help": "YAML file (see configs/)"}),)),  # fmt: skip
-    "demo": (DemoOptions, "`ekt run configs/demo.yaml`: a small real run on this machine", ()),
-    "report": (ReportOptions, "report.html (intervals, curves, drill-down) from run folders",
+    "generate": (GenerateOptions, COMMAND_HELP["generate"], ()),
+    "verify": (VerifyOptions, COMMAND_HELP["verify"], ()),
+    "filter": (FilterOptions, COMMAND_HELP["filter"], ()),
+    "train": ("ekt.training.options:TrainOptions", COMMAND_HELP["train"], ()),
+    "evaluate": (EvaluateOptions, COMMAND_HELP["evaluate"], ()),
+    "run": (RunOptions, COMMAND_HELP["run"], (("config", {"help": "YAML file (see configs/)"}),)),
+    "demo": (DemoOptions, COMMAND_HELP["demo"], ()),
+    "report": (ReportOptions, COMMAND_HELP["report"],
                (("runs", {"nargs": "+", "metavar": "RUN_DIR", "help": "run folders"}),)),
-    "models": (ModelsOptions, "list embedded presets, or convert one to a cached HF folder",
+    "models": (ModelsOptions, COMMAND_HELP["models"],
                (("spec", {"nargs": "?", "help": "model spec to resolve"}),)),
-    "tasks": (TasksOptions, "list the built-in tasks; with TASK (a task file or name), check "
-              "it and show one teacher and one student prompt (loads no model)",
+    "tasks": (TasksOptions, COMMAND_HELP["tasks"],
               (("task", {"nargs": "?", "help": "a task file (YAML) or a built-in name"}),)),
-    "export": (ExportOptions, "a run's training pairs for other trainers (TRL, datasets, hub)",
+    "export": (ExportOptions, COMMAND_HELP["export"],
                (("run_dir", {"help": "the run folder"}),)),
-}
+}  # fmt: skip
 REQUIRED = {"generate": ("model", "out"), "verify": ("programs", "out"), "filter": ("executions",),
             "train": ("student", "pairs", "out"), "evaluate": ("model", "out")}  # fmt: skip
 LEGACY = {"--model": {"train": "--student"}}  # old flag -> the key's flag, per command
@@ -293,9 +286,36 @@ def options_class(command: str) -> type:
     return cls
 
 
-def command_parser(command: str, helps: bool = True) -> jsonargparse.ArgumentParser:
+# `ekt COMMAND --help` lists the common options; `--help-all` lists every one (all are accepted
+# either way). Hidden from --help: the keys of these blocks but those in HELP_COMMON, the keys
+# in HELP_MORE, and a block's own loader flags (--sampling CONFIG, --ray.help).
+HELP_MORE_BLOCKS = ("backend", "sandbox", "ray")
+HELP_COMMON = {"sampling.backend.name", "sampling.backend.base_url", "sampling.backend.api",
+               "sampling.backend.served_model", "eval.backend.name", "eval.backend.base_url",
+               "sandbox.workers", "sandbox.timeout", "ray"}  # fmt: skip
+HELP_MORE = {"dev_size", "dev_seed", "shard_size", "keep", "executions", "sampling.stop",
+             "sampling.round_size", "sampling.target", "sampling.give_up_after", "eval.stop",
+             "eval.task_data", "train.output_dir", "train.adam_beta1", "train.adam_beta2",
+             "train.adam_epsilon", "train.gradient_accumulation_steps", "train.data_seed",
+             "train.torch_compile", "train.report_to", "train.lora_alpha", "train.lora_dropout",
+             "train.lora_target_modules", "train.epochs", "train.per_device_batch_size",
+             "kd.teacher_device", "kd.teacher_dtype"}  # fmt: skip
+
+
+def _rarely_used(dest: str, keys: dict[str, Any]) -> bool:
+    if dest not in keys:  # a block's loader (--sandbox CONFIG) or class help (--ray.help)
+        return "." in dest or any(k.startswith(dest + ".") for k in keys)
+    if dest in HELP_COMMON:
+        return False
+    return dest in HELP_MORE or any(b in HELP_MORE_BLOCKS for b in dest.split("."))
+
+
+def command_parser(
+    command: str, helps: bool = True, full: bool = True
+) -> jsonargparse.ArgumentParser:
     """The parser of ``command``; ``helps=False``: for parsing only (no help text read from
-    the sources' comments, which costs start-up time)."""
+    the sources' comments, which costs start-up time); ``full=False``: its --help page lists
+    the common options only (``_rarely_used``), and says how to see the rest."""
     _, text, positional = COMMAND_OPTIONS[command]
     cls = options_class(command)
     parser = jsonargparse.ArgumentParser(
@@ -312,6 +332,17 @@ def command_parser(command: str, helps: bool = True) -> jsonargparse.ArgumentPar
     for action in parser._actions:
         if action.dest in short:
             action.help = f"{action.help or ''} [also {', '.join(sorted(short[action.dest]))}]"
+    if not full:
+        keys, hidden = leaf_keys(cls), 0
+        for action in parser._actions:
+            if action.option_strings and _rarely_used(action.dest, keys):
+                hidden += action.dest in keys
+                action.help = argparse.SUPPRESS
+        if hidden:
+            parser.epilog = (
+                f"{hidden} more options (the engine's, the sandbox's, Ray's and rarely changed "
+                f"settings), all accepted here: ekt {command} --help-all"
+            )
     return parser
 
 
@@ -368,6 +399,8 @@ def _cluster(ray: RayCluster | None, backend: BackendConfig | None, workers: int
     """The Ray cluster the flags ask for (vLLM replicas get their GPUs), validated, or None."""
     if ray is None:
         return None
+    from ekt.pipeline.distributed import import_ray
+
     import_ray()  # a missing Ray is a one-line error before any work
     if ray.gpus_per_replica < 0 and backend is not None and backend.name == "vllm":
         gpus = backend.tensor_parallel_size * backend.data_parallel_size
@@ -387,11 +420,20 @@ _WRITERS = ("generate", "verify", "filter", "train", "evaluate")
 
 
 def _one_writer(command: str, options: Any) -> contextlib.AbstractContextManager:
+    from ekt.locks import output_lock
+
     out = getattr(options, "out", None)
     return output_lock(out) if out and command in _WRITERS else contextlib.nullcontext()
 
 
 def cmd_generate(o: GenerateOptions, _: Any) -> None:
+    from ekt.data.prompt_format import load_format
+    from ekt.generation.backends import make_sampler
+    from ekt.generation.budget import adaptive_budget
+    from ekt.generation.generate import format_stops, generate
+    from ekt.models import model_fingerprint
+    from ekt.verification.verify import RoundJudge
+
     backend = o.sampling.backend
     backend.validate()
     task = o.load_task((o.sampling.prompt_format,))
@@ -443,7 +485,7 @@ def _where_task(task: Any, data_dir: str | None) -> dict[str, str | None]:
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None}  # fmt: skip
 
 
-def _check_format_and_api(fmt: PromptFormat, backend: BackendConfig) -> None:
+def _check_format_and_api(fmt: Any, backend: BackendConfig) -> None:
     """A chat format needs the chat API; a completion format on the chat API gets a note."""
     if backend.name != "openai":
         return
@@ -464,6 +506,8 @@ def _task_from_records(o: Any, ids: Any, near: list[Any], what: str) -> None:
     """``--task`` (and ``--data-dir``) from the records' problem ids when not given."""
     if o.task is not None:
         return
+    from ekt.data.discover import find_task
+
     ids = [i for i in ids if isinstance(i, str)]
     if not ids:  # no records: the stage itself says what is wrong with its input
         o.task = "gsm8k"
@@ -475,6 +519,8 @@ def _task_from_records(o: Any, ids: Any, near: list[Any], what: str) -> None:
 
 
 def cmd_verify(o: VerifyOptions, _: Any) -> None:
+    from ekt.verification.verify import iter_inputs, verify
+
     o.sandbox.validate()
     if next(iter_inputs(o.programs, o.prompt_format), None) is None:
         raise EktError(f"{o.programs}: no programs to verify (empty input)")
@@ -488,6 +534,9 @@ def cmd_verify(o: VerifyOptions, _: Any) -> None:
 
 
 def cmd_filter(o: FilterOptions, _: Any) -> None:
+    from ekt.records import read_jsonl
+    from ekt.verification.filtering import filter_stage
+
     if o.task is None:
         ids = (obj.get("problem_id") for path in o.executions for _, obj in read_jsonl(path))
         _task_from_records(o, ids, list(o.executions), f"--executions {' '.join(o.executions)}")
@@ -534,6 +583,8 @@ def _end_process_group() -> None:
 def _evaluated_ids(o: EvaluateOptions) -> list[str]:
     """Problem ids an evaluation can take its task from: --out's earlier samples, else the
     training pairs of the student --model names (its train_summary.json)."""
+    from ekt.records import read_jsonl
+
     samples = sorted(Path(o.out).glob("*/samples/*.jsonl")) if o.out else []
     for path in samples:
         for _, obj in read_jsonl(path):
@@ -548,6 +599,9 @@ def _evaluated_ids(o: EvaluateOptions) -> list[str]:
 
 
 def cmd_evaluate(o: EvaluateOptions, _: Any) -> None:
+    from ekt.evaluation.evaluate import evaluate, score_line
+    from ekt.generation.backends import make_sampler
+
     cfg = o.eval
     cfg.validate()
     o.sandbox.validate()
@@ -668,6 +722,8 @@ def cmd_report(o: ReportOptions, args: Any) -> None:
 
 
 def cmd_models(o: ModelsOptions, args: Any) -> None:
+    from ekt.models import PRESETS, resolve_model
+
     if args.spec:
         print(resolve_model(args.spec))
         return
@@ -677,6 +733,8 @@ def cmd_models(o: ModelsOptions, args: Any) -> None:
 
 def cmd_tasks(o: TasksOptions, args: Any) -> None:
     if not args.task:
+        from ekt.data.tasks import task_table
+
         print(task_table())
         return
     print(check_task(args.task, o.data_dir, o.prompt_format))
@@ -685,6 +743,8 @@ def cmd_tasks(o: TasksOptions, args: Any) -> None:
 def check_task(spec: str, data_dir: str | None, prompt_format: str) -> str:
     """`ekt tasks TASK`: every split loaded (each row's question and gold answer checked),
     then the teacher's and the student's prompt for the first training question."""
+    from ekt.data.prompt_format import load_format
+
     task = TaskConfig(task=spec, data_dir=data_dir).load_task((prompt_format,))
     lines = [f"task {task.name}: source {task.source}; answer format {task.answer_format}"]
     first = None
@@ -713,6 +773,8 @@ def check_task(spec: str, data_dir: str | None, prompt_format: str) -> str:
 
 
 def cmd_export(o: ExportOptions, args: Any) -> None:
+    from ekt.pipeline.export import export, push_to_hub, student_folder
+
     if o.checkpoint:
         if not o.push_to_hub:
             raise EktError("--checkpoint pushes a student: give --push-to-hub REPO")
@@ -744,14 +806,6 @@ COMMANDS: dict[str, Callable[..., None]] = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: ekt [--version] [--debug] COMMAND [options]  (ekt COMMAND --help)", "",
-             "Explicit knowledge transfer: teacher programs -> sandbox -> student.", "",
-             "commands:"]  # fmt: skip
-    lines += [f"  {name:<10}{text}" for name, (_, text, _) in COMMAND_OPTIONS.items()]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = False
@@ -764,7 +818,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         elif flag in ("-h", "--help"):
             print(usage(), end="")
-            helpcache.store("ekt", usage())
             return 0
         else:
             print(f"ekt: error: unrecognized arguments: {flag} (see `ekt --help`)", file=sys.stderr)
@@ -775,9 +828,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     command, rest = argv[0], argv[1:]
-    if helpcache.help_topic([command, *rest]) == command:  # rendered once, then kept
-        text = command_parser(command).format_help()
-        helpcache.store(command, text)
+    topic = helpcache.help_topic([command, *rest])
+    if topic in (command, f"{command}{helpcache.ALL}"):  # rendered once, then kept
+        text = command_parser(command, full=topic != command).format_help()
+        helpcache.store(topic, text)
         print(text, end="")
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

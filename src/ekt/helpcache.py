@@ -1,27 +1,33 @@
 """Help pages kept on disk, so that ``ekt --help`` and ``ekt COMMAND --help`` print without
-importing the CLI (jsonargparse, and for ``train`` transformers' ``TrainingArguments``).
+importing the CLI (jsonargparse and the options' modules).
 
 A page is rendered once by ``ekt.cli`` and stored under
 ``$EKT_CACHE_DIR/help/<command>-<key>.txt``; the key hashes every ekt source file's name, size
-and modification time, the Python version, the versions of jsonargparse and transformers
-(whose fields the pages list) and the terminal width, so an edited, upgraded or resized
-setup renders its pages again. Only the standard library is imported here.
+and modification time, the Python version, the installed jsonargparse (which lays the pages
+out: its ``__init__.py``'s size and time, found without ``importlib.metadata``, whose scan
+of every installed distribution costs a tenth of a second) and the terminal width, so an
+edited, upgraded or resized setup renders its pages again. The key is computed once per
+process. Only the standard library is imported here. Building a page uncached must also be
+fast (``ekt.cli`` imports no stage to build a parser): the cache is the second line.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import sys
 from pathlib import Path
 
-HELP_FLAGS = ("-h", "--help")
-_PACKAGES = ("jsonargparse", "transformers")
+HELP_FLAGS = ("-h", "--help", "--help-all")
+ALL = "-all"  # the topic of ``ekt COMMAND --help-all``: COMMAND-all
+_PACKAGES = ("jsonargparse",)
 
 
 def help_topic(argv: list[str]) -> str | None:
-    """``"ekt"`` for ``ekt --help``, the command for ``ekt COMMAND ... --help``, else None."""
+    """``"ekt"`` for ``ekt --help``, the command for ``ekt COMMAND ... --help`` (``COMMAND-all``
+    for ``--help-all``: every option), else None."""
     args = [a for a in argv if a != "--debug"]
     if not args:
         return None
@@ -29,11 +35,14 @@ def help_topic(argv: list[str]) -> str | None:
         return "ekt"
     if args[0].startswith("-") or not any(a in HELP_FLAGS for a in args[1:]):
         return None
-    return args[0] if args[0].isidentifier() else None
+    if not args[0].isidentifier():
+        return None
+    return args[0] + ALL if "--help-all" in args[1:] else args[0]
 
 
+@functools.lru_cache(maxsize=1)
 def _key() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
 
     h = hashlib.sha256(sys.version.encode())
     root = Path(__file__).resolve().parent
@@ -44,9 +53,11 @@ def _key() -> str:
                 st = os.stat(os.path.join(folder, name))
                 h.update(f"{folder}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     for package in _PACKAGES:
+        spec = find_spec(package)
         try:
-            h.update(f"{package}={version(package)}\n".encode())
-        except PackageNotFoundError:
+            st = os.stat(spec.origin)  # type: ignore[union-attr,arg-type]
+            h.update(f"{package}={spec.origin}:{st.st_size}:{st.st_mtime_ns}\n".encode())  # type: ignore[union-attr]
+        except (AttributeError, TypeError, OSError):
             h.update(f"{package}=none\n".encode())
     h.update(f"columns={shutil.get_terminal_size().columns}".encode())
     return h.hexdigest()[:16]

@@ -338,6 +338,14 @@ def _load(path: Path) -> PromptFormat:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def default_stop() -> tuple[str, ...]:
+    """The default format's stop strings, read without compiling its templates (jinja2 stays
+    unloaded: ``SamplingParams`` takes its default from here when a parser is built)."""
+    data = yaml.safe_load(_resolve(DEFAULT_FORMAT).read_text(encoding="utf-8"))
+    return tuple(data.get("stop", []))
+
+
 def load_format(spec: str | PromptFormat | None = None) -> PromptFormat:
     """A prompt format by built-in name or YAML path (None: the default, ``function``);
     ``NAME@EXEMPLARS.jsonl`` is that format showing the file's exemplars instead."""
@@ -371,6 +379,7 @@ __all__ = [
     "Prompt",
     "PromptFormat",
     "load_format",
+    "default_stop",
     "read_exemplars",
     "squash",
     "with_task_exemplars",

@@ -21,7 +21,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,60 +30,14 @@ from ekt.data.prompt_format import load_format
 from ekt.data.provenance import data_sha
 from ekt.data.tasks import Task
 from ekt.errors import EktError
+from ekt.evaluation.config import EvalConfig  # noqa: F401 (public here too)
 from ekt.evaluation.metrics import score_problems
-from ekt.generation.backends import BackendConfig
 from ekt.generation.generate import format_stops, generate
 from ekt.generation.sampling import Sampler, SamplingParams
 from ekt.layout import EvalLayout
 from ekt.records import Problem, read_jsonl, write_json_atomic, write_jsonl_atomic
 from ekt.sandbox.pool import SandboxConfig
 from ekt.verification.verify import verify
-
-
-@dataclass(frozen=True)
-class EvalConfig(SamplingParams):
-    """Evaluation budget: ``ekt evaluate`` flags and a run config's ``eval:`` block.
-
-    The sampling fields (temperature, top_p, max_new_tokens, stop) are ``SamplingParams``'s;
-    only the defaults of ``n`` and ``seed`` differ for evaluation.
-    """
-
-    n: int = 10
-    """samples per question for pass@k and the majority vote"""
-    seed: int = 1234
-    """seed of the evaluation samples"""
-    split: str = "test"
-    """questions evaluated: train | dev | test"""
-    limit: int | None = None
-    """the first N questions of the split (None: all)"""
-    k: list[int] = field(default_factory=lambda: [1, 10])
-    """k values of pass@k (each <= n)"""
-    greedy: bool = True
-    """also score one greedy program per question (greedy pass@1)"""
-    batch_size: int = 16
-    """sequences decoded together (transformers backend)"""
-    backend: BackendConfig = field(default_factory=BackendConfig)
-    """engine that samples the evaluated models (see ekt.generation.backends)"""
-    tasks: list[str] = field(default_factory=list)
-    """`ekt run`: more tasks every model is evaluated on besides the run's own (names from
-    `ekt tasks` or task files), e.g. [svamp, gsm-hard]: transfer at a glance"""
-    task_data: dict[str, str] = field(default_factory=dict)
-    """local folders for those tasks (task name -> folder of <split>.jsonl/.csv/.parquet);
-    a task not named here is read from its own data (the HF hub)"""
-
-    def validate(self) -> None:
-        self.backend.validate()
-        if not self.k:
-            raise EktError("--k needs at least one value")
-        for k in self.k:
-            if k < 1:
-                raise EktError(f"--k values must be >= 1, got {k}")
-            if k > self.n:
-                raise EktError(f"--k {k} exceeds --n {self.n}: pass@k needs at least k samples")
-        if self.batch_size < 1:
-            raise EktError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise EktError(f"--limit must be >= 1, got {self.limit}")
 
 
 def per_problem(

@@ -69,7 +69,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from ekt.data.prompts import STOP_STRINGS
+from ekt.data.prompt_format import default_stop
 from ekt.errors import EktError
 from ekt.records import Completion
 
@@ -93,7 +93,7 @@ class SamplingParams:
     """nucleus sampling: keep the smallest token set with this much probability, in (0, 1]"""
     max_new_tokens: int = 256
     """tokens generated at most per sample"""
-    stop: tuple[str, ...] = tuple(STOP_STRINGS)
+    stop: tuple[str, ...] = default_stop()
     """strings that end a sample (cut before the first one)"""
     seed: int = 0
     """seed of every sample's own random stream (with the question id and sample index)"""

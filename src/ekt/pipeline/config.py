@@ -59,8 +59,7 @@ from ekt.pipeline.flags import (  # noqa: F401 - re-exported: the settings' one 
     suggest_flags,
 )
 from ekt.sandbox.pool import SandboxConfig
-from ekt.training.config import TrainConfig
-from ekt.training.kd import KDConfig
+from ekt.training.config import KDConfig, TrainConfig
 
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 

@@ -9,12 +9,16 @@ helpers (``add_dataclass``, ``normalize``, ``leaf_keys``, ...) live here;
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import inspect
 import io
 import json
+import linecache
 import re
+import sys
+import textwrap
 import tokenize
 import typing
 from dataclasses import dataclass, field
@@ -22,12 +26,12 @@ from typing import Any
 
 import jsonargparse
 
-from ekt.data.tasks import Task, get_task
 from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig
 from ekt.generation.sampling import SamplingParams
 
-jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+# attribute docstrings are read by ``_comments`` (from the class's own lines), not by
+# jsonargparse's docstring parser (which parses each class's whole module, twice)
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,12 @@ class TaskConfig:
     dev_seed: int = 0
     """seed choosing the dev questions"""
 
-    def load_task(self, prompt_formats: tuple[str, ...] = ()) -> Task:
-        """The task; questions used as exemplars by ``prompt_formats`` are left out too."""
+    def load_task(self, prompt_formats: tuple[str, ...] = ()) -> Any:
+        """The task (an ``ekt.data.tasks.Task``: imported here, not where a parser is built;
+        jsonargparse runs a module's ``TYPE_CHECKING`` imports); questions used as exemplars by
+        ``prompt_formats`` are left out too."""
+        from ekt.data.tasks import get_task  # the data stack, only when a task is loaded
+
         formats = tuple(f for f in prompt_formats if f and f != "function")
         return get_task(self.task, self.data_dir, self.dev_size, self.dev_seed, formats)
 
@@ -99,13 +107,43 @@ class TaskConfig:
 # -- the generated parser -------------------------------------------------------------------
 
 
+def _class_source(cls: type) -> str:
+    """The source of ``cls``'s own block, dedented, found by its ``class`` line in its module's
+    file (``inspect.getsource`` parses the whole module for every class: most of a help
+    page's start-up time)."""
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    lines = linecache.getlines(path) if path else []
+    head = re.compile(rf"^(\s*)class {re.escape(cls.__name__)}\b")
+    for i, line in enumerate(lines):
+        m = head.match(line)
+        if not m:
+            continue
+        indent, block = len(m.group(1)), [line]
+        for nxt in lines[i + 1 :]:
+            if nxt.strip() and len(nxt) - len(nxt.lstrip()) <= indent:
+                break
+            block.append(nxt)
+        return textwrap.dedent("".join(block))
+    return ""
+
+
 def _comments(cls: type) -> dict[str, str]:
-    """``field: type = default  # comment`` -> {field: comment}, for fields without docstrings."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
+    """Help text of ``cls``'s own fields: an attribute docstring (a string on the line after
+    the field), else ``field: type = default  # comment`` or a comment on the lines above."""
+    source = _class_source(cls)
+    if not source:
         return {}
     out: dict[str, str] = {}
+    try:
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    except (SyntaxError, IndexError, AttributeError):
+        body = []
+    for stmt, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):  # fmt: skip
+            out[stmt.target.id] = " ".join(nxt.value.value.split())
     pending: str | None = None  # a comment on the lines above a field
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
@@ -149,6 +187,9 @@ def add_dataclass(
     if not helps:
         return
     texts = _helps(cls, f"{key}." if key else "")
+    for name, group in getattr(parser, "groups", {}).items():  # a nested block's title
+        if name in texts:
+            group.title = texts[name]
     for action in parser._actions:
         text = action.help or ""
         if action.dest in texts and (not text or text.startswith(("(type", "---"))):

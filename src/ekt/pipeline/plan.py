@@ -63,6 +63,7 @@ from ekt.methods.grpo import CPU_DEFAULTS
 from ekt.models import PRESETS, preset_gguf, resolve_model
 from ekt.pipeline.config import RunConfig, dump_config
 from ekt.pipeline.matrix import pair_config, slug
+from ekt.pipeline.plan_estimate import estimate, previous_seconds
 from ekt.pipeline.plan_measure import (
     Measured,
     count_records,
@@ -170,6 +171,7 @@ class _Planner:
         elif expected_per_question is not None:  # one call, made for this share of questions
             calls_exp = [e / n for e in per_q_exp]
         extra = 1 if greedy_too else 0
+        stage.api = backend.name == "openai"
         stage.prompts = q
         stage.samples_max = sum(per_q_max) + extra * q
         stage.samples_expected = sum(per_q_exp) + extra * q
@@ -251,6 +253,9 @@ class _Planner:
                 round_size=ts.round_size if ts.budget == "adaptive" else None,
             )
             stage.budget = budget
+            if measured is not None:  # its throughput: the previous run's time for it
+                stage.measured_seconds = previous_seconds(layout.results, "teacher ")
+                stage.measured_tokens = measured.completion_tokens
             self.add(stage)
         if TEACHER_PAIRS in consumed:
             v = self.stages[f"teacher:{t}"]
@@ -343,6 +348,9 @@ class _Planner:
                     greedy_too=ev.greedy,
                     measured=measured,
                 )
+                if measured is not None:  # its throughput: the previous run's time for it
+                    stage.measured_seconds = previous_seconds(evl.scores)
+                    stage.measured_tokens = measured.completion_tokens
                 self.add(stage)
 
     def budget(
@@ -549,7 +557,13 @@ def plan_experiment(
         )
     else:
         notes.append(f"no previous run in {root.dir}: nothing measured, expected = at most")
-    return Plan(cfg.name, str(root.dir), cells, list(planner.stages.values()), notes)
+    stages = list(planner.stages.values())
+    estimate(stages, cfg)  # time and memory, measured or at a stated rate
+    notes.append(
+        "time/memory: a stage's own line says what each rests on (a previous run's "
+        "throughput, or an assumed rate: ekt.pipeline.plan_estimate)"
+    )
+    return Plan(cfg.name, str(root.dir), cells, stages, notes)
 
 
 def _check_spec(role: str, spec: str) -> None:

@@ -48,6 +48,12 @@ class Stage:
     approx_prompt: bool = False  # prompt tokens estimated (no local tokenizer)
     budget: dict[str, Any] | None = None  # full against adaptive (teacher sampling)
     notes: list[str] = field(default_factory=list)
+    api: bool = False  # sampled through the openai backend (a server's speed)
+    measured_seconds: float | None = None  # the previous run's time of this stage
+    measured_tokens: float | None = None  # ... and the completion tokens it made in it
+    seconds: float | None = None  # estimated wall time (ekt.pipeline.plan_estimate)
+    memory_gb: float | None = None  # estimated memory held (weights, optimizer state)
+    estimate: str = ""  # what the time and memory rest on (measured, or the rate assumed)
 
 
 @dataclass
@@ -72,6 +78,13 @@ class Plan:
         for k in ("cost_max", "cost_expected"):
             costs = [getattr(s, k) for s in self.stages if getattr(s, k) is not None]
             out[k] = round(sum(costs), 6) if costs else None
+        times = [s.seconds for s in self.stages if s.seconds is not None]
+        out["seconds"] = round(sum(times), 3) if times else None
+        out["stages_without_time"] = sum(
+            1 for s in self.stages if s.seconds is None and s.estimate.startswith("no estimate")
+        )
+        mems = [s.memory_gb for s in self.stages if s.memory_gb is not None]
+        out["memory_gb_peak"] = max(mems) if mems else None
         return out
 
     def summary(self) -> str:
@@ -87,7 +100,14 @@ class Plan:
         line += f", {num(tokens)} tokens at most"
         if exp != tokens:
             line += f" ({num(exp)} expected)"
-        return f"{line}, cost: {cost}"
+        line += f", cost: {cost}"
+        if t["seconds"] is not None:
+            line += f", time: about {_duration(t['seconds'])}"
+            if t["stages_without_time"]:
+                line += f" (+ {t['stages_without_time']} stage(s) not estimated)"
+        if t["memory_gb_peak"] is not None:
+            line += f", peak memory: about {t['memory_gb_peak']:.1f} GB"
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +125,20 @@ class Plan:
 
 
 # -- the printed plan ----------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _memory(gb: float | None) -> str:
+    return "-" if gb is None else f"{gb:.1f}G" if gb >= 0.1 else f"{gb * 1000:.0f}M"
 
 
 def num(x: float | int | None) -> str:
@@ -132,23 +166,24 @@ def render(plan: Plan, command: str = "") -> str:
         "numbers: expected / at most where they differ (at most: every sample of the budget, "
         "max_new_tokens each; expected: what a previous run measured)"
     )
-    head = ("stage", "model", "prompts", "samples", "prompt tok", "completion tok", "cost")
+    head = ("stage", "model", "prompts", "samples", "prompt tok", "completion tok", "cost",
+            "time", "memory")  # fmt: skip
     rows = [head]
     details: list[str] = []
     for s in plan.stages:
         where = short.get(s.cell, s.cell)
         stage = f"{s.name} [{where}]" if where else s.name
         if s.programs and not s.samples_max:
-            rows.append((stage, "-", num(s.prompts), f"{num(s.programs)} programs", "-", "-", "-"))
+            rows.append((stage, "-", num(s.prompts), f"{num(s.programs)} programs", "-", "-", "-",
+                         _duration(s.seconds), _memory(s.memory_gb)))  # fmt: skip
         elif s.pairs is not None and not s.samples_max:
             what = (
                 f"{num(s.pairs)} pairs, {num(s.steps)} step{'' if s.steps == 1 else 's'}"
                 if s.steps is not None
                 else (f"{num(s.pairs)} passes")
             )
-            rows.append(
-                (stage, s.model, "-", ("" if s.exact_pairs else "<= ") + what, "-", "-", "-")
-            )
+            rows.append((stage, s.model, "-", ("" if s.exact_pairs else "<= ") + what, "-", "-",
+                         "-", _duration(s.seconds), _memory(s.memory_gb)))  # fmt: skip
         else:
             cost = _cost(s.cost_max)
             if s.cost_expected is not None and s.cost_expected != s.cost_max:
@@ -158,10 +193,13 @@ def render(plan: Plan, command: str = "") -> str:
                 stage, s.model, num(s.prompts), _pair(s.samples_max, s.samples_expected),
                 ("~" if s.approx_prompt else "") + prompt,
                 _pair(s.completion_tokens_max, s.completion_tokens_expected), cost,
+                _duration(s.seconds), _memory(s.memory_gb),
             ))  # fmt: skip
         if s.budget:
             details.append(f"{stage}: {_budget_line(s.budget)}")
         details += [f"{stage}: {n}" for n in s.notes]
+        if s.estimate:
+            details.append(f"{stage}: time/memory {s.estimate}")
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     for r in rows:
         cells = [

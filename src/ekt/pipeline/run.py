@@ -78,6 +78,9 @@ HARMLESS_KEYS = frozenset(
         "sandbox.pin_workers",
         "teacher_sampling.batch_size",
         "eval.batch_size",
+        "train.output_dir",  # set by ekt for every training (the student's checkpoints folder)
+        "train.report_to",  # loggers only ([] and "none" in configs written before ekt declared
+        # the TrainingArguments fields it exposes: TrainingArguments' own value after its init)
         "teacher_sampling.backend.concurrency",
         "teacher_sampling.backend.request_timeout",
         "teacher_sampling.backend.max_retries",
@@ -126,6 +129,9 @@ _STALE: dict[str, tuple[str, ...]] = {
     k: _SHARED.get(k, ()) + registry.stale_globs(k)
     for k in sorted(set(_SHARED) | registry.invalidating_keys())
 }
+TRANSFER = "transfer:"  # input key of an eval.tasks set's data hash: transfer:<task>/<split>
+_STALE["transfer"] = _STALE["eval.tasks"]  # a changed transfer set: its evaluations, and the
+# training data it decontaminates
 
 
 def _whole_file(summary: dict) -> dict:
@@ -162,8 +168,8 @@ def stale_outputs(keys: list[str], run_dir: Path) -> list[Path]:
     """Existing paths in ``run_dir`` made invalid by changing ``keys`` (and the results)."""
     globs: set[str] = {"results.json", "results.md", "report.html"}
     for key in keys:
-        parts = key.split(".")
-        known = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        parts = key.replace(":", ".", 1).split(".")  # transfer:svamp/test -> transfer
+        known = [key] + [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
         globs.update(next((_STALE[k] for k in known if k in _STALE), _ALL))
     found = {p for g in globs for p in run_dir.glob(g)}
     # a folder's contents go with it: list only the outermost paths
@@ -187,6 +193,10 @@ def input_hashes(task: Task, cfg: RunConfig) -> dict[str, str]:
     out: dict[str, str] = {}
     for split in data_splits(task, cfg):
         out[f"data:{task.name}/{split}"] = data_sha(task.load_file(split))
+    for name in cfg.eval.tasks:  # the transfer sets every model is evaluated on too
+        other = get_task(name, cfg.eval.task_data.get(name))
+        split = "test" if "test" in other.splits else other.splits[0]
+        out[f"{TRANSFER}{other.name}/{split}"] = data_sha(other.load_file(split))
 
     for role, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
         try:
@@ -645,7 +655,9 @@ class Runner:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "platform": platform.platform(),
-            "data": {"source": self.task.source, "sha256": data},
+            "data": {"source": self.task.source, "sha256": data,
+                     "transfer_sha256": {k.removeprefix(TRANSFER): v for k, v in inputs.items()
+                                         if k.startswith(TRANSFER)}},  # fmt: skip
             "models": {"teacher": self.cfg.teacher, "student": self.cfg.student},
             "inputs": inputs,
             "seeds": {

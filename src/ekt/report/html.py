@@ -408,6 +408,54 @@ def _drill(run: RunData, index: int, max_questions: int, max_samples: int) -> di
     }
 
 
+def _train_drill(run: RunData, index: int, max_questions: int, max_samples: int) -> dict | None:
+    """The training questions' drill-down: per question, each source's programs (the teacher's
+    samples, the reference programs...) with their sandbox verdicts, from the executions files
+    the yields table reads; the question text from the training pairs where one was kept.
+    None: the run has no verdicts on training questions."""
+    sources = [(y.source, y.path) for y in load_yields(run.dir)]
+    if not sources:
+        return None
+    texts: dict[str, str] = {}
+    for pairs in [RunLayout(run.dir).train_pairs, *sorted(run.dir.glob("*/train_pairs.jsonl"))]:
+        for r in records(pairs):
+            texts.setdefault(str(r.get("problem_id")), str(r.get("question") or ""))
+    order: list[str] = []
+    per: dict[str, dict[str, list[dict]]] = {}
+    for source, path in sources:
+        for r in records(path):
+            pid = str(r.get("problem_id", "?"))
+            if pid not in per:
+                order.append(pid)
+                per[pid] = {}
+            per[pid].setdefault(source, []).append(r)
+    # unsolved questions first (what the filter could not keep), then in order
+    solved = {q: any(r.get("correct") for rs in per[q].values() for r in rs) for q in order}
+    chosen = set(([q for q in order if not solved[q]] + [q for q in order if solved[q]])[
+        :max_questions])  # fmt: skip
+    questions = []
+    for pid in order:
+        marks, models = [], []
+        for source, recs in per[pid].items():
+            recs = sorted(recs, key=lambda r: r.get("sample_idx", 0))
+            c = sum(bool(r.get("correct")) for r in recs)
+            marks.append({"label": source, "method": source, "solved": c > 0, "greedy": "",
+                          "c": c, "n": len(recs)})  # fmt: skip
+            shown = recs[:max_samples]
+            first_ok = next((r for r in recs if r.get("correct")), None)
+            if first_ok is not None and first_ok not in shown:
+                shown = shown[: max(0, max_samples - 1)] + [first_ok]
+            models.append({"label": SOURCES.get(source, source), "method": source, "c": c,
+                           "n": len(recs), "majority": None, "majority_correct": None,
+                           "greedy": [], "shown": shown, "sampled": len(recs)})  # fmt: skip
+        questions.append({"id": pid, "text": texts.get(pid, ""), "gold": None, "marks": marks,
+                          "models": models if pid in chosen else None, "solved": solved[pid],
+                          "disagree": len({m["solved"] for m in marks}) > 1})  # fmt: skip
+    return {"index": f"{index}-train", "name": f"{run.name}: training questions",
+            "questions": questions, "embedded": len(chosen), "limit": max_questions,
+            "train": True}  # fmt: skip
+
+
 def _run_view(run: RunData, i: int) -> dict:
     """What the templates show of one run."""
     cols = ["greedy_pass@1"] + [f"pass@{k}" for k in sorted(run.ks)]
@@ -520,6 +568,10 @@ def render_html(
             best_student_line=best_student_line,
             drills=[
                 _drill(r, i, max_questions, max_samples) for i, r in enumerate(runs) if r.evals
+            ],
+            train_drills=[
+                d for i, r in enumerate(runs)
+                if (d := _train_drill(r, i, max_questions, max_samples)) is not None
             ],
             sources=SOURCES,
             color=color,

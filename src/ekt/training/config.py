@@ -1,9 +1,18 @@
-"""``TrainConfig``: the ``train:`` block of a run config and the ``ekt train`` flags.
+"""``TrainConfig``: the ``train:`` block of a run config and the ``ekt train`` flags; ``KDConfig``:
+the ``kd:`` block (``--method kd``).
 
-It is ``transformers.TrainingArguments`` itself (every field of it is a key), with ekt's
-defaults for the published recipe and ekt's own additions. To add a setting, add a typed
-field with a default and an attribute docstring (its help text); the CLI and the YAML
-reader are generated from the fields (``ekt.cli``).
+Both are plain dataclasses that import nothing heavy, so building the ``ekt train`` parser
+(``ekt train --help``) loads neither torch nor transformers. ``TrainConfig`` declares the
+``transformers.TrainingArguments`` fields ekt exposes, each with TrainingArguments' own name,
+type and default, except the defaults named in ``EKT_DEFAULTS`` (the published recipe); then
+ekt's own settings. ``training_arguments`` builds the real ``TrainingArguments`` from them
+when training starts. ``tests/test_train_config_static.py`` compares the declaration with the
+installed ``TrainingArguments`` (names, types, defaults), so a transformers upgrade that
+renames a field or changes a default fails a test instead of drifting silently.
+
+To expose another ``TrainingArguments`` field, declare it here with its type and default and
+an attribute docstring (its help text); the CLI and the YAML reader are generated from the
+fields (``ekt.cli``).
 """
 
 from __future__ import annotations
@@ -12,46 +21,76 @@ import enum
 from dataclasses import InitVar, dataclass, fields
 from typing import Any, Literal
 
-from transformers import TrainingArguments
-from transformers.trainer_utils import SchedulerType
-
 from ekt.errors import EktError
 
 LOSS_ON = ("program", "all")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# transformers.trainer_utils.SchedulerType's values (checked against it by a test)
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
+              "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy")  # fmt: skip
+# the TrainingArguments fields whose default ekt changes (the published recipe)
+EKT_DEFAULTS = ("learning_rate", "weight_decay", "warmup_steps", "num_train_epochs", "seed",
+                "logging_steps", "save_steps", "optim")  # fmt: skip
+KD_LOSSES = ("auto", "kl", "uld")
+TEACHER_PROMPTS = ("student", "few-shot")
 
 
 @dataclass
-class TrainConfig(TrainingArguments):
-    """Training settings: ``transformers.TrainingArguments`` with ekt's defaults and additions.
+class TrainConfig:
+    """Training settings: the ``transformers.TrainingArguments`` fields ekt exposes, with
+    ekt's defaults for the published recipe (``EKT_DEFAULTS``), and ekt's additions.
 
-    Every ``TrainingArguments`` field is a key of a run config's ``train:`` block and an
-    ``ekt train`` flag (``--learning_rate``, also spelt ``--learning-rate``). ekt overrides the
-    defaults below (the published recipe) and adds the fields after them. ``build_trainer``
-    sets what ekt derives (output folder, gradient accumulation from ``batch_size``, precision
-    flags from ``precision``, save strategy) with ``dataclasses.replace``.
+    Each field is a key of a run config's ``train:`` block and an ``ekt train`` flag
+    (``--learning_rate``, also spelt ``--learning-rate``). ``build_trainer`` adds what ekt
+    derives (output folder, gradient accumulation from ``batch_size``, precision flags from
+    ``precision``, save strategy) when it calls ``training_arguments``.
     """
 
+    # transformers.TrainingArguments fields
     output_dir: str | None = None
     """Trainer checkpoints (set by ekt: ``<out>/checkpoints``)"""
-    learning_rate: float = 1e-4
-    """peak learning rate of AdamW"""
-    weight_decay: float = 0.1
-    """weight decay, applied to every matrix but not to norms or biases"""
-    warmup_steps: int = 100
-    """linear warm-up steps"""
+    per_device_train_batch_size: int = 8
+    """examples per device per forward pass (batch_size / this = accumulation steps)"""
     num_train_epochs: float = 1.0
     """passes over the training pairs (``max_steps > 0`` overrides it)"""
-    seed: int = 0
-    """seed of the initialisation of new weights, the data order and dropout"""
+    max_steps: int = -1
+    """> 0: stop after this many optimizer steps (overrides num_train_epochs)"""
+    learning_rate: float = 1e-4
+    """peak learning rate of AdamW"""
+    lr_scheduler_type: str = "linear"
+    """learning-rate schedule after warm-up: linear, cosine, constant, ... (transformers'
+    SchedulerType)"""
+    warmup_steps: float = 100
+    """linear warm-up steps"""
+    optim: str = "adamw_torch"
+    """optimizer (see transformers.training_args.OptimizerNames)"""
+    weight_decay: float = 0.1
+    """weight decay, applied to every matrix but not to norms or biases"""
+    adam_beta1: float = 0.9
+    """AdamW's first-moment decay"""
+    adam_beta2: float = 0.999
+    """AdamW's second-moment decay"""
+    adam_epsilon: float = 1e-8
+    """AdamW's denominator epsilon"""
+    gradient_accumulation_steps: int = 1
+    """derived from batch_size; leave at 1"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm (0: no clipping)"""
+    gradient_checkpointing: bool | None = None
+    """recompute activations in the backward pass: less memory, slower"""
     logging_steps: float = 10
     """a line in train_log.jsonl every this many optimizer steps"""
     save_steps: float = 0
     """a checkpoint every this many steps (0: at the end only)"""
-    optim: str = "adamw_torch"
-    """optimizer (see transformers.training_args.OptimizerNames)"""
     report_to: str | list[str] | None = "none"
     """loggers the Trainer reports to (none: only ekt's train_log.jsonl)"""
+    seed: int = 0
+    """seed of the initialisation of new weights, the data order and dropout"""
+    data_seed: int | None = None
+    """seed of the data order only (None: seed)"""
+    torch_compile: bool = False
+    """compile the model with torch.compile"""
     # ekt's own settings
     batch_size: int = 32
     """effective batch: per_device_train_batch_size x accumulation steps (x processes)"""
@@ -83,17 +122,11 @@ class TrainConfig(TrainingArguments):
         if per_device_batch_size is not None:
             self.per_device_train_batch_size = per_device_batch_size
         self.validate()
-        try:
-            SchedulerType(self.lr_scheduler_type)
-        except ValueError:
-            choices = ", ".join(s.value for s in SchedulerType)
+        if self.lr_scheduler_type not in SCHEDULERS:
             raise EktError(
-                f"--lr-scheduler-type {self.lr_scheduler_type!r} is not one of: {choices}"
-            ) from None
-        try:
-            super().__post_init__()
-        except ValueError as e:  # TrainingArguments' own checks (scheduler names, ...)
-            raise EktError(f"train: {e}") from None
+                f"--lr-scheduler-type {self.lr_scheduler_type!r} is not one of: "
+                f"{', '.join(SCHEDULERS)}"
+            )
 
     def validate(self, world_size: int = 1) -> None:
         """Raise EktError for settings that cannot work (cheap: imports nothing)."""
@@ -144,14 +177,21 @@ class TrainConfig(TrainingArguments):
         self.validate(world_size)
         return self.batch_size // (self.per_device_train_batch_size * world_size)
 
-    def training_arguments(self, **overrides: Any) -> TrainingArguments:
-        """A plain ``TrainingArguments``: these settings and ``overrides`` (what ekt derives)."""
-        own = {f.name: getattr(self, f.name) for f in fields(TrainingArguments) if f.init}
-        return TrainingArguments(**{**own, **overrides})
+    def training_arguments(self, **overrides: Any) -> Any:
+        """A ``transformers.TrainingArguments`` (imported now): the fields it shares with these
+        settings, and ``overrides`` (what ekt derives); its own checks as an EktError."""
+        from transformers import TrainingArguments
+
+        shared = {f.name for f in fields(TrainingArguments) if f.init}
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name in shared}
+        try:
+            return TrainingArguments(**{**own, **overrides})
+        except ValueError as e:  # TrainingArguments' own checks (optimizer names, ...)
+            raise EktError(f"train: {e}") from None
 
     def settings(self) -> dict[str, Any]:
-        """The fields as plain JSON/YAML values (``TrainingArguments.to_dict``: enums by value)."""
-        return {k: _plain(v) for k, v in self.to_dict().items()}
+        """The fields as plain JSON/YAML values (enums by value)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
 
 def _plain(value: Any) -> Any:
@@ -162,3 +202,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+@dataclass
+class KDConfig:
+    """``kd:`` block of a run config; ``ekt train --method kd --kd-...`` flags."""
+
+    alpha: float = 0.5  # weight of cross-entropy; 1 - alpha weighs the distillation term
+    temperature: float = 1.0
+    loss: str = "auto"  # auto | kl | uld
+    teacher_prompt: str = "student"  # student | few-shot
+    teacher_device: str | None = None  # default: the run's device
+    teacher_dtype: str | None = None  # default: bfloat16 on GPUs, float32 on CPU
+
+    def validate(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise EktError(f"kd.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise EktError(f"kd.temperature must be > 0, got {self.temperature}")
+        if self.loss not in KD_LOSSES:
+            raise EktError(f"kd.loss must be one of {', '.join(KD_LOSSES)}, got {self.loss!r}")
+        if self.teacher_prompt not in TEACHER_PROMPTS:
+            raise EktError(
+                f"kd.teacher_prompt must be student or few-shot, got {self.teacher_prompt!r}"
+            )

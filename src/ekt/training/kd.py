@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.models import load_model
 from ekt.records import TrainPair
+from ekt.training.config import KDConfig
 from ekt.training.packing import (
     IGNORE,
     can_pack,
@@ -71,36 +72,10 @@ from ekt.training.train import (
     pair_ids,
 )
 
-KD_LOSSES = ("auto", "kl", "uld")
-TEACHER_PROMPTS = ("student", "few-shot")
 LOSS_NAMES = {
     "kl": "token-level KL(teacher || student)",
     "uld": "universal logit distillation (ULD; Boizard et al. 2024)",
 }
-
-
-@dataclass
-class KDConfig:
-    """``kd:`` block of a run config; ``ekt train --method kd --kd-...`` flags."""
-
-    alpha: float = 0.5  # weight of cross-entropy; 1 - alpha weighs the distillation term
-    temperature: float = 1.0
-    loss: str = "auto"  # auto | kl | uld
-    teacher_prompt: str = "student"  # student | few-shot
-    teacher_device: str | None = None  # default: the run's device
-    teacher_dtype: str | None = None  # default: bfloat16 on GPUs, float32 on CPU
-
-    def validate(self) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise EktError(f"kd.alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise EktError(f"kd.temperature must be > 0, got {self.temperature}")
-        if self.loss not in KD_LOSSES:
-            raise EktError(f"kd.loss must be one of {', '.join(KD_LOSSES)}, got {self.loss!r}")
-        if self.teacher_prompt not in TEACHER_PROMPTS:
-            raise EktError(
-                f"kd.teacher_prompt must be student or few-shot, got {self.teacher_prompt!r}"
-            )
 
 
 # -- the distances (pure tensor functions) -----------------------------------

@@ -1,14 +1,12 @@
-"""``ekt train`` options: their own module, so that only ``ekt train`` (its run and its
-``--help``) imports transformers' ``TrainingArguments`` (``ekt.cli`` names the class by
-path and imports it when the command is ``train``)."""
+"""``ekt train`` options. Their settings (``TrainConfig``, ``KDConfig``) are plain dataclasses,
+so building this parser imports neither torch nor transformers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ekt.training.config import TrainConfig
-from ekt.training.kd import KDConfig
+from ekt.training.config import KDConfig, TrainConfig
 
 
 @dataclass
@@ -30,6 +28,6 @@ class TrainOptions:
     prompt_format: str = "function"
     """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """fine-tuning (transformers.TrainingArguments with ekt's defaults)"""
+    """fine-tuning (the transformers.TrainingArguments fields ekt exposes, ekt's defaults)"""
     kd: KDConfig = field(default_factory=KDConfig)
     """--method kd: the distillation term"""
