@@ -35,7 +35,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -204,22 +204,50 @@ def check_settings(path: Path, settings: dict, force: bool = False) -> None:
     write_json_atomic(path, settings)
 
 
+@dataclass
+class _Tally:
+    """What the new samples of a job add up to."""
+
+    new: int = 0
+    tokens: int = 0
+    prompt_tokens: int = 0
+    extract_failed: int = 0
+
+    def summary(self, problems: int, total: int, seconds: float, price) -> GenerateSummary:
+        return GenerateSummary(
+            problems, total, self.new, self.tokens, seconds, self.extract_failed,
+            self.prompt_tokens, cost_of(self.prompt_tokens, self.tokens, price),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """How a generate job prompts, shards, records and budgets its samples."""
+
+    prompt: str = "teacher"  # "teacher" (few-shot) or "student" (zero-shot), see PROMPTS
+    shard_size: int = 100  # problems per shard file
+    settings: dict | None = None  # extra keys recorded in generate.json (model, task, ...)
+    force: bool = False  # start over: earlier samples and their settings are dropped
+    prompt_format: str | PromptFormat | None = None  # a built-in name or a YAML path
+    price: tuple[float, float] | None = None  # USD per million prompt, completion tokens
+    budget: AdaptiveBudget | None = None  # adaptive: rounds, judged (None: the full budget)
+
+
 def generate(
     sampler: Sampler | Callable[[], Sampler],
     problems: Sequence[Problem],
     out_dir: str | Path,
     params: SamplingParams,
-    prompt: str = "teacher",
-    shard_size: int = 100,
-    settings: dict | None = None,
-    force: bool = False,
+    how: GenerateSettings | None = None,
+    *,
     cluster: ShardCluster | None = None,
-    prompt_format: str | PromptFormat | None = None,
-    price: tuple[float, float] | None = None,
-    budget: AdaptiveBudget | None = None,
     judge: Judge | None = None,
+    **fields: Any,
 ) -> GenerateSummary:
     """Sample ``params.n`` completions per problem into shards under ``out_dir``.
+
+    ``how`` holds the job's settings (:class:`GenerateSettings`); its fields may also be
+    given as keywords (``prompt="student"``), which override ``how``'s.
 
     ``sampler`` may be a factory, called only when there is work left, so a
     finished job never loads its model. With ``cluster`` (an
@@ -236,116 +264,113 @@ def generate(
     folder stops at once. Shards that hold a sample twice (an older version's, a copied
     folder) are repaired first, keeping each sample's first record, and said so.
     """
+    how = replace(how or GenerateSettings(), **fields)
     with output_lock(out_dir):
-        return _generate_locked(
-            sampler, problems, out_dir, params, prompt, shard_size, settings, force, cluster,
-            prompt_format, price, budget, judge,
-        )  # fmt: skip
+        job = _prepare(problems, Path(out_dir), params, how, judge)
+        if how.budget is not None:
+            assert judge is not None
+            return _generate_adaptive(job, sampler, cluster, how.budget, judge)
+        if cluster is not None:
+            return _generate_on_cluster(job, sampler, cluster)
+        return _generate_local(job, sampler)
 
 
-def _generate_locked(
-    sampler: Sampler | Callable[[], Sampler],
-    problems: Sequence[Problem],
-    out_dir: str | Path,
-    params: SamplingParams,
-    prompt: str,
-    shard_size: int,
-    settings: dict | None,
-    force: bool,
-    cluster: ShardCluster | None,
-    prompt_format: str | PromptFormat | None,
-    price: tuple[float, float] | None,
-    budget: AdaptiveBudget | None,
+@dataclass
+class _Job:
+    """A generate job, prepared: what every mode needs to sample and write its shards."""
+
+    problems: Sequence[Problem]
+    out: Path
+    params: SamplingParams
+    make_prompt: Callable[[Problem], Prompt]
+    fmt: PromptFormat
+    shard_size: int
+    questions: Mapping[str, str]  # problem id -> question_sha
+    price: tuple[float, float] | None
+    tally: _Tally = field(default_factory=_Tally)
+    t0: float = field(default_factory=time.time)  # when sampling began
+
+    def shards(self) -> Iterator[tuple[int, Sequence[Problem], Path]]:
+        """Every shard: its index, its problems and its file."""
+        for shard_idx, start in enumerate(range(0, len(self.problems), self.shard_size)):
+            chunk = self.problems[start : start + self.shard_size]
+            yield shard_idx, chunk, self.out / "samples" / f"shard-{shard_idx:05d}.jsonl"
+
+    def summary(self, total: int) -> GenerateSummary:
+        return self.tally.summary(len(self.problems), total, time.time() - self.t0, self.price)
+
+
+def _prepare(
+    problems: Sequence[Problem], out: Path, params: SamplingParams, how: GenerateSettings,
     judge: Judge | None,
-) -> GenerateSummary:
-    make_prompt = prompt_maker(prompt, prompt_format)
-    fmt = load_format(prompt_format)
-    if shard_size < 1:
+) -> _Job:
+    """Check the settings against the folder's (refusing other ones and changed
+    questions), record them in generate.json and repair duplicated samples."""
+    make_prompt = prompt_maker(how.prompt, how.prompt_format)
+    fmt = load_format(how.prompt_format)
+    if how.shard_size < 1:
         raise EktError("--shard-size must be >= 1")
-    out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    if force:
+    if how.force:
         for p in (out / "samples").iterdir():
             p.unlink()
+    settings = _job_settings(problems, params, how, fmt, judge)
+    questions = {p.id: question_sha(p.question) for p in problems}
+    if not how.force:  # samples of a question that has changed since are stale: name them
+        check_questions(out, problems)
+    check_settings(out / "generate.json", settings, force=how.force)
+    if how.force:
+        (out / BUDGET_LOG).unlink(missing_ok=True)
+    repair_duplicates(out)
+    return _Job(problems, out, params, make_prompt, fmt, how.shard_size, questions, how.price)
+
+
+def _job_settings(
+    problems: Sequence[Problem], params: SamplingParams, how: GenerateSettings,
+    fmt: PromptFormat, judge: Judge | None,
+) -> dict:
+    """What generate.json records: a rerun with other settings is refused."""
     job = {
-        "prompt": prompt,
+        "prompt": how.prompt,
         "sampling": asdict(params),
         "problems": len(problems),
         "first_problem": problems[0].id if problems else None,
-        **(settings or {}),
+        **(how.settings or {}),
     }
     if fmt.source != load_format(DEFAULT_FORMAT).source:  # older jobs (default) resume as they were
         job["prompt_format"] = fmt.label
     job["sampling"]["stop"] = list(params.stop)
-    if budget is not None:  # a full job's settings stay as they were (old runs resume)
+    if how.budget is not None:  # a full job's settings stay as they were (old runs resume)
         if judge is None:
             raise EktError("an adaptive budget needs a judge (the verification of each round)")
-        job["budget"] = budget.settings()
+        job["budget"] = how.budget.settings()
     job["questions_sha256"] = data_sha(problems, gold=False)  # what the prompts showed
-    questions = {p.id: question_sha(p.question) for p in problems}
-    if not force:  # samples of a question that has changed since are stale: name them
-        check_questions(out, problems)
-    check_settings(out / "generate.json", job, force=force)
-    if force:
-        (out / BUDGET_LOG).unlink(missing_ok=True)
-    repair_duplicates(out)
+    return job
 
-    t0 = time.time()
-    tally = _Tally()
-    if budget is not None:
-        assert judge is not None
-        _generate_adaptive(
-            cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally,
-            budget, judge, questions,
-        )  # fmt: skip
-        s = tally.summary(len(problems), 0, time.time() - t0, price)
-        b = budget_usage(out, len(problems), params.n)
-        s.samples, s.full_samples = b["samples"], b["samples_full_budget"]
-        s.left_early, s.gave_up = b["questions_left_early"], b["questions_gave_up"]
-        return s
-    if cluster is not None:
-        _generate_ray(cluster, sampler, problems, out, params, make_prompt, shard_size, fmt, tally,
-                      questions)  # fmt: skip
-        total = len(problems) * params.n
-        return tally.summary(len(problems), total, time.time() - t0, price)
+
+def _generate_local(job: _Job, sampler: Sampler | Callable[[], Sampler]) -> GenerateSummary:
+    """The full budget in this process: the shards left to do, one after another."""
     total = 0
     live: Sampler | None = None
-    for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
-        chunk = problems[start : start + shard_size]
-        path = out / "samples" / f"shard-{shard_idx:05d}.jsonl"
-        done_marker = path.with_suffix(".done")
-        if done_marker.exists():
-            total += len(chunk) * params.n
+    n = job.params.n
+    for _, chunk, path in job.shards():
+        if path.with_suffix(".done").exists():
+            total += len(chunk) * n
             continue
         have = _have(path)
         # A partial shard is sampled again whole (writing only what is missing): the
         # sampler batches consecutive problems together, so the same problem list
         # gives bit-identical samples, and a resumed shard equals an uninterrupted one.
-        todo = chunk if any(len(have[p.id]) < params.n for p in chunk) else []
+        todo = chunk if any(len(have[p.id]) < n for p in chunk) else []
         if todo:
             if live is None:
                 live = _sampler_of(sampler)
-            requests = [(p.id, make_prompt(p)) for p in todo]
-            _write_shard(path, have, live.sample(requests, params), fmt, tally, questions)  # type: ignore[union-attr]
-        _finish_shard(path, chunk, have, params)
-        total += len(chunk) * params.n
-    return tally.summary(len(problems), total, time.time() - t0, price)
-
-
-@dataclass
-class _Tally:
-    """What the new samples of a job add up to."""
-
-    new: int = 0
-    tokens: int = 0
-    prompt_tokens: int = 0
-    extract_failed: int = 0
-
-    def summary(self, problems: int, total: int, seconds: float, price) -> GenerateSummary:
-        return GenerateSummary(
-            problems, total, self.new, self.tokens, seconds, self.extract_failed,
-            self.prompt_tokens, cost_of(self.prompt_tokens, self.tokens, price),
-        )  # fmt: skip
+            requests = [(p.id, job.make_prompt(p)) for p in todo]
+            _write_shard(path, have, live.sample(requests, job.params), job.fmt, job.tally,
+                         job.questions)  # fmt: skip
+        _finish_shard(path, chunk, have, job.params)
+        total += len(chunk) * n
+    return job.summary(total)
 
 
 def _sample_key(_: int, obj: dict) -> tuple[Any, Any]:
@@ -413,40 +438,28 @@ def _finish_shard(
     path.with_suffix(".done").write_text("")
 
 
-def _generate_ray(
-    cluster: ShardCluster,
-    sampler: Any,
-    problems: Sequence[Problem],
-    out: Path,
-    params: SamplingParams,
-    make_prompt: Callable[[Problem], Prompt],
-    shard_size: int,
-    fmt: PromptFormat,
-    tally: _Tally,
-    questions: Mapping[str, str],
-) -> None:
-    """The shards left to do, on a Ray cluster's generation replicas (``ekt.pipeline.distributed``).
+def _generate_on_cluster(job: _Job, sampler: Any, cluster: ShardCluster) -> GenerateSummary:
+    """The full budget on a Ray cluster's generation replicas (``ekt.pipeline.distributed``).
 
     Every replica samples a shard's whole problem list, as the local path does, so
     the records are the same; the driver writes each shard once, when it arrives.
     """
     chunks: dict[int, tuple[Path, Sequence[Problem], dict[str, set[int]]]] = {}
     jobs = []
-    for shard_idx, start in enumerate(range(0, len(problems), shard_size)):
-        chunk = problems[start : start + shard_size]
-        path = out / "samples" / f"shard-{shard_idx:05d}.jsonl"
+    for shard_idx, chunk, path in job.shards():
         if path.with_suffix(".done").exists():
             continue
         have = _have(path)
         chunks[shard_idx] = (path, chunk, have)
-        if any(len(have[p.id]) < params.n for p in chunk):
-            jobs.append((shard_idx, [(p.id, make_prompt(p)) for p in chunk]))
+        if any(len(have[p.id]) < job.params.n for p in chunk):
+            jobs.append((shard_idx, [(p.id, job.make_prompt(p)) for p in chunk]))
         else:
-            _finish_shard(path, chunk, have, params)
-    for shard_idx, completions in cluster.generate_shards(sampler, jobs, params):
+            _finish_shard(path, chunk, have, job.params)
+    for shard_idx, completions in cluster.generate_shards(sampler, jobs, job.params):
         path, chunk, have = chunks[shard_idx]
-        _write_shard(path, have, completions, fmt, tally, questions)
-        _finish_shard(path, chunk, have, params)
+        _write_shard(path, have, completions, job.fmt, job.tally, job.questions)
+        _finish_shard(path, chunk, have, job.params)
+    return job.summary(len(job.problems) * job.params.n)
 
 
 def _sampler_of(sampler: Any) -> Sampler:
@@ -569,46 +582,44 @@ class _AdaptiveJob:
 
 
 def _generate_adaptive(
-    cluster: ShardCluster | None,
-    sampler: Any,
-    problems: Sequence[Problem],
-    out: Path,
-    params: SamplingParams,
-    make_prompt: Callable[[Problem], Prompt],
-    shard_size: int,
-    fmt: PromptFormat,
-    tally: _Tally,
-    budget: AdaptiveBudget,
-    judge: Judge,
-    questions: Mapping[str, str],
-) -> None:
+    job: _Job, sampler: Any, cluster: ShardCluster | None, budget: AdaptiveBudget, judge: Judge
+) -> GenerateSummary:
     """The shards left to do, round by round (module docstring). Locally one shard after
     another; on a cluster every shard's next round is in flight at once, each drawn by
     whichever replica is free (the replicas live for the whole stage), and judged here."""
-    log = _read_log(out / BUDGET_LOG)
-    ctx = _AdaptiveJob(out, params, make_prompt, fmt, tally, budget, judge,
-                       rounds(params.n, budget.round_size), questions)  # fmt: skip
-    shards = []
-    for shard_idx, first in enumerate(range(0, len(problems), shard_size)):
-        path = out / "samples" / f"shard-{shard_idx:05d}.jsonl"
-        if not path.with_suffix(".done").exists():
-            chunk = problems[first : first + shard_size]
-            shards.append(_ShardRounds(shard_idx, chunk, path, log[shard_idx], ctx))
+    log = _read_log(job.out / BUDGET_LOG)
+    ctx = _AdaptiveJob(job.out, job.params, job.make_prompt, job.fmt, job.tally, budget, judge,
+                       rounds(job.params.n, budget.round_size), job.questions)  # fmt: skip
+    shards = [
+        _ShardRounds(shard_idx, chunk, path, log[shard_idx], ctx)
+        for shard_idx, chunk, path in job.shards()
+        if not path.with_suffix(".done").exists()
+    ]
     if cluster is not None:
-        by_idx = {s.idx: s for s in shards}
+        _rounds_on_cluster(shards, sampler, cluster)
+    else:
+        live: Sampler | None = None
+        for shard in shards:
+            while (round_job := shard.next_job()) is not None:
+                live = live or _sampler_of(sampler)
+                shard.absorb(_draw(live, *round_job))
+    s = job.summary(0)
+    b = budget_usage(job.out, len(job.problems), job.params.n)
+    s.samples, s.full_samples = b["samples"], b["samples_full_budget"]
+    s.left_early, s.gave_up = b["questions_left_early"], b["questions_gave_up"]
+    return s
 
-        def then(idx: int, completions: list[Completion]) -> Any:
-            by_idx[idx].absorb(completions)
-            return by_idx[idx].next_job()
 
-        first_jobs = [(s.idx, job) for s in shards if (job := s.next_job()) is not None]
-        cluster.generate_rounds(sampler, first_jobs, then)
-        return
-    live: Sampler | None = None
-    for shard in shards:
-        while (job := shard.next_job()) is not None:
-            live = live or _sampler_of(sampler)
-            shard.absorb(_draw(live, job[0], job[1], job[2]))
+def _rounds_on_cluster(shards: list[_ShardRounds], sampler: Any, cluster: ShardCluster) -> None:
+    """Every shard's next round in flight at once; each, when back, gives its next."""
+    by_idx = {s.idx: s for s in shards}
+
+    def then(idx: int, completions: list[Completion]) -> Any:
+        by_idx[idx].absorb(completions)
+        return by_idx[idx].next_job()
+
+    first_jobs = [(s.idx, job) for s in shards if (job := s.next_job()) is not None]
+    cluster.generate_rounds(sampler, first_jobs, then)
 
 
 def budget_usage(out_dir: str | Path, problems: int, n: int) -> dict[str, int]:

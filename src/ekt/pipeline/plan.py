@@ -87,6 +87,18 @@ ASSUMED_PASS_AT_1 = (0.05, 0.3, 0.6)
 TokenizerLoader = Callable[[str], Any | None]
 
 
+# The settings a previous run's teacher samples, or evaluations, must share to size a stage.
+_TEACHER_KEYS = (
+    "teacher", "task", "data_dir", "teacher_sampling.temperature", "teacher_sampling.top_p",
+    "teacher_sampling.max_new_tokens", "teacher_sampling.stop", "teacher_sampling.prompt_format",
+    "teacher_sampling.backend.served_model",
+)
+_EVAL_KEYS = (
+    "task", "data_dir", "eval.temperature", "eval.top_p", "eval.max_new_tokens", "eval.stop",
+    "eval.greedy", "teacher_sampling.prompt_format", "student_prompt_format",
+)
+
+
 class _Planner:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None, tokenizer: TokenizerLoader):
         self.cfg = cfg
@@ -211,27 +223,30 @@ class _Planner:
 
     # -- the stages of one cell ----------------------------------------------
     def cell(self, pcfg: RunConfig, layout: RunLayout, label: str, matrix: bool) -> None:
-        cfg, ts = pcfg, pcfg.teacher_sampling
-        methods = list(cfg.methods)
-        t, s = cfg.teacher, cfg.student
+        """Every stage of one (teacher, student) cell: teacher sampling and verification,
+        the reference programs, each method's training, and every evaluation."""
         shared = "shared" if matrix else ""
-        q = len(self.train)
-        teacher_keys = (
-            "teacher",
-            "task",
-            "data_dir",
-            "teacher_sampling.temperature",
-            "teacher_sampling.top_p",
-            "teacher_sampling.max_new_tokens",
-            "teacher_sampling.stop",
-            "teacher_sampling.prompt_format",
-            "teacher_sampling.backend.served_model",
-        )
-        counts: dict[str, tuple[int, int]] = {}
-        consumed = {c for m in methods for c in registry.get(m).consumes}
+        self.teacher_stages(pcfg, layout, shared)
+        pairs_upper = self.pairs_upper(pcfg, shared)
+        for method in pcfg.methods:
+            if method == "expert-iteration":
+                self.expert_iteration(pcfg, layout, label, matrix)
+                continue
+            if method not in pairs_upper:  # trains on its own rollouts: its steps are set
+                self.rollout_stage(pcfg, method, label)
+                continue
+            self.train_stage(pcfg, layout, method, pairs_upper[method], label, matrix)
+        for model in self.eval_models(pcfg, label, shared):
+            self.eval_stages(pcfg, layout, *model)
+
+    def teacher_stages(self, cfg: RunConfig, layout: RunLayout, shared: str) -> None:
+        """The teacher's sampling (sized from a previous run of the same settings, if
+        any) and the verification of its programs, for the methods that need them."""
+        t, ts = cfg.teacher, cfg.teacher_sampling
+        consumed = {c for m in cfg.methods for c in registry.get(m).consumes}
         if {TEACHER_PAIRS, TEACHER_SAMPLES} & consumed:
             stage = Stage(f"teacher:{t}", f"teacher sampling ({cfg.train_split})", t, shared)
-            why = self.differs(layout, cfg, teacher_keys)
+            why = self.differs(layout, cfg, _TEACHER_KEYS)
             measured = None
             if not why:
                 measured = measured_usage(layout.teacher) or results_usage(layout.results)
@@ -240,18 +255,11 @@ class _Planner:
                 stage.notes.append(f"previous run not used: {why}")
             exp, budget = self.budget(counts, stage)
             self.sampling(
-                stage,
-                t,
-                self.train,
-                "teacher",
-                self.task.prompt_format(ts.prompt_format),
-                ts.backend,
-                ts.n,
-                ts.max_new_tokens,
-                measured=measured,
+                stage, t, self.train, "teacher", self.task.prompt_format(ts.prompt_format),
+                ts.backend, ts.n, ts.max_new_tokens, measured=measured,
                 expected_per_question=exp,
                 round_size=ts.round_size if ts.budget == "adaptive" else None,
-            )
+            )  # fmt: skip
             stage.budget = budget
             if measured is not None:  # its throughput: the previous run's time for it
                 stage.measured_seconds = previous_seconds(layout.results, "teacher ")
@@ -259,99 +267,74 @@ class _Planner:
             self.add(stage)
         if TEACHER_PAIRS in consumed:
             v = self.stages[f"teacher:{t}"]
-            self.add(
-                Stage(
-                    f"verify:{t}",
-                    "verify teacher programs (sandbox)",
-                    "",
-                    shared,
-                    prompts=q,
-                    programs=v.samples_expected,
-                )
-            )
+            self.add(Stage(f"verify:{t}", "verify teacher programs (sandbox)", "", shared,
+                           prompts=len(self.train), programs=v.samples_expected))  # fmt: skip
+
+    def pairs_upper(self, cfg: RunConfig, shared: str) -> dict[str, int]:
+        """At most how many training pairs each method gets; with 'supervised', the stage
+        that runs the reference programs."""
+        q, ts = len(self.train), cfg.teacher_sampling
         seq_kd_n = min(ts.n, cfg.seq_kd.per_question or ts.n)
         pairs_upper = {"ekt": q if cfg.keep == "first" else q * ts.n, "seq-kd": q * seq_kd_n}
         pairs_upper["kd"] = pairs_upper["ekt"]
-        if "supervised" in methods:
+        if "supervised" in cfg.methods:
             refs = sum(reference_program(p.solution) is not None for p in self.train)
             self.add(
                 Stage(
-                    "supervised",
-                    "supervised reference programs (sandbox)",
-                    "",
-                    shared,
-                    prompts=q,
-                    programs=refs,
+                    "supervised", "supervised reference programs (sandbox)", "", shared,
+                    prompts=q, programs=refs,
                     notes=[f"{num(refs)} of {num(q)} questions have annotations forming a program"],
                 )
-            )
+            )  # fmt: skip
             pairs_upper["supervised"] = refs
-        for method in methods:
-            if method == "expert-iteration":
-                self.expert_iteration(cfg, layout, label, matrix)
-                continue
-            if method not in pairs_upper:  # trains on its own rollouts: its steps are set
-                self.rollout_stage(cfg, method, label)
-                continue
-            self.train_stage(cfg, layout, method, pairs_upper[method], label, matrix)
-        ev, e = cfg.eval, cfg.eval.backend
-        models = []
+        return pairs_upper
+
+    def eval_models(self, cfg: RunConfig, label: str, shared: str) -> list[tuple]:
+        """The models evaluated: (label, spec, prompt, format, backend, where, identity)."""
+        ts, t, s, e = cfg.teacher_sampling, cfg.teacher, cfg.student, cfg.eval.backend
+        models: list[tuple] = []
         if cfg.evaluate_teacher:
             fmt = self.task.prompt_format(ts.prompt_format)
             models.append(("teacher", t, "teacher", fmt, ts.backend, shared, t))
         if cfg.evaluate_base_student:
             models.append(("student-base", s, "student", cfg.student_prompt_format, e, shared, s))
-        for method in methods:
+        for method in cfg.methods:
             where = label if registry.get(method).uses_teacher else shared
             ident = s if where == shared else f"{t}|{s}"
             models.append(
                 (f"student-{method}", s, "student", cfg.student_prompt_format, e, where, ident)
             )
-        eval_keys = (
-            "task",
-            "data_dir",
-            "eval.temperature",
-            "eval.top_p",
-            "eval.max_new_tokens",
-            "eval.stop",
-            "eval.greedy",
-            "teacher_sampling.prompt_format",
-            "student_prompt_format",
-        )
-        for lab, spec, prompt, fmt, backend, where, ident in models:
-            sets = [(self.task.name, cfg.eval.split, self.eval, None)]
-            sets += [(n, sp, probs, n) for n, sp, probs in self.transfer]
-            for task_name, split, problems, sub in sets:
-                stage = Stage(
-                    f"eval:{lab}:{ident}:{task_name}",
-                    f"evaluate {lab} ({task_name} {split}, n={ev.n}"
-                    + (" + greedy)" if ev.greedy else ")"),
-                    spec,
-                    where,
-                )
-                evl = layout.eval(lab, sub)
-                why = self.differs(
-                    layout, cfg, (*eval_keys, "teacher" if lab == "teacher" else "student")
-                )
-                measured = (
-                    None if why else measured_usage(evl.samples("sampled"), evl.samples("greedy"))
-                )
-                self.sampling(
-                    stage,
-                    spec,
-                    problems,
-                    prompt,
-                    fmt,
-                    backend,
-                    ev.n,
-                    ev.max_new_tokens,
-                    greedy_too=ev.greedy,
-                    measured=measured,
-                )
-                if measured is not None:  # its throughput: the previous run's time for it
-                    stage.measured_seconds = previous_seconds(evl.scores)
-                    stage.measured_tokens = measured.completion_tokens
-                self.add(stage)
+        return models
+
+    def eval_stages(
+        self, cfg: RunConfig, layout: RunLayout, lab: str, spec: str, prompt: str, fmt: Any,
+        backend: Any, where: str, ident: str,
+    ) -> None:
+        """One model's evaluation on the task's eval split and on each transfer task."""
+        ev = cfg.eval
+        sets = [(self.task.name, ev.split, self.eval, None)]
+        sets += [(n, sp, probs, n) for n, sp, probs in self.transfer]
+        for task_name, split, problems, sub in sets:
+            stage = Stage(
+                f"eval:{lab}:{ident}:{task_name}",
+                f"evaluate {lab} ({task_name} {split}, n={ev.n}"
+                + (" + greedy)" if ev.greedy else ")"),
+                spec,
+                where,
+            )
+            evl = layout.eval(lab, sub)
+            why = self.differs(
+                layout, cfg, (*_EVAL_KEYS, "teacher" if lab == "teacher" else "student")
+            )
+            measured = (
+                None if why else measured_usage(evl.samples("sampled"), evl.samples("greedy"))
+            )
+            self.sampling(stage, spec, problems, prompt, fmt, backend, ev.n, ev.max_new_tokens,
+                          greedy_too=ev.greedy, measured=measured)  # fmt: skip
+            if measured is not None:  # its throughput: the previous run's time for it
+                stage.measured_seconds = previous_seconds(evl.scores)
+                stage.measured_tokens = measured.completion_tokens
+            self.add(stage)
 
     def budget(
         self, counts: dict[str, tuple[int, int]], stage: Stage

@@ -188,6 +188,35 @@ def _child(w: Worker, n: int, wfd: int, mod: Any) -> None:
     os._exit(0)
 
 
+def _initial_protections(confined: bool) -> dict[str, bool]:
+    """What a worker holds before building its layers (each layer then sets its own)."""
+    return {
+        "process_group": True,
+        "wall_clock_deadline": True,
+        "fd_isolation": True,
+        "scratch_dir": True,
+        "scratch_quota": False,
+        "scratch_quota_watch": False,
+        "tasks_cgroup": False,
+        "tasks_limit": False,
+        "threads_refused": False,
+        "ipc_refused": False,
+        "ipc_namespace": False,
+        "user_namespace": False,
+        "rlimits": confined,
+        "no_new_privs": confined,
+        "capabilities_dropped": False,
+        "seccomp": False,
+        "landlock": False,
+        "landlock_net": False,
+        "landlock_signal_scope": False,
+        "fs_read_allowlist": False,
+        "fs_writes_only_in_scratch": False,
+        "scratch_writable": not confined,
+        "deny_read_verified": False,
+    }
+
+
 # -- the worker ---------------------------------------------------------------------------
 
 
@@ -207,87 +236,17 @@ class Worker:
         self.watch: ScratchWatch | None = None  # the quota without a tmpfs
         self.retire = ""  # set when this worker must not run another program
         self.poller = select.poll()
-        # One scratch directory per worker, emptied after every program: the Landlock
-        # ruleset names it once, and no directory is created or removed per program.
-        self.scratch = os.path.join(self.scratch_root, "scratch")
-        os.makedirs(self.scratch, 0o700, exist_ok=True)
-        os.environ["TMPDIR"] = os.environ["HOME"] = self.scratch  # tempfile & co land there
-        if "tempfile" in sys.modules:
-            sys.modules["tempfile"].tempdir = self.scratch
-        with open("/proc/self/statm") as fh:
-            vm = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        # The memory budget comes on top of what the warm interpreter already maps.
-        as_bytes = vm + int(cfg["memory_mb"]) * 1024 * 1024
-        self.as_limit = (as_bytes, as_bytes)
-        self.cpu_limit = (self.cpu_seconds, self.cpu_seconds + 1)
+        self.scratch = self._make_scratch()
+        self.as_limit, self.cpu_limit = self._limits(int(cfg["memory_mb"]))
         self.deny = sorted({os.path.realpath(p) for p in cfg.get("deny_read", []) if p})
         self.confined = confined = self.isolation != "none"
-        self.protections: dict[str, bool] = {
-            "process_group": True,
-            "wall_clock_deadline": True,
-            "fd_isolation": True,
-            "scratch_dir": True,
-            "scratch_quota": False,
-            "scratch_quota_watch": False,
-            "tasks_cgroup": False,
-            "tasks_limit": False,
-            "threads_refused": False,
-            "ipc_refused": False,
-            "ipc_namespace": False,
-            "user_namespace": False,
-            "rlimits": confined,
-            "no_new_privs": confined,
-            "capabilities_dropped": False,
-            "seccomp": False,
-            "landlock": False,
-            "landlock_net": False,
-            "landlock_signal_scope": False,
-            "fs_read_allowlist": False,
-            "fs_writes_only_in_scratch": False,
-            "scratch_writable": not confined,
-            "deny_read_verified": False,
-        }
+        self.protections: dict[str, bool] = _initial_protections(confined)
         self.fs: dict[str, Any] = {"scratch": self.scratch, "deny_read": self.deny,
                                    "read_roots": [], "notes": []}
         self.landlock_fd = -1
         self.seccomp: SeccompProgram | None = None
         if confined:
-            off = set(cfg.get("disable", ()))  # layers switched off (SandboxConfig.disable)
-            cgroup = str(cfg.get("cgroup", ""))
-            tasks = bool(cgroup) and join_cgroup(cgroup)  # first: everything after counts
-            self.protections["tasks_cgroup"] = tasks
-            ns = private_namespaces(
-                self.scratch, int(cfg.get("scratch_mb", 0)), int(cfg.get("scratch_files", 0)),
-                ipc="ipc_namespace" not in off, userns="user_namespace" not in off,
-                tmpfs="tmpfs" not in off,
-            )
-            self.protections.update(ns)
-            if not ns["scratch_quota"]:  # no tmpfs: the worker watches the scratch usage
-                self.watch = ScratchWatch(self.scratch, int(cfg.get("scratch_mb", 0)) << 20,
-                                          int(cfg.get("scratch_files", 0)))
-            self.protections["scratch_quota_watch"] = self.watch is not None
-            roots = read_roots(list(cfg.get("allow_read", [])), [self.scratch_root])
-            rules, notes = plan_read_rules(roots, self.deny)
-            self.fs.update(read_roots=roots, notes=notes, rules=len(rules))
-            abi = 0 if "landlock" in off else landlock_abi()
-            self.landlock_fd, ll = build_landlock(abi, rules, self.scratch)
-            self.protections.update(ll)
-            fs_rule = ll["landlock"]
-            if "seccomp" not in off:
-                self.seccomp = build_seccomp(
-                    allow_tgkill=ll["landlock_signal_scope"], block_fs_writes=not fs_rule,
-                    allow_threads=tasks,
-                )
-            sc = self.seccomp is not None
-            self.protections["seccomp"] = sc
-            self.protections["ipc_refused"] = sc
-            self.protections["threads_refused"] = sc and not tasks
-            # Without the filter, RLIMIT_NPROC 0 stops a non-root child's tasks; root
-            # (uid 0 is exempt from it) is then bounded only by the cgroup.
-            self.protections["tasks_limit"] = tasks or sc or os.geteuid() != 0
-            self.protections["fs_read_allowlist"] = fs_rule
-            self.protections["scratch_writable"] = fs_rule
-            self.protections["fs_writes_only_in_scratch"] = fs_rule or sc
+            self._build_layers(cfg)
         os.chdir(self.scratch)  # children inherit it (after the tmpfs mount, so they see it)
         # Printed output goes to a capped in-memory tail, installed here once: the worker
         # itself never prints (its diagnostics go to fd 2), children inherit it empty.
@@ -297,6 +256,81 @@ class Worker:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         if confined:
             self._confine_self(int(cfg["fsize_bytes"]))
+
+    # -- start-up: the confinement ----------------------------------------------------
+
+    def _make_scratch(self) -> str:
+        """One scratch directory per worker, emptied after every program: the Landlock
+        ruleset names it once, and no directory is created or removed per program."""
+        scratch = os.path.join(self.scratch_root, "scratch")
+        os.makedirs(scratch, 0o700, exist_ok=True)
+        os.environ["TMPDIR"] = os.environ["HOME"] = scratch  # tempfile & co land there
+        if "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = scratch
+        return scratch
+
+    def _limits(self, memory_mb: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The address-space and CPU-time limits (soft, hard) of every child."""
+        with open("/proc/self/statm") as fh:
+            vm = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        # The memory budget comes on top of what the warm interpreter already maps.
+        as_bytes = vm + memory_mb * 1024 * 1024
+        return (as_bytes, as_bytes), (self.cpu_seconds, self.cpu_seconds + 1)
+
+    def _build_layers(self, cfg: dict) -> None:
+        """The layers of a confined worker, in order: the pids cgroup (first: everything
+        after counts), private namespaces, the Landlock filesystem rule, the seccomp
+        filter. What each achieved is recorded in ``self.protections``."""
+        off = set(cfg.get("disable", ()))  # layers switched off (SandboxConfig.disable)
+        cgroup = str(cfg.get("cgroup", ""))
+        tasks = bool(cgroup) and join_cgroup(cgroup)
+        self.protections["tasks_cgroup"] = tasks
+        self._namespaces(cfg, off)
+        fs_rule = self._filesystem_rule(cfg, off)
+        self._syscall_filter(off, tasks, fs_rule)
+
+    def _namespaces(self, cfg: dict, off: set[str]) -> None:
+        """Private IPC and user namespaces and the scratch tmpfs; without a tmpfs the
+        worker watches the scratch usage instead."""
+        ns = private_namespaces(
+            self.scratch, int(cfg.get("scratch_mb", 0)), int(cfg.get("scratch_files", 0)),
+            ipc="ipc_namespace" not in off, userns="user_namespace" not in off,
+            tmpfs="tmpfs" not in off,
+        )
+        self.protections.update(ns)
+        if not ns["scratch_quota"]:
+            self.watch = ScratchWatch(self.scratch, int(cfg.get("scratch_mb", 0)) << 20,
+                                      int(cfg.get("scratch_files", 0)))
+        self.protections["scratch_quota_watch"] = self.watch is not None
+
+    def _filesystem_rule(self, cfg: dict, off: set[str]) -> bool:
+        """The Landlock ruleset (read roots less the denied paths, writes only in the
+        scratch directory); whether it holds."""
+        roots = read_roots(list(cfg.get("allow_read", [])), [self.scratch_root])
+        rules, notes = plan_read_rules(roots, self.deny)
+        self.fs.update(read_roots=roots, notes=notes, rules=len(rules))
+        abi = 0 if "landlock" in off else landlock_abi()
+        self.landlock_fd, ll = build_landlock(abi, rules, self.scratch)
+        self.protections.update(ll)
+        return ll["landlock"]
+
+    def _syscall_filter(self, off: set[str], tasks: bool, fs_rule: bool) -> None:
+        """The seccomp filter, and what it and the layers before it add up to."""
+        if "seccomp" not in off:
+            self.seccomp = build_seccomp(
+                allow_tgkill=self.protections["landlock_signal_scope"],
+                block_fs_writes=not fs_rule, allow_threads=tasks,
+            )
+        sc = self.seccomp is not None
+        self.protections["seccomp"] = sc
+        self.protections["ipc_refused"] = sc
+        self.protections["threads_refused"] = sc and not tasks
+        # Without the filter, RLIMIT_NPROC 0 stops a non-root child's tasks; root
+        # (uid 0 is exempt from it) is then bounded only by the cgroup.
+        self.protections["tasks_limit"] = tasks or sc or os.geteuid() != 0
+        self.protections["fs_read_allowlist"] = fs_rule
+        self.protections["scratch_writable"] = fs_rule
+        self.protections["fs_writes_only_in_scratch"] = fs_rule or sc
 
     def _confine_self(self, fsize: int) -> None:
         """What every child would set identically is set once here and inherited: the
@@ -442,51 +476,76 @@ class Worker:
             self.tail.buf = ""
         t0 = time.monotonic()
         deadline = t0 + self.timeout
+        pid, rfd, wait_ms = self._start_child(n, deadline)
+        if pid < 0:
+            return self._fork_failed(t0)
+        got, timed_out, over_quota = self._wait_for_result(pid, rfd, wait_ms, deadline)
+        ms = (time.monotonic() - t0) * 1000.0
+        status = self._end_child(pid, rfd)
+        if self.watch is not None and not over_quota:
+            over_quota = self.watch.over()
+        self._empty_scratch()
+        self.ms = ms
+        if got and not (over_quota or timed_out or got > self.result_cap):
+            # The child's own message goes to the ekt process as it came, which validates
+            # it (parse_raw_result): parsing and re-encoding here would write to pages
+            # this worker must then fault back in after every fork.
+            return got
+        return self._decided(status, got, ms, timed_out, over_quota)
+
+    def _start_child(self, n: int, deadline: float) -> tuple[int, int, int]:
+        """Fork the child that runs the held program: its pid (-1 if fork failed), the
+        read end of its result pipe (watched by the poller) and the first wait in ms.
+        Everything the wait needs is made before the fork: what the worker writes while
+        the child lives costs a page copy, so it goes to sleep at once (the child, on
+        the same CPU, then runs) and does its bookkeeping after the child has ended."""
         mod = type(sys)("__main__")
         mod.__dict__["__builtins__"] = __builtins__
-        # Everything the wait needs is made before the fork: what the worker writes while
-        # the child lives costs a page copy, so it goes to sleep at once (the child, on
-        # the same CPU, then runs) and does its bookkeeping after the child has ended.
         wait_ms = max(1, math.ceil((deadline - time.monotonic()) * 1000))
-        poller = self.poller
         rfd, wfd = os.pipe()
-        poller.register(rfd, _POLL_MASK)
+        self.poller.register(rfd, _POLL_MASK)
         pid = self._fork()
         if pid == 0:
             os.close(rfd)
             _child(self, n, wfd, mod)
         os.close(wfd)
         if pid < 0:
-            poller.unregister(rfd)
+            self.poller.unregister(rfd)
             os.close(rfd)
-            return {"status": "killed", "value": None, "type": "", "stdout_tail": "",
-                    "error": "could not start a child: fork failed with EAGAIN (too many "
-                             "processes); program not run",
-                    "ms": round((time.monotonic() - t0) * 1000.0, 3)}
+        return pid, rfd, wait_ms
+
+    def _fork_failed(self, t0: float) -> dict:
+        return {"status": "killed", "value": None, "type": "", "stdout_tail": "",
+                "error": "could not start a child: fork failed with EAGAIN (too many "
+                         "processes); program not run",
+                "ms": round((time.monotonic() - t0) * 1000.0, 3)}
+
+    def _wait_for_result(
+        self, pid: int, rfd: int, wait_ms: int, deadline: float
+    ) -> tuple[int, bool, str]:
+        """Wait with our own clock for EOF on the result pipe (the child wrote its result
+        and exited, or died, or closed the pipe), never for more than result_cap bytes:
+        under seccomp a result counts only from a child that ended before its deadline.
+        Returns the bytes read into ``self.res``, whether the deadline passed, and the
+        scratch quota exceeded ('' if none)."""
+        poller = self.poller
         ready = poller.poll(wait_ms if self.watch is None else min(wait_ms, _WATCH_MS))
         try:
             os.setpgid(pid, pid)  # the child did it first, unless it never got that far
         except OSError:
             pass
-        # Wait with our own clock for EOF on the result pipe (the child wrote its result
-        # and exited, or died, or closed the pipe), never for more than result_cap bytes:
-        # under seccomp a result counts only from a child that ended before its
-        # deadline.
         got = 0
         res = memoryview(self.res)
         cap = self.result_cap
-        timed_out = False
-        over_quota = ""
         while True:
             if not ready:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    timed_out = True
-                    break
+                    return got, True, ""
                 if self.watch is not None:
                     over_quota = self.watch.over()
                     if over_quota:
-                        break
+                        return got, False, over_quota
                     ready = poller.poll(max(1, min(_WATCH_MS, math.ceil(left * 1000))))
                 else:
                     ready = poller.poll(max(1, math.ceil(left * 1000)))
@@ -500,9 +559,12 @@ class Worker:
                 break
             if self.seccomp is None and parse_result(bytes(res[:got]), 0) is not None:
                 break  # without the filter a process the program made may hold the pipe
-        ms = (time.monotonic() - t0) * 1000.0
-        del res
-        poller.unregister(rfd)
+        return got, False, ""
+
+    def _end_child(self, pid: int, rfd: int) -> int:
+        """Kill the child's process group and reap the child: its wait status. Without
+        the seccomp filter, also what the program may have created around it."""
+        self.poller.unregister(rfd)
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
@@ -512,28 +574,23 @@ class Worker:
         if self.seccomp is None:  # with the filter no program can create a process
             self._reap_strays()  # nor any System V object
             clear_sysv_ipc()
-        if self.watch is not None and not over_quota:
-            over_quota = self.watch.over()
-        self._empty_scratch()
-        self.ms = ms
-        out: dict[str, Any] | None = None
+        return status
+
+    def _decided(
+        self, status: int, got: int, ms: float, timed_out: bool, over_quota: str
+    ) -> dict:
+        """The result dict when the worker, not the child's message, decides the outcome."""
         if over_quota:
             out = {"status": "killed", "error": f"scratch quota exceeded ({over_quota})"}
         elif timed_out:
             out = {"status": "timeout", "error": f"wall-clock deadline of {self.timeout:g}s"}
-        elif got > cap:
+        elif got > self.result_cap:
             out = {"status": "killed", "error": "result message too large"}
-        elif got:
-            # The child's own message goes to the ekt process as it came, which validates
-            # it (parse_raw_result): parsing and re-encoding here would write to pages
-            # this worker must then fault back in after every fork.
-            return got
-        if out is None:
-            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-                why = "closed its result pipe without a result and was killed"
-            else:
-                why = _describe_exit(status)
-            out = {"status": "killed", "error": why}
+        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            out = {"status": "killed",
+                   "error": "closed its result pipe without a result and was killed"}
+        else:
+            out = {"status": "killed", "error": _describe_exit(status)}
         out.setdefault("value", None)
         out.setdefault("type", "")
         out.setdefault("stdout_tail", "")

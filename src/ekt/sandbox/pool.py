@@ -322,200 +322,7 @@ class Sandbox:
             if w is None or w.closed:
                 self._workers[s] = None
                 self._try_start(s)
-        cap = self.config.max_output_bytes
-        depth = _DEPTH
-        window = max(4096, 64 * self.n_workers)  # results held back for input order
-        it = iter(programs)
-        results: dict[int, Execution] = {}
-        retry: deque[tuple[int, str]] = deque()
-        texts: dict[int, str] = {}  # programs in flight, kept to re-send after a worker died
-        # Programs that were unanswered in a worker that died or hung with several of
-        # them: which one was running is unknown (results go back per batch), so each
-        # runs again alone, and a second death then names the culprit.
-        suspects: set[int] = set()
-        next_in = next_out = 0
-        exhausted = False
-        backstop = self.config.timeout + _BACKSTOP
-        sel = selectors.DefaultSelector()
-        registered: dict[int, WorkerProcess] = {}
-        recycle = self.config.recycle_after
-
-        def take() -> tuple[int, str] | None:
-            """The next program to send: a re-send first, then the input stream."""
-            nonlocal next_in, exhausted
-            while True:
-                if retry:
-                    return retry.popleft()
-                if exhausted or next_in - next_out >= window:
-                    return None
-                try:
-                    prog = next(it)
-                except StopIteration:
-                    exhausted = True
-                    return None
-                i = next_in
-                next_in += 1
-                if type(prog) is str:
-                    return i, prog
-                results[i] = Execution("error", None, "TypeError", "", 0.0, "program is not a str")
-
-        try:
-            while True:
-                # 0. a slot left empty (a worker could not be started) is tried again
-                for s, w in enumerate(self._workers):
-                    if w is None:
-                        self._try_start(s)
-                # 1. keep every worker fed, breadth first: one program each, then one more
-                #    queued behind it (no round trip between programs) unless it runs long
-                now = time.monotonic()
-                outgoing: dict[int, list[tuple[int, str]]] = {}
-                for level in range(depth):
-                    for w in self._workers:
-                        if w is None or len(w.queue) != level or w.sent >= recycle:
-                            continue
-                        if level and (
-                            now - w.head_since > _QUEUE_BEHIND_S
-                            or level * w.ms_avg > _QUEUE_BEHIND_S * 1000
-                            or w.queue[0] in suspects
-                        ):
-                            continue
-                        item = take()
-                        if item is None:
-                            break
-                        if level and item[0] in suspects:  # it waits for an idle worker
-                            retry.appendleft(item)
-                            continue
-                        # Never more queued than the pipe holds: the worker reads one program
-                        # at a time, so a fuller pipe would block this process's write. (Up
-                        # to _DEPTH programs of 1 KB cannot reach the budget: only a larger
-                        # one needs the sum.)
-                        if level and len(item[1]) > 1024 and len(item[1]) + sum(
-                            len(texts[j]) for j in w.queue
-                        ) > _PIPE_BUDGET:
-                            retry.appendleft(item)
-                            continue
-                        if not w.queue:
-                            w.head_since = now
-                        w.queue.append(item[0])
-                        w.sent += 1
-                        texts[item[0]] = item[1]
-                        outgoing.setdefault(w.slot, []).append(item)
-                for slot, items in outgoing.items():  # one write per worker
-                    w = self._workers[slot]
-                    assert w is not None
-                    try:
-                        w.send_many([prog.encode("utf-8", "surrogatepass") for _, prog in items])
-                    except OSError:  # the worker died (its reader will notice): not these
-                        for i, prog in reversed(items):
-                            w.queue.pop()
-                            w.sent -= 1
-                            retry.appendleft((i, prog))
-                for w in self._workers:
-                    if w is None:
-                        continue
-                    if w.resp_fd not in registered or registered[w.resp_fd] is not w:
-                        if w.resp_fd in registered:
-                            sel.unregister(w.resp_fd)
-                        sel.register(w.resp_fd, selectors.EVENT_READ, w)
-                        registered[w.resp_fd] = w
-                # 2. hand out what is ready, in order
-                while next_out in results:
-                    ex = results.pop(next_out)
-                    next_out += 1
-                    yield ex
-                busy = [w for w in self._workers if w is not None and w.queue]
-                if not busy:
-                    if exhausted and not retry and not results:
-                        return
-                    if all(w is None for w in self._workers):
-                        time.sleep(0.1)  # every slot waits to be started again
-                    continue
-                # 3. wait for results. Workers answer each program at once (they hold no
-                #    result back); when every busy worker has work queued for longer
-                #    than a short nap, the ekt process naps first and collects several
-                #    answers per wake-up, leaving the CPUs to the workers.
-                if all(len(w.queue) * w.ms_avg > 2000 * _NAP_S for w in busy):
-                    time.sleep(_NAP_S)
-                for key, _ in sel.select(timeout=1.0):
-                    w = key.data
-                    msgs = w.read()
-                    if msgs is None:  # the worker died (see _worker_lost)
-                        sel.unregister(key.fd)
-                        del registered[key.fd]
-                        self._worker_lost(
-                            w, died("sandbox worker died while running this program"),
-                            results, retry, texts, suspects,
-                        )
-                        continue
-                    now = time.monotonic()
-                    for msg in msgs:
-                        if "retire" in msg:  # it ran its last program; re-send the rest
-                            w.sent = self.config.recycle_after
-                            self._requeue(w, retry, texts)
-                            break
-                        if not w.queue:
-                            break
-                        i = w.queue.popleft()
-                        texts.pop(i, None)
-                        suspects.discard(i)
-                        results[i] = ex = execution(msg, cap)
-                        w.ms_avg += 0.2 * (min(ex.ms, 10_000.0) - w.ms_avg)
-                        w.done += 1
-                        w.head_since = now
-                    if not w.queue and w.sent >= self.config.recycle_after:
-                        sel.unregister(key.fd)
-                        del registered[key.fd]
-                        self._restart(w, graceful=True)
-                # 4. a worker that misses its own deadline by far is replaced
-                now = time.monotonic()
-                for w in list(busy):
-                    if w.queue and not w.closed and now - w.head_since > backstop:
-                        if w.resp_fd in registered:
-                            sel.unregister(w.resp_fd)
-                            del registered[w.resp_fd]
-                        missed = Execution(
-                            "timeout", None, "", "", backstop * 1000,
-                            "sandbox worker missed its deadline and was replaced",
-                        )
-                        self._worker_lost(w, missed, results, retry, texts, suspects)
-        finally:
-            sel.close()
-            # A consumer that stopped early leaves programs in flight: drop those workers.
-            for w in list(self._workers):
-                if w is not None and w.queue:
-                    w.queue.clear()
-                    w.kill()
-                    self._workers[w.slot] = None
-
-    def _requeue(
-        self, w: WorkerProcess, retry: deque[tuple[int, str]], texts: dict[int, str]
-    ) -> None:
-        """Programs queued behind the one at fault go to other workers."""
-        for i in reversed(w.queue):
-            retry.appendleft((i, texts.pop(i)))
-        w.queue.clear()
-
-    def _worker_lost(
-        self,
-        w: WorkerProcess,
-        outcome: Execution,
-        results: dict[int, Execution],
-        retry: deque[tuple[int, str]],
-        texts: dict[int, str],
-        suspects: set[int],
-    ) -> None:
-        """Replace a worker that died or hung. With one program unanswered, that program
-        was running: it gets ``outcome``. With several, any of them may have been running
-        (results go back per batch): all run again, each alone."""
-        if len(w.queue) == 1:
-            i = w.queue.popleft()
-            texts.pop(i, None)
-            suspects.discard(i)
-            results[i] = outcome
-        else:
-            suspects.update(w.queue)
-        self._requeue(w, retry, texts)
-        self._restart(w, graceful=False)
+        yield from _Scheduler(self, programs).run()
 
     def close(self) -> None:
         """Stop every worker; afterwards no process started by the sandbox remains."""
@@ -539,6 +346,250 @@ class Sandbox:
                 self.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+class _Scheduler:
+    """One call of :meth:`Sandbox.run`: which programs are where, and the results held back.
+
+    Each turn of :meth:`run` takes these steps in order: start workers in empty slots,
+    feed every worker, hand out the results that are next in input order, collect the
+    workers' answers, and replace a worker that hung.
+    """
+
+    def __init__(self, box: Sandbox, programs: Iterable[str]):
+        self.box = box
+        self.cap = box.config.max_output_bytes
+        self.recycle = box.config.recycle_after
+        self.backstop = box.config.timeout + _BACKSTOP
+        self.window = max(4096, 64 * box.n_workers)  # results held back for input order
+        self.programs = iter(programs)
+        self.exhausted = False  # the input stream has ended
+        self.next_in = self.next_out = 0  # numbers of the next program read, and handed out
+        self.results: dict[int, Execution] = {}  # results waiting for their turn
+        self.retry: deque[tuple[int, str]] = deque()  # programs to send again, first
+        self.texts: dict[int, str] = {}  # programs in flight, kept to re-send after a death
+        # Programs that were unanswered in a worker that died or hung with several of
+        # them: which one was running is unknown (results go back per batch), so each
+        # runs again alone, and a second death then names the culprit.
+        self.suspects: set[int] = set()
+        self.sel = selectors.DefaultSelector()
+        self.watched: dict[int, WorkerProcess] = {}  # response pipe -> its worker
+
+    def run(self) -> Iterator[Execution]:
+        """The scheduling loop; on exit no worker is left with programs in flight."""
+        try:
+            while True:
+                self.start_empty_slots()
+                self.feed()
+                yield from self.hand_out()
+                busy = [w for w in self.box._workers if w is not None and w.queue]
+                if not busy:
+                    if self.exhausted and not self.retry and not self.results:
+                        return
+                    if all(w is None for w in self.box._workers):
+                        time.sleep(0.1)  # every slot waits to be started again
+                    continue
+                self.collect(busy)
+                self.replace_hung(busy)
+        finally:
+            self.sel.close()
+            self.drop_in_flight()
+
+    def take(self) -> tuple[int, str] | None:
+        """The next program to send: a re-send first, then the input stream (a non-str
+        input gets its error result at once and is skipped)."""
+        while True:
+            if self.retry:
+                return self.retry.popleft()
+            if self.exhausted or self.next_in - self.next_out >= self.window:
+                return None
+            try:
+                prog = next(self.programs)
+            except StopIteration:
+                self.exhausted = True
+                return None
+            i = self.next_in
+            self.next_in += 1
+            if type(prog) is str:
+                return i, prog
+            self.results[i] = Execution("error", None, "TypeError", "", 0.0, "program is not a str")
+
+    # -- step 0: a slot left empty (a worker could not be started) is tried again -------
+
+    def start_empty_slots(self) -> None:
+        for s, w in enumerate(self.box._workers):
+            if w is None:
+                self.box._try_start(s)
+
+    # -- step 1: keep every worker fed --------------------------------------------------
+
+    def feed(self) -> None:
+        """Breadth first: one program for each worker, then one more queued behind it (no
+        round trip between programs) unless it runs long; one write per worker."""
+        outgoing = self.assign(time.monotonic())
+        for slot, items in outgoing.items():
+            self.send(self.box._workers[slot], items)
+        self.watch_all()
+
+    def assign(self, now: float) -> dict[int, list[tuple[int, str]]]:
+        """Programs for each worker's queue, by slot."""
+        outgoing: dict[int, list[tuple[int, str]]] = {}
+        for level in range(_DEPTH):
+            for w in self.box._workers:
+                if w is None or len(w.queue) != level or w.sent >= self.recycle:
+                    continue
+                if level and not self.may_queue_behind(w, now):
+                    continue
+                item = self.take()
+                if item is None:
+                    break
+                if level and not self.fits_behind(w, item):
+                    self.retry.appendleft(item)
+                    continue
+                if not w.queue:
+                    w.head_since = now
+                w.queue.append(item[0])
+                w.sent += 1
+                self.texts[item[0]] = item[1]
+                outgoing.setdefault(w.slot, []).append(item)
+        return outgoing
+
+    def may_queue_behind(self, w: WorkerProcess, now: float) -> bool:
+        """Whether another program may wait in ``w``'s pipe: not behind a program that has
+        run long or is a suspect, nor so many that, at the worker's recent time per
+        program, the last would wait long."""
+        return not (
+            now - w.head_since > _QUEUE_BEHIND_S
+            or len(w.queue) * w.ms_avg > _QUEUE_BEHIND_S * 1000
+            or w.queue[0] in self.suspects
+        )
+
+    def fits_behind(self, w: WorkerProcess, item: tuple[int, str]) -> bool:
+        """Whether ``item`` may be queued behind ``w``'s running program. A suspect waits
+        for an idle worker. Never more is queued than the pipe holds: the worker reads one
+        program at a time, so a fuller pipe would block this process's write. (Up to
+        _DEPTH programs of 1 KB cannot reach the budget: only a larger one needs the sum.)"""
+        i, prog = item
+        if i in self.suspects:
+            return False
+        return not (len(prog) > 1024
+                    and len(prog) + sum(len(self.texts[j]) for j in w.queue) > _PIPE_BUDGET)
+
+    def send(self, w: WorkerProcess | None, items: list[tuple[int, str]]) -> None:
+        """One write of ``items`` to ``w``; if the worker died, they go back to be re-sent
+        (its reader will notice the death: these programs were not the cause)."""
+        assert w is not None
+        try:
+            w.send_many([prog.encode("utf-8", "surrogatepass") for _, prog in items])
+        except OSError:
+            for i, prog in reversed(items):
+                w.queue.pop()
+                w.sent -= 1
+                self.retry.appendleft((i, prog))
+
+    def watch_all(self) -> None:
+        """Every worker's response pipe is watched (a replacement's too)."""
+        for w in self.box._workers:
+            if w is None or self.watched.get(w.resp_fd) is w:
+                continue
+            if w.resp_fd in self.watched:
+                self.sel.unregister(w.resp_fd)
+            self.sel.register(w.resp_fd, selectors.EVENT_READ, w)
+            self.watched[w.resp_fd] = w
+
+    def unwatch(self, fd: int) -> None:
+        self.sel.unregister(fd)
+        del self.watched[fd]
+
+    # -- step 2: hand out what is ready, in order ---------------------------------------
+
+    def hand_out(self) -> Iterator[Execution]:
+        while self.next_out in self.results:
+            ex = self.results.pop(self.next_out)
+            self.next_out += 1
+            yield ex
+
+    # -- step 3: wait for results -------------------------------------------------------
+
+    def collect(self, busy: list[WorkerProcess]) -> None:
+        """Workers answer each program at once (they hold no result back); when every
+        busy worker has work queued for longer than a short nap, the ekt process naps
+        first and collects several answers per wake-up, leaving the CPUs to the workers."""
+        if all(len(w.queue) * w.ms_avg > 2000 * _NAP_S for w in busy):
+            time.sleep(_NAP_S)
+        for key, _ in self.sel.select(timeout=1.0):
+            w = key.data
+            msgs = w.read()
+            if msgs is None:  # the worker died (see lost)
+                self.unwatch(key.fd)
+                self.lost(w, died("sandbox worker died while running this program"))
+                continue
+            self.take_answers(w, msgs)
+            if not w.queue and w.sent >= self.recycle:
+                self.unwatch(key.fd)
+                self.box._restart(w, graceful=True)
+
+    def take_answers(self, w: WorkerProcess, msgs: list[dict]) -> None:
+        """Results for the programs at the head of ``w``'s queue, in order."""
+        now = time.monotonic()
+        for msg in msgs:
+            if "retire" in msg:  # it ran its last program; re-send the rest
+                w.sent = self.recycle
+                self.requeue(w)
+                break
+            if not w.queue:
+                break
+            i = w.queue.popleft()
+            self.texts.pop(i, None)
+            self.suspects.discard(i)
+            self.results[i] = ex = execution(msg, self.cap)
+            w.ms_avg += 0.2 * (min(ex.ms, 10_000.0) - w.ms_avg)
+            w.done += 1
+            w.head_since = now
+
+    # -- step 4: a worker that misses its own deadline by far is replaced ---------------
+
+    def replace_hung(self, busy: list[WorkerProcess]) -> None:
+        now = time.monotonic()
+        for w in busy:
+            if w.queue and not w.closed and now - w.head_since > self.backstop:
+                if w.resp_fd in self.watched:
+                    self.unwatch(w.resp_fd)
+                missed = Execution(
+                    "timeout", None, "", "", self.backstop * 1000,
+                    "sandbox worker missed its deadline and was replaced",
+                )
+                self.lost(w, missed)
+
+    # -- losing a worker ----------------------------------------------------------------
+
+    def requeue(self, w: WorkerProcess) -> None:
+        """Programs queued behind the one at fault go to other workers."""
+        for i in reversed(w.queue):
+            self.retry.appendleft((i, self.texts.pop(i)))
+        w.queue.clear()
+
+    def lost(self, w: WorkerProcess, outcome: Execution) -> None:
+        """Replace a worker that died or hung. With one program unanswered, that program
+        was running: it gets ``outcome``. With several, any of them may have been running
+        (results go back per batch): all run again, each alone."""
+        if len(w.queue) == 1:
+            i = w.queue.popleft()
+            self.texts.pop(i, None)
+            self.suspects.discard(i)
+            self.results[i] = outcome
+        else:
+            self.suspects.update(w.queue)
+        self.requeue(w)
+        self.box._restart(w, graceful=False)
+
+    def drop_in_flight(self) -> None:
+        """A consumer that stopped early leaves programs in flight: drop those workers."""
+        for w in list(self.box._workers):
+            if w is not None and w.queue:
+                w.queue.clear()
+                w.kill()
+                self.box._workers[w.slot] = None
 
 
 __all__ = [

@@ -655,10 +655,65 @@ def train_student(
     ``prompt_format``: the layout the student learns (and is evaluated in); a chat
     format trains an instruct student on its own chat template.
     """
-    cfg = config or TrainConfig()
+    job = _prepare_training(model_spec, Path(pairs_path), Path(out_dir), config or TrainConfig(),
+                            resume, device, distill, prompt_format)  # fmt: skip
+    if job is None:
+        return None
+    fit = _fit(job)
+    result = _write_student(job, fit)
+    if not math.isfinite(fit.output.training_loss):
+        raise EktError(
+            f"training diverged (loss {fit.output.training_loss}); lower --learning-rate"
+        )
+    return result
+
+
+@dataclass
+class _TrainJob:
+    """A training run, prepared: its inputs, its folder and the checkpoint it resumes."""
+
+    model_spec: str
+    pairs_path: Path
+    pairs: list[TrainPair]
+    out: Path
+    cfg: TrainConfig
+    device: str | None
+    distill: Any
+    prompt_format: str | PromptFormat | None
+    fmt: PromptFormat
+    world_size: int
+    accumulation: int
+    last: str | None  # the checkpoint resumed from
+    t0: float
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / CHECKPOINTS
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "train_log.jsonl"
+
+
+@dataclass
+class _Fit:
+    """What fitting gave: the trainer (holding the model), its output and the data's size."""
+
+    trainer: Any
+    tok: Any
+    output: Any
+    dropped: int  # examples with no program token within max_length
+    program_tokens: int  # tokens the loss is on
+
+
+def _prepare_training(
+    model_spec: str, pairs_path: Path, out: Path, cfg: TrainConfig, resume: bool,
+    device: str | None, distill: Any, prompt_format: str | PromptFormat | None,
+) -> _TrainJob | None:
+    """Read the pairs (None when there are none), check the settings, and find the
+    checkpoint to resume (one of this very run, by fingerprint) or start afresh."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = cfg.accumulation_steps(world_size)
-    pairs_path = Path(pairs_path)
     pairs = read_records(pairs_path, TrainPair, allow_torn_tail=False)  # a whole file: --pairs
     if not pairs:
         print(f"train: no training pairs in {pairs_path}: nothing to train")
@@ -668,83 +723,98 @@ def train_student(
             import peft  # noqa: F401
         except ImportError:
             raise EktError("--lora-r needs peft: pip install 'ekt[lora]'") from None
-
     t0 = time.time()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / CHECKPOINTS
-    log_path = out / "train_log.jsonl"
     run = _fingerprint(model_spec, pairs_path, cfg)
     fmt = load_format(prompt_format)
     if fmt.source != load_format().source:  # (checkpoints of the default layout resume as before)
         run["prompt_format"] = fmt.label
     if distill is not None:
         run["distill"] = distill.fingerprint()
-    last = _prepare_checkpoints(ckpt_dir, run, resume)
-    if last is None:
-        log_path.unlink(missing_ok=True)
+    job = _TrainJob(model_spec, pairs_path, pairs, out, cfg, device, distill, prompt_format, fmt,
+                    world_size, accumulation, None, t0)  # fmt: skip
+    job.last = _prepare_checkpoints(job.ckpt_dir, run, resume)
+    if job.last is None:
+        job.log_path.unlink(missing_ok=True)
     else:
-        print(f"train: resuming from {last}")
-        _trim_log(log_path, int(Path(last).name.rsplit("-", 1)[-1]))
+        print(f"train: resuming from {job.last}")
+        _trim_log(job.log_path, int(Path(job.last).name.rsplit("-", 1)[-1]))
+    return job
 
-    model, tok = _load_student(model_spec, local_device(device))
+
+def _fit(job: _TrainJob) -> _Fit:
+    """Load the student, tokenize the pairs into examples and train (from the checkpoint)."""
+    cfg, distill = job.cfg, job.distill
+    model, tok = _load_student(job.model_spec, local_device(job.device))
     if distill is not None:
-        data, dropped = distill.build_examples(tok, pairs, cfg.max_length, cfg.loss_on, fmt)
+        data, dropped = distill.build_examples(tok, job.pairs, cfg.max_length, cfg.loss_on,
+                                               job.fmt)  # fmt: skip
     else:
-        data, dropped = build_examples(tok, pairs, cfg.max_length, cfg.loss_on, prompt_format)
+        data, dropped = build_examples(tok, job.pairs, cfg.max_length, cfg.loss_on,
+                                       job.prompt_format)  # fmt: skip
     if dropped:
         print(
-            f"train: {dropped} of {len(pairs)} examples have no program token within "
+            f"train: {dropped} of {len(job.pairs)} examples have no program token within "
             f"--max-length {cfg.max_length} and are skipped"
         )
     if not data:
-        raise EktError(f"no example in {pairs_path} fits --max-length {cfg.max_length}")
+        raise EktError(f"no example in {job.pairs_path} fits --max-length {cfg.max_length}")
     loss_tokens = sum(sum(1 for x in d["labels"] if x != IGNORE) for d in data)
-    trainer = build_trainer(
-        model, tok, data, cfg, ckpt_dir, device, [_log_callback(log_path)], distill=distill
-    )
-    output = trainer.train(resume_from_checkpoint=last)
+    trainer = build_trainer(model, tok, data, cfg, job.ckpt_dir, job.device,
+                            [_log_callback(job.log_path)], distill=distill)  # fmt: skip
+    output = trainer.train(resume_from_checkpoint=job.last)
     disable_packing(trainer.model, trainer.ekt_restore_attention)
     if cfg.gradient_checkpointing:
         model.config.use_cache = True
-    if cfg.lora_r > 0:
+    return _Fit(trainer, tok, output, dropped, loss_tokens)
+
+
+def _write_student(job: _TrainJob, fit: _Fit) -> TrainResult:
+    """Save the student (LoRA merged into it) in ``out``, and on the main process
+    train_summary.json; the result."""
+    trainer, out = fit.trainer, str(job.out)
+    if job.cfg.lora_r > 0:
         merged = trainer.model.merge_and_unload()
         if trainer.is_world_process_zero():
-            merged.save_pretrained(str(out))
-            tok.save_pretrained(str(out))
+            merged.save_pretrained(out)
+            fit.tok.save_pretrained(out)
     else:
-        trainer.save_model(str(out))  # model, config, generation config and tokenizer
+        trainer.save_model(out)  # model, config, generation config and tokenizer
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    _, bf16, fp16 = _mixed_precision(device, cfg.precision)
     result = TrainResult(
-        out_dir=str(out),
-        pairs=len(pairs),
-        steps=int(output.global_step),
+        out_dir=out,
+        pairs=len(job.pairs),
+        steps=int(fit.output.global_step),
         final_loss=losses[-1] if losses else None,
-        program_tokens=loss_tokens,
-        seconds=time.time() - t0,
+        program_tokens=fit.program_tokens,
+        seconds=time.time() - job.t0,
         tokens_trained=int(trainer.state.num_input_tokens_seen),
-        dropped=dropped,
+        dropped=fit.dropped,
     )
     if trainer.is_world_process_zero():
-        summary = {
-            **asdict(result),
-            "model": model_spec,
-            "pairs_file": str(pairs_path),
-            "epochs_done": trainer.state.epoch,
-            "train_loss": output.training_loss,
-            "effective_batch": cfg.per_device_train_batch_size * accumulation * world_size,
-            "gradient_accumulation_steps": accumulation,
-            "precision": "bf16" if bf16 else "fp16" if fp16 else "fp32",
-            "packed": trainer.ekt_packed,
-            "resumed_from": last,
-            "config": cfg.settings(),
-            "prompt_format": fmt.label,  # the layout it learnt (``ekt export`` writes it)
-        }
-        if distill is not None:
-            summary["distill"] = distill.summary()
-        write_json_atomic(out / "train_summary.json", summary)
+        write_json_atomic(job.out / "train_summary.json", _summary(job, fit, result))
         print(result.line())
-    if not math.isfinite(output.training_loss):
-        raise EktError(f"training diverged (loss {output.training_loss}); lower --learning-rate")
     return result
+
+
+def _summary(job: _TrainJob, fit: _Fit, result: TrainResult) -> dict[str, Any]:
+    """train_summary.json: the result, and how it was trained."""
+    cfg, state = job.cfg, fit.trainer.state
+    _, bf16, fp16 = _mixed_precision(job.device, cfg.precision)
+    summary = {
+        **asdict(result),
+        "model": job.model_spec,
+        "pairs_file": str(job.pairs_path),
+        "epochs_done": state.epoch,
+        "train_loss": fit.output.training_loss,
+        "effective_batch": cfg.per_device_train_batch_size * job.accumulation * job.world_size,
+        "gradient_accumulation_steps": job.accumulation,
+        "precision": "bf16" if bf16 else "fp16" if fp16 else "fp32",
+        "packed": fit.trainer.ekt_packed,
+        "resumed_from": job.last,
+        "config": cfg.settings(),
+        "prompt_format": job.fmt.label,  # the layout it learnt (``ekt export`` writes it)
+    }
+    if job.distill is not None:
+        summary["distill"] = job.distill.summary()
+    return summary
