@@ -101,12 +101,22 @@ class _Off:
         pass
 
 
+LABEL = "EKT_PROGRESS_LABEL"  # set: whole lines even on a terminal, each starting "[label] "
+
+
 def progress(total: int | None, desc: str, unit: str, initial: int = 0,
              enabled: bool = True, stream: TextIO | None = None) -> Any:  # fmt: skip
-    """A bar on a terminal, whole lines elsewhere (module docstring); ``enabled=False``: none."""
+    """A bar on a terminal, whole lines elsewhere (module docstring); ``enabled=False``: none.
+
+    Processes that report side by side (``ekt run``'s parallel evaluations) set
+    ``EKT_PROGRESS_LABEL``: their reports are labelled lines, never bars redrawn over each
+    other."""
     if not enabled:
         return _Off()
     out = stream if stream is not None else sys.stderr
+    label = os.environ.get(LABEL, "")
+    if label:
+        return LineProgress(total, f"[{label}] {desc}", unit, initial, out)
     if is_terminal(out):
         from tqdm.auto import tqdm
 
@@ -114,4 +124,4 @@ def progress(total: int | None, desc: str, unit: str, initial: int = 0,
     return LineProgress(total, desc, unit, initial, out)
 
 
-__all__ = ["LineProgress", "progress", "interval", "is_terminal"]
+__all__ = ["LABEL", "LineProgress", "progress", "interval", "is_terminal"]

@@ -33,6 +33,10 @@ class EvalConfig(SamplingParams):
     """also score one greedy program per question (greedy pass@1)"""
     batch_size: int = 16
     """sequences decoded together (transformers backend)"""
+    parallel: int = 1
+    """`ekt run` on CPU: student models evaluated at once, each in a process of its own with
+    an equal share of the cores (on 2 cores, two at 1 thread each took 1.5x less time than
+    one after the other at 2: torch's threads gain little on small models); same samples"""
     backend: BackendConfig = field(default_factory=BackendConfig)
     """engine that samples the evaluated models (see ekt.generation.backends)"""
     tasks: list[str] = field(default_factory=list)
@@ -53,5 +57,7 @@ class EvalConfig(SamplingParams):
                 raise EktError(f"--k {k} exceeds --n {self.n}: pass@k needs at least k samples")
         if self.batch_size < 1:
             raise EktError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.parallel < 1:
+            raise EktError(f"eval.parallel must be >= 1, got {self.parallel}")
         if self.limit is not None and self.limit < 1:
             raise EktError(f"--limit must be >= 1, got {self.limit}")

@@ -49,6 +49,7 @@ from ekt.methods import registry
 from ekt.methods.base import Cost, count_lines
 from ekt.models import PRESETS, model_fingerprint, resolve_model
 from ekt.pipeline.config import RunConfig, dump_config, plain
+from ekt.pipeline.eval_pool import cpu_workers, evaluate_side_by_side
 from ekt.records import read_jsonl, write_json_atomic, write_text_atomic
 from ekt.report.build import finish_run
 from ekt.training.train import _NOT_FINGERPRINTED
@@ -78,6 +79,7 @@ HARMLESS_KEYS = frozenset(
         "sandbox.pin_workers",
         "teacher_sampling.batch_size",
         "eval.batch_size",
+        "eval.parallel",
         "train.output_dir",  # set by ekt for every training (the student's checkpoints folder)
         "train.report_to",  # loggers only ([] and "none" in configs written before ekt declared
         # the TrainingArguments fields it exposes: TrainingArguments' own value after its init)
@@ -321,19 +323,16 @@ class Runner:
 
         pairs, students, costs = self.train_methods(train_problems)
 
-        if cfg.evaluate_base_student:
-            rows.append(
-                self.eval_model("student-base", cfg.student, "student", eval_problems, "none")
-            )
-            evaluated.append((rows[-1], cfg.student, "student"))
-        for method, ckpt in students.items():
-            row = self.eval_model(f"student-{method}", ckpt, "student", eval_problems, method)
-            if pairs[method] is not None:
-                row["pairs"] = _count(pairs[method])
-            row["cost"] = costs[method]
-            row["uses_teacher"] = registry.get(method).uses_teacher
+        jobs = [("student-base", cfg.student, "none")] if cfg.evaluate_base_student else []
+        jobs += [(f"student-{method}", ckpt, method) for method, ckpt in students.items()]
+        for (_, spec, method), row in zip(jobs, self.eval_students(jobs, eval_problems)):
+            if method in students:
+                if pairs[method] is not None:
+                    row["pairs"] = _count(pairs[method])
+                row["cost"] = costs[method]
+                row["uses_teacher"] = registry.get(method).uses_teacher
             rows.append(row)
-            evaluated.append((row, ckpt, "student"))
+            evaluated.append((row, spec, "student"))
         for task, split, problems in self.eval_tasks():  # transfer: the same models elsewhere
             for row, spec, prompt in evaluated:
                 scores = self.eval_model(
@@ -609,30 +608,67 @@ class Runner:
         task: Task | None = None,
         split: str | None = None,
     ) -> dict:
+        name, sampler, kwargs = self._eval_call(label, spec, prompt, problems, task, split)
+        with self._stage(name):
+            scores = evaluate(self._sampler(*sampler), **kwargs, cluster=self.cluster)
+            print(score_line(label, scores))
+        return self._eval_row(label, method, prompt, scores)
+
+    def eval_students(self, jobs: list[tuple[str, str, str]], problems) -> list[dict]:
+        """The rows of the student models ``jobs`` (label, spec, method): ``eval.parallel`` at
+        a time on CPU (``ekt.pipeline.eval_pool``), else one after the other."""
+        cfg = self.cfg
+        local = (
+            self.sampler_factory is make_sampler
+            and self.cluster is None
+            and cfg.eval.backend.name == "transformers"
+        )  # models this process would load itself (not a server, Ray or a test's fake)
+        workers = cpu_workers(cfg.eval.parallel, len(jobs), cfg.device, local)
+        if workers == 1:
+            return [self.eval_model(lab, spec, "student", problems, m) for lab, spec, m in jobs]
+        threads = max(1, torch.get_num_threads() // workers)
+        calls = [self._eval_call(lab, spec, "student", problems) for lab, spec, _ in jobs]
+        for name, _, _ in calls:
+            print(f"\n== {name} ({workers} at a time, {threads} thread(s) each)", flush=True)
+        side = [(lab, (s, cfg.device, b, be), kw) for (lab, _, _), (_, (s, b, be), kw)
+                in zip(jobs, calls)]  # fmt: skip
+        rows = []
+        for (lab, _, method), (name, _, _), scores in zip(
+            jobs, calls, evaluate_side_by_side(side, workers, threads)
+        ):
+            self.times[name] = scores["seconds"]  # its own time; they overlap
+            print(score_line(lab, scores))
+            rows.append(self._eval_row(lab, method, "student", scores))
+        return rows
+
+    def _eval_call(
+        self, label: str, spec: str, prompt: str, problems, task: Task | None = None,
+        split: str | None = None,
+    ) -> tuple[str, tuple, dict]:
+        """One evaluation: its stage name, the sampler's (spec, batch size, backend) and the
+        keywords of ``evaluate`` besides the sampler."""
         cfg = self.cfg
         where = f"{task.name} {split}" if task is not None else cfg.eval.split
-        with self._stage(
-            f"evaluate {label} ({prompt} prompt) on {len(problems)} {where} questions"
-        ):
-            backend = cfg.teacher_sampling.backend if label == "teacher" else cfg.eval.backend
-            fmt = (
-                (task or self.task).prompt_format(cfg.teacher_sampling.prompt_format)
-                if label == "teacher" else cfg.student_prompt_format
-            )  # fmt: skip
-            scores = evaluate(
-                self._sampler(spec, cfg.eval.batch_size, backend),
-                problems,
-                self.layout.eval(label, task.name if task is not None else None).dir,
-                cfg.eval,
-                task if task is not None else self.task,
-                prompt=prompt,
-                sandbox=self.sandbox,
-                settings={"model": self._portable(spec)},
-                prompt_format=fmt,
-                cluster=self.cluster,
-            )
-            print(score_line(label, scores))
-        model = cfg.teacher if label == "teacher" else cfg.student
+        name = f"evaluate {label} ({prompt} prompt) on {len(problems)} {where} questions"
+        backend = cfg.teacher_sampling.backend if label == "teacher" else cfg.eval.backend
+        fmt = (
+            (task or self.task).prompt_format(cfg.teacher_sampling.prompt_format)
+            if label == "teacher" else cfg.student_prompt_format
+        )  # fmt: skip
+        kwargs = dict(
+            problems=problems,
+            out_dir=self.layout.eval(label, task.name if task is not None else None).dir,
+            config=cfg.eval,
+            task=task if task is not None else self.task,
+            prompt=prompt,
+            sandbox=self.sandbox,
+            settings={"model": self._portable(spec)},
+            prompt_format=fmt,
+        )
+        return name, (spec, cfg.eval.batch_size, backend), kwargs
+
+    def _eval_row(self, label: str, method: str, prompt: str, scores: dict) -> dict:
+        model = self.cfg.teacher if label == "teacher" else self.cfg.student
         return {"label": label, "model": model, "method": method, "prompt": prompt, **scores}
 
     def _portable(self, spec: str) -> str:
