@@ -104,3 +104,17 @@ def test_a_run_folder_made_before_the_static_declaration_resumes():
     assert "train.learning_rate" in config_changes(
         {**new, "train": {**old, "learning_rate": 3e-4}}, new
     )
+
+
+def test_any_other_training_argument_passes_through_trainer():
+    """Fields ekt does not declare reach TrainingArguments through ``train.trainer``; a field
+    ekt declares or derives, or a misspelt one, is one error line saying what to do."""
+    cfg = TrainConfig(trainer={"ddp_timeout": 1234, "label_smoothing_factor": 0.1})
+    args = cfg.training_arguments(output_dir="x", use_cpu=True)
+    assert (args.ddp_timeout, args.label_smoothing_factor) == (1234, 0.1)
+    with pytest.raises(EktError, match=r"^train.trainer.learning_rate: .*use train.learning_rate$"):
+        TrainConfig(trainer={"learning_rate": 1.0}).training_arguments(output_dir="x")
+    with pytest.raises(EktError, match=r"^train.trainer.use_cpu: ekt sets use_cpu itself$"):
+        TrainConfig(trainer={"use_cpu": False}).training_arguments(output_dir="x", use_cpu=True)
+    with pytest.raises(EktError, match=r"ddp_timout is not .*did you mean ddp_timeout"):
+        TrainConfig(trainer={"ddp_timout": 1}).training_arguments(output_dir="x")

@@ -17,8 +17,9 @@ fields (``ekt.cli``).
 
 from __future__ import annotations
 
+import difflib
 import enum
-from dataclasses import InitVar, dataclass, fields
+from dataclasses import InitVar, dataclass, field, fields
 from typing import Any, Literal
 
 from ekt.errors import EktError
@@ -110,6 +111,9 @@ class TrainConfig:
     """modules given adapters: all-linear, or comma-separated names (q_proj,v_proj)"""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """autocast precision (weights stay fp32); auto: bf16/fp16 where the hardware is fast"""
+    trainer: dict[str, Any] = field(default_factory=dict)
+    """any other TrainingArguments field by name, passed as given and checked when training
+    starts, e.g. {fsdp: full_shard, ddp_timeout: 3600} (fields declared above are set there)"""
     # ekt's earlier names of two TrainingArguments fields (still accepted)
     epochs: InitVar[float | None] = None
     """old name of num_train_epochs"""
@@ -184,10 +188,25 @@ class TrainConfig:
 
         shared = {f.name for f in fields(TrainingArguments) if f.init}
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name in shared}
+        self._check_trainer(shared, set(own) | set(overrides))
         try:
-            return TrainingArguments(**{**own, **overrides})
+            return TrainingArguments(**{**own, **self.trainer, **overrides})
         except ValueError as e:  # TrainingArguments' own checks (optimizer names, ...)
             raise EktError(f"train: {e}") from None
+
+    def _check_trainer(self, known: set[str], taken: set[str]) -> None:
+        """``trainer`` names only TrainingArguments fields that ekt neither declares nor
+        derives: a typo or a second home for a setting is one error line."""
+        for key in self.trainer:
+            if key in taken or key in {f.name for f in fields(self)}:
+                raise EktError(
+                    f"train.trainer.{key}: ekt sets {key} itself"
+                    + (f"; use train.{key}" if key in {f.name for f in fields(self)} else "")
+                )
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise EktError(f"train.trainer.{key} is not a TrainingArguments field{hint}")
 
     def settings(self) -> dict[str, Any]:
         """The fields as plain JSON/YAML values (enums by value)."""
