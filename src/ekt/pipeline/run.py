@@ -312,25 +312,25 @@ class Runner:
             eval_problems = eval_problems[: cfg.eval.limit]
         self._write_manifest()
 
-        # The models that need no training are evaluated first: the teacher (its sampling then
-        # reuses the loaded model, ``_sampler``) and the base student, side by side where
-        # ``eval.parallel`` allows (``eval_models``); then the trained students.
-        before = [("teacher", cfg.teacher, "teacher", "few-shot")] if cfg.evaluate_teacher else []
-        if cfg.evaluate_base_student:
-            before.append(("student-base", cfg.student, "student", "none"))
-        if cfg.evaluate_teacher:
+        rows = []
+        evaluated: list[tuple[dict, str, str]] = []  # (row, model spec, prompt) per model
+        if cfg.evaluate_teacher:  # first: its sampling reuses the loaded model (``_sampler``)
             self._hold = (cfg.teacher, repr(cfg.teacher_sampling.backend))
-        rows = self.eval_models(before, eval_problems)
-        evaluated = [(row, spec, prompt) for row, (_, spec, prompt, _) in zip(rows, before)]
+            rows.append(
+                self.eval_model("teacher", cfg.teacher, "teacher", eval_problems, "few-shot")
+            )
+            evaluated.append((rows[-1], cfg.teacher, "teacher"))
 
         pairs, students, costs = self.train_methods(train_problems)
 
-        after = [(f"student-{m}", ckpt, "student", m) for m, ckpt in students.items()]
-        for (_, spec, _, method), row in zip(after, self.eval_models(after, eval_problems)):
-            if pairs[method] is not None:
-                row["pairs"] = _count(pairs[method])
-            row["cost"] = costs[method]
-            row["uses_teacher"] = registry.get(method).uses_teacher
+        jobs = [("student-base", cfg.student, "none")] if cfg.evaluate_base_student else []
+        jobs += [(f"student-{method}", ckpt, method) for method, ckpt in students.items()]
+        for (_, spec, method), row in zip(jobs, self.eval_students(jobs, eval_problems)):
+            if method in students:
+                if pairs[method] is not None:
+                    row["pairs"] = _count(pairs[method])
+                row["cost"] = costs[method]
+                row["uses_teacher"] = registry.get(method).uses_teacher
             rows.append(row)
             evaluated.append((row, spec, "student"))
         for task, split, problems in self.eval_tasks():  # transfer: the same models elsewhere
@@ -614,35 +614,31 @@ class Runner:
             print(score_line(label, scores))
         return self._eval_row(label, method, prompt, scores)
 
-    def eval_models(self, jobs: list[tuple[str, str, str, str]], problems) -> list[dict]:
-        """The rows of the models ``jobs`` (label, spec, prompt, method): ``eval.parallel`` at
+    def eval_students(self, jobs: list[tuple[str, str, str]], problems) -> list[dict]:
+        """The rows of the student models ``jobs`` (label, spec, method): ``eval.parallel`` at
         a time on CPU (``ekt.pipeline.eval_pool``), else one after the other."""
         cfg = self.cfg
-        backends = {(cfg.teacher_sampling if lab == "teacher" else cfg.eval).backend.name
-                    for lab, *_ in jobs}  # fmt: skip
         local = (
             self.sampler_factory is make_sampler
             and self.cluster is None
-            and backends <= {"transformers"}
+            and cfg.eval.backend.name == "transformers"
         )  # models this process would load itself (not a server, Ray or a test's fake)
         workers = cpu_workers(cfg.eval.parallel, len(jobs), cfg.device, local)
         if workers == 1:
-            return [self.eval_model(lab, spec, prompt, problems, method)
-                    for lab, spec, prompt, method in jobs]  # fmt: skip
-        self._release()  # each model is loaded in its own process
+            return [self.eval_model(lab, spec, "student", problems, m) for lab, spec, m in jobs]
         threads = max(1, torch.get_num_threads() // workers)
-        calls = [self._eval_call(lab, spec, prompt, problems) for lab, spec, prompt, _ in jobs]
+        calls = [self._eval_call(lab, spec, "student", problems) for lab, spec, _ in jobs]
         for name, _, _ in calls:
             print(f"\n== {name} ({workers} at a time, {threads} thread(s) each)", flush=True)
-        side = [(lab, (s, cfg.device, b, be), kw) for (lab, *_), (_, (s, b, be), kw)
+        side = [(lab, (s, cfg.device, b, be), kw) for (lab, _, _), (_, (s, b, be), kw)
                 in zip(jobs, calls)]  # fmt: skip
         rows = []
-        for (lab, _, prompt, method), (name, _, _), scores in zip(
+        for (lab, _, method), (name, _, _), scores in zip(
             jobs, calls, evaluate_side_by_side(side, workers, threads)
         ):
             self.times[name] = scores["seconds"]  # its own time; they overlap
             print(score_line(lab, scores))
-            rows.append(self._eval_row(lab, method, prompt, scores))
+            rows.append(self._eval_row(lab, method, "student", scores))
         return rows
 
     def _eval_call(
