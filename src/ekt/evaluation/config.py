@@ -35,8 +35,8 @@ class EvalConfig(SamplingParams):
     """sequences decoded together (transformers backend)"""
     parallel: int = 1
     """`ekt run` on CPU: student models evaluated at once, each in a process of its own with
-    an equal share of the cores (on 2 cores, two at 1 thread each took 1.5x less time than
-    one after the other at 2: torch's threads gain little on small models); same samples"""
+    an equal share of the cores; the same samples. On 2 cores a pair of the demo's evaluations
+    at 1 thread each took 0.73-1.0x the time of the two one after the other at 2 threads"""
     backend: BackendConfig = field(default_factory=BackendConfig)
     """engine that samples the evaluated models (see ekt.generation.backends)"""
     tasks: list[str] = field(default_factory=list)

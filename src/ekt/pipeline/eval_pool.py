@@ -1,9 +1,10 @@
 """Several models evaluated at once on CPU, each in a process of its own (``eval.parallel``).
 
 On a few cores torch's threads gain little on the small models ekt trains: on 2 cores one
-evaluation at 2 threads was only 1.25x faster than at 1 thread, while two at 1 thread each,
-side by side, finished 1.5x sooner than the two one after the other at 2 threads (the
-demo's student, 64 questions). Each process evaluates one model with ``evaluate`` as the
+evaluation of the demo's student at 2 threads was only 1.25x faster than at 1 thread (64
+questions). Side by side at 1 thread each, a pair of the demo's 200-question evaluations took
+0.73-1.0x the time of the two one after the other at 2 threads (four pairs, two runs): a
+gain on some pairs, none on others. Each process evaluates one model with ``evaluate`` as the
 run would in its own process, so the records are the same; its progress lines are labelled
 (``ekt.progress.LABEL``) so that side-by-side reports stay readable.
 """
