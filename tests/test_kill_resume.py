@@ -43,6 +43,7 @@ CHILDREN_ENV = "EKT_TEST_CHILDREN_FILE"
 
 # One process per entry, each resuming the folder the previous one was killed in.
 KILL_POINTS = [
+    "write:eval/teacher/greedy/samples/*.jsonl:1",  # evaluate the teacher (first): sampling
     "write:teacher/samples/*.jsonl:1",  # generate: after the first sample
     "write:teacher/samples/*.jsonl:2:torn",  # generate: half-way through writing a line
     "marker:teacher/samples/*.done",  # generate: every sample written, no marker yet
@@ -53,7 +54,6 @@ KILL_POINTS = [
     "ckpt-saved:2",  # train: right after checkpoint-2 is complete
     "ckpt-partial:3",  # train: checkpoint-3 has its weights but no optimizer state yet
     "replace:students/supervised/train_summary.json",  # train: model saved, summary not
-    "write:eval/teacher/greedy/samples/*.jsonl:1",  # evaluate: sampling
     "write:eval/student-base/sampled/executions.jsonl:3:torn",  # evaluate: verification
     "replace:eval/student-supervised/scores.json",  # evaluate: scoring
     "replace:results.json",  # results and report
