@@ -15,7 +15,6 @@ import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
 
 
 def _evaluate(threads: int, label: str, sampler: tuple, kwargs: dict) -> dict:
@@ -64,4 +63,4 @@ def cpu_workers(requested: int, jobs: int, device: str | None, local: bool) -> i
     return min(requested, jobs)
 
 
-__all__: list[Any] = ["cpu_workers", "evaluate_side_by_side"]
+__all__ = ["cpu_workers", "evaluate_side_by_side"]
