@@ -410,7 +410,7 @@ def test_sigkill_at_random_points_repeated(seed, data_dir, uninterrupted, tmp_pa
     rng = random.Random(seed)
     out = tmp_path / "gen"
     killed: list[int] = []
-    with FakeOpenAI(delay=0.25, lifetime=300) as srv:
+    with FakeOpenAI(delay=0.5, lifetime=300) as srv:
         for _ in range(8):
             p = _driver("generate,verify", srv.url, out, data_dir, tmp_path)
             time.sleep(rng.uniform(0.4, 2.2))

@@ -325,7 +325,9 @@ def test_ekt_run_ends_with_intervals_and_report(tmp_path, tiny_model_dir, data_d
     assert any("small sample: 3 questions" in n for n in on_disk["statistics"]["notes"])
     assert "[" in (out / "results.md").read_text()
     page = (out / "report.html").read_text()
-    assert "student-supervised" in page and page.count('<details class="q"') == 3
+    tests, train = page.split('<h3 class="sub">Training questions')
+    assert "student-supervised" in tests and tests.count('<details class="q"') == 3
+    assert train.count('<details class="q"') == 2  # train_limit: the reference programs' verdicts
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").read_text() == page
 
@@ -545,7 +547,9 @@ def test_report_renders_in_headless_chromium(tmp_path, fake_data):
     assert seen["charts"] >= 11
     assert seen["lines"] >= 2 * len(MODELS)
     assert seen["tables"] >= 8 and seen["resultRows"] == 2 * (len(MODELS) + 1)
-    assert seen["questions"] == 160 and seen["countText"] == "120 of 120 shown"
+    trained = sum(y.questions for r in (a, b) for y in load_yields(r))
+    assert trained > 0  # the training questions' drill-down is rendered too
+    assert seen["questions"] == 160 + trained and seen["countText"] == "120 of 120 shown"
     shown = int(seen["disagreeText"].split()[0])
     assert 0 < shown < 120 and seen["openAfterFilter"] == shown
     png = shot.read_bytes()

@@ -30,7 +30,7 @@ TIMEOUT = 2.0  # seconds per program
 SUPPORT = detect_protections() if sys.platform.startswith("linux") else {}
 ISOLATION = "strict" if all(SUPPORT.get(k) for k in ("seccomp", "landlock", "scratch_tmpfs")) \
     else "standard"
-DATA_DIR = os.environ.get("EKT_DATA_DIR") or ""
+DATA_DIR = os.path.abspath(os.environ["EKT_DATA_DIR"]) if os.environ.get("EKT_DATA_DIR") else ""
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -105,6 +105,9 @@ def listener():
 @pytest.fixture(scope="module")
 def box(sentinel: Path):
     fds_before = _fds()
+    # Processes an earlier test left for the session (multiprocessing's resource tracker,
+    # started by any spawn-context pool) are not the sandbox's.
+    others = _descendants(os.getpid())
     deny = [str(sentinel)] + ([DATA_DIR] if DATA_DIR else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -113,7 +116,7 @@ def box(sentinel: Path):
         )
     yield sb
     sb.close()
-    assert _descendants(os.getpid()) == {}, "a process started by the sandbox outlived it"
+    assert _descendants(os.getpid()) == others, "a process started by the sandbox outlived it"
     assert _fds() == fds_before, "the sandbox leaked file descriptors"
 
 
@@ -125,13 +128,14 @@ def world_unchanged(request, sentinel: Path, listener):
     box = request.getfixturevalue("box")
     list(box.run(["def solution():\n    return 0\n"]))  # workers started, fds settled
     before, fds = _snapshot(sentinel), _fds()
+    others = {p for p, c in _descendants(os.getpid()).items() if "ekt.sandbox.child" not in c}
     yield
     assert _snapshot(sentinel) == before, "a program changed the sentinel directory"
     with pytest.raises(BlockingIOError):
         listener.accept()  # nothing connected to the loopback listener
     assert _fds() == fds, "file descriptors leaked into the test process"
     procs = _descendants(os.getpid())
-    strays = {p: c for p, c in procs.items() if "ekt.sandbox.child" not in c}
+    strays = {p: c for p, c in procs.items() if "ekt.sandbox.child" not in c and p not in others}
     assert not strays, f"stray processes: {strays}"
     workers = {p for p, c in procs.items() if "ekt.sandbox.child" in c}
     for pid in workers:  # workers are idle: none has a child (a program) left
