@@ -231,3 +231,43 @@ def test_train_report_to_passes_through_to_the_trainer_arguments(tmp_path):
     assert args.report_to == ["tensorboard", "mlflow"]
     default = load_config(REPO / "configs" / "demo.yaml").train
     assert default.training_arguments(output_dir=str(tmp_path / "d")).report_to == []
+
+
+def test_extends_lays_a_variant_over_its_base(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(
+        "name: base\ntask: gsm8k\nteacher: a\nstudent: b\nmethods: [ekt, kd]\n"
+        "train: {learning_rate: 1.0e-4, num_train_epochs: 2}\n"
+        "eval: {limit: 30, k: [1, 5], n: 5}\n"
+    )
+    (tmp_path / "sub" / "variant.yaml").write_text(
+        "extends: ../base.yaml\nname: variant\nmethods: [ekt]\n"
+        "train: {learning_rate: 3.0e-5}\neval: {k: [1]}\n"
+    )
+    (tmp_path / "sub" / "again.yaml").write_text("extends: variant.yaml\neval: {limit: 7}\n")
+    cfg = load_config(tmp_path / "sub" / "again.yaml")
+    assert (cfg.name, cfg.task, cfg.teacher, cfg.student) == ("variant", "gsm8k", "a", "b")
+    assert cfg.methods == ["ekt"]  # a list replaces the base's, never appends
+    assert cfg.train.learning_rate == 3.0e-5 and cfg.train.num_train_epochs == 2  # merged
+    assert (cfg.eval.limit, cfg.eval.k, cfg.eval.n) == (7, [1], 5)
+    # flags still go on top of the whole chain
+    assert load_config(tmp_path / "sub" / "again.yaml", ["--eval.limit", "3"]).eval.limit == 3
+
+
+@pytest.mark.parametrize(
+    "files, msg",
+    [
+        ({"a.yaml": "extends: a.yaml\n"}, "cannot extend itself"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "cannot extend itself"),
+        ({"a.yaml": "extends: missing.yaml\n"}, "missing.yaml: config file not found"),
+        ({"a.yaml": "extends: [x]\n"}, "expected the path of another config file"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "task: gsm8k\ntrian: {}\n"}, "trian"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "- 1\n"}, "expected a mapping"),
+    ],
+)
+def test_extends_errors_name_the_file(tmp_path, files, msg):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(EktError, match=msg) as e:
+        load_config(tmp_path / "a.yaml")
+    assert str(tmp_path / "a.yaml") in str(e.value)

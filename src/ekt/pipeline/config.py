@@ -213,8 +213,23 @@ def build_config(data: dict, overrides: list[str] = ()) -> RunConfig:  # type: i
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
-    """The run config in the YAML file ``path``, with command-line ``overrides`` on top."""
+    """The run config in the YAML file ``path``, with command-line ``overrides`` on top.
+
+    A file may start from another: ``extends: demo.yaml`` (a path relative to the file) reads
+    that config first and lays this file's keys over it, block by block (a mapping merges
+    into the base's mapping; any other value, a list included, replaces the base's). So a
+    variant states only what differs and never restates a setting that could drift.
+    """
     path = Path(path)
+    data = _read_yaml(path, ())
+    try:
+        return build_config(data, overrides)
+    except EktError as e:
+        raise EktError(f"{path}: {e}") from None
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
+    """The mapping in ``path`` with its ``extends`` chain resolved (merged, base first)."""
     if not path.is_file():
         raise EktError(f"{path}: config file not found")
     try:
@@ -228,10 +243,32 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # ty
     data = data or {}
     if not isinstance(data, dict):
         raise EktError(f"{path}: expected a mapping, got {type(data).__name__}")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise EktError(f"{path}: extends: expected the path of another config file, got {base!r}")
+    target = (path.parent / base).resolve()
+    here = path.resolve()
+    if target in (*chain, here):
+        cycle = " -> ".join(str(p) for p in (*chain, here, target))
+        raise EktError(f"{path}: extends: a config cannot extend itself ({cycle})")
     try:
-        return build_config(data, overrides)
+        merged = _read_yaml(target, (*chain, here))
     except EktError as e:
-        raise EktError(f"{path}: {e}") from None
+        raise EktError(f"{path}: extends: {e}") from None
+    return _merge(merged, data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` laid on ``base``: mappings merge key by key, everything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
