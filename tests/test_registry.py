@@ -59,6 +59,11 @@ def test_unknown_trl_field_and_misordered_teacher_are_refused():
         build_config({"methods": ["grpo"], "grpo": {"trl": {"num_generatons": 4}}})
     with pytest.raises(EktError, match="on_policy.teacher: ekt must be listed before"):
         build_config({"methods": ["on-policy", "ekt"], "on_policy": {"teacher": "ekt"}})
+    with pytest.raises(EktError, match="grpo.start: ekt must be listed before grpo"):
+        build_config({"methods": ["grpo", "ekt"], "grpo": {"start": "ekt"}})
+    with pytest.raises(EktError, match="grpo.start: kd must be listed before grpo"):
+        build_config({"methods": ["ekt", "grpo"], "grpo": {"start": "kd"}})
+    assert build_config({"methods": ["ekt", "grpo"], "grpo": {"start": "ekt"}}).grpo.start == "ekt"
 
 
 def test_methods_config_compares_the_new_methods_on_the_demo_task():

@@ -66,3 +66,31 @@ def test_ekt_run_onpolicy(tmp_path, tiny_model_dir):
     cost = row["cost"]
     assert cost["teacher_tokens_scored"] == cost["training_tokens"] > 0
     assert cost["student_tokens_generated"] > 0 and cost["sandbox_executions"] == 0
+
+
+def test_grpo_starts_from_an_earlier_methods_student(tmp_path, tiny_model_dir, data_dir):
+    """grpo.start: supervised: RL after fine-tuning, from the student the run just trained."""
+    results = _run(tmp_path, {
+        "task": "gsm8k", "data_dir": str(data_dir), "train_limit": 2,
+        "teacher": str(tiny_model_dir), "student": str(tiny_model_dir),
+        "methods": ["supervised", "grpo"], "train": {"max_steps": 1, "warmup_steps": 0},
+        "grpo": {"start": "supervised", "trl": {**TRL, "max_steps": 1, "num_generations": 2}},
+    })  # fmt: skip
+    assert [r["label"] for r in results["rows"]] == ["student-supervised", "student-grpo"]
+    run = tmp_path / "run" / "students"
+    fingerprint = json.loads((run / "grpo" / "checkpoints" / "ekt_run.json").read_text())
+    assert fingerprint["model"] == str(run / "supervised")
+
+
+def test_grpo_from_a_skipped_method_is_skipped_with_the_reason(tmp_path, tiny_model_dir):
+    """A tiny random teacher writes no correct program: ekt has no pairs, so no student for
+    grpo to start from; both rows say why, and nothing is trained from a missing folder."""
+    results = _run(tmp_path, {
+        "teacher": str(tiny_model_dir), "student": str(tiny_model_dir),
+        "teacher_sampling": {"n": 1, "max_new_tokens": 8},
+        "methods": ["ekt", "grpo"], "grpo": {"start": "ekt", "trl": TRL},
+    })  # fmt: skip
+    rows = {r["label"]: r for r in results["rows"]}
+    assert rows["student-ekt"]["skipped"] == "no training pairs"
+    assert rows["student-grpo"]["skipped"] == "grpo.start: ekt was skipped"
+    assert not (tmp_path / "run" / "students" / "grpo" / "checkpoints").exists()

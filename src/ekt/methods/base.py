@@ -68,11 +68,13 @@ COST_KEYS = tuple(Cost.__dataclass_fields__)
 
 @dataclass
 class Fitted:
-    """A method's outcome: its student (None: nothing to train on), its pairs, its cost."""
+    """A method's outcome: its student (None: skipped, for the reason ``skipped``), its
+    pairs, its cost."""
 
     model: str | None
     pairs: Path | None = None
     cost: Cost = field(default_factory=Cost)
+    skipped: str = "no training pairs"
 
 
 class Context(Protocol):
@@ -126,6 +128,19 @@ class Method:
         if key not in self.invalidated_by:
             return ()
         return self.outputs()[len(self.writes):] if key in STUDENT_ONLY else self.outputs()
+
+
+def model_named(ctx: Context, named: str | None, default: str) -> tuple[str | None, str]:
+    """The model a setting such as ``grpo.start`` or ``on_policy.teacher`` names, and how to
+    say it: None gives ``default``; a method of this run gives that method's trained student
+    (None when it has none: the method was skipped); anything else is a model spec."""
+    if named is None:
+        return default, default
+    if named in ctx.cfg.methods:
+        out = ctx.layout.student(named)
+        done = (out / "config.json").is_file()  # saved weights (skipped: never written)
+        return (str(out) if done else None), f"the {named} student ({out})"
+    return named, named
 
 
 def count_lines(*paths: Path) -> int:

@@ -59,7 +59,16 @@ from ekt.data.extract import extract, runnable
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.generation.sampling import SamplingParams, TransformersSampler, truncate_at_stop
-from ekt.methods.base import EVERY_STUDENT, OWN_ROLLOUTS, Context, Cost, Fitted, Method
+from ekt.methods.base import (
+    EVERY_STUDENT,
+    OWN_ROLLOUTS,
+    TEACHER_SAMPLING,
+    Context,
+    Cost,
+    Fitted,
+    Method,
+    model_named,
+)
 from ekt.models import load_model
 from ekt.records import (
     Execution,
@@ -504,6 +513,9 @@ def check_trl_keys(cls_path: str, block: str, keys: dict[str, Any]) -> None:
 class GRPOSettings(GRPOOptions):
     """``grpo:`` block of a run config."""
 
+    start: str | None = None
+    """the model GRPO starts from: None: the run's student; a method listed before grpo
+    (e.g. ekt): that method's trained student (RL after fine-tuning); else a model spec"""
     trl: dict[str, Any] = field(default_factory=dict)
     """TRL GRPOConfig fields over ekt's CPU defaults (ekt.methods.grpo.EKT_DEFAULTS), e.g.
     {num_generations: 8, beta: 0.04, max_steps: 40, max_completion_length: 96}"""
@@ -520,9 +532,13 @@ def summary_tokens(log: Path) -> int:
 
 def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted:
     cfg, out = ctx.cfg, ctx.layout.student("grpo")
-    with ctx.stage(f"grpo: {cfg.student} learns from the sandbox's reward on its rollouts"):
+    start, said = model_named(ctx, cfg.grpo.start, cfg.student)
+    if start is None:
+        print(f"grpo: its start, {said}, was not trained; this method is skipped")
+        return Fitted(None, skipped=f"grpo.start: {cfg.grpo.start} was skipped")
+    with ctx.stage(f"grpo: {said} learns from the sandbox's reward on its rollouts"):
         res = train_grpo(
-            cfg.student, problems, ctx.task, out,
+            start, problems, ctx.task, out,
             config=grpo_config(out, cfg.device, **cfg.grpo.trl),
             sandbox_config=ctx.sandbox, prompt_format=cfg.student_prompt_format,
             device=cfg.device, options=cfg.grpo,
@@ -542,6 +558,7 @@ METHOD = Method(
     fit=fit,
     settings_key="grpo",
     settings=GRPOSettings,
-    invalidated_by=(*EVERY_STUDENT, "grpo"),
+    # it may start from another method's student: what makes that stale makes this stale
+    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep", "grpo"),
     harmless=tuple(f"grpo.trl.{k}" for k in sorted(NOT_FINGERPRINTED)),
 )

@@ -41,6 +41,7 @@ from ekt.methods.base import (
     Cost,
     Fitted,
     Method,
+    model_named,
 )
 from ekt.methods.grpo import (
     CHECKPOINTS,
@@ -187,9 +188,10 @@ class OnPolicySettings:
 
 def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted:
     cfg, out = ctx.cfg, ctx.layout.student("on-policy")
-    named = cfg.on_policy.teacher
-    teacher = (cfg.teacher if named is None
-               else str(ctx.layout.student(named)) if named in cfg.methods else named)  # fmt: skip
+    teacher, said = model_named(ctx, cfg.on_policy.teacher, cfg.teacher)
+    if teacher is None:
+        print(f"on-policy: its teacher, {said}, was not trained; this method is skipped")
+        return Fitted(None, skipped=f"on_policy.teacher: {cfg.on_policy.teacher} was skipped")
     with ctx.stage(f"on-policy distillation: {cfg.student} samples, {teacher} grades"):
         res = train_onpolicy(
             cfg.student, teacher, problems, out,

@@ -146,12 +146,12 @@ class RunConfig(TaskConfig):
                 raise EktError(f"methods: unknown method {m!r}; available: {', '.join(NAMES)}")
         if len(set(self.methods)) != len(self.methods):
             raise EktError("methods: a method is listed twice")
-        named = self.on_policy.teacher
-        if "on-policy" in self.methods and named in REGISTRY and (
-            named not in self.methods
-            or self.methods.index(named) > self.methods.index("on-policy")
-        ):
-            raise EktError(f"on_policy.teacher: {named} must be listed before on-policy in methods")
+        for method, key, named in (("on-policy", "on_policy.teacher", self.on_policy.teacher),
+                                   ("grpo", "grpo.start", self.grpo.start)):  # fmt: skip
+            if method in self.methods and named in REGISTRY and (
+                named not in self.methods or self.methods.index(named) > self.methods.index(method)
+            ):
+                raise EktError(f"{key}: {named} must be listed before {method} in methods")
         if self.keep not in ("first", "all"):
             raise EktError(f"keep: must be first or all, got {self.keep!r}")
         if self.eval.backend.name == "openai":

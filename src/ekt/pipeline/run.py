@@ -321,7 +321,7 @@ class Runner:
             )
             evaluated.append((rows[-1], cfg.teacher, "teacher"))
 
-        pairs, students, costs = self.train_methods(train_problems)
+        pairs, students, costs, skipped = self.train_methods(train_problems)
 
         jobs = [("student-base", cfg.student, "none")] if cfg.evaluate_base_student else []
         jobs += [(f"student-{method}", ckpt, method) for method, ckpt in students.items()]
@@ -341,24 +341,23 @@ class Runner:
                 row.setdefault("tasks", {})[task.name] = {
                     k: v for k, v in scores.items() if k not in ("label", "model", "prompt")
                 }
-        for method in pairs:
-            if method not in students:
-                rows.append(
-                    {
-                        "label": f"student-{method}",
-                        "method": method,
-                        "pairs": 0,
-                        "skipped": "no training pairs",
-                        "cost": costs[method],
-                    }
-                )
+        for method, why in skipped.items():
+            rows.append(
+                {
+                    "label": f"student-{method}",
+                    "method": method,
+                    "pairs": _count(pairs[method]) if pairs[method] is not None else 0,
+                    "skipped": why,
+                    "cost": costs[method],
+                }
+            )
         return finish_run(self.dir, self._write_results(rows))
 
     def train_methods(
         self, problems: list
-    ) -> tuple[dict[str, Path | None], dict[str, str], dict[str, dict]]:
+    ) -> tuple[dict[str, Path | None], dict[str, str], dict[str, dict], dict[str, str]]:
         """Each method's data (all prepared before any trains), then its student; the pairs,
-        checkpoints and costs by method (``ekt.methods.registry``)."""
+        checkpoints, costs and reasons for skipping by method (``ekt.methods.registry``)."""
         pairs: dict[str, Path | None] = {}
         costs: dict[str, Cost] = {}
         for name in self.cfg.methods:
@@ -369,14 +368,17 @@ class Runner:
                 costs[name] = cost.add(Cost(seconds=own))
         self._release()  # the teacher's sampler is not kept while students train
         students: dict[str, str] = {}
+        skipped: dict[str, str] = {}
         for name in self.cfg.methods:
             fitted, own = self._timed(registry.get(name).fit, problems, pairs[name])
             costs[name] = costs[name].add(fitted.cost).add(Cost(seconds=own))
             pairs[name] = fitted.pairs if fitted.pairs is not None else pairs[name]
             if fitted.model:
                 students[name] = fitted.model
+            else:
+                skipped[name] = fitted.skipped
         rounded = {n: {**asdict(c), "seconds": round(c.seconds, 1)} for n, c in costs.items()}
-        return pairs, students, rounded
+        return pairs, students, rounded, skipped
 
     def _sampler(self, spec: str, batch_size: int, backend: Any) -> Callable[[], Any]:
         """A factory of ``spec``'s sampler. The model named by ``_hold`` (the teacher, from its
