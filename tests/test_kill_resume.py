@@ -444,3 +444,58 @@ def test_changed_config_is_refused_and_force_redoes_only_what_changed(config, un
     assert "already trained" in proc.stdout
     scores = json.loads((run_dir / "eval/student-base/scores.json").read_text())
     assert scores["settings"]["eval"]["temperature"] == 0.9
+
+
+GRPO_CONFIG = """\
+name: kill-resume-grpo
+data_dir: {data_dir}
+teacher: {model}
+student: {model}
+methods: [grpo]
+train_limit: 4
+device: cpu
+evaluate_teacher: false
+grpo:
+  trl: {{max_steps: 4, save_steps: 1, num_generations: 2, per_device_train_batch_size: 4,
+         max_completion_length: 12}}
+eval: {{limit: 2, n: 1, k: [1], max_new_tokens: 8, batch_size: 4, seed: 5}}
+sandbox: {{workers: 1, timeout: 5}}
+"""
+GRPO_KILLS = [
+    "ckpt-saved:2",  # right after checkpoint-2 is complete (steps 1-2 rolled out and trained)
+    "write:students/grpo/rollouts.jsonl:3:torn",  # resumed at step 3: half its third rollout
+    "ckpt-partial:4",  # the last checkpoint has its weights but no optimizer state yet
+]
+
+
+@pytest.mark.slow
+def test_killed_grpo_run_resumes_to_the_uninterrupted_records(tmp_path, tiny_model_dir, data_dir):
+    """`ekt run` with grpo, SIGKILLed at three points (each rerun resuming from the last
+    complete checkpoint), ends with the uninterrupted run's rollouts (byte for byte), reward
+    log, weights and scores."""
+    config = tmp_path / "run.yaml"
+    config.write_text(GRPO_CONFIG.format(data_dir=data_dir, model=tiny_model_dir))
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert (proc := _ekt_run(config, whole)).returncode == 0, proc.stderr[-3000:]
+    for spec in GRPO_KILLS:
+        proc = _ekt_run(config, cut, kill_at=spec)
+        assert proc.returncode == -signal.SIGKILL, f"{spec}: not killed\n{proc.stderr[-3000:]}"
+        _assert_no_strays(config.parent / "children.json")
+    proc = _ekt_run(config, cut)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resum" in proc.stdout + proc.stderr
+    a, b = whole / "students" / "grpo", cut / "students" / "grpo"
+    assert (a / "rollouts.jsonl").read_bytes() == (b / "rollouts.jsonl").read_bytes()
+    steps = [r["step"] for _, r in read_jsonl(b / "rollouts.jsonl")]
+    assert steps == [s for s in (1, 2, 3, 4) for _ in range(4)]
+
+    def rewards(d: Path) -> list:
+        rows = [o for _, o in read_jsonl(d / "train_log.jsonl") if "reward" in o]
+        return [(o["step"], o["reward"], o.get("loss")) for o in rows]
+
+    assert rewards(a) == rewards(b) and len(rewards(b)) == 4
+    weights = "model/model.safetensors"
+    assert (a / weights).read_bytes() == (b / weights).read_bytes()
+    ra = _normalise(json.loads((whole / "results.json").read_text())["rows"], whole)
+    rb = _normalise(json.loads((cut / "results.json").read_text())["rows"], cut)
+    assert ra == rb
