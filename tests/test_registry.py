@@ -76,4 +76,4 @@ def test_methods_config_compares_the_new_methods_on_the_demo_task():
     assert cfg.evaluate_base_student and cfg.task == demo.task == "procedural_mix"
     assert (cfg.teacher, cfg.student, cfg.eval) == (demo.teacher, demo.student, demo.eval)
     assert cfg.on_policy.teacher == "ekt"  # the same-tokenizer path (see the config)
-    assert cfg.grpo.trl["num_generations"] == 4
+    assert cfg.grpo.trl["num_generations"] == 4 and cfg.grpo.start == "ekt"
