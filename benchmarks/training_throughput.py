@@ -73,7 +73,7 @@ def run_once(kind: str, args, data, tok_dir: str) -> tuple[float, int, list[floa
         learning_rate=1e-4,
         warmup_steps=0,
         batch_size=args.batch_size,
-        per_device_batch_size=args.per_device_batch_size,
+        per_device_train_batch_size=args.per_device_batch_size,
         max_steps=args.steps,
         logging_steps=1,
         seed=0,

@@ -36,7 +36,7 @@ PAIRS = [
 ]
 
 ARGS = [
-    "--max-steps", "2", "--batch-size", "4", "--per-device-batch-size", "2",
+    "--max-steps", "2", "--batch-size", "4", "--per-device-train-batch-size", "2",
     "--learning-rate", "3e-3", "--warmup-steps", "0", "--logging-steps", "1",
     "--device", "cpu", "--seed", "0",
 ]  # fmt: skip

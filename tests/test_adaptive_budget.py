@@ -397,7 +397,7 @@ def test_expert_iteration_with_an_adaptive_budget(tmp_path, task, problems, tiny
     from ekt.training.train import TrainConfig
 
     train = TrainConfig(
-        learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_batch_size=2, max_steps=1
+        learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_train_batch_size=2, max_steps=1
     )
     cfg = ExpertIterationConfig(rounds=1)
     got, drawn = {}, {}

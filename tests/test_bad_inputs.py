@@ -337,7 +337,7 @@ def _cases() -> list[Case]:
     )
     add(
         "option-batch-multiple",
-        _train("--batch-size", "3", "--per-device-batch-size", "2"),
+        _train("--batch-size", "3", "--per-device-train-batch-size", "2"),
         r"--batch-size 3 is not a multiple of --per-device-train-batch-size 2",
         {"pairs.jsonl": [PAIR]},
     )
@@ -550,7 +550,8 @@ train_limit: 3
 device: cpu
 evaluate_teacher: false
 teacher_sampling: {{n: 2, max_new_tokens: 8}}
-train: {{warmup_steps: 0, batch_size: 2, per_device_batch_size: 2, max_steps: 2, save_steps: 1}}
+train: {{warmup_steps: 0, batch_size: 2, per_device_train_batch_size: 2, max_steps: 2,
+        save_steps: 1}}
 eval: {{limit: 2, n: 2, k: [1, 2], max_new_tokens: 8}}
 sandbox: {{workers: 1}}
 """

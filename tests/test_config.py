@@ -125,7 +125,7 @@ def test_train_config_has_ekt_defaults_and_builds_training_arguments():
 
     from ekt.training.config import TrainConfig
 
-    cfg = TrainConfig(epochs=2, per_device_batch_size=4, batch_size=8)  # ekt's earlier names
+    cfg = TrainConfig(num_train_epochs=2, per_device_train_batch_size=4, batch_size=8)
     assert (cfg.num_train_epochs, cfg.per_device_train_batch_size) == (2, 4)
     assert cfg.accumulation_steps() == 2 and cfg.learning_rate == 1e-4
     args = cfg.training_arguments(output_dir="x", gradient_accumulation_steps=2)
@@ -150,8 +150,8 @@ def test_earlier_flag_spellings_map_onto_the_keys():
     from ekt.cli import parse
 
     options, _ = parse("train", [
-        "--model", "m", "--pairs", "p", "--out", "o", "--learning-rate", "3e-4",
-        "--per-device-batch-size", "2", "--batch-size", "4", "--epochs", "2",
+        "--student", "m", "--pairs", "p", "--out", "o", "--learning-rate", "3e-4",
+        "--per-device-train-batch-size", "2", "--batch-size", "4", "--num-train-epochs", "2",
         "--kd-alpha", "0.25", "--no-packing", "--method", "kd", "--teacher", "t",
     ])  # fmt: skip
     t = options.train
@@ -169,7 +169,7 @@ def test_errors_name_the_flag_as_typed():
     from ekt.cli import UsageError, parse
 
     with pytest.raises(UsageError, match="--learning-rate: expected float, got fast"):
-        parse("train", ["--model", "m", "--pairs", "p", "--out", "o", "--learning-rate", "fast"])
+        parse("train", ["--student", "m", "--pairs", "p", "--out", "o", "--learning-rate", "fast"])
     with pytest.raises(EktError, match=r"^--top-p must be in \(0, 1\]"):
         parse("generate", ["--model", "m", "--out", "o", "--top-p", "0"])
     with pytest.raises(UsageError, match="--prompt: expected one of teacher, student, got x"):

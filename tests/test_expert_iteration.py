@@ -21,7 +21,7 @@ from ekt.tiny import make_tiny_model
 from ekt.training.train import TrainConfig
 
 TRAIN = TrainConfig(
-    learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_batch_size=2, max_steps=2
+    learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_train_batch_size=2, max_steps=2
 )
 SANDBOX = SandboxConfig(workers=2, timeout=3)
 

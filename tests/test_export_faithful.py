@@ -150,8 +150,8 @@ def test_trl_sft_trainer_trains_on_exactly_ekts_examples(tmp_path, student):
     from ekt.training.train import train_student
 
     run = make_run(tmp_path, None)  # no config.yaml: the layout comes from the student
-    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_batch_size=2,
-                      max_steps=1)  # fmt: skip
+    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, batch_size=2,
+                      per_device_train_batch_size=2, max_steps=1)  # fmt: skip
     train_student(str(student), run / "train_pairs.jsonl", run / "students" / "ekt", cfg,
                   device="cpu", prompt_format="chat")  # fmt: skip
     out = tmp_path / "m.jsonl"

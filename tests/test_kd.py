@@ -30,7 +30,7 @@ PAIRS = [
     for i in range(8)
 ]
 FAST = dict(
-    learning_rate=3e-3, warmup_steps=0, batch_size=4, per_device_batch_size=2, logging_steps=5
+    learning_rate=3e-3, warmup_steps=0, batch_size=4, per_device_train_batch_size=2, logging_steps=5
 )
 
 
@@ -283,7 +283,7 @@ def test_cli_train_method_kd(tmp_path, tiny_model_dir, same_vocab_teacher, capsy
     write_jsonl_atomic(pairs_path, PAIRS[:4])
     base = ["train", "--student", str(tiny_model_dir), "--pairs", str(pairs_path)]
     base += ["--out", str(tmp_path / "s"), "--method", "kd", "--max-steps", "2"]
-    base += ["--batch-size", "2", "--per-device-batch-size", "2", "--warmup-steps", "0"]
+    base += ["--batch-size", "2", "--per-device-train-batch-size", "2", "--warmup-steps", "0"]
     assert main(base) == 2
     assert "--method kd needs --teacher" in capsys.readouterr().err
     args = base + ["--teacher", str(same_vocab_teacher), "--kd-alpha", "0.25", "--device", "cpu"]

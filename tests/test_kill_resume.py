@@ -71,7 +71,7 @@ teacher_sampling: {{n: 2, temperature: 0.8, max_new_tokens: 16, seed: 3, batch_s
 train:
   warmup_steps: 0
   batch_size: 2
-  per_device_batch_size: 2
+  per_device_train_batch_size: 2
   logging_steps: 1
   save_steps: 1
   max_steps: 4

@@ -24,7 +24,7 @@ TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|pad|>assistant\n{% endif %}"
 )
 TRAIN = TrainConfig(
-    learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_batch_size=2, max_steps=2
+    learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_train_batch_size=2, max_steps=2
 )
 
 

@@ -25,7 +25,7 @@ methods: [ekt, supervised]
 train_limit: 4
 device: cpu
 teacher_sampling: {{n: 2, temperature: 1.0, max_new_tokens: 12, seed: 3, batch_size: 4}}
-train: {{warmup_steps: 0, batch_size: 2, per_device_batch_size: 2, max_steps: 2}}
+train: {{warmup_steps: 0, batch_size: 2, per_device_train_batch_size: 2, max_steps: 2}}
 eval: {{limit: 2, n: 2, k: [1, 2], max_new_tokens: 8, batch_size: 4, seed: 5}}
 sandbox: {{workers: 1, timeout: 5}}
 """

@@ -177,7 +177,7 @@ PAIRS = [
     for i in range(8)
 ]
 FAST = dict(
-    learning_rate=1e-3, warmup_steps=0, batch_size=4, per_device_batch_size=2, logging_steps=1
+    learning_rate=1e-3, warmup_steps=0, batch_size=4, per_device_train_batch_size=2, logging_steps=1
 )
 
 

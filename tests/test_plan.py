@@ -33,7 +33,7 @@ def _config(data_dir: Path, teacher: Path | str, student: Path | str, **over) ->
         "train_limit": 3,
         "device": "cpu",
         "teacher_sampling": {"n": 2, "max_new_tokens": 10},
-        "train": {"batch_size": 2, "per_device_batch_size": 2, "epochs": 1},
+        "train": {"batch_size": 2, "per_device_train_batch_size": 2, "num_train_epochs": 1},
         "eval": {"limit": 2, "n": 3, "k": [1], "max_new_tokens": 7, "greedy": True},
     }
     for key, value in over.items():
@@ -112,7 +112,8 @@ def test_plan_counts_prompts_samples_and_tokens_by_hand(tiny_model_dir, data_dir
 
 
 def test_train_steps_as_the_trainer_counts_them():
-    cfg = build_config({"train": {"batch_size": 8, "per_device_batch_size": 4, "epochs": 2}}).train
+    train = {"batch_size": 8, "per_device_train_batch_size": 4, "num_train_epochs": 2}
+    cfg = build_config({"train": train}).train
     # 17 pairs: 5 micro-batches of 4, 2 accumulated per step -> 3 steps an epoch
     assert train_steps(17, cfg) == 6
     assert train_steps(0, cfg) == 0

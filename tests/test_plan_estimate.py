@@ -18,7 +18,7 @@ def _config(data_dir, model, **over) -> dict:
     cfg = {"name": "est", "data_dir": str(data_dir), "teacher": str(model),
            "student": str(model), "methods": ["ekt"], "train_limit": 3, "device": "cpu",
            "teacher_sampling": {"n": 2, "max_new_tokens": 10},
-           "train": {"batch_size": 2, "per_device_batch_size": 2, "epochs": 1},
+           "train": {"batch_size": 2, "per_device_train_batch_size": 2, "num_train_epochs": 1},
            "eval": {"limit": 2, "n": 3, "k": [1], "max_new_tokens": 7, "greedy": True}}  # fmt: skip
     for key, value in over.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
@@ -69,7 +69,8 @@ def test_the_estimates_scale_with_the_config(tiny_model_dir, data_dir):
     a, b = _stage(small, "evaluate student-base"), _stage(more, "evaluate student-base")
     assert b.seconds > 1.8 * a.seconds  # twice the questions: about twice the time
     assert more.totals()["seconds"] > small.totals()["seconds"]
-    longer = plan_experiment(build_config(_config(data_dir, tiny_model_dir, train={"epochs": 2})))
+    two = _config(data_dir, tiny_model_dir, train={"num_train_epochs": 2})
+    longer = plan_experiment(build_config(two))
     assert _stage(longer, "train ekt").seconds == pytest.approx(
         2 * _stage(small, "train ekt").seconds
     )

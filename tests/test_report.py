@@ -310,7 +310,9 @@ def test_ekt_run_ends_with_intervals_and_report(tmp_path, tiny_model_dir, data_d
         train_limit=2,
         device="cpu",
         evaluate_teacher=False,
-        train=TrainConfig(warmup_steps=0, batch_size=2, per_device_batch_size=2, logging_steps=1),
+        train=TrainConfig(
+            warmup_steps=0, batch_size=2, per_device_train_batch_size=2, logging_steps=1
+        ),
         eval=EvalConfig(limit=3, n=2, k=[1, 2], max_new_tokens=8, batch_size=4),
     )
     cfg.sandbox.workers = 1

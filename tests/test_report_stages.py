@@ -37,8 +37,8 @@ def test_report_of_a_stage_by_stage_folder(tmp_path, capsys):
     verify(d / "teacher", d / "executions.jsonl", task, sandbox=SANDBOX, progress=False)
     filter_stage(d / "executions.jsonl", d / "train_pairs.jsonl", task)
     base = make_tiny_model(tmp_path / "tiny")
-    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, batch_size=2, per_device_batch_size=2,
-                      max_steps=1)  # fmt: skip
+    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=0, batch_size=2,
+                      per_device_train_batch_size=2, max_steps=1)  # fmt: skip
     train_student(str(base), d / "train_pairs.jsonl", d / "student", cfg, device="cpu")
     ev = EvalConfig(n=2, k=[1, 2], greedy=True)
     for label, model, prompt in (("eval-teacher", "my-teacher", "teacher"),

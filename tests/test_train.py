@@ -31,7 +31,7 @@ FAST = dict(
     learning_rate=3e-3,
     warmup_steps=0,
     batch_size=4,
-    per_device_batch_size=2,
+    per_device_train_batch_size=2,
     max_steps=30,
     logging_steps=5,
 )
@@ -153,13 +153,13 @@ def test_zero_pairs_and_bad_config(tmp_path, tiny_model_dir, capsys):
     assert f"no training pairs in {empty}: nothing to train" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()
     with pytest.raises(EktError, match="not a multiple"):
-        TrainConfig(batch_size=10, per_device_batch_size=4).validate()
+        TrainConfig(batch_size=10, per_device_train_batch_size=4).validate()
     with pytest.raises(EktError, match="not a multiple"):
         train_student(str(tiny_model_dir), empty, tmp_path / "o", TrainConfig(batch_size=12))
     with pytest.raises(EktError, match="2 processes"):
-        TrainConfig(batch_size=8, per_device_batch_size=8).validate(world_size=2)
-    assert TrainConfig(batch_size=32, per_device_batch_size=8).accumulation_steps() == 4
-    assert TrainConfig(batch_size=32, per_device_batch_size=8).accumulation_steps(2) == 2
+        TrainConfig(batch_size=8, per_device_train_batch_size=8).validate(world_size=2)
+    assert TrainConfig(batch_size=32, per_device_train_batch_size=8).accumulation_steps() == 4
+    assert TrainConfig(batch_size=32, per_device_train_batch_size=8).accumulation_steps(2) == 2
     with pytest.raises(EktError, match="--loss-on"):
         TrainConfig(loss_on="prompt").validate()
     with pytest.raises(EktError, match="no such file"):

@@ -80,7 +80,9 @@ def test_scheduler_names_are_transformers_own():
 
 
 def test_training_arguments_built_from_the_declaration():
-    cfg = TrainConfig(epochs=2, per_device_batch_size=4, batch_size=8, adam_beta2=0.95)
+    cfg = TrainConfig(
+        num_train_epochs=2, per_device_train_batch_size=4, batch_size=8, adam_beta2=0.95
+    )
     assert (cfg.num_train_epochs, cfg.per_device_train_batch_size) == (2, 4)
     assert cfg.accumulation_steps() == 2 and not isinstance(cfg, transformers.TrainingArguments)
     args = cfg.training_arguments(output_dir="x", gradient_accumulation_steps=2, use_cpu=True)

@@ -269,7 +269,6 @@ COMMAND_OPTIONS: dict[str, tuple[type | str, str, tuple[tuple[str, dict], ...]]]
 }  # fmt: skip
 REQUIRED = {"generate": ("model", "out"), "verify": ("programs", "out"), "filter": ("executions",),
             "train": ("student", "pairs", "out"), "evaluate": ("model", "out")}  # fmt: skip
-LEGACY = {"--model": {"train": "--student"}}  # old flag -> the key's flag, per command
 
 
 # -- from the dataclass fields to flags -------------------------------------------------------
@@ -298,7 +297,7 @@ HELP_MORE = {"dev_size", "dev_seed", "shard_size", "keep", "executions", "sampli
              "eval.task_data", "train.output_dir", "train.adam_beta1", "train.adam_beta2",
              "train.adam_epsilon", "train.gradient_accumulation_steps", "train.data_seed",
              "train.torch_compile", "train.report_to", "train.lora_alpha", "train.lora_dropout",
-             "train.lora_target_modules", "train.epochs", "train.per_device_batch_size",
+             "train.lora_target_modules",
              "kd.teacher_device", "kd.teacher_dtype"}  # fmt: skip
 
 
@@ -349,9 +348,6 @@ def command_parser(
 def parse(command: str, argv: list[str]) -> tuple[Any, jsonargparse.Namespace]:
     """The options of ``command`` (a dataclass) and the positional arguments."""
     cls = options_class(command)
-    for old, by_command in LEGACY.items():
-        if command in by_command:
-            argv = [by_command[command] if t == old else t for t in argv]
     keys = leaf_keys(cls)
     canonical, typed = normalize(argv, keys)
     parser = command_parser(command, helps=False)

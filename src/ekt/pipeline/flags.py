@@ -276,9 +276,6 @@ def leaf_keys(cls: type, prefix: str = "") -> dict[str, Any]:
             out.update(leaf_keys(inner[0], key + "."))
         else:
             out[key] = tp
-    for name, init in getattr(cls, "__dataclass_fields__", {}).items():
-        if isinstance(init.type, dataclasses.InitVar) or "InitVar" in str(init.type):
-            out[f"{prefix}{name}"] = typing.Any
     return out
 
 

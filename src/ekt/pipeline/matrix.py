@@ -38,7 +38,7 @@ from ekt.generation.backends import make_sampler
 from ekt.layout import RunLayout
 from ekt.methods.registry import REGISTRY
 from ekt.pipeline.config import RunConfig, dump_config, plain
-from ekt.pipeline.run import Runner, SamplerFactory
+from ekt.pipeline.run import MatrixCell, Runner, SamplerFactory
 from ekt.records import write_json_atomic, write_text_atomic
 from ekt.report.build import build_report
 from ekt.report.tables import matrix_markdown
@@ -144,8 +144,7 @@ def run_matrix(
         link()
         print(f"\n==== cell {i}/{len(cells)}: {teacher} -> {student} ({pair_dir})")
         pcfg = pair_config(cfg, teacher, student)
-        runner = Runner(pcfg, pair_dir, force, sampler_factory)
-        runner.root, runner.redone, runner.link_shared = root, redone, link
+        runner = Runner(pcfg, pair_dir, force, sampler_factory, MatrixCell(root, redone, link))
         res = runner.run()
         cell_results[name] = res
         pair_dirs.append(pair_dir)

@@ -27,7 +27,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,15 @@ def _check_model_spec(role: str, spec: str) -> None:
             raise EktError(f"{role}: {e}") from None
 
 
+@dataclass
+class MatrixCell:
+    """What a matrix cell's run shares with the other cells (``ekt.pipeline.matrix``)."""
+
+    root: Path  # the matrix run's top folder
+    redone: set[Path]  # shared stage folders emptied by this invocation, once for all cells
+    link: Callable[[], None]  # (re)links the cell's folders to the shared stages
+
+
 def _count(path: Path) -> int:
     return sum(1 for _ in read_jsonl(path)) if path.exists() else 0
 
@@ -253,15 +262,20 @@ class Runner:
         out_dir: str | Path | None = None,
         force: bool = False,
         sampler_factory: SamplerFactory = make_sampler,
+        cell: MatrixCell | None = None,
     ):
+        """``cell``: this run is one cell of a matrix run (``ekt.pipeline.matrix``)."""
         cfg.validate()
         self.cfg = cfg
         self.layout = RunLayout.of(cfg.name, out_dir)
         self.dir = self.layout.dir
         self.sampler_factory = sampler_factory
         self.cluster = cfg.ray
-        self.root = self.dir  # a matrix run: its top folder (shared stages live under it)
-        self.redone: set[Path] = set()  # shared stage folders emptied by this invocation
+        # a matrix run: its top folder (shared stages live under it), the shared stage folders
+        # this invocation emptied, and how a cell relinks them; a single run shares nothing
+        self.root = cell.root if cell else self.dir
+        self.redone: set[Path] = cell.redone if cell else set()
+        self.link_shared: Callable[[], None] = cell.link if cell else (lambda: None)
         self.force = force
         self.task = cfg.load_task((cfg.teacher_sampling.prompt_format, cfg.student_prompt_format))
         self.stage_summaries: dict[str, dict] = {}  # into results.json (tokens, cost, failures)
@@ -458,9 +472,6 @@ class Runner:
                 print(f"--force: removing {p}")
                 self._remove(p)
         write_text_atomic(path, text)
-
-    def link_shared(self) -> None:
-        """Single-pair runs share nothing; ``ekt.pipeline.matrix`` sets this for its cells."""
 
     def _remove(self, p: Path) -> None:
         """Remove a stale output. A stage a matrix run shares (a link to a folder under

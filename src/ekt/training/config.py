@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import enum
-from dataclasses import InitVar, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from ekt.errors import EktError
@@ -114,17 +114,8 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
     """any other TrainingArguments field by name, passed as given and checked when training
     starts, e.g. {fsdp: full_shard, ddp_timeout: 3600} (fields declared above are set there)"""
-    # ekt's earlier names of two TrainingArguments fields (still accepted)
-    epochs: InitVar[float | None] = None
-    """old name of num_train_epochs"""
-    per_device_batch_size: InitVar[int | None] = None
-    """old name of per_device_train_batch_size"""
 
-    def __post_init__(self, epochs: float | None, per_device_batch_size: int | None) -> None:
-        if epochs is not None:
-            self.num_train_epochs = epochs
-        if per_device_batch_size is not None:
-            self.per_device_train_batch_size = per_device_batch_size
+    def __post_init__(self) -> None:
         self.validate()
         if self.lr_scheduler_type not in SCHEDULERS:
             raise EktError(
