@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ekt.data.tasks import GSM8K
+from ekt.data.tasks import Task, get_task
 from ekt.verification.filtering import filter_stage
 from ekt.verification.verify import verify
 
@@ -17,14 +17,14 @@ def _write(path, recs):
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
-def _answer(task: GSM8K, n: int):
+def _answer(task: Task, n: int):
     p = task.load("train")[n]
     gold = int(p.answer) if float(p.answer).is_integer() else p.answer
     return p, gold
 
 
 def test_verify_reads_chat_text_and_counts_missing_programs(data_dir, tmp_path):
-    task = GSM8K(data_dir=str(data_dir))
+    task = get_task("gsm8k", data_dir=str(data_dir))
     (p0, g0), (p1, g1) = _answer(task, 0), _answer(task, 1)
     recs = [
         {  # fenced, prose, trailing print: correct
@@ -64,7 +64,7 @@ def test_verify_reads_chat_text_and_counts_missing_programs(data_dir, tmp_path):
 
 
 def test_a_stage_where_most_replies_hold_no_program_says_so(data_dir, tmp_path):
-    task = GSM8K(data_dir=str(data_dir))
+    task = get_task("gsm8k", data_dir=str(data_dir))
     p, _ = _answer(task, 2)
     recs = [
         {"problem_id": p.id, "sample_idx": i, "text": t}
@@ -79,7 +79,7 @@ def test_a_stage_where_most_replies_hold_no_program_says_so(data_dir, tmp_path):
 
 
 def test_another_entry_point_is_run_by_its_own_name(data_dir, tmp_path):
-    task = GSM8K(data_dir=str(data_dir))
+    task = get_task("gsm8k", data_dir=str(data_dir))
     p, gold = _answer(task, 3)
     text = (
         "```python\ndef simple_math_problem() -> float:\n    \"\"\"\n    A question.\n"

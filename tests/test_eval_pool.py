@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_models import make_tiny_model
 
 from ekt.errors import EktError
 from ekt.pipeline.config import build_config
 from ekt.pipeline.eval_pool import cpu_workers
 from ekt.pipeline.run import Runner
-from ekt.tiny import make_tiny_model
 
 CONFIG = {
     "task": "basic_arithmetic",

@@ -8,6 +8,7 @@ verification runs in the real sandbox and training trains the real tiny model.
 import json
 
 import pytest
+from tiny_models import make_tiny_model
 
 from ekt.data.tasks import get_task
 from ekt.evaluation.evaluate import EvalConfig
@@ -17,7 +18,6 @@ from ekt.pipeline.config import RunConfig, TeacherSampling
 from ekt.pipeline.run import Runner
 from ekt.records import Completion, read_jsonl
 from ekt.sandbox.pool import SandboxConfig
-from ekt.tiny import make_tiny_model
 from ekt.training.train import TrainConfig
 
 TRAIN = TrainConfig(

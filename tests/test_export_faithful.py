@@ -12,13 +12,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from tiny_models import make_tiny_model
 from transformers import AutoTokenizer
 
 from ekt.cli import main
 from ekt.data.prompt_format import load_format
 from ekt.pipeline.config import RunConfig, TeacherSampling, dump_config
 from ekt.records import TrainPair, read_jsonl, write_json_atomic, write_jsonl_atomic
-from ekt.tiny import make_tiny_model
 from ekt.training.train import encode_pair
 
 HEADER = "def solution():\n"

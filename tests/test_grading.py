@@ -248,7 +248,7 @@ def _literal(value: object, type_name: str) -> str | None:
 def test_verify_and_vote_agree(tmp_path):
     """The table through the real sandbox: verify's verdicts and the graded majority vote match,
     and both match the table."""
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
     from ekt.evaluation.evaluate import per_problem
     from ekt.sandbox.pool import SandboxConfig
     from ekt.verification.verify import verify
@@ -269,7 +269,7 @@ def test_verify_and_vote_agree(tmp_path):
     ]
     (data / "test.jsonl").write_text("\n".join(lines) + "\n")
     (data / "train.jsonl").write_text(lines[0] + "\n")
-    task = GSM8K(data_dir=str(data))
+    task = get_task("gsm8k", data_dir=str(data))
     programs = tmp_path / "programs.jsonl"
     with programs.open("w") as f:
         for i, (src, *_rest) in enumerate(cases):

@@ -78,9 +78,9 @@ def _sampler(srv, **kw):
 
 
 def _problems(data_dir: Path, k: int):
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
-    return GSM8K(data_dir=data_dir).load("train")[:k]
+    return get_task("gsm8k", data_dir=data_dir).load("train")[:k]
 
 
 def _generated_count(tok, prompt_sent: str, text: str, stop: str) -> int:

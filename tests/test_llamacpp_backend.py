@@ -25,9 +25,9 @@ def _need_server() -> None:
 
 
 def _requests(data_dir, k: int = 2) -> list[tuple[str, str]]:
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
-    problems = GSM8K(data_dir=data_dir).load("train")[:k]
+    problems = get_task("gsm8k", data_dir=data_dir).load("train")[:k]
     return [(p.id, teacher_prompt(p)) for p in problems]
 
 

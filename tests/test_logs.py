@@ -74,8 +74,9 @@ def test_verify_and_train_logs_in_a_file(tmp_path):
     progress_lines = [x for x in r.stdout.splitlines() if x.startswith("verify: ") and "/10" in x]
     assert progress_lines and progress_lines[-1].startswith("verify: 10/10 prog (100%)")
 
+    from tiny_models import make_tiny_model
+
     from ekt.records import TrainPair, write_jsonl_atomic
-    from ekt.tiny import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny")
     pairs = [TrainPair(f"t/train/{i}", f"What is {i} plus 1?",

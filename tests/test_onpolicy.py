@@ -4,11 +4,11 @@ teacher another tiny model with the same tokenizer; a different tokenizer is ref
 import json
 
 import pytest
+from tiny_models import make_tiny_model
 
 from ekt.data.tasks import get_task
 from ekt.errors import EktError
 from ekt.methods.onpolicy import onpolicy_config, train_onpolicy
-from ekt.tiny import make_tiny_model
 
 
 @pytest.mark.slow

@@ -30,9 +30,9 @@ def test_student_prompt_is_bare_question():
 
 
 def test_exemplar_programs_compute_their_gold(data_dir):
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
-    by_id = GSM8K(data_dir=str(data_dir)).by_id()
+    by_id = get_task("gsm8k", data_dir=str(data_dir)).by_id()
     for e in EXEMPLARS:
         ns: dict = {}
         exec(PROGRAM_HEADER + e.body, ns)  # our own trusted exemplar code
@@ -71,9 +71,9 @@ PINNED_PROMPTS_SHA256 = "9dade854451ea94d4523f08359f0c63afc97cdcb77d23b1ef46b9d5
 def test_function_format_prompts_are_byte_identical_to_before(data_dir):
     import hashlib
 
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
-    task = GSM8K(data_dir=str(data_dir))
+    task = get_task("gsm8k", data_dir=str(data_dir))
     problems = task.load("train")[:50] + task.load("test")[:50]
     h = hashlib.sha256()
     for p in problems:
@@ -143,9 +143,9 @@ def test_a_users_own_format_file_lays_out_prompts(tmp_path):
 
 def test_exemplars_of_any_format_are_excluded(tmp_path, data_dir):
     from ekt.data.prompts import is_exemplar
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
-    task = GSM8K(data_dir=str(data_dir))
+    task = get_task("gsm8k", data_dir=str(data_dir))
     target = task.load("train")[10]
     path = _own(tmp_path, shots=[
         {"source_id": "", "question": target.question.upper() + "  ",
@@ -153,7 +153,8 @@ def test_exemplars_of_any_format_are_excluded(tmp_path, data_dir):
     ])  # fmt: skip
     assert not is_exemplar(target)
     assert is_exemplar(target, [str(path)])  # by text, whitespace and case aside
-    ids = {p.id for p in GSM8K(data_dir=str(data_dir), exemplar_formats=(str(path),)).load("train")}
+    other = get_task("gsm8k", data_dir=str(data_dir), exemplar_formats=(str(path),))
+    ids = {p.id for p in other.load("train")}
     assert target.id not in ids and len(ids) == len(task.load("train")) - 1
 
 

@@ -130,9 +130,8 @@ def test_the_tensor_table_matches_ggufs_reader(tmp_path):
 def quantised_tiny(tmp_path_factory):
     """A tiny llama whose linear weights are GGUF blocks (several formats), the GGUF file
     (one tensor's rows permuted, one tensor that matches no layer), and its tokenizer."""
+    from tiny_models import make_tiny_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ekt.tiny import make_tiny_model
 
     root = tmp_path_factory.mktemp("qtiny")
     folder = make_tiny_model(root / "model", hidden_size=64, num_layers=2)
@@ -176,9 +175,8 @@ def test_attach_packs_every_layer_the_file_reproduces(quantised_tiny):
 
 @needs_kernel
 def test_a_model_that_differs_from_the_file_is_not_packed(quantised_tiny, tmp_path):
+    from tiny_models import make_tiny_model
     from transformers import AutoModelForCausalLM
-
-    from ekt.tiny import make_tiny_model
 
     model, _, path, _ = quantised_tiny
     other = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "m", seed=4))

@@ -9,6 +9,7 @@ import html
 import json
 
 from test_provenance import PARAMS, TEST, TRAIN, FixedTeacher, answers_of, write_task
+from tiny_models import make_tiny_model
 
 from ekt.cli import main
 from ekt.data.tasks import get_task
@@ -16,7 +17,6 @@ from ekt.evaluation.evaluate import EvalConfig, evaluate
 from ekt.generation.generate import generate
 from ekt.report.load import load_run, load_yields
 from ekt.sandbox.pool import SandboxConfig
-from ekt.tiny import make_tiny_model
 from ekt.training.config import TrainConfig
 from ekt.training.train import train_student
 from ekt.verification.filtering import filter_stage

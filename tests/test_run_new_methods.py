@@ -4,10 +4,10 @@ settings from their run-config blocks, students evaluated like any other, costs 
 import json
 
 import yaml
+from tiny_models import make_tiny_model
 
 from ekt.cli import main
 from ekt.records import read_jsonl
-from ekt.tiny import make_tiny_model
 
 BASE = {
     "task": "basic_arithmetic",

@@ -364,9 +364,9 @@ def test_self_check_rejects_wrong_attention(tiny, monkeypatch):
 
 @pytest.fixture(scope="module")
 def gsm8k_problem(data_dir):
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
-    return GSM8K(data_dir=str(data_dir)).load("train")[0]
+    return get_task("gsm8k", data_dir=str(data_dir)).load("train")[0]
 
 
 def _program_shaped(program: str) -> bool:
@@ -402,10 +402,10 @@ def test_preset_greedy_equals_generate_with_packing(preset, data_dir):
     """Long few-shot prompts (> Gemma's 512-token sliding window), left-padded together."""
     import torch
 
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
     _name, model, tok = preset
-    problems = GSM8K(data_dir=str(data_dir)).load("train")[1:3]
+    problems = get_task("gsm8k", data_dir=str(data_dir)).load("train")[1:3]
     requests = [(p.id, teacher_prompt(p)) for p in problems]
     params = SamplingParams(n=1, temperature=0, max_new_tokens=12, stop=())
     sampler = TransformersSampler(model, tok, progress=False, heal_prompt=False)

@@ -456,9 +456,9 @@ def test_every_hf_cache_and_the_run_folder_are_unreadable(tmp_path, monkeypatch)
 def test_ekt_verify_denies_the_run_folder(tmp_path, data_dir):
     if not FULL:
         pytest.skip("needs Landlock")
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
-    pid = GSM8K(str(data_dir)).load("test")[0].id
+    pid = get_task("gsm8k", str(data_dir)).load("test")[0].id
     run = tmp_path / "run"
     run.mkdir()
     (run / "samples.jsonl").write_text('{"secret": 1}\n')

@@ -6,7 +6,7 @@ import pytest
 
 from ekt.data.prompts import PROGRAM_HEADER
 from ekt.data.supervised import parse_arithmetic, reference_pairs, reference_program
-from ekt.data.tasks import GSM8K
+from ekt.data.tasks import get_task
 from ekt.records import Problem
 
 _BINOPS = {
@@ -134,7 +134,7 @@ MIN_CORRECT_FRACTION = 0.93
 
 
 def test_gsm8k_train_coverage(data_dir):
-    problems = GSM8K(data_dir=str(data_dir)).load("train")
+    problems = get_task("gsm8k", data_dir=str(data_dir)).load("train")
     made = correct = 0
     for p in problems:
         prog = reference_program(p.solution)

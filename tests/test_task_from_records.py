@@ -23,7 +23,7 @@ def _records(path: Path) -> list[dict]:
 
 
 def _generate(spec: Path, out: Path, split: str = "train") -> None:
-    from ekt.tiny import make_tiny_model
+    from tiny_models import make_tiny_model
 
     model = out.parent / "tiny"
     if not model.exists():
@@ -100,7 +100,7 @@ def test_builtin_task_and_data_dir_from_the_run_config(tmp_path, data_dir, monke
 
 
 def test_evaluate_takes_the_task_of_its_earlier_records(tmp_path, capsys):
-    from ekt.tiny import make_tiny_model
+    from tiny_models import make_tiny_model
 
     spec = write_task(tmp_path / "data")
     out, model = tmp_path / "eval", make_tiny_model(tmp_path / "tiny")

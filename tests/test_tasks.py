@@ -4,7 +4,7 @@ import re
 import pytest
 
 from ekt.data.prompts import EXEMPLARS
-from ekt.data.tasks import GSM8K, parse_gold
+from ekt.data.tasks import get_task, parse_gold
 from ekt.errors import EktError
 
 
@@ -37,7 +37,7 @@ def test_parse_gold_rejects(text):
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_gold_parses_on_every_gsm8k_line(data_dir, split):
     lines = (data_dir / f"{split}.jsonl").read_text().splitlines()
-    problems = GSM8K(data_dir=str(data_dir)).load_file(split)
+    problems = get_task("gsm8k", data_dir=str(data_dir)).load_file(split)
     assert len(problems) == len(lines)
     for i, (p, line) in enumerate(zip(problems, lines)):
         raw = json.loads(line)["answer"].rsplit("####", 1)[1].strip()
@@ -47,31 +47,31 @@ def test_gold_parses_on_every_gsm8k_line(data_dir, split):
 
 
 def test_split_sizes_dev_holdout_and_exemplars(data_dir):
-    t = GSM8K(data_dir=str(data_dir))
+    t = get_task("gsm8k", data_dir=str(data_dir))
     train, test = t.load("train"), t.load("test")
     n_ex = len(EXEMPLARS)
     assert len(train) == 7473 - n_ex
     assert len(test) == 1319
     ex_ids = {e.source_id for e in EXEMPLARS}
     assert not ex_ids & {p.id for p in train}
-    held = GSM8K(data_dir=str(data_dir), dev_size=500)
+    held = get_task("gsm8k", data_dir=str(data_dir), dev_size=500)
     tr, dev = held.load("train"), held.load("dev")
     assert {p.split for p in dev} == {"dev"}
     assert not {p.id for p in tr} & {p.id for p in dev}
     assert len(tr) + len(dev) == 7473 - n_ex
     assert 495 <= len(dev) <= 500  # exemplars may fall into the dev sample
     # Stable: the same seed picks the same dev questions; another seed picks others.
-    assert [p.id for p in GSM8K(data_dir=str(data_dir), dev_size=500).load("dev")] == [
+    assert [p.id for p in get_task("gsm8k", data_dir=str(data_dir), dev_size=500).load("dev")] == [
         p.id for p in dev
     ]
-    other = GSM8K(data_dir=str(data_dir), dev_size=500, dev_seed=1).load("dev")
+    other = get_task("gsm8k", data_dir=str(data_dir), dev_size=500, dev_seed=1).load("dev")
     assert {p.id for p in other} != {p.id for p in dev}
 
 
 def _write(tmp_path, train_lines, test_lines=('{"question": "q", "answer": "#### 1"}',)):
     (tmp_path / "train.jsonl").write_text("\n".join(train_lines) + "\n")
     (tmp_path / "test.jsonl").write_text("\n".join(test_lines) + "\n")
-    return GSM8K(data_dir=str(tmp_path))
+    return get_task("gsm8k", data_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -95,9 +95,9 @@ def test_malformed_input_names_file_and_line(tmp_path, line, message):
 
 def test_missing_dir_and_bad_split(tmp_path):
     with pytest.raises(EktError, match="does not exist"):
-        GSM8K(data_dir=str(tmp_path / "nope")).load("train")
+        get_task("gsm8k", data_dir=str(tmp_path / "nope")).load("train")
     with pytest.raises(EktError, match="unknown split"):
-        GSM8K(data_dir=str(tmp_path)).load("validation")
+        get_task("gsm8k", data_dir=str(tmp_path)).load("validation")
     (tmp_path / "train.jsonl").write_text("")
     with pytest.raises(EktError, match="empty"):
-        GSM8K(data_dir=str(tmp_path)).load("train")
+        get_task("gsm8k", data_dir=str(tmp_path)).load("train")

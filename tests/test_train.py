@@ -2,19 +2,18 @@ import json
 
 import pytest
 import torch
+from lm_measures import lm_loss
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from ekt.data.prompts import student_prompt
 from ekt.errors import EktError
 from ekt.records import TrainPair, write_jsonl_atomic
 from ekt.training.train import (
-    PadCollator,
     TrainConfig,
     _trainer_class,
     build_examples,
     decay_parameter_names,
     encode_pair,
-    evaluate_loss,
     train_student,
 )
 
@@ -66,15 +65,6 @@ def test_examples_without_program_tokens_are_dropped(tiny_model_dir):
     assert dropped == 0 and len(data) == 2
 
 
-def test_collator_pads_ids_mask_and_labels():
-    batch = PadCollator(pad_id=1)(
-        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
-    )
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
-
-
 def test_weight_decay_skips_norms_and_biases(tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     names = decay_parameter_names(model)
@@ -106,14 +96,14 @@ def test_training_lowers_loss_and_checkpoint_reloads(tmp_path, tiny_model_dir, c
     pairs_path = tmp_path / "train_pairs.jsonl"
     write_jsonl_atomic(pairs_path, PAIRS)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    before = evaluate_loss(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok, PAIRS)
+    before = lm_loss(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok, PAIRS)
     cfg = TrainConfig(**FAST)
     out = tmp_path / "student"
     result = train_student(str(tiny_model_dir), pairs_path, out, cfg, device="cpu")
     assert result is not None and result.steps == 30 and result.pairs == 8
     assert "train: 8 pairs, 30 steps" in capsys.readouterr().out
     trained = AutoModelForCausalLM.from_pretrained(out)
-    after = evaluate_loss(trained, AutoTokenizer.from_pretrained(out), PAIRS)
+    after = lm_loss(trained, AutoTokenizer.from_pretrained(out), PAIRS)
     assert after < before * 0.7, (before, after)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 5, 10, 15, 20, 25, 30]

@@ -548,17 +548,6 @@ class Task:
         return grade_value(execution.value, execution.type, problem.answer)
 
 
-def GSM8K(  # noqa: N802 - the name users and older code know
-    data_dir: str | None = None,
-    dev_size: int = 0,
-    dev_seed: int = 0,
-    name: str = "gsm8k",
-    exemplar_formats: tuple[str, ...] = (),
-) -> Task:
-    """GSM8K from a folder of ``train.jsonl``/``test.jsonl`` (or ``EKT_DATA_DIR``), else the hub."""
-    return get_task(name, data_dir, dev_size, dev_seed, exemplar_formats)
-
-
 def _missing_split(path: Path, spec: TaskSpec, file_split: str) -> str:
     """One line: a split's file is missing; the task file's `splits:` mapping, and the files
     that are there."""

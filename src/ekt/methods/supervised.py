@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ekt.data.supervised import reference_program
+from ekt.data.supervised import reference_pairs
 from ekt.methods.base import (
     EVERY_STUDENT,
     REFERENCE_PROGRAMS,
@@ -25,11 +25,8 @@ from ekt.verification.verify import verify
 def prepare(ctx: Context, problems: Sequence[Problem]) -> tuple[Path | None, Cost]:
     lay = ctx.layout
     with ctx.stage("supervised reference programs from calculator annotations"):
-        recs = []
-        for p in problems:
-            prog = reference_program(p.solution)
-            if prog is not None:
-                recs.append({"problem_id": p.id, "sample_idx": 0, "program": prog})
+        recs = [{"problem_id": p.problem_id, "sample_idx": 0, "program": p.program}
+                for p in reference_pairs(problems)]  # fmt: skip
         if not lay.supervised_programs.exists():
             write_jsonl_atomic(lay.supervised_programs, recs)
         v = verify(

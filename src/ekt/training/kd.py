@@ -173,14 +173,9 @@ def distance(kind: str, student_logits: Any, teacher_logits: Any, tau: float) ->
     return uld_per_position(student_logits, teacher_logits, tau)
 
 
-def kd_objective(
-    ce_sum: Any, n_ce: int, dist_sum: Any, n_dist: int, alpha: float, tau: float
-) -> Any:
-    """alpha * CE + (1 - alpha) * tau^2 * D, each a mean per token. Pure."""
-    loss = alpha * ce_sum / max(n_ce, 1)
-    if alpha < 1:
-        loss = loss + (1 - alpha) * tau**2 * dist_sum / max(n_dist, 1)
-    return loss
+def kd_objective(ce: Any, dist: Any, alpha: float, tau: float) -> Any:
+    """alpha * CE + (1 - alpha) * tau^2 * D, from per-token means of each. Pure."""
+    return alpha * ce + (1 - alpha) * tau**2 * dist if alpha < 1 else alpha * ce
 
 
 # -- examples and batches ---------------------------------------------------
@@ -291,7 +286,6 @@ def _kd_trainer_class() -> Any:
             logits = kept_logits(model, inputs, keep, self.ekt_logits_to_keep)
             ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             ce_part = ce * self._scale(num_items_in_batch, targets.numel())
-            loss = cfg.alpha * ce_part
             dist_part = torch.zeros((), device=ce.device)
             pos = inputs["kd_student_pos"]
             if cfg.alpha < 1 and pos.numel():
@@ -299,7 +293,7 @@ def _kd_trainer_class() -> Any:
                 t = teacher_logits(self.ekt_teacher, inputs, self.ekt_teacher_logits_to_keep)
                 d = distance(self.ekt_distance, s, t, cfg.temperature)
                 dist_part = d.sum() * self._scale(self.ekt_distill_items, d.numel())
-                loss = loss + (1 - cfg.alpha) * cfg.temperature**2 * dist_part
+            loss = kd_objective(ce_part, dist_part, cfg.alpha, cfg.temperature)
             self._parts[0] += float(ce_part.detach())
             self._parts[1] += float(dist_part.detach())
             return (loss, {"logits": logits}) if return_outputs else loss
@@ -404,22 +398,3 @@ class Distiller:
     def summary(self) -> dict:
         used = LOSS_NAMES[self.kind or "kl"]
         return {"teacher": self.spec, "loss_used": used, **asdict(self.cfg)}
-
-    def mean_distance(
-        self, student: Any, tok: Any, pairs: Sequence[TrainPair], max_length: int = 400
-    ) -> float:
-        """Mean distillation distance per aligned program token of ``student`` on ``pairs``."""
-        import torch
-
-        examples, _ = self.build_examples(tok, pairs, max_length, "program")
-        batch = KDCollator(0, False, 0, False)(examples)
-        was_training = student.training
-        student.eval()
-        with torch.no_grad():
-            keep, _ = loss_positions(batch["labels"])
-            logits = kept_logits(student, batch, keep, supports_logits_to_keep(student))
-            s = student_distill_logits(logits, keep, batch["kd_student_pos"])
-            t = teacher_logits(self.model, batch, supports_logits_to_keep(self.model))
-            d = distance(self.kind or "kl", s, t, self.cfg.temperature)
-        student.train(was_training)
-        return float(d.mean())

@@ -181,29 +181,6 @@ def build_examples(
     return examples, len(pairs) - len(examples)
 
 
-class PadCollator:
-    """Right-pads a batch to its longest example: pad id, attention 0, label -100."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, feats: list[dict]) -> dict:
-        import torch
-
-        width = max(len(f["input_ids"]) for f in feats)
-        ids, labels, mask = [], [], []
-        for f in feats:
-            pad = width - len(f["input_ids"])
-            ids.append(list(f["input_ids"]) + [self.pad_id] * pad)
-            labels.append(list(f["labels"]) + [IGNORE] * pad)
-            mask.append([1] * len(f["input_ids"]) + [0] * pad)
-        return {
-            "input_ids": torch.tensor(ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "attention_mask": torch.tensor(mask, dtype=torch.long),
-        }
-
-
 # -- optimiser --------------------------------------------------------------
 
 
@@ -389,42 +366,6 @@ def _trim_log(path: Path, max_step: int) -> None:
         except (json.JSONDecodeError, AttributeError):
             continue
     write_text_atomic(path, "".join(x + "\n" for x in keep))
-
-
-# -- evaluation helper ------------------------------------------------------
-
-
-def evaluate_loss(
-    model: Any,
-    tok: Any,
-    pairs: Sequence[TrainPair],
-    loss_on: str = "program",
-    max_length: int = 400,
-) -> float:
-    """Mean per-token cross-entropy of ``model`` on ``pairs`` over the tokens training scores."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for p in pairs:
-            ex = encode_pair(tok, p.question, p.program, max_length, loss_on)
-            ids = torch.tensor([ex["input_ids"]], device=model.device)
-            labels = torch.tensor([ex["labels"]], device=model.device)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            tgt = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                tgt.reshape(-1),
-                ignore_index=IGNORE,
-                reduction="sum",
-            )
-            total += float(loss)
-            count += int((tgt != IGNORE).sum())
-    if was_training:
-        model.train()
-    return total / max(count, 1)
 
 
 # -- the stage --------------------------------------------------------------
