@@ -5,7 +5,8 @@ prompts. On a CPU the float32 model is compute-bound there (a decode step of 25-
 and a 35-token prompt both run the same matrix products), and the prompts are about half of
 the work. Each prompt used to be prefilled alone (a product of ~35 rows); the sampler now
 prefills the prompts admitted in one step packed into one forward pass
-(``ekt.generation.sampling.PREFILL_TOKENS`` tokens at most), each attending only to itself.
+(``ekt.generation.backends.torch_sampler.PREFILL_TOKENS`` tokens at most), each attending
+only to itself.
 
 Workload: ``--model`` (default: the smollm2-135m preset; a trained student folder such as
 ``runs/demo/students/ekt`` is what the demo evaluates), questions ``--start``..``--start+k``
@@ -47,11 +48,11 @@ def main() -> None:
 
     import torch
 
-    import ekt.generation.sampling as sampling
+    import ekt.generation.backends.torch_sampler as sampling
     from ekt.data.prompt_format import load_format
     from ekt.data.tasks import get_task
     from ekt.generation.backends import make_sampler
-    from ekt.generation.sampling import SamplingParams
+    from ekt.generation.config import SamplingParams
 
     fmt = load_format(args.prompt_format)
     problems = get_task(args.task).load(args.split)[args.start : args.start + args.k]

@@ -8,7 +8,8 @@ import sys
 
 from ekt.data.prompt_format import load_format
 from ekt.data.tasks import get_task
-from ekt.generation.sampling import SamplingParams, TransformersSampler
+from ekt.generation.backends.torch_sampler import TransformersSampler
+from ekt.generation.config import SamplingParams
 from ekt.methods.grpo import SandboxReward
 from ekt.models import load_model
 from ekt.sandbox.pool import Sandbox, SandboxConfig

@@ -43,7 +43,8 @@ def main() -> None:
 
     from ekt.data.prompt_format import load_format
     from ekt.data.tasks import get_task
-    from ekt.generation.sampling import SamplingParams, TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
+    from ekt.generation.config import SamplingParams
     from ekt.methods.grpo import completion_program, grpo_config, student_prompts
     from ekt.models import load_model
 

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     from ekt.generation import qkernel
     from ekt.generation.backends import BackendConfig, make_sampler
     from ekt.generation.backends.llamacpp_server import LlamaServerProcess
-    from ekt.generation.sampling import SamplingParams, TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
+    from ekt.generation.config import SamplingParams
     from ekt.models import load_model, preset_gguf, resolve_model
 
     torch.set_num_threads(args.threads)

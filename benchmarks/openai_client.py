@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ekt.generation.backends.openai_compat import OpenAISampler
-    from ekt.generation.sampling import SamplingParams
+    from ekt.generation.config import SamplingParams
 
     reqs = [
         (f"q{i}", [{"role": "user", "content": f"What is {i} plus {i}? Answer briefly."}])

@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     from ekt.data.prompt_format import load_format
     from ekt.data.tasks import get_task
     from ekt.generation import qkernel
-    from ekt.generation.sampling import SamplingParams, TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
+    from ekt.generation.config import SamplingParams
     from ekt.models import load_model
 
     task = get_task(args.task, data_dir=args.data_dir)

@@ -91,9 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     from ekt.data.prompt_format import load_format
     from ekt.data.tasks import get_task
     from ekt.generation import qkernel
+    from ekt.generation.backends.torch_sampler import TransformersSampler
     from ekt.generation.budget import AdaptiveBudget, projected_saving, success_rates
+    from ekt.generation.config import SamplingParams
     from ekt.generation.generate import budget_usage, format_stops, generate
-    from ekt.generation.sampling import SamplingParams, TransformersSampler
     from ekt.models import load_model
     from ekt.sandbox.pool import SandboxConfig
     from ekt.verification.filtering import filter_stage

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     from ekt.data.prompts import teacher_prompt
     from ekt.data.tasks import GSM8K
     from ekt.generation import qkernel
-    from ekt.generation.sampling import SamplingParams, TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
+    from ekt.generation.config import SamplingParams
     from ekt.models import load_model
 
     if not args.data_dir:

@@ -14,8 +14,8 @@ from pathlib import Path
 from ekt.data.tasks import get_task
 from ekt.errors import user_message
 from ekt.generation.backends.openai_compat import OpenAISampler
+from ekt.generation.config import SamplingParams
 from ekt.generation.generate import generate
-from ekt.generation.sampling import SamplingParams
 from ekt.verification.verify import verify
 
 PARAMS = SamplingParams(n=3, temperature=1.0, max_new_tokens=16, seed=11)

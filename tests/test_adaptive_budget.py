@@ -26,8 +26,9 @@ import pytest
 from ekt.data.tasks import get_task
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget
+from ekt.generation.config import SamplingParams
 from ekt.generation.generate import BUDGET_LOG, budget_usage, generate
-from ekt.generation.sampling import SamplingParams, derive_seed
+from ekt.generation.sampler import derive_seed
 from ekt.records import Completion, read_jsonl
 from ekt.sandbox.pool import SandboxConfig
 from ekt.verification.filtering import filter_stage
@@ -219,7 +220,7 @@ def tiny(tiny_model_dir, tmp_path_factory):
 
 def test_transformers_sampler_draws_index_ranges(tiny):
     from ekt.data.prompts import student_prompt
-    from ekt.generation.sampling import TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
 
     requests = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(["Tom has 3 pens.", "A"])]
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=12, seed=7)
@@ -242,7 +243,7 @@ def test_transformers_adaptive_generate_equals_full_when_nothing_is_solved(
 ):
     """The tiny model never returns a gold answer: adaptive draws every index, in rounds,
     and with one sample per batch its records are full's, line for line (sorted)."""
-    from ekt.generation.sampling import TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
 
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=10, seed=2)
     sampler = TransformersSampler(*tiny, progress=False, batch_size=1)

@@ -15,7 +15,8 @@ import pytest
 from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig, make_sampler
 from ekt.generation.backends.vllm_offline import VLLMSampler, to_completions, vllm_params
-from ekt.generation.sampling import SamplingParams, derive_seed
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import derive_seed
 from ekt.pipeline.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -10,7 +10,9 @@ import pytest
 
 from ekt.data.prompt_format import load_format
 from ekt.errors import EktError
-from ekt.generation.sampling import SamplingParams, TransformersSampler, chat_ids
+from ekt.generation.backends.torch_sampler import TransformersSampler
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import chat_ids
 from ekt.training.train import encode_pair
 
 TEMPLATE = (

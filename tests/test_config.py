@@ -98,7 +98,7 @@ def test_sandbox_fields_the_old_block_lacked_are_settable(tmp_path):
 
 def test_sampling_defaults_are_declared_once():
     from ekt.evaluation.evaluate import EvalConfig
-    from ekt.generation.sampling import SamplingParams
+    from ekt.generation.config import SamplingParams
     from ekt.pipeline.config import TeacherSampling
 
     for cls in (TeacherSampling, EvalConfig):

@@ -148,8 +148,8 @@ def test_ray_verify_survives_a_killed_actor(ray_cluster, verify_case, capfd):
 
 def _gen(model: Path, problems, out: Path, cluster=None):
     from ekt.generation.backends import make_sampler
+    from ekt.generation.config import SamplingParams
     from ekt.generation.generate import generate
-    from ekt.generation.sampling import SamplingParams
 
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=24, seed=7)
     return generate(
@@ -216,8 +216,8 @@ def test_ray_adaptive_rounds_match_local(ray_cluster, tiny_model_dir, data_dir, 
     from ekt.data.tasks import get_task
     from ekt.generation.backends import make_sampler
     from ekt.generation.budget import AdaptiveBudget
+    from ekt.generation.config import SamplingParams
     from ekt.generation.generate import generate
-    from ekt.generation.sampling import SamplingParams
     from ekt.pipeline.distributed import RayCluster
     from ekt.sandbox.pool import SandboxConfig
     from ekt.verification.verify import RoundJudge

@@ -12,7 +12,7 @@ from tiny_models import make_tiny_model
 
 from ekt.data.tasks import get_task
 from ekt.evaluation.evaluate import EvalConfig
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 from ekt.methods.expert_iteration import ExpertIterationConfig, Rounds, expert_iteration
 from ekt.pipeline.config import RunConfig, TeacherSampling
 from ekt.pipeline.run import Runner

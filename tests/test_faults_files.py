@@ -27,8 +27,8 @@ from fakeopenai import FIGURES, FakeOpenAI, _pytest_fixtures
 from ekt.data.tasks import get_task
 from ekt.errors import user_message
 from ekt.generation.backends.openai_compat import OpenAISampler
+from ekt.generation.config import SamplingParams
 from ekt.generation.generate import generate
-from ekt.generation.sampling import SamplingParams
 from ekt.locks import lock_path
 from ekt.records import read_jsonl
 from ekt.sandbox.pool import Sandbox

@@ -21,7 +21,7 @@ from fakeopenai import FAULTS, STALLS, FakeOpenAI, _pytest_fixtures
 
 from ekt.errors import EktError
 from ekt.generation.backends.openai_compat import OpenAISampler, retry_after
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 
 bounded_case, longest_case = _pytest_fixtures()
 
@@ -155,7 +155,7 @@ DRIVER = """
 import sys, time
 from ekt.errors import EktError
 from ekt.generation.backends.openai_compat import OpenAISampler
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 s = OpenAISampler(sys.argv[1], "fake", concurrency=3, timeout=600, progress=False)
 t0 = time.monotonic()
 try:

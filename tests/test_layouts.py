@@ -10,7 +10,7 @@ from conftest import amplified_model
 
 from ekt.data.prompt_format import load_format
 from ekt.data.tasks import get_task
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 from ekt.methods.expert_iteration import ExpertIterationConfig, Rounds, expert_iteration
 from ekt.records import Completion, TrainPair
 from ekt.sandbox.pool import SandboxConfig

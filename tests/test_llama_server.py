@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ekt.data.prompts import PROGRAM_HEADER, extract_program, teacher_prompt
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 
 # starts a real llama-server: `make test` only
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 
 from ekt.data.prompts import teacher_prompt
 from ekt.errors import EktError
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 
 
 def _need_server() -> None:

@@ -28,7 +28,7 @@ import pytest
 from conftest import TOY_QUESTIONS
 
 from ekt.data.prompts import STOP_STRINGS, student_prompt
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 
 SERVE_MISSING = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
 SERVE_SKIP = pytest.mark.skipif(
@@ -129,7 +129,7 @@ def test_completions_endpoint(server, served_model_dir):
 
 def test_greedy_matches_local_sampler(server, served_model_dir):
     """The server's greedy text equals TransformersSampler's on the same weights."""
-    from ekt.generation.sampling import TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
     from ekt.models import load_model
 
     params = SamplingParams(n=2, temperature=0, max_new_tokens=16, stop=())
@@ -147,7 +147,7 @@ def test_trimmed_prompt_is_sent_without_its_newline(server, served_model_dir):
     """trim_prompt (the default): the server continues the prompt without its trailing
     newline; a reply that starts with that newline loses it, so the record continues the
     prompt as ekt wrote it. Checked against the local sampler fed the trimmed prompt."""
-    from ekt.generation.sampling import TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
     from ekt.models import load_model
 
     params = SamplingParams(n=1, temperature=0, max_new_tokens=16, stop=())

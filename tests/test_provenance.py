@@ -18,8 +18,8 @@ from ekt.data.provenance import changed_problems, data_sha, gold_sha, question_s
 from ekt.data.tasks import get_task
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import EvalConfig, evaluate
+from ekt.generation.config import SamplingParams
 from ekt.generation.generate import generate
-from ekt.generation.sampling import SamplingParams
 from ekt.pipeline.config import RunConfig, TeacherSampling
 from ekt.pipeline.run import Runner
 from ekt.records import Completion, Problem, read_jsonl

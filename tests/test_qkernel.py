@@ -213,7 +213,8 @@ def test_active_routes_only_small_inference_products_and_restores(quantised_tiny
 
 @needs_kernel
 def test_sampling_with_blocks_matches_float32_sampling(quantised_tiny):
-    from ekt.generation.sampling import SamplingParams, TransformersSampler
+    from ekt.generation.backends.torch_sampler import TransformersSampler
+    from ekt.generation.config import SamplingParams
 
     model, tok, path, _ = quantised_tiny
     q = qkernel.attach(model, path)

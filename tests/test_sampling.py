@@ -9,12 +9,9 @@ from conftest import TOY_QUESTIONS
 
 from ekt.data.prompts import STOP_STRINGS, extract_program, student_prompt, teacher_prompt
 from ekt.errors import EktError
-from ekt.generation.sampling import (
-    SamplingParams,
-    TransformersSampler,
-    derive_seed,
-    truncate_at_stop,
-)
+from ekt.generation.backends.torch_sampler import TransformersSampler
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import derive_seed, truncate_at_stop
 
 QUESTIONS = TOY_QUESTIONS[:5]
 REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]
@@ -456,7 +453,7 @@ def test_two_level_draw_equals_one_cumulative_sum_over_the_vocabulary():
     zero probability (top-p masks them), and the argmax for a target at the total."""
     import torch
 
-    from ekt.generation.sampling import _inverse_cdf
+    from ekt.generation.backends.torch_sampler import _inverse_cdf
 
     def reference(probs, u):
         cdf = probs.to(torch.float64).cumsum(dim=-1)
@@ -482,7 +479,7 @@ def test_two_level_draw_equals_one_cumulative_sum_over_the_vocabulary():
 def test_packed_prompt_prefill_matches_prefilling_each_prompt_alone(tiny, monkeypatch):
     """The prompts admitted in one step are prefilled in one forward pass (packed): fewer
     passes, and the same samples as prefilling each prompt alone, greedy and sampled."""
-    import ekt.generation.sampling as sampling
+    import ekt.generation.backends.torch_sampler as sampling
 
     model, tok = tiny
     passes: list[int] = []

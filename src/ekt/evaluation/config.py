@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 
 
 @dataclass(frozen=True)

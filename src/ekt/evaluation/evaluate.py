@@ -32,8 +32,9 @@ from ekt.data.tasks import Task
 from ekt.errors import EktError
 from ekt.evaluation.config import EvalConfig  # noqa: F401 (public here too)
 from ekt.evaluation.metrics import score_problems
+from ekt.generation.config import SamplingParams
 from ekt.generation.generate import format_stops, generate
-from ekt.generation.sampling import Sampler, SamplingParams
+from ekt.generation.sampler import Sampler
 from ekt.layout import EvalLayout
 from ekt.records import Problem, read_jsonl, write_json_atomic, write_jsonl_atomic
 from ekt.sandbox.pool import SandboxConfig

@@ -44,7 +44,8 @@ from ekt.data.prompt_format import DEFAULT_FORMAT, Prompt, PromptFormat, load_fo
 from ekt.data.provenance import changed_problems, data_sha, question_sha, stale_line
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget, rounds
-from ekt.generation.sampling import Sampler, SamplingParams
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import Sampler
 from ekt.locks import output_lock
 from ekt.records import (
     Completion,

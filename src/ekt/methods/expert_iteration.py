@@ -39,8 +39,8 @@ from typing import Any
 from ekt.data.prompt_format import load_format
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget, adaptive_budget
+from ekt.generation.config import SamplingParams
 from ekt.generation.generate import format_stops, generate, usage
-from ekt.generation.sampling import SamplingParams
 from ekt.layout import ExpertIterationLayout
 from ekt.methods.base import (
     EVERY_STUDENT,

@@ -32,7 +32,7 @@ defaults that fit a CPU (:data:`EKT_DEFAULTS`).
 Completion layouts end their prompt with ``def solution():\\n``; BPE tokenizers merge
 that newline with the next line's indentation, so a prompt ending on a bare newline
 token is one the model never saw before an indented line (see the sampler's token
-healing, ``ekt.generation.sampling``). The prompt given to TRL therefore ends at the
+healing, ``ekt.generation.backends.torch_sampler``). The prompt given to TRL therefore ends at the
 ``:`` and the completion is read from after its first newline, as the healed sampler
 reads it.
 
@@ -58,7 +58,9 @@ from typing import Any
 from ekt.data.extract import extract, runnable
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
-from ekt.generation.sampling import SamplingParams, TransformersSampler, truncate_at_stop
+from ekt.generation.backends.torch_sampler import TransformersSampler
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import truncate_at_stop
 from ekt.methods.base import (
     EVERY_STUDENT,
     OWN_ROLLOUTS,
@@ -261,7 +263,7 @@ class EktRollouts:
     def _prompt_ids(self, prompt: Any) -> list[int]:
         if isinstance(prompt, str):
             return list(self.tok(prompt).input_ids)
-        from ekt.generation.sampling import chat_ids
+        from ekt.generation.sampler import chat_ids
 
         return chat_ids(self.tok, prompt)
 

@@ -1,7 +1,7 @@
 """Run configuration: one tree of dataclasses, read from YAML and overridden from flags.
 
 Every setting is a typed field of the dataclass of the part that uses it, declared once:
-``SamplingParams`` (ekt.generation.sampling), ``BackendConfig`` (ekt.generation.backends),
+``SamplingParams`` (ekt.generation.config), ``BackendConfig`` (ekt.generation.backends),
 ``SandboxConfig`` (ekt.sandbox.pool), ``TrainConfig`` (``transformers.TrainingArguments``,
 ekt.training.config), ``EvalConfig``, ``RayCluster``, and each method's own block (its
 ``settings`` in ``ekt.methods.registry``). ``RunConfig`` nests them; the YAML reader and

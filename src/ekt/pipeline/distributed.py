@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ekt.errors import EktError
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 from ekt.records import Completion, Execution
 from ekt.sandbox.pool import Sandbox, SandboxConfig
 

@@ -28,7 +28,7 @@ import jsonargparse
 
 from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 
 # attribute docstrings are read by ``_comments`` (from the class's own lines), not by
 # jsonargparse's docstring parser (which parses each class's whole module, twice)

@@ -33,7 +33,7 @@ from typing import Any
 from ekt.errors import EktError
 from ekt.generation.backends.openai_compat import CHARS_PER_TOKEN
 from ekt.generation.generate import shard_paths, usage
-from ekt.generation.sampling import chat_ids
+from ekt.generation.sampler import chat_ids
 from ekt.models import PRESETS, converted_dir, preset_gguf
 from ekt.records import read_jsonl
 

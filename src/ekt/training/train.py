@@ -145,7 +145,7 @@ def _chat_pair(
     tok: Any, fmt: PromptFormat, question: str, program: str, view: str = "student"
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, assistant-turn ids) of one pair in a chat format's layout."""
-    from ekt.generation.sampling import chat_ids
+    from ekt.generation.sampler import chat_ids
 
     messages, reply = fmt.training_pair(question, program)  # what `ekt export` writes, too
     if view != "student":

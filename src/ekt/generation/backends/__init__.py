@@ -3,7 +3,7 @@
 =============  ==========================================  ==============================
 name           engine                                      install
 =============  ==========================================  ==============================
-transformers   ``ekt.generation.sampling.TransformersSampler``        (default, CPU or GPU)
+transformers   ekt's own decode loop (``torch_sampler``)    nothing extra (default, CPU or GPU)
 openai         an OpenAI-compatible server over HTTP       nothing extra (stdlib client)
                (llama.cpp's llama-server: its own endpoint)
 vllm           vLLM's offline engine, TP and DP            ``pip install 'ekt[vllm]'``
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ekt.errors import EktError
 
 if TYPE_CHECKING:
-    from ekt.generation.sampling import Sampler
+    from ekt.generation.sampler import Sampler
 
 BACKENDS = ("transformers", "llamacpp", "openai", "vllm")
 SERVERS = ("auto", "llama.cpp", "generic")
@@ -204,7 +204,7 @@ def make_sampler(
                 trim_prompt=cfg.trim_prompt,
             )
         from ekt.generation import qkernel
-        from ekt.generation.sampling import TransformersSampler
+        from ekt.generation.backends.torch_sampler import TransformersSampler
         from ekt.models import load_model
 
         model, tok = load_model(spec, device=device)

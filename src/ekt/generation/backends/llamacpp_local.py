@@ -42,7 +42,7 @@ from ekt.generation.backends.llamacpp_server import (
     LlamaServerProcess,
     LlamaServerSampler,
 )
-from ekt.generation.sampling import SamplingParams
+from ekt.generation.config import SamplingParams
 from ekt.records import Completion
 
 # What llama.cpp's converter needs next to convert_hf_to_gguf.py: its own gguf-py, and the

@@ -65,7 +65,8 @@ from ekt.generation.backends.openai_compat import (
     fetch,
     quote,
 )
-from ekt.generation.sampling import SamplingParams, derive_seed
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import derive_seed
 
 # The llama-cpp-python release whose vendored llama.cpp scripts/build_llama_server.sh builds.
 LLAMA_CPP_VERSION = "0.3.36"

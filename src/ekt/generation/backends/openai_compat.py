@@ -105,7 +105,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ekt.errors import EktError
-from ekt.generation.sampling import SamplingParams, derive_seed, truncate_at_stop
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import derive_seed, truncate_at_stop
 from ekt.records import Completion
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})

@@ -13,7 +13,7 @@ the problems out round-robin. Requests go to the engine in chunks of
 
 vLLM needs a CUDA GPU and ``pip install 'ekt[vllm]'``; see ``configs/vllm_example.yaml``.
 A prompt given as chat messages (a ``chat`` prompt format) is rendered with the
-model's own chat template (``ekt.generation.sampling.chat_ids``) and sent as token
+model's own chat template (``ekt.generation.sampler.chat_ids``) and sent as token
 ids. Greedy (temperature 0) asks for one sample and reports it ``n`` times, as the
 other samplers do. ``n_tokens`` is the number of generated token ids vLLM
 reports, which include the token that completed a stop string.
@@ -34,7 +34,8 @@ from dataclasses import replace
 from typing import Any
 
 from ekt.errors import EktError
-from ekt.generation.sampling import SamplingParams, chat_ids, derive_seed, truncate_at_stop
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import chat_ids, derive_seed, truncate_at_stop
 from ekt.records import Completion
 
 

@@ -1,14 +1,4 @@
-"""Samplers: one ``SamplingParams`` value, one ``sample`` call, plain ``Completion`` records.
-
-``Sampler.sample(requests, params)`` takes ``(problem_id, prompt)`` pairs and
-yields one ``Completion`` per (problem, sample index) as soon as it is finished,
-so the caller can persist results while the job runs. ``Completion.text`` is the
-continuation cut *before* the first stop string; ``n_tokens`` counts the tokens
-generated up to and including the one that completed the stop string (or the
-EOS token, or ``max_new_tokens``). Other backends (a prefix-caching engine,
-vLLM, an OpenAI-compatible server) fit behind the same protocol.
-
-``TransformersSampler`` runs its own decoding loop on a transformers model:
+"""The built-in sampler: ``TransformersSampler`` runs its own decoding loop on a transformers model:
 
 * **Batching.** Problems are taken in groups of ``batch_size // n`` consecutive
   requests (``pack_prompts=True``), left-padded into one prefill; each prompt
@@ -62,104 +52,21 @@ vLLM, an OpenAI-compatible server) fit behind the same protocol.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-from ekt.data.prompt_format import default_stop
 from ekt.errors import EktError
+from ekt.generation.config import SamplingParams
+from ekt.generation.sampler import chat_ids, derive_seed, truncate_at_stop
 from ekt.records import Completion
 
 PREFILL_TOKENS = 512
 """Shared-prefix sampling prefills the prompts of the rows it admits in one step together, in
 packs of at most this many tokens (a larger product runs nearer the CPU's peak; attention
 over a pack grows with its square)."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How programs are sampled. Each field is declared here once: the run config's
-    ``teacher_sampling:`` and ``eval:`` blocks and ``ekt generate``/``ekt evaluate`` extend
-    this class, and their other defaults are set with ``dataclasses.replace``."""
-
-    n: int = 1
-    """samples per question"""
-    temperature: float = 0.6
-    """sampling temperature (0 = greedy)"""
-    top_p: float = 1.0
-    """nucleus sampling: keep the smallest token set with this much probability, in (0, 1]"""
-    max_new_tokens: int = 256
-    """tokens generated at most per sample"""
-    stop: tuple[str, ...] = default_stop()
-    """strings that end a sample (cut before the first one)"""
-    seed: int = 0
-    """seed of every sample's own random stream (with the question id and sample index)"""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.n, int) or self.n < 1:
-            raise EktError(f"--n must be >= 1 (an integer), got {self.n!r}")
-        if not self.temperature >= 0:  # also rejects NaN
-            raise EktError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise EktError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise EktError(f"--max-new-tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        if any(not isinstance(s, str) or not s for s in stop):
-            raise EktError("--stop strings must be non-empty")
-        object.__setattr__(self, "stop", stop)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def sampling_params(self) -> SamplingParams:
-        """Just the sampling fields (of a config that extends this class)."""
-        return SamplingParams(**{f.name: getattr(self, f.name) for f in fields(SamplingParams)})
-
-
-class Sampler(Protocol):
-    def sample(
-        self,
-        requests: Sequence[tuple[str, Any]],
-        params: SamplingParams,
-        start: int | None = None,
-    ) -> Iterator[Completion]:
-        """``params.n`` completions per request: indices ``0 .. n-1``; with ``start``, indices
-        ``start .. start+n-1``, each seeded as that index is in every other call (what an
-        adaptive teacher budget draws, round by round; ``ekt.generation.budget``)."""
-        ...
-
-
-def derive_seed(seed: int, problem_id: str, sample_idx: int) -> int:
-    """A 63-bit seed that depends only on its inputs (stable across runs, processes, machines)."""
-    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_idx}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Text before the earliest stop string, and whether one was found. Pure."""
-    cut = min((i for i in (text.find(s) for s in stops) if i != -1), default=-1)
-    return (text[:cut], True) if cut != -1 else (text, False)
-
-
-def chat_ids(tokenizer: Any, messages: Sequence[dict], where: str = "") -> list[int]:
-    """Token ids of chat ``messages`` rendered by the tokenizer's own chat template, ending
-    with the assistant's turn opened (``add_generation_prompt``). Pure."""
-    if not getattr(tokenizer, "chat_template", None):
-        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise EktError(
-            f"{where or name}: the tokenizer has no chat template, so a chat prompt format "
-            "cannot be rendered for it; use a completion format (--prompt-format function) "
-            "or a chat/instruct model"
-        )
-    text = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-    )
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def _cache_of(out: Any) -> Any:
@@ -739,12 +646,3 @@ def _inverse_cdf(probs: Any, u: Any, wide: Any) -> Any:
     if bool(past.any()):  # a target rounded up onto the total mass: take the argmax
         picks = torch.where(past, probs.argmax(dim=-1), picks)
     return picks
-
-
-__all__ = [
-    "SamplingParams",
-    "Sampler",
-    "TransformersSampler",
-    "derive_seed",
-    "truncate_at_stop",
-]
