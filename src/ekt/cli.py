@@ -55,6 +55,7 @@ from ekt.pipeline.flags import (
     parse_error,
     suggest_flags,
 )
+from ekt.records import Keep
 from ekt.sandbox.config import SandboxConfig
 
 # Only the options' classes above are imported here: each command imports its own work (the
@@ -86,7 +87,7 @@ class GenerateOptions(TaskConfig):
     """cpu | cuda | cuda:N (None: cuda if present)"""
     sampling: TeacherSampling = field(default_factory=TeacherSampling)
     """how to sample"""
-    keep: Literal["first", "all"] = "first"
+    keep: Keep = "first"
     """--sampling.budget adaptive: what `ekt filter --keep` will keep (first: a question leaves
     with one correct program; all: with --sampling.target distinct ones)"""
     executions: str = ""
@@ -134,7 +135,7 @@ class FilterOptions(TaskConfig):
     """`ekt verify` output file(s) (required)"""
     out: str = "train_pairs.jsonl"
     """the training pairs"""
-    keep: Literal["first", "all"] = "first"
+    keep: Keep = "first"
     """first correct program per question (published) or all unique ones"""
     decontaminate: str = "test"
     """drop questions that also appear in this split's file ('' to disable)"""

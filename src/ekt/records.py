@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from ekt.errors import EktError
 
@@ -60,6 +60,11 @@ class Execution:
     stdout_tail: str = ""
     ms: float = 0.0
     error: str = ""  # short description for error/killed
+
+
+Keep = Literal["first", "all"]
+"""Which correct programs of a question become training pairs: its first, or all of them."""
+KEEP = get_args(Keep)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from math import comb
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.records import KEEP
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class AdaptiveBudget:
     give_up_after: int
 
     def __post_init__(self) -> None:
-        if self.keep not in ("first", "all"):
-            raise EktError(f"keep must be first or all, got {self.keep!r}")
+        if self.keep not in KEEP:
+            raise EktError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.round_size < 1 or self.target < 1 or self.give_up_after < 0:
             raise EktError(f"invalid adaptive budget {self}")
 
@@ -74,8 +75,8 @@ def satisfied(
 ) -> bool:
     """Whether a question with ``correct`` distinct correct programs among its first
     ``sampled`` samples needs no more."""
-    if keep not in ("first", "all"):
-        raise EktError(f"keep must be first or all, got {keep!r}")
+    if keep not in KEEP:
+        raise EktError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
     if sampled >= n:
         return True
     if correct >= (1 if keep == "first" else target):

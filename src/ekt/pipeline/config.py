@@ -58,6 +58,7 @@ from ekt.pipeline.flags import (  # noqa: F401 - re-exported: the settings' one 
     parse_error,
     suggest_flags,
 )
+from ekt.records import KEEP, Keep
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.config import KDConfig, TrainConfig
 
@@ -87,7 +88,7 @@ class RunConfig(TaskConfig):
     """split the teacher writes programs for"""
     train_limit: int | None = None
     """first N training questions (None: all)"""
-    keep: typing.Literal["first", "all"] = "first"
+    keep: Keep = "first"
     """correct programs kept per question: the first, or all unique ones"""
     student_prompt_format: str = "function"
     """the layout the student is trained and evaluated in: function (the default), chat (an
@@ -152,8 +153,8 @@ class RunConfig(TaskConfig):
                 named not in self.methods or self.methods.index(named) > self.methods.index(method)
             ):
                 raise EktError(f"{key}: {named} must be listed before {method} in methods")
-        if self.keep not in ("first", "all"):
-            raise EktError(f"keep: must be first or all, got {self.keep!r}")
+        if self.keep not in KEEP:
+            raise EktError(f"keep: must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.eval.backend.name == "openai":
             raise EktError(
                 "eval.backend: openai cannot serve the students this run trains; use "

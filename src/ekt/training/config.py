@@ -20,12 +20,13 @@ from __future__ import annotations
 import difflib
 import enum
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ekt.errors import EktError
 
-LOSS_ON = ("program", "all")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LossOn = Literal["program", "all"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+LOSS_ON, PRECISIONS = get_args(LossOn), get_args(Precision)  # the Literals' values
 # transformers.trainer_utils.SchedulerType's values (checked against it by a test)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
@@ -97,7 +98,7 @@ class TrainConfig:
     """effective batch: per_device_train_batch_size x accumulation steps (x processes)"""
     max_length: int = 400
     """tokens per example at most (prompt + program); longer ones are truncated"""
-    loss_on: Literal["program", "all"] = "program"
+    loss_on: LossOn = "program"
     """program: loss on the program tokens only; all: on the whole sequence (published variant)"""
     packing: bool = True
     """several examples per row, attention kept within each example (false: pad)"""
@@ -109,7 +110,7 @@ class TrainConfig:
     """dropout on the LoRA input"""
     lora_target_modules: str = "all-linear"
     """modules given adapters: all-linear, or comma-separated names (q_proj,v_proj)"""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     """autocast precision (weights stay fp32); auto: bf16/fp16 where the hardware is fast"""
     trainer: dict[str, Any] = field(default_factory=dict)
     """any other TrainingArguments field by name, passed as given and checked when training

@@ -20,11 +20,9 @@ from pathlib import Path
 from ekt.data.provenance import changed_problems, stale_line
 from ekt.data.tasks import Task
 from ekt.errors import EktError
-from ekt.records import Problem, TrainPair, read_jsonl, write_jsonl_atomic
+from ekt.records import KEEP, Problem, TrainPair, read_jsonl, write_jsonl_atomic
 from ekt.verification.decontaminate import DEFAULT_NGRAM, Decontaminator
 from ekt.verification.decontaminate import fold_question as _norm_question
-
-KEEP = ("first", "all")
 
 
 def normalise_program(program: str) -> str:
