@@ -42,6 +42,7 @@ from ekt.commands import COMMAND_HELP, usage
 from ekt.errors import EktError, user_message
 from ekt.evaluation.config import EvalConfig
 from ekt.generation.backends import BackendConfig
+from ekt.options import DeviceOption, PromptFormatOption
 from ekt.pipeline.distributed import RayCluster
 from ekt.pipeline.flags import (
     TaskConfig,
@@ -66,7 +67,7 @@ from ekt.sandbox.config import SandboxConfig
 
 
 @dataclass
-class GenerateOptions(TaskConfig):
+class GenerateOptions(TaskConfig, DeviceOption):
     """`ekt generate` options."""
 
     model: str = ""
@@ -83,8 +84,6 @@ class GenerateOptions(TaskConfig):
     """questions per resumable shard"""
     force: bool = False
     """discard earlier samples in --out"""
-    device: str | None = None
-    """cpu | cuda | cuda:N (None: cuda if present)"""
     sampling: TeacherSampling = field(default_factory=TeacherSampling)
     """how to sample"""
     keep: Keep = "first"
@@ -100,7 +99,7 @@ class GenerateOptions(TaskConfig):
 
 
 @dataclass
-class VerifyOptions(TaskConfig):
+class VerifyOptions(TaskConfig, PromptFormatOption):
     """`ekt verify` options."""
 
     task: str | None = None
@@ -114,8 +113,6 @@ class VerifyOptions(TaskConfig):
     """output JSONL (appended; reruns skip done lines) (required)"""
     split: str | None = None
     """refuse programs for questions outside this split"""
-    prompt_format: str = "function"
-    """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     """where programs run"""
     ray: RayCluster | None = None
@@ -142,7 +139,7 @@ class FilterOptions(TaskConfig):
 
 
 @dataclass
-class EvaluateOptions(TaskConfig):
+class EvaluateOptions(TaskConfig, PromptFormatOption, DeviceOption):
     """`ekt evaluate` options."""
 
     task: str | None = None
@@ -156,10 +153,6 @@ class EvaluateOptions(TaskConfig):
     """output folder (required)"""
     prompt: Literal["teacher", "student"] = "student"
     """teacher: few-shot prompt; student: bare question"""
-    prompt_format: str = "function"
-    """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
-    device: str | None = None
-    """cpu | cuda | cuda:N (None: cuda if present)"""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """the evaluation budget"""
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
@@ -220,13 +213,11 @@ class ModelsOptions:
 
 
 @dataclass
-class TasksOptions:
+class TasksOptions(PromptFormatOption):
     """`ekt tasks [TASK]` options."""
 
     data_dir: str | None = None
     """with TASK: its folder of <split>.jsonl/.csv/.parquet files (as --data-dir elsewhere)"""
-    prompt_format: str = "function"
-    """with TASK: the prompt layout shown (function, chat, tinygsm or a YAML file)"""
 
 
 @dataclass

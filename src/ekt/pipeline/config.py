@@ -43,6 +43,7 @@ from ekt.methods.grpo import GRPOSettings
 from ekt.methods.onpolicy import OnPolicySettings
 from ekt.methods.registry import NAMES, REGISTRY
 from ekt.methods.seqkd import SeqKDConfig
+from ekt.options import DeviceOption
 from ekt.pipeline.distributed import RayCluster
 from ekt.pipeline.flags import (  # noqa: F401 - re-exported: the settings' one home
     TaskConfig,
@@ -69,7 +70,7 @@ Method = typing.Literal[NAMES]  # type: ignore[valid-type]
 
 
 @dataclass
-class RunConfig(TaskConfig):
+class RunConfig(TaskConfig, DeviceOption):
     """A whole experiment (``ekt run CONFIG``): every key of a run config."""
 
     name: str = "run"
@@ -93,8 +94,6 @@ class RunConfig(TaskConfig):
     student_prompt_format: str = "function"
     """the layout the student is trained and evaluated in: function (the default), chat (an
     instruct student, on its own chat template), tinygsm, or a YAML file"""
-    device: str | None = None
-    """cpu | cuda | cuda:N (None: cuda if present)"""
     teacher_sampling: TeacherSampling = field(default_factory=TeacherSampling)
     """how the teacher samples"""
     train: TrainConfig = field(default_factory=TrainConfig)

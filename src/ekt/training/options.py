@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ekt.options import DeviceOption, PromptFormatOption
 from ekt.training.config import KDConfig, TrainConfig
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(PromptFormatOption, DeviceOption):
     """`ekt train` options."""
 
     student: str = ""
@@ -23,10 +24,6 @@ class TrainOptions:
     """sft: fine-tune on the pairs; kd: also distil --teacher's distribution"""
     teacher: str | None = None
     """model spec of the live teacher (--method kd)"""
-    device: str | None = None
-    """cpu | cuda | cuda:N (None: cuda if present)"""
-    prompt_format: str = "function"
-    """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
     train: TrainConfig = field(default_factory=TrainConfig)
     """fine-tuning (the transformers.TrainingArguments fields ekt exposes, ekt's defaults)"""
     kd: KDConfig = field(default_factory=KDConfig)
