@@ -4,7 +4,8 @@ Plain dataclasses: building a parser from them imports nothing heavy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -17,3 +18,8 @@ class DeviceOption:
 class PromptFormatOption:
     prompt_format: str = "function"
     """prompt layout: function (default), chat, tinygsm, or a YAML file (see ekt/data/formats/)"""
+
+
+def required(**kw: Any) -> Any:
+    """A field the command cannot run without: its flag must be given (``ekt.cli`` checks)."""
+    return field(metadata={"required": True}, **kw)

@@ -28,6 +28,7 @@ import dataclasses
 import enum
 import functools
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,11 @@ from ekt.pipeline.flags import (  # noqa: F401 - re-exported: the settings' one 
     TeacherSampling,
     _helps,
     add_dataclass,
-    aliases,
     check_keys,
     instantiate,
     leaf_keys,
     name_key,
-    normalize,
     parse_error,
-    suggest_flags,
 )
 from ekt.records import KEEP, Keep
 from ekt.sandbox.pool import SandboxConfig
@@ -193,8 +191,11 @@ def config_parser() -> jsonargparse.ArgumentParser:
     return parser
 
 
-def build_config(data: dict, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
-    """The RunConfig of a parsed YAML mapping and ``--key value`` overrides, validated."""
+def build_config(
+    data: dict, overrides: list[str] = (), explain: Callable[[str], str] = str  # type: ignore[assignment]
+) -> RunConfig:
+    """The RunConfig of a parsed YAML mapping and ``--key value`` overrides, validated;
+    ``explain`` words an override's error for the command line it came from (``ekt.cli``)."""
     parser = config_parser()
     check_keys(RunConfig, data)
     try:
@@ -205,14 +206,17 @@ def build_config(data: dict, overrides: list[str] = ()) -> RunConfig:  # type: i
         try:
             ns = parser.parse_args(list(overrides), namespace=ns)
         except (jsonargparse.ArgumentError, TypeError, ValueError) as e:
-            message = suggest_flags(parse_error(e), leaf_keys(RunConfig))
-            raise EktError(f"command line: {message}") from None
+            raise EktError(f"command line: {explain(parse_error(e))}") from None
     cfg = instantiate(RunConfig, ns)
     cfg.validate()
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+def load_config(
+    path: str | Path,
+    overrides: list[str] = (),  # type: ignore[assignment]
+    explain: Callable[[str], str] = str,
+) -> RunConfig:
     """The run config in the YAML file ``path``, with command-line ``overrides`` on top.
 
     A file may start from another: ``extends: demo.yaml`` (a path relative to the file) reads
@@ -223,7 +227,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # ty
     path = Path(path)
     data = _read_yaml(path, ())
     try:
-        return build_config(data, overrides)
+        return build_config(data, overrides, explain)
     except EktError as e:
         raise EktError(f"{path}: {e}") from None
 

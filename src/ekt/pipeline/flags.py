@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import inspect
 import io
-import json
 import linecache
 import re
 import sys
@@ -279,81 +278,6 @@ def leaf_keys(cls: type, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def aliases(keys: dict[str, Any]) -> dict[str, str]:
-    """Every accepted spelling (underscores for dashes) -> its key; ambiguous ones left out."""
-    claims: dict[str, set[str]] = {}
-    for key in keys:
-        parts = key.split(".")
-        names = {key, key.replace(".", "_"), parts[-1]}
-        if parts[-1] == "name" and len(parts) > 1:
-            names.add(parts[-2])
-            names.add(key.rsplit(".", 1)[0])
-        for n in names:
-            claims.setdefault(n, set()).add(key)
-    out = {n: next(iter(ks)) for n, ks in claims.items() if len(ks) == 1}
-    out.update({k: k for k in keys})  # a full key always means itself
-    return out
-
-
-def _is(tp: Any, kind: type) -> bool:
-    return tp is kind or kind in typing.get_args(tp) or typing.get_origin(tp) is kind
-
-
-def normalize(argv: list[str], keys: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """``argv`` in canonical flags (``--a.b=value``), and each key's flag as the user typed it."""
-    names = aliases(keys)
-    out: list[str] = []
-    typed: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        i += 1
-        if not tok.startswith("--") or tok == "--":
-            out.append(tok)
-            continue
-        name, eq, value = tok[2:].partition("=")
-        norm = name.replace("-", "_")
-        negated = norm.startswith("no_") and names.get(norm[3:]) in keys
-        key = names.get(norm[3:] if negated else norm)
-        if key is None or key not in keys:
-            out.append(tok)
-            continue
-        tp = keys[key]
-        typed[key] = f"--{name}"
-        if negated:
-            if not _is(tp, bool):
-                out.append(tok)
-                continue
-            out.append(f"--{key}=false")
-            continue
-        has_value = bool(eq) or (i < len(argv) and not argv[i].startswith("--"))
-        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        if inner:  # an optional block given bare or with one value: its first field
-            first = dataclasses.fields(inner[0])[0].name
-            if not eq and has_value and not argv[i].startswith("-"):
-                value = argv[i]
-                i += 1
-            out.append(f"--{key}.{first}=" + (value if value else "null"))
-            continue
-        if _is(tp, bool):
-            if not eq and i < len(argv) and argv[i].lower() in ("true", "false", "yes", "no"):
-                value = argv[i]
-                i += 1
-            out.append(f"--{key}=" + (value or "true"))
-            continue
-        if _is(tp, list) and not eq:
-            items: list[str] = []
-            while i < len(argv) and not argv[i].startswith("--"):
-                items += [x for x in argv[i].split(",") if x.strip()]
-                i += 1
-            out.append(f"--{key}=" + json.dumps(items))
-            continue
-        if _is(tp, list) and eq and not value.startswith("["):
-            value = json.dumps([x for x in value.split(",") if x.strip()])
-        out.append(f"--{key}" + (f"={value}" if eq else ""))
-    return out, typed
-
-
 def did_you_mean(word: str, known: typing.Iterable[str], prefix: str = "") -> str:
     """`` (did you mean X?)`` for the known names closest to a mistyped one, else ``""``."""
     names = {k.replace("-", "_"): k for k in known}
@@ -362,15 +286,3 @@ def did_you_mean(word: str, known: typing.Iterable[str], prefix: str = "") -> st
         tail = word.replace("-", "_").rsplit(".", 1)[-1]
         close = [k for k in names if k.rsplit(".", 1)[-1] == tail][:3]
     return f" (did you mean {' or '.join(prefix + names[c] for c in close)}?)" if close else ""
-
-
-def suggest_flags(message: str, keys: dict[str, Any]) -> str:
-    """A parser's "unrecognized arguments" message with a "did you mean" for each unknown
-    flag, from ``keys`` (dotted keys and their accepted spellings)."""
-    head, sep, rest = message.partition("nrecognized arguments:")
-    if not sep:
-        return message
-    hints = ""
-    for flag in re.findall(r"--([\w.-]+)", rest):  # the canonical keys, else a short spelling
-        hints += did_you_mean(flag, keys, "--") or did_you_mean(flag, set(aliases(keys)), "--")
-    return message + hints

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ekt.options import DeviceOption, PromptFormatOption
+from ekt.options import DeviceOption, PromptFormatOption, required
 from ekt.training.config import KDConfig, TrainConfig
 
 
@@ -14,11 +14,11 @@ from ekt.training.config import KDConfig, TrainConfig
 class TrainOptions(PromptFormatOption, DeviceOption):
     """`ekt train` options."""
 
-    student: str = ""
-    """student model spec (required; also --model)"""
-    pairs: str = ""
+    student: str = required(default="")
+    """student model spec (required)"""
+    pairs: str = required(default="")
     """train_pairs.jsonl from `ekt filter` (required)"""
-    out: str = ""
+    out: str = required(default="")
     """output folder: an HF checkpoint (required)"""
     method: Literal["sft", "kd"] = "sft"
     """sft: fine-tune on the pairs; kd: also distil --teacher's distribution"""
