@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from ekt.generation.backends.torch_sampler import TransformersSampler
     from ekt.generation.budget import AdaptiveBudget, projected_saving, success_rates
     from ekt.generation.config import SamplingParams
-    from ekt.generation.generate import budget_usage, format_stops, generate
+    from ekt.generation.generate import GenerateSettings, budget_usage, format_stops, generate
     from ekt.models import load_model
     from ekt.sandbox.pool import SandboxConfig
     from ekt.verification.filtering import filter_stage
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     secs: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    g = generate(sampler, problems, full, params, prompt="teacher", force=True)
+    g = generate(sampler, problems, full, params, GenerateSettings(prompt="teacher", force=True))
     print(g.line(), flush=True)
     v = verify(full, full / "executions.jsonl", task, None, box, progress=False)
     secs["full"] = time.perf_counter() - t0
@@ -143,8 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     (adaptive / "executions.jsonl").unlink(missing_ok=True)
     with RoundJudge(adaptive, adaptive / "executions.jsonl", task, box) as judge:
         g = generate(
-            sampler, problems, adaptive, params, prompt="teacher", force=True,
-            budget=budget, judge=judge,
+            sampler,
+            problems,
+            adaptive,
+            params,
+            GenerateSettings(prompt="teacher", force=True, budget=budget),
+            judge=judge,
         )  # fmt: skip
     secs["adaptive"] = time.perf_counter() - t0
     print(g.line(), flush=True)

@@ -15,7 +15,7 @@ from ekt.data.tasks import get_task
 from ekt.errors import user_message
 from ekt.generation.backends.openai_compat import OpenAISampler
 from ekt.generation.config import SamplingParams
-from ekt.generation.generate import generate
+from ekt.generation.generate import GenerateSettings, generate
 from ekt.verification.verify import verify
 
 PARAMS = SamplingParams(n=3, temperature=1.0, max_new_tokens=16, seed=11)
@@ -29,7 +29,13 @@ def main(stages: str, url: str, out: str, data_dir: str) -> int:
         if "generate" in stages:
             sampler = OpenAISampler(url, "fake", concurrency=2, backoff=0.05, max_backoff=0.2,
                                     timeout=10.0, progress=False)  # fmt: skip
-            s = generate(sampler, problems, out, PARAMS, prompt="student", shard_size=SHARD)
+            s = generate(
+                sampler,
+                problems,
+                out,
+                PARAMS,
+                GenerateSettings(prompt="student", shard_size=SHARD),
+            )
             print(s.line(), flush=True)
         if "verify" in stages:
             v = verify(out, Path(out) / "executions.jsonl", task, progress=False)

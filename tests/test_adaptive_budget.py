@@ -27,7 +27,7 @@ from ekt.data.tasks import get_task
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget
 from ekt.generation.config import SamplingParams
-from ekt.generation.generate import BUDGET_LOG, budget_usage, generate
+from ekt.generation.generate import BUDGET_LOG, GenerateSettings, budget_usage, generate
 from ekt.generation.sampler import derive_seed
 from ekt.records import Completion, read_jsonl
 from ekt.sandbox.pool import SandboxConfig
@@ -86,11 +86,18 @@ def _run(out: Path, task, problems, sampler, budget=None, keep="first") -> list[
     """generate (+ verify) + filter; the pairs."""
     ex = out / "executions.jsonl"
     if budget is None:
-        generate(sampler, problems, out, PARAMS, shard_size=4)
+        generate(sampler, problems, out, PARAMS, GenerateSettings(shard_size=4))
         verify(out, ex, task, None, SANDBOX, progress=False)
     else:
         with RoundJudge(out, ex, task, SANDBOX) as judge:
-            generate(sampler, problems, out, PARAMS, shard_size=4, budget=budget, judge=judge)
+            generate(
+                sampler,
+                problems,
+                out,
+                PARAMS,
+                GenerateSettings(shard_size=4, budget=budget),
+                judge=judge,
+            )
         assert verify(out, ex, task, None, SANDBOX, progress=False).new == 0  # all judged
     filter_stage(ex, out / "pairs.jsonl", task, keep=keep)
     return [obj for _, obj in read_jsonl(out / "pairs.jsonl")]
@@ -153,7 +160,14 @@ def test_a_full_folder_refuses_an_adaptive_resume(tmp_path, task, problems):
     budget = AdaptiveBudget(round_size=2, keep="first", target=1, give_up_after=0)
     with RoundJudge(out, out / "executions.jsonl", task, SANDBOX) as judge:
         with pytest.raises(EktError, match="budget"):
-            generate(_sampler(problems), problems[:2], out, PARAMS, budget=budget, judge=judge)
+            generate(
+                _sampler(problems),
+                problems[:2],
+                out,
+                PARAMS,
+                GenerateSettings(budget=budget),
+                judge=judge,
+            )
 
 
 def test_keep_all_stops_at_target_distinct_programs(tmp_path, task, problems):
@@ -202,7 +216,14 @@ def test_an_adaptive_budget_needs_a_sampler_that_draws_ranges(tmp_path, task, pr
     budget = AdaptiveBudget(round_size=2, keep="first", target=1, give_up_after=0)
     with RoundJudge(tmp_path, tmp_path / "ex.jsonl", task, SANDBOX) as judge:
         with pytest.raises(EktError, match="start"):
-            generate(Old(), problems[:1], tmp_path / "g", PARAMS, budget=budget, judge=judge)
+            generate(
+                Old(),
+                problems[:1],
+                tmp_path / "g",
+                PARAMS,
+                GenerateSettings(budget=budget),
+                judge=judge,
+            )
 
 
 # -- the transformers sampler's index ranges -----------------------------------------------
@@ -247,13 +268,17 @@ def test_transformers_adaptive_generate_equals_full_when_nothing_is_solved(
 
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=10, seed=2)
     sampler = TransformersSampler(*tiny, progress=False, batch_size=1)
-    generate(sampler, problems[:3], tmp_path / "full", params, prompt="student")
+    generate(sampler, problems[:3], tmp_path / "full", params, GenerateSettings(prompt="student"))
     budget = AdaptiveBudget(round_size=2, keep="first", target=1, give_up_after=0)
     ex = tmp_path / "adaptive" / "executions.jsonl"
     with RoundJudge(tmp_path / "adaptive", ex, task, SANDBOX) as judge:
         s = generate(
-            sampler, problems[:3], tmp_path / "adaptive", params, prompt="student",
-            budget=budget, judge=judge,
+            sampler,
+            problems[:3],
+            tmp_path / "adaptive",
+            params,
+            GenerateSettings(prompt="student", budget=budget),
+            judge=judge,
         )  # fmt: skip
     assert s.samples == s.full_samples == 12 and s.left_early == 0
     assert "adaptive budget: 0/3 questions left early" in s.line()
@@ -292,7 +317,14 @@ def _child(out: str, data_dir: str, kill: str) -> None:
     budget = AdaptiveBudget(round_size=2, keep="first", target=1, give_up_after=0)
     with RoundJudge(out, Path(out) / "executions.jsonl", task, SANDBOX) as judge:
         sampler = _sampler(problems, kill_at)
-        generate(sampler, problems, out, PARAMS, shard_size=4, budget=budget, judge=judge)
+        generate(
+            sampler,
+            problems,
+            out,
+            PARAMS,
+            GenerateSettings(shard_size=4, budget=budget),
+            judge=judge,
+        )
 
 
 def _spawn(out: Path, data_dir: Path, kill: str) -> int:
@@ -457,8 +489,13 @@ def test_adaptive_rounds_through_a_shard_cluster(tmp_path, task, problems):
         d = tmp_path / name
         with RoundJudge(d, d / "executions.jsonl", task, SANDBOX) as judge:
             generate(
-                lambda: _sampler(problems), problems, d, PARAMS, shard_size=4, budget=budget,
-                judge=judge, cluster=c,
+                lambda: _sampler(problems),
+                problems,
+                d,
+                PARAMS,
+                GenerateSettings(shard_size=4, budget=budget),
+                judge=judge,
+                cluster=c,
             )  # fmt: skip
         out[name] = _samples(d)
     assert out["cluster"] == out["local"] and len(out["local"]) < 48

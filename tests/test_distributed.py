@@ -149,11 +149,16 @@ def test_ray_verify_survives_a_killed_actor(ray_cluster, verify_case, capfd):
 def _gen(model: Path, problems, out: Path, cluster=None):
     from ekt.generation.backends import make_sampler
     from ekt.generation.config import SamplingParams
-    from ekt.generation.generate import generate
+    from ekt.generation.generate import GenerateSettings, generate
 
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=24, seed=7)
     return generate(
-        make_sampler(str(model), "cpu", 6), problems, out, params, shard_size=2, cluster=cluster
+        make_sampler(str(model), "cpu", 6),
+        problems,
+        out,
+        params,
+        GenerateSettings(shard_size=2),
+        cluster=cluster,
     )
 
 
@@ -217,7 +222,7 @@ def test_ray_adaptive_rounds_match_local(ray_cluster, tiny_model_dir, data_dir, 
     from ekt.generation.backends import make_sampler
     from ekt.generation.budget import AdaptiveBudget
     from ekt.generation.config import SamplingParams
-    from ekt.generation.generate import generate
+    from ekt.generation.generate import GenerateSettings, generate
     from ekt.pipeline.distributed import RayCluster
     from ekt.sandbox.pool import SandboxConfig
     from ekt.verification.verify import RoundJudge
@@ -231,8 +236,13 @@ def test_ray_adaptive_rounds_match_local(ray_cluster, tiny_model_dir, data_dir, 
         out = d / name
         with RoundJudge(out, out / "executions.jsonl", task, SandboxConfig(workers=1)) as judge:
             s = generate(
-                make_sampler(str(tiny_model_dir), "cpu", 6), problems, out, params,
-                shard_size=2, cluster=cluster, budget=budget, judge=judge,
+                make_sampler(str(tiny_model_dir), "cpu", 6),
+                problems,
+                out,
+                params,
+                GenerateSettings(shard_size=2, budget=budget),
+                cluster=cluster,
+                judge=judge,
             )  # fmt: skip
         logs[name] = sorted((out / "budget.jsonl").read_text().splitlines())
         assert s.samples == 40  # the tiny model solves nothing: 4 samples each, then given up

@@ -28,7 +28,7 @@ from ekt.data.tasks import get_task
 from ekt.errors import user_message
 from ekt.generation.backends.openai_compat import OpenAISampler
 from ekt.generation.config import SamplingParams
-from ekt.generation.generate import generate
+from ekt.generation.generate import GenerateSettings, generate
 from ekt.locks import lock_path
 from ekt.records import read_jsonl
 from ekt.sandbox.pool import Sandbox
@@ -65,7 +65,13 @@ def _generate(url: str, out: Path, data_dir: Path):
     task = get_task("gsm8k", str(data_dir))
     sampler = OpenAISampler(url, "fake", concurrency=2, backoff=0.02, max_backoff=0.1,
                             timeout=10.0, progress=False)  # fmt: skip
-    return generate(sampler, task.load("train"), out, PARAMS, prompt="student", shard_size=SHARD)
+    return generate(
+        sampler,
+        task.load("train"),
+        out,
+        PARAMS,
+        GenerateSettings(prompt="student", shard_size=SHARD),
+    )
 
 
 def _samples(out: Path) -> list[tuple]:

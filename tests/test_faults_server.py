@@ -244,7 +244,7 @@ def test_retries_and_progress_are_shown_when_not_a_terminal(capsys, baseline, mo
 def test_generate_through_a_faulty_server_writes_what_a_clean_one_does(tmp_path):
     """The generate stage end to end: every fault of the list once, then the records on
     disk equal an uninterrupted run's, none lost, none twice."""
-    from ekt.generation.generate import generate, read_completions
+    from ekt.generation.generate import GenerateSettings, generate, read_completions
     from ekt.records import Problem
 
     problems = [Problem(f"toy/{i}", f"Q{i}?", 0.0, "toy") for i in range(4)]
@@ -253,7 +253,7 @@ def test_generate_through_a_faulty_server_writes_what_a_clean_one_does(tmp_path)
     def run(faults, out):
         with FakeOpenAI(faults) as srv:
             s = _sampler(srv.url, max_retries=len(FAULTS) + 1, concurrency=3)
-            generate(s, problems, out, params, prompt="student", shard_size=3)
+            generate(s, problems, out, params, GenerateSettings(prompt="student", shard_size=3))
         return [(c.problem_id, c.sample_idx, c.text) for c in read_completions(out)]
 
     clean = run([], tmp_path / "clean")

@@ -243,7 +243,7 @@ def test_fatal_4xx_stops_with_the_message(server, served_model_dir):
 
 def test_server_killed_mid_job_output_complete(served_model_dir, tmp_path):
     """SIGKILL the server while requests are in flight, restart it: shards complete, no dups."""
-    from ekt.generation.generate import generate, read_completions
+    from ekt.generation.generate import GenerateSettings, generate, read_completions
     from ekt.records import Problem
 
     srv = Server(served_model_dir, tmp_path / "serve.log")
@@ -275,7 +275,13 @@ def test_server_killed_mid_job_output_complete(served_model_dir, tmp_path):
     problems = [Problem(pid, q, 0.0, "toy") for (pid, _), q in zip(REQUESTS, QUESTIONS)]
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=24, seed=4)
     try:
-        summary = generate(KillMidway(), problems, tmp_path / "out", params, prompt="student")
+        summary = generate(
+            KillMidway(),
+            problems,
+            tmp_path / "out",
+            params,
+            GenerateSettings(prompt="student"),
+        )
     finally:
         srv.kill()
     assert events == ["killed", "restarted"]

@@ -19,7 +19,7 @@ from ekt.data.tasks import get_task
 from ekt.errors import EktError
 from ekt.evaluation.evaluate import EvalConfig, evaluate
 from ekt.generation.config import SamplingParams
-from ekt.generation.generate import generate
+from ekt.generation.generate import GenerateSettings, generate
 from ekt.pipeline.config import RunConfig, TeacherSampling
 from ekt.pipeline.run import Runner
 from ekt.records import Completion, Problem, read_jsonl
@@ -165,7 +165,13 @@ def test_a_changed_question_is_refused_by_generate_verify_and_filter(stage_folde
     with pytest.raises(EktError, match=r"homework/train/2 \(question\)"):
         filter_stage(ex, ex.parent / "pairs.jsonl", task)
     # --force samples them again; the new samples carry the new question's hash
-    generate(FixedTeacher(answers_of(TRAIN)), task.load("train"), gen, PARAMS, force=True)
+    generate(
+        FixedTeacher(answers_of(TRAIN)),
+        task.load("train"),
+        gen,
+        PARAMS,
+        GenerateSettings(force=True),
+    )
     new_ex = ex.parent / "new.jsonl"
     verify(gen, new_ex, task, sandbox=SANDBOX, progress=False)
     assert len(filter_stage(new_ex, ex.parent / "pairs.jsonl", task).__dict__) and all(

@@ -14,7 +14,7 @@ from tiny_models import make_tiny_model
 from ekt.cli import main
 from ekt.data.tasks import get_task
 from ekt.evaluation.evaluate import EvalConfig, evaluate
-from ekt.generation.generate import generate
+from ekt.generation.generate import GenerateSettings, generate
 from ekt.report.load import load_run, load_yields
 from ekt.sandbox.pool import SandboxConfig
 from ekt.training.config import TrainConfig
@@ -32,8 +32,13 @@ def test_report_of_a_stage_by_stage_folder(tmp_path, capsys):
     answers = {**answers_of(TRAIN), **answers_of(TEST, "test")}
     answers["homework/train/1"] = -1  # one question the teacher gets wrong
     teacher = FixedTeacher(answers)
-    generate(teacher, task.load("train"), d / "teacher", PARAMS,
-             settings={"model": "my-teacher", "task": str(spec)})  # fmt: skip
+    generate(
+        teacher,
+        task.load("train"),
+        d / "teacher",
+        PARAMS,
+        GenerateSettings(settings={"model": "my-teacher", "task": str(spec)}),
+    )  # fmt: skip
     verify(d / "teacher", d / "executions.jsonl", task, sandbox=SANDBOX, progress=False)
     filter_stage(d / "executions.jsonl", d / "train_pairs.jsonl", task)
     base = make_tiny_model(tmp_path / "tiny")

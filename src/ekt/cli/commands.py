@@ -66,7 +66,7 @@ def cmd_generate(o: GenerateOptions, _: Any) -> None:
     from ekt.data.prompt_format import load_format
     from ekt.generation.backends import make_sampler
     from ekt.generation.budget import adaptive_budget
-    from ekt.generation.generate import format_stops, generate
+    from ekt.generation.generate import GenerateSettings, format_stops, generate
     from ekt.models import model_fingerprint
     from ekt.verification.verify import RoundJudge
 
@@ -100,14 +100,16 @@ def cmd_generate(o: GenerateOptions, _: Any) -> None:
             problems,
             o.out,
             format_stops(o.sampling.sampling_params(), fmt),
-            prompt=o.prompt,
-            shard_size=o.shard_size,
-            settings=settings,
-            force=o.force,
+            GenerateSettings(
+                prompt=o.prompt,
+                shard_size=o.shard_size,
+                settings=settings,
+                force=o.force,
+                prompt_format=fmt,
+                price=backend.price,
+                budget=budget,
+            ),
             cluster=cluster,
-            prompt_format=fmt,
-            price=backend.price,
-            budget=budget,
             judge=judge,
         )
     print(summary.line())

@@ -33,7 +33,7 @@ from ekt.errors import EktError
 from ekt.evaluation.config import EvalConfig  # noqa: F401 (public here too)
 from ekt.evaluation.metrics import score_problems
 from ekt.generation.config import SamplingParams
-from ekt.generation.generate import format_stops, generate
+from ekt.generation.generate import GenerateSettings, format_stops, generate
 from ekt.generation.sampler import Sampler
 from ekt.layout import EvalLayout
 from ekt.records import Problem, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -159,8 +159,12 @@ def evaluate(
 
     def run_and_verify(out: EvalLayout, kind: str, params: SamplingParams) -> None:
         generate(
-            lazy, problems, out.samples(kind), params, prompt=prompt, settings=extra,
-            cluster=cluster, prompt_format=fmt,
+            lazy,
+            problems,
+            out.samples(kind),
+            params,
+            GenerateSettings(prompt=prompt, settings=extra, prompt_format=fmt),
+            cluster=cluster,
         )  # fmt: skip
         verify(
             out.samples(kind), out.executions(kind), task, None, sandbox, progress,

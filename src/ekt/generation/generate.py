@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ekt.data.extract import extract
-from ekt.data.prompt_format import DEFAULT_FORMAT, Prompt, PromptFormat, load_format
+from ekt.data.prompt_format import Prompt, PromptFormat, load_format
 from ekt.data.provenance import changed_problems, data_sha, question_sha, stale_line
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget, rounds
@@ -243,12 +243,11 @@ def generate(
     *,
     cluster: ShardCluster | None = None,
     judge: Judge | None = None,
-    **fields: Any,
 ) -> GenerateSummary:
     """Sample ``params.n`` completions per problem into shards under ``out_dir``.
 
-    ``how`` holds the job's settings (:class:`GenerateSettings`); its fields may also be
-    given as keywords (``prompt="student"``), which override ``how``'s.
+    ``how`` holds the job's settings (:class:`GenerateSettings`; default: a teacher's
+    few-shot job in shards of 100).
 
     ``sampler`` may be a factory, called only when there is work left, so a
     finished job never loads its model. With ``cluster`` (an
@@ -265,7 +264,7 @@ def generate(
     folder stops at once. Shards that hold a sample twice (an older version's, a copied
     folder) are repaired first, keeping each sample's first record, and said so.
     """
-    how = replace(how or GenerateSettings(), **fields)
+    how = how or GenerateSettings()
     with output_lock(out_dir):
         job = _prepare(problems, Path(out_dir), params, how, judge)
         if how.budget is not None:
@@ -337,14 +336,12 @@ def _job_settings(
         "problems": len(problems),
         "first_problem": problems[0].id if problems else None,
         **(how.settings or {}),
+        "prompt_format": fmt.label,
     }
-    if fmt.source != load_format(DEFAULT_FORMAT).source:  # older jobs (default) resume as they were
-        job["prompt_format"] = fmt.label
     job["sampling"]["stop"] = list(params.stop)
-    if how.budget is not None:  # a full job's settings stay as they were (old runs resume)
-        if judge is None:
-            raise EktError("an adaptive budget needs a judge (the verification of each round)")
-        job["budget"] = how.budget.settings()
+    if how.budget is not None and judge is None:
+        raise EktError("an adaptive budget needs a judge (the verification of each round)")
+    job["budget"] = how.budget.settings() if how.budget is not None else "full"
     job["questions_sha256"] = data_sha(problems, gold=False)  # what the prompts showed
     return job
 

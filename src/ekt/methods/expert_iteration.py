@@ -40,7 +40,7 @@ from ekt.data.prompt_format import load_format
 from ekt.errors import EktError
 from ekt.generation.budget import AdaptiveBudget, adaptive_budget
 from ekt.generation.config import SamplingParams
-from ekt.generation.generate import format_stops, generate, usage
+from ekt.generation.generate import GenerateSettings, format_stops, generate, usage
 from ekt.layout import ExpertIterationLayout
 from ekt.methods.base import (
     EVERY_STUDENT,
@@ -233,10 +233,18 @@ def prepare_round(
                            prompt_format=fmt)  # fmt: skip
             )
         g = generate(
-            setup.make_sampler(model), todo, rl.dir, format_stops(params, load_format(fmt)),
-            prompt=PROMPTS[prompt], prompt_format=fmt,
-            settings={"model": model, "task": task.name, "round": r},
-            cluster=cluster, budget=setup.budget, judge=judge,
+            setup.make_sampler(model),
+            todo,
+            rl.dir,
+            format_stops(params, load_format(fmt)),
+            GenerateSettings(
+                prompt=PROMPTS[prompt],
+                prompt_format=fmt,
+                settings={"model": model, "task": task.name, "round": r},
+                budget=setup.budget,
+            ),
+            cluster=cluster,
+            judge=judge,
         )  # fmt: skip
     print(g.line())
     v = verify(rl.dir, rl.executions, task, None, setup.sandbox, cluster=cluster,

@@ -43,7 +43,7 @@ from ekt.errors import EktError
 from ekt.evaluation.evaluate import evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
 from ekt.generation.budget import adaptive_budget
-from ekt.generation.generate import budget_usage, format_stops, generate, usage
+from ekt.generation.generate import GenerateSettings, budget_usage, format_stops, generate, usage
 from ekt.layout import RunLayout
 from ekt.methods import registry
 from ekt.methods.base import Cost, count_lines
@@ -530,12 +530,14 @@ class Runner:
                 problems,
                 self.layout.teacher,
                 format_stops(ts.sampling_params(), fmt),
-                prompt="teacher",
-                settings={"model": cfg.teacher, "task": cfg.task},
-                prompt_format=fmt,
-                price=ts.backend.price,
+                GenerateSettings(
+                    prompt="teacher",
+                    settings={"model": cfg.teacher, "task": cfg.task},
+                    prompt_format=fmt,
+                    price=ts.backend.price,
+                    budget=budget,
+                ),
                 cluster=self.cluster,
-                budget=budget,
                 judge=judge,
             )
             print(s.line())

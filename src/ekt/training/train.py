@@ -668,8 +668,7 @@ def _prepare_training(
     out.mkdir(parents=True, exist_ok=True)
     run = _fingerprint(model_spec, pairs_path, cfg)
     fmt = load_format(prompt_format)
-    if fmt.source != load_format().source:  # (checkpoints of the default layout resume as before)
-        run["prompt_format"] = fmt.label
+    run["prompt_format"] = fmt.label
     if distill is not None:
         run["distill"] = distill.fingerprint()
     job = _TrainJob(model_spec, pairs_path, pairs, out, cfg, device, distill, prompt_format, fmt,
