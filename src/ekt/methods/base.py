@@ -95,6 +95,10 @@ class Context(Protocol):
 
     def contamination_sets(self) -> dict[str, list[str]]: ...
 
+    def trained(self, method: str) -> str | None:
+        """The student ``method`` trained earlier in this run (None: it was skipped)."""
+        ...
+
 
 Prepare = Callable[[Context, Sequence[Problem]], tuple[Path | None, Cost]]
 Fit = Callable[[Context, Sequence[Problem], Path | None], Fitted]
@@ -132,14 +136,13 @@ class Method:
 
 def model_named(ctx: Context, named: str | None, default: str) -> tuple[str | None, str]:
     """The model a setting such as ``grpo.start`` or ``on_policy.teacher`` names, and how to
-    say it: None gives ``default``; a method of this run gives that method's trained student
+    say it: None gives ``default``; a method of this run gives the student that method trained
     (None when it has none: the method was skipped); anything else is a model spec."""
     if named is None:
         return default, default
     if named in ctx.cfg.methods:
-        out = ctx.layout.student(named)
-        done = (out / "config.json").is_file()  # saved weights (skipped: never written)
-        return (str(out) if done else None), f"the {named} student ({out})"
+        model = ctx.trained(named)
+        return model, f"the {named} student ({model or 'none: skipped'})"
     return named, named
 
 

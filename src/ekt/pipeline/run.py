@@ -288,6 +288,7 @@ class Runner:
         self._held: tuple[tuple, Any] | None = None
         self._hold: tuple | None = None
         self._shared: dict[str, Any] = {}  # their outcomes, once per run
+        self._trained: dict[str, str] = {}  # method -> the student it trained, as they finish
 
     def stage(self, name: str):
         """A named, timed stage (printed as a heading; its seconds go to the manifest)."""
@@ -388,7 +389,7 @@ class Runner:
             costs[name] = costs[name].add(fitted.cost).add(Cost(seconds=own))
             pairs[name] = fitted.pairs if fitted.pairs is not None else pairs[name]
             if fitted.model:
-                students[name] = fitted.model
+                students[name] = self._trained[name] = fitted.model
             else:
                 skipped[name] = fitted.skipped
         rounded = {n: {**asdict(c), "seconds": round(c.seconds, 1)} for n, c in costs.items()}
@@ -597,6 +598,9 @@ class Runner:
             problems = task.load(split)
             out.append((task, split, problems[: self.cfg.eval.limit or None]))
         return out
+
+    def trained(self, method: str) -> str | None:
+        return self._trained.get(method)
 
     def contamination_sets(self) -> dict[str, list[str]]:
         """The questions of every evaluation task (and of the sets they were built from, as
