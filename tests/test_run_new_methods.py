@@ -29,11 +29,19 @@ def _run(tmp_path, config: dict) -> dict:
     return json.loads((tmp_path / "run" / "results.json").read_text())
 
 
-def test_ekt_run_grpo(tmp_path, tiny_model_dir):
+def _readable(out: str) -> list[str]:
+    """The console's training lines: ekt's readable ones, never the Trainer's raw dicts."""
+    assert "{'loss'" not in out and "'train_runtime'" not in out
+    return [line for line in out.splitlines() if line.startswith("train: step ")]
+
+
+def test_ekt_run_grpo(tmp_path, tiny_model_dir, capsys):
     results = _run(tmp_path, {
         "teacher": str(tiny_model_dir), "student": str(tiny_model_dir), "methods": ["grpo"],
         "grpo": {"trl": {**TRL, "num_generations": 2}},
     })  # fmt: skip
+    lines = _readable(capsys.readouterr().out)
+    assert lines and all("reward" in line for line in lines if "loss" in line)
     (row,) = results["rows"]
     assert row["label"] == "student-grpo" and "pass@1" in row and "pairs" not in row
     out = tmp_path / "run" / "students" / "grpo"
@@ -53,12 +61,13 @@ def test_ekt_run_grpo(tmp_path, tiny_model_dir):
     assert "GRPO mean reward per step" in html
 
 
-def test_ekt_run_onpolicy(tmp_path, tiny_model_dir):
+def test_ekt_run_onpolicy(tmp_path, tiny_model_dir, capsys):
     teacher = make_tiny_model(tmp_path / "teacher", seed=1)  # same corpus: same tokenizer
     results = _run(tmp_path, {
         "teacher": str(teacher), "student": str(tiny_model_dir), "methods": ["on-policy"],
         "on_policy": {"trl": {**TRL, "learning_rate": 1e-2}},
     })  # fmt: skip
+    assert _readable(capsys.readouterr().out)
     (row,) = results["rows"]
     assert row["label"] == "student-on-policy" and "pass@1" in row
     summary = json.loads((tmp_path / "run/students/on-policy/summary.json").read_text())

@@ -88,6 +88,7 @@ from ekt.training.train import (
     _mixed_precision,
     _prepare_checkpoints,
     _trim_log,
+    console_output,
 )
 from ekt.verification.verify import NO_PROGRAM, _deny_task_data
 
@@ -127,6 +128,11 @@ NOT_FINGERPRINTED = {
     "logging_first_step", "logging_strategy", "save_strategy", "dataloader_num_workers",
     "gradient_checkpointing",
 }  # fmt: skip
+
+
+# the GRPO log entries printed on the console (train_log.jsonl keeps all of TRL's)
+CONSOLE_KEYS = ("loss", "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
+                "learning_rate", "step_time", "train_runtime")  # fmt: skip
 
 
 def trl_config(cls: Any, defaults: dict[str, Any], out_dir: str | Path, device: str | None,
@@ -469,6 +475,7 @@ def train_grpo(
                 else None
             ),
         )
+        console_output(trainer, CONSOLE_KEYS)
         trainer.train(resume_from_checkpoint=last)
         trainer.save_model(str(out / MODEL))
         tok.save_pretrained(str(out / MODEL))

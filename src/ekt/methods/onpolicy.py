@@ -59,7 +59,7 @@ from ekt.methods.grpo import (
 )
 from ekt.models import load_model
 from ekt.records import Problem, read_jsonl, write_json_atomic
-from ekt.training.train import _log_callback, _prepare_checkpoints, _trim_log
+from ekt.training.train import _log_callback, _prepare_checkpoints, _trim_log, console_output
 
 # DistillationConfig defaults ekt changes (a CPU run of minutes); every other setting is TRL's.
 EKT_DEFAULTS: dict[str, Any] = {**CPU_DEFAULTS, "beta": 1.0}  # beta 1: reverse KL
@@ -152,6 +152,7 @@ def train_onpolicy(
         processing_class=tok,
         callbacks=[_log_callback(log_path), *callbacks],
     )
+    console_output(trainer)
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out / MODEL))
     tok.save_pretrained(str(out / MODEL))

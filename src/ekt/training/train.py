@@ -309,10 +309,24 @@ def log_line(step: int, max_steps: int, epoch: float | None, logs: dict) -> str:
     return f"train: {at}: {', '.join(parts)}"
 
 
-def _console_callback() -> Any:
-    """The Trainer's console output, in place of its own (a tqdm bar whose log lines are raw
-    dicts, or printed dicts without one): one readable line per logging step, and a step bar
-    on a terminal or a progress line every few seconds in a log file (ekt.progress)."""
+def console_output(trainer: Any, keys: tuple[str, ...] | None = None) -> None:
+    """Replace ``trainer``'s console output (a tqdm bar whose log lines are raw dicts, or
+    printed dicts without one) with ekt's: one readable line per logging step (``keys``: the
+    log entries shown, None: all), and a step bar on a terminal or a progress line every few
+    seconds in a log file (ekt.progress). The JSONL training log keeps every entry."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for raw in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(raw)
+    trainer.add_callback(_console_callback(keys))
+    if not is_terminal(sys.stderr):  # transformers' own bars (saving shards) in a log file
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _console_callback(keys: tuple[str, ...] | None = None) -> Any:
+    """The callback of :func:`console_output`."""
     from transformers import TrainerCallback
 
     from ekt.progress import progress
@@ -329,8 +343,9 @@ def _console_callback() -> Any:
                 self.bar.update(1)
 
         def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
-            if logs and state.is_world_process_zero:
-                line = log_line(state.global_step, state.max_steps, state.epoch, logs)
+            shown = {k: v for k, v in (logs or {}).items() if keys is None or k in keys}
+            if shown and state.is_world_process_zero:
+                line = log_line(state.global_step, state.max_steps, state.epoch, shown)
                 (self.bar.write if self.bar is not None else print)(line)
 
         def on_train_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
@@ -561,15 +576,7 @@ def build_trainer(
         processing_class=tok,
         callbacks=list(callbacks),
     )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    for raw in (PrinterCallback, ProgressCallback):  # raw dicts: ekt prints readable lines
-        trainer.remove_callback(raw)
-    trainer.add_callback(_console_callback())
-    if not is_terminal(sys.stderr):  # transformers' own bars (saving shards) in a log file
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    console_output(trainer)
     trainer.ekt_logits_to_keep = supports_logits_to_keep(model)
     trainer.ekt_packed = packed
     trainer.ekt_restore_attention = restore
