@@ -47,6 +47,13 @@ def test_a_method_setting_makes_only_that_method_stale(tmp_path):
     got = {str(p.relative_to(tmp_path)) for p in stale_outputs(["train.learning_rate"], tmp_path)}
     assert "supervised" not in got and "students/supervised" in got
     assert "students/grpo" not in got  # grpo's settings are its own block
+    # ... unless grpo starts from a student those settings train
+    cfg = build_config({"methods": ["ekt", "grpo"], "grpo": {"start": "ekt"}})
+    got = {str(p.relative_to(tmp_path)) for p in
+           stale_outputs(["train.learning_rate"], tmp_path, cfg)}  # fmt: skip
+    assert {"students/ekt", "students/grpo", "eval/student-grpo"} <= got
+    got = {str(p.relative_to(tmp_path)) for p in stale_outputs(["teacher"], tmp_path, cfg)}
+    assert "students/grpo" in got and "students/supervised" not in got
 
 
 def test_method_harmless_keys_join_the_runs():

@@ -40,7 +40,7 @@ def test_ekt_run_grpo(tmp_path, tiny_model_dir, capsys):
         "teacher": str(tiny_model_dir), "student": str(tiny_model_dir), "methods": ["grpo"],
         "grpo": {"trl": {**TRL, "num_generations": 2}},
     })  # fmt: skip
-    lines = _readable(capsys.readouterr().out)
+    lines = _readable("".join(capsys.readouterr()))
     assert lines and all("reward" in line for line in lines if "loss" in line)
     (row,) = results["rows"]
     assert row["label"] == "student-grpo" and "pass@1" in row and "pairs" not in row
@@ -67,7 +67,7 @@ def test_ekt_run_onpolicy(tmp_path, tiny_model_dir, capsys):
         "teacher": str(teacher), "student": str(tiny_model_dir), "methods": ["on-policy"],
         "on_policy": {"trl": {**TRL, "learning_rate": 1e-2}},
     })  # fmt: skip
-    assert _readable(capsys.readouterr().out)
+    assert _readable("".join(capsys.readouterr()))
     (row,) = results["rows"]
     assert row["label"] == "student-on-policy" and "pass@1" in row
     summary = json.loads((tmp_path / "run/students/on-policy/summary.json").read_text())
@@ -89,6 +89,16 @@ def test_grpo_starts_from_an_earlier_methods_student(tmp_path, tiny_model_dir, d
     run = tmp_path / "run" / "students"
     fingerprint = json.loads((run / "grpo" / "checkpoints" / "ekt_run.json").read_text())
     assert fingerprint["model"] == str(run / "supervised")
+    # its cost includes the fine-tuning it started from, and the tables say so
+    sup, grpo = results["rows"]
+    assert grpo["builds_on"] == "supervised" and "builds_on" not in sup
+    own = sum(1 for _ in read_jsonl(run / "grpo" / "rollouts.jsonl"))
+    assert grpo["cost"]["sandbox_executions"] <= sup["cost"]["sandbox_executions"] + own
+    assert grpo["cost"]["sandbox_executions"] >= sup["cost"]["sandbox_executions"] > 0
+    assert grpo["cost"]["training_tokens"] > sup["cost"]["training_tokens"] > 0
+    assert grpo["cost"]["seconds"] > sup["cost"]["seconds"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| grpo (after supervised) |" in md
 
 
 def test_grpo_from_a_skipped_method_is_skipped_with_the_reason(tmp_path, tiny_model_dir):

@@ -117,6 +117,9 @@ class Method:
     harmless: tuple[str, ...] = ()  # config keys of its block that change no result
     prepare: Prepare | None = None
     pairs: Callable[[RunLayout], Path] | None = None  # the pairs ``ekt export`` reads
+    # the earlier method of the run whose student this one starts from or learns from, if any
+    # (from the run config): its cost is part of this method's
+    builds_on: Callable[[Any], str | None] | None = None
 
     @property
     def uses_teacher(self) -> bool:

@@ -64,7 +64,6 @@ from ekt.generation.sampler import truncate_at_stop
 from ekt.methods.base import (
     EVERY_STUDENT,
     OWN_ROLLOUTS,
-    TEACHER_SAMPLING,
     Context,
     Cost,
     Fitted,
@@ -567,7 +566,9 @@ METHOD = Method(
     fit=fit,
     settings_key="grpo",
     settings=GRPOSettings,
-    # it may start from another method's student: what makes that stale makes this stale
-    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep", "grpo"),
+    builds_on=lambda cfg: cfg.grpo.start if cfg.grpo.start in cfg.methods else None,
+    # started from another method's student (grpo.start), it is stale with that student too
+    # (ekt.pipeline.run.stale_outputs follows builds_on)
+    invalidated_by=(*EVERY_STUDENT, "grpo"),
     harmless=tuple(f"grpo.trl.{k}" for k in sorted(NOT_FINGERPRINTED)),
 )

@@ -166,16 +166,29 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     }
 
 
-def stale_outputs(keys: list[str], run_dir: Path) -> list[Path]:
-    """Existing paths in ``run_dir`` made invalid by changing ``keys`` (and the results)."""
+def stale_outputs(keys: list[str], run_dir: Path, cfg: RunConfig | None = None) -> list[Path]:
+    """Existing paths in ``run_dir`` made invalid by changing ``keys`` (and the results); with
+    the run's ``cfg``, a method built on a stale method's student (``grpo.start: ekt``) too."""
     globs: set[str] = {"results.json", "results.md", "report.html"}
     for key in keys:
         parts = key.replace(":", ".", 1).split(".")  # transfer:svamp/test -> transfer
         known = [key] + [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
         globs.update(next((_STALE[k] for k in known if k in _STALE), _ALL))
+    while cfg is not None:  # until no method is newly stale
+        later = {g for name in cfg.methods for g in _built_on_stale(name, cfg, globs)} - globs
+        if not later:
+            break
+        globs |= later
     found = {p for g in globs for p in run_dir.glob(g)}
     # a folder's contents go with it: list only the outermost paths
     return sorted(p for p in found if not any(q in found for q in p.parents))
+
+
+def _built_on_stale(name: str, cfg: RunConfig, globs: set[str]) -> tuple[str, ...]:
+    """The outputs of method ``name`` when the method it builds on has a stale student."""
+    method = registry.get(name)
+    base = method.builds_on(cfg) if method.builds_on else None
+    return method.outputs() if base and f"students/{base}" in globs else ()
 
 
 def data_splits(task: Task, cfg: RunConfig) -> list[str]:
@@ -346,6 +359,9 @@ class Runner:
                     row["pairs"] = _count(pairs[method])
                 row["cost"] = costs[method]
                 row["uses_teacher"] = registry.get(method).uses_teacher
+                base = registry.get(method).builds_on
+                if base is not None and base(cfg) is not None:
+                    row["builds_on"] = base(cfg)
             rows.append(row)
             evaluated.append((row, spec, "student"))
         for task, split, problems in self.eval_tasks():  # transfer: the same models elsewhere
@@ -385,8 +401,12 @@ class Runner:
         students: dict[str, str] = {}
         skipped: dict[str, str] = {}
         for name in self.cfg.methods:
-            fitted, own = self._timed(registry.get(name).fit, problems, pairs[name])
+            method = registry.get(name)
+            fitted, own = self._timed(method.fit, problems, pairs[name])
             costs[name] = costs[name].add(fitted.cost).add(Cost(seconds=own))
+            base = method.builds_on(self.cfg) if method.builds_on else None
+            if base is not None:  # RL after fine-tuning costs the fine-tuning too
+                costs[name] = costs[name].add(costs[base])
             pairs[name] = fitted.pairs if fitted.pairs is not None else pairs[name]
             if fitted.model:
                 students[name] = self._trained[name] = fitted.model
@@ -460,7 +480,7 @@ class Runner:
                 "use --force to redo what depends on it, or another --out",
             ))  # fmt: skip
         if changes:
-            stale = stale_outputs(list(changes), self.dir)
+            stale = stale_outputs(list(changes), self.dir, self.cfg)
             what = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in changes.items())
             if not self.force:
                 redo = ", ".join(sorted({str(p.relative_to(self.dir)) for p in stale})) or "none"

@@ -80,7 +80,10 @@ def cost_rows(results: Mapping) -> tuple[list[str], list[list[str]]]:
     body = []
     for r in rows:
         cost = r["cost"]
-        cells = [str(r.get("method", "")), NA if r.get("skipped") else figure(r, score)]
+        method = str(r.get("method", ""))
+        if r.get("builds_on"):  # e.g. GRPO started from the EKT student: its cost included
+            method += f" (after {r['builds_on']})"
+        cells = [method, NA if r.get("skipped") else figure(r, score)]
         cells += [f"{cost.get(k, 0):,.0f}" if k != "seconds" else f"{cost.get(k, 0):.0f}"
                   for k, _ in COST_COLUMNS]  # fmt: skip
         body.append(cells)
@@ -93,7 +96,8 @@ def cost_lines(results: Mapping) -> list[str]:
     if not body:
         return []
     return ["", "Cost of each method (from its records; a stage the methods share, as the "
-            "teacher's sampling, counts in full for each method that uses it):", "",
+            "teacher's sampling, counts in full for each method that uses it; a method run after "
+            "another, on its student, includes that method's cost):", "",
             *_markdown(head, body)]  # fmt: skip
 
 
