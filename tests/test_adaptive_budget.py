@@ -141,13 +141,15 @@ def test_keep_first_same_pairs_fewer_samples(tmp_path, task, problems):
     assert usage["samples"] == len(a) == adaptive_sampler.drawn
     assert usage["samples_full_budget"] == 48
     assert usage["questions_left_early"] == sum(1 for p in problems if drawn_lt(a, p.id, 8))
-    # the job settings: a full job's carry no budget, an adaptive one's do
+    # the job settings: a full job's budget is "full", an adaptive one's its settings
     full_job = json.loads((tmp_path / "full" / "generate.json").read_text())
     job = json.loads((tmp_path / "adaptive" / "generate.json").read_text())
-    assert "budget" not in full_job
+    assert full_job["budget"] == "full"
     assert job["budget"] == {"budget": "adaptive", "round_size": 2, "keep": "first",
                              "give_up_after": 0}  # fmt: skip
-    assert {k: v for k, v in job.items() if k != "budget"} == full_job
+    assert {k: v for k, v in job.items() if k != "budget"} == {
+        k: v for k, v in full_job.items() if k != "budget"
+    }
 
 
 def drawn_lt(samples: dict, pid: str, n: int) -> bool:
