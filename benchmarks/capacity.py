@@ -73,11 +73,11 @@ def token_counts(data_dir: str | None, tokenizer: str) -> tuple[float, float, fl
 
     from ekt.data.prompts import student_prompt, teacher_prompt
     from ekt.data.supervised import reference_program
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
     from ekt.models import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
-    problems = GSM8K(data_dir=data_dir).load_file("train")[:500]
+    problems = get_task("gsm8k", data_dir=data_dir).load_file("train")[:500]
     tp = statistics.mean(len(tok(teacher_prompt(p)).input_ids) for p in problems)
     sp = statistics.mean(len(tok(student_prompt(p)).input_ids) for p in problems)
     progs = [x for x in (reference_program(p.solution) for p in problems) if x]

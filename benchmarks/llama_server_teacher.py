@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from ekt.data.prompts import teacher_prompt
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
     from ekt.generation import qkernel
     from ekt.generation.backends import BackendConfig, make_sampler
     from ekt.generation.backends.llamacpp_server import LlamaServerProcess
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     from ekt.models import load_model, preset_gguf, resolve_model
 
     torch.set_num_threads(args.threads)
-    task = GSM8K(data_dir=args.data_dir)
+    task = get_task("gsm8k", data_dir=args.data_dir)
     problems = task.load("train")[: args.k]
     params = SamplingParams(
         n=args.n,

@@ -174,11 +174,11 @@ def build_corpus(data_dir: str | None, n_oracle: int) -> list[dict]:
     """``n_oracle`` oracle programs from the train split, one wrong variant each and a
     raising variant for every third; records with problem_id, program, kind, gold."""
     from ekt.data.supervised import reference_program
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
 
     out: list[dict] = []
     n = 0
-    for p in GSM8K(data_dir=data_dir).load_file("train"):
+    for p in get_task("gsm8k", data_dir=data_dir).load_file("train"):
         if n >= n_oracle:
             break
         prog = reference_program(p.solution)

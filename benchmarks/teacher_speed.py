@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from ekt.data.prompts import teacher_prompt
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
     from ekt.generation import qkernel
     from ekt.generation.backends.torch_sampler import TransformersSampler
     from ekt.generation.config import SamplingParams
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.data_dir:
         raise SystemExit("set EKT_DATA_DIR or pass --data-dir (the GSM8K folder)")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    problems = GSM8K(data_dir=args.data_dir).load("train")[: args.k]
+    problems = get_task("gsm8k", data_dir=args.data_dir).load("train")[: args.k]
     requests = [(p.id, teacher_prompt(p)) for p in problems]
     params = SamplingParams(
         n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=0

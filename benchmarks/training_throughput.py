@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from ekt.data.supervised import reference_pairs
-    from ekt.data.tasks import GSM8K
+    from ekt.data.tasks import get_task
     from ekt.models import resolve_model
     from ekt.training.train import build_examples, cpu_has_fast_bf16
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     model_dir = resolve_model(args.model)  # converts the preset once, then a cached HF folder
     tok = AutoTokenizer.from_pretrained(model_dir)
-    problems = GSM8K(data_dir=args.data_dir).load("train")[: args.pairs]
+    problems = get_task("gsm8k", data_dir=args.data_dir).load("train")[: args.pairs]
     data, _ = build_examples(tok, reference_pairs(problems), 400, "program")
     lengths = [len(d["input_ids"]) for d in data]
     print(
