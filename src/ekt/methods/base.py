@@ -121,6 +121,10 @@ class Method:
     # (from the run config): its cost is part of this method's
     builds_on: Callable[[Any], str | None] | None = None
 
+    def base(self, cfg: Any) -> str | None:
+        """The earlier method of the run ``cfg`` whose student this one builds on, if any."""
+        return self.builds_on(cfg) if self.builds_on is not None else None
+
     @property
     def uses_teacher(self) -> bool:
         """Whether its student depends on the teacher (a matrix cell's own, not shared)."""

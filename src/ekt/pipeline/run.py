@@ -187,7 +187,7 @@ def stale_outputs(keys: list[str], run_dir: Path, cfg: RunConfig | None = None) 
 def _built_on_stale(name: str, cfg: RunConfig, globs: set[str]) -> tuple[str, ...]:
     """The outputs of method ``name`` when the method it builds on has a stale student."""
     method = registry.get(name)
-    base = method.builds_on(cfg) if method.builds_on else None
+    base = method.base(cfg)
     return method.outputs() if base and f"students/{base}" in globs else ()
 
 
@@ -359,9 +359,8 @@ class Runner:
                     row["pairs"] = _count(pairs[method])
                 row["cost"] = costs[method]
                 row["uses_teacher"] = registry.get(method).uses_teacher
-                base = registry.get(method).builds_on
-                if base is not None and base(cfg) is not None:
-                    row["builds_on"] = base(cfg)
+                if registry.get(method).base(cfg) is not None:
+                    row["builds_on"] = registry.get(method).base(cfg)
             rows.append(row)
             evaluated.append((row, spec, "student"))
         for task, split, problems in self.eval_tasks():  # transfer: the same models elsewhere
@@ -404,7 +403,7 @@ class Runner:
             method = registry.get(name)
             fitted, own = self._timed(method.fit, problems, pairs[name])
             costs[name] = costs[name].add(fitted.cost).add(Cost(seconds=own))
-            base = method.builds_on(self.cfg) if method.builds_on else None
+            base = method.base(self.cfg)
             if base is not None:  # RL after fine-tuning costs the fine-tuning too
                 costs[name] = costs[name].add(costs[base])
             pairs[name] = fitted.pairs if fitted.pairs is not None else pairs[name]
