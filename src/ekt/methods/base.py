@@ -44,6 +44,8 @@ EVERY_STUDENT = (
 )  # fmt: skip
 # what the teacher's samples depend on
 TEACHER_SAMPLING = ("teacher", "model:teacher", "teacher_sampling")
+# a method whose teacher tokens the budget caps
+BUDGET = "teacher_token_budget"
 # keys that make a method's student stale but not the data it prepared (``writes``)
 STUDENT_ONLY = frozenset({"student", "model:student", "student_prompt_format", "train"})
 
@@ -91,7 +93,20 @@ class Context(Protocol):
 
     def teacher_samples(self, problems: Sequence[Problem]) -> Cost: ...
 
-    def teacher_pairs(self, problems: Sequence[Problem]) -> tuple[Path, Cost]: ...
+    def teacher_pairs(
+        self,
+        problems: Sequence[Problem],
+        method: str | None = None,
+        scored: Callable[[Path], int] | None = None,
+    ) -> tuple[Path, Cost]:
+        """The verified teacher pairs and their cost; under a ``teacher_token_budget``,
+        ``method``'s own, counting ``scored(pairs)`` (its teacher's scoring) in."""
+        ...
+
+    def budget_samples(self, problems: Sequence[Problem]) -> tuple[frozenset | None, Cost]:
+        """The (problem id, sample index) of the teacher samples a method may read under a
+        ``teacher_token_budget`` (None: every one), and their cost."""
+        ...
 
     def contamination_sets(self) -> dict[str, list[str]]: ...
 
@@ -117,13 +132,24 @@ class Method:
     harmless: tuple[str, ...] = ()  # config keys of its block that change no result
     prepare: Prepare | None = None
     pairs: Callable[[RunLayout], Path] | None = None  # the pairs ``ekt export`` reads
-    # the earlier method of the run whose student this one starts from or learns from, if any
-    # (from the run config): its cost is part of this method's
-    builds_on: Callable[[Any], str | None] | None = None
+    # the run-config key that may name an earlier method of the run whose student this one
+    # starts from or learns from (``grpo.start``): that method's cost is part of this one's,
+    # and it must be listed before this one
+    builds_on: str | None = None
+
+    def named(self, cfg: Any) -> Any:
+        """The value of its ``builds_on`` key in the run config ``cfg`` (None: no such key)."""
+        if self.builds_on is None:
+            return None
+        value = cfg
+        for part in self.builds_on.split("."):
+            value = getattr(value, part)
+        return value
 
     def base(self, cfg: Any) -> str | None:
         """The earlier method of the run ``cfg`` whose student this one builds on, if any."""
-        return self.builds_on(cfg) if self.builds_on is not None else None
+        named = self.named(cfg)
+        return named if named in cfg.methods else None
 
     @property
     def uses_teacher(self) -> bool:

@@ -566,7 +566,7 @@ METHOD = Method(
     fit=fit,
     settings_key="grpo",
     settings=GRPOSettings,
-    builds_on=lambda cfg: cfg.grpo.start if cfg.grpo.start in cfg.methods else None,
+    builds_on="grpo.start",
     # started from another method's student (grpo.start), it is stale with that student too
     # (ekt.pipeline.run.stale_outputs follows builds_on)
     invalidated_by=(*EVERY_STUDENT, "grpo"),

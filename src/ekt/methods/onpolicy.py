@@ -221,7 +221,7 @@ METHOD = Method(
     fit=fit,
     settings_key="on_policy",
     settings=OnPolicySettings,
-    builds_on=lambda cfg: cfg.on_policy.teacher if cfg.on_policy.teacher in cfg.methods else None,
+    builds_on="on_policy.teacher",
     # the teacher may be another method's student: what makes that stale makes this stale
     invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep", "on_policy"),
     harmless=tuple(f"on_policy.trl.{k}" for k in sorted(NOT_FINGERPRINTED)),

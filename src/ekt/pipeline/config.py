@@ -94,6 +94,11 @@ class RunConfig(TaskConfig, DeviceOption):
     instruct student, on its own chat template), tinygsm, or a YAML file"""
     teacher_sampling: TeacherSampling = field(default_factory=TeacherSampling)
     """how the teacher samples"""
+    teacher_token_budget: int | None = None
+    """teacher tokens (sampled plus scored) each method may spend. The methods that learn from
+    the teacher's samples use the first that fit (every question's sample 0, then sample 1,
+    ...: what a smaller teacher_sampling.n would draw); kd counts its teacher's scoring in;
+    on-policy distillation stops before its teacher scores more. None: no cap"""
     train: TrainConfig = field(default_factory=TrainConfig)
     """fine-tuning (transformers.TrainingArguments with ekt's defaults)"""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -144,12 +149,16 @@ class RunConfig(TaskConfig, DeviceOption):
                 raise EktError(f"methods: unknown method {m!r}; available: {', '.join(NAMES)}")
         if len(set(self.methods)) != len(self.methods):
             raise EktError("methods: a method is listed twice")
-        for method, key, named in (("on-policy", "on_policy.teacher", self.on_policy.teacher),
-                                   ("grpo", "grpo.start", self.grpo.start)):  # fmt: skip
-            if method in self.methods and named in REGISTRY and (
-                named not in self.methods or self.methods.index(named) > self.methods.index(method)
-            ):
+        for i, method in enumerate(self.methods):  # a method built on another comes after it
+            named = REGISTRY[method].named(self)
+            if named in REGISTRY and named not in self.methods[:i]:
+                key = REGISTRY[method].builds_on
                 raise EktError(f"{key}: {named} must be listed before {method} in methods")
+        if self.teacher_token_budget is not None and self.teacher_token_budget <= 0:
+            raise EktError(
+                f"teacher_token_budget: must be a positive number of tokens (or null for no "
+                f"cap), got {self.teacher_token_budget}"
+            )
         if self.keep not in KEEP:
             raise EktError(f"keep: must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.eval.backend.name == "openai":
