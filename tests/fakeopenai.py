@@ -28,11 +28,15 @@ def answer(prompt: str, seed: int, index: int) -> str:
     return f"\n    return {zlib.crc32(f'{prompt}|{seed}|{index}'.encode()) % 1000}\n"
 
 
-def good_reply(body: dict, api: str = "completions") -> dict:
+def good_reply(
+    body: dict, api: str = "completions", writes: Callable[[str, int, int], str] = answer
+) -> dict:
+    """The reply to a request when no fault is queued; ``writes(prompt, seed, index)`` is
+    each sample's text."""
     n = int(body.get("n") or 1)
     if api == "chat":
         prompt = json.dumps(body["messages"])
-        texts = [answer(prompt, body["seed"], i) for i in range(n)]
+        texts = [writes(prompt, body["seed"], i) for i in range(n)]
         choices = [
             {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
             for i, t in enumerate(texts)
@@ -40,7 +44,7 @@ def good_reply(body: dict, api: str = "completions") -> dict:
     else:
         prompt = body["prompt"]
         choices = [
-            {"index": i, "text": answer(prompt, body["seed"], i), "finish_reason": "stop"}
+            {"index": i, "text": writes(prompt, body["seed"], i), "finish_reason": "stop"}
             for i in range(n)
         ]
     return {
@@ -224,7 +228,8 @@ class FakeOpenAI:
     that is down is a port nobody listens on."""
 
     def __init__(self, faults: Iterable[str] = (), api: str = "completions",
-                 lifetime: float = 60.0, model: str = "fake", delay: float = 0.0):  # fmt: skip
+                 lifetime: float = 60.0, model: str = "fake", delay: float = 0.0,
+                 writes: Callable[[str, int, int], str] = answer):  # fmt: skip
         self.faults = deque(faults)
         self.posts = 0
         self.faults_sent: list[str] = []
@@ -250,7 +255,7 @@ class FakeOpenAI:
                     fault = me.faults.popleft() if me.faults else None
                     if fault:
                         me.faults_sent.append(fault)
-                good = good_reply(body, api)
+                good = good_reply(body, api, writes)
                 if delay:
                     self.server.stopping.wait(delay)  # type: ignore[attr-defined]
                 if fault is None:

@@ -295,3 +295,24 @@ def test_cli_train_method_kd(tmp_path, tiny_model_dir, same_vocab_teacher, capsy
     assert summary["steps"] == 2
     assert summary["distill"]["alpha"] == 0.25 and summary["distill"]["temperature"] == 2.0
     assert summary["distill"]["loss_used"].startswith("token-level KL")
+
+
+@pytest.mark.parametrize("how", [{"num_train_epochs": 2}, {"max_steps": 3}])
+def test_kd_budget_counts_the_tokens_its_training_bills(tmp_path, tiny_model_dir,
+                                                        same_vocab_teacher, how):  # fmt: skip
+    """Under a teacher-token budget kd picks its pairs by ``training_tokens``: it must be
+    what the training then records (the cost's teacher_tokens_scored), not a guess."""
+    from ekt.methods.kd import training_tokens
+
+    pairs_path = tmp_path / "pairs.jsonl"
+    write_jsonl_atomic(pairs_path, PAIRS)
+    cfg = TrainConfig(**{**FAST, "batch_size": 2, **how})  # 8 pairs: no partial batch
+    res = train_kd(str(tiny_model_dir), str(same_vocab_teacher), pairs_path, tmp_path / "s",
+                   cfg, KDConfig(), device="cpu")  # fmt: skip
+    assert res is not None
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    billed = training_tokens(tok, PAIRS, cfg, None)
+    if "max_steps" in how:  # 6 of 8 examples, which ones the shuffle decides: a bound
+        assert billed >= res.tokens_trained > 0.75 * billed
+    else:
+        assert billed == res.tokens_trained > 0

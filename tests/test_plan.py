@@ -345,3 +345,19 @@ def test_expert_iteration_rounds_from_a_previous_run(tiny_model_dir, data_dir, t
     assert [s.samples_expected for s in rounds] == [6, 2, 0]
     assert [s.samples_max for s in rounds] == [6, 6, 6]
     assert after.totals()["samples_expected"] < fresh.totals()["samples_expected"]
+
+
+def test_plan_says_what_a_teacher_token_budget_caps(tiny_model_dir, data_dir):
+    over = {"methods": ["ekt", "expert-iteration"], "teacher_token_budget": 1000}
+    plan = plan_experiment(build_config(_config(data_dir, tiny_model_dir, tiny_model_dir, **over)))
+    (note,) = [n for n in plan.notes if n.startswith("teacher_token_budget")]
+    # 3 questions x 2 samples x 10 tokens at most: the budget cannot be spent
+    assert "(ekt)" in note and "draws at most 60 tokens, less than the budget" in note
+    assert note in render(plan)
+    over["teacher_token_budget"] = 50
+    plan = plan_experiment(build_config(_config(data_dir, tiny_model_dir, tiny_model_dir, **over)))
+    (note,) = [n for n in plan.notes if n.startswith("teacher_token_budget")]
+    assert "less than the budget" not in note
+    over["teacher_token_budget"] = 0
+    with pytest.raises(Exception, match="teacher_token_budget: must be a positive"):
+        build_config(_config(data_dir, tiny_model_dir, tiny_model_dir, **over)).validate()

@@ -113,6 +113,10 @@ class RunLayout:
     def student(self, method: str) -> Path:
         return self.dir / "students" / method
 
+    def budget(self, method: str) -> Path:
+        """A method's own verified samples and pairs under ``teacher_token_budget``."""
+        return self.dir / "budget" / method
+
     def eval(self, label: str, task: str | None = None) -> EvalLayout:
         """A model's evaluation on the run's task, or on one of ``eval.tasks``."""
         base = self.dir / "eval" / label

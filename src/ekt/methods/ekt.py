@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ekt.methods.base import (
+    BUDGET,
     EVERY_STUDENT,
     TEACHER_PAIRS,
     TEACHER_SAMPLING,
@@ -19,7 +20,7 @@ from ekt.records import Problem
 
 
 def prepare(ctx: Context, problems: Sequence[Problem]) -> tuple[Path | None, Cost]:
-    return ctx.teacher_pairs(problems)
+    return ctx.teacher_pairs(problems, "ekt")
 
 
 def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted:
@@ -32,6 +33,7 @@ METHOD = Method(
     consumes=(TEACHER_PAIRS,),
     prepare=prepare,
     fit=fit,
-    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep"),
+    writes=("budget/ekt",),
+    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep", BUDGET),
     pairs=lambda lay: lay.train_pairs,
 )

@@ -15,6 +15,7 @@ from ekt.data.prompts import extract_program
 from ekt.errors import EktError
 from ekt.generation.generate import read_completions
 from ekt.methods.base import (
+    BUDGET,
     EVERY_STUDENT,
     TEACHER_SAMPLES,
     TEACHER_SAMPLING,
@@ -79,8 +80,9 @@ def sequence_kd_pairs(
 
 
 def prepare(ctx: Context, problems: Sequence[Problem]) -> tuple[Path | None, Cost]:
-    """Every teacher sample as a pair, without the correctness filter."""
-    cost = ctx.teacher_samples(problems)
+    """Every teacher sample as a pair, without the correctness filter (under a
+    ``teacher_token_budget``, every one the budget buys)."""
+    allowed, cost = ctx.budget_samples(problems)
     path = ctx.layout.seq_kd_pairs
     per_q = ctx.cfg.seq_kd.per_question
     which = (
@@ -90,6 +92,8 @@ def prepare(ctx: Context, problems: Sequence[Problem]) -> tuple[Path | None, Cos
     )  # fmt: skip
     with ctx.stage(f"seq-kd pairs: {which}, unverified"):
         completions = read_completions(ctx.layout.teacher)
+        if allowed is not None:
+            completions = [c for c in completions if (c.problem_id, c.sample_idx) in allowed]
         by_id = ctx.task.by_id({c.problem_id for c in completions})
         test = frozenset(_norm_question(p.question) for p in ctx.task.load_file("test"))
         pairs = sequence_kd_pairs(completions, by_id, test, per_q)
@@ -112,6 +116,6 @@ METHOD = Method(
     settings_key="seq_kd",
     settings=SeqKDConfig,
     writes=("seq_kd",),
-    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "seq_kd"),
+    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "seq_kd", BUDGET),
     pairs=lambda lay: lay.seq_kd_pairs,
 )

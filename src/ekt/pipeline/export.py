@@ -68,7 +68,9 @@ def pairs_path(run_dir: Path, method: str) -> Path:
     pairs = {n: m.pairs for n, m in REGISTRY.items() if m.pairs is not None}
     if method not in pairs:
         raise EktError(f"--method must be one of {', '.join(pairs)}, got {method!r}")
-    path = pairs[method](RunLayout(run_dir))
+    layout = RunLayout(run_dir)
+    own = layout.budget(method) / "train_pairs.jsonl"  # what it trained on under a budget
+    path = own if own.is_file() else pairs[method](layout)
     if not path.is_file():
         raise EktError(f"{path}: not found; has the {method} method of this run been run?")
     return path

@@ -238,6 +238,25 @@ class _Planner:
             self.train_stage(pcfg, layout, method, pairs_upper[method], label, matrix)
         for model in self.eval_models(pcfg, label, shared):
             self.eval_stages(pcfg, layout, *model)
+        self.budget_note(pcfg)
+
+    def budget_note(self, cfg: RunConfig) -> None:
+        """What ``teacher_token_budget`` does to this plan (its stages show the uncapped run)."""
+        budget = cfg.teacher_token_budget
+        if budget is None:
+            return
+        capped = [m for m in cfg.methods if registry.get(m).uses_teacher]
+        which = ", ".join(capped) or "no method here uses the teacher"
+        note = (f"teacher_token_budget {num(budget)}: each method's teacher tokens (sampled "
+                f"plus scored) at most that ({which}); the training rows above are upper "
+                "bounds")  # fmt: skip
+        sampled = [s for k, s in self.stages.items() if k == f"teacher:{cfg.teacher}"]
+        most = sum(s.completion_tokens_max for s in sampled)
+        if sampled and most < budget:
+            note += (f"; the teacher's sampling draws at most {num(most)} tokens, less than the "
+                     "budget: raise teacher_sampling.n to spend it")  # fmt: skip
+        if note not in self.notes:
+            self.notes.append(note)
 
     def teacher_stages(self, cfg: RunConfig, layout: RunLayout, shared: str) -> None:
         """The teacher's sampling (sized from a previous run of the same settings, if
@@ -546,7 +565,7 @@ def plan_experiment(
         "time/memory: a stage's own line says what each rests on (a previous run's "
         "throughput, or an assumed rate: ekt.pipeline.plan_estimate)"
     )
-    return Plan(cfg.name, str(root.dir), cells, stages, notes)
+    return Plan(cfg.name, str(root.dir), cells, stages, [*notes, *planner.notes])
 
 
 def _check_spec(role: str, spec: str) -> None:

@@ -43,9 +43,16 @@ from ekt.errors import EktError
 from ekt.evaluation.evaluate import evaluate, score_line
 from ekt.generation.backends import BackendConfig, make_sampler
 from ekt.generation.budget import adaptive_budget
-from ekt.generation.generate import GenerateSettings, budget_usage, format_stops, generate, usage
+from ekt.generation.generate import (
+    GenerateSettings,
+    budget_usage,
+    format_stops,
+    generate,
+    read_completions,
+    usage,
+)
 from ekt.layout import RunLayout
-from ekt.methods import registry
+from ekt.methods import registry, teacher_budget
 from ekt.methods.base import Cost, count_lines
 from ekt.models import PRESETS, model_fingerprint, resolve_model
 from ekt.pipeline.config import RunConfig, dump_config, plain
@@ -97,7 +104,7 @@ HARMLESS_KEYS = frozenset(
         *(f"train.{k}" for k in _NOT_FINGERPRINTED),  # what the training's resume ignores
     }
 ) | registry.harmless_keys()
-_ALL = ("teacher", "train_pairs.jsonl", "seq_kd", "supervised", "students", "eval")
+_ALL = ("teacher", "train_pairs.jsonl", "seq_kd", "supervised", "budget", "students", "eval")
 _EXECUTIONS = (
     "teacher/executions.jsonl",
     "train_pairs.jsonl",
@@ -570,8 +577,15 @@ class Runner:
                 summary.update(budget_usage(self.dir / "teacher", len(problems), ts.n))
             self.stage_summaries["teacher_generate"] = summary
 
-    def teacher_pairs(self, problems) -> tuple[Path, Cost]:
-        """The teacher's verified, filtered programs (once per run), and what they cost."""
+    def teacher_pairs(
+        self, problems, method: str | None = None, scored: Callable[[Path], int] | None = None
+    ) -> tuple[Path, Cost]:
+        """The teacher's verified, filtered programs (once per run), and what they cost.
+
+        With ``teacher_token_budget`` set, ``method``'s own pairs instead: those of the
+        longest prefix of the samples in spending order whose tokens, plus ``scored(pairs)``
+        (what its teacher would score training on them), fit the budget
+        (``ekt.methods.teacher_budget``); the cost is that prefix's."""
         sampled = self.teacher_samples(problems)
         if "pairs" not in self._shared:
             t0 = time.time()
@@ -580,7 +594,53 @@ class Runner:
             self._shared_spent += seconds
             ran = count_lines(self.layout.teacher_executions)
             self._shared["pairs"] = Cost(sandbox_executions=ran, seconds=seconds)
-        return self.layout.train_pairs, sampled.add(self._shared["pairs"])
+        whole = sampled.add(self._shared["pairs"])
+        if self.cfg.teacher_token_budget is None or method is None:
+            return self.layout.train_pairs, whole
+        return self._budget_pairs(problems, method, scored, whole.seconds)
+
+    def budget_samples(self, problems) -> tuple[frozenset | None, Cost]:
+        """The teacher samples (problem id, sample index) a method that reads them unverified
+        may use under ``teacher_token_budget`` (None: all, no budget), and their cost."""
+        whole = self.teacher_samples(problems)
+        if self.cfg.teacher_token_budget is None:
+            return None, whole
+        order = self._spending_order(problems)
+        n = teacher_budget.affordable(order, self.cfg.teacher_token_budget)
+        used = teacher_budget.tokens_of(order, n)
+        cost = Cost(teacher_tokens_sampled=used, seconds=whole.seconds)
+        return teacher_budget.chosen(order, n), cost
+
+    def _spending_order(self, problems) -> list[teacher_budget.Spent]:
+        spent = [teacher_budget.Spent(c.problem_id, c.sample_idx, c.n_tokens)
+                 for c in read_completions(self.layout.teacher)]  # fmt: skip
+        return teacher_budget.spending_order(spent, [p.id for p in problems])
+
+    def _budget_pairs(
+        self, problems, method: str, scored: Callable[[Path], int] | None, seconds: float
+    ) -> tuple[Path, Cost]:
+        limit = self.cfg.teacher_token_budget
+        folder = self.layout.budget(method)
+        executions, pairs = folder / "executions.jsonl", folder / "train_pairs.jsonl"
+        order = self._spending_order(problems)
+        against = self.contamination_sets()
+
+        def pairs_of(n: int) -> Any:
+            keep = teacher_budget.chosen(order, n)
+            teacher_budget.write_subset(self.layout.teacher_executions, keep, executions)
+            return filter_stage(executions, pairs, self.task, keep=self.cfg.keep, against=against)
+
+        with self._stage(f"{method}: the teacher samples a budget of {limit} tokens buys"):
+            def cost_of(k: int) -> int:  # what the teacher would score training on them
+                pairs_of(k)
+                return scored(pairs) if scored is not None else 0
+
+            n = teacher_budget.affordable(order, limit, cost_of)
+            f = pairs_of(n)
+            used = teacher_budget.tokens_of(order, n)
+            print(f"{method}: {n} of {len(order)} teacher samples ({used} tokens) within the "
+                  f"budget of {limit} -> {f.pairs} pairs")  # fmt: skip
+        return pairs, Cost(teacher_tokens_sampled=used, sandbox_executions=n, seconds=seconds)
 
     def _verify_teacher(self) -> None:
         with self._stage("verify teacher programs"):
