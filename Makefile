@@ -41,13 +41,20 @@ llama-server: setup
 	@PATH="$(abspath $(VENV))/bin:$$PATH" PIP="$(abspath $(PIP))" PYTHON="$(abspath $(PY))" \
 	  scripts/build_llama_server.sh
 
+# The tests run in parallel (pytest-xdist): one worker per core, one thread each (torch's
+# default of a thread per core in every worker would oversubscribe the cores). Tests that
+# share a costly fixture (the Ray cluster) carry an xdist_group mark and stay on one worker.
+# The 20 slowest tests are listed at the end.
+TEST_WORKERS ?= auto
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=20
+
 # Everything: lint, the import-layer contracts (pyproject [tool.importlinter]), every test.
 test: setup browser llama-server lint
-	$(PY) -m pytest -q
+	$(PYTEST)
 
-# The quick loop: lint and the tests not marked slow (7.5 minutes on 2 cores, 2026-12-07).
+# The quick loop: lint and the tests not marked slow.
 test-fast: setup lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -63,3 +63,10 @@ def _close_helper_processes():
 
     if procedural._CHECKER is not None:
         procedural._CHECKER.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow first (in their files' order, then the rest in theirs): with the
+    suite spread over workers (``make test``: pytest-xdist), a long test started last would
+    keep one worker busy while the others idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

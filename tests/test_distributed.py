@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'ekt[ray]'")
+# one Ray cluster for the module: its tests stay on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="module")
