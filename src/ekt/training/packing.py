@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 IGNORE = -100
@@ -122,8 +123,9 @@ def packed_attention(
     segments: Sequence[int] | None = kwargs.pop(SEGMENTS, None)
     window = kwargs.pop("sliding_window", None)
     softcap = kwargs.pop("softcap", None)
+    dense = _Dense(module, dropout, scaling, softcap)
     if segments is None:
-        return _dense(module, query, key, value, attention_mask, dropout, scaling, softcap, kwargs)
+        return dense(query, key, value, attention_mask)
     if query.shape[0] != 1:
         raise ValueError("packed batches have one row")
     outs = []
@@ -135,45 +137,47 @@ def packed_attention(
             diff = i[:, None] - i[None, :]
             mask = ((diff >= 0) & (diff < window))[None, None]
         q, k, v = (t[:, :, start:end] for t in (query, key, value))
-        outs.append(_dense(module, q, k, v, mask, dropout, scaling, softcap, kwargs)[0])
+        outs.append(dense(q, k, v, mask)[0])
     return torch.cat(outs, dim=1), None
 
 
-def _dense(
-    module: Any,
-    q: Any,
-    k: Any,
-    v: Any,
-    mask: Any,
-    dropout: float,
-    scaling: float | None,
-    softcap: float | None,
-    kwargs: dict,
-) -> tuple[Any, None]:
-    """sdpa (causal when there is no mask), or plain attention when scores are soft-capped."""
-    if softcap is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+@dataclass(frozen=True)
+class _Dense:
+    """One layer's attention over one example: what every example of a row shares (the
+    layer, its dropout, scale and soft-cap), called with that example's q, k, v and mask."""
 
-        return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling)
-    import torch
-    from transformers.integrations.sdpa_attention import repeat_kv
+    module: Any
+    dropout: float
+    scaling: float | None
+    softcap: float | None
 
-    groups = q.shape[1] // k.shape[1]
-    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    scores = torch.matmul(q, k.transpose(2, 3)) * scale
-    scores = torch.tanh(scores / softcap) * softcap
-    if mask is None and q.shape[2] > 1:
-        n = q.shape[2]
-        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[None, None]
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + mask
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, v).transpose(1, 2).contiguous(), None
+    def __call__(self, q: Any, k: Any, v: Any, mask: Any) -> tuple[Any, None]:
+        """sdpa (causal when there is no mask), or plain attention when scores are
+        soft-capped."""
+        module, dropout, scaling, softcap = self.module, self.dropout, self.scaling, self.softcap
+        if softcap is None:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling)
+        import torch
+        from transformers.integrations.sdpa_attention import repeat_kv
+
+        groups = q.shape[1] // k.shape[1]
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        scores = torch.matmul(q, k.transpose(2, 3)) * scale
+        scores = torch.tanh(scores / softcap) * softcap
+        if mask is None and q.shape[2] > 1:
+            n = q.shape[2]
+            mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[None, None]
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + mask
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+        return torch.matmul(probs, v).transpose(1, 2).contiguous(), None
 
 
 # -- batches ----------------------------------------------------------------
