@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from ekt.errors import EktError
 from ekt.generation.backends import BackendConfig
 from ekt.generation.backends.openai_compat import CHARS_PER_TOKEN
 from ekt.generation.budget import expected_samples
+from ekt.generation.config import SamplingParams
 from ekt.generation.generate import cost_of, prompt_maker
 from ekt.layout import RunLayout
 from ekt.methods import registry
@@ -99,6 +101,34 @@ _EVAL_KEYS = (
 )
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one sampling stage sends: a model's questions, in its prompt and format, to its
+    engine."""
+
+    spec: str
+    problems: Sequence[Problem]
+    prompt: str  # teacher (few-shot) or student (zero-shot)
+    fmt: Any  # the prompt format (a name, a path or a PromptFormat)
+    backend: BackendConfig
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """A model evaluated: its label, how it samples, and where its evaluation is shared."""
+
+    label: str
+    spec: str
+    prompt: str
+    fmt: Any
+    backend: BackendConfig
+    where: str  # the folder shared by the cells that evaluate the same model ("": the cell's)
+    ident: str  # what makes the model the same in two cells
+
+    def job(self, problems: Sequence[Problem]) -> _Job:
+        return _Job(self.spec, problems, self.prompt, self.fmt, self.backend)
+
+
 class _Planner:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None, tokenizer: TokenizerLoader):
         self.cfg = cfg
@@ -121,14 +151,13 @@ class _Planner:
         self._lengths: dict[tuple, tuple[list[int], bool]] = {}
 
     # -- helpers -------------------------------------------------------------
-    def lengths(
-        self, spec: str, problems: Sequence[Problem], prompt: str, fmt: str, backend: BackendConfig
-    ) -> tuple[list[int], bool]:
-        key = (spec, tuple(p.id for p in problems), prompt, fmt, backend.name)
+    def lengths(self, job: _Job) -> tuple[list[int], bool]:
+        key = (job.spec, tuple(p.id for p in job.problems), job.prompt, job.fmt, job.backend.name)
         if key not in self._lengths:
-            make = prompt_maker(prompt, load_format(fmt))
-            tok = self.tokenizer(spec)
-            lens, exact = prompt_lengths(tok, [make(p) for p in problems], backend.name == "openai")
+            make = prompt_maker(job.prompt, load_format(job.fmt))
+            tok = self.tokenizer(job.spec)
+            openai = job.backend.name == "openai"
+            lens, exact = prompt_lengths(tok, [make(p) for p in job.problems], openai)
             self._lengths[key] = (lens, exact)
         return self._lengths[key]
 
@@ -157,22 +186,21 @@ class _Planner:
     def sampling(
         self,
         stage: Stage,
-        spec: str,
-        problems: Sequence[Problem],
-        prompt: str,
-        fmt: str,
-        backend: BackendConfig,
-        n: int,
-        max_new_tokens: int,
+        job: _Job,
+        params: SamplingParams,
+        *,
         greedy_too: bool = False,
         measured: Measured | None = None,
         expected_per_question: Sequence[float] | None = None,
         round_size: int | None = None,
     ) -> Stage:
-        """Fill a sampling stage: ``n`` samples per question (plus one greedy per question
-        with ``greedy_too``); ``expected_per_question``: adaptive's expected samples each."""
-        lens, exact = self.lengths(spec, problems, prompt, fmt, backend)
-        q = len(problems)
+        """Fill a sampling stage: ``params.n`` samples per question, ``params.max_new_tokens``
+        tokens each at most (plus one greedy per question with ``greedy_too``);
+        ``expected_per_question``: adaptive's expected samples each."""
+        spec, backend = job.spec, job.backend
+        n, max_new_tokens = params.n, params.max_new_tokens
+        lens, exact = self.lengths(job)
+        q = len(job.problems)
         per_q_max = [float(n)] * q
         per_q_exp = list(expected_per_question) if expected_per_question is not None else per_q_max
         # calls a question's prompt is sent in: one, or one per round of an adaptive budget
@@ -237,7 +265,7 @@ class _Planner:
                 continue
             self.train_stage(pcfg, layout, method, pairs_upper[method], label, matrix)
         for model in self.eval_models(pcfg, label, shared):
-            self.eval_stages(pcfg, layout, *model)
+            self.eval_stages(pcfg, layout, model)
         self.budget_note(pcfg)
 
     def budget_note(self, cfg: RunConfig) -> None:
@@ -273,10 +301,10 @@ class _Planner:
             if why:  # a previous run of other settings: its figures would mislead
                 stage.notes.append(f"previous run not used: {why}")
             exp, budget = self.budget(counts, stage)
+            job = _Job(t, self.train, "teacher", self.task.prompt_format(ts.prompt_format),
+                       ts.backend)  # fmt: skip
             self.sampling(
-                stage, t, self.train, "teacher", self.task.prompt_format(ts.prompt_format),
-                ts.backend, ts.n, ts.max_new_tokens, measured=measured,
-                expected_per_question=exp,
+                stage, job, ts, measured=measured, expected_per_question=exp,
                 round_size=ts.round_size if ts.budget == "adaptive" else None,
             )  # fmt: skip
             stage.budget = budget
@@ -308,29 +336,26 @@ class _Planner:
             pairs_upper["supervised"] = refs
         return pairs_upper
 
-    def eval_models(self, cfg: RunConfig, label: str, shared: str) -> list[tuple]:
-        """The models evaluated: (label, spec, prompt, format, backend, where, identity)."""
+    def eval_models(self, cfg: RunConfig, label: str, shared: str) -> list[_Evaluated]:
+        """The models evaluated."""
         ts, t, s, e = cfg.teacher_sampling, cfg.teacher, cfg.student, cfg.eval.backend
-        models: list[tuple] = []
+        sfmt = cfg.student_prompt_format
+        models: list[_Evaluated] = []
         if cfg.evaluate_teacher:
             fmt = self.task.prompt_format(ts.prompt_format)
-            models.append(("teacher", t, "teacher", fmt, ts.backend, shared, t))
+            models.append(_Evaluated("teacher", t, "teacher", fmt, ts.backend, shared, t))
         if cfg.evaluate_base_student:
-            models.append(("student-base", s, "student", cfg.student_prompt_format, e, shared, s))
+            models.append(_Evaluated("student-base", s, "student", sfmt, e, shared, s))
         for method in cfg.methods:
             where = label if registry.get(method).uses_teacher else shared
             ident = s if where == shared else f"{t}|{s}"
-            models.append(
-                (f"student-{method}", s, "student", cfg.student_prompt_format, e, where, ident)
-            )
+            models.append(_Evaluated(f"student-{method}", s, "student", sfmt, e, where, ident))
         return models
 
-    def eval_stages(
-        self, cfg: RunConfig, layout: RunLayout, lab: str, spec: str, prompt: str, fmt: Any,
-        backend: Any, where: str, ident: str,
-    ) -> None:
+    def eval_stages(self, cfg: RunConfig, layout: RunLayout, model: _Evaluated) -> None:
         """One model's evaluation on the task's eval split and on each transfer task."""
         ev = cfg.eval
+        lab, spec, where, ident = model.label, model.spec, model.where, model.ident
         sets = [(self.task.name, ev.split, self.eval, None)]
         sets += [(n, sp, probs, n) for n, sp, probs in self.transfer]
         for task_name, split, problems, sub in sets:
@@ -348,8 +373,7 @@ class _Planner:
             measured = (
                 None if why else measured_usage(evl.samples("sampled"), evl.samples("greedy"))
             )
-            self.sampling(stage, spec, problems, prompt, fmt, backend, ev.n, ev.max_new_tokens,
-                          greedy_too=ev.greedy, measured=measured)  # fmt: skip
+            self.sampling(stage, model.job(problems), ev, greedy_too=ev.greedy, measured=measured)
             if measured is not None:  # its throughput: the previous run's time for it
                 stage.measured_seconds = previous_seconds(evl.scores)
                 stage.measured_tokens = measured.completion_tokens
@@ -495,9 +519,8 @@ class _Planner:
                 expected = [0.0] * q
                 stage.notes.append("the previous run stopped before this round")
             measured = None if why else measured_usage(rl.dir)
-            self.sampling(stage, cfg.student, self.train, prompt, "function", cfg.eval.backend,
-                          sp.n, sp.max_new_tokens, measured=measured,
-                          expected_per_question=expected)  # fmt: skip
+            job = _Job(cfg.student, self.train, prompt, "function", cfg.eval.backend)
+            self.sampling(stage, job, sp, measured=measured, expected_per_question=expected)
             if r == 1:
                 most = q * (1 if ei.keep == "first" else sp.n)
                 stage.notes.append(
