@@ -3,7 +3,7 @@ autoescaping, on hand-made results with known figures."""
 
 from __future__ import annotations
 
-from ekt.report.charts import Series, bar_chart, interval_chart, line_chart
+from ekt.report.charts import Axes, Series, bar_chart, interval_chart, line_chart
 from ekt.report.tables import matrix_markdown, results_markdown, table_lines
 from ekt.report.templating import render
 
@@ -98,8 +98,8 @@ def test_templates_escape_everything_from_records():
     assert "<script>" not in page and "&lt;script&gt;" in page
     s = Series(evil, [1, 2], [0.1, 0.2], "#000000", [0.0, 0.1], [0.2, 0.3], [evil, evil])
     for svg in (
-        line_chart([s], evil, evil, evil, pct=True, chart_id=evil),
-        bar_chart([(evil, 3.0)], evil, evil, evil, chart_id=evil),
+        line_chart([s], Axes(evil, evil, evil, evil), pct=True),
+        bar_chart([(evil, 3.0)], Axes(evil, evil, evil, evil)),
     ):
         assert "<script>" not in svg and "&lt;script&gt;" in svg and svg.count("<svg") == 1
     from ekt.evaluation.stats import Interval
@@ -115,7 +115,7 @@ def test_a_step_axis_ends_at_the_last_step():
 
     def ticks(xs):
         s = Series("ekt", xs, [1.0 + 0.1 * i for i in range(len(xs))], "#000000")
-        svg = line_chart([s], "loss", "optimizer step", "loss", y_zero=False)
+        svg = line_chart([s], Axes("loss", "optimizer step", "loss"), y_zero=False)
         return [m for m in re.findall(r'class="tk" text-anchor="middle">([^<]+)<', svg)]
 
     assert ticks([2]) == ["2"]

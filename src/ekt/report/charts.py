@@ -29,6 +29,17 @@ class Series:
     tips: list[str] | None = None
 
 
+@dataclass(frozen=True)
+class Axes:
+    """What a chart's frame says: its title, the labels of its axes, and the id of its
+    element in the page ("": none)."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    chart_id: str = ""
+
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     if hi <= lo:
         hi = lo + 1
@@ -59,20 +70,18 @@ def _points(pairs) -> str:
 
 def line_chart(
     series: Sequence[Series],
-    title: str,
-    xlabel: str,
-    ylabel: str,
+    axes: Axes,
+    *,
     log_x: bool = False,
     pct: bool = False,
     y_zero: bool = True,
     width: int = 560,
     height: int = 300,
-    chart_id: str = "",
 ) -> Markup:
     """A line chart with optional shaded interval bands and point tooltips."""
     pts = [(x, y) for s in series for x, y in zip(s.xs, s.ys)]
     if not pts:
-        return Markup(render("chart_empty.html.j2", title=title))
+        return Markup(render("chart_empty.html.j2", title=axes.title))
     ml, mr, mt, mb = 58, 14, 26, 42
     pw, ph = width - ml - mr, height - mt - mb
     xs = [x for x, _ in pts]
@@ -135,10 +144,10 @@ def line_chart(
     return Markup(
         render(
             "chart_line.svg.j2",
-            id=chart_id,
-            title=title,
-            xlabel=xlabel,
-            ylabel=ylabel,
+            id=axes.chart_id,
+            title=axes.title,
+            xlabel=axes.xlabel,
+            ylabel=axes.ylabel,
             width=width,
             height=height,
             ml=ml,
@@ -220,13 +229,11 @@ def interval_chart(
 
 def bar_chart(
     values: Sequence[tuple[str, float]],
-    title: str,
-    xlabel: str,
-    ylabel: str,
+    axes: Axes,
+    *,
     color: str = "#1f5fbf",
     width: int = 560,
     height: int = 220,
-    chart_id: str = "",
 ) -> Markup:
     if not values:
         return Markup("")
@@ -257,10 +264,10 @@ def bar_chart(
     return Markup(
         render(
             "chart_bar.svg.j2",
-            id=chart_id,
-            title=title,
-            xlabel=xlabel,
-            ylabel=ylabel,
+            id=axes.chart_id,
+            title=axes.title,
+            xlabel=axes.xlabel,
+            ylabel=axes.ylabel,
             width=width,
             height=height,
             ml=ml,

@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from ekt.evaluation.stats import SMALL_SAMPLE
 from ekt.layout import EvalLayout, RunLayout
-from ekt.report.charts import Series, bar_chart, interval_chart, line_chart
+from ekt.report.charts import Axes, Series, bar_chart, interval_chart, line_chart
 from ekt.report.claims import run_claims
 from ekt.report.load import SOURCES, EvalData, RunData, load_yields, read_json, records
 from ekt.report.tables import (
@@ -179,15 +179,9 @@ def _curve(run: RunData, i: int) -> Markup:
             )
         )
     nmax = max((len(s.xs) for s in series), default=0)
-    return line_chart(
-        series,
-        f"{run.name}: pass@k (shaded: 95% interval)",
-        "k (samples per question)",
-        "pass@k",
-        log_x=nmax > 10,
-        pct=True,
-        chart_id=f"passk-{i}",
-    )
+    axes = Axes(f"{run.name}: pass@k (shaded: 95% interval)", "k (samples per question)",
+                "pass@k", chart_id=f"passk-{i}")  # fmt: skip
+    return line_chart(series, axes, log_x=nmax > 10, pct=True)
 
 
 def _yield_charts(run: RunData, ys: list, i: int) -> list[Markup]:
@@ -200,10 +194,12 @@ def _yield_charts(run: RunData, ys: list, i: int) -> list[Markup]:
         charts.append(
             bar_chart(
                 vals,
-                f"{run.name}: teacher questions by number of correct programs",
-                "correct programs for the question",
-                "questions",
-                chart_id=f"yield-{i}",
+                Axes(
+                    f"{run.name}: teacher questions by number of correct programs",
+                    "correct programs for the question",
+                    "questions",
+                    chart_id=f"yield-{i}",
+                ),
             )
         )
     return charts
@@ -237,9 +233,7 @@ def _rounds(run: RunData, i: int) -> list[dict]:
             for n, k in enumerate(rate_keys)
         ]
         chart = (
-            line_chart(
-                series, "rates by round", "round", "rate", pct=True, chart_id=f"rounds-{i}-{j}"
-            )
+            line_chart(series, Axes("rates by round", "round", "rate", f"rounds-{i}-{j}"), pct=True)
             if series and recs
             else Markup("")
         )
@@ -266,8 +260,8 @@ def _rewards(run: RunData, i: int) -> Markup:
                                  color("grpo") if n == 0 else EXTRA_COLORS[n % 6]))  # fmt: skip
     if not series:
         return Markup("")
-    return line_chart(series, f"{run.name}: GRPO mean reward per step", "step",
-                      "mean reward", chart_id=f"reward-{i}")  # fmt: skip
+    return line_chart(series, Axes(f"{run.name}: GRPO mean reward per step", "step",
+                                   "mean reward", f"reward-{i}"))  # fmt: skip
 
 
 def _training(run: RunData, i: int) -> tuple[Markup, list[list[str]]]:
@@ -283,14 +277,8 @@ def _training(run: RunData, i: int) -> tuple[Markup, list[list[str]]]:
         if pts:
             c = color(method) if name == method else EXTRA_COLORS[n % 6]
             series.append(Series(name, [p[0] for p in pts], [p[1] for p in pts], c))
-    chart = line_chart(
-        series,
-        f"{run.name}: training loss",
-        "optimizer step",
-        "loss",
-        y_zero=False,
-        chart_id=f"loss-{i}",
-    )
+    axes = Axes(f"{run.name}: training loss", "optimizer step", "loss", f"loss-{i}")
+    chart = line_chart(series, axes, y_zero=False)
     rows = []
     for s in sorted(run.dir.glob("students/**/train_summary.json")):
         t = read_json(s)
