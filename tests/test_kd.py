@@ -9,7 +9,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ekt.data.prompts import student_prompt
 from ekt.errors import EktError
-from ekt.methods.kd import train_kd
 from ekt.methods.seqkd import SeqKDConfig, sequence_kd_pairs
 from ekt.records import Completion, Problem, TrainPair, write_jsonl_atomic
 from ekt.training.kd import (
@@ -176,14 +175,13 @@ def test_cross_tokenizer_uld_trains_and_decreases(
     before = kd_distance(d, AutoModelForCausalLM.from_pretrained(tiny_model_dir), s_tok, PAIRS)
     assert d.kind == "uld"
     out = tmp_path / "student"
-    res = train_kd(
+    res = train_student(
         str(tiny_model_dir),
-        str(other_vocab_teacher),
         pairs_path,
         out,
         TrainConfig(**FAST, max_steps=15),
-        KDConfig(alpha=0.0),  # the ULD term alone
         device="cpu",
+        distill=Distiller(str(other_vocab_teacher), KDConfig(alpha=0.0), "cpu"),  # ULD alone
     )
     assert res is not None and res.steps == 15
     assert "universal logit distillation" in capsys.readouterr().out
@@ -307,8 +305,9 @@ def test_kd_budget_counts_the_tokens_its_training_bills(tmp_path, tiny_model_dir
     pairs_path = tmp_path / "pairs.jsonl"
     write_jsonl_atomic(pairs_path, PAIRS)
     cfg = TrainConfig(**{**FAST, "batch_size": 2, **how})  # 8 pairs: no partial batch
-    res = train_kd(str(tiny_model_dir), str(same_vocab_teacher), pairs_path, tmp_path / "s",
-                   cfg, KDConfig(), device="cpu")  # fmt: skip
+    distill = Distiller(str(same_vocab_teacher), KDConfig(), "cpu")
+    res = train_student(str(tiny_model_dir), pairs_path, tmp_path / "s", cfg, device="cpu",
+                        distill=distill)  # fmt: skip
     assert res is not None
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     billed = training_tokens(tok, PAIRS, cfg, None)

@@ -184,7 +184,7 @@ def cmd_filter(o: FilterOptions, _: Any) -> None:
 
 
 def cmd_train(o: Any, _: Any) -> None:
-    from ekt.methods.kd import train_kd
+    from ekt.training.kd import Distiller
     from ekt.training.train import train_student
 
     try:
@@ -192,7 +192,9 @@ def cmd_train(o: Any, _: Any) -> None:
             if not o.teacher:
                 raise EktError("--method kd needs --teacher")
             o.kd.validate()
-            result = train_kd(o.student, o.teacher, o.pairs, o.out, o.train, o.kd, True, o.device)
+            distill = Distiller(o.teacher, o.kd, o.device)
+            result = train_student(o.student, o.pairs, o.out, o.train, device=o.device,
+                                   distill=distill)  # fmt: skip
         else:
             result = train_student(o.student, o.pairs, o.out, o.train, device=o.device,
                                    prompt_format=o.prompt_format)  # fmt: skip

@@ -26,26 +26,7 @@ from ekt.methods.base import (
 )
 from ekt.records import Problem, TrainPair, read_records
 from ekt.training.kd import Distiller, KDConfig
-from ekt.training.train import TrainConfig, TrainResult, build_examples, train_student
-
-
-def train_kd(
-    student_spec: str,
-    teacher_spec: str,
-    pairs_path: str | Path,
-    out_dir: str | Path,
-    config: TrainConfig | None = None,
-    kd: KDConfig | None = None,
-    resume: bool = True,
-    device: str | None = None,
-    prompt_format: str | PromptFormat | None = None,
-) -> TrainResult | None:
-    """Distil ``teacher_spec`` into ``student_spec`` on the pairs (``method: kd``), both reading
-    each pair in the student's layout ``prompt_format``."""
-    distill = Distiller(teacher_spec, kd, device)
-    return train_student(
-        student_spec, pairs_path, out_dir, config, resume, device, distill, prompt_format
-    )
+from ekt.training.train import TrainConfig, build_examples, train_student
 
 
 def prepare(ctx: Context, problems: Sequence[Problem]) -> tuple[Path | None, Cost]:
@@ -84,8 +65,9 @@ def training_tokens(
 
 def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted:
     c = ctx.cfg
-    got = train_on_pairs(ctx, "kd", pairs, lambda out: train_kd(
-        c.student, c.teacher, pairs, out, c.train, c.kd, device=c.device,
+    got = train_on_pairs(ctx, "kd", pairs, lambda out: train_student(
+        c.student, pairs, out, c.train, device=c.device,
+        distill=Distiller(c.teacher, c.kd, c.device),
         prompt_format=ctx.task.prompt_format(c.student_prompt_format),
     ))  # fmt: skip
     # the teacher reads every token the student trains on (one forward pass each)

@@ -590,21 +590,22 @@ def train_student(
     pairs_path: str | Path,
     out_dir: str | Path,
     config: TrainConfig | None = None,
-    resume: bool = True,
+    *,
     device: str | None = None,
     distill: Any = None,
     prompt_format: str | PromptFormat | None = None,
 ) -> TrainResult | None:
     """Fine-tune ``model_spec`` on the pairs in ``pairs_path``; ``out_dir`` becomes the student.
 
-    Returns None (and says so) when the file holds no pairs. ``device`` "cpu"
+    Resumes from the last checkpoint of the same run (model, pairs and settings) in ``out_dir``,
+    else starts afresh. Returns None (and says so) when the file holds no pairs. ``device`` "cpu"
     forces CPU training; by default a GPU is used when there is one.
     ``distill`` (``ekt.training.kd.Distiller``) adds a live teacher to the loss.
     ``prompt_format``: the layout the student learns (and is evaluated in); a chat
     format trains an instruct student on its own chat template.
     """
     job = _prepare_training(model_spec, Path(pairs_path), Path(out_dir), config or TrainConfig(),
-                            resume, device, distill, prompt_format)  # fmt: skip
+                            device, distill, prompt_format)  # fmt: skip
     if job is None:
         return None
     fit = _fit(job)
@@ -655,8 +656,8 @@ class _Fit:
 
 
 def _prepare_training(
-    model_spec: str, pairs_path: Path, out: Path, cfg: TrainConfig, resume: bool,
-    device: str | None, distill: Any, prompt_format: str | PromptFormat | None,
+    model_spec: str, pairs_path: Path, out: Path, cfg: TrainConfig, device: str | None,
+    distill: Any, prompt_format: str | PromptFormat | None,
 ) -> _TrainJob | None:
     """Read the pairs (None when there are none), check the settings, and find the
     checkpoint to resume (one of this very run, by fingerprint) or start afresh."""
@@ -680,7 +681,7 @@ def _prepare_training(
         run["distill"] = distill.fingerprint()
     job = _TrainJob(model_spec, pairs_path, pairs, out, cfg, device, distill, prompt_format, fmt,
                     world_size, accumulation, None, t0)  # fmt: skip
-    job.last = _prepare_checkpoints(job.ckpt_dir, run, resume)
+    job.last = _prepare_checkpoints(job.ckpt_dir, run, resume=True)
     if job.last is None:
         job.log_path.unlink(missing_ok=True)
     else:
