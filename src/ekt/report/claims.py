@@ -249,14 +249,14 @@ def check_claim(
     best: BestStudent | None = None,
     resamples: int = RESAMPLES,
     seed: int = SEED,
-    level: float = LEVEL,
 ) -> ClaimResult:
     """One claim on one run's evaluated ``models``.
 
     ``ks``: the run's pass@k values (pass@1 is always included; those above the
     paired questions' smallest n are left out). ``skipped``: method -> why it
     was not evaluated, for the NOT_RUN reason. ``best``: the BEST_STUDENT when the
-    claim names one (None: ``best_student(models)``).
+    claim names one (None: ``best_student(models)``). Intervals are at ``LEVEL``, the level
+    ``run_claims`` reports.
     """
     skipped = skipped or {}
     if best is None and BEST_STUDENT in (claim.left, claim.right):
@@ -290,7 +290,7 @@ def check_claim(
         if p["problem_id"] in shared
     )  # fmt: skip
     use_ks = [k for k in sorted({1, *map(int, ks)}) if k <= nmin]
-    diffs = paired_intervals(left.problems, right.problems, use_ks, resamples, seed, level)
+    diffs = paired_intervals(left.problems, right.problems, use_ks, resamples, seed, LEVEL)
     wanted = [f"pass@{k}" for k in use_ks] + [FALLBACK]
     diffs = {k: diffs[k] for k in wanted if k in diffs}
     metric = PRIMARY if PRIMARY in diffs else FALLBACK if FALLBACK in diffs else None
@@ -319,13 +319,12 @@ def check_claims(
     claims: Sequence[Claim] = CLAIMS,
     resamples: int = RESAMPLES,
     seed: int = SEED,
-    level: float = LEVEL,
 ) -> tuple[BestStudent | None, list[ClaimResult]]:
     """Every claim on one run: the best student (if any) and one result per claim, in order."""
     best = best_student(models)
     present = {m.method for m in models} | set(skipped or {})
     claims = [c for c in claims if not c.optional or c.right in present]
-    return best, [check_claim(c, models, ks, skipped, best, resamples, seed, level) for c in claims]
+    return best, [check_claim(c, models, ks, skipped, best, resamples, seed) for c in claims]
 
 
 def run_claims(
