@@ -199,9 +199,15 @@ def verify(
     ``prompt_format`` names the entry point the programs define (and how raw ``text``
     is read); the sandbox calls ``solution()``, so another entry point is aliased.
     """
+    out = Path(out)
+
+    def open_sandbox() -> Any:
+        """The pool the programs run in (here, or on ``cluster``), denied the task's data and
+        the run's files."""
+        return _pool(_deny_task_data(sandbox or SandboxConfig(), task, programs, out), cluster)
+
     with output_lock(out):
-        return _verify_locked(programs, Path(out), task, split, sandbox, progress, cluster,
-                              prompt_format)  # fmt: skip
+        return _verify_locked(programs, out, task, split, open_sandbox, progress, prompt_format)
 
 
 def _verify_locked(
@@ -209,9 +215,8 @@ def _verify_locked(
     out: Path,
     task: Task,
     split: str | None,
-    sandbox: SandboxConfig | None,
+    open_sandbox: Callable[[], Any],
     progress: bool,
-    cluster: SandboxCluster | None,
     prompt_format: str | PromptFormat | None,
 ) -> VerifySummary:
     entry = load_format(prompt_format).entry_point
@@ -251,8 +256,7 @@ def _verify_locked(
     todo = [(o, _key(obj, o), obj) for _, o, obj in inputs if _key(obj, o) not in done]
 
     bar = _progress(len(inputs), len(inputs) - len(todo), progress)
-    box_cfg = _deny_task_data(sandbox or SandboxConfig(), task, programs, out)
-    with _pool(box_cfg, cluster) as box, JsonlWriter(out) as writer:
+    with open_sandbox() as box, JsonlWriter(out) as writer:
         graded = _run_and_grade(box, [obj for _, _, obj in todo], problems, task, entry)
         for (_, key, obj), rec in zip(todo, graded, strict=True):
             if not key.startswith(f"{obj['problem_id']}#"):
