@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=2)
     args = ap.parse_args()
 
+    from ekt.generation.backends import BackendConfig
     from ekt.generation.backends.openai_compat import OpenAISampler
     from ekt.generation.config import SamplingParams
 
@@ -40,9 +41,10 @@ def main() -> None:
     params = SamplingParams(n=1, temperature=0.7, max_new_tokens=args.max_tokens, stop=())
 
     def ekt_client() -> None:
-        s = OpenAISampler(
-            args.base_url, args.model, api="chat", concurrency=args.concurrency, progress=False
+        backend = BackendConfig(
+            "openai", base_url=args.base_url, api="chat", concurrency=args.concurrency
         )
+        s = OpenAISampler(args.model, backend, progress=False)
         assert len(list(s.sample(reqs, params))) == len(reqs)
 
     def sdk_client() -> None:

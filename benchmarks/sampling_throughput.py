@@ -148,11 +148,13 @@ def run_llamacpp(args, gguf, requests, params, batch: int) -> float:
     import tempfile
     from pathlib import Path
 
+    from ekt.generation.backends import BackendConfig
     from ekt.generation.backends.llamacpp_server import LlamaServerProcess, LlamaServerSampler
 
     log = Path(tempfile.mkdtemp(prefix="ekt-llamacpp-")) / "server.log"
     with LlamaServerProcess(gguf, slots=batch, threads=args.threads, log=log) as srv:
-        sampler = LlamaServerSampler(srv.base_url, args.model, progress=False)
+        backend = BackendConfig("openai", base_url=srv.base_url)
+        sampler = LlamaServerSampler(args.model, backend, progress=False)
         t0 = time.perf_counter()
         out = list(sampler.sample(requests, params))
         wall = time.perf_counter() - t0

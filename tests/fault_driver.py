@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ekt.data.tasks import get_task
 from ekt.errors import user_message
+from ekt.generation.backends import BackendConfig
 from ekt.generation.backends.openai_compat import OpenAISampler
 from ekt.generation.config import SamplingParams
 from ekt.generation.generate import GenerateSettings, generate
@@ -27,8 +28,9 @@ def main(stages: str, url: str, out: str, data_dir: str) -> int:
     problems = task.load("train")
     try:
         if "generate" in stages:
-            sampler = OpenAISampler(url, "fake", concurrency=2, backoff=0.05, max_backoff=0.2,
-                                    timeout=10.0, progress=False)  # fmt: skip
+            backend = BackendConfig("openai", base_url=url, concurrency=2, request_timeout=10.0)
+            sampler = OpenAISampler("fake", backend, backoff=0.05, max_backoff=0.2,
+                                    progress=False)  # fmt: skip
             s = generate(
                 sampler,
                 problems,

@@ -203,7 +203,7 @@ def test_vllm_index_ranges_are_one_seeded_request_per_index():
                 for sp in sps
             ]
 
-    sampler = VLLMSampler("m", llm_factory=Engine, chunk_size=3)
+    sampler = VLLMSampler("m", BackendConfig("vllm"), llm_factory=Engine, chunk_size=3)
     sp = SamplingParams(n=2, temperature=0.8, seed=5)
     got = list(sampler.sample([("a", "p"), ("b", "q")], sp, start=2))
     assert [(c.problem_id, c.sample_idx) for c in got] == [("a", 2), ("a", 3), ("b", 2), ("b", 3)]

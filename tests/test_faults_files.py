@@ -26,6 +26,7 @@ from fakeopenai import FIGURES, FakeOpenAI, _pytest_fixtures
 
 from ekt.data.tasks import get_task
 from ekt.errors import user_message
+from ekt.generation.backends import BackendConfig
 from ekt.generation.backends.openai_compat import OpenAISampler
 from ekt.generation.config import SamplingParams
 from ekt.generation.generate import GenerateSettings, generate
@@ -63,8 +64,8 @@ def server():
 
 def _generate(url: str, out: Path, data_dir: Path):
     task = get_task("gsm8k", str(data_dir))
-    sampler = OpenAISampler(url, "fake", concurrency=2, backoff=0.02, max_backoff=0.1,
-                            timeout=10.0, progress=False)  # fmt: skip
+    backend = BackendConfig("openai", base_url=url, concurrency=2, request_timeout=10.0)
+    sampler = OpenAISampler("fake", backend, backoff=0.02, max_backoff=0.1, progress=False)
     return generate(
         sampler,
         task.load("train"),

@@ -20,6 +20,7 @@ import pytest
 from fakeopenai import FAULTS, STALLS, FakeOpenAI, _pytest_fixtures
 
 from ekt.errors import EktError
+from ekt.generation.backends import BackendConfig
 from ekt.generation.backends.openai_compat import OpenAISampler, retry_after
 from ekt.generation.config import SamplingParams
 
@@ -30,10 +31,11 @@ PARAMS = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=7)
 TIMEOUT = 1.5  # the whole-request deadline for the cases that stall
 
 
-def _sampler(url: str, **kw) -> OpenAISampler:
-    kw = {"concurrency": 2, "backoff": 0.02, "max_backoff": 0.3, "max_retries": 3,
-          "timeout": TIMEOUT, "progress": False, **kw}  # fmt: skip
-    return OpenAISampler(url, "fake", **kw)
+def _sampler(url: str, progress: bool = False, **backend) -> OpenAISampler:
+    """A sampler on the fake server at ``url``; ``backend``: BackendConfig fields."""
+    backend = {"concurrency": 2, "max_retries": 3, "request_timeout": TIMEOUT, **backend}
+    cfg = BackendConfig("openai", base_url=url, **backend)
+    return OpenAISampler("fake", cfg, backoff=0.02, max_backoff=0.3, progress=progress)
 
 
 def _records(out) -> set[tuple[str, int, str]]:
@@ -123,7 +125,7 @@ def test_retry_after_huge_is_capped_at_max_backoff(baseline):
 def test_a_trickled_body_meets_the_whole_request_deadline():
     """1 byte/s: the per-read timeout never fires; the request's deadline does."""
     with FakeOpenAI(["trickle"] * 10) as srv:
-        sampler = _sampler(srv.url, concurrency=1, max_retries=0, timeout=1.0)
+        sampler = _sampler(srv.url, concurrency=1, max_retries=0, request_timeout=1.0)
         t0 = time.monotonic()
         with pytest.raises(EktError, match=r"no whole reply within 1s"):
             list(sampler.sample(REQUESTS[:1], SamplingParams(n=1)))
@@ -139,7 +141,7 @@ def test_a_fatal_error_cancels_the_requests_in_flight():
     threads end within moments, not at the 600 s default timeout."""
     others = set(_http_threads())  # an earlier test's, if its generator awaits collection
     with FakeOpenAI(["hang", "hang", "http_400"]) as srv:
-        sampler = _sampler(srv.url, concurrency=3, timeout=600.0)
+        sampler = _sampler(srv.url, concurrency=3, request_timeout=600.0)
         t0 = time.monotonic()
         with pytest.raises(EktError, match="HTTP 400"):
             list(sampler.sample(REQUESTS, SamplingParams(n=1)))
@@ -155,9 +157,11 @@ def test_a_fatal_error_cancels_the_requests_in_flight():
 DRIVER = """
 import sys, time
 from ekt.errors import EktError
+from ekt.generation.backends import BackendConfig
 from ekt.generation.backends.openai_compat import OpenAISampler
 from ekt.generation.config import SamplingParams
-s = OpenAISampler(sys.argv[1], "fake", concurrency=3, timeout=600, progress=False)
+backend = BackendConfig("openai", base_url=sys.argv[1], concurrency=3, request_timeout=600)
+s = OpenAISampler("fake", backend, progress=False)
 t0 = time.monotonic()
 try:
     list(s.sample([(f"p/{i}", f"q{i}") for i in range(3)], SamplingParams(n=1)))
@@ -191,7 +195,7 @@ def _dead_port() -> int:
 
 def test_a_down_server_is_one_line_within_5s():
     url = f"http://127.0.0.1:{_dead_port()}/v1"
-    sampler = _sampler(url, timeout=600.0, max_retries=8)
+    sampler = _sampler(url, request_timeout=600.0, max_retries=8)
     t0 = time.monotonic()
     with pytest.raises(EktError) as exc:
         list(sampler.sample(REQUESTS, PARAMS))
@@ -211,7 +215,7 @@ def test_a_server_that_never_answers_is_found_within_5s():
         url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
         t0 = time.monotonic()
         with pytest.raises(EktError, match="does not answer"):
-            list(_sampler(url, timeout=600.0).sample(REQUESTS, PARAMS))
+            list(_sampler(url, request_timeout=600.0).sample(REQUESTS, PARAMS))
         assert time.monotonic() - t0 < 5.5
 
 

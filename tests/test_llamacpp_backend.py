@@ -66,6 +66,7 @@ def test_llamacpp_backend_samples_a_preset_end_to_end(data_dir):
 def test_a_transformers_folder_is_converted_once_by_llama_cpps_converter(
     data_dir, tmp_path, monkeypatch
 ):
+    from ekt.generation.backends import BackendConfig
     from ekt.generation.backends import llamacpp_local as ll
     from ekt.generation.backends.llamacpp_server import find_llama_server
     from ekt.models import resolve_model
@@ -84,7 +85,8 @@ def test_a_transformers_folder_is_converted_once_by_llama_cpps_converter(
     gguf = ll.model_gguf(str(student))
     assert gguf.suffix == ".gguf" and gguf.is_file()
     assert ll.model_gguf(str(student)) == gguf  # cached by checkpoint hash: not converted again
-    with ll.LlamaLocalSampler(str(student), slots=2, threads=2, progress=False) as sampler:
+    backend = BackendConfig("llamacpp", threads=2)
+    with ll.LlamaLocalSampler(str(student), backend, slots=2, progress=False) as sampler:
         out = list(sampler.sample(_requests(data_dir, 1), PARAMS))
     assert len(out) == PARAMS.n and all(c.n_tokens >= 1 for c in out)
     # a changed checkpoint is another file
@@ -101,6 +103,7 @@ def _cached_converter(ll):
 
 
 def test_a_missing_model_or_binary_is_a_clear_error(tmp_path, monkeypatch):
+    from ekt.generation.backends import BackendConfig
     from ekt.generation.backends import llamacpp_local as ll
 
     with pytest.raises(EktError, match="no such .gguf"):
@@ -111,4 +114,4 @@ def test_a_missing_model_or_binary_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ls, "find_llama_server", lambda: None)
     with pytest.raises(EktError, match="make llama-server"):
-        ll.LlamaLocalSampler("smollm2-135m")
+        ll.LlamaLocalSampler("smollm2-135m", BackendConfig("llamacpp"))

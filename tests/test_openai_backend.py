@@ -102,11 +102,13 @@ def server(served_model_dir, tmp_path_factory):
     srv.kill()
 
 
-def _sampler(srv_url: str, model: Path, **kw):
+def _sampler(srv_url: str, model: Path, **backend):
+    """A sampler of ``model`` on the server at ``srv_url``; ``backend``: BackendConfig fields."""
+    from ekt.generation.backends import BackendConfig
     from ekt.generation.backends.openai_compat import OpenAISampler
 
-    kw = {"concurrency": 4, "backoff": 0.2, "max_backoff": 2.0, "progress": False, **kw}
-    return OpenAISampler(srv_url, str(model), **kw)
+    cfg = BackendConfig("openai", base_url=srv_url, **{"concurrency": 4, **backend})
+    return OpenAISampler(str(model), cfg, backoff=0.2, max_backoff=2.0, progress=False)
 
 
 def _check_complete(out, requests, n):
@@ -385,11 +387,14 @@ def test_hosted_api_options_reach_the_server(server, served_model_dir, monkeypat
 
 
 def test_api_openai_com_gets_at_most_4_stop_strings():
+    from ekt.generation.backends import BackendConfig
     from ekt.generation.backends.openai_compat import OpenAISampler
 
-    assert OpenAISampler("https://api.openai.com/v1", "gpt-x").max_stop == 4
-    assert OpenAISampler("http://127.0.0.1:8000/v1", "m").max_stop == 0  # all of them
-    assert OpenAISampler("https://api.openai.com/v1", "gpt-x", max_stop=2).max_stop == 2
+    openai, local = "https://api.openai.com/v1", "http://127.0.0.1:8000/v1"
+    assert OpenAISampler("gpt-x", BackendConfig("openai", base_url=openai)).max_stop == 4
+    assert OpenAISampler("m", BackendConfig("openai", base_url=local)).max_stop == 0  # all
+    two = BackendConfig("openai", base_url=openai, max_stop=2)
+    assert OpenAISampler("gpt-x", two).max_stop == 2
 
 
 def test_chat_messages_are_sent_as_messages_and_usage_is_recorded(server, served_model_dir):

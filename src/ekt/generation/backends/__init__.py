@@ -156,53 +156,20 @@ def make_sampler(
             from ekt.generation.backends import llamacpp_server as ls
             from ekt.generation.backends.openai_compat import OpenAISampler
 
-            common = dict(
-                api=cfg.api,
-                concurrency=cfg.concurrency,
-                n_per_request=cfg.n_per_request,
-                timeout=cfg.request_timeout,
-                max_retries=cfg.max_retries,
-                api_key_env=cfg.api_key_env,
-                headers=cfg.headers,
-                extra_body=cfg.extra_body,
-                max_stop=cfg.max_stop,
-                requests_per_minute=cfg.requests_per_minute,
-                tokens_per_minute=cfg.tokens_per_minute,
-                trim_prompt=cfg.trim_prompt,
-            )
+            model = cfg.served_model or spec
             if cfg.api == "completions" and cfg.server != "generic":
                 if cfg.server == "llama.cpp" or ls.probe(cfg.base_url).kind == "llama.cpp":
-                    return ls.LlamaServerSampler(
-                        cfg.base_url, cfg.served_model or spec, cache_prompt=cfg.cache_prompt,
-                        **common,  # type: ignore[arg-type]
-                    )  # fmt: skip
-            return OpenAISampler(cfg.base_url, cfg.served_model or spec, **common)  # type: ignore[arg-type]
+                    return ls.LlamaServerSampler(model, cfg)
+            return OpenAISampler(model, cfg)
         if cfg.name == "vllm":
             from ekt.generation.backends.vllm_offline import VLLMSampler
             from ekt.models import resolve_model
 
-            return VLLMSampler(
-                resolve_model(spec),
-                tensor_parallel_size=cfg.tensor_parallel_size,
-                data_parallel_size=cfg.data_parallel_size,
-                gpu_memory_utilization=cfg.gpu_memory_utilization,
-                enable_prefix_caching=cfg.enable_prefix_caching,
-                max_model_len=cfg.max_model_len or None,
-            )
+            return VLLMSampler(resolve_model(spec), cfg)
         if cfg.name == "llamacpp":
             from ekt.generation.backends.llamacpp_local import LlamaLocalSampler
 
-            return LlamaLocalSampler(
-                spec,
-                slots=batch_size,
-                threads=cfg.threads,
-                ctx_per_slot=cfg.ctx_per_slot,
-                outtype=cfg.gguf_outtype,
-                cache_prompt=cfg.cache_prompt,
-                timeout=cfg.request_timeout,
-                max_retries=cfg.max_retries,
-                trim_prompt=cfg.trim_prompt,
-            )
+            return LlamaLocalSampler(spec, cfg, slots=batch_size)
         from ekt.generation import qkernel
         from ekt.generation.backends.torch_sampler import TransformersSampler
         from ekt.models import load_model

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.generation.backends import BackendConfig
 from ekt.generation.backends.llamacpp_server import (
     LLAMA_CPP_VERSION,
     LlamaServerProcess,
@@ -162,15 +163,16 @@ class LlamaLocalSampler:
     def __init__(
         self,
         spec: str,
+        backend: BackendConfig,
         *,
         slots: int = 16,
-        threads: int = 0,
-        ctx_per_slot: int = 2048,
-        outtype: str = "f32",
         progress: bool = True,
         log: str | Path | None = None,
-        **sampler_kw: Any,
     ):
+        """The model ``spec`` served with ``backend``'s llamacpp settings (``threads``,
+        ``ctx_per_slot``, ``gguf_outtype``) and requested with its request settings
+        (``cache_prompt``, ``request_timeout``, ``max_retries``, ``trim_prompt``); ``slots``
+        sequences decode at once; ``log``: the server's output."""
         from ekt.generation.backends.llamacpp_server import require_llama_server
 
         if slots < 1:
@@ -178,12 +180,12 @@ class LlamaLocalSampler:
         require_llama_server()  # fail before the first sample() when there is no binary
         self.spec = spec
         self.slots = slots
-        self.threads = threads or _default_threads()
-        self.ctx_per_slot = ctx_per_slot
-        self.outtype = outtype
+        self.threads = backend.threads or _default_threads()
+        self.ctx_per_slot = backend.ctx_per_slot
+        self.outtype = backend.gguf_outtype
         self.progress = progress
         self.log = log
-        self.sampler_kw = sampler_kw
+        self.backend = backend
         self.server: LlamaServerProcess | None = None
         self.sampler: LlamaServerSampler | None = None
         self._finalizer: Any = None
@@ -200,9 +202,13 @@ class LlamaLocalSampler:
                 log=self.log,
             )
             self._finalizer = weakref.finalize(self, self.server.stop)
-            self.sampler = LlamaServerSampler(
-                self.server.base_url, self.spec, progress=self.progress, **self.sampler_kw
-            )
+            b = self.backend
+            requests = BackendConfig(
+                "openai", base_url=self.server.base_url, cache_prompt=b.cache_prompt,
+                request_timeout=b.request_timeout, max_retries=b.max_retries,
+                trim_prompt=b.trim_prompt,
+            )  # fmt: skip
+            self.sampler = LlamaServerSampler(self.spec, requests, progress=self.progress)
         return self.sampler
 
     def sample(

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.generation.backends import BackendConfig
 from ekt.generation.backends.openai_compat import (
     HEALTH_TIMEOUT,
     OpenAISampler,
@@ -101,22 +102,17 @@ class LlamaServerSampler(OpenAISampler):
     """``OpenAISampler`` on llama-server's own ``/completion`` endpoint (module docstring)."""
 
     def __init__(
-        self,
-        base_url: str,
-        model: str = "",
-        *,
-        cache_prompt: bool = True,
-        keep_token_ids: bool = False,
-        **kw: Any,
+        self, model: str, backend: BackendConfig, *, keep_token_ids: bool = False, **kw: Any
     ):
-        kw.setdefault("n_per_request", 1)
-        if kw.get("api", "completions") != "completions":
+        """``OpenAISampler``'s arguments (``kw``: its keyword ones); ``backend.cache_prompt``
+        reuses a slot's cached prompt prefix; ``keep_token_ids`` keeps the generated ids."""
+        if backend.api != "completions":
             raise EktError("the llama-server backend uses the completions API (backend.api)")
-        if kw["n_per_request"] != 1:
+        if backend.n_per_request != 1:
             raise EktError("backend.n_per_request must be 1 for llama-server (one seed per sample)")
-        super().__init__(base_url, model, **kw)
-        self.root = server_root(base_url)
-        self.cache_prompt = cache_prompt
+        super().__init__(model, backend, **kw)
+        self.root = server_root(backend.base_url)
+        self.cache_prompt = backend.cache_prompt
         self.prompt_cached = 0  # prompt tokens taken from the server's cache, over all requests
         self._lock = threading.Lock()
         self._info: ServerInfo | None = None
@@ -222,6 +218,9 @@ class LlamaServerSampler(OpenAISampler):
         return out
 
 
+START_TIMEOUT = 180.0  # seconds a llama-server has to load its model and answer
+
+
 class LlamaServerProcess:
     """``llama-server`` run by ekt on 127.0.0.1, for tests and benchmarks; ``stop()`` ends it.
 
@@ -238,9 +237,7 @@ class LlamaServerProcess:
         threads: int = 2,
         ctx_per_slot: int = 2048,
         log: str | Path | None = None,
-        extra: Sequence[str] = (),
         binary: str | Path | None = None,
-        timeout: float = 180.0,
     ):
         import socket
         import subprocess
@@ -253,7 +250,7 @@ class LlamaServerProcess:
             self.port = sock.getsockname()[1]
         cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["-np", str(slots), "-c", str(ctx_per_slot * slots), "-t", str(threads)]
-        cmd += ["--poll", "0", "--no-webui", *extra]
+        cmd += ["--poll", "0", "--no-webui"]
         self.log = Path(log) if log else None
         sink = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -262,7 +259,7 @@ class LlamaServerProcess:
             if self.log:
                 sink.close()  # type: ignore[union-attr]
         try:
-            wait_for_server(self.base_url, timeout=timeout)
+            wait_for_server(self.base_url, timeout=START_TIMEOUT)
         except EktError:
             self.stop()
             tail = self.log.read_text()[-3000:] if self.log else ""

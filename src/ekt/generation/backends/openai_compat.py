@@ -1,6 +1,6 @@
 """Sampling from an OpenAI-compatible HTTP server (vLLM, llama.cpp, TGI, ``transformers serve``).
 
-``OpenAISampler(base_url, model).sample(requests, params)`` sends the prompts
+``OpenAISampler(model, backend).sample(requests, params)`` sends the prompts
 to ``/completions`` (raw text, the default) or ``/chat/completions`` (``api="chat"``:
 a chat prompt format's messages as they are, a text prompt as one user message)
 and yields one ``Completion`` per (problem, sample index), like every ekt
@@ -58,7 +58,7 @@ sampler. It needs nothing beyond the standard library.
   its type; anything else (no choices, a choice that is a string, JSON nested
   too deeply to parse, a body over ``MAX_BODY`` bytes) is one retryable error
   that quotes the start of the reply, never a traceback.
-* **Nothing hangs.** ``timeout`` bounds a whole request: connecting, the headers
+* **Nothing hangs.** ``request_timeout`` bounds a whole request: connecting, the headers
   and the body together (a body trickled a byte at a time is cut at the
   deadline). A fatal error (a 4xx, retries spent) shuts the sockets of the
   other requests in flight, so the job ends within moments.
@@ -105,6 +105,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ekt.errors import EktError
+from ekt.generation.backends import BackendConfig
 from ekt.generation.config import SamplingParams
 from ekt.generation.sampler import derive_seed, truncate_at_stop
 from ekt.records import Completion
@@ -444,55 +445,51 @@ class OpenAISampler:
 
     def __init__(
         self,
-        base_url: str,
         model: str,
+        backend: BackendConfig,
         *,
-        api: str = "completions",
-        concurrency: int = 0,
-        n_per_request: int = 1,
-        timeout: float = 600.0,
-        max_retries: int = 8,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        api_key: str | None = None,
-        max_stop: int = 0,
         tokenizer: Any = None,
         progress: bool = True,
-        extra_body: dict | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        headers: dict[str, str] | None = None,
-        requests_per_minute: float = 0,
-        tokens_per_minute: float = 0,
-        trim_prompt: bool = True,
+        api_key: str | None = None,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
     ):
-        if api not in ("completions", "chat"):
-            raise EktError(f"--api must be completions or chat, got {api!r}")
-        if concurrency < 0:
-            raise EktError(f"--concurrency must be >= 0 (0: the server's slots), got {concurrency}")
-        if n_per_request < 0 or max_retries < 0:
+        """``model`` as the server names it, on the server and with the request settings of
+        ``backend`` (its ``base_url``, ``api``, ``concurrency``, ``request_timeout``, ...).
+        ``tokenizer`` counts the samples of a multi-choice response; ``api_key`` (default:
+        the variable ``backend.api_key_env``); a failed request is sent again after
+        ``backoff`` seconds, doubling up to ``max_backoff``."""
+        b = backend
+        if b.api not in ("completions", "chat"):
+            raise EktError(f"--api must be completions or chat, got {b.api!r}")
+        if b.concurrency < 0:
+            raise EktError(
+                f"--concurrency must be >= 0 (0: the server's slots), got {b.concurrency}"
+            )
+        if b.n_per_request < 0 or b.max_retries < 0:
             raise EktError("n_per_request and max_retries must be >= 0")
-        self.base_url = base_url.rstrip("/")
+        if b.max_stop < 0:
+            raise EktError(f"max_stop must be >= 0 (0: the server's own limit), got {b.max_stop}")
+        self.base_url = b.base_url.rstrip("/")
         self.model = model
-        self.api = api
-        self.concurrency = concurrency  # 0: resolved by _resolve_concurrency on the first job
-        self.n_per_request = n_per_request
-        self.timeout = timeout
-        self.max_retries = max_retries
+        self.api = b.api
+        self.concurrency = b.concurrency  # 0: resolved by _resolve_concurrency on the first job
+        self.n_per_request = b.n_per_request
+        self.timeout = b.request_timeout
+        self.max_retries = b.max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.api_key_env = api_key_env
-        self.api_key = api_key if api_key is not None else os.environ.get(api_key_env or "")
-        if max_stop < 0:
-            raise EktError(f"max_stop must be >= 0 (0: the server's own limit), got {max_stop}")
+        self.api_key_env = b.api_key_env
+        self.api_key = api_key if api_key is not None else os.environ.get(b.api_key_env or "")
         host = urlparse(self.base_url).hostname or ""
         # 0: every stop string, unless the server is known to take fewer
-        self.max_stop = max_stop or STOP_LIMITS.get(host, 0)
-        self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
-        self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
+        self.max_stop = b.max_stop or STOP_LIMITS.get(host, 0)
+        self.headers = {str(k): str(v) for k, v in (b.headers or {}).items()}
+        self.limiter = RateLimiter(b.requests_per_minute, b.tokens_per_minute)
         self.tokenizer = tokenizer
         self.progress = progress
-        self.extra_body = dict(extra_body or {})
-        self.trim_prompt = trim_prompt and api == "completions"
+        self.extra_body = dict(b.extra_body or {})
+        self.trim_prompt = b.trim_prompt and b.api == "completions"
         self.n_supported: bool | None = None  # learnt from the first multi-choice response
         self.retries = 0  # requests sent again, over the sampler's life (for logs and tests)
         self.checked = False  # the server answered GET /models (check_server)

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ekt.errors import EktError
+from ekt.generation.backends import BackendConfig
 from ekt.generation.config import SamplingParams
 from ekt.generation.sampler import chat_ids, derive_seed, truncate_at_stop
 from ekt.records import Completion
@@ -73,30 +74,30 @@ class VLLMSampler:
     def __init__(
         self,
         model: str,
+        backend: BackendConfig,
         *,
-        tensor_parallel_size: int = 1,
-        data_parallel_size: int = 1,
         dtype: str = "auto",
-        gpu_memory_utilization: float = 0.9,
-        enable_prefix_caching: bool = True,
-        max_model_len: int | None = None,
         chunk_size: int = 256,
         llm_kwargs: dict | None = None,
         llm_factory: Callable[..., Any] | None = None,
     ):
-        if tensor_parallel_size < 1 or data_parallel_size < 1:
+        """The model folder ``model`` on ``backend``'s vllm settings (tensor and data
+        parallel sizes, GPU memory share, prefix caching, context length); ``chunk_size``
+        requests go to the engine at a time; ``llm_kwargs``: more ``vllm.LLM`` arguments."""
+        b = backend
+        if b.tensor_parallel_size < 1 or b.data_parallel_size < 1:
             raise EktError("tensor_parallel_size and data_parallel_size must be >= 1")
         self.model = model
-        self.tensor_parallel_size = tensor_parallel_size
-        self.data_parallel_size = data_parallel_size
+        self.tensor_parallel_size = b.tensor_parallel_size
+        self.data_parallel_size = b.data_parallel_size
         self.chunk_size = max(1, chunk_size)
         self.engine_kwargs: dict[str, Any] = {
             "model": model,
-            "tensor_parallel_size": tensor_parallel_size,
+            "tensor_parallel_size": b.tensor_parallel_size,
             "dtype": dtype,
-            "gpu_memory_utilization": gpu_memory_utilization,
-            "enable_prefix_caching": enable_prefix_caching,
-            **({"max_model_len": max_model_len} if max_model_len else {}),
+            "gpu_memory_utilization": b.gpu_memory_utilization,
+            "enable_prefix_caching": b.enable_prefix_caching,
+            **({"max_model_len": b.max_model_len} if b.max_model_len else {}),
             **(llm_kwargs or {}),
         }
         self._factory = llm_factory  # tests pass a stand-in; None: vllm.LLM
@@ -190,8 +191,8 @@ class VLLMSampler:
         for r in range(self.data_parallel_size):
             share = list(requests[r :: self.data_parallel_size])
             devices = ",".join(gpus[r * tp : (r + 1) * tp])
-            args = (devices, self.engine_kwargs, self.chunk_size, share, params, queue, r, start)
-            p = ctx.Process(target=_replica, args=args, daemon=True)
+            replica = _Replica(r, devices, self.engine_kwargs, self.chunk_size)
+            p = ctx.Process(target=replica.run, args=(share, params, queue, start), daemon=True)
             p.start()
             procs.append(p)
         running = len(procs)
@@ -211,25 +212,34 @@ class VLLMSampler:
                 p.join(timeout=30)
 
 
-def _replica(
-    devices: str,
-    engine_kwargs: dict,
-    chunk_size: int,
-    requests: list[tuple[str, str]],
-    params: SamplingParams,
-    queue: Any,
-    rank: int,
-    start: int | None = None,
-) -> None:  # pragma: no cover - runs only with vLLM on GPUs
-    os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    try:
-        sampler = VLLMSampler(engine_kwargs.pop("model"), chunk_size=chunk_size)
-        sampler.engine_kwargs.update(engine_kwargs)
-        for c in sampler.sample(requests, params, start):
-            queue.put(("completion", (c.problem_id, c.sample_idx, c.text, c.n_tokens)))
-        queue.put(("done", rank))
-    except BaseException as e:  # report, do not hang the parent
-        queue.put(("error", f"replica {rank}: {type(e).__name__}: {e}"))
+@dataclass(frozen=True)
+class _Replica:
+    """One data-parallel engine: its rank, its GPUs (``CUDA_VISIBLE_DEVICES``), the engine's
+    arguments and the requests per chunk; ``run`` samples its share in a process of its own."""
+
+    rank: int
+    devices: str
+    engine_kwargs: dict
+    chunk_size: int
+
+    def run(
+        self,
+        requests: list[tuple[str, str]],
+        params: SamplingParams,
+        queue: Any,
+        start: int | None = None,
+    ) -> None:  # pragma: no cover - runs only with vLLM on GPUs
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.devices
+        try:
+            engine_kwargs = dict(self.engine_kwargs)
+            model = engine_kwargs.pop("model")
+            sampler = VLLMSampler(model, BackendConfig("vllm"), chunk_size=self.chunk_size)
+            sampler.engine_kwargs.update(engine_kwargs)
+            for c in sampler.sample(requests, params, start):
+                queue.put(("completion", (c.problem_id, c.sample_idx, c.text, c.n_tokens)))
+            queue.put(("done", self.rank))
+        except BaseException as e:  # report, do not hang the parent
+            queue.put(("error", f"replica {self.rank}: {type(e).__name__}: {e}"))
 
 
 __all__ = ["VLLMSampler", "to_completions", "vllm_params"]
