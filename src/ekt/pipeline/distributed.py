@@ -169,29 +169,40 @@ def _on_node(node_id: str | None) -> dict:
 # -- the scheduler -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Actors:
+    """The actors ``pool_map`` runs jobs on: how one starts (``spawn(slot)``), how many
+    (``count``), and how a job is sent to one (``call(actor, job)``, a Ray object ref)."""
+
+    spawn: Callable[[int], Any]
+    count: int
+    call: Callable[[Any, Any], Any]
+
+
 def pool_map(
     ray: Any,
-    spawn: Callable[[int], Any],
-    n_actors: int,
+    pool: Actors,
     jobs: Sequence[Any],
-    call: Callable[[Any, Any], Any],
-    max_attempts: int = 3,
-    depth: int = 2,
-    what: str = "shard",
+    *,
+    max_attempts: int,
+    depth: int,
+    what: str,
     then: Callable[[Any, Any], Sequence[Any]] | None = None,
 ) -> Iterator[tuple[int, Any]]:
-    """Run ``call(actor, job)`` for every job on ``n_actors`` actors; yield (index, result).
+    """Run ``call(actor, job)`` for every job on the actors; yield (index, result).
 
-    Results come as they finish. An actor that dies is replaced (``spawn(slot)``)
-    and the jobs it held go out again, lowest index first; an exception raised by
-    the job's own code is re-raised here unchanged. ``then(job, result)``, called as
-    each result arrives, gives follow-up jobs, which go out on the same actors (indices
-    after the jobs given so far).
+    ``depth`` jobs wait on each actor (the next goes without a round trip); ``what`` names
+    a job in messages. Results come as they finish. An actor that dies is replaced
+    (``spawn(slot)``) and the jobs it held go out again, lowest index first, each at most
+    ``max_attempts`` times; an exception raised by the job's own code is re-raised here
+    unchanged. ``then(job, result)``, called as each result arrives, gives follow-up jobs,
+    which go out on the same actors (indices after the jobs given so far).
     """
     if not jobs:
         return
     jobs = list(jobs)
-    n_actors = max(1, min(n_actors, len(jobs)))
+    spawn, call = pool.spawn, pool.call
+    n_actors = max(1, min(pool.count, len(jobs)))
     actors = {slot: spawn(slot) for slot in range(n_actors)}
     gen = dict.fromkeys(actors, 0)  # bumped when the slot's actor is replaced
     load = dict.fromkeys(actors, 0)  # jobs in flight on the slot's current actor
@@ -265,8 +276,9 @@ def generate_shards(
     def call(actor: Any, shard: tuple[int, list[tuple[str, str]]]) -> Any:
         return actor.sample.remote(shard[1], params, start)
 
+    actors = Actors(spawn, replicas, call)
     for j, completions in pool_map(
-        ray, spawn, replicas, shards, call, cluster.max_attempts, 1, "generate shard"
+        ray, actors, shards, max_attempts=cluster.max_attempts, depth=1, what="generate shard"
     ):
         yield shards[j][0], completions
 
@@ -304,9 +316,11 @@ def generate_rounds(
         nxt = then(job[0], completions)
         return [] if nxt is None else [(job[0], nxt)]
 
+    actors = Actors(spawn, replicas, call)
     for _ in pool_map(
-        ray, spawn, replicas, jobs, call, cluster.max_attempts, 1, "generate round", follow
-    ):
+        ray, actors, jobs, max_attempts=cluster.max_attempts, depth=1, what="generate round",
+        then=follow,
+    ):  # fmt: skip
         pass
 
 
@@ -364,9 +378,10 @@ class RaySandbox:
 
         done: dict[int, list[Execution]] = {}
         next_out = 0
+        c = self.cluster
         for j, execs in pool_map(
-            ray, spawn, len(places), shards, call, self.cluster.max_attempts,
-            self.cluster.depth, "verify shard",
+            ray, Actors(spawn, len(places), call), shards, max_attempts=c.max_attempts,
+            depth=c.depth, what="verify shard",
         ):  # fmt: skip
             done[j] = execs
             while next_out in done:  # input order: the output file is the local path's
@@ -375,6 +390,7 @@ class RaySandbox:
 
 
 __all__ = [
+    "Actors",
     "RayCluster",
     "RaySandbox",
     "generate_shards",
