@@ -413,7 +413,6 @@ def train_grpo(
     sandbox_config: SandboxConfig | None = None,
     prompt_format: str | PromptFormat | None = None,
     device: str | None = None,
-    resume: bool = True,
     callbacks: Sequence[Any] = (),
     options: GRPOOptions | None = None,
 ) -> GRPOResult:
@@ -439,7 +438,7 @@ def train_grpo(
 
     ckpt_dir = out / CHECKPOINTS
     run = {**_fingerprint(student, problems, fmt, cfg), "options": asdict(opts)}
-    last = _prepare_checkpoints(ckpt_dir, run, resume)
+    last = _prepare_checkpoints(ckpt_dir, run, resume=True)  # a run of the same settings resumes
     if last is not None:
         last = _last_complete_checkpoint(ckpt_dir, True)
     rollouts_path, log_path = out / ROLLOUTS, out / TRAIN_LOG
