@@ -145,8 +145,10 @@ def one(route: str, steps: int) -> dict:
     common = dict(max_steps=steps, per_device_train_batch_size=BATCH, max_completion_length=MAX_LEN,
                   learning_rate=LR, temperature=TEMP, top_p=1.0, seed=SEED,
                   lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
-                  report_to="none", disable_tqdm=True, use_cpu=True)  # fmt: skip
-    # top_p 1.0: TRL's DistillationConfig default (GOLDConfig's is 0.95)
+                  report_to="none", disable_tqdm=True, use_cpu=True,
+                  gradient_checkpointing=False)  # fmt: skip
+    # top_p 1.0: TRL's DistillationConfig default (GOLDConfig's is 0.95); gradient
+    # checkpointing off: ekt's CPU default (GOLDConfig, an SFTConfig, turns it on)
     try:
         if route == "uld":
             from ekt.methods.onpolicy import onpolicy_config

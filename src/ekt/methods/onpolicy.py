@@ -24,9 +24,12 @@ distillation"): GOLD's default, byte-offset alignment (``use_extended_uld``), ca
 with Gemma's tokenizer (``NotImplementedError: Cross-tokenizer ULD currently supports only
 ByteLevel BPE tokenizers``); its positional ULD runs and ends at about the same distance to
 the teacher, but took 254.6 s a step against this route's 36.5 s (its hybrid loss 245.8 s,
-and a larger distance), as it sorts both whole distributions at every completion position
-(the student's padded to the teacher's 262k tokens) where ekt sorts only the 49k largest of
-each. GOLD is therefore not wired in; the benchmark keeps the comparison runnable.
+and a larger distance). Its ULD alone, forward and backward, took 3.6 times ekt's (it
+sorts both whole distributions, the student's padded to the teacher's 262k tokens, where
+ekt sorts only the 49k largest of each), and it projects every position through both
+models' heads where this route projects only the completion's (GOLD's run had its
+config's gradient checkpointing on, ekt's CPU default off). GOLD is therefore not
+wired in; the benchmark keeps the comparison runnable.
 
 Prompts are the student's zero-shot prompts in its prompt format, healed as GRPO's
 (``ekt.methods.grpo.student_prompts``). Layout under ``out_dir``: ``checkpoints/``,
