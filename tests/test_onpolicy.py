@@ -1,14 +1,17 @@
 """On-policy distillation on tiny models: TRL's DistillationTrainer with reverse KL, the
-teacher another tiny model with the same tokenizer; a different tokenizer is refused."""
+teacher another tiny model with the same tokenizer; with a different tokenizer, ekt's ULD
+route (ekt.training.onpolicy_uld)."""
 
 import json
+import math
 
 import pytest
 from tiny_models import make_tiny_model
 
 from ekt.data.tasks import get_task
-from ekt.errors import EktError
-from ekt.methods.onpolicy import onpolicy_config, train_onpolicy
+from ekt.methods.onpolicy import onpolicy_config, same_vocabulary, train_onpolicy
+from ekt.records import read_jsonl
+from ekt.training.onpolicy_uld import teacher_view
 
 
 @pytest.mark.slow
@@ -32,8 +35,63 @@ def test_tiny_onpolicy_distillation_trains_the_student_with_trl(tiny_model_dir, 
     assert train_onpolicy(str(tiny_model_dir), str(teacher), problems, out).steps == 3  # done
 
 
-def test_a_teacher_with_another_tokenizer_is_refused(tiny_model_dir, tmp_path):
-    other = make_tiny_model(tmp_path / "other", texts=["a b c d e f g"] * 3, vocab_size=300)
-    problems = get_task("basic_arithmetic").load("train")[:2]
-    with pytest.raises(EktError, match="different tokenizers"):
-        train_onpolicy(str(tiny_model_dir), str(other), problems, tmp_path / "out")
+def test_a_teacher_with_another_tokenizer_distils_through_uld_and_resumes(tiny_model_dir, tmp_path):
+    """Cross-tokenizer route (ekt.training.onpolicy_uld): the student moves, the log has each
+    step's finite loss and the teacher's own token count, and a killed run resumes to the
+    same log as an uninterrupted one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    teacher = make_tiny_model(tmp_path / "teacher", vocab_size=300, seed=1)  # other merges
+    s_tok, t_tok = (AutoTokenizer.from_pretrained(d) for d in (tiny_model_dir, teacher))
+    assert not same_vocabulary(s_tok, t_tok)
+    problems = get_task("basic_arithmetic").load("train")[:4]
+    settings = {"max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 2,
+                "max_completion_length": 12, "learning_rate": 1e-2}  # fmt: skip
+
+    full = tmp_path / "full"
+    res = train_onpolicy(str(tiny_model_dir), str(teacher), problems, full,
+                         onpolicy_config(full, **settings))  # fmt: skip
+    assert res.steps == 4 and res.tokens_seen > 0
+    log = [o for _, o in read_jsonl(full / "train_log.jsonl") if "loss" in o]
+    assert [o["step"] for o in log] == [1, 2, 3, 4]
+    assert all(math.isfinite(o["loss"]) and o["loss"] > 0 for o in log)
+    counts = [o["teacher/tokens"] for o in log]
+    assert counts == sorted(counts) and counts[0] > 0 and res.teacher_tokens == counts[-1]
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    after = AutoModelForCausalLM.from_pretrained(full / "model")
+    moved = sum(float((a - b).abs().sum()) for a, b in
+                zip(after.parameters(), before.parameters(), strict=True))  # fmt: skip
+    assert moved > 0  # the ULD loss had a gradient
+
+    class Kill(TrainerCallback):  # the process dies during step 3, after checkpoint-2
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_onpolicy(str(tiny_model_dir), str(teacher), problems, cut,
+                       onpolicy_config(cut, **settings), callbacks=[Kill()])  # fmt: skip
+    again = train_onpolicy(str(tiny_model_dir), str(teacher), problems, cut,
+                           onpolicy_config(cut, **settings))  # fmt: skip
+    assert again.resumed_from and again.resumed_from.endswith("checkpoint-2")
+    keys = ("step", "loss", "num_tokens", "teacher/tokens", "completions/mean_length")
+    resumed = [o for _, o in read_jsonl(cut / "train_log.jsonl") if "loss" in o]
+    assert [[o[k] for k in keys] for o in resumed] == [[o[k] for k in keys] for o in log]
+    assert again.teacher_tokens == res.teacher_tokens
+
+
+def test_the_teacher_reads_the_students_completion_in_its_own_tokens(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    teacher = make_tiny_model(tmp_path / "teacher", vocab_size=300, seed=1)
+    s_tok, t_tok = (AutoTokenizer.from_pretrained(d) for d in (tiny_model_dir, teacher))
+    prompt, body = "# Question: 2 + 3?\ndef solution():", "\n    return 2 + 3\n"
+    p_ids = s_tok(prompt)["input_ids"]
+    c_ids = s_tok(body)["input_ids"]
+    ids, n = teacher_view(s_tok, t_tok, p_ids, [*c_ids, s_tok.eos_token_id])
+    assert t_tok.decode(ids[-n:-1]) == body and ids[-1] == t_tok.eos_token_id
+    assert t_tok.decode(ids[:-n]) == prompt
+    assert n - 1 != len(c_ids)  # another segmentation: positions pair by index, not by text
+    ids, n = teacher_view(s_tok, t_tok, p_ids, c_ids)  # cut at the length limit: no EOS
+    assert t_tok.decode(ids[-n:]) == body

@@ -9,14 +9,34 @@ selects the divergence of the generalised Jensen-Shannon family: 1.0, ekt's defa
 TRL's, is the reverse KL.
 
 Different tokenizers (the embedded pair: a Gemma-3 teacher, a SmolLM2 student): the
-teacher's distribution is over another vocabulary, so no per-token KL exists; see
-:func:`train_onpolicy`'s refusal and ``/work/notes/issue28.md`` for what was measured.
+teacher's distribution is over another vocabulary, so no per-token KL exists. The route is
+the same ``DistillationTrainer`` (same sampling, settings, checkpoints and log) with its
+loss replaced by ekt's ULD distance (``ekt.training.onpolicy_uld``): each completion is
+re-tokenised for the teacher and the i-th completion token of each side is paired, as
+ekt's offline ``kd`` pairs them. ULD ignores token identity, so it has no direction:
+``beta`` does not apply, and the distance is taken at temperature 1 (``temperature``
+still sets the sampling). The same ``on_policy.trl`` keys (DistillationConfig fields)
+serve both routes.
+
+Why this route and not TRL's experimental ``GOLDTrainer`` (measured on the embedded pair,
+3 steps each, ``benchmarks/onpolicy_cross_tokenizer.py``; README "GRPO and on-policy
+distillation"): GOLD's default, byte-offset alignment (``use_extended_uld``), cannot run
+with Gemma's tokenizer (``NotImplementedError: Cross-tokenizer ULD currently supports only
+ByteLevel BPE tokenizers``); its positional ULD runs and ends at about the same distance to
+the teacher, but took 254.6 s a step against this route's 36.5 s (its hybrid loss 245.8 s,
+and a larger distance). Its ULD alone, forward and backward, took 3.6 times ekt's (it
+sorts both whole distributions, the student's padded to the teacher's 262k tokens, where
+ekt sorts only the 49k largest of each), and it projects every position through both
+models' heads where this route projects only the completion's (GOLD's run had its
+config's gradient checkpointing on; with it off, as ekt's route has it: 192.8 s a step).
+GOLD is therefore not wired in; the benchmark keeps the comparison runnable.
 
 Prompts are the student's zero-shot prompts in its prompt format, healed as GRPO's
 (``ekt.methods.grpo.student_prompts``). Layout under ``out_dir``: ``checkpoints/``,
-``train_log.jsonl`` (TRL's log lines), ``model/`` (the student), ``summary.json``
-(written last; a folder with it is done). A rerun with the same settings resumes from the
-last complete checkpoint.
+``train_log.jsonl`` (TRL's log lines; the cross-tokenizer route adds the cumulative
+``teacher/tokens``), ``model/`` (the student), ``summary.json`` (written last; a folder
+with it is done). A rerun with the same settings resumes from the last complete
+checkpoint.
 """
 
 from __future__ import annotations
@@ -59,6 +79,7 @@ from ekt.methods.grpo import (
 )
 from ekt.models import load_model
 from ekt.records import Problem, read_jsonl, write_json_atomic
+from ekt.training.onpolicy_uld import TEACHER_TOKENS, uld_trainer_class
 from ekt.training.train import _log_callback, _prepare_checkpoints, _trim_log, console_output
 
 # DistillationConfig defaults ekt changes (a CPU run of minutes); every other setting is TRL's.
@@ -81,6 +102,9 @@ class OnPolicyResult:
     final_loss: float | None
     seconds: float
     resumed_from: str | None = None
+    # teacher tokens read (prompts and completions in its own tokenisation); None: the
+    # teacher shares the student's tokenizer and reads the tokens trained on (tokens_seen)
+    teacher_tokens: int | None = None
 
 
 def same_vocabulary(student_tok: Any, teacher_tok: Any) -> bool:
@@ -115,12 +139,7 @@ def train_onpolicy(
     fmt = load_format(prompt_format)
     model, tok = load_model(student, device=device, dtype="float32")
     t_model, t_tok = load_model(teacher, device=device, dtype="float32")
-    if not same_vocabulary(tok, t_tok):
-        raise EktError(
-            f"on-policy distillation: {teacher} and {student} have different tokenizers; "
-            "the teacher's per-token distribution is over another vocabulary (see "
-            "ekt.methods.onpolicy: the cross-tokenizer route is not built)"
-        )
+    cross = not same_vocabulary(tok, t_tok)
     tok.padding_side = "left"
     prompts, _ = student_prompts(fmt, problems)
 
@@ -139,19 +158,21 @@ def train_onpolicy(
     else:
         print(f"on-policy distillation: resuming from {last}")
         _trim_log(log_path, int(Path(last).name.rsplit("-", 1)[-1]))
+    if cross:
+        print(f"on-policy distillation: {teacher} has another tokenizer than {student}: ULD loss")
 
     rows = [{"prompt": pr, "problem_id": p.id} for pr, p in zip(prompts, problems, strict=True)]
     data = Dataset.from_list(epoch_order(rows, cfg))  # exact on resume (see grpo)
     cfg.shuffle_dataset = False
     t0 = time.time()
-    trainer = DistillationTrainer(
-        model=model,
-        teacher_model=t_model,
-        args=cfg,
-        train_dataset=data,
-        processing_class=tok,
-        callbacks=[_log_callback(log_path), *callbacks],
-    )
+    common = {"model": model, "args": cfg, "train_dataset": data, "processing_class": tok,
+              "callbacks": [_log_callback(log_path), *callbacks]}  # fmt: skip
+    if cross:  # the count so far comes back from the (trimmed) log of a resumed run
+        trainer = uld_trainer_class()(teacher_model=t_model, teacher_tokenizer=t_tok,
+                                      teacher_tokens=logged_max(log_path, TEACHER_TOKENS),
+                                      **common)  # fmt: skip
+    else:
+        trainer = DistillationTrainer(teacher_model=t_model, **common)
     console_output(trainer)
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out / MODEL))
@@ -164,9 +185,17 @@ def train_onpolicy(
         final_loss=float(losses[-1]) if losses else None,
         seconds=round(time.time() - t0, 1),
         resumed_from=last,
+        teacher_tokens=int(trainer.teacher_tokens_scored) if cross else None,
     )
     write_json_atomic(out / SUMMARY, asdict(result))
     return result
+
+
+def logged_max(log: Path, key: str) -> int:
+    """The largest value of ``key`` in a train log (0 when none)."""
+    if not log.exists():
+        return 0
+    return max((int(obj.get(key, 0)) for _, obj in read_jsonl(log)), default=0)
 
 
 # -- the method -----------------------------------------------------------------------------
@@ -179,7 +208,7 @@ class OnPolicySettings:
     teacher: str | None = None
     """the teacher that grades the student's samples: None: the run's teacher; a method
     listed before on-policy (e.g. ekt): that method's trained student; else a model spec.
-    It must share the student's tokenizer (the cross-tokenizer route is not built)"""
+    With another tokenizer than the student's, the loss is ekt's ULD (module doc)"""
     trl: dict[str, Any] = field(default_factory=dict)
     """TRL DistillationConfig fields over ekt's CPU defaults (ekt.methods.onpolicy.EKT_DEFAULTS)"""
 
@@ -204,8 +233,10 @@ def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted
     rows = rows_per_step(onpolicy_config(out, cfg.device, **cfg.on_policy.trl))
     generated = round(sum(o["completions/mean_length"] * rows for o in per_step))
     tokens = summary_tokens(log) or res.tokens_seen
+    # same tokenizer: the teacher reads every trained sequence; else its own tokens of them
+    scored = tokens if res.teacher_tokens is None else res.teacher_tokens
     cost = Cost(student_tokens_generated=generated, training_tokens=tokens,
-                teacher_tokens_scored=tokens)  # the teacher reads every trained sequence
+                teacher_tokens_scored=scored)  # fmt: skip
     return Fitted(res.model, None, cost)
 
 
