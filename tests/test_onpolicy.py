@@ -95,3 +95,42 @@ def test_the_teacher_reads_the_students_completion_in_its_own_tokens(tiny_model_
     assert n - 1 != len(c_ids)  # another segmentation: positions pair by index, not by text
     ids, n = teacher_view(s_tok, t_tok, p_ids, c_ids)  # cut at the length limit: no EOS
     assert t_tok.decode(ids[-n:]) == body
+
+
+def test_a_teacher_token_budget_ends_the_training_before_it_is_spent(tiny_model_dir, tmp_path):
+    """teacher_token_budget (issue 28): the training stops after the last step that one more
+    step could take past the budget, and never scores more; a budget below one step is
+    refused before any training."""
+    from transformers import AutoTokenizer
+
+    from ekt.data.prompt_format import load_format
+    from ekt.methods.grpo import student_prompts
+    from ekt.methods.onpolicy import BudgetTooSmall, step_bound
+
+    teacher = make_tiny_model(tmp_path / "teacher", seed=1)  # same tokenizer: exact counts
+    problems = get_task("basic_arithmetic").load("train")[:4]
+    settings = {"max_steps": 4, "save_steps": 4, "per_device_train_batch_size": 2,
+                "max_completion_length": 12, "learning_rate": 1e-2}  # fmt: skip
+    full = tmp_path / "full"
+    train_onpolicy(str(tiny_model_dir), str(teacher), problems, full,
+                   onpolicy_config(full, **settings))  # fmt: skip
+    log = [o for _, o in read_jsonl(full / "train_log.jsonl") if "loss" in o]
+    seen = [o["num_tokens"] for o in log]  # teacher tokens scored after each step
+    prompts, _ = student_prompts(load_format(None), problems)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    most = step_bound(tok, None, prompts, onpolicy_config(full, **settings))
+    assert max(b - a for a, b in zip([0, *seen], seen)) <= most  # the bound holds
+
+    budget = int(seen[1]) + most  # one more step fits after step 2, not after step 3
+    cut = tmp_path / "cut"
+    res = train_onpolicy(str(tiny_model_dir), str(teacher), problems, cut,
+                         onpolicy_config(cut, **settings), teacher_budget=budget)  # fmt: skip
+    assert res.steps == 3 and res.tokens_seen == seen[2] <= budget
+    capped = [o for _, o in read_jsonl(cut / "train_log.jsonl") if "loss" in o]
+    assert [(o["step"], o["loss"]) for o in capped] == [(o["step"], o["loss"]) for o in log[:3]]
+
+    none = tmp_path / "none"
+    with pytest.raises(BudgetTooSmall, match="cannot pay for one step"):
+        train_onpolicy(str(tiny_model_dir), str(teacher), problems, none,
+                       onpolicy_config(none, **settings), teacher_budget=most - 1)  # fmt: skip
+    assert not list(none.glob("checkpoints/checkpoint-*"))  # refused before any step

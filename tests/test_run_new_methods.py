@@ -113,3 +113,14 @@ def test_grpo_from_a_skipped_method_is_skipped_with_the_reason(tmp_path, tiny_mo
     assert rows["student-ekt"]["skipped"] == "no training pairs"
     assert rows["student-grpo"]["skipped"] == "grpo.start: ekt was skipped"
     assert not (tmp_path / "run" / "students" / "grpo" / "checkpoints").exists()
+
+
+def test_onpolicy_under_a_budget_too_small_for_a_step_is_skipped(tmp_path, tiny_model_dir):
+    teacher = make_tiny_model(tmp_path / "teacher", seed=1)
+    results = _run(tmp_path, {
+        "teacher": str(teacher), "student": str(tiny_model_dir), "methods": ["on-policy"],
+        "on_policy": {"trl": TRL}, "teacher_token_budget": 5,
+    })  # fmt: skip
+    (row,) = results["rows"]
+    assert "teacher_token_budget 5 cannot pay for one step" in row["skipped"]
+    assert not (tmp_path / "run" / "eval" / "student-on-policy").exists()

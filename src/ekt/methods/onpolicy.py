@@ -44,8 +44,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from typing import Any
 from ekt.data.prompt_format import PromptFormat, load_format
 from ekt.errors import EktError
 from ekt.methods.base import (
+    BUDGET,
     EVERY_STUDENT,
     LIVE_TEACHER,
     OWN_ROLLOUTS,
@@ -120,10 +122,13 @@ def train_onpolicy(
     config: Any = None,
     prompt_format: str | PromptFormat | None = None,
     device: str | None = None,
-    resume: bool = True,
     callbacks: Sequence[Any] = (),
+    *,
+    teacher_budget: int | None = None,
 ) -> OnPolicyResult:
-    """Distil ``teacher`` into ``student`` on the student's own samples of ``problems``."""
+    """Distil ``teacher`` into ``student`` on the student's own samples of ``problems``; with
+    ``teacher_budget``, the training ends before its teacher has scored more tokens than
+    that (:func:`budget_stop`). A run of the same settings resumes its last checkpoint."""
     from datasets import Dataset
     from trl import DistillationTrainer
 
@@ -151,7 +156,9 @@ def train_onpolicy(
                                  digest.hexdigest(), "prompt_format": fmt.label,
                                  "config": settings}, default=str))  # fmt: skip
     ckpt_dir = out / CHECKPOINTS
-    last = _prepare_checkpoints(ckpt_dir, run, resume)
+    if teacher_budget is not None:
+        run["teacher_token_budget"] = teacher_budget  # it decides where the training ends
+    last = _prepare_checkpoints(ckpt_dir, run, True)
     log_path = out / TRAIN_LOG
     if last is None:
         log_path.unlink(missing_ok=True)
@@ -165,8 +172,19 @@ def train_onpolicy(
     data = Dataset.from_list(epoch_order(rows, cfg))  # exact on resume (see grpo)
     cfg.shuffle_dataset = False
     t0 = time.time()
+    stops = []
+    if teacher_budget is not None:
+        most = step_bound(tok, t_tok if cross else None, prompts, cfg)
+        if most > teacher_budget:
+            raise BudgetTooSmall(
+                f"teacher_token_budget {teacher_budget:,} cannot pay for one step of on-policy "
+                f"distillation (up to {most:,} teacher tokens: {rows_per_step(cfg)} completions "
+                "of prompt and max_completion_length)"
+            )
+        stops.append(budget_stop(teacher_budget, most, lambda state: (
+            trainer.teacher_tokens_scored if cross else state.num_input_tokens_seen)))  # fmt: skip
     common = {"model": model, "args": cfg, "train_dataset": data, "processing_class": tok,
-              "callbacks": [_log_callback(log_path), *callbacks]}  # fmt: skip
+              "callbacks": [_log_callback(log_path), *callbacks, *stops]}  # fmt: skip
     if cross:  # the count so far comes back from the (trimmed) log of a resumed run
         trainer = uld_trainer_class()(teacher_model=t_model, teacher_tokenizer=t_tok,
                                       teacher_tokens=logged_max(log_path, TEACHER_TOKENS),
@@ -189,6 +207,41 @@ def train_onpolicy(
     )
     write_json_atomic(out / SUMMARY, asdict(result))
     return result
+
+
+class BudgetTooSmall(EktError):
+    """The teacher-token budget cannot pay for a single training step."""
+
+
+def step_bound(s_tok: Any, t_tok: Any | None, prompts: Sequence[str], cfg: Any) -> int:
+    """The most teacher tokens one optimizer step may score: every completion of the step
+    with the longest prompt and ``max_completion_length`` tokens. With the student's own
+    tokenizer (``t_tok`` None) that is exact. Across tokenizers the completion's teacher
+    tokens are predicted: ``max_completion_length`` times the largest ratio of teacher to
+    student tokens among the prompts (the same kind of text), plus its EOS."""
+    s_len = [len(s_tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    completion = int(cfg.max_completion_length)
+    if t_tok is None:
+        return rows_per_step(cfg) * (max(s_len) + completion)
+    t_len = [len(t_tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    ratio = max(t / max(s, 1) for t, s in zip(t_len, s_len, strict=True))
+    return rows_per_step(cfg) * (max(t_len) + math.ceil(completion * ratio) + 1)
+
+
+def budget_stop(limit: int, step_most: int, scored: Callable[[Any], int]) -> Any:
+    """A ``TrainerCallback`` that ends the training after a step when one more step, at
+    ``step_most`` teacher tokens, could take the tokens scored so far (``scored(state)``:
+    counts a checkpoint restores) past ``limit``: a resumed run stops where an uninterrupted
+    one does."""
+    from transformers import TrainerCallback
+
+    class StopWithinBudget(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if scored(state) + step_most > limit:
+                control.should_training_stop = True
+            return control
+
+    return StopWithinBudget()
 
 
 def logged_max(log: Path, key: str) -> int:
@@ -222,12 +275,18 @@ def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted
     if teacher is None:
         print(f"on-policy: its teacher, {said}, was not trained; this method is skipped")
         return Fitted(None, skipped=f"on_policy.teacher: {cfg.on_policy.teacher} was skipped")
+    budget = cfg.teacher_token_budget
     with ctx.stage(f"on-policy distillation: {cfg.student} samples, {teacher} grades"):
-        res = train_onpolicy(
-            cfg.student, teacher, problems, out,
-            config=onpolicy_config(out, cfg.device, **cfg.on_policy.trl),
-            prompt_format=cfg.student_prompt_format, device=cfg.device,
-        )  # fmt: skip
+        try:
+            res = train_onpolicy(
+                cfg.student, teacher, problems, out,
+                config=onpolicy_config(out, cfg.device, **cfg.on_policy.trl),
+                prompt_format=cfg.student_prompt_format, device=cfg.device,
+                teacher_budget=budget,
+            )  # fmt: skip
+        except BudgetTooSmall as e:
+            print(f"on-policy: {e}; this method is skipped")
+            return Fitted(None, skipped=str(e))
     log = out / TRAIN_LOG
     per_step = [obj for _, obj in read_jsonl(log) if "completions/mean_length" in obj]
     rows = rows_per_step(onpolicy_config(out, cfg.device, **cfg.on_policy.trl))
@@ -235,6 +294,9 @@ def fit(ctx: Context, problems: Sequence[Problem], pairs: Path | None) -> Fitted
     tokens = summary_tokens(log) or res.tokens_seen
     # same tokenizer: the teacher reads every trained sequence; else its own tokens of them
     scored = tokens if res.teacher_tokens is None else res.teacher_tokens
+    if budget is not None and scored > budget:  # a completion the prediction underrated
+        print(f"on-policy: its teacher scored {scored:,} tokens, {scored - budget:,} over the "
+              "teacher_token_budget (across tokenizers a step's teacher tokens are predicted)")
     cost = Cost(student_tokens_generated=generated, training_tokens=tokens,
                 teacher_tokens_scored=scored)  # fmt: skip
     return Fitted(res.model, None, cost)
@@ -254,6 +316,6 @@ METHOD = Method(
     settings=OnPolicySettings,
     builds_on="on_policy.teacher",
     # the teacher may be another method's student: what makes that stale makes this stale
-    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep", "on_policy"),
+    invalidated_by=(*EVERY_STUDENT, "train", *TEACHER_SAMPLING, "keep", "on_policy", BUDGET),
     harmless=tuple(f"on_policy.trl.{k}" for k in sorted(NOT_FINGERPRINTED)),
 )
