@@ -3,6 +3,7 @@ settings from their run-config blocks, students evaluated like any other, costs 
 
 import json
 
+import pytest
 import yaml
 from tiny_models import make_tiny_model
 
@@ -124,3 +125,30 @@ def test_onpolicy_under_a_budget_too_small_for_a_step_is_skipped(tmp_path, tiny_
     (row,) = results["rows"]
     assert "teacher_token_budget 5 cannot pay for one step" in row["skipped"]
     assert not (tmp_path / "run" / "eval" / "student-on-policy").exists()
+
+
+@pytest.mark.slow
+def test_ekt_run_grpo_on_the_embedded_student(tmp_path):
+    """A real GRPO run: smollm2-135m's own rollouts on basic_arithmetic, each program run in
+    the sandbox and graded, two optimizer steps through `ekt run`."""
+    pytest.importorskip("reasoning_gym")
+    from ekt.models import resolve_model
+
+    try:
+        resolve_model("smollm2-135m")
+    except Exception:  # noqa: BLE001 - the preset package missing: say so
+        pytest.skip("the embedded presets are not installed (make setup installs them)")
+    results = _run(tmp_path, {
+        "task": "basic_arithmetic", "train_limit": 8, "teacher": "smollm2-135m",
+        "student": "smollm2-135m", "methods": ["grpo"],
+        "grpo": {"trl": {"max_steps": 2, "save_steps": 1, "num_generations": 4,
+                         "per_device_train_batch_size": 4, "max_completion_length": 40}},
+    })  # fmt: skip
+    (row,) = results["rows"]
+    assert row["label"] == "student-grpo" and "pass@1" in row
+    rollouts = [o for _, o in read_jsonl(tmp_path / "run/students/grpo/rollouts.jsonl")]
+    assert [r["step"] for r in rollouts] == [1] * 4 + [2] * 4
+    ran = [r for r in rollouts if r["status"] != "no_program"]
+    assert ran, "the instruct model wrote no program in 8 rollouts"
+    assert all(r["reward"] == (1.0 if r["correct"] else 0.0) for r in rollouts)
+    assert all(r["program"] for r in ran) and row["cost"]["sandbox_executions"] == len(ran)
