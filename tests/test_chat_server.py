@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from test_openai_backend import SERVE_SKIP, Server
 
-pytestmark = [pytest.mark.slow, SERVE_SKIP]  # starts real servers: `make test` only
+pytestmark = [pytest.mark.slow, SERVE_SKIP,  # starts real servers: `make test` only
+              pytest.mark.xdist_group("chat_server")]  # one server, one worker
 
 # A prompt format of the user's own, in a folder of its own, with one exemplar written here.
 FORMAT = """\

@@ -21,6 +21,9 @@ from ekt.pipeline.config import RunConfig, TeacherSampling, dump_config
 from ekt.records import TrainPair, read_jsonl, write_json_atomic, write_jsonl_atomic
 from ekt.training.train import encode_pair
 
+# the trained student is a module fixture: every test of the file on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("export_faithful")
+
 HEADER = "def solution():\n"
 PAIRS = [
     TrainPair("homework/train/0", "Ann has 3 pens and buys 4 more. How many pens?",

@@ -35,6 +35,10 @@ from ekt.records import read_jsonl
 from ekt.sandbox.pool import Sandbox
 from ekt.verification.verify import verify
 
+# the fake server and the uninterrupted run are module fixtures: every test of the file on
+# one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("faults_files")
+
 bounded_case, longest_case = _pytest_fixtures()
 
 TESTS = Path(__file__).parent

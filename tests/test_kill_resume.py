@@ -194,6 +194,9 @@ import pytest  # noqa: E402  (the wrapper above runs without pytest)
 
 from ekt.records import read_jsonl  # noqa: E402
 
+# the uninterrupted run (a module fixture) is built once: every test of the file on one worker
+pytestmark = pytest.mark.xdist_group("kill_resume")
+
 _VOLATILE = {"ms", "seconds", "stage_seconds"}  # wall-clock figures, different every run
 _APPEND_ONLY = ("samples/shard-", "executions.jsonl")  # files whose records only accumulate
 

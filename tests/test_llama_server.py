@@ -24,7 +24,8 @@ from ekt.data.prompts import PROGRAM_HEADER, extract_program, teacher_prompt
 from ekt.generation.config import SamplingParams
 
 # starts a real llama-server: `make test` only
-pytestmark = pytest.mark.slow
+# (one server per model: every test of the file on one pytest-xdist worker)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("llama_server")]
 
 SLOTS = 4
 EMPTY = extract_program("")  # what a reply without a body extracts to

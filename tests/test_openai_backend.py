@@ -36,7 +36,8 @@ SERVE_SKIP = pytest.mark.skipif(
     reason=f"`transformers serve` needs {', '.join(SERVE_MISSING)}: "
     "pip install 'ekt[serve]' (make test installs it)",
 )
-pytestmark = [pytest.mark.slow, SERVE_SKIP]  # starts real servers: `make test` only
+pytestmark = [pytest.mark.slow, SERVE_SKIP,  # starts real servers: `make test` only
+              pytest.mark.xdist_group("openai_backend")]  # one server, one worker
 
 QUESTIONS = TOY_QUESTIONS
 REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]

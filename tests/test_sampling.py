@@ -13,6 +13,9 @@ from ekt.generation.backends.torch_sampler import TransformersSampler
 from ekt.generation.config import SamplingParams
 from ekt.generation.sampler import derive_seed, truncate_at_stop
 
+# the presets are loaded once (module fixtures): every test of the file on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("sampling")
+
 QUESTIONS = TOY_QUESTIONS[:5]
 REQUESTS = [(f"toy/{i}", student_prompt(q)) for i, q in enumerate(QUESTIONS)]
 
