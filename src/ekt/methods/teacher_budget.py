@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ekt.records import read_jsonl, write_jsonl_atomic
+from ekt.records import write_jsonl_atomic
 
 SampleKey = tuple[str, int]  # (problem_id, sample_idx)
 
@@ -85,11 +85,8 @@ def tokens_of(order: Sequence[Spent], n: int) -> int:
     return sum(s.n_tokens for s in order[:n])
 
 
-def write_subset(executions: Path, keep: frozenset[SampleKey], out: Path) -> int:
-    """Copy the verified samples of ``executions`` that are in ``keep`` to ``out``
-    (atomically, in their order); how many."""
-    rows = [
-        obj for _, obj in read_jsonl(executions)
-        if (obj.get("problem_id"), obj.get("sample_idx")) in keep
-    ]  # fmt: skip
+def write_subset(executions: Sequence[dict], keep: frozenset[SampleKey], out: Path) -> int:
+    """Write the verified samples (records of ``executions``) that are in ``keep`` to
+    ``out`` (atomically, in their order); how many."""
+    rows = [o for o in executions if (o.get("problem_id"), o.get("sample_idx")) in keep]
     return write_jsonl_atomic(out, rows)

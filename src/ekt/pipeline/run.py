@@ -366,8 +366,9 @@ class Runner:
                     row["pairs"] = _count(pairs[method])
                 row["cost"] = costs[method]
                 row["uses_teacher"] = registry.get(method).uses_teacher
-                if registry.get(method).base(cfg) is not None:
-                    row["builds_on"] = registry.get(method).base(cfg)
+                base = registry.get(method).base(cfg)
+                if base is not None:
+                    row["builds_on"] = base
             rows.append(row)
             evaluated.append((row, spec, "student"))
         for task, split, problems in self.eval_tasks():  # transfer: the same models elsewhere
@@ -624,10 +625,11 @@ class Runner:
         executions, pairs = folder / "executions.jsonl", folder / "train_pairs.jsonl"
         order = self._spending_order(problems)
         against = self.contamination_sets()
+        verified = [obj for _, obj in read_jsonl(self.layout.teacher_executions)]  # read once
 
         def pairs_of(n: int) -> Any:
             keep = teacher_budget.chosen(order, n)
-            teacher_budget.write_subset(self.layout.teacher_executions, keep, executions)
+            teacher_budget.write_subset(verified, keep, executions)
             return filter_stage(executions, pairs, self.task, keep=self.cfg.keep, against=against)
 
         with self._stage(f"{method}: the teacher samples a budget of {limit} tokens buys"):
