@@ -56,3 +56,26 @@ def kd_distance(d: Distiller, student: Any, tok: Any, pairs: Sequence[TrainPair]
         dist = distance(d.kind or "kl", s, t, d.cfg.temperature)
     student.train(was_training)
     return float(dist.mean())
+
+
+def weights_moved(before: Any, after: Any) -> float:
+    """The summed absolute change of every parameter between two model folders (or specs
+    ``from_pretrained`` loads): above 0 when a training changed the model."""
+    from transformers import AutoModelForCausalLM
+
+    a, b = (AutoModelForCausalLM.from_pretrained(str(d)) for d in (before, after))
+    return sum(float((p - q).abs().sum()) for p, q in
+               zip(b.parameters(), a.parameters(), strict=True))  # fmt: skip
+
+
+def kill_at_step(step: int) -> Any:
+    """A TrainerCallback that dies (KeyboardInterrupt) at the end of optimizer step ``step``,
+    as a killed process would, leaving the checkpoints saved before it."""
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if state.global_step == step:
+                raise KeyboardInterrupt
+
+    return Kill()

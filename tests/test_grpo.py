@@ -2,6 +2,7 @@
 grader; training is TRL's GRPOTrainer on the tiny model; a killed run resumes."""
 
 import pytest
+from lm_measures import kill_at_step
 
 from ekt.data.prompt_format import load_format
 from ekt.data.tasks import get_task
@@ -71,8 +72,6 @@ def test_reward_is_the_graders_verdict_on_the_sandboxed_program(task, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_grpo_writes_traceable_rollouts_and_resumes_exactly(tiny_model_dir, task, tmp_path):
-    from transformers import TrainerCallback
-
     problems = task.load("train")[:4]
     settings = {"max_steps": 4, "save_steps": 2, "max_completion_length": 16,
                 "per_device_train_batch_size": 4, "num_generations": 2}  # fmt: skip
@@ -100,15 +99,10 @@ def test_tiny_grpo_writes_traceable_rollouts_and_resumes_exactly(tiny_model_dir,
     logged = [o for _, o in read_jsonl(full / "train_log.jsonl") if "reward" in o]
     assert [o["step"] for o in logged] == [1, 2, 3, 4]
 
-    class Kill(TrainerCallback):  # the process dies during step 3, after checkpoint-2
-        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-            if state.global_step == 3:
-                raise KeyboardInterrupt
-
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         train_grpo(str(tiny_model_dir), problems, task, cut, grpo_config(cut, **settings),
-                   SANDBOX, callbacks=[Kill()])  # fmt: skip
+                   SANDBOX, callbacks=[kill_at_step(3)])  # fmt: skip
     assert (cut / "checkpoints" / "checkpoint-2").is_dir()
     assert max(o["step"] for _, o in read_jsonl(cut / "rollouts.jsonl")) == 3
     again = train_grpo(str(tiny_model_dir), problems, task, cut,

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from lm_measures import kill_at_step, weights_moved
 from tiny_models import make_tiny_model
 
 from ekt.data.tasks import get_task
@@ -16,8 +17,6 @@ from ekt.training.onpolicy_uld import teacher_view
 
 @pytest.mark.slow
 def test_tiny_onpolicy_distillation_trains_the_student_with_trl(tiny_model_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     teacher = make_tiny_model(tmp_path / "teacher", seed=1)  # same corpus: same tokenizer
     problems = get_task("basic_arithmetic").load("train")[:4]
     out = tmp_path / "out"
@@ -27,11 +26,7 @@ def test_tiny_onpolicy_distillation_trains_the_student_with_trl(tiny_model_dir, 
     assert res.steps == 3 and res.tokens_seen > 0
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [o["step"] for o in log if "loss" in o] == [1, 2, 3]
-    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    after = AutoModelForCausalLM.from_pretrained(out / "model")
-    moved = sum(float((a - b).abs().sum()) for a, b in
-                zip(after.parameters(), before.parameters(), strict=True))  # fmt: skip
-    assert moved > 0  # the student was trained
+    assert weights_moved(tiny_model_dir, out / "model") > 0  # the student was trained
     assert train_onpolicy(str(tiny_model_dir), str(teacher), problems, out).steps == 3  # done
 
 
@@ -39,7 +34,7 @@ def test_a_teacher_with_another_tokenizer_distils_through_uld_and_resumes(tiny_m
     """Cross-tokenizer route (ekt.training.onpolicy_uld): the student moves, the log has each
     step's finite loss and the teacher's own token count, and a killed run resumes to the
     same log as an uninterrupted one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     teacher = make_tiny_model(tmp_path / "teacher", vocab_size=300, seed=1)  # other merges
     s_tok, t_tok = (AutoTokenizer.from_pretrained(d) for d in (tiny_model_dir, teacher))
@@ -57,21 +52,12 @@ def test_a_teacher_with_another_tokenizer_distils_through_uld_and_resumes(tiny_m
     assert all(math.isfinite(o["loss"]) and o["loss"] > 0 for o in log)
     counts = [o["teacher/tokens"] for o in log]
     assert counts == sorted(counts) and counts[0] > 0 and res.teacher_tokens == counts[-1]
-    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    after = AutoModelForCausalLM.from_pretrained(full / "model")
-    moved = sum(float((a - b).abs().sum()) for a, b in
-                zip(after.parameters(), before.parameters(), strict=True))  # fmt: skip
-    assert moved > 0  # the ULD loss had a gradient
-
-    class Kill(TrainerCallback):  # the process dies during step 3, after checkpoint-2
-        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-            if state.global_step == 3:
-                raise KeyboardInterrupt
+    assert weights_moved(tiny_model_dir, full / "model") > 0  # the ULD loss had a gradient
 
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         train_onpolicy(str(tiny_model_dir), str(teacher), problems, cut,
-                       onpolicy_config(cut, **settings), callbacks=[Kill()])  # fmt: skip
+                       onpolicy_config(cut, **settings), callbacks=[kill_at_step(3)])  # fmt: skip
     again = train_onpolicy(str(tiny_model_dir), str(teacher), problems, cut,
                            onpolicy_config(cut, **settings))  # fmt: skip
     assert again.resumed_from and again.resumed_from.endswith("checkpoint-2")
